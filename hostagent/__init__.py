@@ -1,0 +1,1 @@
+"""Adhoc temporary host: the agent a customer runs to receive support."""

@@ -1,0 +1,84 @@
+"""adhoc-host: the temporary host a customer runs to receive support from a technician."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+from hostagent import join
+from hostagent.agent import Agent
+from hostagent.lifetime import AlreadyRunning
+from hostagent.notices import LineNotices
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="adhoc-host", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    j = sub.add_parser("join", help="join a support session from the invitation link")
+    j.add_argument("join_url", metavar="JOIN_URL", help="the link from the invitation email")
+    j.add_argument("--code", help="the 6-digit security code (asked for when missing)")
+    j.add_argument("--yes", action="store_true",
+                   help="do not ask for confirmation (for unattended use)")
+    j.add_argument("--allow-unprivileged", action="store_true",
+                   help="run without administrator rights (the technician gets your user's "
+                        "rights only)")
+    j.add_argument("-v", "--verbose", action="store_true")
+    return parser
+
+
+async def _ask(prompt: str) -> str | None:
+    try:
+        return await asyncio.to_thread(input, prompt)
+    except EOFError:
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    notices = LineNotices()
+    if os.geteuid() != 0 and not args.allow_unprivileged:
+        print("adhoc-host: administrator rights are needed to receive support: run it with "
+              "sudo, or add --allow-unprivileged to share only your own account",
+              file=sys.stderr)
+        return 2
+    try:
+        link = join.JoinLink.parse(args.join_url)
+    except join.JoinError as exc:
+        print(f"adhoc-host: {exc}", file=sys.stderr)
+        return 2
+
+    given = [args.code] if args.code else []
+
+    async def ask_code(prompt: str) -> str | None:
+        if args.code:
+            return given.pop() if given else None
+        return await _ask(prompt)
+
+    async def confirm(info: dict) -> bool:
+        if args.yes:
+            return True
+        answer = await _ask("Continue? [y/N] ")
+        return (answer or "").strip().lower() in ("y", "yes")
+
+    agent = Agent(link, notices, ask_code=ask_code, confirm=confirm)
+    try:
+        return asyncio.run(agent.run())
+    except join.JoinError as exc:
+        print(f"adhoc-host: {exc}", file=sys.stderr)
+        return 1
+    except AlreadyRunning as exc:
+        print(f"adhoc-host: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("adhoc-host: interrupted: the session is no longer reachable from here",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Reading the join link and activating the session with the security code (HTTP to the relay)."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import platform
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+TIMEOUT = httpx.Timeout(15.0, connect=10.0)
+
+
+class JoinError(Exception):
+    """The link or the code was refused; `final` means trying again cannot help."""
+
+    def __init__(self, message: str, code: str = "error", final: bool = True) -> None:
+        super().__init__(message)
+        self.code = code
+        self.final = final
+
+
+@dataclass(frozen=True)
+class JoinLink:
+    base_url: str
+    token: str
+
+    @classmethod
+    def parse(cls, url: str) -> JoinLink:
+        parts = urlsplit(url.strip())
+        segments = [s for s in parts.path.split("/") if s]
+        if parts.scheme not in ("http", "https") or not parts.netloc or len(segments) < 2 \
+                or segments[-2] != "join":
+            raise JoinError(f"{url!r} is not an Adhoc join link: copy the whole link from the "
+                            "invitation email (it looks like https://relay.example/join/...)")
+        prefix = "/".join(segments[:-2])
+        base = f"{parts.scheme}://{parts.netloc}" + (f"/{prefix}" if prefix else "")
+        return cls(base, segments[-1])
+
+    @property
+    def api(self) -> str:
+        return f"{self.base_url}/api/v1/join/{self.token}"
+
+
+@dataclass(frozen=True)
+class Activation:
+    session_id: str
+    agent_secret: str
+    ssh_host: str
+    ssh_port: int
+    relay_host_key: str
+    expires_at: str
+    features: tuple[str, ...]
+    password_verifier: str
+    company: str
+    technician: str
+
+
+def _error_from(response: httpx.Response) -> JoinError:
+    try:
+        body = response.json()
+        code, detail = body.get("error", "error"), body.get("detail", response.text)
+    except ValueError:
+        code, detail = "error", f"the relay answered HTTP {response.status_code}"
+    final = code not in ("wrong_code", "rate_limited")
+    return JoinError(detail, code, final)
+
+
+def machine_id() -> str | None:
+    """A stable id of this computer, so the relay can refuse a second session on it."""
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            value = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if value:
+            return value
+    return None
+
+
+def host_facts() -> dict[str, str]:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return {"hostname": socket.gethostname(), "os": f"{platform.system()} {platform.release()}",
+            "user": user}
+
+
+async def fetch_info(link: JoinLink) -> dict:
+    async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+        try:
+            response = await client.get(link.api)
+        except httpx.HTTPError as exc:
+            raise JoinError(f"cannot reach the relay at {link.base_url} ({exc}): check the "
+                            "network and try again", "unreachable", final=False) from None
+    if response.status_code != 200:
+        raise _error_from(response)
+    return response.json()
+
+
+async def activate(link: JoinLink, code: str, host_key: str) -> Activation:
+    body = {"code": code, "host_key": host_key, "machine_id": machine_id(), **host_facts()}
+    async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+        try:
+            response = await client.post(f"{link.api}/activate", json=body)
+        except httpx.HTTPError as exc:
+            raise JoinError(f"cannot reach the relay at {link.base_url} ({exc}): check the "
+                            "network and try again", "unreachable", final=False) from None
+    if response.status_code != 200:
+        raise _error_from(response)
+    data = response.json()
+    host, _, port = data["ssh"].rpartition(":")
+    return Activation(
+        session_id=data["session_id"], agent_secret=data["agent_secret"],
+        ssh_host=host.strip("[]") or urlsplit(link.base_url).hostname or "127.0.0.1",
+        ssh_port=int(port), relay_host_key=data["relay_host_key"],
+        expires_at=data["expires_at"], features=tuple(data["features"]),
+        password_verifier=data["password_verifier"], company=data["company"],
+        technician=data["technician"])

@@ -1,0 +1,161 @@
+"""A shell on a real pseudo-terminal, owned by the agent (not by an SSH channel)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import pty
+import pwd
+import signal
+import struct
+import termios
+
+READ_CHUNK = 64 * 1024
+
+
+def login_shell() -> str:
+    try:
+        shell = pwd.getpwuid(os.getuid()).pw_shell
+    except KeyError:
+        shell = ""
+    if shell and os.access(shell, os.X_OK) and not shell.endswith(("nologin", "false")):
+        return shell
+    for candidate in ("/bin/bash", "/bin/sh"):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return "/bin/sh"
+
+
+def shell_environment(term: str) -> dict[str, str]:
+    try:
+        entry = pwd.getpwuid(os.getuid())
+        home, user = entry.pw_dir, entry.pw_name
+    except KeyError:
+        home, user = "/", str(os.getuid())
+    env = {
+        "TERM": term or "xterm-256color", "HOME": home, "USER": user, "LOGNAME": user,
+        "SHELL": login_shell(), "LANG": os.environ.get("LANG", "C.UTF-8"),
+        "PATH": os.environ.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:"
+                                       "/sbin:/bin"),
+        "ADHOC_SESSION": "1",
+    }
+    return env
+
+
+def _set_winsize(fd: int, cols: int, rows: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", max(rows, 1), max(cols, 1), 0, 0))
+
+
+def _make_controlling_tty() -> None:  # runs in the child between fork and exec
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+class PtyShell:
+    """A login shell on a PTY. Output goes to whatever `on_output` is set to."""
+
+    def __init__(self, term: str, cols: int, rows: int, command: str | None = None) -> None:
+        self.term = term
+        self.cols, self.rows = cols, rows
+        self.command = command
+        self.process: asyncio.subprocess.Process | None = None
+        self._master = -1
+        self._output: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=16)
+        self._reading = False
+
+    async def start(self) -> None:
+        master, slave = pty.openpty()
+        _set_winsize(slave, self.cols, self.rows)
+        argv = [login_shell()]
+        argv += ["-c", self.command] if self.command else ["-l"]
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                *argv, stdin=slave, stdout=slave, stderr=slave, env=shell_environment(self.term),
+                cwd=shell_environment(self.term)["HOME"], preexec_fn=_make_controlling_tty)
+        finally:
+            os.close(slave)
+        os.set_blocking(master, False)
+        self._master = master
+        self._resume_reading()
+
+    def _resume_reading(self) -> None:
+        if not self._reading and self._master >= 0:
+            asyncio.get_running_loop().add_reader(self._master, self._on_readable)
+            self._reading = True
+
+    def _pause_reading(self) -> None:
+        if self._reading:
+            asyncio.get_running_loop().remove_reader(self._master)
+            self._reading = False
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self._master, READ_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:  # EIO: the shell and everything on the PTY has exited
+            data = b""
+        if not data:
+            self._pause_reading()
+            self._output.put_nowait(None)
+            return
+        self._output.put_nowait(data)
+        if self._output.full():
+            self._pause_reading()  # back-pressure: the reader resumes us
+
+    async def read(self) -> bytes | None:
+        """The next chunk of output, or None once the shell has exited."""
+        data = await self._output.get()
+        if data is not None and not self._output.full():
+            self._resume_reading()
+        return data
+
+    async def write(self, data: bytes) -> None:
+        """Type `data` into the shell, waiting while the PTY's input buffer is full."""
+        view = memoryview(data)
+        while view and self._master >= 0:
+            try:
+                written = os.write(self._master, view)
+            except BlockingIOError:
+                await self._writable()
+                continue
+            except OSError:
+                return
+            view = view[written:]
+
+    async def _writable(self) -> None:
+        loop = asyncio.get_running_loop()
+        ready = loop.create_future()
+        loop.add_writer(self._master, ready.set_result, None)
+        try:
+            await ready
+        finally:
+            loop.remove_writer(self._master)
+
+    def resize(self, cols: int, rows: int) -> None:
+        self.cols, self.rows = cols, rows
+        if self._master >= 0:
+            with contextlib.suppress(OSError):
+                _set_winsize(self._master, cols, rows)
+
+    async def wait(self) -> int:
+        assert self.process is not None
+        return await self.process.wait()
+
+    def close(self) -> None:
+        """Hang up the shell: SIGHUP to its process group, then close the PTY."""
+        if self.process is not None and self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGHUP)
+        self._pause_reading()
+        if self._master >= 0:
+            os.close(self._master)
+            self._master = -1
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+        self.close()

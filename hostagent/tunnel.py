@@ -1,0 +1,116 @@
+"""The agent's outer connection to the relay: pinned host key, keepalive, reconnect with backoff.
+
+Inside each outer connection it registers the virtual forward `(<session-id>, 22)` and serves
+the inner SSH server on it. The loop stops for good when the relay says the session ended, or
+refuses the agent's credentials (revoked, expired): retrying cannot help then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import asyncssh
+
+log = logging.getLogger("adhoc.host")
+
+KEEPALIVE_INTERVAL = 15
+KEEPALIVE_COUNT = 3
+BACKOFF_BASE = 0.5
+BACKOFF_CAP = 10.0
+INNER_PORT = 22
+
+
+def backoff_delay(attempt: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP,
+                  rng: Callable[[float, float], float] = random.uniform) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**attempt)]."""
+    return rng(0.0, min(cap, base * 2 ** min(attempt, 30)))
+
+
+@dataclass
+class TunnelEnd:
+    """Why the tunnel stopped for good."""
+
+    reason: str
+    by_relay: bool
+
+
+class _OuterClient(asyncssh.SSHClient):
+    def __init__(self) -> None:
+        self.lost: Exception | None = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = exc
+
+
+class Tunnel:
+    def __init__(self, session_id: str, secret: str, host: str, port: int, relay_host_key: str,
+                 inner_options: dict, *, on_state: Callable[[str, str], None] | None = None,
+                 keepalive_interval: float = KEEPALIVE_INTERVAL,
+                 backoff_cap: float = BACKOFF_CAP) -> None:
+        self.session_id = session_id
+        self._secret = secret
+        self.host, self.port = host, port
+        self._known_hosts = ([asyncssh.import_public_key(relay_host_key)], [], [])
+        self._inner_options = inner_options
+        self._on_state = on_state or (lambda state, detail: None)
+        self._keepalive = keepalive_interval
+        self._backoff_cap = backoff_cap
+        self._conn: asyncssh.SSHClientConnection | None = None
+        self._stopping = False
+
+    def stop(self) -> None:
+        self._stopping = True
+        if self._conn is not None:
+            self._conn.close()
+
+    async def run(self) -> TunnelEnd:
+        attempt = 0
+        while not self._stopping:
+            self._on_state("connecting", f"{self.host}:{self.port}")
+            try:
+                conn, client = await asyncssh.create_connection(
+                    _OuterClient, self.host, self.port, username=self.session_id,
+                    password=self._secret, known_hosts=self._known_hosts, client_keys=None,
+                    agent_path=None, preferred_auth="password", config=None,
+                    keepalive_interval=self._keepalive, keepalive_count_max=KEEPALIVE_COUNT,
+                    compression_algs=None, connect_timeout=20)
+            except asyncssh.PermissionDenied:
+                return TunnelEnd("the relay no longer accepts this session (ended or expired)",
+                                 by_relay=True)
+            except asyncssh.HostKeyNotVerifiable:
+                return TunnelEnd("the relay's identity changed: refusing to connect", False)
+            except (OSError, asyncssh.Error, TimeoutError) as exc:
+                delay = backoff_delay(attempt, cap=self._backoff_cap)
+                attempt += 1
+                self._on_state("reconnecting", f"{exc}; next try in {delay:.1f}s")
+                await asyncio.sleep(delay)
+                continue
+            attempt = 0
+            self._conn = conn
+            try:
+                server = await asyncssh.listen(self.session_id, INNER_PORT, tunnel=conn,
+                                               **self._inner_options)
+            except (asyncssh.Error, OSError) as exc:
+                conn.close()
+                await conn.wait_closed()
+                self._on_state("reconnecting", f"the relay refused the forward: {exc}")
+                await asyncio.sleep(backoff_delay(attempt, cap=self._backoff_cap))
+                continue
+            self._on_state("connected", f"{self.host}:{self.port}")
+            await conn.wait_closed()
+            server.close()
+            self._conn = None
+            lost = client.lost
+            if isinstance(lost, asyncssh.DisconnectError) and \
+                    lost.reason.startswith("session ended"):
+                return TunnelEnd(lost.reason, by_relay=True)
+            if self._stopping:
+                break
+            self._on_state("reconnecting", f"connection lost: {lost or 'closed by the relay'}")
+            await asyncio.sleep(backoff_delay(attempt, cap=self._backoff_cap))
+            attempt += 1
+        return TunnelEnd("stopped", by_relay=False)

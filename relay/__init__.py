@@ -1,0 +1,1 @@
+"""Adhoc relay: the HTTP control plane and SSH routing endpoint."""

@@ -1,0 +1,273 @@
+"""adhoc-relay: initialise, serve, and administer companies and technicians from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import sys
+import time
+from pathlib import Path
+
+import asyncssh
+
+from relay.config import RelaySettings, default_data_dir, parse_duration, parse_hostport
+from relay.server import RelayServer, initialise
+from relay.service import check_email, check_login_name, hash_password
+from relay.sessions import Plan
+from relay.store import Conflict, NotFound, Store
+
+
+class UsageError(Exception):
+    """A mistake in what the operator typed; printed as one line, exit status 2."""
+
+
+def _plan(value: str) -> str:
+    try:
+        return Plan(value.lower()).value
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"unknown plan {value!r}: choose trial, base, plus or premier") from None
+
+
+def _seats(value: str) -> int:
+    if not value.isdigit() or int(value) > 100000:
+        raise argparse.ArgumentTypeError(f"seats must be a whole number, not {value!r}")
+    return int(value)
+
+
+def _duration(value: str):
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _hostport(value: str):
+    try:
+        return parse_hostport(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="adhoc-relay", description=__doc__)
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help=f"where the relay keeps its database and keys "
+                             f"(default {default_data_dir()})")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("init", help="create the database, SSH host key and secret key")
+
+    serve = sub.add_parser("serve", help="run the relay (HTTP API and SSH endpoint)")
+    serve.add_argument("--http", type=_hostport, default=("127.0.0.1", 8780),
+                       metavar="HOST:PORT", help="HTTP API address (default 127.0.0.1:8780)")
+    serve.add_argument("--ssh", type=_hostport, default=("127.0.0.1", 8722),
+                       metavar="HOST:PORT", help="SSH endpoint address (default 127.0.0.1:8722)")
+    serve.add_argument("--public-url", help="the URL customers and consoles use to reach "
+                                            "the HTTP API (default: http://<--http>)")
+    serve.add_argument("--ssh-public", metavar="HOST:PORT",
+                       help="the SSH address agents and technicians dial (default: --ssh)")
+    serve.add_argument("--session-lifetime", type=_duration, default=parse_duration("24h"),
+                       help="how long a session lasts after activation (default 24h)")
+    serve.add_argument("--invite-ttl", type=_duration, default=parse_duration("30m"),
+                       help="how long an invitation link can be activated (default 30m)")
+    serve.add_argument("--smtp", metavar="URL",
+                       help="smtp://user:pass@host:port or smtps://...; without it invitations "
+                            "go to the outbox in the data dir")
+    serve.add_argument("--mail-from", default="Adhoc <adhoc@localhost>",
+                       help="the From: of invitation emails")
+
+    company = sub.add_parser("company", help="manage companies").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    add = company.add_parser("add", help="add a company")
+    add.add_argument("name")
+    add.add_argument("--plan", type=_plan, required=True, help="trial, base, plus or premier")
+    add.add_argument("--seats", type=_seats, required=True)
+    company.add_parser("list", help="list companies")
+    for action, helptext in (("set-plan", "change the plan"), ("set-seats", "change the seats"),
+                             ("disable", "disable the company"), ("enable", "enable it again")):
+        p = company.add_parser(action, help=helptext)
+        p.add_argument("name")
+        if action == "set-plan":
+            p.add_argument("plan", type=_plan)
+        if action == "set-seats":
+            p.add_argument("seats", type=_seats)
+
+    tech = sub.add_parser("technician", help="manage technicians").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    add = tech.add_parser("add", help="add a technician")
+    add.add_argument("login", help="login name, also the SSH user name ([a-z0-9._-]+)")
+    add.add_argument("--email", required=True)
+    add.add_argument("--company", required=True)
+    add.add_argument("--admin", action="store_true", help="may administer the company")
+    add.add_argument("--password-stdin", action="store_true",
+                     help="read the password from standard input (else asked for)")
+    add.add_argument("--ssh-key", type=Path, action="append", default=[],
+                     help="an OpenSSH public key file for `ssh -J` (repeatable)")
+    lst = tech.add_parser("list", help="list technicians")
+    lst.add_argument("--company")
+    for action, helptext in (("disable", "disable a technician and revoke their logins"),
+                             ("enable", "enable a technician again"),
+                             ("reset-password", "set a new password and revoke their logins"),
+                             ("add-key", "register an SSH public key")):
+        p = tech.add_parser(action, help=helptext)
+        p.add_argument("login")
+        if action == "reset-password":
+            p.add_argument("--password-stdin", action="store_true")
+        if action == "add-key":
+            p.add_argument("key_file", type=Path)
+    return parser
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            raise UsageError("the passwords differ: run the command again")
+    if len(password) < 8:
+        raise UsageError("the password needs at least 8 characters")
+    return password
+
+
+def _read_public_key(path: Path) -> str:
+    try:
+        key = asyncssh.import_public_key(path.read_bytes())
+    except (OSError, asyncssh.KeyImportError) as exc:
+        raise UsageError(f"cannot read an SSH public key from {path}: {exc}") from None
+    return key.export_public_key("openssh").decode().strip()
+
+
+async def _admin(settings: RelaySettings, args: argparse.Namespace) -> int:
+    if not settings.db_path.exists():
+        raise UsageError(f"no relay database in {settings.data_dir}: run "
+                         f"`adhoc-relay --data-dir {settings.data_dir} init` first")
+    store = await Store.open(settings.db_path)
+    now = time.time()
+    try:
+        if args.command == "company":
+            return await _company(store, args, now)
+        return await _technician(store, args, now)
+    except (NotFound, Conflict) as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        await store.close()
+
+
+async def _company(store: Store, args: argparse.Namespace, now: float) -> int:
+    if args.action == "add":
+        company = await store.add_company(args.name, args.plan, args.seats, now)
+        print(f"company {company.name!r} added: plan {company.plan}, {company.seats} seats")
+    elif args.action == "list":
+        for c in await store.companies():
+            state = " (disabled)" if c.disabled else ""
+            print(f"{c.name}\t{c.plan}\t{c.seats} seats{state}")
+    else:
+        company = await store.company_by_name(args.name)
+        changes = {"set-plan": lambda: {"plan": args.plan},
+                   "set-seats": lambda: {"seats": args.seats},
+                   "disable": lambda: {"disabled": 1},
+                   "enable": lambda: {"disabled": 0}}[args.action]()
+        await store.update_company(company.id, now, "admin", **changes)
+        print(f"company {company.name!r}: {args.action} done")
+    return 0
+
+
+async def _technician(store: Store, args: argparse.Namespace, now: float) -> int:
+    if args.action == "add":
+        try:
+            check_login_name(args.login)
+            email = check_email(args.email)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        company = await store.company_by_name(args.company)
+        keys = [_read_public_key(p) for p in args.ssh_key]
+        password = _read_password(args.password_stdin)
+        tech = await store.add_technician(company.id, args.login, email,
+                                          await asyncio.to_thread(hash_password, password),
+                                          args.admin, now)
+        for key in keys:
+            await store.add_ssh_key(tech.id, key, now)
+        print(f"technician {tech.login!r} added to {company.name!r}"
+              + (f" with {len(keys)} SSH key(s)" if keys else ""))
+    elif args.action == "list":
+        company_id = (await store.company_by_name(args.company)).id if args.company else None
+        names = {c.id: c.name for c in await store.companies()}
+        for t in await store.technicians(company_id):
+            flags = ",".join(f for f, on in (("admin", t.is_admin), ("disabled", t.disabled))
+                             if on)
+            print(f"{t.login}\t{t.email}\t{names.get(t.company_id, '?')}\t{flags}")
+    else:
+        tech = await store.technician_by_login(args.login)
+        if args.action == "add-key":
+            await store.add_ssh_key(tech.id, _read_public_key(args.key_file), now)
+        elif args.action == "reset-password":
+            password = _read_password(args.password_stdin)
+            await store.update_technician(tech.id, now, "admin", password_hash=await
+                                          asyncio.to_thread(hash_password, password))
+        else:
+            await store.update_technician(tech.id, now, "admin",
+                                          disabled=int(args.action == "disable"))
+        print(f"technician {tech.login!r}: {args.action} done")
+    return 0
+
+
+def settings_from_args(args: argparse.Namespace) -> RelaySettings:
+    settings = RelaySettings()
+    if args.data_dir is not None:
+        settings.data_dir = args.data_dir.expanduser().resolve()
+    if args.command == "serve":
+        settings.http_host, settings.http_port = args.http
+        settings.ssh_host, settings.ssh_port = args.ssh
+        settings.public_url = args.public_url
+        settings.ssh_public = args.ssh_public
+        settings.session_lifetime = args.session_lifetime
+        settings.invite_ttl = args.invite_ttl
+        settings.smtp_url = args.smtp
+        settings.mail_from = args.mail_from
+    return settings
+
+
+async def _serve(settings: RelaySettings) -> int:
+    server = RelayServer(settings)
+    service = await server.start()
+    # One parseable line for scripts and tests that start the relay on port 0.
+    print(f"adhoc-relay ready http={service.base_url} ssh={service.ssh_address}", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await server.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = settings_from_args(args)
+    try:
+        if args.command == "init":
+            asyncio.run(initialise(settings))
+            print(f"relay initialised in {settings.data_dir}")
+            return 0
+        if args.command == "serve":
+            try:
+                return asyncio.run(_serve(settings))
+            except KeyboardInterrupt:
+                return 0
+        return asyncio.run(_admin(settings, args))
+    except UsageError as exc:
+        print(f"adhoc-relay: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"adhoc-relay: {exc.strerror or exc}: check the address and the data dir "
+              "permissions", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

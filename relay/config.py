@@ -1,0 +1,96 @@
+"""Relay settings: defaults, durations like "90s" or "24h", and host:port pairs."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import platformdirs
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse "90s", "30m", "24h", "2d" or a bare number of seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(
+            f"cannot read duration {text!r}: use a number with s, m, h or d, e.g. 90s or 24h")
+    value = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if value <= 0:
+        raise ValueError(f"duration {text!r} must be greater than zero")
+    return timedelta(seconds=value)
+
+
+def format_duration(delta: timedelta) -> str:
+    """The inverse of parse_duration for whole seconds, e.g. 86400s -> "24h"."""
+    seconds = int(delta.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def parse_hostport(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """Parse "HOST:PORT", "[::1]:PORT" or ":PORT"."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"cannot read address {text!r}: use HOST:PORT, e.g. 127.0.0.1:8780")
+    host = host.strip("[]") or default_host
+    return host, int(port)
+
+
+def format_hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("adhoc-relay", appauthor=False))
+
+
+@dataclass
+class RelaySettings:
+    """Everything `adhoc-relay serve` (or the console's embedded relay) runs with."""
+
+    data_dir: Path = field(default_factory=default_data_dir)
+    http_host: str = "127.0.0.1"
+    http_port: int = 8780
+    ssh_host: str = "127.0.0.1"
+    ssh_port: int = 8722
+    public_url: str | None = None
+    ssh_public: str | None = None
+    session_lifetime: timedelta = timedelta(hours=24)
+    invite_ttl: timedelta = timedelta(minutes=30)
+    smtp_url: str | None = None
+    mail_from: str = "Adhoc <adhoc@localhost>"
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "relay.db"
+
+    @property
+    def host_key_path(self) -> Path:
+        return self.data_dir / "ssh_host_ed25519_key"
+
+    @property
+    def secret_key_path(self) -> Path:
+        return self.data_dir / "secret.key"
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.data_dir / "outbox"
+
+    def base_url(self, http_port: int | None = None) -> str:
+        """The URL customers and consoles reach the HTTP API at."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        return f"http://{format_hostport(self.http_host, http_port or self.http_port)}"
+
+    def ssh_address(self, ssh_port: int | None = None) -> str:
+        """The host:port agents and technicians dial for SSH."""
+        if self.ssh_public:
+            return self.ssh_public
+        return format_hostport(self.ssh_host, ssh_port or self.ssh_port)

@@ -1,0 +1,470 @@
+"""What the relay does for each request: the use cases behind the HTTP API and the SSH endpoint.
+
+Knows the rules, the store, the mailer and the agent registry; knows nothing of HTTP or SSH
+wire formats. Every refusal is a `ServiceError` with an API error code and a sentence that says
+what to do next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from relay import sessions as rules
+from relay.config import RelaySettings, format_duration
+from relay.events import EventBus
+from relay.registry import AgentRegistry
+from relay.store import Conflict, NotFound, SessionRow, Store, Technician
+
+log = logging.getLogger("adhoc.relay")
+
+TOKEN_LIFETIME = 30 * 86400
+RECENT_ENDED = 7 * 86400
+LOGIN_RE = re.compile(r"^[a-z0-9._-]{1,64}$")
+EMAIL_RE = re.compile(r"^[^@\s<>\"',;]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
+                      r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)+$")
+
+_hasher = PasswordHasher()
+# A verifier of the right shape to spend the same time on unknown logins as on known ones.
+_DUMMY_HASH = _hasher.hash("adhoc-dummy-password")
+
+
+class ServiceError(Exception):
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
+def not_found(what: str = "session") -> ServiceError:
+    return ServiceError(404, "not_found", f"no such {what}: check the id, or list the sessions "
+                                          "you can see")
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def verify_password(stored_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(stored_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def check_login_name(login: str) -> str:
+    if not LOGIN_RE.match(login):
+        raise ValueError(f"login {login!r} is not valid: use 1-64 of a-z, 0-9, '.', '_' and '-'")
+    return login
+
+
+def check_email(email: str) -> str:
+    email = email.strip()
+    if len(email) > 254 or not EMAIL_RE.match(email):
+        raise ValueError(f"{email!r} is not an email address: use the form name@example.com")
+    return email
+
+
+_COMMON_PASSWORDS = {"password", "12345678", "123456789", "1234567890", "qwertyui", "qwerty123",
+                     "password1", "letmein1", "iloveyou", "abcdefgh", "11111111", "00000000",
+                     "passw0rd", "welcome1", "support1", "adhoc123", "changeme"}
+
+
+def session_password_problem(password: str) -> str | None:
+    """Why a session password is too weak, or None. Shared with the console's strength hint."""
+    if len(password) < 8:
+        return "the session password must have at least 8 characters"
+    if len(password) > 256:
+        return "the session password must have at most 256 characters"
+    if password.lower() in _COMMON_PASSWORDS or len(set(password)) < 4:
+        return "the session password is too easy to guess: use a few unrelated words"
+    classes = sum(bool(re.search(p, password)) for p in (r"[a-z]", r"[A-Z]", r"\d", r"[^\w]"))
+    if len(password) < 12 and classes < 2:
+        return ("the session password is too simple: use 12 or more characters, or mix "
+                "letters with digits or symbols")
+    return None
+
+
+@dataclass(frozen=True)
+class CreatedSession:
+    row: SessionRow
+    security_code: str
+    join_token: str
+    join_url: str
+
+
+class RelayService:
+    def __init__(self, settings: RelaySettings, store: Store, secret_key: bytes,
+                 relay_host_key: str, *, clock: Callable[[], float] = time.time,
+                 mailer=None) -> None:
+        self.settings = settings
+        self.store = store
+        self.secret_key = secret_key
+        self.relay_host_key = relay_host_key
+        self.clock = clock
+        self.mailer = mailer
+        self.bus = EventBus()
+        self.agents = AgentRegistry()
+        self.http_port: int | None = None
+        self.ssh_port: int | None = None
+        self._background: set[asyncio.Task] = set()
+        self._expiry_wakeup = asyncio.Event()
+
+    # --- addresses -------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        return self.settings.base_url(self.http_port)
+
+    @property
+    def ssh_address(self) -> str:
+        return self.settings.ssh_address(self.ssh_port)
+
+    def join_url(self, token: str) -> str:
+        return f"{self.base_url}/join/{token}"
+
+    def install_command(self, token: str) -> str:
+        return f"curl -fsSL {self.join_url(token)}/install.sh | sudo sh"
+
+    # --- background work -------------------------------------------------------------------
+
+    def spawn(self, coro) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+    def _changed(self) -> None:
+        self.bus.notify()
+        self._expiry_wakeup.set()
+
+    # --- technicians -----------------------------------------------------------------------
+
+    async def login(self, login: str, password: str, source: str) -> tuple[str, Technician]:
+        now = self.clock()
+        try:
+            tech = await self.store.technician_by_login(login)
+        except NotFound:
+            tech = None
+        ok = await asyncio.to_thread(verify_password,
+                                     tech.password_hash if tech else _DUMMY_HASH, password)
+        if tech is not None and ok and not tech.disabled:
+            company = await self.store.company(tech.company_id)
+            ok = not company.disabled
+        else:
+            ok = False
+        await self.store.audit(now, f"login:{login[:64]}@{source}", "login",
+                               "ok" if ok else "refused",
+                               company_id=tech.company_id if tech else None)
+        if not ok:
+            raise ServiceError(401, "unauthorized",
+                               "wrong login or password, or the account is disabled")
+        token = rules.new_token()
+        await self.store.add_token(rules.token_hash(token), tech.id, now, now + TOKEN_LIFETIME)
+        return token, tech
+
+    async def issue_token(self, tech: Technician) -> str:
+        """A token for a technician the caller already trusts (the console's embedded relay)."""
+        now = self.clock()
+        token = rules.new_token()
+        await self.store.add_token(rules.token_hash(token), tech.id, now, now + TOKEN_LIFETIME)
+        return token
+
+    async def technician_for_token(self, token: str) -> Technician:
+        tech = await self.store.technician_for_token(rules.token_hash(token), self.clock())
+        if tech is None:
+            raise ServiceError(401, "unauthorized",
+                               "your login has expired or was revoked: log in again")
+        return tech
+
+    async def technician_for_ssh_password(self, login: str, password: str) -> Technician | None:
+        """SSH to the relay accepts an API token (the console) or the account password."""
+        try:
+            tech = await self.store.technician_by_login(login)
+        except NotFound:
+            await asyncio.to_thread(verify_password, _DUMMY_HASH, password)
+            return None
+        by_token = await self.store.technician_for_token(rules.token_hash(password), self.clock())
+        if by_token is not None and by_token.id == tech.id:
+            return tech
+        if tech.disabled or not await asyncio.to_thread(verify_password, tech.password_hash,
+                                                        password):
+            return None
+        company = await self.store.company(tech.company_id)
+        return None if company.disabled else tech
+
+    # --- sessions --------------------------------------------------------------------------
+
+    async def create_session(self, tech: Technician, customer_email: str, password: str,
+                             note: str) -> CreatedSession:
+        problem = session_password_problem(password)
+        if problem:
+            raise ServiceError(422, "invalid", problem + ".")
+        verifier = await asyncio.to_thread(hash_password, password)
+        now = self.clock()
+        code = rules.new_security_code()
+        join_token = rules.new_token()
+        join_hash = rules.token_hash(join_token)
+        row = SessionRow(
+            id=rules.new_session_id(), company_id=tech.company_id, technician_id=tech.id,
+            customer_email=customer_email, note=note, password_verifier=verifier,
+            join_token_hash=join_hash, code_hmac=rules.code_hmac(self.secret_key, join_hash, code),
+            code_attempts=0, state=rules.State.PENDING, ended_reason=None, created_at=now,
+            invite_expires_at=now + self.settings.invite_ttl.total_seconds(), activated_at=None,
+            expires_at=None, ended_at=None, agent_secret_hash=None, host_key=None, hostname=None,
+            os=None, os_user=None, ip=None, machine_fp=None, features="[]",
+            mail_status="queued", mail_detail=None)
+        try:
+            row = await self.store.create_session(row)
+        except rules.LimitError as exc:
+            raise ServiceError(exc.status, exc.code, exc.detail) from None
+        self._changed()
+        created = CreatedSession(row, code, join_token, self.join_url(join_token))
+        if self.mailer is not None:
+            self.spawn(self._send_invitation(tech, created))
+        return created
+
+    async def _send_invitation(self, tech: Technician, created: CreatedSession) -> None:
+        from relay.mailer import Invitation, render_invitation
+
+        company = await self.store.company(tech.company_id)
+        invitation = Invitation(
+            to=created.row.customer_email, company=company.name, technician=tech.login,
+            technician_email=tech.email, join_url=created.join_url,
+            install_command=self.install_command(created.join_token),
+            invite_expires_at=datetime.fromtimestamp(created.row.invite_expires_at, UTC),
+            session_hours=round(self.settings.session_lifetime.total_seconds() / 3600))
+        message = render_invitation(invitation, self.settings.mail_from)
+
+        async def on_status(status: str, detail: str | None) -> None:
+            await self.store.set_mail_status(created.row.id, status, detail, self.clock())
+            self.bus.notify()
+
+        await self.mailer.deliver(created.row.id, message, on_status)
+
+    async def session_for(self, tech: Technician, session_id: str) -> SessionRow:
+        """The session if it belongs to the technician's company; 404 otherwise."""
+        await self.expire_due()
+        try:
+            row = await self.store.session(session_id.lower())
+        except NotFound:
+            raise not_found() from None
+        if row.company_id != tech.company_id:
+            raise not_found()
+        return row
+
+    async def sessions_for(self, tech: Technician) -> list[SessionRow]:
+        await self.expire_due()
+        return await self.store.sessions_for_company(tech.company_id,
+                                                     self.clock() - RECENT_ENDED)
+
+    async def end_session(self, tech: Technician, session_id: str) -> SessionRow:
+        row = await self.session_for(tech, session_id)
+        return await self._end(row.id, rules.EndReason.TECHNICIAN, f"technician:{tech.login}")
+
+    async def end_by_customer(self, session_id: str) -> SessionRow:
+        return await self._end(session_id, rules.EndReason.CUSTOMER, "customer")
+
+    async def _end(self, session_id: str, reason: str, actor: str) -> SessionRow:
+        row, changed = await self.store.end_session(session_id, reason, self.clock(), actor)
+        if changed:
+            self._changed()
+            self.disconnect_agent(session_id, reason)
+        return row
+
+    def disconnect_agent(self, session_id: str, reason: str) -> None:
+        link = self.agents.get(session_id)
+        if link is not None:
+            link.conn.disconnect(11, f"session ended: {reason}")  # 11 = by application
+
+    def session_view(self, row: SessionRow, technician_login: str | None = None) -> dict:
+        link = self.agents.get(row.id)
+        online = self.agents.is_online(row.id)
+        host = None
+        if row.hostname is not None:
+            host = {"hostname": row.hostname, "os": row.os, "user": row.os_user, "ip": row.ip}
+        return {
+            "id": row.id, "state": row.state, "ended_reason": row.ended_reason,
+            "customer_email": row.customer_email, "note": row.note,
+            "technician": technician_login, "created_at": iso(row.created_at),
+            "invite_expires_at": iso(row.invite_expires_at),
+            "activated_at": iso(row.activated_at), "expires_at": iso(row.expires_at),
+            "ended_at": iso(row.ended_at), "online": online,
+            "online_since": iso(link.since) if online and link else None,
+            "host": host, "host_key": row.host_key, "features": row.feature_list,
+            "mail_status": row.mail_status, "mail_detail": row.mail_detail,
+            "code_attempts": row.code_attempts,
+        }
+
+    async def technician_logins(self, company_id: int) -> dict[int, str]:
+        return {t.id: t.login for t in await self.store.technicians(company_id)}
+
+    async def limits_for(self, tech: Technician) -> dict:
+        company = await self.store.company(tech.company_id)
+        live = [r for r in await self.store.sessions_for_company(tech.company_id, self.clock())
+                if r.is_live]
+        return {
+            "company": company.name, "plan": company.plan, "seats": company.seats,
+            "live_for_company": len(live),
+            "live_for_technician": sum(r.technician_id == tech.id for r in live),
+            "max_live_per_company": rules.MAX_LIVE_PER_COMPANY,
+            "max_live_per_technician": rules.MAX_LIVE_PER_TECHNICIAN,
+            "features": list(rules.PLAN_FEATURES[rules.Plan(company.plan)]),
+        }
+
+    # --- the customer's side ---------------------------------------------------------------
+
+    async def _session_for_link(self, join_token: str) -> SessionRow:
+        await self.expire_due()
+        try:
+            return await self.store.session_by_join_hash(rules.token_hash(join_token))
+        except NotFound:
+            raise ServiceError(404, "not_found",
+                               "this link is not valid: ask your technician for a new "
+                               "invitation") from None
+
+    async def join_info(self, join_token: str) -> dict:
+        row = await self._session_for_link(join_token)
+        company = await self.store.company(row.company_id)
+        tech = await self.store.technician(row.technician_id)
+        return {
+            "company": company.name, "technician": tech.login, "technician_email": tech.email,
+            "state": row.state, "invite_expires_at": iso(row.invite_expires_at),
+            "session_hours": round(self.settings.session_lifetime.total_seconds() / 3600),
+            "session_lifetime": format_duration(self.settings.session_lifetime),
+        }
+
+    async def activate(self, join_token: str, code: str, *, host_key: str, hostname: str,
+                       os: str, user: str, machine_id: str | None, source: str) -> dict:
+        row = await self._session_for_link(join_token)
+        now = self.clock()
+        if row.state != rules.State.PENDING:
+            await self.store.record_refused_code(row.id, now, source, f"session is {row.state}")
+            raise ServiceError(410, "link_used",
+                               "this link was already used, has expired or was ended: ask your "
+                               "technician for a new invitation")
+        if not rules.code_matches(self.secret_key, row.join_token_hash, code, row.code_hmac):
+            row = await self.store.record_wrong_code(row.id, now, source)
+            self._changed()
+            left = max(0, rules.MAX_CODE_ATTEMPTS - row.code_attempts)
+            if left == 0:
+                self.disconnect_agent(row.id, rules.EndReason.CODE_ATTEMPTS)
+                raise ServiceError(410, "link_burnt",
+                                   "too many wrong codes: this link no longer works; ask your "
+                                   "technician for a new invitation")
+            raise ServiceError(403, "wrong_code",
+                               f"that is not the code: check it with your technician "
+                               f"({left} {'try' if left == 1 else 'tries'} left)")
+        company = await self.store.company(row.company_id)
+        features = [str(f) for f in rules.PLAN_FEATURES[rules.Plan(company.plan)]]
+        agent_secret = rules.new_token()
+        machine_fp = (hashlib.sha256(f"adhoc-machine:{machine_id}".encode()).hexdigest()
+                      if machine_id else None)
+        try:
+            row = await self.store.activate(
+                row.id, now, now + self.settings.session_lifetime.total_seconds(),
+                agent_secret_hash=rules.token_hash(agent_secret), host_key=host_key,
+                hostname=hostname, os=os, os_user=user, ip=source, machine_fp=machine_fp,
+                features=features, source=source)
+        except Conflict:
+            await self.store.record_refused_code(row.id, now, source, "machine_in_session")
+            raise ServiceError(409, "machine_in_session",
+                               "this computer already takes part in an Adhoc session: end that "
+                               "session first") from None
+        except rules.InvalidTransition:
+            raise ServiceError(410, "link_used",
+                               "this link was already used: ask your technician for a new "
+                               "invitation") from None
+        self._changed()
+        tech = await self.store.technician(row.technician_id)
+        return {
+            "session_id": row.id, "agent_secret": agent_secret, "ssh": self.ssh_address,
+            "relay_host_key": self.relay_host_key, "expires_at": iso(row.expires_at),
+            "features": features, "password_verifier": row.password_verifier,
+            "company": company.name, "technician": tech.login,
+        }
+
+    async def agent_for_secret(self, session_id: str, secret: str) -> SessionRow | None:
+        """The active session an agent may connect for, or None (ended, expired, wrong)."""
+        await self.expire_due()
+        try:
+            row = await self.store.session(session_id)
+        except NotFound:
+            return None
+        if row.state != rules.State.ACTIVE or row.agent_secret_hash is None:
+            return None
+        if not hmac.compare_digest(row.agent_secret_hash, rules.token_hash(secret)):
+            return None
+        return row
+
+    async def agent_presence(self, session_id: str, online: bool, ip: str | None) -> None:
+        await self.store.record_presence(session_id, online, self.clock(), ip)
+        self.bus.notify()
+
+    async def audit_event(self, session_id: str, actor: str, event: str, outcome: str,
+                          **detail) -> None:
+        row = await self.store.session(session_id)
+        await self.store.audit(self.clock(), actor, event, outcome, company_id=row.company_id,
+                               session_id=session_id, **detail)
+
+    async def audit_for(self, tech: Technician, session_id: str) -> list[dict]:
+        row = await self.session_for(tech, session_id)
+        return [
+            {"id": a.id, "at": iso(a.at), "actor": a.actor, "event": a.event,
+             "outcome": a.outcome, "detail": json.loads(a.detail)}
+            for a in await self.store.audit_for_session(row.id)
+        ]
+
+    async def may_tunnel(self, tech: Technician, session_id: str) -> SessionRow | None:
+        """Whether the technician may open a channel to this session's agent now."""
+        try:
+            row = await self.session_for(tech, session_id)
+        except ServiceError:
+            return None
+        return row if row.state == rules.State.ACTIVE else None
+
+    # --- expiry ----------------------------------------------------------------------------
+
+    async def expire_due(self) -> list[SessionRow]:
+        ended = await self.store.end_expired(self.clock())
+        for row in ended:
+            self.disconnect_agent(row.id, row.ended_reason or rules.EndReason.EXPIRED)
+        if ended:
+            self.bus.notify()
+        return ended
+
+    async def run_expiry_timer(self) -> None:
+        """End sessions as they expire: sleep until the next expiry or a change, then sweep."""
+        while True:
+            await self.expire_due()
+            next_at = await self.store.next_expiry()
+            delay = 60.0 if next_at is None else min(60.0, max(0.05, next_at - self.clock()))
+            self._expiry_wakeup.clear()
+            try:
+                await asyncio.wait_for(self._expiry_wakeup.wait(), delay)
+            except TimeoutError:
+                pass
+

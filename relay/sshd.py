@@ -1,0 +1,274 @@
+"""The relay's SSH endpoint: agents register a virtual forward, technicians are spliced to it.
+
+The relay never terminates the inner SSH connection between console and agent: it joins the
+technician's `direct-tcpip` channel to a `forwarded-tcpip` channel it opens to the agent and
+copies bytes both ways, with flow control. It cannot read or forge what passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from pathlib import Path
+
+import asyncssh
+
+from relay.registry import AgentLink
+from relay.service import RelayService
+from relay.store import Technician
+
+log = logging.getLogger("adhoc.relay.ssh")
+
+SESSION_ID_RE = re.compile(r"^[a-z2-7]{16}$")
+INNER_PORT = 22
+KEEPALIVE_INTERVAL = 15
+KEEPALIVE_COUNT = 3
+LOGIN_TIMEOUT = 30
+# Larger than asyncssh's 2 MiB default: the splice adds a hop, so more bytes in flight pay.
+CHANNEL_WINDOW = 8 * 1024 * 1024
+CHANNEL_PACKET = 256 * 1024
+ENCRYPTION = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
+              "aes128-ctr", "aes256-ctr")
+
+
+class _SpliceEnd(asyncssh.SSHTCPSession):
+    """One side of a spliced pair of channels: what it receives it writes to its peer."""
+
+    def __init__(self) -> None:
+        self.chan: asyncssh.SSHTCPChannel | None = None
+        self.peer: _SpliceEnd | None = None
+        self._pending: list[bytes] = []
+        self._eof_pending = False
+        self._pause_pending = False
+        self._closed = False
+
+    def connection_made(self, chan: asyncssh.SSHTCPChannel) -> None:
+        self.chan = chan
+        if self._pause_pending:
+            chan.pause_reading()
+        for data in self._pending:
+            chan.write(data)
+        self._pending.clear()
+        if self._eof_pending:
+            chan.write_eof()
+        if self._closed:
+            chan.close()
+
+    def write(self, data: bytes) -> None:
+        if self.chan is None:
+            self._pending.append(data)
+        elif not self._closed:
+            self.chan.write(data)
+
+    def write_eof(self) -> None:
+        if self.chan is None:
+            self._eof_pending = True
+        elif not self._closed:
+            self.chan.write_eof()
+
+    def pause_reading(self) -> None:
+        if self.chan is None:
+            self._pause_pending = True
+        else:
+            self.chan.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.chan is None:
+            self._pause_pending = False
+        else:
+            self.chan.resume_reading()
+
+    def data_received(self, data: bytes, datatype) -> None:
+        if self.peer:
+            self.peer.write(data)
+
+    def eof_received(self) -> bool:
+        if self.peer:
+            self.peer.write_eof()
+        return True
+
+    def pause_writing(self) -> None:
+        if self.peer:
+            self.peer.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer:
+            self.peer.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.chan is not None:
+            self.chan.close()
+        if self.peer is not None:
+            self.peer.close()
+
+
+def splice_pair() -> tuple[_SpliceEnd, _SpliceEnd]:
+    a, b = _SpliceEnd(), _SpliceEnd()
+    a.peer, b.peer = b, a
+    return a, b
+
+
+class _VirtualListener(asyncssh.SSHListener):
+    """A remote forward that only exists as a name: nothing listens on a socket."""
+
+    def __init__(self, server: RelaySSHServer, link: AgentLink) -> None:
+        self._server = server
+        self._link = link
+        self._closed = asyncio.Event()
+
+    def get_port(self) -> int:
+        return INNER_PORT
+
+    def close(self) -> None:
+        if not self._closed.is_set():
+            self._closed.set()
+            self._server.forward_closed(self._link)
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+
+class RelaySSHServer(asyncssh.SSHServer):
+    def __init__(self, service: RelayService) -> None:
+        self.service = service
+        self.conn: asyncssh.SSHServerConnection | None = None
+        self.peer_ip = "unknown"
+        self.technician: Technician | None = None
+        self.agent_session: str | None = None
+        self.link: AgentLink | None = None
+
+    # --- connection and authentication -----------------------------------------------------
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.conn = conn
+        peer = conn.get_extra_info("peername")
+        self.peer_ip = peer[0] if peer else "unknown"
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.link is not None:
+            self.forward_closed(self.link)
+
+    def begin_auth(self, username: str) -> bool:
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return True
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    async def validate_password(self, username: str, password: str) -> bool:
+        if SESSION_ID_RE.match(username):
+            row = await self.service.agent_for_secret(username, password)
+            if row is not None:
+                self.agent_session = row.id
+                return True
+        tech = await self.service.technician_for_ssh_password(username, password)
+        if tech is not None:
+            self.technician = tech
+            return True
+        return False
+
+    async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        try:
+            tech = await self.service.store.technician_by_login(username)
+        except Exception:
+            return False
+        if tech.disabled:
+            return False
+        offered = key.export_public_key("openssh").split()[:2]
+        for line in await self.service.store.ssh_keys(tech.id):
+            if line.split()[:2] == [part.decode() for part in offered]:
+                self.technician = tech
+                return True
+        return False
+
+    def auth_completed(self) -> None:
+        who = f"agent {self.agent_session}" if self.agent_session else \
+            f"technician {self.technician.login if self.technician else '?'}"
+        log.info("ssh: %s authenticated from %s", who, self.peer_ip)
+
+    # --- agents ----------------------------------------------------------------------------
+
+    def server_requested(self, listen_host: str, listen_port: int):
+        if self.agent_session is None or listen_host.lower() != self.agent_session \
+                or listen_port != INNER_PORT:
+            log.warning("ssh: refused forward %s:%s from %s", listen_host, listen_port,
+                        self.peer_ip)
+            return False
+        link = AgentLink(self.agent_session, self.conn, self.peer_ip, self.service.clock())
+        link.forward_registered = True
+        previous = self.service.agents.add(link)
+        if previous is not None and previous.conn is not self.conn:
+            # The same agent (it knew the secret) came back before we noticed the old link die.
+            previous.conn.close()
+        self.link = link
+        self.service.spawn(self.service.agent_presence(link.session_id, True, self.peer_ip))
+        return _VirtualListener(self, link)
+
+    def forward_closed(self, link: AgentLink) -> None:
+        if self.service.agents.remove(link):
+            self.service.spawn(self.service.agent_presence(link.session_id, False, link.ip))
+        if self.link is link:
+            self.link = None
+
+    # --- technicians -----------------------------------------------------------------------
+
+    def session_requested(self) -> bool:
+        return False  # the relay offers no shell of its own: only tunnels to agents
+
+    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
+                             orig_port: int):
+        if self.technician is None:
+            return False
+        chan = self.conn.create_tcp_channel(window=CHANNEL_WINDOW, max_pktsize=CHANNEL_PACKET)
+        return chan, self._open_tunnel(dest_host.lower(), dest_port, orig_host, orig_port)
+
+    async def _open_tunnel(self, session_id: str, port: int, orig_host: str,
+                           orig_port: int) -> asyncssh.SSHTCPSession:
+        tech = self.technician
+        assert tech is not None
+        row = await self.service.may_tunnel(tech, session_id) if port == INNER_PORT else None
+        link = self.service.agents.get(session_id) if row is not None else None
+        if row is None or link is None:
+            outcome = "not_found" if row is None else "offline"
+            if row is not None:
+                await self.service.audit_event(session_id, f"technician:{tech.login}",
+                                               "tunnel", outcome, ip=self.peer_ip)
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_CONNECT_FAILED,
+                "no such session" if row is None else "the customer's computer is offline")
+        technician_end, agent_end = splice_pair()
+        await link.conn.create_connection(
+            lambda: agent_end, session_id, INNER_PORT, tech.login, orig_port,
+            window=CHANNEL_WINDOW, max_pktsize=CHANNEL_PACKET)
+        await self.service.audit_event(session_id, f"technician:{tech.login}", "tunnel", "ok",
+                                       ip=self.peer_ip)
+        return technician_end
+
+
+def load_or_create_host_key(path: Path) -> asyncssh.SSHKey:
+    if path.exists():
+        return asyncssh.read_private_key(str(path))
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key.write_private_key(str(path))
+    path.chmod(0o600)
+    return key
+
+
+async def start_ssh_server(service: RelayService, host: str, port: int,
+                           host_key: asyncssh.SSHKey) -> asyncssh.SSHAcceptor:
+    return await asyncssh.create_server(
+        lambda: RelaySSHServer(service), host, port,
+        server_host_keys=[host_key],
+        keepalive_interval=KEEPALIVE_INTERVAL, keepalive_count_max=KEEPALIVE_COUNT,
+        login_timeout=LOGIN_TIMEOUT, encryption_algs=ENCRYPTION, compression_algs=None,
+        allow_scp=False, agent_forwarding=False, x11_forwarding=False)

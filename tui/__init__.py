@@ -1,0 +1,1 @@
+"""Adhoc technician console (Textual)."""

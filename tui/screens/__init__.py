@@ -1,0 +1,1 @@
+"""Console screens: sessions list, modals, panes."""
