@@ -1,0 +1,309 @@
+"""Functional tests of the terminal pane: what the remote sends is shown, never passed through."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+from rich.color import Color
+from textual.app import App, ComposeResult
+from textual.events import Key, Paste
+from textual.widget import Widget
+
+from tui.widgets.terminal import LEAVE_KEY, TerminalView, encode_key
+
+# C0 (but not the spaces we pad with), DEL and C1: none may reach a rendered segment.
+RAW_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+class Elsewhere(Widget, can_focus=True):
+    """Somewhere for focus to go, were the pane to let it; takes no room from the pane."""
+
+    DEFAULT_CSS = "Elsewhere { overlay: screen; width: 1; height: 1; }"
+
+
+class TerminalApp(App, inherit_bindings=False):
+    """A bare app around one pane: no bindings of its own, so every key is the pane's to take."""
+
+    ENABLE_COMMAND_PALETTE = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[bytes] = []
+        self.backlog_when_sent: list[int] = []
+        self.resizes: list[tuple[int, int]] = []
+        self.left_pane = 0
+
+    def compose(self) -> ComposeResult:
+        yield TerminalView(self.send, id="term")
+        yield Elsewhere()
+
+    def on_mount(self) -> None:
+        self.query_one(TerminalView).focus()
+
+    def send(self, data: bytes) -> None:
+        self.sent.append(data)
+        self.backlog_when_sent.append(self.query_one(TerminalView).pending_bytes)
+
+    def on_terminal_view_resized(self, message: TerminalView.Resized) -> None:
+        self.resizes.append((message.cols, message.rows))
+
+    def on_key(self, event: Key) -> None:
+        if event.key == LEAVE_KEY:
+            self.left_pane += 1
+
+
+async def drain(pilot, view: TerminalView) -> None:
+    """Let the pane's frame tick parse everything queued, then paint."""
+    async with asyncio.timeout(60):
+        while view.pending_bytes:
+            await pilot.pause(0.02)
+    await pilot.pause(0.05)
+
+
+def rendered_segments(view: TerminalView):
+    for y in range(view.size_in_cells[1]):
+        yield from view.render_line(y)
+
+
+async def test_lines_are_shown() -> None:
+    app = TerminalApp()
+    async with app.run_test(size=(80, 24)) as pilot:
+        view = app.query_one(TerminalView)
+        view.feed(b"hello\r\nworld")
+        await drain(pilot, view)
+        lines = view.screen_lines()
+        assert lines[:3] == ["hello", "world", ""]
+        assert len(lines) == 24
+        assert view.size_in_cells == (80, 24)
+
+
+async def test_colour_is_a_style_not_an_escape() -> None:
+    app = TerminalApp()
+    async with app.run_test(size=(80, 24)) as pilot:
+        view = app.query_one(TerminalView)
+        view.feed(b"\x1b[31mred\x1b[0m \x1b[38;5;202mx\x1b[0m \x1b[1;4;38;2;1;2;3mbold\x1b[0m")
+        await drain(pilot, view)
+        segments = list(view.render_line(0))
+        red = next(segment for segment in segments if segment.text.startswith("red"))
+        assert red.text == "red"
+        assert red.style.color == Color.parse("red")
+        indexed = next(segment for segment in segments if segment.text == "x")
+        assert indexed.style.color == Color.from_ansi(202)
+        truecolour = next(segment for segment in segments if segment.text == "bold")
+        assert truecolour.style.color.triplet == (1, 2, 3)
+        assert truecolour.style.bold and truecolour.style.underline
+        assert all(not RAW_CONTROL.search(segment.text) for segment in segments)
+
+
+async def test_alternate_screen_restores_the_primary() -> None:
+    app = TerminalApp()
+    async with app.run_test(size=(80, 24)) as pilot:
+        view = app.query_one(TerminalView)
+        view.feed(b"$ prompt\r\n$ ")
+        await drain(pilot, view)
+        before = view.screen_lines()
+        view.feed(b"\x1b[?1049h\x1b[H\x1b[2Jvim lives here\x1b[10;5Hmore")
+        await drain(pilot, view)
+        assert view.screen_lines()[0] == "vim lives here"
+        assert "$ prompt" not in view.screen_lines()
+        view.feed(b"\x1b[?1049l")
+        await drain(pilot, view)
+        assert view.screen_lines() == before
+        assert "vim lives here" not in "".join(segment.text for segment in rendered_segments(view))
+
+        view.feed(b"\x1b[?1049h\x1b[Hless")  # the next program starts on a blank page
+        await drain(pilot, view)
+        assert [line for line in view.screen_lines() if line] == ["less"]
+
+
+async def test_hostile_output_only_becomes_text() -> None:
+    app = TerminalApp()
+    async with app.run_test(size=(80, 24)) as pilot:
+        view = app.query_one(TerminalView)
+        title = app.title
+        view.feed(b"before\r\n")
+        view.feed(b"\x1b]52;c;aGVsbG8=\x07")  # clipboard write
+        view.feed(b"\x1b]52;c;?\x07")  # clipboard read
+        view.feed(b"\x1b]0;pwned\x07")  # window title
+        view.feed(b"\x1b[21t")  # title report: would type the title into the remote shell
+        view.feed(b"\xc2\x9b31m\xc2\x81\xc2\x9d0;c1title\xc2\x9c")  # C1 as UTF-8
+        view.feed(b"\x9b\x9d\x90\x85raw-c1")  # C1 as raw bytes (invalid UTF-8)
+        view.feed(b"\x1b[2J\x1b[Hafter \xe2\x80\xaeevil\x1b[8;200;300t")  # clear, RLO, resize
+        await drain(pilot, view)
+
+        assert "after" in view.screen_lines()[0]
+        for segment in rendered_segments(view):
+            assert not RAW_CONTROL.search(segment.text), segment
+            assert "\u202e" not in segment.text
+            assert segment.control is None
+        assert app.title == title
+        assert app.clipboard == ""
+        assert not any(RAW_CONTROL.search(line) for line in view.screen_lines())
+        assert view.remote_title in ("pwned", "c1title")
+        assert app.sent == []  # no reply echoes host-chosen text back
+        assert view.size_in_cells == (80, 24)  # the host cannot resize the pane
+
+
+async def test_device_queries_are_answered() -> None:
+    app = TerminalApp()
+    async with app.run_test(size=(80, 24)) as pilot:
+        view = app.query_one(TerminalView)
+        view.feed(b"abc\x1b[6n\x1b[c")
+        await drain(pilot, view)
+        assert app.sent[0] == b"\x1b[1;4R"
+        assert app.sent[1].startswith(b"\x1b[?") and app.sent[1].endswith(b"c")
+
+
+async def test_keys_reach_the_remote_as_xterm_sends_them() -> None:
+    app = TerminalApp()
+    async with app.run_test(size=(80, 24)) as pilot:
+        view = app.query_one(TerminalView)
+        await pilot.press("a", "enter", "ctrl+c", "ctrl+p", "ctrl+q", "tab", "up", "ctrl+d")
+        await pilot.press("ctrl+b", "ctrl+a", "backspace", "escape", "alt+x", "f1", "f12")
+        await pilot.press("home", "pagedown", "delete", "ctrl+left", "shift+tab")
+        assert app.sent == [
+            b"a",
+            b"\r",
+            b"\x03",
+            b"\x10",
+            b"\x11",
+            b"\t",
+            b"\x1b[A",
+            b"\x04",
+            b"\x02",
+            b"\x01",
+            b"\x7f",
+            b"\x1b",
+            b"\x1bx",
+            b"\x1bOP",
+            b"\x1b[24~",
+            b"\x1b[H",
+            b"\x1b[6~",
+            b"\x1b[3~",
+            b"\x1b[1;5D",
+            b"\x1b[Z",
+        ]
+        assert app.focused is view
+
+        app.sent.clear()
+        view.feed(b"\x1b[?1h")  # DECCKM: application cursor keys
+        await drain(pilot, view)
+        await pilot.press("up", "end")
+        assert app.sent == [b"\x1bOA", b"\x1bOF"]
+
+        app.sent.clear()
+        await pilot.press(LEAVE_KEY)
+        assert app.sent == []
+        assert app.left_pane == 1
+
+
+def test_key_encoding_table() -> None:
+    assert encode_key("ctrl+right_square_bracket", None) == "\x1d"  # the widget never sends it
+    assert encode_key("ctrl+@", None) == "\x00"
+    assert encode_key("shift+up", None) == "\x1b[1;2A"
+    assert encode_key("ctrl+alt+f5", None) == "\x1b[15;7~"
+    assert encode_key("f13", None) == "\x1b[1;2P"
+    assert encode_key("alt+enter", None) == "\x1b\r"
+    assert encode_key("alt+shift+a", "A") == "\x1bA"
+    assert encode_key("ü", "ü") == "ü"
+    assert encode_key("super+c", None) is None
+
+
+async def test_paste_is_bracketed_when_asked() -> None:
+    app = TerminalApp()
+    async with app.run_test(size=(80, 24)) as pilot:
+        view = app.query_one(TerminalView)
+        view.post_message(Paste("ls\nrm x"))
+        await pilot.pause()
+        assert app.sent == [b"ls\rrm x"]
+
+        app.sent.clear()
+        view.feed(b"\x1b[?2004h")
+        await drain(pilot, view)
+        view.post_message(Paste("a\n\x1b[201~b"))
+        await pilot.pause()
+        assert app.sent == [b"\x1b[200~a\rb\x1b[201~"]
+
+
+async def test_a_flood_neither_blocks_keys_nor_grows_memory() -> None:
+    app = TerminalApp()
+    async with app.run_test(size=(80, 24)) as pilot:
+        view = app.query_one(TerminalView)
+        line = b"%08d the quick brown fox jumps over the lazy dog, again and again\r\n"
+        chunk_size = 64 * 1024
+        total = 20 * 1024 * 1024
+        block = b"".join(line % n for n in range(chunk_size // len(line) + 1))[:chunk_size]
+        fed = 0
+        pressed_during_flood = False
+        while fed < total:
+            view.feed(block)
+            fed += len(block)
+            assert view.pending_bytes <= view.max_pending_bytes
+            if fed >= total // 2 and not pressed_during_flood:
+                assert view.pending_bytes > 0
+                await pilot.press("x")
+                assert app.sent == [b"x"]
+                assert app.backlog_when_sent[0] > 0  # sent ahead of output still to be parsed
+                pressed_during_flood = True
+            await asyncio.sleep(0)
+        view.feed(b"\r\n\x1b[0mTHE END\r\n$ ")
+        assert view.pending_bytes <= view.max_pending_bytes
+        assert view.dropped_bytes > 0
+
+        await drain(pilot, view)
+        lines = [line for line in view.screen_lines() if line]
+        assert lines[-2:] == ["THE END", "$"]
+        assert app.focused is view
+
+
+async def test_resize_posts_the_new_size() -> None:
+    app = TerminalApp()
+    async with app.run_test(size=(80, 24)) as pilot:
+        view = app.query_one(TerminalView)
+        await pilot.pause()
+        assert app.resizes == [(80, 24)]
+        await pilot.resize_terminal(100, 30)
+        await pilot.pause()
+        assert app.resizes[-1] == (100, 30)
+        assert view.size_in_cells == (100, 30)
+        view.feed(b"x" * 99 + b"yz")
+        await drain(pilot, view)
+        assert view.screen_lines()[:2] == ["x" * 99 + "y", "z"]
+
+        view.feed(b"".join(b"\r\nline %d" % n for n in range(40)) + b"\r\n$ ")
+        await drain(pilot, view)
+        await pilot.resize_terminal(100, 10)  # the prompt at the bottom must survive
+        await pilot.pause()
+        assert app.resizes[-1] == (100, 10)
+        assert view.screen_lines()[-2:] == ["line 39", "$"]
+
+
+async def test_scrollback_can_be_viewed() -> None:
+    app = TerminalApp()
+    async with app.run_test(size=(80, 24)) as pilot:
+        view = app.query_one(TerminalView)
+        view.feed(b"".join(b"line %d\r\n" % n for n in range(100)))
+        await drain(pilot, view)
+        assert view.screen_lines()[0] == "line 77"
+        await pilot.press("shift+pageup")
+        await pilot.pause()
+        assert view.screen_lines()[0] == "line 54"
+        assert app.sent == []
+        await pilot.press("q")  # typing returns to the live screen
+        await pilot.pause()
+        assert view.screen_lines()[0] == "line 77"
+        assert app.sent == [b"q"]
+
+
+async def test_cursor_is_drawn_only_with_focus() -> None:
+    app = TerminalApp()
+    async with app.run_test(size=(80, 24)) as pilot:
+        view = app.query_one(TerminalView)
+        view.feed(b"ab")
+        await drain(pilot, view)
+        reversed_cells = [s.text for s in view.render_line(0) if s.style and s.style.reverse]
+        assert reversed_cells == [" "]
+        app.query_one(Elsewhere).focus()
+        await pilot.pause()
+        assert not [s for s in view.render_line(0) if s.style and s.style.reverse]

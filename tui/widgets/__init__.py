@@ -1,0 +1,1 @@
+"""Console widgets: terminal, file manager, dashboard."""

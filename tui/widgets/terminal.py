@@ -1,0 +1,707 @@
+"""The console's terminal pane: shows a remote shell through an in-process terminal emulator.
+
+The remote host is untrusted. Its bytes never reach the technician's real terminal: they are
+parsed by bittty into a grid of cells, and this widget paints that grid as Textual strips of
+plain text and styles. Whatever the host sends (OSC 52 clipboard writes, window titles, C1
+controls, bidi overrides) can only ever change which characters and colours appear in the pane.
+
+Output is parsed on a frame tick within a time budget, so a flood (`yes`, `cat` of a huge file)
+never starves key handling; unparsed input is capped so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import deque
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from time import perf_counter
+
+from bittty import XTERM, Board
+from bittty.constants import ERASE_ALL
+from bittty.operations import Operation
+from bittty.style import Color as CellColor
+from bittty.style import Style as CellStyle
+from bittty.terminals import Terminal
+from bittty.terminals.scrollback import MemoryScrollback
+from bittty.video import CONTINUATION, Cell, WideHead
+from rich.cells import cell_len
+from rich.color import Color
+from rich.segment import Segment
+from rich.style import Style
+from textual import events
+from textual.geometry import Region
+from textual.message import Message
+from textual.strip import Strip
+from textual.timer import Timer
+from textual.widget import Widget
+
+LEAVE_KEY = "ctrl+right_square_bracket"
+"""The one key the pane does not swallow: the screen binds it to leave the terminal pane."""
+
+MAX_PENDING_BYTES = 4 * 1024 * 1024
+"""Hard cap on received-but-unparsed output; past it the oldest pending bytes are dropped."""
+# Within that cap the backlog is also held to about this much parsing time, measured as we go,
+# so after ctrl+c on a `yes` the screen catches up in a second or two, not half a minute
+# (short scrolling lines parse at ~0.2 MB/s, plain long lines at several MB/s).
+MAX_BACKLOG_SECONDS = 0.5
+MIN_PENDING_BYTES = 128 * 1024
+
+FRAME_INTERVAL = 1 / 60
+PARSE_BUDGET_SECONDS = 0.008
+# Small slices keep one slice's cost well under the budget even for the slowest input
+# (short lines that each scroll the page parse at well under 1 MB/s).
+PARSE_SLICE_BYTES = 2048
+# An escape sequence still open after this much input is hostile or broken: the parser would
+# otherwise buffer (and rescan) it without bound, so it is abandoned.
+MAX_OPEN_SEQUENCE_CHARS = 128 * 1024
+# Answers to device queries are capped per frame so a stream of queries cannot turn the pane
+# into an amplifier back toward the host.
+REPLY_BUDGET_BYTES = 4096
+
+_TITLE_MAX_CHARS = 200
+
+_ANSI_NAMES = (
+    "black",
+    "red",
+    "green",
+    "yellow",
+    "blue",
+    "magenta",
+    "cyan",
+    "white",
+    "bright_black",
+    "bright_red",
+    "bright_green",
+    "bright_yellow",
+    "bright_blue",
+    "bright_magenta",
+    "bright_cyan",
+    "bright_white",
+)
+_ANSI_COLORS = tuple(Color.parse(name) for name in _ANSI_NAMES)
+
+# Replies the emulator may send back to the host. Anything else it would write (a window title
+# report, an OSC 52 clipboard read, the font name, an answerback string) echoes text the host
+# chose, which a file `cat`-ed on the remote could use to type commands into its own shell.
+_SAFE_REPLY = re.compile(
+    r"\x1b\[[\x30-\x3f]*[\x20-\x2f]*[\x40-\x7e]"  # CSI reports: DA, DSR/CPR, DECRPM, sizes, focus
+    r"|\x1b\](?:4;\d{1,3}|5;\d{1,3}|1[0-9]);rgb:[0-9a-fA-F/]{1,20}(?:\x07|\x1b\\)"  # colours
+    r"|\x1bP[\x20-\x7e]{0,512}\x1b\\"  # DCS reports (DECRQSS, XTVERSION): printable only
+)
+
+# xterm's key encodings. Cursor keys honour DECCKM; the rest are fixed.
+_CURSOR_FINALS = {"up": "A", "down": "B", "right": "C", "left": "D", "home": "H", "end": "F"}
+_TILDE_CODES = {
+    "insert": 2,
+    "delete": 3,
+    "pageup": 5,
+    "pagedown": 6,
+    "f5": 15,
+    "f6": 17,
+    "f7": 18,
+    "f8": 19,
+    "f9": 20,
+    "f10": 21,
+    "f11": 23,
+    "f12": 24,
+}
+_SS3_FUNCTION = {"f1": "P", "f2": "Q", "f3": "R", "f4": "S"}
+_PLAIN_KEYS = {
+    "enter": "\r",
+    "tab": "\t",
+    "escape": "\x1b",
+    "backspace": "\x7f",
+    "space": " ",
+}
+_CTRL_SYMBOLS = {
+    "@": "\x00",
+    "space": "\x00",
+    "left_square_bracket": "\x1b",
+    "backslash": "\x1c",
+    "right_square_bracket": "\x1d",
+    "circumflex_accent": "\x1e",
+    "underscore": "\x1f",
+    "minus": "\x1f",
+    "backspace": "\x08",
+    "2": "\x00",
+    "3": "\x1b",
+    "4": "\x1c",
+    "5": "\x1d",
+    "6": "\x1e",
+    "7": "\x1f",
+    "8": "\x7f",
+}
+_MODIFIER_BITS = {"shift": 1, "alt": 2, "meta": 2, "ctrl": 4}
+
+
+def encode_key(key: str, character: str | None, *, application_cursor: bool = False) -> str | None:
+    """The characters xterm sends for a Textual key, or None for a key it sends nothing for."""
+    *modifiers, base = key.split("+")
+    if any(modifier not in _MODIFIER_BITS for modifier in modifiers):
+        return None  # super/hyper chords: xterm sends nothing the shell would understand
+    bits = 0
+    for modifier in modifiers:
+        bits |= _MODIFIER_BITS[modifier]
+    if base.startswith("f") and base[1:].isdigit() and 13 <= int(base[1:]) <= 24:
+        base, bits = f"f{int(base[1:]) - 12}", bits | 1  # F13-F24 are shifted F1-F12
+    alt = bool(bits & 2)
+    param = 1 + bits  # xterm's modifier parameter: 2 shift, 3 alt, 5 ctrl, ...
+    if base in _CURSOR_FINALS:
+        final = _CURSOR_FINALS[base]
+        if param == 1:
+            return ("\x1bO" if application_cursor else "\x1b[") + final
+        return f"\x1b[1;{param}{final}"
+    if base in _TILDE_CODES:
+        code = _TILDE_CODES[base]
+        return f"\x1b[{code}~" if param == 1 else f"\x1b[{code};{param}~"
+    if base in _SS3_FUNCTION:
+        final = _SS3_FUNCTION[base]
+        return f"\x1bO{final}" if param == 1 else f"\x1b[1;{param}{final}"
+
+    prefix = "\x1b" if alt else ""
+    if base == "tab" and bits & 1:
+        return prefix + "\x1b[Z"
+    if bits & 4:  # ctrl
+        if len(base) == 1 and base.isascii() and base.isalpha():
+            return prefix + chr(ord(base.lower()) & 0x1F)
+        if base in _CTRL_SYMBOLS:
+            return prefix + _CTRL_SYMBOLS[base]
+        if base in _PLAIN_KEYS:
+            return prefix + _PLAIN_KEYS[base]
+        return None
+    if base in _PLAIN_KEYS:
+        return prefix + _PLAIN_KEYS[base]
+    if character:
+        return prefix + character
+    if len(base) == 1:
+        return prefix + (base.upper() if bits & 1 else base)
+    return None
+
+
+def _is_unsafe_char(char: str) -> bool:
+    # Controls, format characters (bidi overrides, zero-width joiners) and lone surrogates
+    # could make the real terminal move, reorder or misjudge widths; none belong in a cell.
+    return unicodedata.category(char) in ("Cc", "Cf", "Cs")
+
+
+@lru_cache(maxsize=8192)
+def _safe_glyph(text: str, width: int) -> str:
+    """A cell's text made safe to print, and exactly `width` columns wide as Textual counts."""
+    if text.isascii() and text.isprintable() and len(text) == width:
+        return text
+    cleaned = "".join(char for char in text if not _is_unsafe_char(char))
+    if cleaned and cell_len(cleaned) == width:
+        return cleaned
+    if cleaned and cell_len(cleaned[0]) == width:
+        return cleaned[0]  # an emoji sequence Textual would measure wider: show its first part
+    return "?" * width
+
+
+def _row_text(cells: Sequence[Cell]) -> str:
+    return "".join(
+        _safe_glyph(char, 2 if isinstance(char, WideHead) else 1)
+        for _, char in cells
+        if char != CONTINUATION
+    )
+
+
+def sanitize_label(text: str) -> str:
+    """Host-supplied text (a window title) reduced to printable characters on one line."""
+    cleaned = "".join(char for char in text if not _is_unsafe_char(char))
+    return cleaned[:_TITLE_MAX_CHARS]
+
+
+def _rich_color(color: CellColor | None) -> Color | None:
+    if color is None or color.mode == "default":
+        return None
+    if color.mode == "indexed":
+        index = color.value
+        if 0 <= index < 16:
+            return _ANSI_COLORS[index]
+        return Color.from_ansi(index) if 0 <= index < 256 else None
+    if color.mode == "rgb":
+        return Color.from_rgb(*color.value)
+    return None
+
+
+def _rich_style(style: CellStyle, inverse: bool) -> tuple[Style, bool]:
+    """A cell style as a Rich style (without the widget's base), and whether text is concealed."""
+    reverse = bool(style.reverse) != inverse
+    rich = Style(
+        color=_rich_color(style.fg),
+        bgcolor=_rich_color(style.bg),
+        bold=True if style.bold else None,
+        dim=True if style.dim else None,
+        italic=True if style.italic else None,
+        underline=True if style.underline and style.underline_style != "double" else None,
+        underline2=True if style.underline and style.underline_style == "double" else None,
+        blink=True if style.blink else None,
+        reverse=True if reverse else None,
+        strike=True if style.strike else None,
+        overline=True if style.overline else None,
+    )
+    return rich, bool(style.conceal)
+
+
+class _ReplyLine:
+    """The emulator's host cable: carries its answers to device queries back to the remote.
+
+    bittty writes replies here; only the shapes in _SAFE_REPLY go on to `send`, within a
+    per-frame budget. Host output never comes through here (the widget feeds the board).
+    """
+
+    closed = False
+
+    def __init__(self, send: Callable[[bytes], None]) -> None:
+        self._send = send
+        self.budget = REPLY_BUDGET_BYTES
+
+    def write(self, data: str) -> int:
+        if _SAFE_REPLY.fullmatch(data) and len(data) <= self.budget:
+            self.budget -= len(data)
+            self._send(data.encode("ascii", "replace"))
+        return len(data)
+
+    def write_bytes(self, data: bytes) -> int:
+        return self.write(data.decode("latin-1"))
+
+    def flush(self) -> None:
+        pass
+
+    async def read_bytes_async(self, size: int) -> bytes:
+        return b""  # never pumped: the widget feeds the board itself
+
+    def configure_line(self, line: object) -> None:
+        pass
+
+    def resize(self, rows: int, cols: int) -> None:
+        pass  # the remote PTY learns its size from TerminalView.Resized, via the lead's code
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _Chrome(Terminal):
+    """bittty's view of this pane: keeps scrollback and hears about titles and screen flips."""
+
+    def __init__(self, board: Board, scrollback: MemoryScrollback | None, view: TerminalView):
+        super().__init__(board, scrollback)
+        self._view = view
+
+    def on_title(self, title: str, icon_title: str) -> None:
+        self._view.remote_title = sanitize_label(title)
+
+    def on_clipboard(self, selection: str, text: str) -> None:
+        pass  # never reaches the technician's clipboard (OSC 52 is also unwired on the board)
+
+    def on_reverse_screen(self, enabled: bool) -> None:
+        self._view._invalidate_all()
+
+    def on_scrollback_cleared(self) -> None:
+        super().on_scrollback_cleared()
+        self._view._invalidate_all()
+
+
+def _ignore(operation: Operation) -> None:
+    pass
+
+
+def _clear_alternate_screen_on_entry(board: Board) -> None:
+    """Make entering the alternate screen start from a blank page, as xterm's mode 1049 does.
+
+    bittty 0.3.0 keeps whatever the last full-screen program left there, and programs that
+    trust the page to be blank (less) would show vim's leftovers around their own text.
+    """
+    blitter = board.blitter
+    switch = blitter.switch_screen
+
+    def switch_screen(alt: bool) -> None:
+        entering = alt and not blitter.in_alt_screen
+        switch(alt)
+        if entering:
+            page = blitter.alt_page
+            for y in range(page.height):
+                page.clear_line(y, ERASE_ALL, 0, "")
+
+    blitter.switch_screen = switch_screen
+
+
+class TerminalView(Widget, can_focus=True):
+    """A remote shell's screen: feed it the remote's bytes, and it sends back the keys typed."""
+
+    DEFAULT_CSS = """
+    TerminalView {
+        width: 1fr;
+        height: 1fr;
+        background: $background;
+        color: $foreground;
+        overflow: hidden hidden;
+    }
+    """
+
+    class Resized(Message):
+        """The pane's size in cells changed (and once after mount): resize the remote PTY."""
+
+        def __init__(self, cols: int, rows: int, terminal: TerminalView | None = None) -> None:
+            super().__init__()
+            self.cols = cols
+            self.rows = rows
+            self.terminal = terminal
+
+        @property
+        def control(self) -> TerminalView | None:
+            return self.terminal
+
+    max_pending_bytes: int = MAX_PENDING_BYTES
+
+    def __init__(
+        self,
+        send: Callable[[bytes], None],
+        *,
+        cols: int = 80,
+        rows: int = 24,
+        scrollback: int = 5000,
+        name: str | None = None,
+        id: str | None = None,
+        classes: str | None = None,
+    ) -> None:
+        super().__init__(name=name, id=id, classes=classes)
+        self._send = send
+        self._cols = max(1, cols)
+        self._rows = max(1, rows)
+        self.remote_title = ""
+        """The window title the remote asked for, sanitised; never applied to a real window."""
+        self.dropped_bytes = 0
+        """Output discarded because the pane could not parse it as fast as it arrived."""
+
+        self._board = Board(width=self._cols, height=self._rows, model=XTERM)
+        # Without clustering bittty gives every combining mark a column of its own, so text in
+        # decomposed form (macOS file names) would drift from where the remote shell thinks
+        # the cursor is. Clustered, an accent joins its letter as it does in xterm.
+        self._board.blitter.set_grapheme_clustering(True)
+        _clear_alternate_screen_on_entry(self._board)
+        # The host may not touch the technician's clipboard, not even the board's copy of it.
+        self._board.registry["OSC_CLIPBOARD"] = _ignore
+        self._replies = _ReplyLine(send)
+        self._board.host.attach(self._replies)
+        history = MemoryScrollback(scrollback * max(self._cols, 80)) if scrollback > 0 else None
+        self._chrome = _Chrome(self._board, history, self)
+        self._chrome.attach()
+
+        self._pending: deque[bytes] = deque()
+        self._pending_total = 0  # bytes in _pending, including the consumed head
+        self._head_offset = 0  # bytes of _pending[0] already parsed
+        self._discontinuity = False
+        self._parse_rate = 1e6  # bytes per second of parsing, a moving average
+
+        self._strips: dict[int, Strip] = {}
+        self._style_cache: dict[tuple[CellStyle, bool], tuple[Style, bool]] = {}
+        self._view_snapshot: list[Sequence[Cell]] | None = None
+        self._drawn_cursor: tuple[int, int] | None = None
+        self._posted_size: tuple[int, int] | None = None
+        self._focused = False
+        self._ticker: Timer | None = None
+
+    # --- the interface the session code uses --- #
+
+    def feed(self, data: bytes) -> None:
+        """Queue output from the remote; it is parsed on the next frames, within a budget."""
+        if not data:
+            return
+        self._pending.append(bytes(data))
+        self._pending_total += len(data)
+        if self.pending_bytes > self._backlog_cap():
+            self._shed_backlog()
+        if self._ticker is not None:
+            self._ticker.resume()
+
+    def screen_lines(self) -> list[str]:
+        """The rows on view as plain text (sanitised as painted), trailing spaces stripped."""
+        return [_row_text(row).rstrip(" ") for row in self._visible_rows()]
+
+    @property
+    def size_in_cells(self) -> tuple[int, int]:
+        """(cols, rows) of the emulator grid."""
+        return self._cols, self._rows
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes received but not parsed yet (never more than `max_pending_bytes`)."""
+        return self._pending_total - self._head_offset
+
+    # --- input queue --- #
+
+    def _shed_backlog(self) -> None:
+        # The remote produces faster than we can parse (a `yes` or a huge `cat`). What is on
+        # screen at the end is what matters, so drop the oldest pending output and keep the
+        # tail; the parser restarts clean at the cut rather than mid-sequence.
+        cap = self._backlog_cap()
+        while self.pending_bytes > cap and len(self._pending) > 1:
+            head = self._pending.popleft()
+            self.dropped_bytes += len(head) - self._head_offset
+            self._pending_total -= len(head)
+            self._head_offset = 0
+            self._discontinuity = True
+        if self.pending_bytes > cap:
+            head = self._pending.popleft()
+            keep = head[len(head) - cap :]
+            self.dropped_bytes += len(head) - self._head_offset - len(keep)
+            self._pending.appendleft(keep)
+            self._pending_total += len(keep) - len(head)
+            self._head_offset = 0
+            self._discontinuity = True
+
+    def _backlog_cap(self) -> int:
+        by_time = int(self._parse_rate * MAX_BACKLOG_SECONDS)
+        return min(self.max_pending_bytes, max(MIN_PENDING_BYTES, by_time))
+
+    def _next_slice(self) -> bytes:
+        head = self._pending[0]
+        start = self._head_offset
+        piece = head[start : start + PARSE_SLICE_BYTES]
+        if start + len(piece) >= len(head):
+            self._pending.popleft()
+            self._pending_total -= len(head)
+            self._head_offset = 0
+        else:
+            self._head_offset += len(piece)
+        return piece
+
+    def _parse_pending(self) -> None:
+        board = self._board
+        parser = board.parser
+        self._replies.budget = REPLY_BUDGET_BYTES
+        started = perf_counter()
+        deadline = started + PARSE_BUDGET_SECONDS
+        parsed = 0
+        while self._pending and perf_counter() < deadline:
+            if self._discontinuity:
+                parser.reset()
+                self._discontinuity = False
+            piece = self._next_slice()
+            board.feed_host_data(piece)
+            parsed += len(piece)
+            if len(parser.buffer) > MAX_OPEN_SEQUENCE_CHARS:
+                parser.reset()
+            if not board.blitter.grapheme_clustering:
+                board.blitter.set_grapheme_clustering(True)  # a reset (RIS) turned it off
+            if board.width != self._cols or board.height != self._rows:
+                # The host asked to resize the grid (DECCOLM, XTWINOPS 8, DECSLPP); the pane's
+                # size is the technician's window, so put it back.
+                self._resize_grid(self._cols, self._rows)
+        elapsed = perf_counter() - started
+        if elapsed > PARSE_BUDGET_SECONDS / 2:  # a short frame says little about the rate
+            self._parse_rate = 0.7 * self._parse_rate + 0.3 * parsed / elapsed
+
+    def _resize_grid(self, cols: int, rows: int) -> None:
+        board = self._board
+        blitter, cursor = board.blitter, board.cursor
+        overflow = cursor.y - (rows - 1)
+        if overflow > 0 and not blitter.in_alt_screen:
+            # bittty cuts rows off the bottom when the grid shrinks, which would take the
+            # prompt with them. Like xterm, push rows off the top into history instead so the
+            # cursor's row stays on screen.
+            blitter.set_scroll_region(0, board.height - 1)
+            blitter.scroll(overflow)
+            cursor.y -= overflow
+        board.resize(cols, rows)
+
+    def _on_frame(self) -> None:
+        if self._pending:
+            self._parse_pending()
+        self._repaint()
+        if not self._pending and self._ticker is not None:
+            self._ticker.pause()
+
+    # --- painting --- #
+
+    def _invalidate_all(self) -> None:
+        self._strips.clear()
+        self.refresh()
+
+    def _cursor_cell(self) -> tuple[int, int] | None:
+        if not self._focused or self._chrome.view_offset():
+            return None
+        cursor = self._chrome.port.cursor
+        if cursor is None:
+            return None
+        x, y = cursor
+        page = self._chrome.port.page
+        if 0 <= y < page.height:
+            x = page.owner_x(min(x, page.width - 1), y)
+        return x, y
+
+    def _repaint(self) -> None:
+        """Drop the cached strips of rows that changed and ask Textual to repaint them."""
+        chrome = self._chrome
+        dirty = set(chrome.damaged_rows())
+        if not chrome.view_offset():
+            self._view_snapshot = None
+        elif dirty or self._view_snapshot is None:
+            # Scrolled back, the rows on view shift as history grows: repaint them all.
+            self._view_snapshot = chrome.view_rows()
+            dirty = set(range(self._rows))
+        cursor = self._cursor_cell()
+        if cursor != self._drawn_cursor:
+            for position in (self._drawn_cursor, cursor):
+                if position is not None:
+                    dirty.add(position[1])
+            self._drawn_cursor = cursor
+        if not dirty:
+            return
+        for y in dirty:
+            self._strips.pop(y, None)
+        if len(dirty) >= self._rows:
+            self.refresh()
+            return
+        width = self.size.width or self._cols
+        self.refresh(*(Region(0, y, width, 1) for y in sorted(dirty)))
+
+    def _visible_rows(self) -> list[Sequence[Cell]]:
+        if self._chrome.view_offset():
+            return self._chrome.view_rows()
+        page = self._chrome.port.page
+        return [page.grid[y] for y in range(page.height)]
+
+    def _row_cells(self, y: int) -> Sequence[Cell] | None:
+        if self._view_snapshot is not None:
+            return self._view_snapshot[y] if y < len(self._view_snapshot) else None
+        page = self._chrome.port.page
+        return page.grid[y] if 0 <= y < page.height else None
+
+    def _cell_style(self, style: CellStyle, inverse: bool) -> tuple[Style, bool]:
+        key = (style, inverse)
+        cached = self._style_cache.get(key)
+        if cached is None:
+            rich, concealed = _rich_style(style, inverse)
+            cached = (self.rich_style + rich, concealed)
+            if len(self._style_cache) > 4096:  # a host cycling truecolours must not grow it forever
+                self._style_cache.clear()
+            self._style_cache[key] = cached
+        return cached
+
+    def render_line(self, y: int) -> Strip:
+        strip = self._strips.get(y)
+        if strip is None:
+            strip = self._render_row(y)
+            self._strips[y] = strip
+        return strip
+
+    def _render_row(self, y: int) -> Strip:
+        cells = self._row_cells(y)
+        if cells is None:
+            return Strip.blank(self.size.width, self.rich_style)
+        inverse_screen = bool(self._board.modes.reverse_screen)
+        cursor = self._drawn_cursor
+        cursor_x = cursor[0] if cursor is not None and cursor[1] == y else -1
+        segments: list[Segment] = []
+        total = 0
+        x, count = 0, len(cells)
+        while x < count:
+            # A run of cells sharing one style object (the blitter reuses the current style),
+            # with the cursor's cell always a run of its own.
+            cell_style = cells[x][0]
+            end = x + 1
+            if x != cursor_x:
+                while end < count and end != cursor_x and cells[end][0] is cell_style:
+                    end += 1
+            style, concealed = self._cell_style(cell_style, inverse_screen != (x == cursor_x))
+            text = "".join([cell[1] for cell in cells[x:end]])
+            if not (len(text) == end - x and text.isascii() and text.isprintable()):
+                text = _row_text(cells[x:end])  # wide glyphs, clusters, or characters to mask
+            width = cell_len(text) if not text.isascii() else len(text)
+            if concealed:
+                text = " " * width
+            segments.append(Segment(text, style))
+            total += width
+            x = end
+        return Strip(segments, total)
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._style_cache.clear()
+        self._strips.clear()
+
+    # --- lifecycle, size and focus --- #
+
+    def on_mount(self) -> None:
+        self._ticker = self.set_interval(FRAME_INTERVAL, self._on_frame, pause=not self._pending)
+
+    def on_resize(self, event: events.Resize) -> None:
+        cols, rows = self.size.width, self.size.height
+        if cols < 1 or rows < 1:
+            return
+        if (cols, rows) != (self._cols, self._rows):
+            self._cols, self._rows = cols, rows
+            self._resize_grid(cols, rows)
+            self._invalidate_all()
+            self._repaint()
+        if self._posted_size != (cols, rows):
+            self._posted_size = (cols, rows)
+            self.post_message(self.Resized(cols, rows, self))
+
+    # These run before Widget's own focus handlers update has_focus, hence _focused.
+    def on_focus(self, event: events.Focus) -> None:
+        self._focused = True
+        self._board.set_focus(True)  # reported to the host only if it enabled mode 1004
+        self._repaint()
+
+    def on_blur(self, event: events.Blur) -> None:
+        self._focused = False
+        self._board.set_focus(False)
+        self._repaint()
+
+    # --- input --- #
+
+    def _scroll_history(self, rows: int) -> None:
+        if self._chrome.scrollback is None or self._board.blitter.in_alt_screen:
+            return
+        self._chrome.scroll_view(rows)
+        self._invalidate_all()
+        self._repaint()
+
+    def _send_text(self, text: str) -> None:
+        if self._chrome.view_offset():
+            self._chrome.scroll_to_bottom()
+            self._invalidate_all()
+            self._repaint()
+        self._send(text.encode("utf-8", "surrogateescape"))
+
+    def on_key(self, event: events.Key) -> None:
+        if event.key == LEAVE_KEY:
+            return  # bubbles to the screen's binding that leaves the pane
+        in_alt_screen = self._board.blitter.in_alt_screen
+        if event.key in ("shift+pageup", "shift+pagedown") and not in_alt_screen:
+            page = max(1, self._rows - 1)
+            self._scroll_history(-page if event.key == "shift+pageup" else page)
+        else:
+            text = encode_key(
+                event.key,
+                event.character,
+                application_cursor=bool(self._board.modes.cursor_application_mode),
+            )
+            if text:
+                self._send_text(text)
+        event.stop()
+        event.prevent_default()
+
+    def on_paste(self, event: events.Paste) -> None:
+        # As xterm does, line feeds become carriage returns (what Enter sends). A pasted
+        # end-of-paste marker is removed so pasted text cannot escape the bracket.
+        text = event.text.replace("\r\n", "\r").replace("\n", "\r")
+        if self._board.modes.bracketed_paste:
+            text = "\x1b[200~" + text.replace("\x1b[201~", "") + "\x1b[201~"
+        if text:
+            self._send_text(text)
+        event.stop()
+        event.prevent_default()
+
+    def on_mouse_scroll_up(self, event: events.MouseScrollUp) -> None:
+        self._scroll_history(-3)
+        event.stop()
+
+    def on_mouse_scroll_down(self, event: events.MouseScrollDown) -> None:
+        self._scroll_history(3)
+        event.stop()
