@@ -24,6 +24,17 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+class AgentReport(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    event: str = Field(max_length=64)
+    actor: str = Field(default="technician", max_length=64)
+    outcome: str = Field(default="ok", max_length=32)
+
+
+class AgentReports(Strict):
+    events: list[AgentReport] = Field(max_length=100)
+
+
 class LoginRequest(Strict):
     login: str = Field(min_length=1, max_length=64)
     password: str = Field(min_length=1, max_length=1024)
@@ -205,6 +216,26 @@ def create_app(service: RelayService) -> FastAPI:
         return await service.activate(
             token, body.code, host_key=body.host_key, hostname=body.hostname, os=body.os,
             user=body.user, machine_id=body.machine_id, source=_source(request))
+
+    def agent_bearer(authorization: Annotated[str | None, Header()] = None) -> str:
+        scheme, _, credential = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not credential:
+            raise ServiceError(401, "unauthorized", "the agent must send its session credential")
+        return credential.strip()
+
+    AgentBearer = Annotated[str, Depends(agent_bearer)]
+
+    @app.post(f"{API}/agent/audit")
+    async def agent_audit(body: AgentReports, bearer: AgentBearer) -> dict:
+        """The agent reports what technicians did inside the tunnel (the relay cannot see)."""
+        count = await service.agent_reports(bearer, [e.model_dump() for e in body.events])
+        return {"recorded": count}
+
+    @app.post(f"{API}/agent/end")
+    async def agent_end(bearer: AgentBearer) -> dict:
+        """The customer ended the session from the agent's window."""
+        row = await service.agent_ends(bearer)
+        return {"id": row.id, "state": row.state, "ended_reason": row.ended_reason}
 
     join.add_routes(app, service)
     return app

@@ -420,6 +420,30 @@ class RelayService:
             return None
         return row
 
+    async def agent_for_bearer(self, bearer: str) -> SessionRow:
+        """The agent's HTTP credential is "<session-id>:<agent-secret>"."""
+        session_id, _, secret = bearer.partition(":")
+        row = await self.agent_for_secret(session_id.lower(), secret) if secret else None
+        if row is None:
+            raise ServiceError(401, "unauthorized",
+                               "this session is no longer active: the agent can remove itself")
+        return row
+
+    async def agent_reports(self, bearer: str, events: list[dict]) -> int:
+        """Technician actions the agent saw inside the tunnel, for the audit log."""
+        row = await self.agent_for_bearer(bearer)
+        for item in events:
+            detail = {k: v for k, v in item.items() if k not in ("event", "actor", "outcome")}
+            await self.store.audit(self.clock(), f"technician:{str(item.get('actor', '?'))[:64]}",
+                                   str(item.get("event", "unknown"))[:64],
+                                   str(item.get("outcome", "ok"))[:32],
+                                   company_id=row.company_id, session_id=row.id, **detail)
+        return len(events)
+
+    async def agent_ends(self, bearer: str) -> SessionRow:
+        row = await self.agent_for_bearer(bearer)
+        return await self.end_by_customer(row.id)
+
     async def agent_presence(self, session_id: str, online: bool, ip: str | None) -> None:
         await self.store.record_presence(session_id, online, self.clock(), ip)
         self.bus.notify()

@@ -1,0 +1,231 @@
+"""Real parts for tests: a relay process on loopback ports, agents as processes, API helpers.
+
+Nothing here is a mock: `RelayProcess` runs `adhoc-relay serve` on port 0 with its own data
+dir, and `AgentProcess` runs `adhoc-host join` against it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncssh
+import httpx
+
+PASSWORD = "tech-password-1"
+SESSION_PASSWORD = "Horse-battery-9"
+READY = re.compile(r"adhoc-relay ready http=(\S+) ssh=(\S+)")
+
+
+def run_cli(data_dir: Path, *args: str, stdin: str | None = None,
+            check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, "-m", "relay.cli", "--data-dir", str(data_dir), *args],
+        input=stdin, capture_output=True, text=True, timeout=60)
+    if check and result.returncode != 0:
+        raise AssertionError(f"adhoc-relay {' '.join(args)} failed: {result.stderr}")
+    return result
+
+
+def provision(data_dir: Path, *, company: str = "Acme", plan: str = "plus", seats: int = 3,
+              technicians: tuple[str, ...] = ("alice",)) -> None:
+    run_cli(data_dir, "init")
+    run_cli(data_dir, "company", "add", company, "--plan", plan, "--seats", str(seats))
+    for login in technicians:
+        run_cli(data_dir, "technician", "add", login, "--email", f"{login}@example.com",
+                "--company", company, "--password-stdin", stdin=PASSWORD + "\n")
+
+
+@dataclass
+class RelayProcess:
+    data_dir: Path
+    extra_args: tuple[str, ...] = ()
+    proc: subprocess.Popen | None = None
+    base_url: str = ""
+    ssh_host: str = "127.0.0.1"
+    ssh_port: int = 0
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.data_dir / "relay.log"
+
+    def start(self, *, http_port: int = 0, ssh_port: int = 0, timeout: float = 20) -> None:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "relay.cli", "--data-dir", str(self.data_dir), "serve",
+                 "--http", f"127.0.0.1:{http_port}", "--ssh", f"127.0.0.1:{ssh_port}",
+                 *self.extra_args],
+                stdout=subprocess.PIPE, stderr=log, text=True)
+        deadline = time.monotonic() + timeout
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise AssertionError(f"relay exited: {self.log_path.read_text()[-2000:]}")
+            match = READY.search(line)
+            if match:
+                self.base_url = match.group(1)
+                host, _, port = match.group(2).rpartition(":")
+                self.ssh_host, self.ssh_port = host, int(port)
+                return
+        raise AssertionError("relay did not start in time")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self.proc and self.proc.stdout:
+            self.proc.stdout.close()
+
+    def kill9(self) -> None:
+        self.stop(signal.SIGKILL)
+
+
+class Api:
+    """A technician's view of the relay API (real HTTP)."""
+
+    def __init__(self, base_url: str, login: str = "alice", password: str = PASSWORD) -> None:
+        self.base_url = base_url
+        self.client = httpx.AsyncClient(base_url=base_url, timeout=30)
+        self.login_name = login
+        self.password = password
+        self.token = ""
+
+    async def __aenter__(self) -> Api:
+        response = await self.client.post(
+            "/api/v1/login", json={"login": self.login_name, "password": self.password})
+        response.raise_for_status()
+        self.token = response.json()["token"]
+        self.client.headers["Authorization"] = f"Bearer {self.token}"
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.client.aclose()
+
+    async def create_session(self, email: str = "customer@example.com",
+                             password: str = SESSION_PASSWORD) -> dict:
+        response = await self.client.post(
+            "/api/v1/sessions", json={"customer_email": email, "password": password})
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    async def session(self, session_id: str) -> dict:
+        response = await self.client.get(f"/api/v1/sessions/{session_id}")
+        response.raise_for_status()
+        return response.json()
+
+    async def relay_info(self) -> dict:
+        return (await self.client.get("/api/v1/relay")).json()
+
+    async def wait_for(self, session_id: str, predicate, timeout: float = 20) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            view = await self.session(session_id)
+            if predicate(view):
+                return view
+            if time.monotonic() > deadline:
+                raise AssertionError(f"session never reached the expected state: {view}")
+            await asyncio.sleep(0.1)
+
+
+@dataclass
+class AgentProcess:
+    join_url: str
+    code: str
+    workdir: Path
+    proc: subprocess.Popen | None = None
+    output: list[str] = field(default_factory=list)
+
+    def start(self, *extra: str) -> None:
+        env = dict(os.environ, ADHOC_HOST_LOCK=str(self.workdir / "agent.lock"),
+                   TMPDIR=str(self.workdir))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hostagent.cli", "join", self.join_url, "--code", self.code,
+             "--yes", "--allow-unprivileged", *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+            stdin=subprocess.DEVNULL)
+
+    async def wait_for_line(self, text: str, timeout: float = 20) -> str:
+        assert self.proc is not None and self.proc.stdout is not None
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + timeout
+        for line in self.output:
+            if text in line:
+                return line
+        while time.monotonic() < deadline:
+            line = await asyncio.wait_for(
+                loop.run_in_executor(None, self.proc.stdout.readline),
+                max(0.1, deadline - time.monotonic()))
+            if not line:
+                break
+            self.output.append(line)
+            if text in line:
+                return line
+        raise AssertionError(f"agent never printed {text!r}; it printed:\n{''.join(self.output)}")
+
+    def wait_exit(self, timeout: float = 20) -> int:
+        assert self.proc is not None
+        code = self.proc.wait(timeout)
+        if self.proc.stdout:
+            self.output.extend(self.proc.stdout.readlines())
+        return code
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self.proc and self.proc.stdout:
+            self.proc.stdout.close()
+
+
+def pinned(public_key: str) -> tuple[list, list, list]:
+    """known_hosts trusting exactly this key."""
+    return ([asyncssh.import_public_key(public_key)], [], [])
+
+
+@contextlib.asynccontextmanager
+async def technician_ssh(relay: RelayProcess, api: Api, session: dict,
+                         password: str = SESSION_PASSWORD):
+    """Outer connection to the relay as the technician, inner connection to the host."""
+    info = await api.relay_info()
+    outer = await asyncssh.connect(
+        relay.ssh_host, relay.ssh_port, username=api.login_name, password=api.token,
+        known_hosts=pinned(info["host_key"]), client_keys=None, agent_path=None, config=None)
+    try:
+        inner = await asyncssh.connect(
+            session["id"], 22, tunnel=outer, username="support", password=password,
+            known_hosts=pinned(session["host_key"]), client_keys=None, agent_path=None,
+            config=None)
+        try:
+            yield inner
+        finally:
+            inner.close()
+            await inner.wait_closed()
+    finally:
+        outer.close()
+        await outer.wait_closed()
+
+
+def new_agent(agents: list[AgentProcess], tmp_path: Path, session: dict) -> AgentProcess:
+    """An agent for `session`, in its own folder, stopped by the `agents` fixture."""
+    workdir = tmp_path / f"agent{len(agents)}"
+    workdir.mkdir()
+    agent = AgentProcess(session["join_url"], session["security_code"], workdir)
+    agents.append(agent)
+    return agent
