@@ -1,29 +1,44 @@
-"""The SSH server the agent runs inside the relay tunnel: auth, PTY shells, commands, SFTP.
+"""The SSH server the agent runs inside the relay tunnel: auth, PTY shells, SFTP, dashboard, chat.
 
 The technician's console (or stock `ssh -J`) talks to this server end to end; the relay only
-carries the bytes. Plan features are enforced here, whatever the client asks for.
+carries the bytes. Plan features are enforced here, whatever the client asks for. The contract
+of each channel kind is in docs/PROTOCOL.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+from collections import Counter
 from collections.abc import Callable
 
 import asyncssh
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from hostagent.shell import PtyShell, login_shell, shell_environment
+from hostagent.chat import ChatHub, serve_chat
+from hostagent.dashboard import serve_dashboard
+from hostagent.files import make_sftp_factory
+from hostagent.shell import login_shell, shell_environment
+from hostagent.shells import (
+    DETACHED_TIMEOUT,
+    SHELL_ID_ENV,
+    SHELL_ID_RE,
+    Attachment,
+    ShellLimit,
+    ShellRegistry,
+)
 
 log = logging.getLogger("adhoc.host")
 
 INNER_USER = "support"
-MAX_AUTH_FAILURES = 10
 # Small windows so ctrl+c stops a flood quickly; large enough for full-speed file transfer
 # (SFTP runs many requests in parallel, so its throughput does not hinge on this window).
 SHELL_WINDOW = 256 * 1024
+
+Audit = Callable[[str, str, dict], None]
 
 
 class Notices:
@@ -33,6 +48,8 @@ class Notices:
     def technician_disconnected(self, who: str) -> None: ...
     def activity(self, who: str, what: str) -> None: ...
     def auth_failed(self, who: str, failures: int) -> None: ...
+    def chat(self, message: dict) -> None: ...
+    def changed(self) -> None: ...
 
 
 class _Hasher:
@@ -47,26 +64,50 @@ class _Hasher:
 
 
 class AgentState:
-    """What every inner connection shares: the grant, the verifier, the notices."""
+    """What every inner connection shares: the grant, the verifier, the shells, who does what."""
 
     def __init__(self, password_verifier: str, features: tuple[str, ...], notices: Notices,
-                 audit: Callable[[str, str, dict], None] | None = None) -> None:
+                 audit: Audit | None = None, *,
+                 detached_timeout: float = DETACHED_TIMEOUT) -> None:
         self.password_verifier = password_verifier
         self.features = features
         self.notices = notices
-        self.audit = audit or (lambda event, who, detail: None)
+        self.audit: Audit = audit or (lambda event, who, detail: None)
         self.auth_failures = 0
-        self.shells: set[PtyShell] = set()
+        self.shells = ShellRegistry(detached_timeout)
+        self.chat = ChatHub(notices.chat)
+        self.connected: Counter[str] = Counter()
+        self._doing: dict[int, tuple[str, str]] = {}
+        self._ids = itertools.count()
         self.ended = False
 
     def allows(self, feature: str) -> bool:
         return feature in self.features
 
+    @contextlib.contextmanager
+    def doing(self, who: str, what: str):
+        """Count `who` as doing `what` (shell, files, dashboard, chat) while the block runs."""
+        key = next(self._ids)
+        self._doing[key] = (who, what)
+        self.notices.changed()
+        try:
+            yield
+        finally:
+            self._doing.pop(key, None)
+            self.notices.changed()
+
+    def who_does_what(self) -> dict[str, list[str]]:
+        """{"alice": ["shell", "files"]} for every connected technician."""
+        out: dict[str, list[str]] = {who: [] for who, n in self.connected.items() if n > 0}
+        for who, what in self._doing.values():
+            kinds = out.setdefault(who, [])
+            if what not in kinds:
+                kinds.append(what)
+        return out
+
     def kill_all(self) -> None:
         self.ended = True
-        for shell in list(self.shells):
-            shell.kill()
-        self.shells.clear()
+        self.shells.kill_all()
 
 
 class InnerServer(asyncssh.SSHServer):
@@ -74,6 +115,7 @@ class InnerServer(asyncssh.SSHServer):
         self.state = state
         self.who = "technician"
         self.authenticated = False
+        self._failures = 0
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         # The relay puts the technician's login into the forwarded channel's origin.
@@ -83,7 +125,9 @@ class InnerServer(asyncssh.SSHServer):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.authenticated:
+            self.state.connected[self.who] -= 1
             self.state.notices.technician_disconnected(self.who)
+            self.state.notices.changed()
             self.state.audit("technician_disconnected", self.who, {})
 
     def begin_auth(self, username: str) -> bool:
@@ -99,19 +143,22 @@ class InnerServer(asyncssh.SSHServer):
             _Hasher.verify, self.state.password_verifier, password)
         if ok:
             self.authenticated = True
+            self.state.connected[self.who] += 1
             self.state.notices.technician_connected(self.who)
+            self.state.notices.changed()
             self.state.audit("technician_connected", self.who, {})
             return True
         self.state.auth_failures += 1
+        self._failures += 1
         failures = self.state.auth_failures
         self.state.notices.auth_failed(self.who, failures)
         self.state.audit("session_password", self.who, {"outcome": "wrong", "failures": failures})
-        # Each failure costs the guesser more time; after many the agent stops listening to them.
+        # Each failure costs the guesser more time, on this connection and across connections.
         await asyncio.sleep(min(0.25 * 2 ** min(failures, 6), 8.0))
         return False
 
     async def run_process(self, process: asyncssh.SSHServerProcess) -> None:
-        """Serve one session channel: a PTY shell, a command, or a refused subsystem."""
+        """Serve one session channel: a PTY shell, a command, or a subsystem."""
         try:
             if self.state.ended:
                 process.exit(1)
@@ -121,39 +168,80 @@ class InnerServer(asyncssh.SSHServer):
                 BrokenPipeError, ConnectionError, asyncssh.DisconnectError):
             process.exit(255)
 
+    def _refuse(self, process: asyncssh.SSHServerProcess, what: str) -> None:
+        self.state.audit("refused", self.who, {"what": what, "outcome": "refused"})
+        process.stderr.write(f"{what} is not included in this session's plan\r\n".encode())
+        process.exit(1)
+
     async def _serve(self, process: asyncssh.SSHServerProcess) -> None:
-        if process.subsystem:
-            # sftp reaches here only when the plan does not grant files (see make_sftp).
-            what = "file manager" if process.subsystem == "sftp" else process.subsystem
-            self.state.audit("refused", self.who, {"what": what})
-            process.stderr.write(f"{what} is not included in this session's plan\r\n".encode())
-            process.exit(1)
+        subsystem = process.subsystem
+        if subsystem == "dashboard":
+            if not self.state.allows("dashboard"):
+                self._refuse(process, "dashboard")
+                return
+            self.state.notices.activity(self.who, "opened the dashboard")
+            self.state.audit("dashboard_opened", self.who, {})
+            with self.state.doing(self.who, "dashboard"):
+                await serve_dashboard(process)
+            return
+        if subsystem == "chat":
+            if not self.state.allows("chat"):
+                self._refuse(process, "chat")
+                return
+            with self.state.doing(self.who, "chat"):
+                await serve_chat(process, self.state.chat, self.who)
+            return
+        if subsystem:
+            # sftp reaches here only when the plan does not grant files (see files.py).
+            self._refuse(process, "file manager" if subsystem == "sftp" else subsystem[:64])
             return
         if not self.state.allows("shell"):
-            process.stderr.write(b"remote shell is not included in this session's plan\r\n")
-            process.exit(1)
+            self._refuse(process, "remote shell")
             return
-        term = process.term_type
-        if term:
-            await self._pty_shell(process, term)
+        if process.term_type:
+            await self._pty_shell(process, process.term_type)
         else:
             await self._command(process)
 
     async def _pty_shell(self, process: asyncssh.SSHServerProcess, term: str) -> None:
         cols, rows, _, _ = process.term_size
-        what = f"runs: {process.command}" if process.command else "opened a shell"
+        cols, rows = cols or 80, rows or 24
+        shell_id = _env(process, SHELL_ID_ENV)
+        if shell_id is not None and not SHELL_ID_RE.match(shell_id):
+            process.stderr.write(f"{SHELL_ID_ENV} must be 1-64 of A-Z, a-z, 0-9, _ and -\r\n"
+                                 .encode())
+            process.exit(1)
+            return
+        shells = self.state.shells
+        shell = shells.live(shell_id) if shell_id is not None else None
+        reattach = shell is not None
+        if reattach:
+            what = "returned to a shell"
+        elif process.command:
+            what = f"runs: {process.command}"
+        else:
+            what = "opened a shell"
         # Consent: the customer's screen names the technician before the first shell byte.
         self.state.notices.activity(self.who, what)
-        self.state.audit("shell_opened", self.who, {"command": process.command} if
-                         process.command else {})
-        shell = PtyShell(term, cols or 80, rows or 24, process.command)
-        await shell.start()
-        self.state.shells.add(shell)
-
-        async def pump_output() -> None:
-            while (data := await shell.read()) is not None:
-                process.stdout.write(data)
-                await process.stdout.drain()
+        detail = {"shell_id": shell_id} if shell_id else {}
+        if process.command:
+            detail["command"] = process.command[:500]
+        self.state.audit("shell_reattached" if reattach else "shell_opened", self.who, detail)
+        if shell is None:
+            try:
+                shell = await shells.start(shell_id, term, cols, rows, process.command)
+            except ShellLimit as exc:
+                process.stderr.write(f"{exc}\r\n".encode())
+                process.exit(1)
+                return
+        attachment = Attachment(process.stdout.write, process.stdout.drain)
+        if reattach:
+            process.stdout.write(shell.repaint())
+            if (shell.pty.cols, shell.pty.rows) != (cols, rows):
+                shell.resize(cols, rows)
+        shell.attach(attachment)
+        if reattach:
+            shell.nudge()
 
         async def pump_input() -> None:
             while True:
@@ -164,26 +252,27 @@ class InnerServer(asyncssh.SSHServer):
                     continue
                 if not data:
                     return
-                await shell.write(data)
+                await shell.pty.write(data)
 
-        output = asyncio.create_task(pump_output())
         typing = asyncio.create_task(pump_input())
-        status = 255
+        exited = asyncio.create_task(shell.exited.wait())
+        taken = asyncio.create_task(attachment.taken.wait())
         try:
-            await asyncio.wait({output, typing}, return_when=asyncio.FIRST_COMPLETED)
-            if not output.done():
-                shell.close()  # the technician's side closed: hang up the shell
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(output, 2)
-            with contextlib.suppress(TimeoutError):
-                status = await asyncio.wait_for(shell.wait(), 5)
+            with self.state.doing(self.who, "shell"):
+                await asyncio.wait({typing, exited, taken}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            typing.cancel()
-            output.cancel()
-            shell.kill()
-            self.state.shells.discard(shell)
-            self.state.audit("shell_closed", self.who, {})
-        process.exit(status if status >= 0 else 255)
+            for task in (typing, exited, taken):
+                task.cancel()
+            shell.detach(attachment, shells.detached_timeout)
+        if taken.done() and not taken.cancelled():
+            process.stderr.write(b"\r\n[this shell was taken over by another connection]\r\n")
+            process.exit(0)
+        elif shell.exited.is_set():
+            status = shell.status if shell.status is not None else 255
+            self.state.audit("shell_closed", self.who, detail)
+            process.exit(status if status >= 0 else 255)
+        else:
+            process.exit(0)
 
     async def _command(self, process: asyncssh.SSHServerProcess) -> None:
         command = process.command or ""
@@ -214,9 +303,10 @@ class InnerServer(asyncssh.SSHServer):
 
         typing = asyncio.create_task(copy_in())
         try:
-            await asyncio.gather(copy_out(proc.stdout, process.stdout),
-                                 copy_out(proc.stderr, process.stderr))
-            status = await proc.wait()
+            with self.state.doing(self.who, "shell"):
+                await asyncio.gather(copy_out(proc.stdout, process.stdout),
+                                     copy_out(proc.stderr, process.stderr))
+                status = await proc.wait()
         finally:
             typing.cancel()
             if proc.returncode is None:
@@ -226,19 +316,12 @@ class InnerServer(asyncssh.SSHServer):
         process.exit(status if status >= 0 else 255)
 
 
-def make_sftp_factory(state: AgentState, who_of: Callable[[asyncssh.SSHServerChannel], str]):
-    """SFTP only when the plan grants files; every session is noticed and audited."""
-    if not state.allows("files"):
-        return None
-
-    class AuditedSFTP(asyncssh.SFTPServer):
-        def __init__(self, chan: asyncssh.SSHServerChannel) -> None:
-            super().__init__(chan)
-            who = who_of(chan)
-            state.notices.activity(who, "opened the file manager")
-            state.audit("files_opened", who, {})
-
-    return AuditedSFTP
+def _env(process: asyncssh.SSHServerProcess, name: str) -> str | None:
+    env = process.env or {}
+    for key, value in env.items():
+        if (key.decode(errors="replace") if isinstance(key, bytes) else key) == name:
+            return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+    return None
 
 
 def _owner(conn: asyncssh.SSHServerConnection) -> InnerServer:

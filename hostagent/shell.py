@@ -13,6 +13,7 @@ import struct
 import termios
 
 READ_CHUNK = 64 * 1024
+OUTPUT_QUEUE = 16
 
 
 def login_shell() -> str:
@@ -62,8 +63,10 @@ class PtyShell:
         self.command = command
         self.process: asyncio.subprocess.Process | None = None
         self._master = -1
-        self._output: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=16)
+        # Unbounded so close() can always post the end; reading pauses at OUTPUT_QUEUE chunks.
+        self._output: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._reading = False
+        self._ended = False
 
     async def start(self) -> None:
         master, slave = pty.openpty()
@@ -99,18 +102,27 @@ class PtyShell:
             data = b""
         if not data:
             self._pause_reading()
-            self._output.put_nowait(None)
+            self._end_output()
             return
         self._output.put_nowait(data)
-        if self._output.full():
+        if self._output.qsize() >= OUTPUT_QUEUE:
             self._pause_reading()  # back-pressure: the reader resumes us
+
+    def _end_output(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self._output.put_nowait(None)
 
     async def read(self) -> bytes | None:
         """The next chunk of output, or None once the shell has exited."""
         data = await self._output.get()
-        if data is not None and not self._output.full():
+        if data is not None and not self._ended and self._output.qsize() < OUTPUT_QUEUE:
             self._resume_reading()
         return data
+
+    @property
+    def master_fd(self) -> int:
+        return self._master
 
     async def write(self, data: bytes) -> None:
         """Type `data` into the shell, waiting while the PTY's input buffer is full."""
@@ -153,6 +165,7 @@ class PtyShell:
         if self._master >= 0:
             os.close(self._master)
             self._master = -1
+        self._end_output()
 
     def kill(self) -> None:
         if self.process is not None and self.process.returncode is None:
