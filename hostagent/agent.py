@@ -5,34 +5,59 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 import asyncssh
 
 from hostagent import join
-from hostagent.lifetime import CHECK_INTERVAL, ExpiryClock, InstanceLock, WorkDir
-from hostagent.notices import LineNotices, printable
+from hostagent.audit import AuditQueue
+from hostagent.lifetime import (
+    CHECK_INTERVAL,
+    ExpiryClock,
+    InstanceLock,
+    WorkDir,
+    watch_expiry,
+)
+from hostagent.notices import STATUS_REFRESH, KeyReader, LineNotices, printable
 from hostagent.server import AgentState, server_options
-from hostagent.tunnel import Tunnel
+from hostagent.shells import DETACHED_TIMEOUT
+from hostagent.tunnel import BACKOFF_CAP, Tunnel
 
 log = logging.getLogger("adhoc.host")
+
+AUDIT_FLUSH = 3.0
+
+
+@dataclass
+class AgentOptions:
+    backoff_cap: float = BACKOFF_CAP
+    check_interval: tuple[float, float] = CHECK_INTERVAL
+    detached_timeout: float = DETACHED_TIMEOUT
+    keys: bool = False  # read single keys from an interactive terminal
+    end_signals: tuple[int, ...] = field(
+        default=(signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
 
 
 class Agent:
     def __init__(self, link: join.JoinLink, notices: LineNotices, *,
                  ask_code: Callable[[str], Awaitable[str | None]],
                  confirm: Callable[[dict], Awaitable[bool]],
-                 backoff_cap: float = 10.0, check_interval: float = CHECK_INTERVAL) -> None:
+                 options: AgentOptions | None = None) -> None:
         self.link = link
         self.notices = notices
         self.ask_code = ask_code
         self.confirm = confirm
-        self.backoff_cap = backoff_cap
-        self.check_interval = check_interval
+        self.options = options or AgentOptions()
         self.workdir: WorkDir | None = None
         self.lock = InstanceLock()
         self.state: AgentState | None = None
         self.tunnel: Tunnel | None = None
+        self.audit: AuditQueue | None = None
+        self._end_requested = asyncio.Event()
+        self._end_why = "you ended it"
 
     async def run(self) -> int:
         """0 when the session ran and ended; 1 when it could not start."""
@@ -41,43 +66,77 @@ class Agent:
         try:
             return await self._run()
         finally:
-            if self.state is not None:
-                self.state.kill_all()
+            self._remove()
+
+    def _remove(self) -> None:
+        if self.state is not None:
+            self.state.kill_all()
+        if self.workdir is not None:
             self.workdir.remove()
-            self.lock.release()
+        self.lock.release()
+
+    def request_end(self, why: str = "you ended it") -> None:
+        self._end_why = why
+        self._end_requested.set()
 
     async def _run(self) -> int:
+        assert self.workdir is not None
         info = await join.fetch_info(self.link)
         if info.get("state") != "pending":
             raise join.JoinError("this link was already used, has expired or was ended: ask "
                                  "your technician for a new invitation", "link_used")
-        self.notices.say(f"{printable(info['technician'])} of {printable(info['company'])} "
-                         "asks to give you remote support on this computer.")
-        self.notices.say(f"Only continue if you asked {printable(info['company'])} for help.")
+        company = printable(info["company"])
+        who = printable(info["technician"])
+        email = printable(info.get("technician_email") or "")
+        self.notices.say(f"{who}{f' <{email}>' if email else ''} of {company} asks to give "
+                         "you remote support on this computer.")
+        self.notices.say(f"Only continue if you asked {company} for help. Never continue "
+                         "because someone called or wrote to you unasked.")
         if not await self.confirm(info):
             self.notices.say("Cancelled: nothing was changed on this computer.")
             return 1
         host_key = asyncssh.generate_private_key("ssh-ed25519")
-        key_path = self.workdir.path / "host_key"
-        host_key.write_private_key(str(key_path))
+        host_key.write_private_key(str(self.workdir.path / "host_key"))
         public = host_key.export_public_key("openssh").decode().strip()
         activation = await self._activate(public)
         clock = ExpiryClock(activation.expires_at)
         self.notices.say(f"Session active: {printable(activation.technician)} can connect "
                          f"until {activation.expires_at} (about "
                          f"{clock.remaining() / 3600:.0f} h).")
+        self.audit = AuditQueue(self.link.base_url, activation.session_id,
+                                activation.agent_secret)
+        self.audit.start()
         self.state = AgentState(activation.password_verifier, activation.features,
-                                self.notices)
+                                self.notices, self.audit.add,
+                                detached_timeout=self.options.detached_timeout)
+        self.notices.state = self.state
+        self.notices.time_left = clock.remaining
         self.tunnel = Tunnel(
             activation.session_id, activation.agent_secret, activation.ssh_host,
             activation.ssh_port, activation.relay_host_key,
             server_options(self.state, host_key), on_state=self.notices.connection,
-            backoff_cap=self.backoff_cap)
+            backoff_cap=self.options.backoff_cap)
+        keys = self._start_keys()
+        loop = asyncio.get_running_loop()
+        for sig in self.options.end_signals:
+            loop.add_signal_handler(sig, self.request_end, "you interrupted the host")
         tunnel_task = asyncio.create_task(self.tunnel.run())
-        expiry_task = asyncio.create_task(self._watch_expiry(clock))
-        done, _ = await asyncio.wait({tunnel_task, expiry_task},
-                                     return_when=asyncio.FIRST_COMPLETED)
+        expiry_task = asyncio.create_task(watch_expiry(clock, self.options.check_interval))
+        end_task = asyncio.create_task(self._end_requested.wait())
+        ticker = asyncio.create_task(self._tick())
+        try:
+            done, _ = await asyncio.wait({tunnel_task, expiry_task, end_task},
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for sig in self.options.end_signals:
+                loop.remove_signal_handler(sig)
+            if keys is not None:
+                keys.stop()
+            ticker.cancel()
+        # Whatever ended it: no shell outlives this line.
         self.state.kill_all()
+        if end_task in done:
+            return await self._end_by_customer(activation, tunnel_task)
         if expiry_task in done:
             self.tunnel.stop()
             self.notices.say("The session time is over.")
@@ -85,10 +144,63 @@ class Agent:
             expiry_task.cancel()
             end = tunnel_task.result()
             self.notices.say(f"The session ended: {printable(end.reason)}.")
+        end_task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await asyncio.wait_for(tunnel_task, 5)
+        if not (expiry_task in done and self.notices.link != "connected"):
+            await self.audit.flush(AUDIT_FLUSH)
+        await self.audit.stop()
+        self._remove()
         self.notices.say("The temporary Adhoc host removed itself. Goodbye.")
+        self.notices.finish()
         return 0
+
+    async def _end_by_customer(self, activation: join.Activation,
+                               tunnel_task: asyncio.Task) -> int:
+        """At once, online or not: shells are gone already; remove, then tell the relay."""
+        assert self.tunnel is not None and self.audit is not None
+        self.tunnel.stop()
+        tunnel_task.cancel()
+        self._remove()
+        self.notices.say(f"The session ended: {self._end_why}.")
+        told = await join.end_session(self.link.base_url, activation.session_id,
+                                      activation.agent_secret)
+        if not told:
+            self.notices.say("The relay could not be told (offline?): the technician sees "
+                             "this computer offline until the session expires.")
+        await self.audit.stop()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(tunnel_task, 2)
+        self.notices.say("The temporary Adhoc host removed itself. Goodbye.")
+        self.notices.finish()
+        return 0
+
+    def _start_keys(self) -> KeyReader | None:
+        if not self.options.keys:
+            return None
+        assert self.state is not None
+        state = self.state
+
+        def chat(text: str) -> None:
+            message = state.chat.post("customer", text)
+            if message is not None:
+                self.notices.say(f"You say: {printable(message['text'], 2000)}")
+
+        reader = KeyReader(self.notices, on_end=self.request_end, on_chat=chat)
+        try:
+            reader.start()
+        except (OSError, ValueError) as exc:  # not a terminal after all
+            log.info("no key input: %s", exc)
+            return None
+        self.notices.interactive = True
+        self.notices.redraw()
+        return reader
+
+    async def _tick(self) -> None:
+        """Keep the time left on the status line current."""
+        while True:
+            await asyncio.sleep(STATUS_REFRESH)
+            self.notices.redraw()
 
     async def _activate(self, host_key: str) -> join.Activation:
         last_error: join.JoinError | None = None
@@ -104,6 +216,6 @@ class Agent:
                 last_error = exc
                 self.notices.say(printable(str(exc)))
 
-    async def _watch_expiry(self, clock: ExpiryClock) -> None:
-        while not clock.expired():  # noqa: ASYNC110 (we poll two clocks on purpose)
-            await asyncio.sleep(min(self.check_interval, max(clock.remaining(), 0.05)))
+
+def install_dir() -> str | None:
+    return os.environ.get("ADHOC_HOST_INSTALL_DIR")

@@ -7,11 +7,14 @@ import asyncio
 import logging
 import os
 import sys
+import threading
 
 from hostagent import join
-from hostagent.agent import Agent
-from hostagent.lifetime import AlreadyRunning
+from hostagent.agent import Agent, AgentOptions, install_dir
+from hostagent.lifetime import AlreadyRunning, check_interval, remove_install_dir
 from hostagent.notices import LineNotices
+from hostagent.shells import DETACHED_TIMEOUT
+from hostagent.tunnel import BACKOFF_CAP
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,17 +32,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _ask(prompt: str) -> str | None:
+def _env_seconds(name: str, default: float) -> float:
+    """Hidden knobs for tests and odd networks; not part of the documented interface."""
+    value = os.environ.get(name)
     try:
-        return await asyncio.to_thread(input, prompt)
-    except EOFError:
-        return None
+        return max(0.05, float(value)) if value else default
+    except ValueError:
+        return default
+
+
+async def _ask(prompt: str) -> str | None:
+    """input() on a daemon thread, so ctrl+c at a prompt does not wait for the line."""
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[str | None] = loop.create_future()
+
+    def read() -> None:
+        try:
+            value: str | None = input(prompt)
+        except (EOFError, OSError, ValueError):
+            value = None
+        loop.call_soon_threadsafe(lambda: answer.done() or answer.set_result(value))
+
+    threading.Thread(target=read, name="adhoc-host-prompt", daemon=True).start()
+    return await answer
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
     notices = LineNotices()
     if os.geteuid() != 0 and not args.allow_unprivileged:
         print("adhoc-host: administrator rights are needed to receive support: run it with "
@@ -65,7 +87,12 @@ def main(argv: list[str] | None = None) -> int:
         answer = await _ask("Continue? [y/N] ")
         return (answer or "").strip().lower() in ("y", "yes")
 
-    agent = Agent(link, notices, ask_code=ask_code, confirm=confirm)
+    options = AgentOptions(
+        backoff_cap=_env_seconds("ADHOC_HOST_BACKOFF_CAP", BACKOFF_CAP),
+        check_interval=check_interval(),
+        detached_timeout=_env_seconds("ADHOC_HOST_SHELL_DETACH_TIMEOUT", DETACHED_TIMEOUT),
+        keys=interactive)
+    agent = Agent(link, notices, ask_code=ask_code, confirm=confirm, options=options)
     try:
         return asyncio.run(agent.run())
     except join.JoinError as exc:
@@ -75,9 +102,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"adhoc-host: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("adhoc-host: interrupted: the session is no longer reachable from here",
+        print("\nadhoc-host: interrupted before the session started: nothing was changed",
               file=sys.stderr)
         return 130
+    finally:
+        # Installed by the join link's script: the folder holding this program goes too.
+        remove_install_dir(install_dir())
 
 
 if __name__ == "__main__":

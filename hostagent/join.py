@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import os
 import platform
@@ -122,3 +123,25 @@ async def activate(link: JoinLink, code: str, host_key: str) -> Activation:
         expires_at=data["expires_at"], features=tuple(data["features"]),
         password_verifier=data["password_verifier"], company=data["company"],
         technician=data["technician"])
+
+
+async def end_session(base_url: str, session_id: str, secret: str, *, attempts: int = 3,
+                      per_try: float = 2.0) -> bool:
+    """Tell the relay the customer ended the session; a few quick tries, then give up.
+
+    The agent has already removed itself by then: if the relay is out of reach, the session
+    shows the host offline until it expires.
+    """
+    url = f"{base_url}/api/v1/agent/end"
+    headers = {"Authorization": f"Bearer {session_id}:{secret}"}
+    async with httpx.AsyncClient(timeout=httpx.Timeout(per_try)) as client:
+        for attempt in range(attempts):
+            try:
+                response = await client.post(url, headers=headers)
+            except httpx.HTTPError:
+                if attempt + 1 < attempts:
+                    await asyncio.sleep(0.5 * (attempt + 1))
+                continue
+            # 401: the session had already ended (expired, or the technician ended it).
+            return response.status_code in (200, 401)
+    return False

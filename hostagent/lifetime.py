@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import os
+import random
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 
-CHECK_INTERVAL = 30.0
+CHECK_INTERVAL = (30.0, 60.0)  # seconds between expiry checks, drawn anew each time
+INSTALL_MARKER = ".adhoc-host-install"
 
 
 class AlreadyRunning(Exception):
@@ -91,3 +94,35 @@ class WorkDir:
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def check_interval() -> tuple[float, float]:
+    """How often the expiry clock is read: 30-60 s, or ADHOC_HOST_CHECK_INTERVAL (tests)."""
+    override = os.environ.get("ADHOC_HOST_CHECK_INTERVAL")
+    if override:
+        value = max(0.05, float(override))
+        return value, value
+    return CHECK_INTERVAL
+
+
+async def watch_expiry(clock: ExpiryClock, interval: tuple[float, float] = CHECK_INTERVAL, *,
+                       sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+                       rng: Callable[[float, float], float] = random.uniform) -> None:
+    """Return once the session is over by either clock.
+
+    Sleeps at most one interval at a time: a sleep does not count a suspend, so after one the
+    next check comes within an interval of waking up, and then both clocks say so.
+    """
+    while not clock.expired():
+        await sleep(min(rng(*interval), max(clock.remaining(), 0.05)))
+
+
+def remove_install_dir(path: str | None) -> bool:
+    """Remove the folder the install script put the host in (it carries our marker)."""
+    if not path:
+        return False
+    folder = Path(path)
+    if not (folder / INSTALL_MARKER).is_file():
+        return False
+    shutil.rmtree(folder, ignore_errors=True)
+    return not folder.exists()
