@@ -3,8 +3,9 @@
 
 import json
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
+import asyncssh
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -12,12 +13,38 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from relay import join
-from relay.service import RelayService, ServiceError, check_email
+from relay import sessions as rules
+from relay.service import RelayService, ServiceError, check_email, check_login_name
 from relay.store import Technician
 
 API = "/api/v1"
 MAX_BODY_BYTES = 64 * 1024
+MAX_JSON_DEPTH = 32
 SSE_KEEPALIVE_SECONDS = 15.0
+
+
+class ErrorBody(BaseModel):
+    """Every refusal: a stable code for programs and a sentence for people."""
+
+    error: str = Field(description="a stable error code, e.g. not_found, limit, no_seat")
+    detail: str = Field(description="what happened and what to do next, in one sentence")
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI documentation of the error answers a route can give."""
+    described = {
+        401: "not logged in, or the token expired or was revoked",
+        402: "no free seat",
+        403: "not allowed (plan without ad hoc support, wrong code, not an administrator)",
+        404: "no such session, link or technician (or another company's)",
+        409: "a limit or the current state refuses this",
+        410: "the link was used, burnt or has expired",
+        413: "the request body is too large",
+        422: "the request is not valid: wrong fields, types or values",
+        429: "too many attempts from this address: see Retry-After",
+    }
+    return {status: {"model": ErrorBody, "description": described[status]}
+            for status in (*statuses, 413, 422)}
 
 
 class Strict(BaseModel):
@@ -33,6 +60,42 @@ class AgentReport(BaseModel):
 
 class AgentReports(Strict):
     events: list[AgentReport] = Field(max_length=100)
+
+
+class TechnicianPassword(Strict):
+    password: str = Field(min_length=8, max_length=1024,
+                          description="the technician's new password (8 characters or more)")
+
+
+class AddTechnicianRequest(TechnicianPassword):
+    login: str = Field(min_length=1, max_length=64,
+                       description="login name, also the SSH user name ([a-z0-9._-]+)")
+    email: str = Field(max_length=254)
+    admin: bool = False
+    ssh_keys: list[str] = Field(default_factory=list, max_length=10,
+                                description="OpenSSH public keys for `ssh -J`")
+
+    @field_validator("login")
+    @classmethod
+    def _login(cls, value: str) -> str:
+        return check_login_name(value)
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str) -> str:
+        return check_email(value)
+
+    @field_validator("ssh_keys")
+    @classmethod
+    def _keys(cls, value: list[str]) -> list[str]:
+        keys = []
+        for text in value:
+            try:
+                key = asyncssh.import_public_key(text)
+            except (asyncssh.KeyImportError, ValueError, TypeError):
+                raise ValueError("is not an OpenSSH public key (ssh-ed25519 AAAA...)") from None
+            keys.append(key.export_public_key("openssh").decode().strip())
+        return keys
 
 
 class LoginRequest(Strict):
@@ -74,52 +137,92 @@ def _describe_validation(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "the request is not valid JSON of the expected shape"
 
 
+def json_depth_exceeds(body: bytes, limit: int) -> bool:
+    """Whether JSON nests deeper than `limit` (brackets inside strings do not count).
+
+    Python's parser recurses per level: a body of 30,000 "[" would otherwise fail deep inside
+    it. This scan is linear and needs no parse."""
+    depth = 0
+    in_string = escaped = False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return False
+
+
 class BodyLimit:
-    """Reject bodies over MAX_BODY_BYTES before anything parses them (ASGI middleware)."""
+    """Read the whole body (at most MAX_BODY_BYTES) before anything parses it; refuse larger
+    bodies with 413 and JSON nested deeper than MAX_JSON_DEPTH with 422 (ASGI middleware)."""
 
     def __init__(self, app) -> None:
         self.app = app
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
+        too_large = error(413, "too_large",
+                          f"the request body is larger than {MAX_BODY_BYTES} bytes: send less")
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            await error(413, "too_large",
-                        f"the request body is larger than {MAX_BODY_BYTES} bytes")(
-                scope, receive, send)
+            await too_large(scope, receive, send)
             return
-        seen = 0
-
-        async def limited_receive():
-            nonlocal seen
+        chunks, seen = [], 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > MAX_BODY_BYTES:
-                    raise _TooLarge
-            return message
+            if message["type"] == "http.disconnect":
+                return
+            body = message.get("body", b"")
+            seen += len(body)
+            if seen > MAX_BODY_BYTES:
+                await too_large(scope, receive, send)
+                return
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        if json_depth_exceeds(body, MAX_JSON_DEPTH):
+            await error(422, "invalid", f"the JSON body nests deeper than {MAX_JSON_DEPTH} "
+                                        "levels: send a flat object")(scope, receive, send)
+            return
+        delivered = False
 
-        try:
-            await self.app(scope, limited_receive, send)
-        except _TooLarge:
-            await error(413, "too_large",
-                        f"the request body is larger than {MAX_BODY_BYTES} bytes")(
-                scope, receive, send)
+        async def replay():
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
 
-
-class _TooLarge(Exception):
-    pass
+        await self.app(scope, replay, send)
 
 
 def create_app(service: RelayService) -> FastAPI:
-    app = FastAPI(title="Adhoc relay", version="1", docs_url=None, redoc_url=None)
+    # No slash redirects: a path either names a route or is 404, never a 307 elsewhere.
+    app = FastAPI(title="Adhoc relay", version="1", docs_url=None, redoc_url=None,
+                  redirect_slashes=False)
+    app.add_middleware(BodyLimit)
 
     @app.exception_handler(ServiceError)
     async def _service_error(_request: Request, exc: ServiceError) -> JSONResponse:
-        return error(exc.status, exc.code, exc.detail)
+        response = error(exc.status, exc.code, exc.detail)
+        if exc.retry_after is not None:
+            response.headers["Retry-After"] = str(int(exc.retry_after))
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -127,16 +230,19 @@ def create_app(service: RelayService) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "not_found", 405: "method_not_allowed"}
-        detail = "no such route: see the API reference in docs/" if exc.status_code == 404 \
-            else str(exc.detail)
-        return error(exc.status_code, codes.get(exc.status_code, "http_error"), detail)
+        if exc.status_code == 404:
+            return error(404, "not_found", "no such route: see the API reference in docs/API.md")
+        if exc.status_code == 400:  # FastAPI could not read the body as JSON
+            return error(422, "invalid", "the request body is not valid JSON: send a JSON "
+                                         "object with the documented fields")
+        codes = {405: "method_not_allowed"}
+        return error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
 
     async def technician(
         authorization: Annotated[str | None, Header()] = None,
     ) -> Technician:
         scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not token:
+        if scheme.lower() != "bearer" or not token.strip():
             raise ServiceError(401, "unauthorized",
                                "log in first: send Authorization: Bearer <token>")
         return await service.technician_for_token(token.strip())
@@ -149,8 +255,9 @@ def create_app(service: RelayService) -> FastAPI:
         return {"ssh": service.ssh_address, "host_key": service.relay_host_key,
                 "base_url": service.base_url}
 
-    @app.post(f"{API}/login")
+    @app.post(f"{API}/login", responses=_errors(401, 429))
     async def login(body: LoginRequest, request: Request) -> dict:
+        """Exchange a login and password for a bearer token (30 days)."""
         token, tech = await service.login(body.login, body.password, _source(request))
         return {"token": token, "technician": await _technician_view(tech)}
 
@@ -158,19 +265,22 @@ def create_app(service: RelayService) -> FastAPI:
         return {"login": tech.login, "email": tech.email, "admin": tech.is_admin,
                 "limits": await service.limits_for(tech)}
 
-    @app.get(f"{API}/me")
+    @app.get(f"{API}/me", responses=_errors(401))
     async def me(tech: Tech) -> dict:
+        """Who is logged in, with the company's plan, seats and limits."""
         return await _technician_view(tech)
 
-    @app.get(f"{API}/sessions")
+    @app.get(f"{API}/sessions", responses=_errors(401))
     async def list_sessions(tech: Tech) -> dict:
+        """The company's live sessions and those ended in the last 7 days."""
         logins = await service.technician_logins(tech.company_id)
         rows = await service.sessions_for(tech)
         return {"sessions": [service.session_view(r, logins.get(r.technician_id)) for r in rows],
                 "limits": await service.limits_for(tech)}
 
-    @app.post(f"{API}/sessions", status_code=201)
+    @app.post(f"{API}/sessions", status_code=201, responses=_errors(401, 402, 403, 409))
     async def create_session(body: CreateSessionRequest, tech: Tech) -> dict:
+        """Invite a customer: the security code and join link are in this answer only."""
         created = await service.create_session(tech, body.customer_email, body.password,
                                                body.note)
         view = service.session_view(created.row, tech.login)
@@ -178,28 +288,46 @@ def create_app(service: RelayService) -> FastAPI:
                     install_command=service.install_command(created.join_token))
         return view
 
-    @app.get(f"{API}/sessions/{{session_id}}")
+    @app.get(f"{API}/sessions/{{session_id}}", responses=_errors(401, 404))
     async def get_session(session_id: str, tech: Tech) -> dict:
         row = await service.session_for(tech, session_id)
         logins = await service.technician_logins(tech.company_id)
         return service.session_view(row, logins.get(row.technician_id))
 
-    @app.post(f"{API}/sessions/{{session_id}}/end")
+    @app.post(f"{API}/sessions/{{session_id}}/end", responses=_errors(401, 404))
     async def end_session(session_id: str, tech: Tech) -> dict:
+        """End the session (idempotent); the agent is told and removes itself."""
         row = await service.end_session(tech, session_id)
         logins = await service.technician_logins(tech.company_id)
         return service.session_view(row, logins.get(row.technician_id))
 
-    @app.get(f"{API}/sessions/{{session_id}}/audit")
+    @app.post(f"{API}/sessions/{{session_id}}/code", responses=_errors(401, 404, 409))
+    async def reissue_code(session_id: str, tech: Tech) -> dict:
+        """A new security code for a pending session; the old one stops working. Wrong codes
+        already tried on the link still count."""
+        row, code = await service.reissue_code(tech, session_id)
+        return {"id": row.id, "security_code": code, "code_attempts": row.code_attempts,
+                "attempts_left": max(0, rules.MAX_CODE_ATTEMPTS - row.code_attempts)}
+
+    @app.get(f"{API}/sessions/{{session_id}}/invitation", responses=_errors(401, 404, 409))
+    async def invitation(session_id: str, tech: Tech) -> dict:
+        """The invitation as written to the outbox, with its join link, while pending."""
+        return await service.invitation(tech, session_id)
+
+    @app.get(f"{API}/sessions/{{session_id}}/audit", responses=_errors(401, 404))
     async def session_audit(session_id: str, tech: Tech) -> dict:
         return {"audit": await service.audit_for(tech, session_id)}
 
-    @app.get(f"{API}/events")
+    @app.get(f"{API}/events", responses={
+        **_errors(401),
+        200: {"description": "Server-Sent Events: see docs/API.md",
+              "content": {"text/event-stream": {"schema": {"type": "string"}}}}})
     async def events(
         tech: Tech,
         last_event_id: Annotated[str | None, Header()] = None,
         after: int | None = None,
     ) -> StreamingResponse:
+        """Live changes of the company's sessions; resume with Last-Event-ID or ?after=."""
         start = after if after is not None else _int_or_none(last_event_id)
         if start is None:
             start = await service.store.last_event_id()
@@ -207,11 +335,46 @@ def create_app(service: RelayService) -> FastAPI:
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store"})
 
-    @app.get(f"{API}/join/{{token}}")
+    # --- company administration (technicians with the admin flag) --------------------------
+
+    @app.get(f"{API}/admin/company", responses=_errors(401, 403))
+    async def admin_company(tech: Tech) -> dict:
+        """The company's plan, seats and use; plan and seats change only on the relay's CLI."""
+        return await service.company_overview(tech)
+
+    @app.get(f"{API}/admin/technicians", responses=_errors(401, 403))
+    async def admin_technicians(tech: Tech) -> dict:
+        return {"technicians": await service.technician_views(tech)}
+
+    @app.post(f"{API}/admin/technicians", status_code=201, responses=_errors(401, 403, 409))
+    async def admin_add_technician(body: AddTechnicianRequest, tech: Tech) -> dict:
+        return await service.add_technician(tech, body.login, body.email, body.password,
+                                            body.admin, body.ssh_keys)
+
+    @app.post(f"{API}/admin/technicians/{{login}}/disable",
+              responses=_errors(401, 403, 404, 409))
+    async def admin_disable(login: str, tech: Tech) -> dict:
+        """Disable a technician of your company; their logins are revoked at once."""
+        return await service.set_technician_disabled(tech, login, True)
+
+    @app.post(f"{API}/admin/technicians/{{login}}/enable", responses=_errors(401, 403, 404))
+    async def admin_enable(login: str, tech: Tech) -> dict:
+        return await service.set_technician_disabled(tech, login, False)
+
+    @app.post(f"{API}/admin/technicians/{{login}}/reset-password",
+              responses=_errors(401, 403, 404))
+    async def admin_reset_password(login: str, body: TechnicianPassword, tech: Tech) -> dict:
+        """Set a new password; the technician's logins are revoked."""
+        return await service.reset_technician_password(tech, login, body.password)
+
+    # --- the customer's agent ---------------------------------------------------------------
+
+    @app.get(f"{API}/join/{{token}}", responses=_errors(404))
     async def join_info(token: str) -> dict:
+        """Who is asking: company and technician as the relay knows them."""
         return await service.join_info(token)
 
-    @app.post(f"{API}/join/{{token}}/activate")
+    @app.post(f"{API}/join/{{token}}/activate", responses=_errors(403, 404, 409, 410, 429))
     async def activate(token: str, body: ActivateRequest, request: Request) -> dict:
         return await service.activate(
             token, body.code, host_key=body.host_key, hostname=body.hostname, os=body.os,
@@ -219,19 +382,19 @@ def create_app(service: RelayService) -> FastAPI:
 
     def agent_bearer(authorization: Annotated[str | None, Header()] = None) -> str:
         scheme, _, credential = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not credential:
+        if scheme.lower() != "bearer" or not credential.strip():
             raise ServiceError(401, "unauthorized", "the agent must send its session credential")
         return credential.strip()
 
     AgentBearer = Annotated[str, Depends(agent_bearer)]
 
-    @app.post(f"{API}/agent/audit")
+    @app.post(f"{API}/agent/audit", responses=_errors(401))
     async def agent_audit(body: AgentReports, bearer: AgentBearer) -> dict:
         """The agent reports what technicians did inside the tunnel (the relay cannot see)."""
         count = await service.agent_reports(bearer, [e.model_dump() for e in body.events])
         return {"recorded": count}
 
-    @app.post(f"{API}/agent/end")
+    @app.post(f"{API}/agent/end", responses=_errors(401))
     async def agent_end(bearer: AgentBearer) -> dict:
         """The customer ended the session from the agent's window."""
         row = await service.agent_ends(bearer)

@@ -12,7 +12,14 @@ from pathlib import Path
 
 import asyncssh
 
-from relay.config import RelaySettings, default_data_dir, parse_duration, parse_hostport
+from relay.config import (
+    RelaySettings,
+    default_data_dir,
+    parse_duration,
+    parse_hostport,
+    parse_rate,
+)
+from relay.mailer import SmtpTarget
 from relay.server import RelayServer, initialise
 from relay.service import check_email, check_login_name, hash_password
 from relay.sessions import Plan
@@ -42,6 +49,28 @@ def _duration(value: str):
         return parse_duration(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _rate(value: str):
+    try:
+        return parse_rate(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _smtp(value: str) -> str:
+    try:
+        SmtpTarget.parse(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+def _attempts(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 100:
+        raise argparse.ArgumentTypeError(f"attempts must be a whole number from 1 to 100, "
+                                         f"not {value!r}")
+    return int(value)
 
 
 def _hostport(value: str):
@@ -74,11 +103,23 @@ def build_parser() -> argparse.ArgumentParser:
                        help="how long a session lasts after activation (default 24h)")
     serve.add_argument("--invite-ttl", type=_duration, default=parse_duration("30m"),
                        help="how long an invitation link can be activated (default 30m)")
-    serve.add_argument("--smtp", metavar="URL",
+    serve.add_argument("--smtp", metavar="URL", type=_smtp,
                        help="smtp://user:pass@host:port or smtps://...; without it invitations "
                             "go to the outbox in the data dir")
     serve.add_argument("--mail-from", default="Adhoc <adhoc@localhost>",
                        help="the From: of invitation emails")
+    serve.add_argument("--mail-attempts", type=_attempts, default=5,
+                       help="how many times an invitation is tried before it is marked failed "
+                            "(default 5)")
+    serve.add_argument("--mail-retry-delay", type=_duration, default=parse_duration("2s"),
+                       help="the first retry waits up to this long, doubling each time "
+                            "(default 2s)")
+    serve.add_argument("--login-rate", type=_rate, default=parse_rate("20/1m"),
+                       metavar="COUNT/DURATION",
+                       help="failed logins allowed per source address (default 20/1m)")
+    serve.add_argument("--activate-rate", type=_rate, default=parse_rate("20/1m"),
+                       metavar="COUNT/DURATION",
+                       help="activation attempts allowed per source address (default 20/1m)")
 
     company = sub.add_parser("company", help="manage companies").add_subparsers(
         dest="action", required=True, metavar="ACTION")
@@ -229,6 +270,10 @@ def settings_from_args(args: argparse.Namespace) -> RelaySettings:
         settings.invite_ttl = args.invite_ttl
         settings.smtp_url = args.smtp
         settings.mail_from = args.mail_from
+        settings.mail_attempts = args.mail_attempts
+        settings.mail_retry_delay = args.mail_retry_delay
+        settings.login_rate = args.login_rate
+        settings.activate_rate = args.activate_rate
     return settings
 
 

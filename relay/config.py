@@ -43,6 +43,25 @@ def parse_hostport(text: str, default_host: str = "127.0.0.1") -> tuple[str, int
     return host, int(port)
 
 
+@dataclass(frozen=True)
+class Rate:
+    """At most `count` requests per `per` from one source address."""
+
+    count: int
+    per: timedelta
+
+    def __str__(self) -> str:
+        return f"{self.count}/{format_duration(self.per)}"
+
+
+def parse_rate(text: str) -> Rate:
+    """Parse "20/1m" (twenty per minute) or "5/90s"."""
+    count, sep, window = text.partition("/")
+    if not sep or not count.strip().isdigit() or int(count) < 1:
+        raise ValueError(f"cannot read rate {text!r}: use COUNT/DURATION, e.g. 20/1m")
+    return Rate(int(count), parse_duration(window))
+
+
 def format_hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -66,6 +85,12 @@ class RelaySettings:
     invite_ttl: timedelta = timedelta(minutes=30)
     smtp_url: str | None = None
     mail_from: str = "Adhoc <adhoc@localhost>"
+    mail_attempts: int = 5
+    mail_retry_delay: timedelta = timedelta(seconds=2)
+    # Per source address; in memory, so a restart forgets them (that is fine: they slow down
+    # guessing, they are not an account lock-out).
+    login_rate: Rate = field(default_factory=lambda: Rate(20, timedelta(minutes=1)))
+    activate_rate: Rate = field(default_factory=lambda: Rate(20, timedelta(minutes=1)))
 
     @property
     def db_path(self) -> Path:

@@ -84,7 +84,9 @@ class RelayServer:
         store = await Store.open(settings.db_path)
         host_key = load_or_create_host_key(settings.host_key_path)
         secret = load_or_create_secret(settings.secret_key_path)
-        mailer = Mailer(settings.smtp_url, settings.outbox_dir, settings.mail_from)
+        mailer = Mailer(settings.smtp_url, settings.outbox_dir, settings.mail_from,
+                        attempts=settings.mail_attempts,
+                        base_delay=settings.mail_retry_delay.total_seconds())
         service = RelayService(settings, store, secret,
                                host_key.export_public_key("openssh").decode().strip(),
                                mailer=mailer)

@@ -12,17 +12,21 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email import policy as email_policy
+from email.parser import BytesParser
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from relay import sessions as rules
-from relay.config import RelaySettings, format_duration
+from relay.config import Rate, RelaySettings, format_duration
 from relay.events import EventBus
 from relay.registry import AgentRegistry
 from relay.store import Conflict, NotFound, SessionRow, Store, Technician
@@ -41,11 +45,64 @@ _DUMMY_HASH = _hasher.hash("adhoc-dummy-password")
 
 
 class ServiceError(Exception):
-    def __init__(self, status: int, code: str, detail: str) -> None:
+    def __init__(self, status: int, code: str, detail: str, *,
+                 retry_after: float | None = None) -> None:
         super().__init__(detail)
         self.status = status
         self.code = code
         self.detail = detail
+        self.retry_after = retry_after
+
+
+class RateLimiter:
+    """A token bucket per source address, in memory and bounded in size.
+
+    `count` requests may come at once; after that one more each `per / count` seconds.
+    """
+
+    MAX_SOURCES = 10_000
+
+    def __init__(self, rate: Rate, clock: Callable[[], float] = time.monotonic) -> None:
+        self.capacity = float(rate.count)
+        self.refill_per_second = rate.count / rate.per.total_seconds()
+        self.clock = clock
+        # source -> (tokens, last update, refused since the last allowed request)
+        self._buckets: OrderedDict[str, tuple[float, float, bool]] = OrderedDict()
+
+    def take(self, source: str) -> tuple[float, bool]:
+        """(0, False) when allowed; else (seconds to wait, whether this is the first refusal
+        since the source was last allowed, which is the one worth auditing)."""
+        now = self.clock()
+        tokens, last, refused = self._buckets.pop(source, (self.capacity, now, False))
+        tokens = min(self.capacity, tokens + (now - last) * self.refill_per_second)
+        if tokens >= 1:
+            self._buckets[source] = (tokens - 1, now, False)
+            wait, first = 0.0, False
+        else:
+            self._buckets[source] = (tokens, now, True)
+            wait, first = (1 - tokens) / self.refill_per_second, not refused
+        while len(self._buckets) > self.MAX_SOURCES:
+            self._buckets.popitem(last=False)
+        return wait, first
+
+    def refund(self, source: str) -> None:
+        """Give back the request a successful login took: only failures use up the limit."""
+        entry = self._buckets.get(source)
+        if entry is not None:
+            tokens, last, refused = entry
+            self._buckets[source] = (min(self.capacity, tokens + 1), last, refused)
+
+
+def rate_limited(wait: float, what: str) -> ServiceError:
+    seconds = max(1, math.ceil(wait))
+    return ServiceError(429, "rate_limited",
+                        f"too many {what} attempts from your address: wait {seconds} s and try "
+                        "again", retry_after=seconds)
+
+
+def forbidden() -> ServiceError:
+    return ServiceError(403, "forbidden", "only a company administrator can do this: ask one "
+                                          "of your administrators")
 
 
 def not_found(what: str = "session") -> ServiceError:
@@ -127,6 +184,9 @@ class RelayService:
         self.ssh_port: int | None = None
         self._background: set[asyncio.Task] = set()
         self._expiry_wakeup = asyncio.Event()
+        self._create_locks: dict[int, list] = {}  # technician id -> [lock, users]
+        self.login_limiter = RateLimiter(settings.login_rate)
+        self.activate_limiter = RateLimiter(settings.activate_rate)
 
     # --- addresses -------------------------------------------------------------------------
 
@@ -165,6 +225,12 @@ class RelayService:
 
     async def login(self, login: str, password: str, source: str) -> tuple[str, Technician]:
         now = self.clock()
+        wait, first_refusal = self.login_limiter.take(source)
+        if wait:
+            if first_refusal:
+                await self.store.audit(now, f"login:{login[:64]}@{source}", "login",
+                                       "rate_limited")
+            raise rate_limited(wait, "login")
         try:
             tech = await self.store.technician_by_login(login)
         except NotFound:
@@ -182,6 +248,7 @@ class RelayService:
         if not ok:
             raise ServiceError(401, "unauthorized",
                                "wrong login or password, or the account is disabled")
+        self.login_limiter.refund(source)
         token = rules.new_token()
         await self.store.add_token(rules.token_hash(token), tech.id, now, now + TOKEN_LIFETIME)
         return token, tech
@@ -200,8 +267,23 @@ class RelayService:
                                "your login has expired or was revoked: log in again")
         return tech
 
-    async def technician_for_ssh_password(self, login: str, password: str) -> Technician | None:
-        """SSH to the relay accepts an API token (the console) or the account password."""
+    async def technician_for_ssh_password(self, login: str, password: str,
+                                          source: str = "unknown") -> Technician | None:
+        """SSH to the relay accepts an API token (the console) or the account password.
+
+        Password guesses over SSH count against the same per-address limit as HTTP logins."""
+        wait, first_refusal = self.login_limiter.take(source)
+        if wait:
+            if first_refusal:
+                await self.store.audit(self.clock(), f"ssh:{login[:64]}@{source}", "login",
+                                       "rate_limited")
+            return None
+        tech = await self._technician_for_ssh_password(login, password)
+        if tech is not None:
+            self.login_limiter.refund(source)
+        return tech
+
+    async def _technician_for_ssh_password(self, login: str, password: str) -> Technician | None:
         try:
             tech = await self.store.technician_by_login(login)
         except NotFound:
@@ -223,6 +305,28 @@ class RelayService:
         problem = session_password_problem(password)
         if problem:
             raise ServiceError(422, "invalid", problem + ".")
+        # One create at a time per technician: the rest then meet the technician limit in the
+        # cheap check below instead of each hashing a password first.
+        entry = self._create_locks.setdefault(tech.id, [asyncio.Lock(), 0])
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                return await self._create_session(tech, customer_email, password, note)
+        finally:
+            entry[1] -= 1
+            if not entry[1]:
+                del self._create_locks[tech.id]
+
+    async def _create_session(self, tech: Technician, customer_email: str, password: str,
+                              note: str) -> CreatedSession:
+        # Refuse early when a limit is already reached, before spending an argon2 hash on it;
+        # the store checks again atomically when it inserts.
+        try:
+            rules.check_can_create(await self.store.occupancy(tech.company_id, tech.id))
+        except rules.LimitError as exc:
+            await self.store.audit(self.clock(), f"technician:{tech.id}", "session_create",
+                                   "refused", company_id=tech.company_id, reason=exc.code)
+            raise ServiceError(exc.status, exc.code, exc.detail) from None
         verifier = await asyncio.to_thread(hash_password, password)
         now = self.clock()
         code = rules.new_security_code()
@@ -295,6 +399,47 @@ class RelayService:
             self.disconnect_agent(session_id, reason)
         return row
 
+    async def reissue_code(self, tech: Technician, session_id: str) -> tuple[SessionRow, str]:
+        """A new security code for a pending session (the old one stops working); the count
+        of wrong codes on the link is kept, so re-issuing never buys more guesses."""
+        row = await self.session_for(tech, session_id)
+        code = rules.new_security_code()
+        try:
+            row = await self.store.reissue_code(
+                row.id, rules.code_hmac(self.secret_key, row.join_token_hash, code), self.clock(),
+                f"technician:{tech.login}")
+        except rules.InvalidTransition:
+            raise ServiceError(409, "not_pending",
+                               "this session is no longer waiting for its code (it is active or "
+                               "ended): create a new session to invite the customer again") \
+                from None
+        self._changed()
+        return row, code
+
+    async def invitation(self, tech: Technician, session_id: str) -> dict:
+        """The invitation as it was written to the outbox, so the technician can copy the link
+        (the relay keeps only a hash of the join token; the outbox file is the one copy)."""
+        row = await self.session_for(tech, session_id)
+        if row.state != rules.State.PENDING:
+            raise ServiceError(409, "not_pending",
+                               "the invitation link only works while the session is pending: "
+                               "create a new session to invite the customer again")
+        path = self.settings.outbox_dir / f"{row.id}.eml"
+        try:
+            data = await asyncio.to_thread(path.read_bytes)
+        except OSError:
+            raise ServiceError(404, "not_found",
+                               "the invitation is not in the outbox (it may still be being "
+                               "written): try again in a moment") from None
+        message = BytesParser(policy=email_policy.default).parsebytes(data)
+        body = message.get_body(preferencelist=("plain",))
+        text = body.get_content() if body is not None else ""
+        match = re.search(r"(\S+/join/[A-Za-z0-9_-]+)", text)
+        return {"id": row.id, "to": str(message["To"] or ""),
+                "subject": str(message["Subject"] or ""), "text": text,
+                "join_url": match.group(1) if match else None,
+                "mail_status": row.mail_status, "mail_detail": row.mail_detail}
+
     def disconnect_agent(self, session_id: str, reason: str) -> None:
         link = self.agents.get(session_id)
         if link is not None:
@@ -335,6 +480,83 @@ class RelayService:
             "features": list(rules.PLAN_FEATURES[rules.Plan(company.plan)]),
         }
 
+    # --- company administration ------------------------------------------------------------
+
+    @staticmethod
+    def require_admin(tech: Technician) -> None:
+        if not tech.is_admin:
+            raise forbidden()
+
+    async def company_overview(self, tech: Technician) -> dict:
+        self.require_admin(tech)
+        limits = await self.limits_for(tech)
+        technicians = await self.store.technicians(tech.company_id)
+        limits.update(technicians=len(technicians),
+                      active_technicians=sum(not t.disabled for t in technicians))
+        return limits
+
+    async def technician_views(self, tech: Technician) -> list[dict]:
+        self.require_admin(tech)
+        live = {r.technician_id: r.id
+                for r in await self.store.sessions_for_company(tech.company_id, self.clock())
+                if r.is_live}
+        views = []
+        for t in await self.store.technicians(tech.company_id):
+            views.append(self.technician_view(t, live.get(t.id),
+                                              len(await self.store.ssh_keys(t.id))))
+        return views
+
+    @staticmethod
+    def technician_view(t: Technician, live_session: str | None = None,
+                        ssh_keys: int = 0) -> dict:
+        return {"login": t.login, "email": t.email, "admin": t.is_admin,
+                "disabled": t.disabled, "created_at": iso(t.created_at),
+                "live_session": live_session, "ssh_keys": ssh_keys}
+
+    async def _colleague(self, admin: Technician, login: str) -> Technician:
+        """A technician of the admin's own company; others (and unknown logins) are 404."""
+        self.require_admin(admin)
+        try:
+            other = await self.store.technician_by_login(login)
+        except NotFound:
+            other = None
+        if other is None or other.company_id != admin.company_id:
+            raise not_found("technician")
+        return other
+
+    async def add_technician(self, admin: Technician, login: str, email: str, password: str,
+                             is_admin: bool, ssh_keys: list[str]) -> dict:
+        self.require_admin(admin)
+        verifier = await asyncio.to_thread(hash_password, password)
+        now = self.clock()
+        try:
+            tech = await self.store.add_technician(admin.company_id, login, email, verifier,
+                                                   is_admin, now, f"technician:{admin.login}")
+        except Conflict:
+            raise ServiceError(409, "exists", f"the login name {login!r} is taken: choose "
+                                              "another") from None
+        for key in ssh_keys:
+            await self.store.add_ssh_key(tech.id, key, now)
+        return self.technician_view(tech, None, len(ssh_keys))
+
+    async def set_technician_disabled(self, admin: Technician, login: str,
+                                      disabled: bool) -> dict:
+        other = await self._colleague(admin, login)
+        if other.id == admin.id and disabled:
+            raise ServiceError(409, "self", "you cannot disable your own account: ask another "
+                                            "administrator")
+        await self.store.update_technician(other.id, self.clock(), f"technician:{admin.login}",
+                                           disabled=int(disabled))
+        return self.technician_view(await self.store.technician(other.id))
+
+    async def reset_technician_password(self, admin: Technician, login: str,
+                                        password: str) -> dict:
+        other = await self._colleague(admin, login)
+        verifier = await asyncio.to_thread(hash_password, password)
+        await self.store.update_technician(other.id, self.clock(), f"technician:{admin.login}",
+                                           password_hash=verifier)
+        return self.technician_view(await self.store.technician(other.id))
+
     # --- the customer's side ---------------------------------------------------------------
 
     async def _session_for_link(self, join_token: str) -> SessionRow:
@@ -359,6 +581,12 @@ class RelayService:
 
     async def activate(self, join_token: str, code: str, *, host_key: str, hostname: str,
                        os: str, user: str, machine_id: str | None, source: str) -> dict:
+        wait, first_refusal = self.activate_limiter.take(source)
+        if wait:
+            if first_refusal:
+                await self.store.audit(self.clock(), f"agent@{source}", "activate",
+                                       "rate_limited")
+            raise rate_limited(wait, "activation")
         row = await self._session_for_link(join_token)
         now = self.clock()
         if row.state != rules.State.PENDING:
@@ -483,8 +711,13 @@ class RelayService:
     async def run_expiry_timer(self) -> None:
         """End sessions as they expire: sleep until the next expiry or a change, then sweep."""
         while True:
-            await self.expire_due()
-            next_at = await self.store.next_expiry()
+            try:
+                await self.expire_due()
+                next_at = await self.store.next_expiry()
+            except Exception:
+                # A failing sweep (disk full, say) must not stop the timer for good.
+                log.exception("expiry sweep failed; trying again shortly")
+                next_at = self.clock() + 5
             delay = 60.0 if next_at is None else min(60.0, max(0.05, next_at - self.clock()))
             self._expiry_wakeup.clear()
             try:

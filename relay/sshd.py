@@ -170,7 +170,7 @@ class RelaySSHServer(asyncssh.SSHServer):
             if row is not None:
                 self.agent_session = row.id
                 return True
-        tech = await self.service.technician_for_ssh_password(username, password)
+        tech = await self.service.technician_for_ssh_password(username, password, self.peer_ip)
         if tech is not None:
             self.technician = tech
             return True
@@ -181,7 +181,7 @@ class RelaySSHServer(asyncssh.SSHServer):
             tech = await self.service.store.technician_by_login(username)
         except Exception:
             return False
-        if tech.disabled:
+        if tech.disabled or (await self.service.store.company(tech.company_id)).disabled:
             return False
         offered = key.export_public_key("openssh").split()[:2]
         for line in await self.service.store.ssh_keys(tech.id):

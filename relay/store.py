@@ -484,6 +484,19 @@ class Store:
 
     # --- sessions --------------------------------------------------------------------------
 
+    async def occupancy(self, company_id: int, technician_id: int) -> rules.Occupancy:
+        """A snapshot of what counts against the limits (not atomic: create_session decides)."""
+        plan, seats = await self._one("SELECT plan, seats FROM companies WHERE id = ?",
+                                      (company_id,))
+        (for_tech,) = await self._one(
+            "SELECT count(*) FROM sessions WHERE technician_id = ? "
+            "AND state IN ('pending', 'active')", (technician_id,))
+        (for_company,) = await self._one(
+            "SELECT count(*) FROM sessions WHERE company_id = ? "
+            "AND state IN ('pending', 'active')", (company_id,))
+        return rules.Occupancy(plan=plan, seats=seats, live_for_technician=for_tech,
+                               live_for_company=for_company)
+
     async def create_session(self, row: SessionRow) -> SessionRow:
         """Insert a pending session if the plan and limits allow, atomically."""
         async with self.transaction() as tx:
@@ -579,9 +592,10 @@ class Store:
                 count = await tx.run(
                     "UPDATE sessions SET state = 'active', activated_at = ?, expires_at = ?, "
                     "agent_secret_hash = ?, host_key = ?, hostname = ?, os = ?, os_user = ?, "
-                    "ip = ?, machine_fp = ?, features = ? WHERE id = ? AND state = 'pending'",
+                    "ip = ?, machine_fp = ?, features = ? "
+                    "WHERE id = ? AND state = 'pending' AND invite_expires_at > ?",
                     (now, expires_at, agent_secret_hash, host_key, hostname, os, os_user, ip,
-                     machine_fp, json.dumps(features), session_id))
+                     machine_fp, json.dumps(features), session_id, now))
             except sqlite3.IntegrityError:
                 raise Conflict("this computer already runs an Adhoc session") from None
             row = SessionRow(*await tx.one(
@@ -594,6 +608,27 @@ class Store:
             await tx.audit(now, f"agent@{source}", "activated", "ok", company_id=row.company_id,
                            session_id=session_id, hostname=hostname, os=os, user=os_user)
             await tx.event(now, row.company_id, "activated", session_id)
+        return row
+
+    async def reissue_code(self, session_id: str, code_hmac: str, now: float,
+                           actor: str) -> SessionRow:
+        """Replace a pending session's code; the count of wrong codes on the link is kept."""
+        async with self.transaction() as tx:
+            count = await tx.run(
+                "UPDATE sessions SET code_hmac = ? WHERE id = ? AND state = 'pending' "
+                "AND invite_expires_at > ?", (code_hmac, session_id, now))
+            row = SessionRow(*await tx.one(
+                f"SELECT {_columns(SessionRow)} FROM sessions WHERE id = ?", (session_id,)))
+            if not count:
+                await tx.audit(now, actor, "code_reissued", "refused", company_id=row.company_id,
+                               session_id=session_id, reason=f"session is {row.state}")
+            else:
+                await tx.audit(now, actor, "code_reissued", "ok", company_id=row.company_id,
+                               session_id=session_id, attempts=row.code_attempts)
+                await tx.event(now, row.company_id, "code_reissued", session_id,
+                               code_attempts=row.code_attempts)
+        if not count:
+            raise rules.InvalidTransition(f"cannot issue a code for a session that is {row.state}")
         return row
 
     async def end_session(self, session_id: str, reason: str, now: float,

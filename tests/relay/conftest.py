@@ -1,0 +1,135 @@
+"""Relay fixtures: a provisioned data dir copied from a template, relay processes with chosen
+flags, and an agent that speaks the relay's HTTP and SSH protocol the way hostagent does.
+
+Provisioning through the CLI costs a few seconds (argon2, process start-up), so it is done once
+per test run and each test gets its own copy of the data dir.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import asyncssh
+import httpx
+import pytest
+
+from relay.config import RelaySettings
+from relay.server import initialise
+from relay.service import hash_password
+from relay.store import Store
+from tests.support import PASSWORD, Api, RelayProcess, pinned
+
+# Companies in the template: (name, plan, seats, technicians; the first one is an admin).
+COMPANIES = (
+    ("Acme", "plus", 3, ("alice", "bob")),
+    ("Beta", "premier", 3, ("carol",)),
+    ("Basic", "base", 2, ("ben",)),
+    ("Trial Co", "trial", 2, ("tina",)),
+)
+HOST_KEY = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
+
+
+async def _provision(path: Path) -> None:
+    # The store's own calls, as `adhoc-relay company/technician add` makes them, in one
+    # process: the CLI itself is tested in test_admin.py.
+    await initialise(RelaySettings(data_dir=path))
+    store = await Store.open(path / "relay.db")
+    try:
+        verifier = hash_password(PASSWORD)
+        for name, plan, seats, logins in COMPANIES:
+            company = await store.add_company(name, plan, seats, time.time())
+            for index, login in enumerate(logins):
+                await store.add_technician(company.id, login, f"{login}@example.com", verifier,
+                                           index == 0, time.time())
+    finally:
+        await store.close()
+
+
+@pytest.fixture(scope="session")
+def template_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "relay"
+    asyncio.run(_provision(path))
+    return path
+
+
+@pytest.fixture
+def data_dir(template_dir: Path, tmp_path: Path) -> Path:
+    path = tmp_path / "relay"
+    shutil.copytree(template_dir, path)
+    return path
+
+
+@pytest.fixture
+def start_relay(data_dir: Path) -> Iterator[Callable[..., RelayProcess]]:
+    """start_relay(*serve_flags) -> a running relay on the test's data dir; all stopped after."""
+    started: list[RelayProcess] = []
+
+    def start(*extra: str) -> RelayProcess:
+        process = RelayProcess(data_dir, tuple(extra))
+        process.start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
+def relay(start_relay) -> RelayProcess:
+    return start_relay()
+
+
+def db_rows(data_dir: Path, sql: str, params: tuple = ()) -> list[tuple]:
+    """Read the relay's database the way an operator would, with the sqlite3 module."""
+    with contextlib.closing(sqlite3.connect(data_dir / "relay.db", timeout=10)) as db:
+        return db.execute(sql, params).fetchall()
+
+
+def join_token(session: dict) -> str:
+    return session["join_url"].rsplit("/", 1)[1]
+
+
+async def activate(base_url: str, session: dict, code: str | None = None, *,
+                   machine_id: str | None = None, hostname: str = "customer-pc") -> httpx.Response:
+    """What `adhoc-host join` sends once the customer typed the code."""
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        return await client.post(
+            f"/api/v1/join/{join_token(session)}/activate",
+            json={"code": session["security_code"] if code is None else code,
+                  "host_key": HOST_KEY, "hostname": hostname, "os": "Linux", "user": "root",
+                  **({"machine_id": machine_id} if machine_id else {})})
+
+
+@contextlib.asynccontextmanager
+async def agent_connection(relay: RelayProcess, activation: dict,
+                           register: bool = True) -> AsyncIterator[asyncssh.SSHClientConnection]:
+    """The agent's outer SSH connection, with its virtual forward registered (so it is online)."""
+    conn = await asyncssh.connect(
+        relay.ssh_host, relay.ssh_port, username=activation["session_id"],
+        password=activation["agent_secret"], known_hosts=pinned(activation["relay_host_key"]),
+        client_keys=None, agent_path=None, config=None)
+    try:
+        if register:
+            await conn.create_server(lambda *a: False, activation["session_id"], 22)
+        yield conn
+    finally:
+        conn.close()
+        with contextlib.suppress(Exception):
+            await conn.wait_closed()
+
+
+async def wait_closed(conn: asyncssh.SSHClientConnection, timeout: float = 20) -> None:
+    await asyncio.wait_for(conn.wait_closed(), timeout)
+
+
+async def create(api: Api, email: str = "customer@example.com",
+                 password: str = "Horse-battery-9") -> httpx.Response:
+    return await api.client.post("/api/v1/sessions",
+                                 json={"customer_email": email, "password": password})
