@@ -1,0 +1,114 @@
+"""The console against a real relay and a real agent, driven with Textual's Pilot."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from textual.widgets import DataTable, Input
+
+from tests.support import SESSION_PASSWORD, Api, new_agent
+from tui.app import ConsoleApp
+from tui.client import RelayClient
+from tui.screens.created import CreatedModal
+from tui.screens.modals import PasswordModal
+from tui.screens.remote import RemoteScreen
+from tui.widgets.terminal import TerminalView
+
+
+async def wait_until(pilot, predicate, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("the console never showed what the test waited for")
+        await pilot.pause(0.05)
+
+
+def cell_texts(table: DataTable) -> list[list[str]]:
+    return [[str(cell) for cell in table.get_row_at(i)] for i in range(table.row_count)]
+
+
+async def test_list_countdown_and_remote_shell(relay, agents, tmp_path: Path) -> None:
+    async with Api(relay.base_url) as api:
+        session = await api.create_session("dana@example.com")
+        agent = new_agent(agents, tmp_path, session)
+        agent.start()
+        await agent.wait_for_line("Connected to the relay")
+        await api.wait_for(session["id"], lambda v: v["online"])
+        token = api.token
+
+    now = [time.time()]
+    client = RelayClient(relay.base_url, token)
+    app = ConsoleApp(client, "alice", clock=lambda: now[0])
+    async with app.run_test(size=(120, 40)) as pilot:
+        table = app.screen.query_one("#sessions", DataTable)
+        await wait_until(pilot, lambda: table.row_count == 1)
+        row = cell_texts(table)[0]
+        assert row[0] == "dana@example.com"
+        assert row[2] == "active"
+        assert row[4].startswith("online")
+        left = row[5]
+        assert left.startswith("23:59:") or left == "24:00:00"
+        # The countdown follows the clock, computed from the absolute expiry.
+        now[0] += 3600
+        await wait_until(pilot, lambda: cell_texts(table)[0][5].startswith("22:59:"))
+
+        await pilot.press("r")
+        await wait_until(pilot, lambda: isinstance(app.screen, PasswordModal))
+        app.screen.query_one(Input).value = "wrong-password"
+        await pilot.press("enter")
+        # A wrong session password asks again, with the reason.
+        await wait_until(pilot, lambda: isinstance(app.screen, PasswordModal)
+                         and app.screen.error is not None, timeout=30)
+        app.screen.query_one(Input).value = SESSION_PASSWORD
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, RemoteScreen), timeout=30)
+        terminal = app.screen.query_one(TerminalView)
+        await wait_until(pilot, lambda: app.screen.channel is not None)
+        await pilot.press(*"echo hi-$((40+2))", "enter")
+        await wait_until(pilot, lambda: any(line.strip() == "hi-42"
+                                            for line in terminal.screen_lines()))
+        # ctrl+q goes to the shell (no quit); ctrl+] leaves the pane, the shell stays.
+        await pilot.press("ctrl+q")
+        assert isinstance(app.screen, RemoteScreen)
+        await pilot.press("ctrl+right_square_bracket")
+        assert not isinstance(app.screen, RemoteScreen)
+        await pilot.press("r")
+        await wait_until(pilot, lambda: isinstance(app.screen, RemoteScreen))
+        assert any(line.strip() == "hi-42" for line in terminal.screen_lines())
+        await pilot.press("ctrl+right_square_bracket")
+        await app.action_quit()
+    await client.aclose()
+
+
+async def test_create_session_from_console_shows_code_once(relay) -> None:
+    async with Api(relay.base_url) as api:
+        token = api.token
+    client = RelayClient(relay.base_url, token)
+    app = ConsoleApp(client, "alice")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("n")
+        await wait_until(pilot, lambda: app.screen.query("#email"))
+        app.screen.query_one("#email", Input).value = "erin@example.com"
+        app.screen.query_one("#password", Input).value = SESSION_PASSWORD
+        app.screen.query_one("#confirm", Input).value = SESSION_PASSWORD + "x"
+        app.screen.query_one("#create").press()
+        await pilot.pause(0.2)
+        assert "differ" in str(app.screen.query_one("#error").render())
+        app.screen.query_one("#confirm", Input).value = SESSION_PASSWORD
+        app.screen.query_one("#create").press()
+        await wait_until(pilot, lambda: isinstance(app.screen, CreatedModal))
+        code = app.screen.created["security_code"]
+        assert len(code) == 6
+        assert app.screen.query_one("#code").value == code
+        await pilot.press("escape")
+        table = app.screen.query_one("#sessions", DataTable)
+        await wait_until(pilot, lambda: table.row_count == 1)
+        assert cell_texts(table)[0][2] == "pending"
+        # The code is not in the list or anywhere the API shows again.
+        assert code not in " ".join(cell_texts(table)[0])
+        async with Api(relay.base_url) as api:
+            listed = (await api.client.get("/api/v1/sessions")).json()
+        assert code not in str(listed)
+        await app.action_quit()
+    await client.aclose()

@@ -1,0 +1,264 @@
+"""ConsoleApp: the technician's full-screen console (screens, bindings, live updates)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from textual import on, work
+from textual.app import App
+from textual.binding import Binding
+from textual.message import Message
+from textual.worker import Worker, WorkerState
+
+from tui.client import HostConnector, RelayClient, RelayError
+from tui.sanitize import clean
+from tui.screens.audit import AuditModal
+from tui.screens.created import CreatedModal
+from tui.screens.modals import ConfirmModal, PasswordModal
+from tui.screens.new_session import NewSessionModal
+from tui.screens.remote import RemoteScreen
+from tui.screens.sessions import SessionsScreen
+from tui.widgets.terminal import TerminalView
+
+EVENT_RETRY_DELAYS = (0.5, 1, 2, 4, 8, 10)
+# Actions that must not steal keys from a focused terminal pane (ctrl+q, ctrl+p, ctrl+c ...).
+TERMINAL_KEEPS_KEYS = {"quit", "command_palette", "help_quit", "screenshot"}
+
+
+class SessionsChanged(Message):
+    def __init__(self, views: list[dict], limits: dict | None) -> None:
+        super().__init__()
+        self.views = views
+        self.limits = limits
+
+
+class ConsoleApp(App):
+    CSS_PATH = "app.tcss"
+    TITLE = "Adhoc"
+    BINDINGS = [
+        Binding("ctrl+q", "quit", "Quit", priority=True, id="app.quit"),
+    ]
+
+    def __init__(self, client: RelayClient, login: str, *, notice: str | None = None,
+                 clock: Callable[[], float] = time.time,
+                 keymap: dict[str, str] | None = None) -> None:
+        super().__init__()
+        self.client = client
+        self.login = login
+        self.notice = notice
+        self.clock = clock
+        self.connector = HostConnector(client, login)
+        self.passwords: dict[str, str] = {}  # session passwords: memory only, never saved
+        self.remote_screens: dict[str, RemoteScreen] = {}
+        self.views: dict[str, dict] = {}
+        self.limits: dict | None = None
+        self.last_event_id: int | None = None
+        self.relay_lost = False
+        if keymap:
+            self.set_keymap(keymap)
+
+    @property
+    def sessions_screen(self) -> SessionsScreen:
+        return self._sessions
+
+    def on_mount(self) -> None:
+        self._sessions = SessionsScreen(self.clock)
+        self.push_screen(self._sessions)
+        if self.notice:
+            self.notify(self.notice, title="Welcome to Adhoc", timeout=30)
+        self.refresh_sessions()
+        self.follow_events()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in TERMINAL_KEEPS_KEYS and isinstance(self.focused, TerminalView):
+            return False
+        return True
+
+    # --- loading and live updates ----------------------------------------------------------
+
+    @work(exclusive=True, group="refresh")
+    async def refresh_sessions(self) -> None:
+        body = await self.client.sessions()
+        self.post_message(SessionsChanged(body["sessions"], body.get("limits")))
+
+    @on(SessionsChanged)
+    def _sessions_changed(self, message: SessionsChanged) -> None:
+        self.views = {v["id"]: v for v in message.views}
+        self.limits = message.limits
+        self._sessions.show(message.views, message.limits)
+        if isinstance(self.screen, CreatedModal):
+            view = self.views.get(self.screen.created["id"])
+            if view:
+                self.screen.update_from(view)
+        for session_id, screen in self.remote_screens.items():
+            view = self.views.get(session_id)
+            if view:
+                screen.session.update({k: v for k, v in view.items() if k != "host_key"})
+
+    @work(exclusive=True, group="events")
+    async def follow_events(self) -> None:
+        """Follow the relay's event stream; on any event reload the list. Reconnects forever."""
+        attempt = 0
+        while True:
+            try:
+                async for event in self.client.events(self.last_event_id):
+                    attempt = 0
+                    if self.relay_lost:
+                        self._relay_back()
+                    self.last_event_id = event.id
+                    self.refresh_sessions()
+                if self.last_event_id is None:
+                    self.last_event_id = 0
+            except RelayError as exc:
+                if exc.status == 401:
+                    self._sessions.set_banner(f"{exc.detail} (adhoc-console login URL)")
+                    return
+                if not self.relay_lost:
+                    self.relay_lost = True
+                    self._sessions.set_banner(
+                        f"Lost the relay: {clean(exc.detail, 120)} — reconnecting…")
+            await asyncio.sleep(EVENT_RETRY_DELAYS[min(attempt, len(EVENT_RETRY_DELAYS) - 1)])
+            attempt += 1
+
+    def _relay_back(self) -> None:
+        self.relay_lost = False
+        self._sessions.set_banner(None)
+        self.refresh_sessions()
+
+    @on(Worker.StateChanged)
+    def _worker_failed(self, event: Worker.StateChanged) -> None:
+        """The one place where a failed background call becomes something the user sees."""
+        if event.state != WorkerState.ERROR:
+            return
+        error = event.worker.error
+        if isinstance(error, RelayError):
+            if error.status == 0 and event.worker.group == "refresh":
+                self._sessions.set_banner(f"Lost the relay: {clean(error.detail, 120)}")
+                self.relay_lost = True
+                return
+            self.notify(clean(error.detail, 300), severity="error", timeout=8)
+        else:
+            self.notify(f"Unexpected error: {clean(error, 300)}", severity="error", timeout=10)
+
+    # --- actions on the selected session ---------------------------------------------------
+
+    def _selected(self) -> dict | None:
+        session_id = self._sessions.selected_id()
+        view = self.views.get(session_id) if session_id else None
+        if view is None:
+            self.notify("Select a session first (n creates one).", severity="warning")
+        return view
+
+    def action_new_session(self) -> None:
+        def created(result: dict | None) -> None:
+            if result:
+                self.views[result["id"]] = result
+                self.refresh_sessions()
+                self.push_screen(CreatedModal(result))
+
+        self.push_screen(NewSessionModal(self.client), created)
+
+    def action_remote(self) -> None:
+        view = self._selected()
+        if view is None:
+            return
+        if view["state"] != "active":
+            self.notify("The customer has not activated this session yet."
+                        if view["state"] == "pending" else "This session has ended.",
+                        severity="warning")
+            return
+        existing = self.remote_screens.get(view["id"])
+        if existing is not None:
+            self.push_screen(existing)
+            return
+        password = self.passwords.get(view["id"])
+        if password is None:
+            self._ask_password(view)
+        else:
+            self.open_remote(view, password)
+
+    def _ask_password(self, view: dict, error: str | None = None) -> None:
+        def got(password: str | None) -> None:
+            if password:
+                self.open_remote(view, password)
+
+        self.push_screen(PasswordModal(f"{view['customer_email']} ({view['id']})", error), got)
+
+    @work(exclusive=True, group="open-remote")
+    async def open_remote(self, view: dict, password: str) -> None:
+        full = await self.client.session(view["id"])  # host key as the relay reports it now
+        try:
+            await self.connector.host(full, password)
+        except RelayError as exc:
+            if exc.code == "wrong_password":
+                self.forget_password(view["id"])
+                self._ask_password(view, exc.detail)
+                return
+            raise
+        self.passwords[view["id"]] = password
+        screen = RemoteScreen(full, self.connector, password)
+        self.remote_screens[view["id"]] = screen
+        await self.push_screen(screen)
+
+    def forget_password(self, session_id: str) -> None:
+        self.passwords.pop(session_id, None)
+        self.connector.forget(session_id)
+
+    def action_end_session(self) -> None:
+        view = self._selected()
+        if view is None or view["state"] == "ended":
+            return
+
+        def confirmed(yes: bool | None) -> None:
+            if yes:
+                self._end(view["id"])
+
+        self.push_screen(ConfirmModal(
+            f"End the session with {clean(view['customer_email'])}? The customer's computer "
+            "disconnects and the temporary host removes itself.", yes="End session"), confirmed)
+
+    @work(group="end")
+    async def _end(self, session_id: str) -> None:
+        await self.client.end_session(session_id)
+        screen = self.remote_screens.pop(session_id, None)
+        if screen is not None:
+            screen.close_shell()
+        self.forget_password(session_id)
+        self.notify("Session ended.")
+        self.refresh_sessions()
+
+    @work(group="code")
+    async def action_reissue_code(self) -> None:
+        view = self._selected()
+        if view is None:
+            return
+        if view["state"] != "pending":
+            self.notify("Only a session waiting for its code can get a new one.",
+                        severity="warning")
+            return
+        created = await self.client.reissue_code(view["id"])
+        merged = {**view, **created}
+        merged.setdefault("join_url", view.get("join_url", ""))
+        await self.push_screen(CreatedModal(merged))
+
+    @work(group="audit")
+    async def action_audit(self) -> None:
+        view = self._selected()
+        if view is None:
+            return
+        rows = await self.client.audit(view["id"])
+        await self.push_screen(AuditModal(view["id"], rows))
+
+    def action_help(self) -> None:
+        if self.screen.query("HelpPanel"):
+            self.action_hide_help_panel()
+        else:
+            self.action_show_help_panel()
+
+    async def action_quit(self) -> None:
+        for screen in self.remote_screens.values():
+            screen.close_shell()
+        await self.connector.close()
+        self.exit()

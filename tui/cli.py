@@ -1,0 +1,103 @@
+"""adhoc-console: the technician's console; with no relay configured it runs the bundled one."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import sys
+
+from tui.app import ConsoleApp
+from tui.client import RelayClient, RelayError
+from tui.config import ConsoleConfig, embedded_data_dir
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="adhoc-console", description=__doc__)
+    parser.add_argument("--relay", metavar="URL",
+                        help="the relay to use (default: the one you logged in to, else the "
+                             "bundled relay on this computer)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    login = sub.add_parser("login", help="log in to a relay and remember it")
+    login.add_argument("url", metavar="URL", help="the relay's URL, e.g. https://relay.example")
+    login.add_argument("--login", help="your login name (asked for when missing)")
+    login.add_argument("--password-stdin", action="store_true",
+                       help="read the password from standard input")
+    sub.add_parser("logout", help="forget the stored relay and token")
+    return parser
+
+
+def _login(args: argparse.Namespace) -> int:
+    name = args.login or input("Login: ").strip()
+    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else \
+        getpass.getpass("Password: ")
+    return asyncio.run(_store_login(args.url, name, password))
+
+
+async def _store_login(url: str, name: str, password: str) -> int:
+    client = RelayClient(url)
+    try:
+        body = await client.login(name, password)
+    except RelayError as exc:
+        print(f"adhoc-console: {exc.detail}", file=sys.stderr)
+        return 1
+    finally:
+        await client.aclose()
+    config = ConsoleConfig.load()
+    config.relay_url, config.login, config.token = url.rstrip("/"), name, body["token"]
+    config.save()
+    print(f"logged in to {config.relay_url} as {name}; token stored in {config.path}")
+    return 0
+
+
+async def _run(args: argparse.Namespace, config: ConsoleConfig) -> int:
+    embedded = None
+    notice = None
+    url = args.relay or config.relay_url
+    if url is None:
+        from tui.embedded import start_embedded
+
+        embedded = await start_embedded()
+        url, token, login = embedded.base_url, embedded.token, embedded.login
+        notice = (f"Running the bundled relay at {url} (data in {embedded_data_dir()}).")
+        if embedded.first_run_password:
+            notice += (f" First run: created company 'Local' and admin '{login}' with password "
+                       f"{embedded.first_run_password} — note it now, it is shown only once.")
+    else:
+        if not config.token or (args.relay and args.relay.rstrip("/") != config.relay_url):
+            print(f"adhoc-console: not logged in to {url}: run `adhoc-console login {url}` "
+                  "first", file=sys.stderr)
+            return 2
+        token, login = config.token, config.login or ""
+    client = RelayClient(url, token)
+    try:
+        if embedded is None:
+            try:
+                await client.me()
+            except RelayError as exc:
+                print(f"adhoc-console: {exc.detail}", file=sys.stderr)
+                return 1
+        app = ConsoleApp(client, login, notice=notice, keymap=config.keymap)
+        await app.run_async()
+    finally:
+        await client.aclose()
+        if embedded is not None:
+            await embedded.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "login":
+        return _login(args)
+    config = ConsoleConfig.load()
+    if args.command == "logout":
+        config.relay_url = config.login = config.token = None
+        config.save()
+        print("logged out")
+        return 0
+    return asyncio.run(_run(args, config))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

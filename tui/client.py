@@ -1,0 +1,254 @@
+"""The console's services: the relay API (httpx + SSE) and SSH to hosts through the relay.
+
+No Textual here: screens call these classes and tests drive them against a real relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import asyncssh
+import httpx
+
+API = "/api/v1"
+# Small windows so ctrl+c stops a flood quickly (DESIGN §6, issue 5).
+SHELL_WINDOW = 256 * 1024
+
+
+class RelayError(Exception):
+    """The relay refused or could not be reached; `detail` is a sentence for the user."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
+def _error(response: httpx.Response) -> RelayError:
+    try:
+        body = response.json()
+        return RelayError(response.status_code, body.get("error", "error"),
+                          body.get("detail", response.text))
+    except ValueError:
+        return RelayError(response.status_code, "error",
+                          f"the relay answered HTTP {response.status_code}")
+
+
+@dataclass(frozen=True)
+class RelayEvent:
+    id: int
+    kind: str
+    data: dict
+
+
+class RelayClient:
+    def __init__(self, base_url: str, token: str | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=httpx.Timeout(20.0),
+                                       transport=transport)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    async def _call(self, method: str, path: str, **kwargs) -> dict:
+        try:
+            response = await self._http.request(method, API + path, headers=self._headers(),
+                                                **kwargs)
+        except httpx.HTTPError as exc:
+            raise RelayError(0, "unreachable",
+                             f"cannot reach the relay at {self.base_url}: {exc or 'timeout'}"
+                             ) from None
+        if response.status_code >= 400:
+            raise _error(response)
+        return response.json()
+
+    async def login(self, login: str, password: str) -> dict:
+        body = await self._call("POST", "/login", json={"login": login, "password": password})
+        self.token = body["token"]
+        return body
+
+    async def me(self) -> dict:
+        return await self._call("GET", "/me")
+
+    async def relay_info(self) -> dict:
+        return await self._call("GET", "/relay")
+
+    async def sessions(self) -> dict:
+        return await self._call("GET", "/sessions")
+
+    async def session(self, session_id: str) -> dict:
+        return await self._call("GET", f"/sessions/{session_id}")
+
+    async def create_session(self, customer_email: str, password: str, note: str = "") -> dict:
+        return await self._call("POST", "/sessions", json={
+            "customer_email": customer_email, "password": password, "note": note})
+
+    async def end_session(self, session_id: str) -> dict:
+        return await self._call("POST", f"/sessions/{session_id}/end")
+
+    async def reissue_code(self, session_id: str) -> dict:
+        return await self._call("POST", f"/sessions/{session_id}/code")
+
+    async def audit(self, session_id: str) -> list[dict]:
+        return (await self._call("GET", f"/sessions/{session_id}/audit"))["audit"]
+
+    async def events(self, after: int | None) -> AsyncIterator[RelayEvent]:
+        """The live event stream from `after` (None: from now). Ends when the stream drops."""
+        headers = self._headers()
+        if after is not None:
+            headers["Last-Event-ID"] = str(after)
+        timeout = httpx.Timeout(20.0, read=60.0)
+        try:
+            async with self._http.stream("GET", API + "/events", headers=headers,
+                                         timeout=timeout) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise _error(response)
+                event_id, kind, data = None, "message", []
+                async for line in response.aiter_lines():
+                    if line.startswith("id:"):
+                        event_id = int(line[3:].strip())
+                    elif line.startswith("event:"):
+                        kind = line[6:].strip()
+                    elif line.startswith("data:"):
+                        data.append(line[5:].strip())
+                    elif line == "" and data:
+                        yield RelayEvent(event_id or 0, kind, json.loads("\n".join(data)))
+                        event_id, kind, data = None, "message", []
+        except httpx.HTTPError as exc:
+            raise RelayError(0, "unreachable", f"lost the relay's event stream: {exc}") from None
+
+
+class ShellSession(asyncssh.SSHClientSession):
+    """A remote PTY channel whose output goes to a callback (the terminal pane)."""
+
+    def __init__(self, on_output: Callable[[bytes], None], on_closed: Callable[[str], None]):
+        self._on_output = on_output
+        self._on_closed = on_closed
+        self.chan: asyncssh.SSHClientChannel | None = None
+
+    def connection_made(self, chan: asyncssh.SSHClientChannel) -> None:
+        self.chan = chan
+
+    def data_received(self, data: bytes, datatype) -> None:
+        self._on_output(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._on_closed(str(exc) if exc else "the shell ended")
+
+
+class ShellChannel:
+    def __init__(self, chan: asyncssh.SSHClientChannel, session: ShellSession) -> None:
+        self.chan = chan
+        self.session = session
+
+    def send(self, data: bytes) -> None:
+        with contextlib.suppress(Exception):
+            self.chan.write(data)
+
+    def resize(self, cols: int, rows: int) -> None:
+        with contextlib.suppress(Exception):
+            self.chan.change_terminal_size(cols, rows)
+
+    def pause(self) -> None:
+        with contextlib.suppress(Exception):
+            self.chan.pause_reading()
+
+    def resume(self) -> None:
+        with contextlib.suppress(Exception):
+            self.chan.resume_reading()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.chan.close()
+
+
+class HostConnector:
+    """One SSH connection to the relay, and one inner connection per host, opened on demand."""
+
+    def __init__(self, client: RelayClient, login: str) -> None:
+        self.client = client
+        self.login = login
+        self._relay: asyncssh.SSHClientConnection | None = None
+        self._hosts: dict[str, asyncssh.SSHClientConnection] = {}
+        self._lock = asyncio.Lock()
+
+    async def _relay_conn(self) -> asyncssh.SSHClientConnection:
+        if self._relay is not None and not self._relay.is_closed():
+            return self._relay
+        info = await self.client.relay_info()
+        host, _, port = info["ssh"].rpartition(":")
+        try:
+            self._relay = await asyncssh.connect(
+                host.strip("[]"), int(port), username=self.login, password=self.client.token,
+                known_hosts=([asyncssh.import_public_key(info["host_key"])], [], []),
+                client_keys=None, agent_path=None, config=None, preferred_auth="password",
+                keepalive_interval=15, keepalive_count_max=3, compression_algs=None)
+        except (OSError, asyncssh.Error) as exc:
+            raise RelayError(0, "unreachable",
+                             f"cannot open SSH to the relay at {info['ssh']}: {exc}") from None
+        return self._relay
+
+    async def host(self, session: dict, password: str) -> asyncssh.SSHClientConnection:
+        """The inner connection to a session's host, pinned to the key the relay reported."""
+        async with self._lock:
+            conn = self._hosts.get(session["id"])
+            if conn is not None and not conn.is_closed():
+                return conn
+            if not session.get("host_key"):
+                raise RelayError(0, "not_active", "the customer has not activated this session")
+            relay = await self._relay_conn()
+            try:
+                conn = await asyncssh.connect(
+                    session["id"], 22, tunnel=relay, username="support", password=password,
+                    known_hosts=([asyncssh.import_public_key(session["host_key"])], [], []),
+                    client_keys=None, agent_path=None, config=None, preferred_auth="password",
+                    keepalive_interval=15, keepalive_count_max=3, compression_algs=None)
+            except asyncssh.PermissionDenied:
+                raise RelayError(403, "wrong_password",
+                                 "the host refused the session password: check it and try "
+                                 "again") from None
+            except asyncssh.ChannelOpenError as exc:
+                raise RelayError(0, "offline", f"cannot reach the host: {exc.reason}") from None
+            except (OSError, asyncssh.Error) as exc:
+                raise RelayError(0, "unreachable", f"cannot reach the host: {exc}") from None
+            self._hosts[session["id"]] = conn
+            return conn
+
+    def forget(self, session_id: str) -> None:
+        conn = self._hosts.pop(session_id, None)
+        if conn is not None:
+            conn.close()
+
+    async def open_shell(self, session: dict, password: str, *, cols: int, rows: int,
+                         shell_id: str, on_output: Callable[[bytes], None],
+                         on_closed: Callable[[str], None]) -> ShellChannel:
+        conn = await self.host(session, password)
+        try:
+            chan, shell = await conn.create_session(
+                lambda: ShellSession(on_output, on_closed), term_type="xterm-256color",
+                term_size=(cols, rows), env={"ADHOC_SHELL_ID": shell_id}, encoding=None,
+                window=SHELL_WINDOW)
+        except asyncssh.ChannelOpenError as exc:
+            self.forget(session["id"])
+            raise RelayError(0, "offline", f"cannot open a shell: {exc.reason}") from None
+        return ShellChannel(chan, shell)
+
+    async def close(self) -> None:
+        for conn in self._hosts.values():
+            conn.close()
+        self._hosts.clear()
+        if self._relay is not None:
+            self._relay.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._relay.wait_closed(), 2)

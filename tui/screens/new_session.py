@@ -1,0 +1,92 @@
+"""Create a session: customer email, session password twice with a strength hint, a note."""
+
+from __future__ import annotations
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label
+
+from tui.client import RelayClient, RelayError
+
+
+def strength_hint(password: str) -> str:
+    """A quick hint while typing; the relay has the final word and says why it refuses."""
+    if not password:
+        return "The technician types this password each time they connect."
+    kinds = sum(any(test(c) for c in password)
+                for test in (str.islower, str.isupper, str.isdigit,
+                             lambda c: not c.isalnum()))
+    if len(password) < 8:
+        return f"Too short: {len(password)} of at least 8 characters."
+    if len(password) >= 16 or (len(password) >= 12 and kinds >= 2):
+        return "Strong."
+    if kinds >= 2:
+        return "Fair: longer is better (12+ characters)."
+    return "Weak: use 12+ characters or mix letters with digits or symbols."
+
+
+class NewSessionModal(ModalScreen[dict | None]):
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="modal.cancel")]
+
+    def __init__(self, client: RelayClient) -> None:
+        super().__init__()
+        self.client = client
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog wide"):
+            yield Label("Invite a customer", classes="title")
+            yield Input(placeholder="customer@example.com", id="email", compact=True)
+            yield Input(password=True, placeholder="session password", id="password",
+                        compact=True)
+            yield Input(password=True, placeholder="session password again", id="confirm",
+                        compact=True)
+            yield Label(strength_hint(""), id="hint", classes="hint")
+            yield Input(placeholder="note (optional)", id="note", max_length=500, compact=True)
+            yield Label("", id="error", classes="error")
+            yield Button("Create and send invitation", variant="primary", id="create")
+
+    @on(Input.Changed, "#password")
+    def _hint(self, event: Input.Changed) -> None:
+        self.query_one("#hint", Label).update(strength_hint(event.value))
+
+    @on(Input.Submitted)
+    def _next(self, event: Input.Submitted) -> None:
+        order = ["email", "password", "confirm", "note"]
+        current = event.input.id or ""
+        if current != "note" and current in order:
+            self.query_one(f"#{order[order.index(current) + 1]}", Input).focus()
+        else:
+            self._submit()
+
+    @on(Button.Pressed, "#create")
+    def _pressed(self) -> None:
+        self._submit()
+
+    def _submit(self) -> None:
+        email = self.query_one("#email", Input).value.strip()
+        password = self.query_one("#password", Input).value
+        confirm = self.query_one("#confirm", Input).value
+        error = self.query_one("#error", Label)
+        if not email:
+            error.update("Enter the customer's email address.")
+            return
+        if password != confirm:
+            error.update("The two passwords differ: type the same password twice.")
+            return
+        error.update("Creating…")
+        self._create(email, password, self.query_one("#note", Input).value)
+
+    @work(exclusive=True, group="create-session")
+    async def _create(self, email: str, password: str, note: str) -> None:
+        try:
+            created = await self.client.create_session(email, password, note)
+        except RelayError as exc:
+            self.query_one("#error", Label).update(exc.detail)
+            return
+        self.dismiss(created)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)

@@ -1,0 +1,130 @@
+"""Remote control: a live terminal on the customer's computer, through the relay.
+
+Every key goes to the remote shell except the one leave key (ctrl+]). The pane asks for a
+shell with a stable id, so reconnecting after a drop reattaches to the same shell.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import Static
+
+from tui.client import HostConnector, RelayError, ShellChannel
+from tui.sanitize import clean
+from tui.widgets.terminal import LEAVE_KEY, TerminalView
+
+# Pause the SSH channel while the pane has this much output waiting to be parsed, so a flood
+# blocks the remote program instead of being dropped; resume below the low mark.
+HIGH_WATER = 512 * 1024
+LOW_WATER = 64 * 1024
+RECONNECT_DELAYS = (0.5, 1, 2, 4, 8, 10)
+
+
+class RemoteScreen(Screen):
+    BINDINGS = [
+        Binding(LEAVE_KEY, "leave", "Back to sessions (ctrl+])", priority=True,
+                id="remote.leave"),
+    ]
+
+    def __init__(self, session: dict, connector: HostConnector, password: str) -> None:
+        super().__init__(name=f"remote-{session['id']}")
+        self.session = session
+        self.connector = connector
+        self.password = password
+        self.shell_id = f"console-{secrets.token_hex(8)}"
+        self.channel: ShellChannel | None = None
+        self.closed_by_user = False
+        self.state = "connecting"
+        self._paused = False
+
+    def compose(self) -> ComposeResult:
+        yield Static(self._status_text(), id="remote-status", markup=False)
+        yield TerminalView(self._send, id="terminal")
+
+    def _status_text(self) -> str:
+        host = self.session.get("host") or {}
+        who = f"{clean(host.get('user'), 32)}@{clean(host.get('hostname'), 64)}"
+        return f" {who} · session {self.session['id']} · {self.state} · ctrl+] leaves the pane"
+
+    def _set_state(self, state: str) -> None:
+        self.state = state
+        self.query_one("#remote-status", Static).update(self._status_text())
+
+    @property
+    def terminal(self) -> TerminalView:
+        return self.query_one("#terminal", TerminalView)
+
+    def on_mount(self) -> None:
+        self.terminal.focus()
+        self.set_interval(0.05, self._flow_control)
+        self.connect()
+
+    def on_screen_resume(self) -> None:
+        self.terminal.focus()
+
+    def _send(self, data: bytes) -> None:
+        if self.channel is not None:
+            self.channel.send(data)
+
+    def _on_output(self, data: bytes) -> None:
+        terminal = self.terminal
+        terminal.feed(data)
+        if not self._paused and terminal.pending_bytes > HIGH_WATER and self.channel:
+            self._paused = True
+            self.channel.pause()
+
+    def _flow_control(self) -> None:
+        if self._paused and self.terminal.pending_bytes < LOW_WATER and self.channel:
+            self._paused = False
+            self.channel.resume()
+
+    def _on_closed(self, reason: str) -> None:
+        self.channel = None
+        if self.closed_by_user or not self.is_attached:
+            return
+        self._set_state(f"disconnected ({clean(reason, 80)}), reconnecting")
+        self.connect(reconnect=True)
+
+    @work(exclusive=True, group="shell")
+    async def connect(self, reconnect: bool = False) -> None:
+        cols, rows = self.terminal.size_in_cells
+        attempt = 0
+        while not self.closed_by_user:
+            if reconnect:
+                await asyncio.sleep(RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)])
+                self.connector.forget(self.session["id"])
+            try:
+                self.channel = await self.connector.open_shell(
+                    self.session, self.password, cols=cols, rows=rows, shell_id=self.shell_id,
+                    on_output=self._on_output, on_closed=self._on_closed)
+            except RelayError as exc:
+                if exc.code == "wrong_password":
+                    self._set_state("the host refused the session password")
+                    self.app.forget_password(self.session["id"])
+                    return
+                attempt += 1
+                reconnect = True
+                self._set_state(f"{clean(exc.detail, 100)}; retrying")
+                continue
+            self._paused = False
+            self._set_state("connected")
+            return
+
+    @on(TerminalView.Resized)
+    def _resized(self, event: TerminalView.Resized) -> None:
+        if self.channel is not None:
+            self.channel.resize(event.cols, event.rows)
+
+    def action_leave(self) -> None:
+        self.app.pop_screen()
+
+    def close_shell(self) -> None:
+        self.closed_by_user = True
+        if self.channel is not None:
+            self.channel.close()
