@@ -262,7 +262,7 @@ def create_app(service: RelayService) -> FastAPI:
         return {"token": token, "technician": await _technician_view(tech)}
 
     async def _technician_view(tech: Technician) -> dict:
-        return {"login": tech.login, "email": tech.email, "admin": tech.is_admin,
+        return {"login": tech.login, "email": tech.email, "admin": bool(tech.is_admin),
                 "limits": await service.limits_for(tech)}
 
     @app.get(f"{API}/me", responses=_errors(401))

@@ -1,4 +1,8 @@
-"""adhoc-relay: initialise, serve, and administer companies and technicians from the shell."""
+"""adhoc-relay: initialise, serve, and administer companies and technicians from the shell.
+
+The servers (uvicorn, FastAPI, asyncssh) are imported only by the commands that need them, so
+the admin commands start quickly.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import asyncssh
-
 from relay.config import (
     RelaySettings,
     default_data_dir,
@@ -19,8 +21,6 @@ from relay.config import (
     parse_hostport,
     parse_rate,
 )
-from relay.mailer import SmtpTarget
-from relay.server import RelayServer, initialise
 from relay.service import check_email, check_login_name, hash_password
 from relay.sessions import Plan
 from relay.store import Conflict, NotFound, Store
@@ -59,6 +59,8 @@ def _rate(value: str):
 
 
 def _smtp(value: str) -> str:
+    from relay.mailer import SmtpTarget
+
     try:
         SmtpTarget.parse(value)
     except ValueError as exc:
@@ -176,6 +178,8 @@ def _read_password(from_stdin: bool) -> str:
 
 
 def _read_public_key(path: Path) -> str:
+    import asyncssh
+
     try:
         key = asyncssh.import_public_key(path.read_bytes())
     except (OSError, asyncssh.KeyImportError) as exc:
@@ -278,6 +282,8 @@ def settings_from_args(args: argparse.Namespace) -> RelaySettings:
 
 
 async def _serve(settings: RelaySettings) -> int:
+    from relay.server import RelayServer
+
     server = RelayServer(settings)
     service = await server.start()
     # One parseable line for scripts and tests that start the relay on port 0.
@@ -296,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_from_args(args)
     try:
         if args.command == "init":
+            from relay.server import initialise
+
             asyncio.run(initialise(settings))
             print(f"relay initialised in {settings.data_dir}")
             return 0

@@ -91,6 +91,7 @@ class RelayServer:
                                host_key.export_public_key("openssh").decode().strip(),
                                mailer=mailer)
         self.service = service
+        await service.prepare()
         # Sessions that expired while the relay was down end before anything is accepted.
         ended = await service.expire_due()
         if ended:

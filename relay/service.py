@@ -8,6 +8,7 @@ what to do next.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import json
@@ -33,6 +34,8 @@ from relay.store import Conflict, NotFound, SessionRow, Store, Technician
 
 log = logging.getLogger("adhoc.relay")
 
+DISC_SERVICE_NOT_AVAILABLE = 7  # RFC 4253 11.1; the same number as asyncssh's constant
+
 TOKEN_LIFETIME = 30 * 86400
 RECENT_ENDED = 7 * 86400
 LOGIN_RE = re.compile(r"^[a-z0-9._-]{1,64}$")
@@ -40,8 +43,13 @@ EMAIL_RE = re.compile(r"^[^@\s<>\"',;]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-
                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)+$")
 
 _hasher = PasswordHasher()
-# A verifier of the right shape to spend the same time on unknown logins as on known ones.
-_DUMMY_HASH = _hasher.hash("adhoc-dummy-password")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """A verifier of the right shape to spend the same time on unknown logins as on known
+    ones; made on first use so that importing this module (the admin CLI) stays quick."""
+    return _hasher.hash("adhoc-dummy-password")
 
 
 class ServiceError(Exception):
@@ -188,6 +196,10 @@ class RelayService:
         self.login_limiter = RateLimiter(settings.login_rate)
         self.activate_limiter = RateLimiter(settings.activate_rate)
 
+    async def prepare(self) -> None:
+        """Work done once before serving, so that no request pays for it (or times it)."""
+        await asyncio.to_thread(_dummy_hash)
+
     # --- addresses -------------------------------------------------------------------------
 
     @property
@@ -236,7 +248,7 @@ class RelayService:
         except NotFound:
             tech = None
         ok = await asyncio.to_thread(verify_password,
-                                     tech.password_hash if tech else _DUMMY_HASH, password)
+                                     tech.password_hash if tech else _dummy_hash(), password)
         if tech is not None and ok and not tech.disabled:
             company = await self.store.company(tech.company_id)
             ok = not company.disabled
@@ -287,7 +299,7 @@ class RelayService:
         try:
             tech = await self.store.technician_by_login(login)
         except NotFound:
-            await asyncio.to_thread(verify_password, _DUMMY_HASH, password)
+            await asyncio.to_thread(verify_password, _dummy_hash(), password)
             return None
         by_token = await self.store.technician_for_token(rules.token_hash(password), self.clock())
         if by_token is not None and by_token.id == tech.id:
@@ -443,7 +455,9 @@ class RelayService:
     def disconnect_agent(self, session_id: str, reason: str) -> None:
         link = self.agents.get(session_id)
         if link is not None:
-            link.conn.disconnect(11, f"session ended: {reason}")  # 11 = by application
+            # Not 11 ("by application"): asyncssh hides the reason of that code from the
+            # client, and the agent needs "session ended" to stop rather than reconnect.
+            link.conn.disconnect(DISC_SERVICE_NOT_AVAILABLE, f"session ended: {reason}")
 
     def session_view(self, row: SessionRow, technician_login: str | None = None) -> dict:
         link = self.agents.get(row.id)
@@ -509,8 +523,8 @@ class RelayService:
     @staticmethod
     def technician_view(t: Technician, live_session: str | None = None,
                         ssh_keys: int = 0) -> dict:
-        return {"login": t.login, "email": t.email, "admin": t.is_admin,
-                "disabled": t.disabled, "created_at": iso(t.created_at),
+        return {"login": t.login, "email": t.email, "admin": bool(t.is_admin),
+                "disabled": bool(t.disabled), "created_at": iso(t.created_at),
                 "live_session": live_session, "ssh_keys": ssh_keys}
 
     async def _colleague(self, admin: Technician, login: str) -> Technician:

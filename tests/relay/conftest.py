@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shutil
 import sqlite3
 import time
@@ -107,14 +108,26 @@ async def activate(base_url: str, session: dict, code: str | None = None, *,
                   **({"machine_id": machine_id} if machine_id else {})})
 
 
+class AgentClient(asyncssh.SSHClient):
+    """Remembers why the relay closed the connection (it says so when a session ends)."""
+
+    def __init__(self) -> None:
+        self.lost_because: Exception | None = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost_because = exc
+
+
 @contextlib.asynccontextmanager
 async def agent_connection(relay: RelayProcess, activation: dict,
                            register: bool = True) -> AsyncIterator[asyncssh.SSHClientConnection]:
-    """The agent's outer SSH connection, with its virtual forward registered (so it is online)."""
-    conn = await asyncssh.connect(
-        relay.ssh_host, relay.ssh_port, username=activation["session_id"],
+    """The agent's outer SSH connection, with its virtual forward registered (so it is online).
+    `conn.agent.lost_because` holds the relay's reason once it disconnects the agent."""
+    conn, client = await asyncssh.create_connection(
+        AgentClient, relay.ssh_host, relay.ssh_port, username=activation["session_id"],
         password=activation["agent_secret"], known_hosts=pinned(activation["relay_host_key"]),
         client_keys=None, agent_path=None, config=None)
+    conn.agent = client
     try:
         if register:
             await conn.create_server(lambda *a: False, activation["session_id"], 22)
@@ -133,3 +146,51 @@ async def create(api: Api, email: str = "customer@example.com",
                  password: str = "Horse-battery-9") -> httpx.Response:
     return await api.client.post("/api/v1/sessions",
                                  json={"customer_email": email, "password": password})
+
+
+class EventStream:
+    """A console's view of GET /api/v1/events: the parsed events, read as they come."""
+
+    def __init__(self, api: Api, last_event_id: int | None = None) -> None:
+        self.api = api
+        self.headers = {} if last_event_id is None else {"Last-Event-ID": str(last_event_id)}
+        self.events: list[dict] = []
+        self._stack = contextlib.AsyncExitStack()
+        self._lines = None
+
+    async def __aenter__(self) -> EventStream:
+        response = await self._stack.enter_async_context(
+            self.api.client.stream("GET", "/api/v1/events", headers=self.headers,
+                                   timeout=httpx.Timeout(30, read=60)))
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        self._lines = response.aiter_lines()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self._stack.aclose()
+
+    async def next(self) -> dict:
+        event: dict = {}
+        async for line in self._lines:
+            if not line:
+                if "data" in event:
+                    self.events.append(event)
+                    return event
+                event = {}
+                continue
+            name, _, value = line.partition(":")
+            if name == "id":
+                event["id"] = int(value.strip())
+            elif name == "event":
+                event["event"] = value.strip()
+            elif name == "data":
+                event["data"] = json.loads(value.strip())
+        raise AssertionError("the event stream ended")
+
+    async def until(self, predicate, timeout: float = 20) -> dict:
+        async with asyncio.timeout(timeout):
+            while True:
+                event = await self.next()
+                if predicate(event):
+                    return event

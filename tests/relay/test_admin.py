@@ -1,0 +1,118 @@
+"""Administration: `adhoc-relay company|technician ...` on the command line, and the admin API a
+company administrator uses for their own technicians."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.relay.conftest import create, db_rows
+from tests.support import PASSWORD, Api, run_cli
+
+NEW_PASSWORD = "a-brand-new-password-7"
+
+
+def test_cli_company_and_technician_administration(tmp_path) -> None:
+    data = tmp_path / "relay"
+    run_cli(data, "init")
+    run_cli(data, "init")  # idempotent
+    assert "plan trial, 1 seats" in run_cli(data, "company", "add", "Zeta", "--plan", "trial",
+                                            "--seats", "1").stdout
+    run_cli(data, "company", "set-plan", "Zeta", "premier")
+    run_cli(data, "company", "set-seats", "Zeta", "4")
+    assert run_cli(data, "company", "list").stdout.strip() == "Zeta\tpremier\t4 seats"
+    run_cli(data, "technician", "add", "zed", "--email", "zed@example.com", "--company", "Zeta",
+            "--admin", "--password-stdin", stdin=PASSWORD + "\n")
+    run_cli(data, "technician", "disable", "zed")
+    assert run_cli(data, "technician", "list").stdout.split("\t")[-1].strip() == "admin,disabled"
+    run_cli(data, "technician", "enable", "zed")
+    run_cli(data, "technician", "reset-password", "zed", "--password-stdin",
+            stdin=NEW_PASSWORD + "\n")
+    run_cli(data, "company", "disable", "Zeta")
+    assert "(disabled)" in run_cli(data, "company", "list").stdout
+
+    # Mistakes get one line saying what to do, and exit status 2.
+    for args, stdin, says in (
+        (("company", "add", "Zeta", "--plan", "base", "--seats", "1"), None, "already exists"),
+        (("company", "set-plan", "Nope", "plus"), None, "no company named 'Nope'"),
+        (("technician", "add", "Bad Name", "--email", "x@example.com", "--company", "Zeta",
+          "--password-stdin"), "long-enough-pw\n", "use 1-64 of a-z"),
+        (("technician", "add", "zed", "--email", "zed@example.com", "--company", "Zeta",
+          "--password-stdin"), "long-enough-pw\n", "already exists"),
+        (("technician", "add", "amy", "--email", "not-an-email", "--company", "Zeta",
+          "--password-stdin"), "long-enough-pw\n", "is not an email address"),
+        (("technician", "add", "amy", "--email", "amy@example.com", "--company", "Zeta",
+          "--password-stdin"), "short\n", "at least 8 characters"),
+    ):
+        result = run_cli(data, *args, stdin=stdin, check=False)
+        assert result.returncode == 2 and says in result.stderr, result.stderr
+    bad_plan = run_cli(data, "company", "add", "Y", "--plan", "gold", "--seats", "1", check=False)
+    assert bad_plan.returncode == 2 and "choose trial, base, plus or premier" in bad_plan.stderr
+    bad_smtp = run_cli(data, "serve", "--smtp", "http://x", check=False)
+    assert bad_smtp.returncode == 2 and "smtp" in bad_smtp.stderr
+    # The password never reaches the audit log, only the fact that it was reset.
+    detail = db_rows(data, "SELECT detail FROM audit WHERE event = 'technician_changed'")
+    assert any('"password": "reset"' in d for (d,) in detail)
+    assert not any(NEW_PASSWORD in d for (d,) in detail)
+
+
+async def test_company_admin_manages_their_own_technicians(relay) -> None:
+    async with Api(relay.base_url, "alice") as alice:
+        company = (await alice.client.get("/api/v1/admin/company")).json()
+        assert company["company"] == "Acme" and company["plan"] == "plus"
+        assert company["seats"] == 3 and company["technicians"] == 2
+
+        added = await alice.client.post("/api/v1/admin/technicians", json={
+            "login": "dave", "email": "dave@example.com", "password": PASSWORD,
+            "ssh_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHxWlK5Y2Cl5jOSDZMTPvUV3ozNyfn0p9GnS"
+                         "rSE9M09g dave@laptop"]})
+        assert added.status_code == 201, added.text
+        assert added.json()["ssh_keys"] == 1 and added.json()["admin"] is False
+        duplicate = await alice.client.post("/api/v1/admin/technicians", json={
+            "login": "carol", "email": "c@example.com", "password": PASSWORD})
+        assert duplicate.status_code == 409 and duplicate.json()["error"] == "exists"
+
+        async with Api(relay.base_url, "dave") as dave:
+            session = (await create(dave)).json()
+            listed = {t["login"]: t for t in (await alice.client.get(
+                "/api/v1/admin/technicians")).json()["technicians"]}
+            assert listed["dave"]["live_session"] == session["id"]
+            # Not an admin: the admin routes are refused.
+            for method, path in (("GET", "/api/v1/admin/company"),
+                                 ("GET", "/api/v1/admin/technicians"),
+                                 ("POST", "/api/v1/admin/technicians/bob/disable")):
+                refused = await dave.client.request(method, path)
+                assert refused.status_code == 403 and refused.json()["error"] == "forbidden"
+
+            disabled = await alice.client.post("/api/v1/admin/technicians/dave/disable")
+            assert disabled.status_code == 200 and disabled.json()["disabled"] is True
+            assert (await dave.client.get("/api/v1/me")).status_code == 401
+
+        self_disable = await alice.client.post("/api/v1/admin/technicians/alice/disable")
+        assert self_disable.status_code == 409 and self_disable.json()["error"] == "self"
+
+        await alice.client.post("/api/v1/admin/technicians/dave/enable")
+        reset = await alice.client.post("/api/v1/admin/technicians/dave/reset-password",
+                                        json={"password": NEW_PASSWORD})
+        assert reset.status_code == 200
+        async with httpx.AsyncClient(base_url=relay.base_url) as client:
+            old = await client.post("/api/v1/login", json={"login": "dave", "password": PASSWORD})
+            assert old.status_code == 401
+            new = await client.post("/api/v1/login",
+                                    json={"login": "dave", "password": NEW_PASSWORD})
+            assert new.status_code == 200
+
+        for body, field in (
+            ({"login": "Eve!", "email": "e@example.com", "password": PASSWORD}, "login"),
+            ({"login": "eve", "email": "nope", "password": PASSWORD}, "email"),
+            ({"login": "eve", "email": "e@example.com", "password": "short"}, "password"),
+            ({"login": "eve", "email": "e@example.com", "password": PASSWORD,
+              "ssh_keys": ["not a key"]}, "ssh_keys"),
+            ({"login": "eve", "email": "e@example.com", "password": PASSWORD,
+              "plan": "premier"}, "plan"),
+        ):
+            response = await alice.client.post("/api/v1/admin/technicians", json=body)
+            assert response.status_code == 422, body
+            assert response.json()["error"] == "invalid" and field in response.json()["detail"]
+        # Plan and seats are not for sale through the API.
+        assert (await alice.client.post("/api/v1/admin/company", json={"seats": 99})
+                ).status_code == 405
