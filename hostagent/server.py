@@ -192,8 +192,8 @@ class InnerServer(asyncssh.SSHServer):
                 await serve_chat(process, self.state.chat, self.who)
             return
         if subsystem:
-            # sftp reaches here only when the plan does not grant files (see files.py).
-            self._refuse(process, "file manager" if subsystem == "sftp" else subsystem[:64])
+            # Without "files" asyncssh refuses the sftp subsystem request before we see it.
+            self._refuse(process, subsystem[:64])
             return
         if not self.state.allows("shell"):
             self._refuse(process, "remote shell")

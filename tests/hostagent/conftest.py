@@ -1,0 +1,54 @@
+"""Fixtures for the host agent's tests: a relay provisioned once per run and copied per test.
+
+Provisioning runs the real `adhoc-relay` commands (and argon2) several times; copying the
+resulting data dir gives every test its own relay with the same companies in a fraction of
+the time. "Acme" has the plus plan (alice, bob), "Basic" the base plan (bert).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.hostagent.helpers import provisioned_template
+from tests.support import RelayProcess
+
+
+@pytest.fixture(scope="session")
+def relay_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return provisioned_template(tmp_path_factory.mktemp("relay-template"))
+
+
+@pytest.fixture
+def start_relay(relay_template: Path, tmp_path: Path) -> Iterator[Callable[..., RelayProcess]]:
+    """start_relay(*serve_args) -> a running relay with its own copy of the template."""
+    started: list[RelayProcess] = []
+
+    def start(*extra: str) -> RelayProcess:
+        data_dir = tmp_path / f"relay{len(started)}"
+        shutil.copytree(relay_template, data_dir)
+        process = RelayProcess(data_dir, extra_args=extra)
+        process.start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
+def quick_agent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Agents started from now on reconnect, check expiry and drop detached shells quickly."""
+    monkeypatch.setenv("ADHOC_HOST_BACKOFF_CAP", "1")
+    monkeypatch.setenv("ADHOC_HOST_CHECK_INTERVAL", "0.5")
+
+
+@pytest.fixture(autouse=True)
+def plain_shell(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Agents run /bin/sh, not the login shell: a developer's profile (pyenv rehash, say) is
+    slow and leaves stale locks behind when a test's shell is hung up mid-start."""
+    monkeypatch.setenv("ADHOC_HOST_SHELL", "/bin/sh")

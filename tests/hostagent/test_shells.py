@@ -1,0 +1,96 @@
+"""Shells that outlive the technician's connection: reattach by id, repaint, takeover, expiry.
+
+A real relay, a real agent process and real PTYs; the client is plain asyncssh, so these are
+the contract any console or `ssh -o SetEnv=ADHOC_SHELL_ID=...` gets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.hostagent.helpers import inner_connection, pid_alive, read_until, start_session
+from tests.support import Api
+
+PID = re.compile(rb"pid-(\d+)-end")
+
+
+async def open_shell(inner, shell_id: str | None, size: tuple[int, int] = (100, 30)):
+    env = {"ADHOC_SHELL_ID": shell_id} if shell_id else {}
+    return await inner.create_process(term_type="xterm-256color", term_size=size,
+                                      encoding=None, env=env)
+
+
+async def shell_pid(process) -> int:
+    process.stdin.write(b"echo pid-$$-e\"\"nd\r")
+    seen = await read_until(process.stdout, b"-end\r\n")
+    return int(PID.findall(seen)[-1])
+
+
+async def test_reattach_repaints_and_keeps_the_same_shell(start_relay, agents,
+                                                          tmp_path: Path) -> None:
+    relay = start_relay()
+    async with Api(relay.base_url) as api:
+        view, agent = await start_session(api, agents, tmp_path)
+        async with inner_connection(relay, api, view) as inner:
+            first = await open_shell(inner, "main")
+            pid = await shell_pid(first)
+            first.stdin.write(b"cd /tmp && echo screen-$((6*7))-mark\r")
+            await read_until(first.stdout, b"screen-42-mark")
+        # The technician's connection is gone; the shell is not.
+        assert pid_alive(pid)
+        await agent.wait_for_line("Technician alice disconnected")
+
+        async with inner_connection(relay, api, view) as inner:
+            again = await open_shell(inner, "main", size=(90, 20))
+            repaint = await read_until(again.stdout, b"screen-42-mark")
+            assert repaint.startswith(b"\x1b[0m\x1b[H\x1b[2J")  # a fresh paint of the screen
+            assert await shell_pid(again) == pid
+            again.stdin.write(b"pwd; stty size\r")
+            seen = await read_until(again.stdout, b"20 90")
+            assert b"/tmp" in seen  # the same shell: its working directory survived
+            await agent.wait_for_line("Technician alice returned to a shell")
+
+            # Another channel naming the same id takes the shell over.
+            other = await open_shell(inner, "main", size=(90, 20))
+            await read_until(other.stdout, b"20 90")  # the screen as the last channel left it
+            await asyncio.wait_for(again.wait_closed(), 10)
+            assert b"taken over" in await again.stderr.read()
+            assert await shell_pid(other) == pid
+
+            # No id: a fresh shell of its own, closed with its channel.
+            anonymous = await open_shell(inner, None)
+            anon_pid = await shell_pid(anonymous)
+            assert anon_pid != pid
+            anonymous.close()
+            await anonymous.wait_closed()
+            for _ in range(100):
+                if not pid_alive(anon_pid):
+                    break
+                await asyncio.sleep(0.1)
+            assert not pid_alive(anon_pid)
+
+            # A bad id is refused, not silently made anonymous.
+            bad = await open_shell(inner, "../etc")
+            await bad.wait_closed()
+            assert bad.exit_status == 1
+
+
+async def test_detached_shell_closes_after_the_timeout(start_relay, agents, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ADHOC_HOST_SHELL_DETACH_TIMEOUT", "1")
+    relay = start_relay()
+    async with Api(relay.base_url) as api:
+        view, _agent = await start_session(api, agents, tmp_path)
+        async with inner_connection(relay, api, view) as inner:
+            pid = await shell_pid(await open_shell(inner, "short"))
+        for _ in range(100):
+            if not pid_alive(pid):
+                break
+            await asyncio.sleep(0.1)
+        assert not pid_alive(pid)
+        async with inner_connection(relay, api, view) as inner:
+            assert await shell_pid(await open_shell(inner, "short")) != pid
