@@ -15,9 +15,12 @@ from textual.worker import Worker, WorkerState
 from tui.client import HostConnector, RelayClient, RelayError
 from tui.sanitize import clean
 from tui.screens.audit import AuditModal
+from tui.screens.chat import ChatScreen
 from tui.screens.created import CreatedModal
+from tui.screens.dashboard import DashboardScreen
 from tui.screens.modals import ConfirmModal, PasswordModal
 from tui.screens.new_session import NewSessionModal
+from tui.screens.pane import PaneScreen
 from tui.screens.remote import RemoteScreen
 from tui.screens.sessions import SessionsScreen
 from tui.widgets.terminal import TerminalView
@@ -25,6 +28,9 @@ from tui.widgets.terminal import TerminalView
 EVENT_RETRY_DELAYS = (0.5, 1, 2, 4, 8, 10)
 # Actions that must not steal keys from a focused terminal pane (ctrl+q, ctrl+p, ctrl+c ...).
 TERMINAL_KEEPS_KEYS = {"quit", "command_palette", "help_quit", "screenshot"}
+PANES: dict[str, type[PaneScreen]] = {"shell": RemoteScreen, "dashboard": DashboardScreen,
+                                      "chat": ChatScreen}
+PANE_FEATURES = {"shell": "shell", "dashboard": "dashboard", "chat": "chat", "files": "files"}
 
 
 class SessionsChanged(Message):
@@ -51,7 +57,7 @@ class ConsoleApp(App):
         self.clock = clock
         self.connector = HostConnector(client, login)
         self.passwords: dict[str, str] = {}  # session passwords: memory only, never saved
-        self.remote_screens: dict[str, RemoteScreen] = {}
+        self.panes: dict[tuple[str, str], PaneScreen] = {}
         self.views: dict[str, dict] = {}
         self.limits: dict | None = None
         self.last_event_id: int | None = None
@@ -92,7 +98,7 @@ class ConsoleApp(App):
             view = self.views.get(self.screen.created["id"])
             if view:
                 self.screen.update_from(view)
-        for session_id, screen in self.remote_screens.items():
+        for (_kind, session_id), screen in self.panes.items():
             view = self.views.get(session_id)
             if view:
                 screen.session.update({k: v for k, v in view.items() if k != "host_key"})
@@ -161,6 +167,15 @@ class ConsoleApp(App):
         self.push_screen(NewSessionModal(self.client), created)
 
     def action_remote(self) -> None:
+        self._open_pane("shell")
+
+    def action_dashboard(self) -> None:
+        self._open_pane("dashboard")
+
+    def action_chat(self) -> None:
+        self._open_pane("chat")
+
+    def _open_pane(self, kind: str) -> None:
         view = self._selected()
         if view is None:
             return
@@ -169,37 +184,43 @@ class ConsoleApp(App):
                         if view["state"] == "pending" else "This session has ended.",
                         severity="warning")
             return
-        existing = self.remote_screens.get(view["id"])
+        feature = PANE_FEATURES[kind]
+        if feature not in (view.get("features") or []):
+            self.notify(f"The {kind} is not included in this company's plan.",
+                        severity="warning")
+            return
+        existing = self.panes.get((kind, view["id"]))
         if existing is not None:
             self.push_screen(existing)
             return
         password = self.passwords.get(view["id"])
         if password is None:
-            self._ask_password(view)
+            self._ask_password(view, kind)
         else:
-            self.open_remote(view, password)
+            self.open_pane(view, kind, password)
 
-    def _ask_password(self, view: dict, error: str | None = None) -> None:
+    def _ask_password(self, view: dict, kind: str, error: str | None = None) -> None:
         def got(password: str | None) -> None:
             if password:
-                self.open_remote(view, password)
+                self.open_pane(view, kind, password)
 
         self.push_screen(PasswordModal(f"{view['customer_email']} ({view['id']})", error), got)
 
-    @work(exclusive=True, group="open-remote")
-    async def open_remote(self, view: dict, password: str) -> None:
+    @work(exclusive=True, group="open-pane")
+    async def open_pane(self, view: dict, kind: str, password: str) -> None:
         full = await self.client.session(view["id"])  # host key as the relay reports it now
         try:
             await self.connector.host(full, password)
         except RelayError as exc:
             if exc.code == "wrong_password":
                 self.forget_password(view["id"])
-                self._ask_password(view, exc.detail)
+                self._ask_password(view, kind, exc.detail)
                 return
             raise
         self.passwords[view["id"]] = password
-        screen = RemoteScreen(full, self.connector, password)
-        self.remote_screens[view["id"]] = screen
+        screen = PANES[kind](full, self.connector, password)
+        if kind != "dashboard":  # a shell and a chat keep their state while you are away
+            self.panes[(kind, view["id"])] = screen
         await self.push_screen(screen)
 
     def forget_password(self, session_id: str) -> None:
@@ -222,9 +243,10 @@ class ConsoleApp(App):
     @work(group="end")
     async def _end(self, session_id: str) -> None:
         await self.client.end_session(session_id)
-        screen = self.remote_screens.pop(session_id, None)
-        if screen is not None:
-            screen.close_shell()
+        for kind in PANES:
+            screen = self.panes.pop((kind, session_id), None)
+            if isinstance(screen, RemoteScreen):
+                screen.close_shell()
         self.forget_password(session_id)
         self.notify("Session ended.")
         self.refresh_sessions()
@@ -258,7 +280,8 @@ class ConsoleApp(App):
             self.action_show_help_panel()
 
     async def action_quit(self) -> None:
-        for screen in self.remote_screens.values():
-            screen.close_shell()
+        for screen in self.panes.values():
+            if isinstance(screen, RemoteScreen):
+                screen.close_shell()
         await self.connector.close()
         self.exit()

@@ -173,6 +173,45 @@ class ShellChannel:
             self.chan.close()
 
 
+class JsonLines:
+    """A subsystem channel speaking one JSON object per line (dashboard, chat)."""
+
+    MAX_LINE = 1024 * 1024
+
+    def __init__(self, writer: asyncssh.SSHWriter, reader: asyncssh.SSHReader,
+                 errors: asyncssh.SSHReader) -> None:
+        self._writer, self._reader, self._errors = writer, reader, errors
+
+    async def read(self) -> dict | None:
+        """The next object, or None when the host closed the channel."""
+        while True:
+            line = await self._reader.readline()
+            if not line:
+                return None
+            if len(line) > self.MAX_LINE:
+                continue
+            try:
+                value = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                return value
+
+    async def refusal(self) -> str:
+        """What the host wrote on stderr when it refused or closed the channel."""
+        with contextlib.suppress(Exception):
+            return (await asyncio.wait_for(self._errors.read(4096), 2)).strip()
+        return ""
+
+    def send(self, value: dict) -> None:
+        with contextlib.suppress(Exception):
+            self._writer.write(json.dumps(value) + "\n")
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._writer.channel.close()
+
+
 class HostConnector:
     """One SSH connection to the relay, and one inner connection per host, opened on demand."""
 
@@ -243,6 +282,16 @@ class HostConnector:
             self.forget(session["id"])
             raise RelayError(0, "offline", f"cannot open a shell: {exc.reason}") from None
         return ShellChannel(chan, shell)
+
+    async def open_lines(self, session: dict, password: str, subsystem: str) -> JsonLines:
+        conn = await self.host(session, password)
+        try:
+            writer, reader, errors = await conn.open_session(subsystem=subsystem,
+                                                             encoding="utf-8", errors="replace")
+        except asyncssh.ChannelOpenError as exc:
+            self.forget(session["id"])
+            raise RelayError(0, "offline", f"cannot open the {subsystem}: {exc.reason}") from None
+        return JsonLines(writer, reader, errors)
 
     async def close(self) -> None:
         for conn in self._hosts.values():

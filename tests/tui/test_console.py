@@ -112,3 +112,46 @@ async def test_create_session_from_console_shows_code_once(relay) -> None:
         assert code not in str(listed)
         await app.action_quit()
     await client.aclose()
+
+
+async def test_dashboard_and_chat_panes(relay, agents, tmp_path: Path) -> None:
+    from tui.screens.chat import ChatScreen
+    from tui.screens.dashboard import DashboardScreen
+    from tui.widgets.dashboard import DashboardView
+
+    async with Api(relay.base_url) as api:
+        session = await api.create_session("fay@example.com")
+        agent = new_agent(agents, tmp_path, session)
+        agent.start()
+        await agent.wait_for_line("Connected to the relay")
+        await api.wait_for(session["id"], lambda v: v["online"])
+        token = api.token
+    client = RelayClient(relay.base_url, token)
+    app = ConsoleApp(client, "alice")
+    async with app.run_test(size=(120, 40)) as pilot:
+        table = app.screen.query_one("#sessions", DataTable)
+        await wait_until(pilot, lambda: table.row_count == 1)
+        await pilot.press("d")
+        await wait_until(pilot, lambda: isinstance(app.screen, PasswordModal))
+        app.screen.query_one(Input).value = SESSION_PASSWORD
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, DashboardScreen), timeout=30)
+        view = app.screen.query_one(DashboardView)
+        await wait_until(pilot, lambda: view.last_sample is not None, timeout=30)
+        assert view.last_sample["hostname"]
+        assert view.query_one("#dash-processes", DataTable).row_count > 0
+        await pilot.press("s")
+        assert view.process_sort == "memory"
+        await pilot.press("ctrl+right_square_bracket")
+        # The password is remembered for the session: chat opens without asking again.
+        await pilot.press("t")
+        await wait_until(pilot, lambda: isinstance(app.screen, ChatScreen), timeout=30)
+        chat = app.screen
+        await wait_until(pilot, lambda: chat.channel is not None)
+        await pilot.press(*"hello from alice", "enter")
+        await agent.wait_for_line("hello from alice")
+        await wait_until(pilot, lambda: any(line.get("text") == "hello from alice"
+                                            for line in chat.lines))
+        await pilot.press("ctrl+right_square_bracket")
+        await app.action_quit()
+    await client.aclose()

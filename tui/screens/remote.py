@@ -11,13 +11,11 @@ import secrets
 
 from textual import on, work
 from textual.app import ComposeResult
-from textual.binding import Binding
-from textual.screen import Screen
-from textual.widgets import Static
 
 from tui.client import HostConnector, RelayError, ShellChannel
 from tui.sanitize import clean
-from tui.widgets.terminal import LEAVE_KEY, TerminalView
+from tui.screens.pane import PaneScreen
+from tui.widgets.terminal import TerminalView
 
 # Pause the SSH channel while the pane has this much output waiting to be parsed, so a flood
 # blocks the remote program instead of being dropped; resume below the low mark.
@@ -26,35 +24,19 @@ LOW_WATER = 64 * 1024
 RECONNECT_DELAYS = (0.5, 1, 2, 4, 8, 10)
 
 
-class RemoteScreen(Screen):
-    BINDINGS = [
-        Binding(LEAVE_KEY, "leave", "Back to sessions (ctrl+])", priority=True,
-                id="remote.leave"),
-    ]
+class RemoteScreen(PaneScreen):
+    kind = "shell"
 
     def __init__(self, session: dict, connector: HostConnector, password: str) -> None:
-        super().__init__(name=f"remote-{session['id']}")
-        self.session = session
-        self.connector = connector
-        self.password = password
+        super().__init__(session, connector, password)
         self.shell_id = f"console-{secrets.token_hex(8)}"
         self.channel: ShellChannel | None = None
         self.closed_by_user = False
-        self.state = "connecting"
         self._paused = False
 
     def compose(self) -> ComposeResult:
-        yield Static(self._status_text(), id="remote-status", markup=False)
+        yield self.status_bar()
         yield TerminalView(self._send, id="terminal")
-
-    def _status_text(self) -> str:
-        host = self.session.get("host") or {}
-        who = f"{clean(host.get('user'), 32)}@{clean(host.get('hostname'), 64)}"
-        return f" {who} · session {self.session['id']} · {self.state} · ctrl+] leaves the pane"
-
-    def _set_state(self, state: str) -> None:
-        self.state = state
-        self.query_one("#remote-status", Static).update(self._status_text())
 
     @property
     def terminal(self) -> TerminalView:
@@ -88,7 +70,7 @@ class RemoteScreen(Screen):
         self.channel = None
         if self.closed_by_user or not self.is_attached:
             return
-        self._set_state(f"disconnected ({clean(reason, 80)}), reconnecting")
+        self.set_state(f"disconnected ({clean(reason, 80)}), reconnecting")
         self.connect(reconnect=True)
 
     @work(exclusive=True, group="shell")
@@ -105,24 +87,21 @@ class RemoteScreen(Screen):
                     on_output=self._on_output, on_closed=self._on_closed)
             except RelayError as exc:
                 if exc.code == "wrong_password":
-                    self._set_state("the host refused the session password")
+                    self.set_state("the host refused the session password")
                     self.app.forget_password(self.session["id"])
                     return
                 attempt += 1
                 reconnect = True
-                self._set_state(f"{clean(exc.detail, 100)}; retrying")
+                self.set_state(f"{clean(exc.detail, 100)}; retrying")
                 continue
             self._paused = False
-            self._set_state("connected")
+            self.set_state("connected")
             return
 
     @on(TerminalView.Resized)
     def _resized(self, event: TerminalView.Resized) -> None:
         if self.channel is not None:
             self.channel.resize(event.cols, event.rows)
-
-    def action_leave(self) -> None:
-        self.app.pop_screen()
 
     def close_shell(self) -> None:
         self.closed_by_user = True

@@ -1,0 +1,84 @@
+"""The dashboard pane: the host streams a sample at its own pace; the pane shows each one."""
+
+from __future__ import annotations
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.message import Message
+from textual.widgets import Footer
+
+from tui.client import JsonLines, RelayError
+from tui.sanitize import clean
+from tui.screens.pane import PaneScreen
+from tui.widgets.dashboard import DashboardView
+
+INTERVAL_STEPS = (1, 2, 5, 10, 30)
+
+
+class Sample(Message):
+    def __init__(self, sample: dict) -> None:
+        super().__init__()
+        self.sample = sample
+
+
+class DashboardScreen(PaneScreen):
+    kind = "dashboard"
+    BINDINGS = [
+        *PaneScreen.BINDINGS,
+        Binding("escape,q", "leave", "Back", id="dashboard.back"),
+        Binding("s", "sort", "Sort processes", id="dashboard.sort"),
+        Binding("plus,equals_sign", "slower", "Slower", id="dashboard.slower"),
+        Binding("minus", "faster", "Faster", id="dashboard.faster"),
+    ]
+
+    def __init__(self, session, connector, password) -> None:
+        super().__init__(session, connector, password)
+        self.channel: JsonLines | None = None
+        self.interval = 2
+
+    def compose(self) -> ComposeResult:
+        yield self.status_bar()
+        yield DashboardView(id="dashboard")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.follow()
+
+    @work(exclusive=True, group="dashboard")
+    async def follow(self) -> None:
+        try:
+            self.channel = await self.connector.open_lines(self.session, self.password,
+                                                           "dashboard")
+        except RelayError as exc:
+            self.set_state(clean(exc.detail, 120))
+            return
+        self.set_state(f"live, every {self.interval}s")
+        while (sample := await self.channel.read()) is not None:
+            self.post_message(Sample(sample))
+        refusal = await self.channel.refusal()
+        self.set_state(clean(refusal, 120) or "the host closed the dashboard")
+
+    def on_sample(self, message: Sample) -> None:
+        self.query_one(DashboardView).show(message.sample)
+
+    def action_sort(self) -> None:
+        key = self.query_one(DashboardView).cycle_process_sort()
+        self.notify(f"processes sorted by {key}", timeout=2)
+
+    def _set_interval(self, step: int) -> None:
+        index = INTERVAL_STEPS.index(self.interval) if self.interval in INTERVAL_STEPS else 1
+        self.interval = INTERVAL_STEPS[max(0, min(len(INTERVAL_STEPS) - 1, index + step))]
+        if self.channel is not None:
+            self.channel.send({"interval": self.interval})
+        self.set_state(f"live, every {self.interval}s")
+
+    def action_slower(self) -> None:
+        self._set_interval(+1)
+
+    def action_faster(self) -> None:
+        self._set_interval(-1)
+
+    def on_unmount(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
