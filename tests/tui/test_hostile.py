@@ -1,0 +1,55 @@
+"""A hostile host against the technician: strings it controls never reach the real terminal.
+
+The host chooses its hostname, OS and user name at activation; the relay shows them in the
+list. Each carries escape sequences (clipboard write, title, clear screen), C1 bytes and a
+bidi override; the console must show them escaped and emit none of those bytes.
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+from textual.widgets import DataTable
+
+from tests.support import Api
+from tui.app import ConsoleApp
+from tui.client import RelayClient
+
+HOSTILE = "evil\x1b]52;c;aGVsbG8=\x07\x1b]0;pwned\x07\x1b[2J\x9b31m\u202eexe.txt"
+FORBIDDEN = ("\x1b", "\x07", "\x9b", "\u202e")
+
+
+async def test_hostile_host_strings_are_escaped(relay) -> None:
+    async with Api(relay.base_url) as api:
+        session = await api.create_session("victim@example.com")
+        token = api.token
+    async with httpx.AsyncClient(base_url=relay.base_url) as raw:
+        token_part = session["join_url"].rsplit("/", 1)[1]
+        response = await raw.post(f"/api/v1/join/{token_part}/activate", json={
+            "code": session["security_code"], "host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA"
+            "IBq4pRAtgxpyC8k6d4XdgBGp9NfDDWJ0hRgbchaZZc0D", "hostname": HOSTILE,
+            "os": HOSTILE, "user": HOSTILE})
+        assert response.status_code == 200, response.text
+
+    client = RelayClient(relay.base_url, token)
+    app = ConsoleApp(client, "alice")
+    async with app.run_test(size=(160, 30)) as pilot:
+        table = app.screen.query_one("#sessions", DataTable)
+        deadline = time.monotonic() + 20
+        while table.row_count == 0 and time.monotonic() < deadline:
+            await pilot.pause(0.05)
+        host_cell = str(table.get_row_at(0)[3])
+        assert "evil\\x1b]52;c;" in host_cell
+        assert "\\u202e" in host_cell
+        for text in (host_cell, app.export_screenshot()):
+            for forbidden in FORBIDDEN:
+                assert forbidden not in text
+        # What Textual would write to the real terminal for this screen.
+        rendered = "".join(segment.text for line in app.screen._compositor.render_strips()
+                           for segment in line)
+        for forbidden in FORBIDDEN:
+            assert forbidden not in rendered
+        assert app.title == "Adhoc"
+        await app.action_quit()
+    await client.aclose()
