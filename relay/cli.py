@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from relay import wheelhouse
 from relay.config import (
     RelaySettings,
     default_data_dir,
@@ -91,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sub.add_parser("init", help="create the database, SSH host key and secret key")
+    wheelhouse.add_command(sub)
 
     serve = sub.add_parser("serve", help="run the relay (HTTP API and SSH endpoint)")
     serve.add_argument("--http", type=_hostport, default=("127.0.0.1", 8780),
@@ -301,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings_from_args(args)
     try:
+        if args.command == "wheelhouse":
+            return wheelhouse.run(settings.data_dir, args)
         if args.command == "init":
             from relay.server import initialise
 

@@ -1,13 +1,102 @@
-"""The join link a customer opens: who is asking, what will happen, and how to start the host."""
+"""The join link a customer opens: who is asking, what will happen, and how to start the host.
+
+`/join/{token}` is a page (HTML for a browser, plain text for curl); `/join/{token}/install.sh`
+installs the temporary host into a fresh temporary folder from the wheels under
+`/join/{token}/wheels/` (built by `adhoc-relay wheelhouse`) and starts it. Everything under a
+link answers only while the link is pending: the relay is no anonymous file host.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import html
+import re
+import shlex
+from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, PlainTextResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
 
 from relay.service import RelayService, ServiceError
+from relay.wheelhouse import HOST_DIST, wheelhouse_dir
+
+WHEEL_NAME = re.compile(r"^[A-Za-z0-9_.+-]{1,200}\.whl$")
+_digests: dict[tuple[str, int, int], str] = {}
+
+
+def _digest(path: Path) -> str:
+    """SHA-256 of a wheel, cached by name, size and mtime (pip checks it from the index)."""
+    stat = path.stat()
+    key = (path.name, stat.st_size, stat.st_mtime_ns)
+    if key not in _digests:
+        _digests[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return _digests[key]
+
+
+INSTALL_SCRIPT = r"""#!/bin/sh
+# Adhoc temporary host: install into a fresh temporary folder, run, and remove it afterwards.
+# Arguments are passed to `adhoc-host join` (e.g. --code 123456 --yes for unattended use).
+set -eu
+JOIN_URL=__JOIN_URL__
+WHEELS_URL=__WHEELS_URL__
+say() { echo "adhoc: $*" >&2; }
+
+if [ "$(id -u)" != 0 ] && [ "${ADHOC_ALLOW_UNPRIVILEGED:-}" != 1 ]; then
+    say "administrator rights are needed to receive support:" \
+        "run the command again with sudo (... | sudo sh)"
+    exit 1
+fi
+PYTHON=
+CHECK='import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))'
+for candidate in python3.14 python3.13 python3.12 python3.11 python3; do
+    if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c "$CHECK" >/dev/null 2>&1; then
+        PYTHON=$candidate
+        break
+    fi
+done
+if [ -z "$PYTHON" ]; then
+    say "Python 3.11 or newer with venv is needed: install it from your system's packages" \
+        "(for example: apt install python3 python3-venv) and run the command again"
+    exit 1
+fi
+dir=$(mktemp -d "${TMPDIR:-/tmp}/adhoc-host-install-XXXXXX")
+trap 'rm -rf "$dir"' EXIT
+trap 'exit 130' INT TERM HUP
+: > "$dir/.adhoc-host-install"
+echo "Installing the temporary Adhoc host into $dir ..."
+"$PYTHON" -m venv "$dir/venv"
+# Only the relay's wheels: no index, no local pip configuration.
+unset PIP_FIND_LINKS PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_REQUIRE_VIRTUALENV || true
+PIP_CONFIG_FILE=/dev/null "$dir/venv/bin/python" -m pip install --quiet \
+    --no-index --no-cache-dir --disable-pip-version-check \
+    --find-links "$WHEELS_URL" __HOST_DIST__
+extra=
+if [ "$(id -u)" != 0 ]; then
+    extra=--allow-unprivileged
+fi
+# This script may itself arrive on standard input (curl ... | sh): the host reads the terminal.
+if (: < /dev/tty) 2>/dev/null; then
+    input=/dev/tty
+else
+    input=/dev/null
+fi
+status=0
+ADHOC_HOST_INSTALL_DIR="$dir" "$dir/venv/bin/adhoc-host" join "$JOIN_URL" $extra "$@" \
+    < "$input" || status=$?
+exit "$status"
+"""
+
+UNAVAILABLE_SCRIPT = """#!/bin/sh
+echo "adhoc: this relay cannot install the host yet: its operator has to run" \\
+     "'adhoc-relay wheelhouse'. With Adhoc installed, run: adhoc-host join __JOIN_URL__" >&2
+exit 1
+"""
+
+
+def install_script(join_url: str, wheels_url: str) -> str:
+    return (INSTALL_SCRIPT.replace("__JOIN_URL__", shlex.quote(join_url))
+            .replace("__WHEELS_URL__", shlex.quote(wheels_url))
+            .replace("__HOST_DIST__", HOST_DIST))
 
 
 def _wants_text(request: Request) -> bool:
@@ -55,6 +144,51 @@ def add_routes(app: FastAPI, service: RelayService) -> None:
         return HTMLResponse(_page(
             f"Remote support from {info['company']}",
             f"<pre>{html.escape(text)}</pre>"))
+
+    add_install_routes(app, service)
+
+
+def add_install_routes(app: FastAPI, service: RelayService) -> None:
+    wheels = wheelhouse_dir(service.settings.data_dir)
+
+    async def pending(token: str) -> None:
+        info = await service.join_info(token)
+        if info["state"] != "pending":
+            raise ServiceError(410, "link_used", "this link was already used, has expired or "
+                                                 "was ended: ask your technician for a new "
+                                                 "invitation")
+
+    @app.get("/join/{token}/install.sh", include_in_schema=False)
+    async def install(token: str) -> Response:
+        try:
+            await pending(token)
+        except ServiceError as exc:
+            return PlainTextResponse(f"#!/bin/sh\necho {shlex.quote('adhoc: ' + exc.detail)} "
+                                     ">&2\nexit 1\n", status_code=exc.status)
+        join_url = service.join_url(token)
+        if not any(wheels.glob("adhoc_host-*.whl")):
+            script = UNAVAILABLE_SCRIPT.replace("__JOIN_URL__", join_url)
+        else:
+            script = install_script(join_url, f"{join_url}/wheels/")
+        return PlainTextResponse(script, media_type="text/x-shellscript",
+                                 headers={"Cache-Control": "no-store"})
+
+    @app.get("/join/{token}/wheels/", include_in_schema=False)
+    async def wheel_index(token: str) -> Response:
+        await pending(token)
+        links = "".join(
+            f'<a href="{html.escape(p.name)}#sha256={_digest(p)}">{html.escape(p.name)}</a>\n'
+            for p in sorted(wheels.glob("*.whl")))
+        return HTMLResponse(f"<!doctype html><html><body>\n{links}</body></html>\n",
+                            headers={"Cache-Control": "no-store"})
+
+    @app.get("/join/{token}/wheels/{name}", include_in_schema=False)
+    async def wheel_file(token: str, name: str) -> Response:
+        await pending(token)
+        path = wheels / name
+        if not WHEEL_NAME.match(name) or not path.is_file():
+            raise ServiceError(404, "not_found", "no such file")
+        return FileResponse(path, media_type="application/octet-stream")
 
 
 def _page(title: str, body: str) -> str:

@@ -1,0 +1,157 @@
+"""The wheels the relay serves to the temporary host, so a customer's install needs no index.
+
+`adhoc-relay wheelhouse` (or `python -m relay.wheelhouse`) fills <data-dir>/wheelhouse with:
+- adhoc_host-<version>-py3-none-any.whl, built here from the `hostagent` package's files (a
+  wheel is a zip with a few metadata files; no build backend is needed, and it works from an
+  installed relay as well as from a checkout);
+- binary wheels of the host's dependencies, fetched with `pip download` through this machine's
+  pip configuration (index, proxy, cache). By default for this interpreter and platform;
+  `--python-version` and `--platform` add others (customers' computers may differ).
+
+The relay never imports `hostagent`: it only packs its files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import importlib.metadata
+import importlib.util
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+HOST_DIST = "adhoc-host"
+HOST_PACKAGE = "hostagent"
+# What `hostagent` imports outside the standard library (keep in step with its imports).
+HOST_REQUIREMENTS = ("asyncssh>=2.24.1", "argon2-cffi>=25.1", "httpx>=0.28", "psutil>=7.0",
+                     "pyte>=0.8.2")
+REQUIRES_PYTHON = ">=3.11"
+
+
+def wheelhouse_dir(data_dir: Path) -> Path:
+    return data_dir / "wheelhouse"
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("adhoc")
+    except importlib.metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+def _record_hash(data: bytes) -> str:
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    return f"sha256={digest}"
+
+
+def build_host_wheel(dest: Path) -> Path:
+    """Pack the hostagent package into a pure-Python wheel in `dest`."""
+    spec = importlib.util.find_spec(HOST_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"the {HOST_PACKAGE} package is not installed next to the relay")
+    package_dir = Path(next(iter(spec.submodule_search_locations)))
+    version = _version()
+    dist_info = f"adhoc_host-{version}.dist-info"
+    files: dict[str, bytes] = {}
+    for path in sorted(package_dir.rglob("*.py")):
+        if "__pycache__" not in path.parts:
+            files[f"{HOST_PACKAGE}/{path.relative_to(package_dir).as_posix()}"] = \
+                path.read_bytes()
+    metadata = [
+        "Metadata-Version: 2.1", f"Name: {HOST_DIST}", f"Version: {version}",
+        "Summary: Adhoc temporary host: receive remote support from a technician",
+        f"Requires-Python: {REQUIRES_PYTHON}",
+        *(f"Requires-Dist: {req}" for req in HOST_REQUIREMENTS), "",
+    ]
+    files[f"{dist_info}/METADATA"] = "\n".join(metadata).encode()
+    files[f"{dist_info}/WHEEL"] = (b"Wheel-Version: 1.0\nGenerator: adhoc-relay\n"
+                                   b"Root-Is-Purelib: true\nTag: py3-none-any\n")
+    files[f"{dist_info}/entry_points.txt"] = \
+        f"[console_scripts]\nadhoc-host = {HOST_PACKAGE}.cli:main\n".encode()
+    record = [f"{name},{_record_hash(data)},{len(data)}" for name, data in files.items()]
+    record.append(f"{dist_info}/RECORD,,")
+    files[f"{dist_info}/RECORD"] = ("\n".join(record) + "\n").encode()
+    wheel = dest / f"adhoc_host-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in files.items():
+            zf.writestr(zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0)), data)
+    return wheel
+
+
+def download_dependencies(dest: Path, python_versions: list[str], platforms: list[str]) -> None:
+    """Binary wheels of the host's dependencies, for each target asked for."""
+    targets = [(v, p) for v in python_versions or [None] for p in platforms or [None]]
+    for version, platform in targets:
+        argv = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+                "--only-binary=:all:", "--dest", str(dest)]
+        if version:
+            argv += ["--python-version", version]
+        if platform:
+            argv += ["--platform", platform]
+        result = subprocess.run([*argv, *HOST_REQUIREMENTS], capture_output=True, text=True,
+                                timeout=600)
+        if result.returncode != 0:
+            raise RuntimeError("pip could not fetch the host's dependencies (is the package "
+                               "index reachable?): " + result.stderr.strip()[-1000:])
+
+
+def build(data_dir: Path, python_versions: list[str] | None = None,
+          platforms: list[str] | None = None) -> list[Path]:
+    """(Re)build the wheelhouse; the old one stays in place until the new one is complete."""
+    target = wheelhouse_dir(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".wheelhouse-", dir=data_dir))
+    try:
+        build_host_wheel(staging)
+        download_dependencies(staging, python_versions or [], platforms or [])
+        old = data_dir / ".wheelhouse-old"
+        shutil.rmtree(old, ignore_errors=True)
+        if target.exists():
+            target.rename(old)
+        staging.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return sorted(target.glob("*.whl"))
+
+
+def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--python-version", action="append", default=[], metavar="X.Y",
+                        help="also fetch dependency wheels for this Python (repeatable)")
+    parser.add_argument("--platform", action="append", default=[], metavar="TAG",
+                        help="and for this platform tag, e.g. manylinux2014_x86_64 "
+                             "(repeatable)")
+    return parser
+
+
+def add_command(sub) -> None:
+    """Register `adhoc-relay wheelhouse`; relay/cli.py dispatches it to `run`."""
+    _configure(sub.add_parser("wheelhouse",
+                              help="build the wheels the join link's install script serves"))
+
+
+def run(data_dir: Path, args: argparse.Namespace) -> int:
+    try:
+        wheels = build(data_dir, args.python_version, args.platform)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        print(f"adhoc-relay: {exc}", file=sys.stderr)
+        return 1
+    print(f"wheelhouse ready in {wheelhouse_dir(data_dir)}: {len(wheels)} wheels")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _configure(argparse.ArgumentParser(prog="python -m relay.wheelhouse",
+                                                description=__doc__))
+    parser.add_argument("--data-dir", type=Path, required=True)
+    args = parser.parse_args(argv)
+    return run(args.data_dir.expanduser().resolve(), args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
