@@ -279,6 +279,10 @@ class ConsoleApp(App):
         else:
             self.action_show_help_panel()
 
+    async def on_unmount(self) -> None:
+        await self.connector.close()
+        await self.client.aclose()
+
     async def action_quit(self) -> None:
         for screen in self.panes.values():
             if isinstance(screen, RemoteScreen):

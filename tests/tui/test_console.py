@@ -45,13 +45,13 @@ async def test_list_countdown_and_remote_shell(relay, agents, tmp_path: Path) ->
         await wait_until(pilot, lambda: table.row_count == 1)
         row = cell_texts(table)[0]
         assert row[0] == "dana@example.com"
-        assert row[2] == "active"
-        assert row[4].startswith("online")
-        left = row[5]
+        assert row[1] == "active"
+        assert row[3].startswith("online")
+        left = row[2]
         assert left.startswith("23:59:") or left == "24:00:00"
         # The countdown follows the clock, computed from the absolute expiry.
         now[0] += 3600
-        await wait_until(pilot, lambda: cell_texts(table)[0][5].startswith("22:59:"))
+        await wait_until(pilot, lambda: cell_texts(table)[0][2].startswith("22:59:"))
 
         await pilot.press("r")
         await wait_until(pilot, lambda: isinstance(app.screen, PasswordModal))
@@ -104,7 +104,7 @@ async def test_create_session_from_console_shows_code_once(relay) -> None:
         await pilot.press("escape")
         table = app.screen.query_one("#sessions", DataTable)
         await wait_until(pilot, lambda: table.row_count == 1)
-        assert cell_texts(table)[0][2] == "pending"
+        assert cell_texts(table)[0][1] == "pending"
         # The code is not in the list or anywhere the API shows again.
         assert code not in " ".join(cell_texts(table)[0])
         async with Api(relay.base_url) as api:

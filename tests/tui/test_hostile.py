@@ -39,7 +39,7 @@ async def test_hostile_host_strings_are_escaped(relay) -> None:
         deadline = time.monotonic() + 20
         while table.row_count == 0 and time.monotonic() < deadline:
             await pilot.pause(0.05)
-        host_cell = str(table.get_row_at(0)[3])
+        host_cell = str(table.get_row_at(0)[4])
         assert "evil\\x1b]52;c;" in host_cell
         assert "\\u202e" in host_cell
         for text in (host_cell, app.export_screenshot()):

@@ -15,9 +15,14 @@ from textual.widgets import DataTable, Footer, Input, Static
 
 from tui.sanitize import clean, plain
 
-COLUMNS = (("customer", "customer"), ("technician", "tech"), ("state", "state"),
-           ("host", "host"), ("online", "online"), ("left", "time left"), ("mail", "mail"),
-           ("id", "session"))
+# The columns a technician needs first come first, so they stay visible at 80 columns.
+# Fixed widths: the layout does not jump as rows arrive, and snapshots are stable.
+COLUMNS = (("customer", "customer", 22), ("state", "state", 7), ("left", "time left", 14),
+           ("online", "online", 12), ("host", "host", 32), ("mail", "mail", 10),
+           ("technician", "tech", 10), ("id", "session", 16))
+ENDED_REASONS = {"ended_by_technician": "by technician", "ended_by_customer": "by customer",
+                 "expired": "expired", "invite_expired": "invite expired",
+                 "code_attempts": "wrong codes", "ended_by_admin": "by admin"}
 SORTS = ("created", "customer", "state", "left")
 
 
@@ -42,7 +47,8 @@ def time_left(view: dict, now: float) -> Text:
     if view["state"] == "pending":
         expires = parse_time(view.get("invite_expires_at"))
         return Text(f"invite {format_left(expires - now)}" if expires else "?", style="dim")
-    return Text("—", style="dim")
+    reason = view.get("ended_reason") or ""
+    return plain(ENDED_REASONS.get(reason, reason), 30, style="dim")
 
 
 def host_text(view: dict) -> Text:
@@ -63,9 +69,8 @@ def online_text(view: dict) -> Text:
 
 
 def state_text(view: dict) -> Text:
-    if view["state"] == "ended":
-        return plain(f"ended: {clean(view.get('ended_reason'), 40)}", style="dim")
-    return Text(view["state"], style="bold" if view["state"] == "active" else "")
+    style = {"active": "bold", "ended": "dim"}.get(view["state"], "")
+    return Text(view["state"], style=style)
 
 
 def mail_text(view: dict) -> Text:
@@ -103,8 +108,8 @@ class SessionsScreen(Screen):
         yield Static("", id="banner", markup=False)
         yield Static("Loading sessions…", id="limits", markup=False)
         table = DataTable(id="sessions", cursor_type="row", zebra_stripes=True)
-        for key, label in COLUMNS:
-            table.add_column(label, key=key)
+        for key, label, width in COLUMNS:
+            table.add_column(label, key=key, width=width)
         yield table
         yield Input(placeholder="filter: customer, host, state, id (esc clears)", id="filter")
         yield Footer()
@@ -163,9 +168,9 @@ class SessionsScreen(Screen):
         table.clear()
         now = self.clock()
         for view in self._visible():
-            table.add_row(plain(view["customer_email"], 60), plain(view.get("technician")),
-                          state_text(view), host_text(view), online_text(view),
-                          time_left(view, now), mail_text(view), Text(view["id"]),
+            table.add_row(plain(view["customer_email"], 60), state_text(view),
+                          time_left(view, now), online_text(view), host_text(view),
+                          mail_text(view), plain(view.get("technician")), Text(view["id"]),
                           key=view["id"])
         if selected is not None and selected in self.views:
             try:
