@@ -149,8 +149,10 @@ class AgentProcess:
     output: list[str] = field(default_factory=list)
 
     def start(self, *extra: str) -> None:
+        # /bin/sh keeps shells quick to start: root's login bash on a developer machine may
+        # run version-manager hooks (pyenv rehash) that stall for a minute on a stale lock.
         env = dict(os.environ, ADHOC_HOST_LOCK=str(self.workdir / "agent.lock"),
-                   TMPDIR=str(self.workdir))
+                   TMPDIR=str(self.workdir), ADHOC_HOST_SHELL="/bin/sh")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "hostagent.cli", "join", self.join_url, "--code", self.code,
              "--yes", "--allow-unprivileged", *extra],
