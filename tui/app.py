@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from textual import on, work
-from textual.app import App
+from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.message import Message
+from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
-from tui.client import HostConnector, RelayClient, RelayError
+from tui.client import CONNECTED, HostConnector, RelayClient, RelayError
 from tui.sanitize import clean
 from tui.screens.audit import AuditModal
 from tui.screens.chat import ChatScreen
@@ -77,6 +78,28 @@ class ConsoleApp(App):
         self.refresh_sessions()
         self.follow_events()
 
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        """The palette offers what makes sense where the technician is."""
+        yield from super().get_system_commands(screen)
+        if isinstance(screen, SessionsScreen):
+            yield SystemCommand("New session", "Invite a customer by email",
+                                self.action_new_session)
+            yield SystemCommand("Remote control", "Open a shell on the selected session",
+                                self.action_remote)
+            yield SystemCommand("Dashboard", "System view of the selected session's host",
+                                self.action_dashboard)
+            yield SystemCommand("Chat", "Chat with the selected session's customer",
+                                self.action_chat)
+            yield SystemCommand("End session", "End the selected session",
+                                self.action_end_session)
+            yield SystemCommand("Audit trail", "Who did what in the selected session",
+                                self.action_audit)
+            yield SystemCommand("New security code", "For a session still waiting for it",
+                                self.action_reissue_code)
+        elif isinstance(screen, PaneScreen):
+            yield SystemCommand("Back to sessions", "Leave this pane (it keeps running)",
+                                screen.action_leave)
+
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in TERMINAL_KEEPS_KEYS and isinstance(self.focused, TerminalView):
             return False
@@ -111,8 +134,10 @@ class ConsoleApp(App):
             try:
                 async for event in self.client.events(self.last_event_id):
                     attempt = 0
-                    if self.relay_lost:
-                        self._relay_back()
+                    if event.kind == CONNECTED:
+                        if self.relay_lost:
+                            self._relay_back()
+                        continue
                     self.last_event_id = event.id
                     self.refresh_sessions()
                 if self.last_event_id is None:

@@ -46,6 +46,9 @@ class RelayEvent:
     data: dict
 
 
+CONNECTED = "stream-connected"  # not from the relay: the stream (re)opened
+
+
 class RelayClient:
     def __init__(self, base_url: str, token: str | None = None,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
@@ -103,7 +106,8 @@ class RelayClient:
         return (await self._call("GET", f"/sessions/{session_id}/audit"))["audit"]
 
     async def events(self, after: int | None) -> AsyncIterator[RelayEvent]:
-        """The live event stream from `after` (None: from now). Ends when the stream drops."""
+        """The live event stream from `after` (None: from now), led by a CONNECTED marker.
+        Ends when the stream drops."""
         headers = self._headers()
         if after is not None:
             headers["Last-Event-ID"] = str(after)
@@ -114,6 +118,7 @@ class RelayClient:
                 if response.status_code >= 400:
                     await response.aread()
                     raise _error(response)
+                yield RelayEvent(0, CONNECTED, {})
                 event_id, kind, data = None, "message", []
                 async for line in response.aiter_lines():
                     if line.startswith("id:"):

@@ -155,3 +155,55 @@ async def test_dashboard_and_chat_panes(relay, agents, tmp_path: Path) -> None:
         await pilot.press("ctrl+right_square_bracket")
         await app.action_quit()
     await client.aclose()
+
+
+async def test_lost_relay_shows_banner_and_reconnects(relay) -> None:
+    from textual.widgets import Static
+
+    async with Api(relay.base_url) as api:
+        await api.create_session("gil@example.com")
+        token = api.token
+    client = RelayClient(relay.base_url, token)
+    app = ConsoleApp(client, "alice")
+    async with app.run_test(size=(100, 30)) as pilot:
+        table = app.screen.query_one("#sessions", DataTable)
+        await wait_until(pilot, lambda: table.row_count == 1)
+        banner = app.screen.query_one("#banner", Static)
+        assert not banner.display
+        http_port = int(relay.base_url.rsplit(":", 1)[1])
+        relay.stop()
+        await wait_until(pilot, lambda: banner.display, timeout=30)
+        assert "Lost the relay" in str(banner.render())
+        # Keys are still answered while the relay is gone.
+        await pilot.press("s")
+        assert app.screen.sort_key == "customer"
+        relay.start(http_port=http_port, ssh_port=relay.ssh_port)
+        await wait_until(pilot, lambda: not banner.display, timeout=40)
+        assert table.row_count == 1
+        await app.action_quit()
+
+
+async def test_keys_remap_from_config_and_palette_knows_the_screen(relay) -> None:
+    from textual.command import CommandPalette
+
+    from tui.screens.new_session import NewSessionModal
+
+    async with Api(relay.base_url) as api:
+        token = api.token
+    client = RelayClient(relay.base_url, token)
+    app = ConsoleApp(client, "alice", keymap={"sessions.new": "i"})
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("n")
+        await pilot.pause(0.2)
+        assert not isinstance(app.screen, NewSessionModal)
+        await pilot.press("i")
+        await wait_until(pilot, lambda: isinstance(app.screen, NewSessionModal))
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: not isinstance(app.screen, NewSessionModal))
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        assert "New session" in titles and "Back to sessions" not in titles
+        await pilot.press("ctrl+p")
+        await wait_until(pilot, lambda: isinstance(app.screen, CommandPalette))
+        await pilot.press(*"new session", "enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, NewSessionModal))
+        await app.action_quit()
