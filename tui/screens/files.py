@@ -47,10 +47,10 @@ REFUSED = ("the customer's computer refused the file manager: it is not included
            "session's plan (it needs plus or premier)")
 
 HELP = (
-    "tab switch pane · ↑↓/j k move · enter open folder · backspace parent · space mark\n"
-    "F5/c copy to the other pane · F6/r rename · F7/m make folder · F8/d delete\n"
-    "x cancel the copy (copy again to resume) · . hidden files · g go to path · s sort\n"
-    "ctrl+r reload · esc or ctrl+] back to the sessions list"
+    "tab other pane · ↑↓ j k move · enter open · backspace up · space mark\n"
+    "F5/c copy to the other pane · F6/r rename · F7/m new folder · F8/d delete\n"
+    "x stop a copy (copy again to resume) · . hidden files · g go to · s sort\n"
+    "ctrl+r reload · esc or ctrl+] back to the sessions list · ? hide this"
 )
 
 
@@ -129,7 +129,7 @@ class FilesScreen(Screen):
         Binding("f6,r", "rename", "Rename", id="files.rename"),
         Binding("f7,m", "mkdir", "Mkdir", id="files.mkdir"),
         Binding("f8,d", "delete", "Delete", id="files.delete"),
-        Binding("x", "cancel", "Stop copy", id="files.cancel"),
+        Binding("x", "cancel", "Stop", id="files.cancel"),
         Binding("full_stop", "hidden", "Hidden files", show=False, id="files.hidden"),
         Binding("g", "goto", "Go to path", show=False, id="files.goto"),
         Binding("s", "sort", "Sort", show=False, id="files.sort"),
@@ -146,6 +146,7 @@ class FilesScreen(Screen):
         self.local_path = local_path
         self.remote_path = remote_path
         self.sftp: asyncssh.SFTPClient | None = None
+        self.conn: asyncssh.SSHClientConnection | None = None
         self.remote_fs: RemoteFiles | None = None
         self.local_fs = LocalFiles()
         self.active_id = "local-pane"
@@ -222,6 +223,7 @@ class FilesScreen(Screen):
         except RelayError as exc:
             self.post_message(RemoteUnavailable(exc.detail))
             return
+        self.conn = conn
         try:
             sftp = await conn.start_sftp_client(path_errors="surrogateescape")
         except (asyncssh.Error, OSError) as exc:
@@ -252,9 +254,11 @@ class FilesScreen(Screen):
 
     @on(RemoteReady)
     def _remote_ready(self, message: RemoteReady) -> None:
+        if self.sftp is not None:
+            self.sftp.exit()
         self.sftp = message.sftp
         self.remote_fs = RemoteFiles(message.sftp)
-        self.remote.start(self.remote_fs, message.home)
+        self.remote.start(self.remote_fs, self.remote.path or message.home)
 
     @on(RemoteUnavailable)
     def _remote_unavailable(self, message: RemoteUnavailable) -> None:
@@ -268,6 +272,8 @@ class FilesScreen(Screen):
     @on(Worker.StateChanged)
     def _worker_changed(self, event: Worker.StateChanged) -> None:
         event.stop()
+        if not self.is_attached:
+            return
         worker = event.worker
         if worker is self.transfer and event.state in (WorkerState.CANCELLED,
                                                         WorkerState.ERROR):
@@ -300,6 +306,14 @@ class FilesScreen(Screen):
         self.notify(f"Sorted by {key}.", timeout=2)
 
     def action_reload(self) -> None:
+        lost = self.conn is None or self.conn.is_closed()
+        if self.active is self.remote and lost and self.transfer is None:
+            # The host dropped (network, agent restart): connect again, then list.
+            self.remote_fs = None
+            self.remote.fs = None
+            self.remote.show_message("connecting…")
+            self.connect()
+            return
         self.active.reload()
 
     def action_help(self) -> None:
@@ -474,12 +488,14 @@ class FilesScreen(Screen):
             return
         verb = "Uploading" if plan.direction == "upload" else "Downloading"
         self.query_one("#transfer-bar").display = True
-        self.query_one("#transfer-progress", ProgressBar).update(total=max(plan.total, 1),
-                                                                 progress=0)
+        progress = self.query_one("#transfer-progress", ProgressBar)
+        progress.display = True
+        progress.update(total=max(plan.total, 1), progress=0)
         self.query_one("#transfer-label", Static).update(
             f"{verb} {len(plan.files)} file{'s' if len(plan.files) != 1 else ''}")
         self.query_one("#transfer-rate", Static).update("")
         self.transfer = self.run_copy(plan)
+        self.refresh_bindings()
 
     @work(group="transfer", exit_on_error=False)
     async def run_copy(self, plan: Plan) -> None:
@@ -504,8 +520,6 @@ class FilesScreen(Screen):
     def _done(self, message: TransferDone) -> None:
         self.transfer = None
         self.last_outcome = outcome = message.outcome
-        self.query_one("#transfer-progress", ProgressBar).update(
-            total=max(message.plan.total, 1), progress=max(message.plan.total, 1))
         count = len(outcome.copied)
         text = f"Copied {count} file{'s' if count != 1 else ''}, SHA-256 verified"
         if outcome.resumed:
@@ -525,7 +539,9 @@ class FilesScreen(Screen):
         self.remote.reload()
 
     def _bar_result(self, text: str) -> None:
+        self.refresh_bindings()
         self.query_one("#transfer-bar").display = True
+        self.query_one("#transfer-progress").display = False
         self.query_one("#transfer-label", Static).update(text)
         self.query_one("#transfer-rate", Static).update("")
 
@@ -537,4 +553,6 @@ class FilesScreen(Screen):
         # While a name is being typed, only the keys that finish or leave the prompt act.
         if self.prompt_mode is not None and action not in ("leave",):
             return False
+        if action == "cancel" and self.transfer is None:
+            return False  # keeps the footer within 80 columns when there is nothing to stop
         return True

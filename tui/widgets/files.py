@@ -51,6 +51,25 @@ def sort_entries(entries: list[Entry], key: str, show_hidden: bool) -> list[Entr
     return sorted(shown, key=order)
 
 
+class PathLine(Static):
+    """One line that keeps the end of a long path visible (the folder name matters most)."""
+
+    def __init__(self, classes: str) -> None:
+        super().__init__("", classes=classes, markup=False)
+        self.value = ""
+
+    def show(self, value: str) -> None:
+        self.value = clean(value, 4096)
+        self.refresh()
+
+    def render(self) -> Text:
+        width = max(1, self.size.width)
+        value = self.value
+        if len(value) > width:
+            value = "…" + value[-(width - 1):]
+        return Text(value, no_wrap=True, overflow="crop")
+
+
 class FileTable(DataTable):
     """The listing itself; the pane around it knows the folder."""
 
@@ -116,11 +135,14 @@ class FilePane(Vertical):
         self.loaded = 0  # listings shown so far (tests wait on it)
 
     def compose(self) -> ComposeResult:
-        yield Static(self.title, classes="pane-path", markup=False)
+        yield PathLine(classes="pane-path")
         table = FileTable(cursor_type="row", zebra_stripes=False, classes="file-table")
         table.add_columns("name", "size", "mode", "owner", "modified")
         yield table
         yield Static("", classes="pane-details", markup=False)
+
+    def on_mount(self) -> None:
+        self.border_title = self.title
 
     @property
     def table(self) -> FileTable:
@@ -136,7 +158,7 @@ class FilePane(Vertical):
     def show_message(self, text: str) -> None:
         """Say why this side has nothing to show (not connected, refused by the plan)."""
         self.message = text
-        self.query_one(".pane-path", Static).update(f"{self.title}: {text}")
+        self.query_one(PathLine).show(text)
         self.query_one(".pane-details", Static).update(text)
         self.table.clear()
         self.rows = []
@@ -169,8 +191,7 @@ class FilePane(Vertical):
         self.path = message.path
         self.entries = message.entries
         self.message = None
-        self.query_one(".pane-path", Static).update(
-            plain(f"{self.title}: {message.path}", 300))
+        self.query_one(PathLine).show(message.path)
         self._fill(message.select)
         self.loaded += 1
 
@@ -245,9 +266,11 @@ class FilePane(Vertical):
             details.update(f"{len(self.entries)} entries" if self.rows else "(empty)")
             return
         what = {DIR: "folder", LINK: "symlink"}.get(entry.kind, "")
-        details.update(plain(
+        size = "" if entry.kind == DIR else human_size(entry.size)
+        details.update(Text(
             f"{stat.filemode(entry.mode) if entry.mode else '?'} {clean(entry.owner, 24)} "
-            f"{entry.size} B {format_time(entry.mtime)} {what} {clean(entry.name, 200)}", 300))
+            f"{size} {format_time(entry.mtime)} {what} {clean(entry.name, 200)}".replace(
+                "  ", " "), no_wrap=True, overflow="ellipsis"))
 
     # --- navigation --------------------------------------------------------------------------
 
