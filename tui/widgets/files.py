@@ -167,7 +167,7 @@ class FilePane(Vertical):
         if self.fs is not None and self.path:
             self.load(self.path, select or self.highlighted_name())
 
-    @work(exclusive=True, group="list")
+    @work(exclusive=True, group="list", exit_on_error=False)
     async def load(self, path: str, select: str | None = None) -> None:
         assert self.fs is not None
         try:
@@ -285,7 +285,7 @@ class FilePane(Vertical):
         if entry.kind in (DIR, LINK):
             self.enter(entry)
 
-    @work(group="enter")
+    @work(group="enter", exit_on_error=False)
     async def enter(self, entry: Entry) -> None:
         assert self.fs is not None
         try:
