@@ -1,0 +1,444 @@
+"""Shared parts of the benchmarks: the machine, statistics, tables, and the real parts under test.
+
+The relay, the host agent and the bare inner server run as their own processes (as in
+production), started through bench.launch so a lever can be tried by monkeypatching without
+touching the product. The OpenSSH anchor is a throwaway sshd on loopback with its own keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import asyncssh
+
+from bench.launch import LEVERS_ENV, prefer_aes_gcm, restore_encryption
+from tests.support import (
+    PASSWORD,
+    READY,
+    SESSION_PASSWORD,
+    Api,
+    RelayProcess,
+    pinned,
+    run_cli,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# --- the machine and the numbers -------------------------------------------------------------
+
+
+def machine() -> str:
+    cpu = platform.machine()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as info:
+        names = [line.split(":", 1)[1].strip() for line in info if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return f"{cpu}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}"
+
+
+def versions(*packages: str) -> str:
+    parts = [f"python {platform.python_version()}"]
+    for name in packages:
+        try:
+            parts.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            parts.append(f"{name} (not installed)")
+    return ", ".join(parts)
+
+
+def openssh_version() -> str:
+    result = subprocess.run(["ssh", "-V"], capture_output=True, text=True, check=False)
+    return (result.stderr or result.stdout).strip().split(",")[0]
+
+
+def header(title: str, *packages: str) -> None:
+    print(f"== {title}")
+    print(f"date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}")
+    print(f"machine: {machine()}")
+    print(f"versions: {versions(*packages)}")
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print()
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile (p50 is the median of an odd count)."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    rank = max(1, min(len(ordered), round(pct / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def median(values: Iterable[float]) -> float:
+    return statistics.median(list(values))
+
+
+def table(columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    """Print a Markdown table (readable in a terminal, pasteable into docs/BENCHMARKS.md)."""
+    body = [[str(cell) for cell in row] for row in rows]
+    widths = [max(len(col), *(len(row[i]) for row in body)) if body else len(col)
+              for i, col in enumerate(columns)]
+    print("| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in body:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+    print()
+    sys.stdout.flush()
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A scratch folder in RAM where there is one, so disks do not flavour the numbers."""
+    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+
+
+# --- levers ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Levers:
+    """Changes tried by monkeypatching (bench.launch); the defaults are the product as shipped."""
+
+    gcm: bool = False  # aes128-gcm first on every asyncssh client (technician, agent tunnel)
+    relay_window: int = 0  # relay/sshd.py CHANNEL_WINDOW
+    relay_packet: int = 0  # relay/sshd.py CHANNEL_PACKET
+    inner_window: int = 0  # hostagent/server.py SHELL_WINDOW (every inner channel, SFTP too)
+    agent_window: int = 0  # window/max_pktsize on the agent's outer connection (tunnel.py)
+    agent_packet: int = 0
+    tech_window: int = 0  # window/max_pktsize on the technician's outer and inner connections
+    tech_packet: int = 0
+    uvloop: bool = False  # uvloop in the relay and the agent
+    http_nodelay: bool = False  # relay/server.py's HTTP socket made with IPPROTO_TCP
+    argon2_owasp: bool = False  # relay/service.py hashes session passwords at 19 MiB, t=2, p=1
+    label: str = "as shipped"
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, LEVERS_ENV: json.dumps(asdict(self))}
+
+    def tech_options(self) -> dict:
+        opts: dict = {}
+        if self.tech_window:
+            opts["window"] = self.tech_window
+        if self.tech_packet:
+            opts["max_pktsize"] = self.tech_packet
+        return opts
+
+
+SHIPPED = Levers()
+
+
+@contextlib.contextmanager
+def technician_ciphers(levers: Levers):
+    """The bench process plays the technician: apply the cipher lever to it while in use."""
+    if not levers.gcm:
+        yield
+        return
+    before = prefer_aes_gcm()
+    try:
+        yield
+    finally:
+        restore_encryption(before)
+
+
+def _launch(kind: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "bench.launch", kind, *args]
+
+
+# --- the relay and an agent, as real processes -----------------------------------------------
+
+
+@dataclass
+class BenchRelay(RelayProcess):
+    """tests.support.RelayProcess, started through bench.launch with the levers applied."""
+
+    levers: Levers = SHIPPED
+
+    def start(self, *, http_port: int = 0, ssh_port: int = 0, timeout: float = 30) -> None:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                _launch("relay", "--data-dir", str(self.data_dir), "serve",
+                        "--http", f"127.0.0.1:{http_port}", "--ssh", f"127.0.0.1:{ssh_port}",
+                        *self.extra_args),
+                stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT, env=self.levers.env())
+        deadline = time.monotonic() + timeout
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"relay exited: {self.log_path.read_text()[-2000:]}")
+            match = READY.search(line)
+            if match:
+                self.base_url = match.group(1)
+                host, _, port = match.group(2).rpartition(":")
+                self.ssh_host, self.ssh_port = host, int(port)
+                return
+        raise RuntimeError("relay did not start in time")
+
+
+def provision_relay(data_dir: Path, login: str = "alice", ssh_key: Path | None = None) -> None:
+    run_cli(data_dir, "init")
+    run_cli(data_dir, "company", "add", "Bench", "--plan", "plus", "--seats", "5")
+    extra = ("--ssh-key", str(ssh_key)) if ssh_key else ()
+    run_cli(data_dir, "technician", "add", login, "--email", f"{login}@example.com",
+            "--company", "Bench", "--password-stdin", *extra, stdin=PASSWORD + "\n")
+
+
+@dataclass
+class Deployment:
+    """A relay, one activated agent on it, and the technician's API handle."""
+
+    relay: BenchRelay
+    api: Api
+    session: dict
+    agent: subprocess.Popen
+    workdir: Path
+    relay_host_key: str = ""
+
+    async def view(self) -> dict:
+        return await self.api.session(self.session["id"])
+
+
+def start_agent(session: dict, workdir: Path, levers: Levers) -> subprocess.Popen:
+    """`adhoc-host join` for `session`, unattended, its output in workdir/agent.log."""
+    (workdir / "agent").mkdir()
+    env = {**levers.env(), "ADHOC_HOST_LOCK": str(workdir / "agent" / "agent.lock"),
+           "TMPDIR": str(workdir / "agent")}
+    with (workdir / "agent.log").open("wb") as log:
+        return subprocess.Popen(
+            _launch("host", "join", session["join_url"], "--code", session["security_code"],
+                    "--yes", "--allow-unprivileged"),
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=ROOT)
+
+
+@contextlib.asynccontextmanager
+async def deployment(levers: Levers = SHIPPED, ssh_key: Path | None = None
+                     ) -> AsyncIterator[Deployment]:
+    """A real relay and a real `adhoc-host join` agent on loopback, both with `levers`."""
+    workdir = Path(tempfile.mkdtemp(prefix="adhoc-bench-"))
+    provision_relay(workdir / "relay", ssh_key=ssh_key)
+    relay = BenchRelay(workdir / "relay", levers=levers)
+    relay.start()
+    agent: subprocess.Popen | None = None
+    try:
+        async with Api(relay.base_url) as api:
+            session = await api.create_session()
+            agent = start_agent(session, workdir, levers)
+            view = await api.wait_for(session["id"], lambda v: v.get("online"), timeout=60)
+            info = await api.relay_info()
+            yield Deployment(relay, api, {**session, **view}, agent, workdir, info["host_key"])
+    finally:
+        if agent is not None and agent.poll() is None:
+            agent.terminate()
+            try:
+                agent.wait(10)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+                agent.wait(5)
+        relay.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def relayed_connection(dep: Deployment, levers: Levers = SHIPPED
+                             ) -> AsyncIterator[asyncssh.SSHClientConnection]:
+    """The technician's outer connection to the relay and inner connection to the agent."""
+    opts = dict(client_keys=None, agent_path=None, config=None, compression_algs=None,
+                **levers.tech_options())
+    with technician_ciphers(levers):
+        outer = await asyncssh.connect(
+            dep.relay.ssh_host, dep.relay.ssh_port, username=dep.api.login_name,
+            password=dep.api.token, known_hosts=pinned(dep.relay_host_key), **opts)
+        try:
+            inner = await asyncssh.connect(
+                dep.session["id"], 22, tunnel=outer, username="support",
+                password=SESSION_PASSWORD, known_hosts=pinned(dep.session["host_key"]), **opts)
+            try:
+                yield inner
+            finally:
+                inner.close()
+                await inner.wait_closed()
+        finally:
+            outer.close()
+            await outer.wait_closed()
+
+
+# --- the direct anchor: the same inner server on a plain socket ------------------------------
+
+
+@dataclass
+class DirectServer:
+    proc: subprocess.Popen
+    port: int
+    host_key: str
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@contextlib.contextmanager
+def direct_server(levers: Levers = SHIPPED):
+    """hostagent.server's inner SSH server listening on loopback: the agent with no relay."""
+    folder = Path(tempfile.mkdtemp(prefix="adhoc-bench-direct-"))
+    port_file = folder / "port.json"
+    proc = subprocess.Popen(_launch("direct", str(port_file)), env=levers.env(), cwd=ROOT,
+                            stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not port_file.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the direct inner server did not start")
+        time.sleep(0.05)
+    info = json.loads(port_file.read_text())
+    server = DirectServer(proc, info["port"], info["host_key"])
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def direct_connection(server: DirectServer, levers: Levers = SHIPPED
+                            ) -> AsyncIterator[asyncssh.SSHClientConnection]:
+    with technician_ciphers(levers):
+        conn = await asyncssh.connect(
+            "127.0.0.1", server.port, username="support", password=SESSION_PASSWORD,
+            known_hosts=pinned(server.host_key), client_keys=None, agent_path=None,
+            config=None, compression_algs=None, **levers.tech_options())
+    try:
+        yield conn
+    finally:
+        conn.close()
+        await conn.wait_closed()
+
+
+# --- the OpenSSH anchor: a throwaway sshd on loopback ----------------------------------------
+
+
+@dataclass
+class OpenSSH:
+    """A throwaway sshd on a free loopback port with its own host key and a throwaway user key."""
+
+    folder: Path
+    port: int = 0
+    user: str = field(default_factory=getpass.getuser)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def key(self) -> Path:
+        return self.folder / "user_key"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.folder / "known_hosts"
+
+    @property
+    def host_public_key(self) -> str:
+        return (self.folder / "host_key.pub").read_text().strip()
+
+    def client_args(self) -> list[str]:
+        """Options for ssh/sftp: this key only, this host key only, nothing from ~/.ssh."""
+        return ["-F", "/dev/null", "-o", f"Port={self.port}", "-i", str(self.key),
+                "-o", "IdentitiesOnly=yes",
+                "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+                "-o", "BatchMode=yes", "-o", "LogLevel=ERROR"]
+
+    def start(self) -> None:
+        sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+        if not os.path.exists(sshd):
+            raise RuntimeError("OpenSSH's sshd is missing: apt-get install openssh-server")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for name in ("host_key", "user_key"):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
+                            str(self.folder / name)], check=True)
+        shutil.copy(self.folder / "user_key.pub", self.folder / "authorized_keys")
+        self.port = free_port()
+        host_pub = " ".join(self.host_public_key.split()[:2])
+        self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {host_pub}\n")
+        sftp_server = next((p for p in ("/usr/lib/openssh/sftp-server",
+                                        "/usr/libexec/openssh/sftp-server") if os.path.exists(p)),
+                           "internal-sftp")
+        config = self.folder / "sshd_config"
+        config.write_text(
+            f"Port {self.port}\nListenAddress 127.0.0.1\n"
+            f"HostKey {self.folder / 'host_key'}\nPidFile {self.folder / 'sshd.pid'}\n"
+            f"AuthorizedKeysFile {self.folder / 'authorized_keys'}\n"
+            "StrictModes no\nUsePAM no\nPasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
+            f"Subsystem sftp {sftp_server}\nLogLevel ERROR\n")
+        if os.geteuid() == 0:
+            os.makedirs("/run/sshd", exist_ok=True)
+        self.proc = subprocess.Popen([sshd, "-f", str(config), "-D", "-e"],
+                                     stdout=subprocess.DEVNULL,
+                                     stderr=(self.folder / "sshd.log").open("wb"))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(
+                    ("127.0.0.1", self.port), timeout=1) as sock:
+                if sock.recv(4).startswith(b"SSH-"):
+                    return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f"sshd did not start: {(self.folder / 'sshd.log').read_text()}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    async def asyncssh_connection(self, levers: Levers = SHIPPED) -> asyncssh.SSHClientConnection:
+        with technician_ciphers(levers):
+            return await asyncssh.connect(
+                "127.0.0.1", self.port, username=self.user, client_keys=[str(self.key)],
+                known_hosts=pinned(self.host_public_key), agent_path=None, config=None,
+                compression_algs=None)
+
+
+@contextlib.contextmanager
+def openssh_server():
+    server = OpenSSH(Path(tempfile.mkdtemp(prefix="adhoc-bench-sshd-")))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.folder, ignore_errors=True)
+
+
+def run_async(main) -> None:
+    asyncio.run(main)

@@ -1,0 +1,311 @@
+"""Fan-in: many idle agents on one relay, what each costs, and how fast all come back.
+
+Run: python -m bench.fanin [--agents 1000,10000] [--workers 4] [--budget 180]
+
+The agents are real `hostagent.tunnel.Tunnel`s (the agent's own connect/forward/backoff loop,
+with a bare inner server and no shell) run many per process from --workers processes, so they
+authenticate with real agent secrets and register the virtual forward exactly as the agent does.
+
+The sessions are created in a bench-only data dir directly through relay.store.Store (one
+technician per session, five per company) rather than through the API, whose limits (one live
+session per technician, five per company) and argon2 hashing would make 10,000 live sessions
+slow to set up. SQLite runs with synchronous=OFF while seeding only; the relay then opens the
+database as it always does.
+
+Figures, all for the relay process (psutil): RSS per agent (RSS with N agents minus RSS before
+any, over N), CPU per connection set-up (CPU time during the ramp over N), connections per
+second during the ramp (with --concurrency set-ups in flight per worker), idle CPU with N agents
+(keepalives), and after the relay is stopped and started again on the same ports, the time
+until every agent is back (full-jitter backoff, base 0.5 s, cap 10 s, as shipped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+from bench.common import (
+    ROOT,
+    BenchRelay,
+    free_port,
+    header,
+    table,
+    verdict,
+)
+
+READY_TIMEOUT = 60
+
+
+# --- seeding ---------------------------------------------------------------------------------
+
+
+async def seed(data_dir: Path, count: int) -> tuple[list[tuple[str, str]], str]:
+    """`count` active sessions with known agent secrets; returns them and the relay host key."""
+    from relay import sessions as rules
+    from relay.config import RelaySettings
+    from relay.server import initialise
+    from relay.sshd import load_or_create_host_key
+    from relay.store import SessionRow, Store
+
+    settings = RelaySettings(data_dir=data_dir)
+    await initialise(settings)
+    store = await Store.open(settings.db_path)
+    await store._db.execute("PRAGMA synchronous = OFF")  # seeding only; the relay reopens it
+    now = time.time()
+    out: list[tuple[str, str]] = []
+    company_id = 0
+    for n in range(count):
+        if n % 5 == 0:
+            company_id = (await store.add_company(f"fan{n // 5}", "plus", 5, now)).id
+        tech = await store.add_technician(company_id, f"tech{n}", f"tech{n}@example.com",
+                                          "not-a-hash", False, now)
+        join_hash = rules.token_hash(rules.new_token())
+        row = SessionRow(
+            id=rules.new_session_id(), company_id=company_id, technician_id=tech.id,
+            customer_email=f"c{n}@example.com", note="", password_verifier="unused",
+            join_token_hash=join_hash, code_hmac="unused", code_attempts=0,
+            state=rules.State.PENDING, ended_reason=None, created_at=now,
+            invite_expires_at=now + 3600, activated_at=None, expires_at=None, ended_at=None,
+            agent_secret_hash=None, host_key=None, hostname=None, os=None, os_user=None,
+            ip=None, machine_fp=None, features="[]", mail_status="sent", mail_detail=None)
+        await store.create_session(row)
+        secret = rules.new_token()
+        await store.activate(row.id, now, now + 86400, agent_secret_hash=rules.token_hash(secret),
+                             host_key="unused", hostname=f"host{n}", os="bench", os_user="u",
+                             ip="127.0.0.1", machine_fp=None, features=["shell"],
+                             source="bench")
+        out.append((row.id, secret))
+    await store.close()
+    host_key = load_or_create_host_key(settings.host_key_path)
+    return out, host_key.export_public_key("openssh").decode().strip()
+
+
+# --- a worker process: many agents' tunnels --------------------------------------------------
+
+
+async def worker(config: dict) -> None:
+    import asyncssh
+
+    from hostagent.tunnel import Tunnel
+
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    inner = {"server_host_keys": [key]}
+    connected: set[str] = set()
+    gate = asyncio.Semaphore(config["concurrency"])
+    stop = asyncio.Event()
+
+    async def one(session_id: str, secret: str) -> None:
+        first = asyncio.Event()
+
+        def on_state(state: str, detail: str) -> None:
+            if state == "connected":
+                connected.add(session_id)
+                first.set()
+            else:
+                connected.discard(session_id)
+
+        tunnel = Tunnel(session_id, secret, config["host"], config["port"], config["host_key"],
+                        inner, on_state=on_state)
+        async with gate:
+            task = asyncio.create_task(tunnel.run())
+            waiter = asyncio.create_task(first.wait())
+            await asyncio.wait({task, waiter}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+        await stop.wait()
+        tunnel.stop()
+        task.cancel()
+
+    async def report() -> None:
+        while not stop.is_set():
+            print(json.dumps({"connected": len(connected)}), flush=True)
+            await asyncio.sleep(0.1)
+
+    loop = asyncio.get_running_loop()
+    loop.add_reader(sys.stdin.fileno(), stop.set)  # any input (or EOF) ends the worker
+    tasks = [asyncio.create_task(one(sid, secret)) for sid, secret in config["sessions"]]
+    reporter = asyncio.create_task(report())
+    await stop.wait()
+    reporter.cancel()
+    await asyncio.wait(tasks, timeout=10)
+
+
+# --- the parent ------------------------------------------------------------------------------
+
+
+class Workers:
+    """The worker processes and the latest count each reported."""
+
+    def __init__(self, sessions: list[tuple[str, str]], host_key: str, port: int, workers: int,
+                 concurrency: int) -> None:
+        self.counts = [0] * workers
+        self.procs: list[subprocess.Popen] = []
+        for i in range(workers):
+            config = {"host": "127.0.0.1", "port": port, "host_key": host_key,
+                      "sessions": sessions[i::workers], "concurrency": concurrency}
+            path = Path(tempfile.mkstemp(prefix="adhoc-fanin-", suffix=".json")[1])
+            path.write_text(json.dumps(config))
+            proc = subprocess.Popen([sys.executable, "-m", "bench.fanin", "--worker", str(path)],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                    cwd=ROOT)
+            self.procs.append(proc)
+            threading.Thread(target=self._follow, args=(i, proc, path), daemon=True).start()
+
+    def _follow(self, index: int, proc: subprocess.Popen, path: Path) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("{"):
+                self.counts[index] = json.loads(line)["connected"]
+                path.unlink(missing_ok=True)
+
+    @property
+    def connected(self) -> int:
+        return sum(self.counts)
+
+    def wait_for(self, predicate, timeout: float) -> float | None:
+        """Seconds until predicate(connected) holds, or None on timeout."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if predicate(self.connected):
+                return time.monotonic() - start
+            time.sleep(0.05)
+        return None
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None and proc.stdin is not None:
+                proc.stdin.close()
+        for proc in self.procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+def cpu_seconds(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return times.user + times.system
+
+
+def run_count(count: int, sessions: list[tuple[str, str]], data_dir: Path, host_key: str,
+              args: argparse.Namespace) -> dict:
+    http_port, ssh_port = free_port(), free_port()
+    relay = BenchRelay(data_dir)
+    relay.start(http_port=http_port, ssh_port=ssh_port)
+    assert relay.proc is not None
+    workers: Workers | None = None
+    result: dict = {"agents": count}
+    try:
+        ps = psutil.Process(relay.proc.pid)
+        time.sleep(1)
+        rss0, cpu0 = ps.memory_info().rss, cpu_seconds(ps)
+        workers = Workers(sessions[:count], host_key, ssh_port, args.workers, args.concurrency)
+        ramp = workers.wait_for(lambda n: n >= count, args.budget)
+        reached = workers.connected
+        result["connected"] = reached
+        result["ramp_s"] = ramp if ramp is not None else float(args.budget)
+        cpu1 = cpu_seconds(ps)
+        result["cpu_ms_per_setup"] = (cpu1 - cpu0) / max(1, reached) * 1e3
+        result["setups_per_s"] = reached / result["ramp_s"]
+        time.sleep(args.settle)  # let presence writes and handshake garbage settle
+        cpu2 = cpu_seconds(ps)
+        time.sleep(args.idle)
+        result["idle_cpu_pct"] = (cpu_seconds(ps) - cpu2) / args.idle * 100
+        rss1 = ps.memory_info().rss
+        result["rss0_mib"] = rss0 / 2**20
+        result["rss_mib"] = rss1 / 2**20
+        result["kib_per_agent"] = (rss1 - rss0) / max(1, reached) / 1024
+        # Restart: stop the relay, start a new one on the same ports, time until all are back.
+        stopped_at = time.monotonic()
+        relay.stop(signal.SIGTERM)
+        result["stop_s"] = time.monotonic() - stopped_at
+        workers.wait_for(lambda n: n == 0, 30)
+        relay = BenchRelay(data_dir)
+        relay.start(http_port=http_port, ssh_port=ssh_port)
+        ready_at = time.monotonic()
+        fresh = psutil.Process(relay.proc.pid)
+        cpu_ready = cpu_seconds(fresh)  # the new relay's start-up, not reconnects
+        result["relay_start_s"] = ready_at - stopped_at - result["stop_s"]
+        back = workers.wait_for(lambda n: n >= reached, args.budget)
+        result["back_from_ready_s"] = back
+        result["back_from_stop_s"] = None if back is None else time.monotonic() - stopped_at
+        result["back"] = workers.connected
+        result["cpu_ms_per_setup_restart"] = (cpu_seconds(fresh) - cpu_ready) \
+            / max(1, workers.connected) * 1e3
+    finally:
+        if workers is not None:
+            workers.stop()
+        relay.stop()
+    return result
+
+
+def report(results: list[dict]) -> None:
+    def fmt(value, spec: str = ".1f") -> str:
+        return "timeout" if value is None else format(value, spec)
+
+    table(("agents", "connected", "relay RSS before→with MiB", "KiB/agent (target ≤ 32)",
+           "CPU ms/set-up", "set-ups/s", "idle CPU %"),
+          [(r["agents"], r["connected"], f"{r['rss0_mib']:.0f}→{r['rss_mib']:.0f}",
+            f"{r['kib_per_agent']:.1f}", f"{r['cpu_ms_per_setup']:.2f}",
+            f"{r['setups_per_s']:.0f}", f"{r['idle_cpu_pct']:.1f}") for r in results])
+    table(("agents", "relay stop s", "relay start s", "all back after start s",
+           "all back after stop s (target ≤ 30)", "back", "relay CPU ms/reconnect"),
+          [(r["agents"], f"{r['stop_s']:.1f}", f"{r['relay_start_s']:.1f}",
+            fmt(r["back_from_ready_s"]), fmt(r["back_from_stop_s"]), r["back"],
+            f"{r['cpu_ms_per_setup_restart']:.2f}") for r in results])
+    for r in results:
+        back = r["back_from_stop_s"]
+        print(f"{r['agents']} agents: ≤ 32 KiB/agent {verdict(r['kib_per_agent'] <= 32)}; "
+              f"all back within 30 s {verdict(back is not None and back <= 30)}; "
+              f"all connected {verdict(r['connected'] == r['agents'])}")
+    print()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--agents", default="1000,10000",
+                        help="comma-separated agent counts (default 1000,10000)")
+    parser.add_argument("--workers", type=int, default=4, help="agent processes (default 4)")
+    parser.add_argument("--concurrency", type=int, default=50,
+                        help="set-ups in flight per worker during the ramp (default 50)")
+    parser.add_argument("--budget", type=float, default=180,
+                        help="seconds allowed for the ramp and for the return (default 180)")
+    parser.add_argument("--settle", type=float, default=5, help="seconds before idle sampling")
+    parser.add_argument("--idle", type=float, default=15, help="seconds of idle CPU sampling")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        config = json.loads(Path(args.worker).read_text())
+        asyncio.run(worker(config))
+        return
+    counts = [int(x) for x in args.agents.split(",")]
+    header("Fan-in: idle agents on one relay, and a relay restart", "asyncssh", "psutil")
+    print(f"{args.workers} agent processes, {args.concurrency} set-ups in flight each; "
+          f"sessions seeded through relay.store.Store in a bench-only data dir (see --help)\n")
+    folder = Path(tempfile.mkdtemp(prefix="adhoc-bench-fanin-"))
+    try:
+        started = time.monotonic()
+        sessions, host_key = asyncio.run(seed(folder / "relay", max(counts)))
+        print(f"seeded {len(sessions)} active sessions in {time.monotonic() - started:.0f} s\n")
+        results = [run_count(count, sessions, folder / "relay", host_key, args)
+                   for count in counts]
+        report(results)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    os.sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

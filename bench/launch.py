@@ -1,0 +1,138 @@
+"""Starts a relay, a host agent or a bare inner SSH server with benchmark levers applied.
+
+The levers are monkeypatches the benchmarks try before anyone changes the product's code:
+`python -m bench.launch relay|host|direct ARGS...` with ADHOC_BENCH_LEVERS (JSON of
+bench.common.Levers) in the environment. With no levers it runs the product exactly as shipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+
+import asyncssh
+
+LEVERS_ENV = "ADHOC_BENCH_LEVERS"
+
+
+def prefer_aes_gcm() -> list[bytes]:
+    """Put aes128-gcm first in this process's asyncssh defaults; returns the old order."""
+    algs = asyncssh.encryption._default_enc_algs
+    before = list(algs)
+    first = b"aes128-gcm@openssh.com"
+    algs[:] = [first, *(alg for alg in before if alg != first)]
+    return before
+
+
+def restore_encryption(order: list[bytes]) -> None:
+    asyncssh.encryption._default_enc_algs[:] = order
+
+
+def _with_channel_defaults(window: int, packet: int):
+    """Wrap asyncssh.create_connection so connections default to this window and packet size."""
+    original = asyncssh.create_connection
+
+    async def create_connection(*args, **kwargs):
+        kwargs.setdefault("window", window)
+        kwargs.setdefault("max_pktsize", packet)
+        return await original(*args, **kwargs)
+
+    return create_connection
+
+
+def _tcp_proto_for_http() -> None:
+    """Make relay/server.py's HTTP socket say IPPROTO_TCP, so asyncio sets TCP_NODELAY.
+
+    asyncio only sets TCP_NODELAY on sockets whose proto is IPPROTO_TCP; a socket made with
+    socket.socket(family, SOCK_STREAM) has proto 0, and so do the connections it accepts.
+    """
+    import socket as real_socket
+    import types
+
+    import relay.server
+
+    def tcp_socket(family=real_socket.AF_INET, kind=real_socket.SOCK_STREAM, proto=0,
+                   *args):
+        if kind == real_socket.SOCK_STREAM and not proto:
+            proto = real_socket.IPPROTO_TCP
+        return real_socket.socket(family, kind, proto, *args)
+
+    shim = types.SimpleNamespace(**{name: getattr(real_socket, name)
+                                    for name in dir(real_socket) if not name.startswith("__")})
+    shim.socket = tcp_socket
+    relay.server.socket = shim
+
+
+def apply(levers: dict) -> None:
+    """Apply the levers that concern this process (each process ignores the others')."""
+    if levers.get("gcm"):
+        prefer_aes_gcm()
+    if levers.get("relay_window"):
+        import relay.sshd
+
+        relay.sshd.CHANNEL_WINDOW = levers["relay_window"]
+        relay.sshd.CHANNEL_PACKET = levers.get("relay_packet") or relay.sshd.CHANNEL_PACKET
+    if levers.get("inner_window"):
+        import hostagent.server
+
+        hostagent.server.SHELL_WINDOW = levers["inner_window"]
+    if levers.get("agent_window"):
+        asyncssh.create_connection = _with_channel_defaults(
+            levers["agent_window"], levers.get("agent_packet") or 32768)
+    if levers.get("argon2_owasp"):
+        # OWASP's smallest argon2id setting (19 MiB, t=2, p=1) instead of argon2-cffi's default
+        # (64 MiB, t=3, p=4); verify() reads the parameters from each stored hash.
+        from argon2 import PasswordHasher
+
+        import relay.service
+
+        relay.service._hasher = PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1)
+    if levers.get("http_nodelay"):
+        _tcp_proto_for_http()
+    if levers.get("uvloop"):
+        import uvloop
+
+        uvloop.install()
+
+
+async def _serve_direct(port_file: str) -> None:
+    """The agent's inner SSH server on a plain loopback socket: the same code, no relay."""
+    from argon2 import PasswordHasher
+
+    from hostagent.server import AgentState, Notices, server_options
+    from tests.support import SESSION_PASSWORD
+
+    verifier = PasswordHasher().hash(SESSION_PASSWORD)
+    state = AgentState(verifier, ("shell", "chat", "files", "dashboard"), Notices())
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    server = await asyncssh.listen("127.0.0.1", 0, **server_options(state, key))
+    port = server.sockets[0].getsockname()[1]
+    public = key.export_public_key("openssh").decode().strip()
+    tmp = port_file + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"port": port, "host_key": public}, f)
+    os.replace(tmp, port_file)
+    await server.wait_closed()
+
+
+def main() -> int:
+    kind, args = sys.argv[1], sys.argv[2:]
+    apply(json.loads(os.environ.get(LEVERS_ENV) or "{}"))
+    if kind == "relay":
+        from relay.cli import main as relay_main
+
+        return relay_main(args)
+    if kind == "host":
+        from hostagent.cli import main as host_main
+
+        return host_main(args)
+    if kind == "direct":
+        asyncio.run(_serve_direct(args[0]))
+        return 0
+    raise SystemExit(f"unknown kind {kind!r}: relay, host or direct")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
