@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from relay import join
 from relay import sessions as rules
@@ -70,7 +71,7 @@ class TechnicianPassword(Strict):
 class AddTechnicianRequest(TechnicianPassword):
     login: str = Field(min_length=1, max_length=64,
                        description="login name, also the SSH user name ([a-z0-9._-]+)")
-    email: str = Field(max_length=254)
+    email: str = Field(max_length=254, json_schema_extra={"format": "email"})
     admin: bool = False
     ssh_keys: list[str] = Field(default_factory=list, max_length=10,
                                 description="OpenSSH public keys for `ssh -J`")
@@ -104,8 +105,10 @@ class LoginRequest(Strict):
 
 
 class CreateSessionRequest(Strict):
-    customer_email: str = Field(max_length=254)
-    password: str = Field(max_length=256)
+    customer_email: str = Field(max_length=254, json_schema_extra={"format": "email"})
+    password: str = Field(min_length=8, max_length=256,
+                          description="the session password the technician will type on the "
+                                      "customer's computer; 12+ characters or mixed classes")
     note: str = Field(default="", max_length=500)
 
     @field_validator("customer_email")
@@ -228,15 +231,30 @@ def create_app(service: RelayService) -> FastAPI:
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         return error(422, "invalid", _describe_validation(exc))
 
+    def allowed_methods(request: Request) -> str:
+        """Every method some route offers for this path (Starlette names only the first
+        route's when two routes share a path)."""
+        methods: set[str] = set()
+        for route in app.router.routes:
+            match, _ = route.matches(request.scope)
+            if match != Match.NONE:
+                methods |= set(getattr(route, "methods", None) or ())
+        return ", ".join(sorted(methods))
+
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 404:
             return error(404, "not_found", "no such route: see the API reference in docs/API.md")
         if exc.status_code == 400:  # FastAPI could not read the body as JSON
             return error(422, "invalid", "the request body is not valid JSON: send a JSON "
                                          "object with the documented fields")
         codes = {405: "method_not_allowed"}
-        return error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+        response = error(exc.status_code, codes.get(exc.status_code, "http_error"),
+                         str(exc.detail))
+        response.headers.update(exc.headers or {})
+        if exc.status_code == 405:
+            response.headers["Allow"] = allowed_methods(request)
+        return response
 
     async def technician(
         authorization: Annotated[str | None, Header()] = None,

@@ -102,8 +102,11 @@ class RelayServer:
         service.ssh_port = self._ssh.sockets[0].getsockname()[1]
 
         family = socket.AF_INET6 if ":" in settings.http_host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections only when the
+        # socket says it is TCP; without it every response waited ~40 ms for a delayed ACK.
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((settings.http_host, settings.http_port))
         sock.listen(512)
         sock.setblocking(False)

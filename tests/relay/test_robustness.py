@@ -216,8 +216,13 @@ async def test_kill_9_during_writes_loses_nothing_acknowledged(start_relay, data
             except (httpx.TransportError, AssertionError):
                 pass  # the relay died under us: expected
 
+        before = len(acknowledged)
         tasks = [asyncio.create_task(writer(login)) for login in ("alice", "bob", "carol")]
-        await asyncio.sleep(rng.uniform(0.5, 1.5))
+        # Kill at a random moment once writes are flowing (a slow machine takes a while).
+        async with asyncio.timeout(60):
+            while len(acknowledged) == before:
+                await asyncio.sleep(0.02)
+        await asyncio.sleep(rng.uniform(0, 0.6))
         relay.kill9()
         stop.set()
         await asyncio.gather(*tasks)
