@@ -19,6 +19,7 @@ from tui.screens.audit import AuditModal
 from tui.screens.chat import ChatScreen
 from tui.screens.created import CreatedModal
 from tui.screens.dashboard import DashboardScreen
+from tui.screens.files import FilesScreen
 from tui.screens.modals import ConfirmModal, PasswordModal
 from tui.screens.new_session import NewSessionModal
 from tui.screens.pane import PaneScreen
@@ -29,9 +30,15 @@ from tui.widgets.terminal import TerminalView
 EVENT_RETRY_DELAYS = (0.5, 1, 2, 4, 8, 10)
 # Actions that must not steal keys from a focused terminal pane (ctrl+q, ctrl+p, ctrl+c ...).
 TERMINAL_KEEPS_KEYS = {"quit", "command_palette", "help_quit", "screenshot"}
-PANES: dict[str, type[PaneScreen]] = {"shell": RemoteScreen, "dashboard": DashboardScreen,
-                                      "chat": ChatScreen}
+PANES: dict[str, type[Screen]] = {"shell": RemoteScreen, "dashboard": DashboardScreen,
+                                  "chat": ChatScreen, "files": FilesScreen}
+# Panes that keep running while the technician is elsewhere (a shell, a chat, a copy).
+KEPT_PANES = {"shell", "chat", "files"}
 PANE_FEATURES = {"shell": "shell", "dashboard": "dashboard", "chat": "chat", "files": "files"}
+
+
+def _pane_name(kind: str, session_id: str) -> str:
+    return f"{kind}:{session_id}"
 
 
 class SessionsChanged(Message):
@@ -58,7 +65,7 @@ class ConsoleApp(App):
         self.clock = clock
         self.connector = HostConnector(client, login)
         self.passwords: dict[str, str] = {}  # session passwords: memory only, never saved
-        self.panes: dict[tuple[str, str], PaneScreen] = {}
+        self.panes: dict[tuple[str, str], Screen] = {}
         self.views: dict[str, dict] = {}
         self.limits: dict | None = None
         self.last_event_id: int | None = None
@@ -200,6 +207,9 @@ class ConsoleApp(App):
     def action_chat(self) -> None:
         self._open_pane("chat")
 
+    def action_files(self) -> None:
+        self._open_pane("files")
+
     def _open_pane(self, kind: str) -> None:
         view = self._selected()
         if view is None:
@@ -214,9 +224,8 @@ class ConsoleApp(App):
             self.notify(f"The {kind} is not included in this company's plan.",
                         severity="warning")
             return
-        existing = self.panes.get((kind, view["id"]))
-        if existing is not None:
-            self.push_screen(existing)
+        if (kind, view["id"]) in self.panes:
+            self.push_screen(_pane_name(kind, view["id"]))
             return
         password = self.passwords.get(view["id"])
         if password is None:
@@ -244,9 +253,13 @@ class ConsoleApp(App):
             raise
         self.passwords[view["id"]] = password
         screen = PANES[kind](full, self.connector, password)
-        if kind != "dashboard":  # a shell and a chat keep their state while you are away
+        if kind in KEPT_PANES:
+            # Installed, so leaving it does not unmount it: it keeps its state and channel.
             self.panes[(kind, view["id"])] = screen
-        await self.push_screen(screen)
+            self.install_screen(screen, _pane_name(kind, view["id"]))
+            await self.push_screen(_pane_name(kind, view["id"]))
+        else:
+            await self.push_screen(screen)
 
     def forget_password(self, session_id: str) -> None:
         self.passwords.pop(session_id, None)
@@ -272,6 +285,8 @@ class ConsoleApp(App):
             screen = self.panes.pop((kind, session_id), None)
             if isinstance(screen, RemoteScreen):
                 screen.close_shell()
+            if screen is not None and not screen.is_current:
+                self.uninstall_screen(_pane_name(kind, session_id))
         self.forget_password(session_id)
         self.notify("Session ended.")
         self.refresh_sessions()

@@ -75,7 +75,12 @@ async def test_list_countdown_and_remote_shell(relay, agents, tmp_path: Path) ->
         assert not isinstance(app.screen, RemoteScreen)
         await pilot.press("r")
         await wait_until(pilot, lambda: isinstance(app.screen, RemoteScreen))
+        # The same pane, not a new one: same terminal, same screen, same channel.
+        assert app.screen.query_one(TerminalView) is terminal
         assert any(line.strip() == "hi-42" for line in terminal.screen_lines())
+        await pilot.press(*"echo again-$((1+1))", "enter")
+        await wait_until(pilot, lambda: any(line.strip() == "again-2"
+                                            for line in terminal.screen_lines()))
         await pilot.press("ctrl+right_square_bracket")
         await app.action_quit()
     await client.aclose()
@@ -206,4 +211,32 @@ async def test_keys_remap_from_config_and_palette_knows_the_screen(relay) -> Non
         await wait_until(pilot, lambda: isinstance(app.screen, CommandPalette))
         await pilot.press(*"new session", "enter")
         await wait_until(pilot, lambda: isinstance(app.screen, NewSessionModal))
+        await app.action_quit()
+
+
+async def test_files_pane_opens_from_the_list(relay, agents, tmp_path: Path) -> None:
+    from tui.screens.files import FilesScreen
+
+    async with Api(relay.base_url) as api:
+        session = await api.create_session("hal@example.com")
+        agent = new_agent(agents, tmp_path, session)
+        agent.start()
+        await agent.wait_for_line("Connected to the relay")
+        await api.wait_for(session["id"], lambda v: v["online"])
+        token = api.token
+    client = RelayClient(relay.base_url, token)
+    app = ConsoleApp(client, "alice")
+    async with app.run_test(size=(120, 40)) as pilot:
+        table = app.screen.query_one("#sessions", DataTable)
+        await wait_until(pilot, lambda: table.row_count == 1)
+        await pilot.press("f")
+        await wait_until(pilot, lambda: isinstance(app.screen, PasswordModal))
+        app.screen.query_one(Input).value = SESSION_PASSWORD
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, FilesScreen), timeout=30)
+        files = app.screen
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: not isinstance(app.screen, FilesScreen))
+        await pilot.press("f")
+        await wait_until(pilot, lambda: app.screen is files)
         await app.action_quit()

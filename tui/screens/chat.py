@@ -61,7 +61,8 @@ class ChatScreen(PaneScreen):
         sender = clean(line.get("from"), 40)
         text.append(f"{sender}: ", style="bold green" if sender == "customer" else "bold")
         text.append(clean(line.get("text"), 2000))
-        self.query_one("#chat-log", RichLog).write(text)
+        for log in self.query("#chat-log").results(RichLog):
+            log.write(text)
 
     @on(Input.Submitted, "#chat-input")
     def _send(self, event: Input.Submitted) -> None:

@@ -60,7 +60,8 @@ class DashboardScreen(PaneScreen):
         self.set_state(clean(refusal, 120) or "the host closed the dashboard")
 
     def on_sample(self, message: Sample) -> None:
-        self.query_one(DashboardView).show(message.sample)
+        for view in self.query(DashboardView).results(DashboardView):  # none once closing
+            view.show(message.sample)
 
     def action_sort(self) -> None:
         key = self.query_one(DashboardView).cycle_process_sort()

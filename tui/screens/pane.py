@@ -35,7 +35,8 @@ class PaneScreen(Screen):
 
     def set_state(self, state: str) -> None:
         self.state = state
-        self.query_one("#pane-status", Static).update(self.status_text())
+        for bar in self.query("#pane-status").results(Static):  # none once the pane is gone
+            bar.update(self.status_text())
 
     def action_leave(self) -> None:
         self.app.pop_screen()

@@ -84,11 +84,12 @@ class SessionsScreen(Screen):
     BINDINGS = [
         Binding("n", "app.new_session", "New", id="sessions.new"),
         Binding("r,enter", "app.remote", "Remote", id="sessions.remote"),
+        Binding("f", "app.files", "Files", id="sessions.files"),
         Binding("d", "app.dashboard", "Dash", id="sessions.dashboard"),
         Binding("t", "app.chat", "Chat", id="sessions.chat"),
         Binding("e", "app.end_session", "End", id="sessions.end"),
         Binding("c", "app.reissue_code", "Code", show=False, id="sessions.code"),
-        Binding("a", "app.audit", "Audit", id="sessions.audit"),
+        Binding("a", "app.audit", "Audit", show=False, id="sessions.audit"),
         Binding("slash", "filter", "Filter", id="sessions.filter"),
         Binding("s", "cycle_sort", "Sort", show=False, id="sessions.sort"),
         Binding("j", "cursor_down", "Down", show=False, id="sessions.down"),
