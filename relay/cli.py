@@ -69,6 +69,15 @@ def _smtp(value: str) -> str:
     return value
 
 
+def _mail_from(value: str) -> str:
+    from email.utils import parseaddr
+
+    if "@" not in parseaddr(value)[1]:
+        raise argparse.ArgumentTypeError(f"{value!r} has no email address: use the form "
+                                         "'Name <adhoc@example.com>'")
+    return value
+
+
 def _attempts(value: str) -> int:
     if not value.isdigit() or not 1 <= int(value) <= 100:
         raise argparse.ArgumentTypeError(f"attempts must be a whole number from 1 to 100, "
@@ -110,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--smtp", metavar="URL", type=_smtp,
                        help="smtp://user:pass@host:port or smtps://...; without it invitations "
                             "go to the outbox in the data dir")
-    serve.add_argument("--mail-from", default="Adhoc <adhoc@localhost>",
+    serve.add_argument("--mail-from", default="Adhoc <adhoc@localhost>", type=_mail_from,
                        help="the From: of invitation emails")
     serve.add_argument("--mail-attempts", type=_attempts, default=5,
                        help="how many times an invitation is tried before it is marked failed "
