@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +18,8 @@ import asyncssh
 
 log = logging.getLogger("adhoc.host")
 
-KEEPALIVE_INTERVAL = 15
+# ADHOC_HOST_KEEPALIVE (seconds) lets fault tests see a dead link in seconds, not a minute.
+KEEPALIVE_INTERVAL = float(os.environ.get("ADHOC_HOST_KEEPALIVE", "15"))
 KEEPALIVE_COUNT = 3
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 10.0

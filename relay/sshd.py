@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -22,7 +23,8 @@ log = logging.getLogger("adhoc.relay.ssh")
 
 SESSION_ID_RE = re.compile(r"^[a-z2-7]{16}$")
 INNER_PORT = 22
-KEEPALIVE_INTERVAL = 15
+# ADHOC_RELAY_KEEPALIVE (seconds) lets fault tests see a dead link in seconds, not a minute.
+KEEPALIVE_INTERVAL = float(os.environ.get("ADHOC_RELAY_KEEPALIVE", "15"))
 KEEPALIVE_COUNT = 3
 LOGIN_TIMEOUT = 30
 # Larger than asyncssh's 2 MiB default: the splice adds a hop, so more bytes in flight pay.
