@@ -1,0 +1,99 @@
+"""Fault-test fixtures: a relay data dir provisioned once per run and copied per test, relays
+that can be killed and restarted on the same ports, and quick agents.
+
+Provisioning goes through `relay.store.Store` in this process (the CLI is tested in
+tests/relay/test_admin.py); every relay here is still a real `adhoc-relay serve` process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from relay.config import RelaySettings
+from relay.server import initialise
+from relay.service import hash_password
+from relay.store import Store
+from tests.support import PASSWORD, RelayProcess
+
+
+async def provision_store(path: Path, companies: list[tuple[str, str, int, list[str]]]) -> None:
+    """Create a relay data dir with these (name, plan, seats, technician logins)."""
+    await initialise(RelaySettings(data_dir=path))
+    store = await Store.open(path / "relay.db")
+    try:
+        verifier = hash_password(PASSWORD)
+        for name, plan, seats, logins in companies:
+            company = await store.add_company(name, plan, seats, time.time())
+            for index, login in enumerate(logins):
+                await store.add_technician(company.id, login, f"{login}@example.com", verifier,
+                                           index == 0, time.time())
+    finally:
+        await store.close()
+
+
+@pytest.fixture(scope="session")
+def faults_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("faults-template") / "relay"
+    asyncio.run(provision_store(path, [("Acme", "plus", 5, ["alice", "bob"])]))
+    return path
+
+
+def free_port() -> int:
+    """A free loopback port below the ephemeral range.
+
+    A relay restarted "on the same port" must get that port back. A port the kernel handed
+    out for `:0` lies in the ephemeral range, where clients retrying against the dead relay
+    can take it as their own source port (even connect to themselves), and the restart would
+    fail with "address in use"."""
+    low, _ = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 12000), low - 1)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free loopback port below the ephemeral range")
+
+
+@pytest.fixture
+def start_relay(faults_template: Path, tmp_path: Path) -> Iterator[Callable[..., RelayProcess]]:
+    """start_relay(*serve_flags, data_dir=None, ssh_port=None) -> a relay on fixed free ports
+    (restart it with `restart(relay)`), on a copy of the template unless a data dir is given."""
+    started: list[RelayProcess] = []
+
+    def start(*extra: str, data_dir: Path | None = None, ssh_port: int | None = None
+              ) -> RelayProcess:
+        if data_dir is None:
+            data_dir = tmp_path / f"relay{len(started)}"
+            shutil.copytree(faults_template, data_dir)
+        process = RelayProcess(data_dir, extra_args=extra)
+        process.start(http_port=free_port(), ssh_port=ssh_port or free_port())
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+def restart(relay: RelayProcess) -> None:
+    """Start a stopped relay again on the ports it had."""
+    http_port = int(relay.base_url.rsplit(":", 1)[1])
+    relay.start(http_port=http_port, ssh_port=relay.ssh_port)
+
+
+@pytest.fixture
+def quick_agent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Agents started from now on retry within 2 s and run /bin/sh (no slow login profile)."""
+    monkeypatch.setenv("ADHOC_HOST_BACKOFF_CAP", "2")
+    monkeypatch.setenv("ADHOC_HOST_SHELL", "/bin/sh")
