@@ -675,7 +675,10 @@ class RelayService:
         """Technician actions the agent saw inside the tunnel, for the audit log."""
         row = await self.agent_for_bearer(bearer)
         for item in events:
-            detail = {k: v for k, v in item.items() if k not in ("event", "actor", "outcome")}
+            # The audit row's own columns cannot be overridden by what the agent sends.
+            reserved = ("event", "actor", "outcome", "at", "company_id", "session_id")
+            detail = {(f"agent_{k}" if k in reserved[3:] else k): v
+                      for k, v in item.items() if k not in reserved[:3]}
             await self.store.audit(self.clock(), f"technician:{str(item.get('actor', '?'))[:64]}",
                                    str(item.get("event", "unknown"))[:64],
                                    str(item.get("outcome", "ok"))[:32],
