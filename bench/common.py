@@ -135,7 +135,6 @@ class Levers:
     tech_window: int = 0  # window/max_pktsize on the technician's outer and inner connections
     tech_packet: int = 0
     uvloop: bool = False  # uvloop in the relay and the agent
-    http_nodelay: bool = False  # relay/server.py's HTTP socket made with IPPROTO_TCP
     argon2_owasp: bool = False  # relay/service.py hashes session passwords at 19 MiB, t=2, p=1
     label: str = "as shipped"
 

@@ -42,29 +42,6 @@ def _with_channel_defaults(window: int, packet: int):
     return create_connection
 
 
-def _tcp_proto_for_http() -> None:
-    """Make relay/server.py's HTTP socket say IPPROTO_TCP, so asyncio sets TCP_NODELAY.
-
-    asyncio only sets TCP_NODELAY on sockets whose proto is IPPROTO_TCP; a socket made with
-    socket.socket(family, SOCK_STREAM) has proto 0, and so do the connections it accepts.
-    """
-    import socket as real_socket
-    import types
-
-    import relay.server
-
-    def tcp_socket(family=real_socket.AF_INET, kind=real_socket.SOCK_STREAM, proto=0,
-                   *args):
-        if kind == real_socket.SOCK_STREAM and not proto:
-            proto = real_socket.IPPROTO_TCP
-        return real_socket.socket(family, kind, proto, *args)
-
-    shim = types.SimpleNamespace(**{name: getattr(real_socket, name)
-                                    for name in dir(real_socket) if not name.startswith("__")})
-    shim.socket = tcp_socket
-    relay.server.socket = shim
-
-
 def apply(levers: dict) -> None:
     """Apply the levers that concern this process (each process ignores the others')."""
     if levers.get("gcm"):
@@ -89,8 +66,6 @@ def apply(levers: dict) -> None:
         import relay.service
 
         relay.service._hasher = PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1)
-    if levers.get("http_nodelay"):
-        _tcp_proto_for_http()
     if levers.get("uvloop"):
         import uvloop
 

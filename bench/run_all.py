@@ -26,7 +26,8 @@ BENCHMARKS: dict[str, tuple[list[str], list[str], int]] = {
     "keystroke": (["--trips", "1000"], ["--trips", "100"], 600),
     "fanin": (["--agents", "1000,10000"],
               ["--agents", "200", "--workers", "2", "--idle", "3", "--settle", "1"], 1500),
-    "api": ([], ["--technicians", "10", "--rounds", "1"], 900),
+    "api": (["--technicians", "20", "--rounds", "3"], ["--technicians", "10", "--rounds", "1"],
+            900),
     "console": ([], ["--seconds", "1", "--sessions", "200"], 600),
     "emulator_parse": ([], ["--mb", "0.2", "--repeat", "1"], 600),
 }
