@@ -8,6 +8,7 @@ copies bytes both ways, with flow control. It cannot read or forge what passes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -57,29 +58,39 @@ class _SpliceEnd(asyncssh.SSHTCPSession):
         if self._closed:
             chan.close()
 
+    # These run inside the *other* connection's callbacks: an exception escaping here would
+    # make asyncssh drop that whole connection (an agent's, with every technician on it)
+    # because this channel was already closing. A failure closes just this pair.
+
     def write(self, data: bytes) -> None:
         if self.chan is None:
             self._pending.append(data)
         elif not self._closed:
-            self.chan.write(data)
+            self._guard(self.chan.write, data)
 
     def write_eof(self) -> None:
         if self.chan is None:
             self._eof_pending = True
         elif not self._closed:
-            self.chan.write_eof()
+            self._guard(self.chan.write_eof)
 
     def pause_reading(self) -> None:
         if self.chan is None:
             self._pause_pending = True
-        else:
-            self.chan.pause_reading()
+        elif not self._closed:
+            self._guard(self.chan.pause_reading)
 
     def resume_reading(self) -> None:
         if self.chan is None:
             self._pause_pending = False
-        else:
-            self.chan.resume_reading()
+        elif not self._closed:
+            self._guard(self.chan.resume_reading)
+
+    def _guard(self, operation, *args) -> None:
+        try:
+            operation(*args)
+        except (OSError, asyncssh.Error, RuntimeError):
+            self.close()
 
     def data_received(self, data: bytes, datatype) -> None:
         if self.peer:
@@ -106,7 +117,8 @@ class _SpliceEnd(asyncssh.SSHTCPSession):
             return
         self._closed = True
         if self.chan is not None:
-            self.chan.close()
+            with contextlib.suppress(OSError, asyncssh.Error, RuntimeError):
+                self.chan.close()
         if self.peer is not None:
             self.peer.close()
 
