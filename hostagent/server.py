@@ -34,9 +34,10 @@ from hostagent.shells import (
 log = logging.getLogger("adhoc.host")
 
 INNER_USER = "support"
-# Small windows so ctrl+c stops a flood quickly; large enough for full-speed file transfer
-# (SFTP runs many requests in parallel, so its throughput does not hinge on this window).
-SHELL_WINDOW = 256 * 1024
+# The window this server grants limits what the technician can send it (keys, uploads); it
+# does not slow ctrl+c on a flood of output, which the console's own 256 KiB window bounds.
+# 2 MiB lets SFTP uploads keep many requests in flight (bench/transfer.py).
+INNER_WINDOW = 2 * 1024 * 1024
 
 Audit = Callable[[str, str, dict], None]
 
@@ -347,7 +348,7 @@ def server_options(state: AgentState, host_key: asyncssh.SSHKey) -> dict:
         "allow_scp": False,
         "line_editor": False,
         "encoding": None,
-        "window": SHELL_WINDOW,
+        "window": INNER_WINDOW,
         "keepalive_interval": 15,
         "keepalive_count_max": 3,
         "login_timeout": 60,

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import asyncssh
 
+from relay.transport import client_options
+
 log = logging.getLogger("adhoc.host")
 
 # ADHOC_HOST_KEEPALIVE (seconds) lets fault tests see a dead link in seconds, not a minute.
@@ -79,7 +81,7 @@ class Tunnel:
                     password=self._secret, known_hosts=self._known_hosts, client_keys=None,
                     agent_path=None, preferred_auth="password", config=None,
                     keepalive_interval=self._keepalive, keepalive_count_max=KEEPALIVE_COUNT,
-                    compression_algs=None, connect_timeout=20)
+                    connect_timeout=20, **client_options())
             except asyncssh.PermissionDenied:
                 return TunnelEnd("the relay no longer accepts this session (ended or expired)",
                                  by_relay=True)

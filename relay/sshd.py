@@ -19,6 +19,7 @@ import asyncssh
 from relay.registry import AgentLink
 from relay.service import RelayService
 from relay.store import Technician
+from relay.transport import ENCRYPTION
 
 log = logging.getLogger("adhoc.relay.ssh")
 
@@ -31,8 +32,6 @@ LOGIN_TIMEOUT = 30
 # Larger than asyncssh's 2 MiB default: the splice adds a hop, so more bytes in flight pay.
 CHANNEL_WINDOW = 8 * 1024 * 1024
 CHANNEL_PACKET = 256 * 1024
-ENCRYPTION = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
-              "aes128-ctr", "aes256-ctr")
 
 
 class _SpliceEnd(asyncssh.SSHTCPSession):

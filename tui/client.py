@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import asyncssh
 import httpx
 
+from relay.transport import client_options
+
 API = "/api/v1"
 # Small windows so ctrl+c stops a flood quickly (DESIGN §6, issue 5).
 SHELL_WINDOW = 256 * 1024
@@ -237,7 +239,7 @@ class HostConnector:
                 host.strip("[]"), int(port), username=self.login, password=self.client.token,
                 known_hosts=([asyncssh.import_public_key(info["host_key"])], [], []),
                 client_keys=None, agent_path=None, config=None, preferred_auth="password",
-                keepalive_interval=15, keepalive_count_max=3, compression_algs=None)
+                keepalive_interval=15, keepalive_count_max=3, **client_options())
         except (OSError, asyncssh.Error) as exc:
             raise RelayError(0, "unreachable",
                              f"cannot open SSH to the relay at {info['ssh']}: {exc}") from None
@@ -257,7 +259,7 @@ class HostConnector:
                     session["id"], 22, tunnel=relay, username="support", password=password,
                     known_hosts=([asyncssh.import_public_key(session["host_key"])], [], []),
                     client_keys=None, agent_path=None, config=None, preferred_auth="password",
-                    keepalive_interval=15, keepalive_count_max=3, compression_algs=None)
+                    keepalive_interval=15, keepalive_count_max=3, **client_options())
             except asyncssh.PermissionDenied:
                 raise RelayError(403, "wrong_password",
                                  "the host refused the session password: check it and try "
