@@ -8,17 +8,13 @@ import os
 import time
 from pathlib import Path
 
-import asyncssh
-
 from tests.support import (
-    SESSION_PASSWORD,
     AgentProcess,
     Api,
-    RelayProcess,
     new_agent,
-    pinned,
     provision,
     run_cli,
+    technician_ssh,
 )
 
 
@@ -60,29 +56,9 @@ async def wait_for_count(agent: AgentProcess, text: str, count: int,
         agent.output.append(line)
 
 
-@contextlib.asynccontextmanager
-async def inner_connection(relay: RelayProcess, api: Api, session: dict,
-                           password: str = SESSION_PASSWORD):
-    """A raw asyncssh client through the relay to the agent: what any SSH client can do."""
-    info = await api.relay_info()
-    outer = await asyncssh.connect(
-        relay.ssh_host, relay.ssh_port, username=api.login_name, password=api.token,
-        known_hosts=pinned(info["host_key"]), client_keys=None, agent_path=None, config=None)
-    try:
-        inner = await asyncssh.connect(
-            session["id"], 22, tunnel=outer, username="support", password=password,
-            known_hosts=pinned(session["host_key"]), client_keys=None, agent_path=None,
-            config=None)
-        try:
-            yield inner
-        finally:
-            inner.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(inner.wait_closed(), 5)
-    finally:
-        outer.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(outer.wait_closed(), 5)
+# A raw asyncssh client through the relay to the agent: what any SSH client can do.
+inner_connection = technician_ssh
+
 
 
 async def read_until(reader, needle: bytes, timeout: float = 15) -> bytes:
