@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Final, Literal
+from typing import Any, Final, Literal
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import aiosmtplib
@@ -100,6 +100,8 @@ def _one_line(value: str) -> str:
 
 
 def _hours(n: int) -> str:
+    if n < 1:  # a short lifetime configured for tests or demos
+        return "less than an hour"
     return "1 hour" if n == 1 else f"{n} hours"
 
 
@@ -116,6 +118,21 @@ def _validity(dt: datetime, now: datetime) -> str:
         return f"{minutes} minute" + ("" if minutes == 1 else "s")
     hours = minutes // 60
     return _hours(hours)
+
+
+def _address(value: str) -> Address:
+    """An ASCII header address: the domain in IDNA (punycode); a non-ASCII local part is refused."""
+    value = _one_line(value)
+    local, at, domain = value.rpartition("@")
+    if at and not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError as exc:
+            raise ValueError(f"{value!r} has an invalid domain") from exc
+        value = f"{local}@{domain}"
+    if not value.isascii():
+        raise ValueError(f"{value!r} is not an ASCII address")
+    return Address(addr_spec=value)
 
 
 def _msgid_domain(sender: str) -> str:
@@ -253,8 +270,6 @@ def render_invitation(inv: Invitation, sender: str) -> EmailMessage:
     link = urlsplit(inv.join_url)
     if link.scheme.lower() not in ("http", "https") or not link.netloc:
         raise ValueError("join_url must be an absolute http:// or https:// URL")
-    if inv.session_hours < 1:
-        raise ValueError("session_hours must be at least 1")
 
     company = _one_line(inv.company) or "your support provider"
     technician = _one_line(inv.technician) or "A technician"
@@ -275,13 +290,13 @@ def render_invitation(inv: Invitation, sender: str) -> EmailMessage:
     msg["Subject"] = f"{technician} of {company} invites you to a remote support session"
     msg["From"] = _one_line(sender)
     try:
-        msg["To"] = Address(addr_spec=_one_line(inv.to))
+        msg["To"] = _address(inv.to)
     except (ValueError, IndexError, email.errors.HeaderParseError) as exc:
         raise ValueError(f"customer email {inv.to!r} is not a valid address") from exc
-    tech_email = _one_line(inv.technician_email)
-    if tech_email:
+    if inv.technician_email.strip():
         try:
-            msg["Reply-To"] = Address(display_name=technician, addr_spec=tech_email)
+            tech = _address(inv.technician_email)
+            msg["Reply-To"] = Address(display_name=technician, addr_spec=tech.addr_spec)
         except (ValueError, IndexError, email.errors.HeaderParseError):
             log.warning("technician email is not a valid address; invitation has no Reply-To")
     msg["Date"] = email.utils.format_datetime(now)
@@ -424,6 +439,21 @@ def _causes(exc: BaseException) -> list[BaseException]:
     return seen
 
 
+async def _wait_closed(sock: Any, grace: float) -> None:
+    """Give a closing connection a moment to finish closing (bounded by ``grace``).
+
+    aiosmtplib's close() does not wait for the TLS close_notify exchange, so the
+    socket is only released a few loop turns after the session ends. Waiting here
+    means an attempt never leaves a half-closed connection behind, for instance
+    when the event loop stops right after a delivery.
+    """
+    step = 0.005
+    for _ in range(max(1, int(grace / step))):
+        if sock.fileno() == -1:
+            return
+        await asyncio.sleep(step)
+
+
 def _server_text(code: int, message: str) -> str:
     return f"{code} {message}".strip()
 
@@ -563,23 +593,32 @@ class Mailer:
             cert_bundle=t.cafile,
             timeout=self.timeout,
         )
+        sockets: list[Any] = []  # the connection's socket, once connected
+        failure: _Failure | None = None
         try:
             # A stalled server cannot hold an attempt longer than a few timeouts.
             async with asyncio.timeout(self.timeout * 4):
                 async with client:
+                    sockets.append(client.get_transport_info("socket"))
                     if t.username is not None:
                         await self._login(client)
                     await client.send_message(msg, sender=self.envelope_from)
-        except _Failure:
-            raise
+        except _Failure as exc:
+            failure = exc
         except aiosmtplib.SMTPRecipientsRefused as exc:
             refused = exc.recipients
             detail = "; ".join(_server_text(r.code, r.message) for r in refused) or "no detail"
             permanent = bool(refused) and all(r.code >= 500 for r in refused)
-            reason = self._clean(f"recipient rejected: {detail}")
-            raise _Failure(reason, permanent=permanent) from exc
+            failure = _Failure(self._clean(f"recipient rejected: {detail}"), permanent=permanent)
+            failure.__cause__ = exc
         except (aiosmtplib.SMTPException, OSError, TimeoutError, ValueError) as exc:
-            raise self._classify(exc) from exc
+            failure = self._classify(exc)
+            failure.__cause__ = exc
+        # Not reached on cancellation, which propagates at once.
+        if sockets and sockets[0] is not None:
+            await _wait_closed(sockets[0], min(self.timeout, 2.0))
+        if failure is not None:
+            raise failure
 
     async def _login(self, client: aiosmtplib.SMTP) -> None:
         t = self.target

@@ -373,12 +373,16 @@ class RelayService:
             install_command=self.install_command(created.join_token),
             invite_expires_at=datetime.fromtimestamp(created.row.invite_expires_at, UTC),
             session_hours=round(self.settings.session_lifetime.total_seconds() / 3600))
-        message = render_invitation(invitation, self.settings.mail_from)
-
         async def on_status(status: str, detail: str | None) -> None:
             await self.store.set_mail_status(created.row.id, status, detail, self.clock())
             self.bus.notify()
 
+        try:
+            message = render_invitation(invitation, self.settings.mail_from)
+        except ValueError as exc:
+            # The session stands; the technician sees why and can pass the link on by hand.
+            await on_status("failed", f"cannot write this invitation: {exc}")
+            return
         await self.mailer.deliver(created.row.id, message, on_status)
 
     async def session_for(self, tech: Technician, session_id: str) -> SessionRow:

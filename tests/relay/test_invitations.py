@@ -106,3 +106,14 @@ async def test_without_smtp_the_invitation_waits_in_the_outbox(relay) -> None:
         await api.client.post(f"/api/v1/sessions/{session['id']}/end")
         gone = await api.client.get(f"/api/v1/sessions/{session['id']}/invitation")
         assert gone.status_code == 409 and gone.json()["error"] == "not_pending"
+
+
+async def test_an_address_the_mailer_cannot_write_marks_mail_failed_not_queued(relay) -> None:
+    from tests.support import Api
+
+    async with Api(relay.base_url) as api:
+        session = await api.create_session("jörg@example.com")
+        view = await api.wait_for(session["id"], lambda v: v["mail_status"] != "queued")
+        assert view["mail_status"] == "failed"
+        assert "cannot write this invitation" in view["mail_detail"]
+        assert view["state"] == "pending"  # the session stands; the link can be passed on

@@ -281,6 +281,21 @@ def test_render_invitation_rejects_bad_input() -> None:
         render_invitation(invitation(to="not an address"), SENDER)
 
 
+def test_render_invitation_addresses() -> None:
+    msg = render_invitation(
+        invitation(to="kunde@b\u00fccher.example", technician_email="not-an-address"), SENDER
+    )
+    assert msg["To"] == "kunde@xn--bcher-kva.example"  # IDNA, not an encoded-word
+    assert msg["Reply-To"] is None  # a bad technician address costs the Reply-To, not the mail
+
+
+def test_render_invitation_short_session_lifetime() -> None:
+    """A relay run with a lifetime under an hour (tests, demos) still renders its invitations."""
+    text, html = bodies(render_invitation(invitation(session_hours=0), SENDER))
+    assert "lasts less than an hour after" in flat(text)
+    assert "lasts less than an hour after" in flat(html)
+
+
 # ---------------------------------------------------------------------------
 # SmtpTarget
 # ---------------------------------------------------------------------------
