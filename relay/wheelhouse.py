@@ -27,6 +27,8 @@ from pathlib import Path
 
 HOST_DIST = "adhoc-host"
 HOST_PACKAGE = "hostagent"
+# Modules of `relay` that `hostagent` imports (contract modules with no relay dependencies).
+SHARED_CONTRACTS = ("__init__.py", "transport.py")
 # What `hostagent` imports outside the standard library (keep in step with its imports).
 HOST_REQUIREMENTS = ("asyncssh>=2.24.1", "argon2-cffi>=25.1", "httpx>=0.28", "psutil>=7.0",
                      "pyte>=0.8.2")
@@ -62,6 +64,10 @@ def build_host_wheel(dest: Path) -> Path:
         if "__pycache__" not in path.parts:
             files[f"{HOST_PACKAGE}/{path.relative_to(package_dir).as_posix()}"] = \
                 path.read_bytes()
+    # The small shared contract modules the host imports from `relay` travel with it.
+    relay_dir = Path(__file__).parent
+    for name in SHARED_CONTRACTS:
+        files[f"relay/{name}"] = (relay_dir / name).read_bytes()
     metadata = [
         "Metadata-Version: 2.1", f"Name: {HOST_DIST}", f"Version: {version}",
         "Summary: Adhoc temporary host: receive remote support from a technician",

@@ -24,18 +24,29 @@ async def wait_until(pilot, predicate, timeout: float = 20.0) -> None:
         await pilot.pause(0.05)
 
 
+async def online_session(relay, agents, tmp_path: Path, email: str):
+    """A session activated by a real agent and online; returns it, the agent and a token."""
+    async with Api(relay.base_url) as api:
+        session = await api.create_session(email)
+        agent = new_agent(agents, tmp_path, session)
+        agent.start()
+        await agent.wait_for_line("Connected to the relay")
+        await api.wait_for(session["id"], lambda v: v["online"])
+        return session, agent, api.token
+
+
+async def give_password(pilot, app, password: str = SESSION_PASSWORD) -> None:
+    await wait_until(pilot, lambda: isinstance(app.screen, PasswordModal))
+    app.screen.query_one(Input).value = password
+    await pilot.press("enter")
+
+
 def cell_texts(table: DataTable) -> list[list[str]]:
     return [[str(cell) for cell in table.get_row_at(i)] for i in range(table.row_count)]
 
 
 async def test_list_countdown_and_remote_shell(relay, agents, tmp_path: Path) -> None:
-    async with Api(relay.base_url) as api:
-        session = await api.create_session("dana@example.com")
-        agent = new_agent(agents, tmp_path, session)
-        agent.start()
-        await agent.wait_for_line("Connected to the relay")
-        await api.wait_for(session["id"], lambda v: v["online"])
-        token = api.token
+    _session, _agent, token = await online_session(relay, agents, tmp_path, "dana@example.com")
 
     now = [time.time()]
     client = RelayClient(relay.base_url, token)
@@ -124,22 +135,14 @@ async def test_dashboard_and_chat_panes(relay, agents, tmp_path: Path) -> None:
     from tui.screens.dashboard import DashboardScreen
     from tui.widgets.dashboard import DashboardView
 
-    async with Api(relay.base_url) as api:
-        session = await api.create_session("fay@example.com")
-        agent = new_agent(agents, tmp_path, session)
-        agent.start()
-        await agent.wait_for_line("Connected to the relay")
-        await api.wait_for(session["id"], lambda v: v["online"])
-        token = api.token
+    _session, agent, token = await online_session(relay, agents, tmp_path, "fay@example.com")
     client = RelayClient(relay.base_url, token)
     app = ConsoleApp(client, "alice")
     async with app.run_test(size=(120, 40)) as pilot:
         table = app.screen.query_one("#sessions", DataTable)
         await wait_until(pilot, lambda: table.row_count == 1)
         await pilot.press("d")
-        await wait_until(pilot, lambda: isinstance(app.screen, PasswordModal))
-        app.screen.query_one(Input).value = SESSION_PASSWORD
-        await pilot.press("enter")
+        await give_password(pilot, app)
         await wait_until(pilot, lambda: isinstance(app.screen, DashboardScreen), timeout=30)
         view = app.screen.query_one(DashboardView)
         await wait_until(pilot, lambda: view.last_sample is not None, timeout=30)
@@ -217,22 +220,14 @@ async def test_keys_remap_from_config_and_palette_knows_the_screen(relay) -> Non
 async def test_files_pane_opens_from_the_list(relay, agents, tmp_path: Path) -> None:
     from tui.screens.files import FilesScreen
 
-    async with Api(relay.base_url) as api:
-        session = await api.create_session("hal@example.com")
-        agent = new_agent(agents, tmp_path, session)
-        agent.start()
-        await agent.wait_for_line("Connected to the relay")
-        await api.wait_for(session["id"], lambda v: v["online"])
-        token = api.token
+    _session, _agent, token = await online_session(relay, agents, tmp_path, "hal@example.com")
     client = RelayClient(relay.base_url, token)
     app = ConsoleApp(client, "alice")
     async with app.run_test(size=(120, 40)) as pilot:
         table = app.screen.query_one("#sessions", DataTable)
         await wait_until(pilot, lambda: table.row_count == 1)
         await pilot.press("f")
-        await wait_until(pilot, lambda: isinstance(app.screen, PasswordModal))
-        app.screen.query_one(Input).value = SESSION_PASSWORD
-        await pilot.press("enter")
+        await give_password(pilot, app)
         await wait_until(pilot, lambda: isinstance(app.screen, FilesScreen), timeout=30)
         files = app.screen
         await pilot.press("escape")
