@@ -29,6 +29,7 @@ from pathlib import Path
 import asyncssh
 
 from bench.launch import LEVERS_ENV, prefer_aes_gcm, restore_encryption
+from relay.transport import client_options
 from tests.support import (
     PASSWORD,
     READY,
@@ -267,9 +268,10 @@ async def deployment(levers: Levers = SHIPPED, ssh_key: Path | None = None
 @contextlib.asynccontextmanager
 async def relayed_connection(dep: Deployment, levers: Levers = SHIPPED
                              ) -> AsyncIterator[asyncssh.SSHClientConnection]:
-    """The technician's outer connection to the relay and inner connection to the agent."""
-    opts = dict(client_keys=None, agent_path=None, config=None, compression_algs=None,
-                **levers.tech_options())
+    """The technician's outer connection to the relay and inner connection to the agent,
+    with the console's own transport settings (relay/transport.py), as a technician has."""
+    opts = dict(client_keys=None, agent_path=None, config=None, **client_options())
+    opts.update(levers.tech_options())
     with technician_ciphers(levers):
         outer = await asyncssh.connect(
             dep.relay.ssh_host, dep.relay.ssh_port, username=dep.api.login_name,
@@ -330,11 +332,13 @@ def direct_server(levers: Levers = SHIPPED):
 @contextlib.asynccontextmanager
 async def direct_connection(server: DirectServer, levers: Levers = SHIPPED
                             ) -> AsyncIterator[asyncssh.SSHClientConnection]:
+    # The same client settings as the relayed path, so the ratio measures only the relay hop.
+    opts = dict(client_keys=None, agent_path=None, config=None, **client_options())
+    opts.update(levers.tech_options())
     with technician_ciphers(levers):
         conn = await asyncssh.connect(
             "127.0.0.1", server.port, username="support", password=SESSION_PASSWORD,
-            known_hosts=pinned(server.host_key), client_keys=None, agent_path=None,
-            config=None, compression_algs=None, **levers.tech_options())
+            known_hosts=pinned(server.host_key), **opts)
     try:
         yield conn
     finally:
