@@ -20,6 +20,11 @@ from pathlib import Path
 import asyncssh
 import httpx
 
+from relay.config import RelaySettings
+from relay.server import initialise
+from relay.service import hash_password
+from relay.store import Store
+
 PASSWORD = "tech-password-1"
 SESSION_PASSWORD = "Horse-battery-9"
 READY = re.compile(r"adhoc-relay ready http=(\S+) ssh=(\S+)")
@@ -231,3 +236,20 @@ def new_agent(agents: list[AgentProcess], tmp_path: Path, session: dict) -> Agen
     agent = AgentProcess(session["join_url"], session["security_code"], workdir)
     agents.append(agent)
     return agent
+
+
+async def provision_store(path: Path, companies: list[tuple[str, str, int, list[str]]]) -> None:
+    """Create a relay data dir with these (name, plan, seats, technician logins) through the
+    store's own calls in one process (much faster than the CLI, which test_admin.py covers);
+    the first technician of each company is its admin."""
+    await initialise(RelaySettings(data_dir=path))
+    store = await Store.open(path / "relay.db")
+    try:
+        verifier = hash_password(PASSWORD)
+        for name, plan, seats, logins in companies:
+            company = await store.add_company(name, plan, seats, time.time())
+            for index, login in enumerate(logins):
+                await store.add_technician(company.id, login, f"{login}@example.com", verifier,
+                                           index == 0, time.time())
+    finally:
+        await store.close()

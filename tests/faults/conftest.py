@@ -11,32 +11,12 @@ import asyncio
 import random
 import shutil
 import socket
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from relay.config import RelaySettings
-from relay.server import initialise
-from relay.service import hash_password
-from relay.store import Store
-from tests.support import PASSWORD, RelayProcess
-
-
-async def provision_store(path: Path, companies: list[tuple[str, str, int, list[str]]]) -> None:
-    """Create a relay data dir with these (name, plan, seats, technician logins)."""
-    await initialise(RelaySettings(data_dir=path))
-    store = await Store.open(path / "relay.db")
-    try:
-        verifier = hash_password(PASSWORD)
-        for name, plan, seats, logins in companies:
-            company = await store.add_company(name, plan, seats, time.time())
-            for index, login in enumerate(logins):
-                await store.add_technician(company.id, login, f"{login}@example.com", verifier,
-                                           index == 0, time.time())
-    finally:
-        await store.close()
+from tests.support import RelayProcess, provision_store
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,6 @@ import contextlib
 import json
 import shutil
 import sqlite3
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -20,11 +19,7 @@ import asyncssh
 import httpx
 import pytest
 
-from relay.config import RelaySettings
-from relay.server import initialise
-from relay.service import hash_password
-from relay.store import Store
-from tests.support import PASSWORD, Api, RelayProcess, pinned
+from tests.support import Api, RelayProcess, pinned, provision_store
 
 # Companies in the template: (name, plan, seats, technicians; the first one is an admin).
 COMPANIES = (
@@ -36,26 +31,10 @@ COMPANIES = (
 HOST_KEY = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
 
 
-async def _provision(path: Path) -> None:
-    # The store's own calls, as `adhoc-relay company/technician add` makes them, in one
-    # process: the CLI itself is tested in test_admin.py.
-    await initialise(RelaySettings(data_dir=path))
-    store = await Store.open(path / "relay.db")
-    try:
-        verifier = hash_password(PASSWORD)
-        for name, plan, seats, logins in COMPANIES:
-            company = await store.add_company(name, plan, seats, time.time())
-            for index, login in enumerate(logins):
-                await store.add_technician(company.id, login, f"{login}@example.com", verifier,
-                                           index == 0, time.time())
-    finally:
-        await store.close()
-
-
 @pytest.fixture(scope="session")
 def template_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("template") / "relay"
-    asyncio.run(_provision(path))
+    asyncio.run(provision_store(path, list(COMPANIES)))
     return path
 
 
