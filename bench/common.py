@@ -32,12 +32,12 @@ from bench.launch import LEVERS_ENV, prefer_aes_gcm, restore_encryption
 from relay.transport import client_options
 from tests.support import (
     PASSWORD,
-    READY,
     SESSION_PASSWORD,
     Api,
     RelayProcess,
     pinned,
     run_cli,
+    wait_for_ready,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -187,19 +187,8 @@ class BenchRelay(RelayProcess):
                         "--http", f"127.0.0.1:{http_port}", "--ssh", f"127.0.0.1:{ssh_port}",
                         *self.extra_args),
                 stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT, env=self.levers.env())
-        deadline = time.monotonic() + timeout
-        assert self.proc.stdout is not None
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise RuntimeError(f"relay exited: {self.log_path.read_text()[-2000:]}")
-            match = READY.search(line)
-            if match:
-                self.base_url = match.group(1)
-                host, _, port = match.group(2).rpartition(":")
-                self.ssh_host, self.ssh_port = host, int(port)
-                return
-        raise RuntimeError("relay did not start in time")
+        self.base_url, self.ssh_host, self.ssh_port = wait_for_ready(self.proc, self.log_path,
+                                                                     timeout)
 
 
 def provision_relay(data_dir: Path, login: str = "alice", ssh_key: Path | None = None) -> None:

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,22 @@ from relay.store import Store
 PASSWORD = "tech-password-1"
 SESSION_PASSWORD = "Horse-battery-9"
 READY = re.compile(r"adhoc-relay ready http=(\S+) ssh=(\S+)")
+
+
+def wait_for_ready(proc: subprocess.Popen, log_path: Path,
+                   timeout: float) -> tuple[str, str, int]:
+    """Read `adhoc-relay serve`'s ready line: (base URL, SSH host, SSH port)."""
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"relay exited: {log_path.read_text()[-2000:]}")
+        match = READY.search(line)
+        if match:
+            host, _, port = match.group(2).rpartition(":")
+            return match.group(1), host, int(port)
+    raise AssertionError("relay did not start in time")
 
 
 def run_cli(data_dir: Path, *args: str, stdin: str | None = None,
@@ -69,19 +86,8 @@ class RelayProcess:
                  "--http", f"127.0.0.1:{http_port}", "--ssh", f"127.0.0.1:{ssh_port}",
                  *self.extra_args],
                 stdout=subprocess.PIPE, stderr=log, text=True)
-        deadline = time.monotonic() + timeout
-        assert self.proc.stdout is not None
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise AssertionError(f"relay exited: {self.log_path.read_text()[-2000:]}")
-            match = READY.search(line)
-            if match:
-                self.base_url = match.group(1)
-                host, _, port = match.group(2).rpartition(":")
-                self.ssh_host, self.ssh_port = host, int(port)
-                return
-        raise AssertionError("relay did not start in time")
+        self.base_url, self.ssh_host, self.ssh_port = wait_for_ready(self.proc, self.log_path,
+                                                                     timeout)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc and self.proc.poll() is None:
@@ -96,6 +102,25 @@ class RelayProcess:
 
     def kill9(self) -> None:
         self.stop(signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def relays(data_dir_for: Callable[[int], Path]) -> Iterator[Callable[..., RelayProcess]]:
+    """A starter of relay processes (`start(*serve_flags)`); the n-th runs on
+    `data_dir_for(n)`. Every relay started is stopped on exit."""
+    started: list[RelayProcess] = []
+
+    def start(*extra: str) -> RelayProcess:
+        process = RelayProcess(data_dir_for(len(started)), tuple(extra))
+        process.start()
+        started.append(process)
+        return process
+
+    try:
+        yield start
+    finally:
+        for process in started:
+            process.stop()
 
 
 class Api:

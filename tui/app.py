@@ -13,7 +13,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
-from tui.client import CONNECTED, HostConnector, RelayClient, RelayError
+from tui.client import CONNECTED, HostConnector, RelayClient, RelayError, retry_delay
 from tui.sanitize import clean
 from tui.screens.audit import AuditModal
 from tui.screens.chat import ChatScreen
@@ -27,7 +27,6 @@ from tui.screens.remote import RemoteScreen
 from tui.screens.sessions import SessionsScreen
 from tui.widgets.terminal import TerminalView
 
-EVENT_RETRY_DELAYS = (0.5, 1, 2, 4, 8, 10)
 # Actions that must not steal keys from a focused terminal pane (ctrl+q, ctrl+p, ctrl+c ...).
 TERMINAL_KEEPS_KEYS = {"quit", "command_palette", "help_quit", "screenshot"}
 PANES: dict[str, type[Screen]] = {"shell": RemoteScreen, "dashboard": DashboardScreen,
@@ -157,7 +156,7 @@ class ConsoleApp(App):
                     self.relay_lost = True
                     self._sessions.set_banner(
                         f"Lost the relay: {clean(exc.detail, 120)} — reconnecting…")
-            await asyncio.sleep(EVENT_RETRY_DELAYS[min(attempt, len(EVENT_RETRY_DELAYS) - 1)])
+            await asyncio.sleep(retry_delay(attempt))
             attempt += 1
 
     def _relay_back(self) -> None:

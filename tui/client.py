@@ -21,6 +21,14 @@ API = "/api/v1"
 SHELL_WINDOW = 256 * 1024
 
 
+RETRY_DELAYS = (0.5, 1, 2, 4, 8, 10)
+
+
+def retry_delay(attempt: int) -> float:
+    """How long to wait before reconnecting the attempt-th time (capped at 10 s)."""
+    return RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+
+
 class RelayError(Exception):
     """The relay refused or could not be reached; `detail` is a sentence for the user."""
 

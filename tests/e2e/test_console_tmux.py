@@ -70,6 +70,8 @@ async def test_console_in_tmux_end_to_end(relay, agents, tmp_path: Path) -> None
         tmux.keys("n")
         tmux.wait_for("Invite a customer")
         for value in ("sam@example.com", SESSION_PASSWORD, SESSION_PASSWORD, "tmux test"):
+            # Typed at a person's pace: enter moves the focus to the next field, and keys
+            # sent in the same instant would still land in the field being left.
             tmux.type(value)
             time.sleep(0.2)
             tmux.keys("Enter")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.hostagent.helpers import provisioned_template
-from tests.support import RelayProcess
+from tests.support import RelayProcess, relays
 
 
 @pytest.fixture(scope="session")
@@ -25,19 +25,12 @@ def relay_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def start_relay(relay_template: Path, tmp_path: Path) -> Iterator[Callable[..., RelayProcess]]:
     """start_relay(*serve_args) -> a running relay with its own copy of the template."""
-    started: list[RelayProcess] = []
 
-    def start(*extra: str) -> RelayProcess:
-        data_dir = tmp_path / f"relay{len(started)}"
-        shutil.copytree(relay_template, data_dir)
-        process = RelayProcess(data_dir, extra_args=extra)
-        process.start()
-        started.append(process)
-        return process
+    def fresh_copy(n: int) -> Path:
+        return Path(shutil.copytree(relay_template, tmp_path / f"relay{n}"))
 
-    yield start
-    for process in started:
-        process.stop()
+    with relays(fresh_copy) as start:
+        yield start
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import asyncssh
 import httpx
 import pytest
 
-from tests.support import Api, RelayProcess, pinned, provision_store
+from tests.support import Api, RelayProcess, pinned, provision_store, relays
 
 # Companies in the template: (name, plan, seats, technicians; the first one is an admin).
 COMPANIES = (
@@ -48,17 +48,8 @@ def data_dir(template_dir: Path, tmp_path: Path) -> Path:
 @pytest.fixture
 def start_relay(data_dir: Path) -> Iterator[Callable[..., RelayProcess]]:
     """start_relay(*serve_flags) -> a running relay on the test's data dir; all stopped after."""
-    started: list[RelayProcess] = []
-
-    def start(*extra: str) -> RelayProcess:
-        process = RelayProcess(data_dir, tuple(extra))
-        process.start()
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
+    with relays(lambda _n: data_dir) as start:
+        yield start
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -41,6 +42,16 @@ async def give_password(pilot, app, password: str = SESSION_PASSWORD) -> None:
     await pilot.press("enter")
 
 
+@contextlib.asynccontextmanager
+async def console(relay, token: str, *, size: tuple[int, int], **options):
+    """The console app against the relay, once its list shows the one session there is."""
+    app = ConsoleApp(RelayClient(relay.base_url, token), "alice", **options)
+    async with app.run_test(size=size) as pilot:
+        table = app.screen.query_one("#sessions", DataTable)
+        await wait_until(pilot, lambda: table.row_count == 1)
+        yield app, pilot, table
+
+
 def cell_texts(table: DataTable) -> list[list[str]]:
     return [[str(cell) for cell in table.get_row_at(i)] for i in range(table.row_count)]
 
@@ -49,11 +60,7 @@ async def test_list_countdown_and_remote_shell(relay, agents, tmp_path: Path) ->
     _session, _agent, token = await online_session(relay, agents, tmp_path, "dana@example.com")
 
     now = [time.time()]
-    client = RelayClient(relay.base_url, token)
-    app = ConsoleApp(client, "alice", clock=lambda: now[0])
-    async with app.run_test(size=(120, 40)) as pilot:
-        table = app.screen.query_one("#sessions", DataTable)
-        await wait_until(pilot, lambda: table.row_count == 1)
+    async with console(relay, token, size=(120, 40), clock=lambda: now[0]) as (app, pilot, table):
         row = cell_texts(table)[0]
         assert row[0] == "dana@example.com"
         assert row[1] == "active"
@@ -94,7 +101,6 @@ async def test_list_countdown_and_remote_shell(relay, agents, tmp_path: Path) ->
                                             for line in terminal.screen_lines()))
         await pilot.press("ctrl+right_square_bracket")
         await app.action_quit()
-    await client.aclose()
 
 
 async def test_create_session_from_console_shows_code_once(relay) -> None:
@@ -109,8 +115,7 @@ async def test_create_session_from_console_shows_code_once(relay) -> None:
         app.screen.query_one("#password", Input).value = SESSION_PASSWORD
         app.screen.query_one("#confirm", Input).value = SESSION_PASSWORD + "x"
         app.screen.query_one("#create").press()
-        await pilot.pause(0.2)
-        assert "differ" in str(app.screen.query_one("#error").render())
+        await wait_until(pilot, lambda: "differ" in str(app.screen.query_one("#error").render()))
         app.screen.query_one("#confirm", Input).value = SESSION_PASSWORD
         app.screen.query_one("#create").press()
         await wait_until(pilot, lambda: isinstance(app.screen, CreatedModal))
@@ -127,7 +132,6 @@ async def test_create_session_from_console_shows_code_once(relay) -> None:
             listed = (await api.client.get("/api/v1/sessions")).json()
         assert code not in str(listed)
         await app.action_quit()
-    await client.aclose()
 
 
 async def test_dashboard_and_chat_panes(relay, agents, tmp_path: Path) -> None:
@@ -136,11 +140,7 @@ async def test_dashboard_and_chat_panes(relay, agents, tmp_path: Path) -> None:
     from tui.widgets.dashboard import DashboardView
 
     _session, agent, token = await online_session(relay, agents, tmp_path, "fay@example.com")
-    client = RelayClient(relay.base_url, token)
-    app = ConsoleApp(client, "alice")
-    async with app.run_test(size=(120, 40)) as pilot:
-        table = app.screen.query_one("#sessions", DataTable)
-        await wait_until(pilot, lambda: table.row_count == 1)
+    async with console(relay, token, size=(120, 40)) as (app, pilot, _table):
         await pilot.press("d")
         await give_password(pilot, app)
         await wait_until(pilot, lambda: isinstance(app.screen, DashboardScreen), timeout=30)
@@ -162,7 +162,6 @@ async def test_dashboard_and_chat_panes(relay, agents, tmp_path: Path) -> None:
                                             for line in chat.lines))
         await pilot.press("ctrl+right_square_bracket")
         await app.action_quit()
-    await client.aclose()
 
 
 async def test_lost_relay_shows_banner_and_reconnects(relay) -> None:
@@ -171,11 +170,7 @@ async def test_lost_relay_shows_banner_and_reconnects(relay) -> None:
     async with Api(relay.base_url) as api:
         await api.create_session("gil@example.com")
         token = api.token
-    client = RelayClient(relay.base_url, token)
-    app = ConsoleApp(client, "alice")
-    async with app.run_test(size=(100, 30)) as pilot:
-        table = app.screen.query_one("#sessions", DataTable)
-        await wait_until(pilot, lambda: table.row_count == 1)
+    async with console(relay, token, size=(100, 30)) as (app, pilot, table):
         banner = app.screen.query_one("#banner", Static)
         assert not banner.display
         http_port = int(relay.base_url.rsplit(":", 1)[1])
@@ -202,7 +197,7 @@ async def test_keys_remap_from_config_and_palette_knows_the_screen(relay) -> Non
     app = ConsoleApp(client, "alice", keymap={"sessions.new": "i"})
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.press("n")
-        await pilot.pause(0.2)
+        await pilot.pause()  # let the key's handlers run: n is no longer bound
         assert not isinstance(app.screen, NewSessionModal)
         await pilot.press("i")
         await wait_until(pilot, lambda: isinstance(app.screen, NewSessionModal))
@@ -221,11 +216,7 @@ async def test_files_pane_opens_from_the_list(relay, agents, tmp_path: Path) -> 
     from tui.screens.files import FilesScreen
 
     _session, _agent, token = await online_session(relay, agents, tmp_path, "hal@example.com")
-    client = RelayClient(relay.base_url, token)
-    app = ConsoleApp(client, "alice")
-    async with app.run_test(size=(120, 40)) as pilot:
-        table = app.screen.query_one("#sessions", DataTable)
-        await wait_until(pilot, lambda: table.row_count == 1)
+    async with console(relay, token, size=(120, 40)) as (app, pilot, _table):
         await pilot.press("f")
         await give_password(pilot, app)
         await wait_until(pilot, lambda: isinstance(app.screen, FilesScreen), timeout=30)

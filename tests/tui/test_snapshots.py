@@ -93,6 +93,10 @@ def test_new_session_modal(snap_compare, fixed_relay, size) -> None:
     async def open_modal(pilot) -> None:
         await _loaded(pilot)
         await pilot.press("n")
-        await pilot.pause(0.3)
+        for _ in range(100):
+            if pilot.app.screen.query("#email"):
+                break
+            await pilot.pause(0.05)
+        await pilot.pause()
 
     assert snap_compare(_app(relay, token), terminal_size=size, run_before=open_modal)

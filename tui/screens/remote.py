@@ -12,7 +12,7 @@ import secrets
 from textual import on, work
 from textual.app import ComposeResult
 
-from tui.client import HostConnector, RelayError, ShellChannel
+from tui.client import HostConnector, RelayError, ShellChannel, retry_delay
 from tui.sanitize import clean
 from tui.screens.pane import PaneScreen
 from tui.widgets.terminal import TerminalView
@@ -21,7 +21,6 @@ from tui.widgets.terminal import TerminalView
 # blocks the remote program instead of being dropped; resume below the low mark.
 HIGH_WATER = 512 * 1024
 LOW_WATER = 64 * 1024
-RECONNECT_DELAYS = (0.5, 1, 2, 4, 8, 10)
 
 
 class RemoteScreen(PaneScreen):
@@ -79,7 +78,7 @@ class RemoteScreen(PaneScreen):
         attempt = 0
         while not self.closed_by_user:
             if reconnect:
-                await asyncio.sleep(RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)])
+                await asyncio.sleep(retry_delay(attempt))
                 self.connector.forget(self.session["id"])
             try:
                 self.channel = await self.connector.open_shell(
