@@ -29,7 +29,7 @@ from pathlib import Path
 import asyncssh
 
 from bench.launch import LEVERS_ENV, prefer_aes_gcm, restore_encryption
-from relay.transport import client_options
+from relay.transport import WideTunnel, client_options, tune_allocator
 from tests.support import (
     PASSWORD,
     SESSION_PASSWORD,
@@ -267,7 +267,7 @@ async def relayed_connection(dep: Deployment, levers: Levers = SHIPPED
             password=dep.api.token, known_hosts=pinned(dep.relay_host_key), **opts)
         try:
             inner = await asyncssh.connect(
-                dep.session["id"], 22, tunnel=outer, username="support",
+                dep.session["id"], 22, tunnel=WideTunnel(outer), username="support",
                 password=SESSION_PASSWORD, known_hosts=pinned(dep.session["host_key"]), **opts)
             try:
                 yield inner
@@ -433,4 +433,6 @@ def openssh_server():
 
 
 def run_async(main) -> None:
+    # The bench plays the technician's console, which tunes its allocator at start.
+    tune_allocator()
     asyncio.run(main)

@@ -32,6 +32,7 @@ from bench.common import (
     openssh_version,
     percentile,
     relayed_connection,
+    run_async,
     scratch_dir,
     table,
     verdict,
@@ -186,7 +187,7 @@ def main() -> None:
     for name in args.levers.split(","):
         if name not in VARIANTS:
             parser.error(f"unknown lever variant {name!r}: choose from {', '.join(VARIANTS)}")
-    asyncio.run(main_async(args))
+    run_async(main_async(args))
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def apply(levers: dict) -> None:
     if levers.get("inner_window"):
         import hostagent.server
 
-        hostagent.server.SHELL_WINDOW = levers["inner_window"]
+        hostagent.server.INNER_WINDOW = levers["inner_window"]
     if levers.get("agent_window"):
         asyncssh.create_connection = _with_channel_defaults(
             levers["agent_window"], levers.get("agent_packet") or 32768)
@@ -104,6 +104,9 @@ def main() -> int:
 
         return host_main(args)
     if kind == "direct":
+        from relay.transport import tune_allocator
+
+        tune_allocator()  # as the agent's own command does
         asyncio.run(_serve_direct(args[0]))
         return 0
     raise SystemExit(f"unknown kind {kind!r}: relay, host or direct")

@@ -36,6 +36,7 @@ from bench.common import (
     median,
     openssh_server,
     relayed_connection,
+    run_async,
     scratch_dir,
     table,
     verdict,
@@ -223,7 +224,7 @@ def main() -> None:
     for name in args.levers.split(","):
         if name not in VARIANTS:
             parser.error(f"unknown lever variant {name!r}: choose from {', '.join(VARIANTS)}")
-    asyncio.run(main_async(args))
+    run_async(main_async(args))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from hostagent.lifetime import AlreadyRunning, check_interval, remove_install_di
 from hostagent.notices import LineNotices
 from hostagent.shells import DETACHED_TIMEOUT
 from hostagent.tunnel import BACKOFF_CAP
+from relay.transport import tune_allocator
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         detached_timeout=_env_seconds("ADHOC_HOST_SHELL_DETACH_TIMEOUT", DETACHED_TIMEOUT),
         keys=interactive)
     agent = Agent(link, notices, ask_code=ask_code, confirm=confirm, options=options)
+    tune_allocator()
     try:
         return asyncio.run(agent.run())
     except join.JoinError as exc:

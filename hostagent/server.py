@@ -35,9 +35,11 @@ log = logging.getLogger("adhoc.host")
 
 INNER_USER = "support"
 # The window this server grants limits what the technician can send it (keys, uploads); it
-# does not slow ctrl+c on a flood of output, which the console's own 256 KiB window bounds.
-# 2 MiB lets SFTP uploads keep many requests in flight (bench/transfer.py).
-INNER_WINDOW = 2 * 1024 * 1024
+# does not slow ctrl+c on a flood of output, which the console's own window bounds. Uploads
+# cross three hops, so the window is what keeps SFTP writes in flight: 2 MiB held relayed puts
+# to ~90 MB/s, 8 MiB and 256 KiB packets reach ~120 (bench/transfer.py, docs/BENCHMARKS.md).
+INNER_WINDOW = 8 * 1024 * 1024
+INNER_PACKET = 256 * 1024
 
 Audit = Callable[[str, str, dict], None]
 
@@ -349,6 +351,7 @@ def server_options(state: AgentState, host_key: asyncssh.SSHKey) -> dict:
         "line_editor": False,
         "encoding": None,
         "window": INNER_WINDOW,
+        "max_pktsize": INNER_PACKET,
         "keepalive_interval": 15,
         "keepalive_count_max": 3,
         "login_timeout": 60,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import asyncssh
 
-from relay.transport import client_options
+from relay.transport import WideTunnel, client_options
 
 log = logging.getLogger("adhoc.host")
 
@@ -96,7 +96,7 @@ class Tunnel:
             attempt = 0
             self._conn = conn
             try:
-                server = await asyncssh.listen(self.session_id, INNER_PORT, tunnel=conn,
+                server = await asyncssh.listen(self.session_id, INNER_PORT, tunnel=WideTunnel(conn),
                                                **self._inner_options)
             except (asyncssh.Error, OSError) as exc:
                 conn.close()

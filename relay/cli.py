@@ -25,6 +25,7 @@ from relay.config import (
 from relay.service import check_email, check_login_name, hash_password
 from relay.sessions import Plan
 from relay.store import Conflict, NotFound, Store
+from relay.transport import tune_allocator
 
 
 class UsageError(Exception):
@@ -321,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"relay initialised in {settings.data_dir}")
             return 0
         if args.command == "serve":
+            tune_allocator()
             try:
                 return asyncio.run(_serve(settings))
             except KeyboardInterrupt:

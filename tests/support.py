@@ -25,6 +25,7 @@ from relay.config import RelaySettings
 from relay.server import initialise
 from relay.service import hash_password
 from relay.store import Store
+from relay.transport import WideTunnel, client_options
 
 PASSWORD = "tech-password-1"
 SESSION_PASSWORD = "Horse-battery-9"
@@ -234,16 +235,18 @@ def pinned(public_key: str) -> tuple[list, list, list]:
 @contextlib.asynccontextmanager
 async def technician_ssh(relay: RelayProcess, api: Api, session: dict,
                          password: str = SESSION_PASSWORD):
-    """Outer connection to the relay as the technician, inner connection to the host."""
+    """Outer connection to the relay as the technician, inner connection to the host, with
+    the console's own transport settings (tui/client.py)."""
     info = await api.relay_info()
     outer = await asyncssh.connect(
         relay.ssh_host, relay.ssh_port, username=api.login_name, password=api.token,
-        known_hosts=pinned(info["host_key"]), client_keys=None, agent_path=None, config=None)
+        known_hosts=pinned(info["host_key"]), client_keys=None, agent_path=None, config=None,
+        **client_options())
     try:
         inner = await asyncssh.connect(
-            session["id"], 22, tunnel=outer, username="support", password=password,
+            session["id"], 22, tunnel=WideTunnel(outer), username="support", password=password,
             known_hosts=pinned(session["host_key"]), client_keys=None, agent_path=None,
-            config=None)
+            config=None, **client_options())
         try:
             yield inner
         finally:

@@ -7,6 +7,7 @@ import asyncio
 import getpass
 import sys
 
+from relay.transport import tune_allocator
 from tui.app import ConsoleApp
 from tui.client import RelayClient, RelayError
 from tui.config import ConsoleConfig, embedded_data_dir
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         config.save()
         print("logged out")
         return 0
+    tune_allocator()
     return asyncio.run(_run(args, config))
 
 

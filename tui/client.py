@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import asyncssh
 import httpx
 
-from relay.transport import client_options
+from relay.transport import WideTunnel, client_options
 
 API = "/api/v1"
 # Small windows so ctrl+c stops a flood quickly (DESIGN §6, issue 5).
@@ -264,7 +264,8 @@ class HostConnector:
             relay = await self._relay_conn()
             try:
                 conn = await asyncssh.connect(
-                    session["id"], 22, tunnel=relay, username="support", password=password,
+                    session["id"], 22, tunnel=WideTunnel(relay), username="support",
+                    password=password,
                     known_hosts=([asyncssh.import_public_key(session["host_key"])], [], []),
                     client_keys=None, agent_path=None, config=None, preferred_auth="password",
                     keepalive_interval=15, keepalive_count_max=3, **client_options())
