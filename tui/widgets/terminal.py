@@ -6,14 +6,14 @@ plain text and styles. Whatever the host sends (OSC 52 clipboard writes, window 
 controls, bidi overrides) can only ever change which characters and colours appear in the pane.
 
 Output is parsed on a frame tick within a time budget, so a flood (`yes`, `cat` of a huge file)
-never starves key handling; unparsed input is capped so memory stays bounded.
+never starves key handling; unparsed input is capped so memory stays bounded. Runs of plain
+lines skip bittty's per-line work (tui/widgets/fastpath.py) and end in the same state.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from collections import deque
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from time import perf_counter
@@ -24,7 +24,6 @@ from bittty.operations import Operation
 from bittty.style import Color as CellColor
 from bittty.style import Style as CellStyle
 from bittty.terminals import Terminal
-from bittty.terminals.scrollback import MemoryScrollback
 from bittty.video import CONTINUATION, Cell, WideHead
 from rich.cells import cell_len
 from rich.color import Color
@@ -36,6 +35,9 @@ from textual.message import Message
 from textual.strip import Strip
 from textual.timer import Timer
 from textual.widget import Widget
+
+from tui.widgets import fastpath
+from tui.widgets.fastpath import History, LineRuns
 
 LEAVE_KEY = "ctrl+right_square_bracket"
 """The one key the pane does not swallow: the screen binds it to leave the terminal pane."""
@@ -53,6 +55,8 @@ PARSE_BUDGET_SECONDS = 0.008
 # Small slices keep one slice's cost well under the budget even for the slowest input
 # (short lines that each scroll the page parse at well under 1 MB/s).
 PARSE_SLICE_BYTES = 2048
+# How far ahead a run of plain lines is looked for and laid out in one step.
+LINE_RUN_BYTES = 64 * 1024
 # An escape sequence still open after this much input is hostile or broken: the parser would
 # otherwise buffer (and rescan) it without bound, so it is abandoned.
 MAX_OPEN_SEQUENCE_CHARS = 128 * 1024
@@ -286,7 +290,7 @@ class _ReplyLine:
 class _Chrome(Terminal):
     """bittty's view of this pane: keeps scrollback and hears about titles and screen flips."""
 
-    def __init__(self, board: Board, scrollback: MemoryScrollback | None, view: TerminalView):
+    def __init__(self, board: Board, scrollback: History | None, view: TerminalView):
         super().__init__(board, scrollback)
         self._view = view
 
@@ -386,13 +390,17 @@ class TerminalView(Widget, can_focus=True):
         self._board.registry["OSC_CLIPBOARD"] = _ignore
         self._replies = _ReplyLine(send)
         self._board.host.attach(self._replies)
-        history = MemoryScrollback(scrollback * max(self._cols, 80)) if scrollback > 0 else None
+        history = History(scrollback * max(self._cols, 80)) if scrollback > 0 else None
         self._chrome = _Chrome(self._board, history, self)
         self._chrome.attach()
+        self._line_runs = (
+            LineRuns(self._board, history, self._chrome.on_rows_scrolled_off)
+            if fastpath.AVAILABLE
+            else None
+        )
 
-        self._pending: deque[bytes] = deque()
-        self._pending_total = 0  # bytes in _pending, including the consumed head
-        self._head_offset = 0  # bytes of _pending[0] already parsed
+        self._pending = bytearray()
+        self._pending_start = 0  # bytes at the front of _pending already parsed
         self._discontinuity = False
         self._parse_rate = 1e6  # bytes per second of parsing, a moving average
 
@@ -410,8 +418,7 @@ class TerminalView(Widget, can_focus=True):
         """Queue output from the remote; it is parsed on the next frames, within a budget."""
         if not data:
             return
-        self._pending.append(bytes(data))
-        self._pending_total += len(data)
+        self._pending += data
         if self.pending_bytes > self._backlog_cap():
             self._shed_backlog()
         if self._ticker is not None:
@@ -429,7 +436,7 @@ class TerminalView(Widget, can_focus=True):
     @property
     def pending_bytes(self) -> int:
         """Bytes received but not parsed yet (never more than `max_pending_bytes`)."""
-        return self._pending_total - self._head_offset
+        return len(self._pending) - self._pending_start
 
     # --- input queue --- #
 
@@ -437,37 +444,46 @@ class TerminalView(Widget, can_focus=True):
         # The remote produces faster than we can parse (a `yes` or a huge `cat`). What is on
         # screen at the end is what matters, so drop the oldest pending output and keep the
         # tail; the parser restarts clean at the cut rather than mid-sequence.
-        cap = self._backlog_cap()
-        while self.pending_bytes > cap and len(self._pending) > 1:
-            head = self._pending.popleft()
-            self.dropped_bytes += len(head) - self._head_offset
-            self._pending_total -= len(head)
-            self._head_offset = 0
-            self._discontinuity = True
-        if self.pending_bytes > cap:
-            head = self._pending.popleft()
-            keep = head[len(head) - cap :]
-            self.dropped_bytes += len(head) - self._head_offset - len(keep)
-            self._pending.appendleft(keep)
-            self._pending_total += len(keep) - len(head)
-            self._head_offset = 0
-            self._discontinuity = True
+        keep = self._backlog_cap()
+        cut = len(self._pending) - keep
+        self.dropped_bytes += cut - self._pending_start
+        del self._pending[:cut]
+        self._pending_start = 0
+        self._discontinuity = True
 
     def _backlog_cap(self) -> int:
         by_time = int(self._parse_rate * MAX_BACKLOG_SECONDS)
         return min(self.max_pending_bytes, max(MIN_PENDING_BYTES, by_time))
 
-    def _next_slice(self) -> bytes:
-        head = self._pending[0]
-        start = self._head_offset
-        piece = head[start : start + PARSE_SLICE_BYTES]
-        if start + len(piece) >= len(head):
-            self._pending.popleft()
-            self._pending_total -= len(head)
-            self._head_offset = 0
-        else:
-            self._head_offset += len(piece)
-        return piece
+    def _peek(self, size: int) -> bytes:
+        start = self._pending_start
+        return bytes(self._pending[start : start + size])
+
+    def _consume(self, size: int) -> None:
+        self._pending_start += size
+        if self._pending_start == len(self._pending):
+            self._pending.clear()
+            self._pending_start = 0
+        elif self._pending_start > LINE_RUN_BYTES and self._pending_start * 2 > len(self._pending):
+            del self._pending[: self._pending_start]  # amortised: at most one copy per byte
+            self._pending_start = 0
+
+    def _parse_step(self) -> int:
+        """Parse some of the pending output; returns the bytes used."""
+        runs = self._line_runs
+        if runs is not None and runs.ready():
+            used = runs.write(self._peek(LINE_RUN_BYTES))
+            if used:
+                return used
+        piece = self._peek(PARSE_SLICE_BYTES)
+        if runs is not None and runs.settled():
+            # Plain lines follow the next CR LF: give bittty up to it, so that a run can start
+            # there once the cursor has reached a fresh bottom row.
+            cut = piece.find(b"\r\n") + 2
+            if cut > 1 and fastpath.ONE_LINE.match(piece, cut):
+                piece = piece[:cut]
+        self._board.feed_host_data(piece)
+        return len(piece)
 
     def _parse_pending(self) -> None:
         board = self._board
@@ -476,13 +492,13 @@ class TerminalView(Widget, can_focus=True):
         started = perf_counter()
         deadline = started + PARSE_BUDGET_SECONDS
         parsed = 0
-        while self._pending and perf_counter() < deadline:
+        while self.pending_bytes and perf_counter() < deadline:
             if self._discontinuity:
                 parser.reset()
                 self._discontinuity = False
-            piece = self._next_slice()
-            board.feed_host_data(piece)
-            parsed += len(piece)
+            used = self._parse_step()
+            self._consume(used)
+            parsed += used
             if len(parser.buffer) > MAX_OPEN_SEQUENCE_CHARS:
                 parser.reset()
             if not board.blitter.grapheme_clustering:
@@ -509,10 +525,10 @@ class TerminalView(Widget, can_focus=True):
         board.resize(cols, rows)
 
     def _on_frame(self) -> None:
-        if self._pending:
+        if self.pending_bytes:
             self._parse_pending()
         self._repaint()
-        if not self._pending and self._ticker is not None:
+        if not self.pending_bytes and self._ticker is not None:
             self._ticker.pause()
 
     # --- painting --- #
@@ -627,7 +643,9 @@ class TerminalView(Widget, can_focus=True):
     # --- lifecycle, size and focus --- #
 
     def on_mount(self) -> None:
-        self._ticker = self.set_interval(FRAME_INTERVAL, self._on_frame, pause=not self._pending)
+        self._ticker = self.set_interval(
+            FRAME_INTERVAL, self._on_frame, pause=not self.pending_bytes
+        )
 
     def on_resize(self, event: events.Resize) -> None:
         cols, rows = self.size.width, self.size.height

@@ -1,0 +1,350 @@
+"""Runs of plain output lines laid out in bulk, ending exactly as bittty's own parse would.
+
+Most floods a technician meets (`yes`, `cat` of a log, `ls -l`, `ls --color`, a build) are lines
+of printable text, perhaps coloured with SGR, each ended by CR LF, scrolling a full-width
+primary screen. bittty spends a dozen calls on every line (write, wrap, scroll, history); here a
+whole run of them is laid out at once: the rows that scroll off go to history, the last ones to
+the page.
+
+It is exact, not an approximation. It runs only from a state in which those bytes can do
+nothing else: the parser between sequences, the cursor at the left of a fresh bottom row, no
+margins, modes, charsets or printer that change where text lands. SGR sequences go through
+bittty's own handler. The last line that carries text is always left to bittty, so what it
+remembers per glyph (grapheme clusters, REP) ends as a full parse leaves it.
+tests/tui/test_fastpath.py compares every part of the end state with a full parse. Because it
+reaches into bittty's pages and history, it only runs on a bittty release it was checked
+against (VERIFIED_BITTTY); on any other it stays off and bittty parses everything.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from itertools import accumulate, groupby
+
+from bittty import Board
+from bittty.constants import LINE_SINGLE
+from bittty.operations import Operation
+from bittty.parser.csi import parse_csi_operation
+from bittty.style import Style
+from bittty.terminals.scrollback import MemoryScrollback, ScrollbackLine, rows_of
+from bittty.video import Line
+
+VERIFIED_BITTTY = ("0.3.0",)
+"""bittty releases whose internals this module was checked against (tests/tui/test_fastpath.py)."""
+
+
+def _installed_bittty() -> str | None:
+    try:
+        return version("bittty")
+    except PackageNotFoundError:
+        return None
+
+
+AVAILABLE = _installed_bittty() in VERIFIED_BITTTY
+
+# Complete lines of printable ASCII and SGR sequences, each ended by CR LF. Possessive, so an
+# unfinished last line is scanned once rather than backtracked over.
+_LINE = rb"(?:[\x20-\x7e]++|\x1b\[[0-9;]*+m)*+\r\n"
+LINES = re.compile(rb"(?:" + _LINE + rb")++")
+ONE_LINE = re.compile(_LINE)
+_SGR = re.compile(rb"(\x1b\[[0-9;]*m)")
+_UNSTYLED = Style()
+
+# A row laid out: its characters, their style (one Style for the whole row, or one per
+# character), and whether its line goes on in the next row (an automatic wrap).
+Row = tuple[str, Style | tuple[Style, ...], bool]
+
+
+class History(MemoryScrollback):
+    """bittty's in-memory scrollback, able to take many complete lines at once."""
+
+    def extend(self, lines: Sequence[ScrollbackLine], cells: int) -> None:
+        """Append complete lines, with the same end state as `append(line)` for each in turn;
+        `cells` is their cost, each line's cells plus one (see MemoryScrollback)."""
+        if not lines:
+            return
+        if self._open:  # the rows of a line still arriving: the first line completes it
+            self.append(lines[0])
+            cells -= len(lines[0].styles) + 1
+            lines = lines[1:]
+        # Evicting from the front once at the end keeps the same newest lines as evicting
+        # after every append: the longest run of newest lines that fits the budget.
+        held = self._lines
+        held.extend(lines)
+        self.cells += cells
+        self._joined = None
+        for columns, rows in self._rows.items():
+            counts = accumulate((rows_of(line.width, columns) for line in lines), initial=rows[-1])
+            next(counts)
+            rows.extend(counts)
+        evicted, over = 0, self.cells - self.max_cells
+        while over > 0 and held:
+            over -= len(held.popleft().styles) + 1
+            evicted += 1
+        self.cells, self.first = (
+            self.max_cells + over if evicted else self.cells,
+            self.first + evicted,
+        )
+        self._evict()  # drops the row counts of evicted lines
+
+
+def _history_line(text: str, styles: Style | tuple[Style, ...]) -> ScrollbackLine:
+    """ScrollbackLine.of for a row that ends its line: trailing blanks in the default style go."""
+    if type(styles) is Style:
+        if styles == _UNSTYLED:
+            text = text.rstrip(" ")
+        return ScrollbackLine(text, (styles,) * len(text))
+    cut, floor = len(text), len(text.rstrip(" "))
+    while cut > floor and styles[cut - 1] == _UNSTYLED:
+        cut -= 1
+    return ScrollbackLine(text[:cut], styles[:cut])
+
+
+def _wrapped_history_line(text: str, styles: Style | tuple[Style, ...]) -> ScrollbackLine:
+    """ScrollbackLine.of for a full row whose line goes on: nothing is trimmed."""
+    return ScrollbackLine(text, (styles,) * len(text) if type(styles) is Style else styles)
+
+
+def _carries_text(line: bytes) -> bool:
+    return bool(_SGR.sub(b"", line)) if b"\x1b" in line else bool(line)
+
+
+def _last_with_text(lines: list[bytes], limit: int) -> int:
+    """The last of lines[:limit + 1] that writes a character: 0 if none after the first."""
+    while limit > 0 and not _carries_text(lines[limit]):
+        limit -= 1
+    return limit
+
+
+class LineRuns:
+    """Lays out runs of plain lines on one board, as bittty would, many lines at a time.
+
+    `scrolled_off` is what bittty would tell the terminal when rows scroll off the top (the
+    terminal's on_rows_scrolled_off); with a History it is bypassed for the new rows.
+    """
+
+    def __init__(
+        self,
+        board: Board,
+        history: MemoryScrollback | None,
+        scrolled_off: Callable[[tuple[Line, ...]], None],
+    ) -> None:
+        self._board = board
+        self._history = history
+        self._scrolled_off = scrolled_off
+        self._sgr: dict[bytes, tuple[Callable[[Operation], None], Operation]] = {}
+
+    # --- when it may run --- #
+
+    def settled(self) -> bool:
+        """Whether plain lines would only write text and scroll: no modes, margins or
+        charsets in the way. The cursor may still be anywhere."""
+        board = self._board
+        blitter, modes, charset, printer = board.blitter, board.modes, board.charset, board.printer
+        parser = board.parser
+        page = blitter.current_page
+        return (
+            parser.mode is None
+            and not parser.buffer
+            and not parser.vt52
+            and not printer.controller_mode
+            and not printer.auto_print
+            and not printer._byte_pending
+            and printer._decoder.getstate()[0] == b""
+            and blitter.grapheme_clustering
+            and not blitter.right_to_left
+            and not blitter.status_active
+            and not blitter.in_alt_screen
+            and page is blitter.main_page
+            and page is blitter.primary_page
+            and page.width == blitter.width == board.width
+            and page.height == blitter.rows == board.height
+            and blitter.scroll_top == 0
+            and blitter.scroll_bottom == page.height - 1
+            and blitter.left_margin == 0
+            and blitter.right_margin == page.width - 1
+            and modes.auto_wrap
+            and not modes.insert_mode
+            and charset.single_shift is None
+            and charset.charset_array[charset.current_charset] == "B"
+            and blitter._clusters._prefix is None
+            and board.style.current.bg is None
+            and (self._history is None) != board.display.keeps_scrollback
+        )
+
+    def ready(self) -> bool:
+        """Whether a run can start here: settled, and the cursor at the left of a fresh
+        bottom row (as the CR LF that scrolled it leaves it)."""
+        if not self.settled():
+            return False
+        board = self._board
+        cursor, page = board.cursor, board.blitter.current_page
+        bottom = page.height - 1
+        if cursor.x != 0 or cursor.y != bottom or cursor.wrap_pending:
+            return False
+        row = page.grid[bottom]
+        return (
+            row.count(page._empty_cell) == page.width
+            and not page.wrapped_lines[bottom]
+            and page.line_attributes[bottom] == LINE_SINGLE
+        )
+
+    # --- laying out --- #
+
+    def write(self, data: bytes) -> int:
+        """Lay out the complete plain lines at the start of `data`, up to the last that carries
+        text, which is left to bittty with everything after it. Returns the bytes used."""
+        match = LINES.match(data)
+        if match is None or not self.ready():
+            return 0
+        lines = data[: match.end()].split(b"\r\n")
+        lines.pop()  # after the last CR LF
+        style = self._board.style
+        before = style.current
+        end = _last_with_text(lines, len(lines) - 1)
+        while end > 0:
+            rows, laid = self._layout(lines, end)
+            if laid == end:
+                break
+            style.current = before  # a line it cannot lay out: stop short of it
+            end = _last_with_text(lines, laid)
+        if end <= 0:
+            style.current = before
+            return 0
+        self._commit(rows)
+        return sum(map(len, lines[:end])) + 2 * end
+
+    def _layout(self, lines: list[bytes], end: int) -> tuple[list[Row], int]:
+        """The rows lines[:end] make, and how many of them that is, applying their SGRs.
+
+        Stops before a line that would scroll with a background colour set: bittty then
+        fills the new row with that colour, which is left to it.
+        """
+        board = self._board
+        width = board.width
+        rows: list[Row] = []
+        laid = 0
+        # Runs of one line (`yes`, blank lines) are laid out once.
+        for line, run in groupby(lines[:end]):
+            repeats = len(list(run))
+            if b"\x1b" in line:
+                for _ in range(repeats):
+                    styled = self._layout_styled(line, width)
+                    if styled is None:
+                        return rows, laid
+                    rows.extend(styled)
+                    laid += 1
+                continue
+            laid += repeats
+            style = board.style.current  # no background: a styled line would have stopped
+            text = line.decode("ascii")
+            if len(text) <= width:
+                rows.extend([(text, style, False)] * repeats)
+                continue
+            last = rows_of(len(text), width) - 1
+            wrapped = [
+                (text[n * width : (n + 1) * width], style, n < last) for n in range(last + 1)
+            ]
+            rows.extend(wrapped * repeats)
+        return rows, laid
+
+    def _layout_styled(self, line: bytes, width: int) -> list[Row] | None:
+        style_of = self._board.style
+        chars: list[str] = []
+        styles: list[Style] = []
+        for index, part in enumerate(_SGR.split(line)):
+            if index % 2:
+                self._apply_sgr(part)
+            elif part:
+                chars.extend(part.decode("ascii"))
+                styles.extend([style_of.current] * len(part))
+        # Each wrap and the closing CR LF scroll a new row in, blank only without a background.
+        if style_of.current.bg is not None or any(
+            styles[x].bg is not None for x in range(width, len(styles), width)
+        ):
+            return None
+        text = "".join(chars)
+        last = rows_of(len(text), width) - 1
+        return [
+            (
+                text[n * width : (n + 1) * width],
+                tuple(styles[n * width : (n + 1) * width]),
+                n < last,
+            )
+            for n in range(last + 1)
+        ]
+
+    def _apply_sgr(self, raw: bytes) -> None:
+        entry = self._sgr.get(raw)
+        if entry is None:
+            operation = parse_csi_operation(raw.decode("ascii"))
+            entry = (self._board.registry[operation.name], operation)
+            if len(self._sgr) < 4096:
+                self._sgr[raw] = entry
+        entry[0](entry[1])
+
+    def _commit(self, rows: list[Row]) -> None:
+        """Scroll `rows` through the bottom of the page, as CR LF and wraps would one by one."""
+        board = self._board
+        page, cursor = board.blitter.current_page, board.cursor
+        keep = page.height - 1  # rows above the cursor's, which stays a fresh blank row
+        width = page.width
+        count = len(rows)
+        old_out = min(count, keep)
+        if self._history is not None:
+            if old_out:
+                self._scrolled_off(tuple(page.line(y) for y in range(old_out)))
+            self._to_history(rows[: max(0, count - keep)])
+        empty = page._empty_cell
+        shown = rows[max(0, count - keep) :]
+        grid: list[list] = page.grid[old_out:keep]
+        for text, styles, _ in shown:
+            if type(styles) is Style:
+                cells = [(styles, char) for char in text]
+            else:
+                cells = list(zip(styles, text, strict=True))
+            cells.extend([empty] * (width - len(cells)))
+            grid.append(cells)
+        grid.append([empty] * width)
+        page.grid[:] = grid
+        page.wrapped_lines[:] = [
+            *page.wrapped_lines[old_out:keep],
+            *(wrapped for _, _, wrapped in shown),
+            False,
+        ]
+        page.line_attributes[:] = [
+            *page.line_attributes[old_out:keep],
+            *[LINE_SINGLE] * (len(shown) + 1),
+        ]
+        page._touch_page()
+        cursor._wrap_pending = False  # as the last CR left it
+        board.blitter.last_printed_char = None  # as the parser leaves it after CR LF
+
+    def _to_history(self, rows: list[Row]) -> None:
+        history = self._history
+        batch: list[ScrollbackLine] = []
+        cells = 0
+        for _, run in groupby(rows, key=id):  # the same row again: `yes`, blank lines
+            same = list(run)
+            text, styles, wrapped = same[0]
+            repeats = len(same)
+            if wrapped:
+                self._flush(batch, cells)
+                batch, cells = [], 0
+                for _ in range(repeats):
+                    history.append(_wrapped_history_line(text, styles), True)
+                continue
+            line = _history_line(text, styles)
+            batch.extend([line] * repeats)
+            cells += (len(line.styles) + 1) * repeats
+        self._flush(batch, cells)
+
+    def _flush(self, batch: list[ScrollbackLine], cells: int) -> None:
+        history = self._history
+        if isinstance(history, History):
+            history.extend(batch, cells)
+        else:
+            for line in batch:
+                history.append(line)
