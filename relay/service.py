@@ -29,8 +29,9 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from relay import sessions as rules
 from relay.config import Rate, RelaySettings, format_duration
 from relay.events import EventBus
+from relay.presence import PresenceLog
 from relay.registry import AgentRegistry
-from relay.store import Conflict, NotFound, SessionRow, Store, Technician
+from relay.store import Conflict, NotFound, Presence, SessionRow, Store, Technician
 
 log = logging.getLogger("adhoc.relay")
 
@@ -188,6 +189,7 @@ class RelayService:
         self.mailer = mailer
         self.bus = EventBus()
         self.agents = AgentRegistry()
+        self.presence = PresenceLog(store, self.bus.notify)
         self.http_port: int | None = None
         self.ssh_port: int | None = None
         self._background: set[asyncio.Task] = set()
@@ -225,6 +227,7 @@ class RelayService:
         return task
 
     async def close(self) -> None:
+        await self.presence.drain()
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -655,12 +658,17 @@ class RelayService:
 
     async def agent_for_secret(self, session_id: str, secret: str) -> SessionRow | None:
         """The active session an agent may connect for, or None (ended, expired, wrong)."""
-        await self.expire_due()
         try:
             row = await self.store.session(session_id)
         except NotFound:
             return None
         if row.state != rules.State.ACTIVE or row.agent_secret_hash is None:
+            return None
+        if row.expires_at is not None and row.expires_at <= self.clock():
+            # Run out but not yet ended: refuse now and let the expiry timer end it (it ends
+            # it with the audit row and the agent told why). No write on the agent's path: a
+            # reconnect storm would queue one transaction per agent.
+            self._expiry_wakeup.set()
             return None
         if not hmac.compare_digest(row.agent_secret_hash, rules.token_hash(secret)):
             return None
@@ -693,9 +701,8 @@ class RelayService:
         row = await self.agent_for_bearer(bearer)
         return await self.end_by_customer(row.id)
 
-    async def agent_presence(self, session_id: str, online: bool, ip: str | None) -> None:
-        await self.store.record_presence(session_id, online, self.clock(), ip)
-        self.bus.notify()
+    def agent_presence(self, session_id: str, online: bool, ip: str | None) -> None:
+        self.presence.record(Presence(session_id, online, self.clock(), ip))
 
     async def audit_event(self, session_id: str, actor: str, event: str, outcome: str,
                           **detail) -> None:

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import re
+import time
 from pathlib import Path
 
 import asyncssh
@@ -19,19 +20,30 @@ import asyncssh
 from relay.registry import AgentLink
 from relay.service import RelayService
 from relay.store import Technician
-from relay.transport import ENCRYPTION
+from relay.transport import ENCRYPTION, OUTER_PACKET, OUTER_WINDOW
 
 log = logging.getLogger("adhoc.relay.ssh")
 
 SESSION_ID_RE = re.compile(r"^[a-z2-7]{16}$")
 INNER_PORT = 22
 # ADHOC_RELAY_KEEPALIVE (seconds) lets fault tests see a dead link in seconds, not a minute.
-KEEPALIVE_INTERVAL = float(os.environ.get("ADHOC_RELAY_KEEPALIVE", "15"))
+# Longer than the agents' 15 s: an agent's keepalive resets the relay's timer, so the relay
+# only ever answers and never asks while agents are alive (half the keepalive traffic at
+# 10,000 idle agents), yet a silent link is still dropped within 3 x 20 s.
+KEEPALIVE_INTERVAL = float(os.environ.get("ADHOC_RELAY_KEEPALIVE", "20"))
 KEEPALIVE_COUNT = 3
 LOGIN_TIMEOUT = 30
-# Larger than asyncssh's 2 MiB default: the splice adds a hop, so more bytes in flight pay.
-CHANNEL_WINDOW = 8 * 1024 * 1024
-CHANNEL_PACKET = 256 * 1024
+# Like OpenSSH's MaxStartups: connections still in their handshake beyond this many are dropped
+# at once, before any work is done on them. After a relay restart every agent dials at the
+# same moment; with no gate 10,000 handshakes crawled along together until they timed out and
+# started again, and none finished. Dropped agents retry after their jittered backoff. One
+# address may hold only a share, so a slowloris from one place cannot shut the door on others.
+MAX_STARTUPS = int(os.environ.get("ADHOC_RELAY_MAX_STARTUPS", "512"))
+MAX_STARTUPS_PER_SOURCE = int(os.environ.get("ADHOC_RELAY_MAX_STARTUPS_PER_SOURCE", "64"))
+# The same as the clients' legs (relay/transport.py): the splice adds a hop, so more bytes in
+# flight pay.
+CHANNEL_WINDOW = OUTER_WINDOW
+CHANNEL_PACKET = OUTER_PACKET
 
 
 class _SpliceEnd(asyncssh.SSHTCPSession):
@@ -148,14 +160,50 @@ class _VirtualListener(asyncssh.SSHListener):
         await self._closed.wait()
 
 
+class Startups:
+    """Counts connections that have not authenticated yet, and says when to drop new ones."""
+
+    def __init__(self, limit: int = MAX_STARTUPS,
+                 per_source: int = MAX_STARTUPS_PER_SOURCE) -> None:
+        self.limit = limit
+        self.per_source = per_source
+        self.in_flight = 0
+        self.dropped = 0
+        self._by_source: dict[str, int] = {}
+        self._last_logged = 0.0
+
+    def admit(self, source: str) -> bool:
+        mine = self._by_source.get(source, 0)
+        if self.in_flight >= self.limit or mine >= self.per_source:
+            self.dropped += 1
+            now = time.monotonic()
+            if now - self._last_logged >= 5:
+                self._last_logged = now
+                log.warning("ssh: %d handshakes in progress (%d from %s): dropping new "
+                            "connections (%d so far); they will retry", self.in_flight, mine,
+                            source, self.dropped)
+            return False
+        self.in_flight += 1
+        self._by_source[source] = mine + 1
+        return True
+
+    def done(self, source: str) -> None:
+        self.in_flight -= 1
+        left = self._by_source.pop(source) - 1
+        if left:
+            self._by_source[source] = left
+
+
 class RelaySSHServer(asyncssh.SSHServer):
-    def __init__(self, service: RelayService) -> None:
+    def __init__(self, service: RelayService, startups: Startups) -> None:
         self.service = service
+        self.startups = startups
         self.conn: asyncssh.SSHServerConnection | None = None
         self.peer_ip = "unknown"
         self.technician: Technician | None = None
         self.agent_session: str | None = None
         self.link: AgentLink | None = None
+        self._starting = False
 
     # --- connection and authentication -----------------------------------------------------
 
@@ -163,8 +211,18 @@ class RelaySSHServer(asyncssh.SSHServer):
         self.conn = conn
         peer = conn.get_extra_info("peername")
         self.peer_ip = peer[0] if peer else "unknown"
+        if not self.startups.admit(self.peer_ip):
+            conn.abort()  # before our version string: nothing is sent, no key exchange done
+            return
+        self._starting = True
+
+    def _started(self) -> None:
+        if self._starting:
+            self._starting = False
+            self.startups.done(self.peer_ip)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._started()
         if self.link is not None:
             self.forward_closed(self.link)
 
@@ -204,6 +262,7 @@ class RelaySSHServer(asyncssh.SSHServer):
         return False
 
     def auth_completed(self) -> None:
+        self._started()
         who = f"agent {self.agent_session}" if self.agent_session else \
             f"technician {self.technician.login if self.technician else '?'}"
         log.info("ssh: %s authenticated from %s", who, self.peer_ip)
@@ -223,12 +282,12 @@ class RelaySSHServer(asyncssh.SSHServer):
             # The same agent (it knew the secret) came back before we noticed the old link die.
             previous.conn.close()
         self.link = link
-        self.service.spawn(self.service.agent_presence(link.session_id, True, self.peer_ip))
+        self.service.agent_presence(link.session_id, True, self.peer_ip)
         return _VirtualListener(self, link)
 
     def forward_closed(self, link: AgentLink) -> None:
         if self.service.agents.remove(link):
-            self.service.spawn(self.service.agent_presence(link.session_id, False, link.ip))
+            self.service.agent_presence(link.session_id, False, link.ip)
         if self.link is link:
             self.link = None
 
@@ -279,8 +338,9 @@ def load_or_create_host_key(path: Path) -> asyncssh.SSHKey:
 
 async def start_ssh_server(service: RelayService, host: str, port: int,
                            host_key: asyncssh.SSHKey) -> asyncssh.SSHAcceptor:
+    startups = Startups()
     return await asyncssh.create_server(
-        lambda: RelaySSHServer(service), host, port,
+        lambda: RelaySSHServer(service, startups), host, port,
         server_host_keys=[host_key],
         keepalive_interval=KEEPALIVE_INTERVAL, keepalive_count_max=KEEPALIVE_COUNT,
         login_timeout=LOGIN_TIMEOUT, encryption_algs=ENCRYPTION, compression_algs=None,

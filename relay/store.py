@@ -12,7 +12,7 @@ import asyncio
 import json
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -186,6 +186,16 @@ class SessionRow:
     @property
     def feature_list(self) -> list[str]:
         return json.loads(self.features)
+
+
+@dataclass(frozen=True)
+class Presence:
+    """An agent's connection to the relay came up (online) or went down."""
+
+    session_id: str
+    online: bool
+    at: float
+    ip: str | None = None
 
 
 @dataclass(frozen=True)
@@ -686,16 +696,18 @@ class Store:
                            session_id=session_id, detail=detail)
             await tx.event(now, row[0], "mail", session_id, status=status, detail=detail)
 
-    async def record_presence(self, session_id: str, online: bool, now: float,
-                              ip: str | None = None) -> None:
+    async def record_presence(self, changes: Sequence[Presence]) -> None:
+        """Agents that came or went, in order, in one transaction (one fsync for a batch)."""
         async with self.transaction() as tx:
-            row = await tx.one("SELECT company_id FROM sessions WHERE id = ?", (session_id,))
-            if row is None:
-                return
-            kind = "online" if online else "offline"
-            await tx.audit(now, "agent", kind, "ok", company_id=row[0], session_id=session_id,
-                           ip=ip)
-            await tx.event(now, row[0], kind, session_id)
+            for change in changes:
+                row = await tx.one("SELECT company_id FROM sessions WHERE id = ?",
+                                   (change.session_id,))
+                if row is None:
+                    continue
+                kind = "online" if change.online else "offline"
+                await tx.audit(change.at, "agent", kind, "ok", company_id=row[0],
+                               session_id=change.session_id, ip=change.ip)
+                await tx.event(change.at, row[0], kind, change.session_id)
 
     async def audit(self, at: float, actor: str, event: str, outcome: str, *,
                     company_id: int | None = None, session_id: str | None = None,

@@ -17,6 +17,10 @@ from tests.support import Api, RelayProcess, new_agent, technician_ssh
 
 IDLE = 150  # connections that never send a byte
 DRIP = 50  # connections that send a version string one byte a second
+# The attack comes from its own loopback address, as it would from its own host: the relay
+# admits only so many unauthenticated connections from one address (relay/sshd.py).
+ATTACKER = "127.0.0.2"
+PER_SOURCE = 64  # relay/sshd.py MAX_STARTUPS_PER_SOURCE
 DRIP_BANNER = b"SSH-2.0-slowloris-and-then-some-more-bytes\r\n"
 GARBAGE = {
     "http": b"GET / HTTP/1.1\r\nHost: relay\r\n\r\n",
@@ -65,7 +69,8 @@ async def send_garbage(relay: RelayProcess, payload: bytes) -> bytes:
 
 
 async def drip(relay: RelayProcess, opened: list[asyncio.StreamWriter]) -> None:
-    _, writer = await asyncio.open_connection(relay.ssh_host, relay.ssh_port)
+    _, writer = await asyncio.open_connection(relay.ssh_host, relay.ssh_port,
+                                              local_addr=(ATTACKER, 0))
     opened.append(writer)
     with contextlib.suppress(ConnectionError):
         for byte in DRIP_BANNER:
@@ -82,13 +87,16 @@ async def test_slow_and_garbage_banners_are_dropped_and_the_session_carries_on(
     async with Api(relay.base_url) as api:
         session = await api.create_session()
         try:
-            idle = [await asyncio.open_connection(relay.ssh_host, relay.ssh_port)
+            idle = [await asyncio.open_connection(relay.ssh_host, relay.ssh_port,
+                                                  local_addr=(ATTACKER, 0))
                     for _ in range(IDLE)]
             opened += [writer for _, writer in idle]
+            # The relay took as many as one address may hold in their handshake (each got its
+            # version line) and hung up on the rest at once, without a byte.
+            lines = [await asyncio.wait_for(reader.readline(), 20) for reader, _ in idle]
+            assert all(line.startswith(b"SSH-2.0-") for line in lines[:PER_SOURCE])
+            assert lines[PER_SOURCE:] == [b""] * (IDLE - PER_SOURCE)
             drips = [asyncio.create_task(drip(relay, opened)) for _ in range(DRIP)]
-            # The relay took every one of them (each got its version line): the attack is on.
-            for reader, _ in idle:
-                assert (await asyncio.wait_for(reader.readline(), 20)).startswith(b"SSH-2.0-")
 
             # Under the attack, a customer's agent still connects and a technician still works.
             agent = new_agent(agents, tmp_path, session)

@@ -11,6 +11,8 @@ inner SSH server on it, keepalive, full-jitter backoff), 500 of them as tasks in
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import time
 from datetime import datetime
 from pathlib import Path
@@ -154,5 +156,17 @@ async def test_500_agents_all_return_after_a_relay_kill_9_spread_out_and_bounded
                       for s in since]
         assert max(registered) - min(registered) > 0.5
         assert psutil.Process(relay.proc.pid).memory_info().rss < RSS_BOUND
+        # Every return is in the audit log, though the relay writes them in batches.
+        restarted_wall = time.time() - (time.monotonic() - killed_at)
+        await swarm.until(lambda: len(audited_online(data_dir, restarted_wall)) == AGENTS,
+                          "an 'online' audit row for every agent", 30)
     finally:
         await swarm.stop()
+
+
+def audited_online(data_dir: Path, after: float) -> set[str]:
+    with contextlib.closing(sqlite3.connect(f"file:{data_dir / 'relay.db'}?mode=ro",
+                                            uri=True)) as db:
+        rows = db.execute("SELECT session_id FROM audit WHERE event = 'online' AND at > ?",
+                          (after,)).fetchall()
+    return {session_id for (session_id,) in rows}

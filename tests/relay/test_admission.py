@@ -1,0 +1,23 @@
+"""The relay's gate on unauthenticated SSH connections (relay/sshd.py Startups), like OpenSSH's
+MaxStartups: a reconnect storm or a slowloris cannot pile up handshakes without bound, and one
+address cannot take every place."""
+
+from __future__ import annotations
+
+from relay.sshd import Startups
+
+
+def test_handshakes_beyond_the_limits_are_dropped_until_places_free_up() -> None:
+    gate = Startups(limit=3, per_source=2)
+    assert gate.admit("10.0.0.1") and gate.admit("10.0.0.1")
+    assert not gate.admit("10.0.0.1"), "one address may hold only its share"
+    assert gate.admit("10.0.0.2")
+    assert not gate.admit("10.0.0.3"), "no more than the limit in all"
+    assert (gate.in_flight, gate.dropped) == (3, 2)
+
+    gate.done("10.0.0.1")  # authenticated, or gone
+    assert gate.admit("10.0.0.3")
+    assert not gate.admit("10.0.0.1")
+    gate.done("10.0.0.2")
+    assert gate.admit("10.0.0.1")
+    assert gate.in_flight == 3
