@@ -5,9 +5,11 @@ Run: python -m bench.console [--seconds 5] [--sessions 1000]
 Terminal pane: tui/widgets/terminal.py's TerminalView in a bare Textual app (run_test, 80x24,
 headless) is fed realistic shell output at an offered rate from a task in the same event loop
 (as the SSH client feeds it), while a key is pressed every 100 ms; the lag is press to the
-pane's send callback. "Consumed" is output the pane parsed (fed minus dropped minus still
-pending). The anchor is bittty alone parsing the same bytes (bench.emulator_parse), the
-ceiling for the pane.
+pane's send callback. "Consumed" is output the pane parsed while it was fed (fed minus dropped
+minus still pending, over the feeding time). The anchor is bittty alone parsing the same bytes
+(bench.emulator_parse); the pane's bulk path for plain lines can beat it. A row meets the target
+when the pane consumed 1.5 MB/s, or everything offered (within 3%) when that was 1.5 MB/s,
+with key p95 within 50 ms.
 
 Sessions list: tui/screens/sessions.py's SessionsScreen with N synthetic sessions and its own
 one-second tick; the process's CPU time over --seconds, against the same screen with none.
@@ -65,6 +67,7 @@ async def pane_run(data: bytes, rate: float, seconds: float) -> dict:
         view = app.query_one(TerminalView)
         fed = 0
         stop = time.perf_counter() + seconds
+        totals: dict = {}
 
         async def feeder() -> None:
             nonlocal fed
@@ -73,15 +76,20 @@ async def pane_run(data: bytes, rate: float, seconds: float) -> dict:
             while time.perf_counter() < stop:
                 due = (time.perf_counter() - start) * rate
                 while fed < due:
-                    piece = data[offset:offset + CHUNK] or data[:CHUNK]
+                    piece = data[offset : offset + CHUNK] or data[:CHUNK]
                     offset = (offset + len(piece)) % len(data)
                     view.feed(piece)
                     fed += len(piece)
                 await asyncio.sleep(0.005)
+            elapsed = time.perf_counter() - start
+            totals.update(
+                offered=fed / elapsed,
+                dropped=view.dropped_bytes,
+                consumed=(fed - view.dropped_bytes - view.pending_bytes) / elapsed,
+            )
 
         task = asyncio.create_task(feeder())
         lags = []
-        started = time.perf_counter()
         while time.perf_counter() < stop:
             before = len(app.sent_at)
             pressed = time.perf_counter()
@@ -94,11 +102,7 @@ async def pane_run(data: bytes, rate: float, seconds: float) -> dict:
                 lags.append(app.sent_at[before] - pressed)
             await asyncio.sleep(KEY_EVERY)
         await task
-        elapsed = time.perf_counter() - started
-        consumed = fed - view.dropped_bytes - view.pending_bytes
-    return {"offered": fed / elapsed, "consumed": consumed / elapsed,
-            "dropped": view.dropped_bytes, "p50": percentile(lags, 50),
-            "p95": percentile(lags, 95), "keys": len(lags)}
+    return {**totals, "p50": percentile(lags, 50), "p95": percentile(lags, 95), "keys": len(lags)}
 
 
 def synthetic_sessions(count: int) -> list[dict]:
@@ -106,16 +110,24 @@ def synthetic_sessions(count: int) -> list[dict]:
     views = []
     for n in range(count):
         state = ("active", "pending", "ended")[n % 3]
-        views.append({
-            "id": f"s{n:015d}", "state": state, "customer_email": f"customer{n}@example.com",
-            "technician": f"tech{n % 50}", "created_at": (now - timedelta(minutes=n)).isoformat(),
-            "expires_at": (now + timedelta(hours=23, minutes=n % 60)).isoformat(),
-            "invite_expires_at": (now + timedelta(minutes=30)).isoformat(),
-            "online": n % 2 == 0, "online_since": now.isoformat(),
-            "host": {"hostname": f"host{n}", "os": "Linux", "user": "root"}
-            if state == "active" else None,
-            "mail_status": "sent", "ended_reason": "expired" if state == "ended" else None,
-        })
+        views.append(
+            {
+                "id": f"s{n:015d}",
+                "state": state,
+                "customer_email": f"customer{n}@example.com",
+                "technician": f"tech{n % 50}",
+                "created_at": (now - timedelta(minutes=n)).isoformat(),
+                "expires_at": (now + timedelta(hours=23, minutes=n % 60)).isoformat(),
+                "invite_expires_at": (now + timedelta(minutes=30)).isoformat(),
+                "online": n % 2 == 0,
+                "online_since": now.isoformat(),
+                "host": {"hostname": f"host{n}", "os": "Linux", "user": "root"}
+                if state == "active"
+                else None,
+                "mail_status": "sent",
+                "ended_reason": "expired" if state == "ended" else None,
+            }
+        )
     return views
 
 
@@ -143,8 +155,12 @@ async def list_cpu(count: int, seconds: float) -> float:
 
 async def main_async(args: argparse.Namespace) -> None:
     header("Console: terminal pane and sessions list", "textual", "bittty", "rich")
-    mixes = {"ls -l": ls_long_output, "ls --color": ls_color_output,
-             "vim redraw": vim_redraw_output, "yes": yes_output}
+    mixes = {
+        "ls -l": ls_long_output,
+        "ls --color": ls_color_output,
+        "vim redraw": vim_redraw_output,
+        "yes": yes_output,
+    }
     rates = [1.5e6, 8e6]
     rows = []
     for name, make in mixes.items():
@@ -152,23 +168,50 @@ async def main_async(args: argparse.Namespace) -> None:
         bare = throughput(partial(bittty_feeder, True), data[:1_000_000], 1)
         for rate in rates:
             r = await pane_run(data, rate, args.seconds)
-            ok = r["consumed"] >= 1.5e6 and r["p95"] <= 0.050
-            rows.append((name, f"{rate / 1e6:.1f}", f"{r['consumed'] / 1e6:.2f}",
-                         f"{bare:.2f}", f"{r['consumed'] / 1e6 / bare:.2f}x",
-                         f"{r['dropped'] / 1e6:.1f}", f"{r['p50'] * 1e3:.1f}",
-                         f"{r['p95'] * 1e3:.1f}", r["keys"], verdict(ok)))
-    print(f"terminal pane, 80x24, {args.seconds:.0f} s per row, a key every "
-          f"{KEY_EVERY * 1e3:.0f} ms; MB = 10^6 B; target >= 1.5 MB/s consumed with key p95 "
-          "<= 50 ms")
-    table(("output", "offered MB/s", "pane MB/s", "bittty alone MB/s", "pane / bittty",
-           "dropped MB", "key p50 ms", "key p95 ms", "keys", "target"), rows)
+            kept_up = r["consumed"] >= min(1.5e6, 0.97 * r["offered"])
+            ok = kept_up and r["p95"] <= 0.050
+            rows.append(
+                (
+                    name,
+                    f"{r['offered'] / 1e6:.2f}",
+                    f"{r['consumed'] / 1e6:.2f}",
+                    f"{bare:.2f}",
+                    f"{r['consumed'] / 1e6 / bare:.2f}x",
+                    f"{r['dropped'] / 1e6:.1f}",
+                    f"{r['p50'] * 1e3:.1f}",
+                    f"{r['p95'] * 1e3:.1f}",
+                    r["keys"],
+                    verdict(ok),
+                )
+            )
+    print(
+        f"terminal pane, 80x24, {args.seconds:.0f} s per row, a key every "
+        f"{KEY_EVERY * 1e3:.0f} ms; MB = 10^6 B; target: consumed >= 1.5 MB/s (or all of "
+        "an offered 1.5 MB/s) with key p95 <= 50 ms"
+    )
+    table(
+        (
+            "output",
+            "offered MB/s",
+            "pane MB/s",
+            "bittty alone MB/s",
+            "pane / bittty",
+            "dropped MB",
+            "key p50 ms",
+            "key p95 ms",
+            "keys",
+            "target",
+        ),
+        rows,
+    )
 
     busy = await list_cpu(args.sessions, args.seconds * 2)
     empty = await list_cpu(0, args.seconds * 2)
     print(f"sessions list, 120x40, one tick per second, {args.seconds * 2:.0f} s each")
-    table(("sessions", "CPU %", "vs empty list"),
-          [(args.sessions, f"{busy:.1f}", f"+{busy - empty:.1f} points"),
-           (0, f"{empty:.1f}", "")])
+    table(
+        ("sessions", "CPU %", "vs empty list"),
+        [(args.sessions, f"{busy:.1f}", f"+{busy - empty:.1f} points"), (0, f"{empty:.1f}", "")],
+    )
     print(f"target < 5% CPU with {args.sessions} sessions: {verdict(busy < 5)}\n")
 
 

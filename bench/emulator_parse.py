@@ -1,10 +1,13 @@
 """Measures how fast bittty and pyte parse realistic shell output, to size the pane's budgets.
 
-Run: python bench/emulator_parse.py [--mb N] [--repeat N]
+Run: python -m bench.emulator_parse [--mb N] [--repeat N]
 
-Each emulator is fed the same bytes in 2 KiB slices (what tui/widgets/terminal.py feeds per
-step) on an 80x24 screen, twice: grid only, and keeping scrollback as the console's pane does
-(bittty MemoryScrollback vs pyte HistoryScreen). The best of --repeat runs is reported.
+Each emulator is fed the same bytes in 2 KiB slices (what tui/widgets/terminal.py gives bittty
+per step) on an 80x24 screen, twice: grid only, and keeping scrollback as the console's pane
+does (bittty MemoryScrollback vs pyte HistoryScreen). "pane parser" is the pane's own parse
+loop (tui/widgets/terminal.py: bittty plus its bulk path for plain lines, no time budget, no
+painting), fed in the 16 KiB pieces the SSH client delivers. The best of --repeat runs is
+reported.
 """
 
 from __future__ import annotations
@@ -23,8 +26,11 @@ from bittty import XTERM, Board
 from bittty.terminals import Terminal
 from bittty.terminals.scrollback import MemoryScrollback
 
+from tui.widgets.terminal import TerminalView
+
 COLS, ROWS = 80, 24
 SLICE = 2048
+PANE_PIECE = 16 * 1024
 
 Feeder = Callable[[bytes], None]
 
@@ -95,14 +101,30 @@ def pyte_feeder(scrollback: bool) -> Feeder:
     return pyte.ByteStream(screen).feed
 
 
-def throughput(make_feeder: Callable[[], Feeder], data: bytes, repeat: int) -> float:
+def pane_feeder(scrollback: bool) -> Feeder:
+    """The pane's parse loop, run to the end of what it was given after every piece."""
+    view = TerminalView(
+        lambda reply: None, cols=COLS, rows=ROWS, scrollback=5000 if scrollback else 0
+    )
+
+    def feed(data: bytes) -> None:
+        view.feed(data)
+        while view.pending_bytes:
+            view._parse_pending()
+
+    return feed
+
+
+def throughput(
+    make_feeder: Callable[[], Feeder], data: bytes, repeat: int, piece: int = SLICE
+) -> float:
     """Best MB/s over `repeat` runs, each on a fresh emulator."""
     best = 0.0
     for _ in range(repeat):
         feed = make_feeder()
         start = time.perf_counter()
-        for offset in range(0, len(data), SLICE):
-            feed(data[offset : offset + SLICE])
+        for offset in range(0, len(data), piece):
+            feed(data[offset : offset + piece])
         elapsed = time.perf_counter() - start
         best = max(best, len(data) / elapsed / 1e6)
     return best
@@ -140,7 +162,8 @@ def main() -> None:
     print(f"screen {COLS}x{ROWS}, {SLICE}-byte slices, best of {args.repeat}, MB = 10^6 bytes")
     print()
     header = (
-        f"{'mix':<12} {'scrollback':<10} {'bittty MB/s':>12} {'pyte MB/s':>10} {'bittty/pyte':>12}"
+        f"{'mix':<12} {'scrollback':<10} {'bittty MB/s':>12} {'pyte MB/s':>10} "
+        f"{'bittty/pyte':>12} {'pane parser MB/s':>17} {'pane/bittty':>12}"
     )
     print(header)
     print("-" * len(header))
@@ -148,8 +171,12 @@ def main() -> None:
         for scrollback in (False, True):
             fast = throughput(partial(bittty_feeder, scrollback), data, args.repeat)
             slow = throughput(partial(pyte_feeder, scrollback), data, args.repeat)
+            pane = throughput(partial(pane_feeder, scrollback), data, args.repeat, PANE_PIECE)
             kept = "yes" if scrollback else "no"
-            print(f"{name:<12} {kept:<10} {fast:>12.2f} {slow:>10.2f} {fast / slow:>11.1f}x")
+            print(
+                f"{name:<12} {kept:<10} {fast:>12.2f} {slow:>10.2f} {fast / slow:>11.1f}x "
+                f"{pane:>17.2f} {pane / fast:>11.1f}x"
+            )
     sys.stdout.flush()
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from asyncio import Event, sleep
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from time import perf_counter
@@ -33,7 +34,6 @@ from textual import events
 from textual.geometry import Region
 from textual.message import Message
 from textual.strip import Strip
-from textual.timer import Timer
 from textual.widget import Widget
 
 from tui.widgets import fastpath
@@ -50,8 +50,13 @@ MAX_PENDING_BYTES = 4 * 1024 * 1024
 MAX_BACKLOG_SECONDS = 0.5
 MIN_PENDING_BYTES = 128 * 1024
 
-FRAME_INTERVAL = 1 / 60
-PARSE_BUDGET_SECONDS = 0.008
+# Output is parsed in turns of up to PARSE_BUDGET_SECONDS, each followed by a pause that lets
+# the event loop answer keys and paint; a key waits at most about one turn.
+PARSE_BUDGET_SECONDS = 0.010
+PARSE_PAUSE_SECONDS = 0.001
+# While output is still queued after a turn, the screen is painted at this reduced
+# rate: nobody reads a flood at 60 frames a second, and painting would take time from parsing.
+BUSY_PAINT_INTERVAL = 1 / 20
 # Small slices keep one slice's cost well under the budget even for the slowest input
 # (short lines that each scroll the page parse at well under 1 MB/s).
 PARSE_SLICE_BYTES = 2048
@@ -410,7 +415,8 @@ class TerminalView(Widget, can_focus=True):
         self._drawn_cursor: tuple[int, int] | None = None
         self._posted_size: tuple[int, int] | None = None
         self._focused = False
-        self._ticker: Timer | None = None
+        self._output_queued: Event | None = None  # set while output waits for the parser
+        self._painted_at = 0.0
 
     # --- the interface the session code uses --- #
 
@@ -421,8 +427,8 @@ class TerminalView(Widget, can_focus=True):
         self._pending += data
         if self.pending_bytes > self._backlog_cap():
             self._shed_backlog()
-        if self._ticker is not None:
-            self._ticker.resume()
+        if self._output_queued is not None:
+            self._output_queued.set()
 
     def screen_lines(self) -> list[str]:
         """The rows on view as plain text (sanitised as painted), trailing spaces stripped."""
@@ -524,12 +530,19 @@ class TerminalView(Widget, can_focus=True):
             cursor.y -= overflow
         board.resize(cols, rows)
 
-    def _on_frame(self) -> None:
-        if self.pending_bytes:
-            self._parse_pending()
-        self._repaint()
-        if not self.pending_bytes and self._ticker is not None:
-            self._ticker.pause()
+    async def _parse_output(self) -> None:
+        """Parse output as it comes, a turn at a time, painting as it goes."""
+        queued = self._output_queued
+        while True:
+            await queued.wait()
+            queued.clear()
+            while self.pending_bytes:
+                self._parse_pending()
+                now = perf_counter()
+                if not self.pending_bytes or now - self._painted_at >= BUSY_PAINT_INTERVAL:
+                    self._painted_at = now
+                    self._repaint()
+                await sleep(PARSE_PAUSE_SECONDS)
 
     # --- painting --- #
 
@@ -643,9 +656,10 @@ class TerminalView(Widget, can_focus=True):
     # --- lifecycle, size and focus --- #
 
     def on_mount(self) -> None:
-        self._ticker = self.set_interval(
-            FRAME_INTERVAL, self._on_frame, pause=not self.pending_bytes
-        )
+        self._output_queued = Event()
+        if self.pending_bytes:
+            self._output_queued.set()
+        self.run_worker(self._parse_output(), name="parse output", group="terminal", exclusive=True)
 
     def on_resize(self, event: events.Resize) -> None:
         cols, rows = self.size.width, self.size.height
