@@ -8,6 +8,7 @@ more bytes in flight across the extra hop.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import sys
 
@@ -53,25 +54,82 @@ def tune_allocator() -> bool:
         bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
+class _CoalescingTransport:
+    """A tunnel channel as the inner connection's transport: one channel write per loop turn.
+
+    asyncssh writes an SSH_MSG_IGNORE before every packet it sends, and each write to a
+    channel becomes an outer packet of its own; a keystroke crossed the relay as four outer
+    packets each way. Joining the writes of one turn of the event loop makes it two.
+    """
+
+    def __init__(self, chan: asyncssh.SSHTCPChannel) -> None:
+        self._chan = chan
+        self._pending: list[bytes] = []
+        self._loop = asyncio.get_running_loop()
+
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(data)
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+        self._pending.clear()
+        try:
+            self._chan.write(data)
+        except ConnectionError:
+            pass  # the channel closed under us: the connection is being torn down
+
+    def write_eof(self) -> None:
+        self._flush()
+        self._chan.write_eof()
+
+    def close(self) -> None:
+        self._flush()
+        self._chan.close()
+
+    def __getattr__(self, name: str):
+        return getattr(self._chan, name)
+
+
+class _CoalescedSession:
+    """Hands the inner connection a coalescing transport; passes everything else through."""
+
+    def __init__(self, conn) -> None:
+        self.conn = conn
+
+    def connection_made(self, chan: asyncssh.SSHTCPChannel) -> None:
+        self.conn.connection_made(_CoalescingTransport(chan))
+
+    def __getattr__(self, name: str):
+        return getattr(self.conn, name)
+
+
 class WideTunnel:
     """An outer connection to pass as asyncssh's `tunnel=`, with the outer window and packet.
 
     Given a connection itself, asyncssh opens the tunnelled channel with its fixed defaults
     (2 MiB window, 32 KiB packets) whatever the connection was made with; the inner SSH
     connection then crosses the relay in 32 KiB pieces. asyncssh accepts any object with these
-    two methods as a tunnel.
+    two methods as a tunnel. The inner connection's writes are also coalesced (see
+    _CoalescingTransport).
     """
 
     def __init__(self, conn: asyncssh.SSHClientConnection) -> None:
         self.conn = conn
 
     async def create_connection(self, session_factory, remote_host: str, remote_port: int):
-        return await self.conn.create_connection(session_factory, remote_host, remote_port,
-                                                 window=OUTER_WINDOW, max_pktsize=OUTER_PACKET)
+        chan, session = await self.conn.create_connection(
+            lambda: _CoalescedSession(session_factory()), remote_host, remote_port,
+            window=OUTER_WINDOW, max_pktsize=OUTER_PACKET)
+        return chan, session.conn
 
     async def create_server(self, session_factory, listen_host: str, listen_port: int):
-        return await self.conn.create_server(session_factory, listen_host, listen_port,
-                                             window=OUTER_WINDOW, max_pktsize=OUTER_PACKET)
+        return await self.conn.create_server(
+            lambda orig_host, orig_port: _CoalescedSession(session_factory(orig_host, orig_port)),
+            listen_host, listen_port, window=OUTER_WINDOW, max_pktsize=OUTER_PACKET)
 
     def close(self) -> None:
         self.conn.close()
