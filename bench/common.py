@@ -29,7 +29,7 @@ from pathlib import Path
 import asyncssh
 
 from bench.launch import LEVERS_ENV, prefer_aes_gcm, restore_encryption
-from relay.transport import WideTunnel, client_options, tune_allocator
+from relay.transport import CoalescingTcp, WideTunnel, client_options, tune_allocator
 from tests.support import (
     PASSWORD,
     SESSION_PASSWORD,
@@ -264,7 +264,8 @@ async def relayed_connection(dep: Deployment, levers: Levers = SHIPPED
     with technician_ciphers(levers):
         outer = await asyncssh.connect(
             dep.relay.ssh_host, dep.relay.ssh_port, username=dep.api.login_name,
-            password=dep.api.token, known_hosts=pinned(dep.relay_host_key), **opts)
+            password=dep.api.token, known_hosts=pinned(dep.relay_host_key),
+            tunnel=CoalescingTcp(), **opts)
         try:
             inner = await asyncssh.connect(
                 dep.session["id"], 22, tunnel=WideTunnel(outer), username="support",

@@ -293,6 +293,10 @@ def main() -> None:
         asyncio.run(worker(config))
         return
     counts = [int(x) for x in args.agents.split(",")]
+    # Every bench agent dials from 127.0.0.1, where real agents come from many addresses: lift
+    # the relay's per-address share of handshakes (relay/sshd.py) to its overall limit.
+    os.environ.setdefault("ADHOC_RELAY_MAX_STARTUPS_PER_SOURCE",
+                          os.environ.get("ADHOC_RELAY_MAX_STARTUPS", "128"))
     header("Fan-in: idle agents on one relay, and a relay restart", "asyncssh", "psutil")
     print(f"{args.workers} agent processes, {args.concurrency} set-ups in flight each; "
           f"sessions seeded through relay.store.Store in a bench-only data dir (see --help)\n")

@@ -81,7 +81,7 @@ class Tunnel:
                     password=self._secret, known_hosts=self._known_hosts, client_keys=None,
                     agent_path=None, preferred_auth="password", config=None,
                     keepalive_interval=self._keepalive, keepalive_count_max=KEEPALIVE_COUNT,
-                    connect_timeout=20, **client_options())
+                    connect_timeout=20, **client_options(outer=True))
             except asyncssh.PermissionDenied:
                 return TunnelEnd("the relay no longer accepts this session (ended or expired)",
                                  by_relay=True)

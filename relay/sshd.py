@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import re
+import socket
 import time
 from pathlib import Path
 
@@ -20,7 +21,13 @@ import asyncssh
 from relay.registry import AgentLink
 from relay.service import RelayService
 from relay.store import Technician
-from relay.transport import ENCRYPTION, OUTER_PACKET, OUTER_WINDOW
+from relay.transport import (
+    ENCRYPTION,
+    LISTEN_BACKLOG,
+    OUTER_PACKET,
+    OUTER_WINDOW,
+    coalescing_protocol,
+)
 
 log = logging.getLogger("adhoc.relay.ssh")
 
@@ -33,12 +40,14 @@ INNER_PORT = 22
 KEEPALIVE_INTERVAL = float(os.environ.get("ADHOC_RELAY_KEEPALIVE", "20"))
 KEEPALIVE_COUNT = 3
 LOGIN_TIMEOUT = 30
-# Like OpenSSH's MaxStartups: connections still in their handshake beyond this many are dropped
-# at once, before any work is done on them. After a relay restart every agent dials at the
-# same moment; with no gate 10,000 handshakes crawled along together until they timed out and
-# started again, and none finished. Dropped agents retry after their jittered backoff. One
-# address may hold only a share, so a slowloris from one place cannot shut the door on others.
-MAX_STARTUPS = int(os.environ.get("ADHOC_RELAY_MAX_STARTUPS", "512"))
+# Like OpenSSH's MaxStartups, a gate on connections still in their handshake. After a relay
+# restart every agent dials at the same moment; with no gate 10,000 handshakes crawled along
+# together until the agents' 20 s timeout and none finished, and dropping the excess only made
+# the agents dial again at once. So past MAX_STARTUPS the relay stops accepting: the rest wait
+# in the kernel's accept queue (and SYN retries past it), costing nothing, and are taken as
+# handshakes finish. One address may hold only a share; its connections past that are closed
+# at once, before any SSH work, so a slowloris from one host cannot shut the door on others.
+MAX_STARTUPS = int(os.environ.get("ADHOC_RELAY_MAX_STARTUPS", "128"))
 MAX_STARTUPS_PER_SOURCE = int(os.environ.get("ADHOC_RELAY_MAX_STARTUPS_PER_SOURCE", "64"))
 # The same as the clients' legs (relay/transport.py): the splice adds a hop, so more bytes in
 # flight pay.
@@ -161,7 +170,7 @@ class _VirtualListener(asyncssh.SSHListener):
 
 
 class Startups:
-    """Counts connections that have not authenticated yet, and says when to drop new ones."""
+    """Counts connections that have not authenticated yet, and says which to take."""
 
     def __init__(self, limit: int = MAX_STARTUPS,
                  per_source: int = MAX_STARTUPS_PER_SOURCE) -> None:
@@ -170,7 +179,13 @@ class Startups:
         self.in_flight = 0
         self.dropped = 0
         self._by_source: dict[str, int] = {}
+        self._room = asyncio.Event()
+        self._room.set()
         self._last_logged = 0.0
+
+    async def wait_for_room(self) -> None:
+        """Until fewer than `limit` connections are in their handshake."""
+        await self._room.wait()
 
     def admit(self, source: str) -> bool:
         mine = self._by_source.get(source, 0)
@@ -180,18 +195,80 @@ class Startups:
             if now - self._last_logged >= 5:
                 self._last_logged = now
                 log.warning("ssh: %d handshakes in progress (%d from %s): dropping new "
-                            "connections (%d so far); they will retry", self.in_flight, mine,
-                            source, self.dropped)
+                            "connections (%d so far)", self.in_flight, mine, source,
+                            self.dropped)
             return False
         self.in_flight += 1
         self._by_source[source] = mine + 1
+        if self.in_flight >= self.limit:
+            self._room.clear()
         return True
 
     def done(self, source: str) -> None:
         self.in_flight -= 1
+        self._room.set()
         left = self._by_source.pop(source) - 1
         if left:
             self._by_source[source] = left
+
+
+class _GatedServer:
+    """The relay's SSH listener: accepts only while there is room for another handshake."""
+
+    def __init__(self, sock: socket.socket, startups: Startups, protocol_factory) -> None:
+        self.sockets = [sock]
+        self._startups = startups
+        self._factory = protocol_factory
+        self._task = asyncio.get_running_loop().create_task(self._accept_forever())
+
+    async def _accept_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        sock = self.sockets[0]
+        while True:
+            await self._startups.wait_for_room()
+            try:
+                conn, addr = await loop.sock_accept(sock)
+            except OSError as exc:  # out of file descriptors, say: wait, do not spin
+                log.warning("ssh: accept failed: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            if not self._startups.admit(addr[0]):
+                conn.close()
+                continue
+            try:
+                await loop.connect_accepted_socket(self._factory, conn)
+            except OSError:
+                self._startups.done(addr[0])
+                conn.close()
+
+    def close(self) -> None:
+        self._task.cancel()
+        self.sockets[0].close()
+
+    async def wait_closed(self) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+class _GatedListener:
+    """asyncssh's `tunnel=` for the relay's own listening socket (see _GatedServer)."""
+
+    def __init__(self, startups: Startups) -> None:
+        self._startups = startups
+
+    async def create_server(self, session_factory, listen_host: str, listen_port: int):
+        family = socket.AF_INET6 if ":" in (listen_host or "") else socket.AF_INET
+        sock = socket.create_server((listen_host or "", listen_port), family=family,
+                                    backlog=LISTEN_BACKLOG, reuse_port=False)
+        sock.setblocking(False)
+        return _GatedServer(sock, self._startups,
+                            coalescing_protocol(lambda: session_factory("", 0)))
+
+    def close(self) -> None:
+        pass
+
+    async def wait_closed(self) -> None:
+        pass
 
 
 class RelaySSHServer(asyncssh.SSHServer):
@@ -211,10 +288,7 @@ class RelaySSHServer(asyncssh.SSHServer):
         self.conn = conn
         peer = conn.get_extra_info("peername")
         self.peer_ip = peer[0] if peer else "unknown"
-        if not self.startups.admit(self.peer_ip):
-            conn.abort()  # before our version string: nothing is sent, no key exchange done
-            return
-        self._starting = True
+        self._starting = True  # admitted by the listener (_GatedServer)
 
     def _started(self) -> None:
         if self._starting:
@@ -340,7 +414,7 @@ async def start_ssh_server(service: RelayService, host: str, port: int,
                            host_key: asyncssh.SSHKey) -> asyncssh.SSHAcceptor:
     startups = Startups()
     return await asyncssh.create_server(
-        lambda: RelaySSHServer(service, startups), host, port,
+        lambda: RelaySSHServer(service, startups), host, port, tunnel=_GatedListener(startups),
         server_host_keys=[host_key],
         keepalive_interval=KEEPALIVE_INTERVAL, keepalive_count_max=KEEPALIVE_COUNT,
         login_timeout=LOGIN_TIMEOUT, encryption_algs=ENCRYPTION, compression_algs=None,

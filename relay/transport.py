@@ -18,12 +18,17 @@ ENCRYPTION = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
               "chacha20-poly1305@openssh.com", "aes128-ctr", "aes256-ctr")
 OUTER_WINDOW = 8 * 1024 * 1024
 OUTER_PACKET = 256 * 1024
+LISTEN_BACKLOG = 1024  # the relay's SSH listener: agents arrive in bursts after a restart
 
 
-def client_options() -> dict:
-    """Options for an asyncssh client connection on any Adhoc leg."""
-    return {"encryption_algs": ENCRYPTION, "compression_algs": None,
-            "window": OUTER_WINDOW, "max_pktsize": OUTER_PACKET}
+def client_options(*, outer: bool = False) -> dict:
+    """Options for an asyncssh client connection on any Adhoc leg; `outer` for a connection
+    to the relay itself (not tunnelled through it), which then coalesces its writes."""
+    options = {"encryption_algs": ENCRYPTION, "compression_algs": None,
+               "window": OUTER_WINDOW, "max_pktsize": OUTER_PACKET}
+    if outer:
+        options["tunnel"] = CoalescingTcp()
+    return options
 
 
 # glibc's mallopt parameters. By default buffers of 128 KiB and up are mmap'd and unmapped
@@ -55,14 +60,15 @@ def tune_allocator() -> bool:
 
 
 class _CoalescingTransport:
-    """A tunnel channel as the inner connection's transport: one channel write per loop turn.
+    """A connection's transport that writes once per turn of the event loop.
 
-    asyncssh writes an SSH_MSG_IGNORE before every packet it sends, and each write to a
-    channel becomes an outer packet of its own; a keystroke crossed the relay as four outer
-    packets each way. Joining the writes of one turn of the event loop makes it two.
+    asyncssh writes an SSH_MSG_IGNORE before every packet it sends, each as a write of its
+    own: on a tunnel channel each becomes an outer packet (a keystroke crossed the relay as
+    four outer packets each way), on a socket each becomes a send() and a TCP segment. Joining
+    the writes of one turn halves both.
     """
 
-    def __init__(self, chan: asyncssh.SSHTCPChannel) -> None:
+    def __init__(self, chan) -> None:
         self._chan = chan
         self._pending: list[bytes] = []
         self._loop = asyncio.get_running_loop()
@@ -95,7 +101,11 @@ class _CoalescingTransport:
 
 
 class _CoalescedSession:
-    """Hands the inner connection a coalescing transport; passes everything else through."""
+    """Hands a connection a coalescing transport; passes everything else through.
+
+    Works both as an SSH channel session (a tunnelled inner connection) and as an asyncio
+    protocol (an outer connection on a TCP socket).
+    """
 
     def __init__(self, conn) -> None:
         self.conn = conn
@@ -136,3 +146,26 @@ class WideTunnel:
 
     async def wait_closed(self) -> None:
         await self.conn.wait_closed()
+
+
+def coalescing_protocol(session_factory):
+    """An asyncio protocol factory whose SSH connections coalesce their writes."""
+    return lambda: _CoalescedSession(session_factory())
+
+
+class CoalescingTcp:
+    """asyncssh's `tunnel=` for a plain TCP connection whose SSH connection coalesces its
+    writes (see _CoalescingTransport): the console's and the agent's connections to the relay.
+    The relay's listener does the same through coalescing_protocol (relay/sshd.py)."""
+
+    async def create_connection(self, session_factory, remote_host: str, remote_port: int):
+        loop = asyncio.get_running_loop()
+        transport, session = await loop.create_connection(
+            coalescing_protocol(session_factory), remote_host, remote_port)
+        return transport, session.conn
+
+    def close(self) -> None:
+        pass
+
+    async def wait_closed(self) -> None:
+        pass

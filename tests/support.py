@@ -241,7 +241,7 @@ async def technician_ssh(relay: RelayProcess, api: Api, session: dict,
     outer = await asyncssh.connect(
         relay.ssh_host, relay.ssh_port, username=api.login_name, password=api.token,
         known_hosts=pinned(info["host_key"]), client_keys=None, agent_path=None, config=None,
-        **client_options())
+        **client_options(outer=True))
     try:
         inner = await asyncssh.connect(
             session["id"], 22, tunnel=WideTunnel(outer), username="support", password=password,

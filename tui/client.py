@@ -247,7 +247,7 @@ class HostConnector:
                 host.strip("[]"), int(port), username=self.login, password=self.client.token,
                 known_hosts=([asyncssh.import_public_key(info["host_key"])], [], []),
                 client_keys=None, agent_path=None, config=None, preferred_auth="password",
-                keepalive_interval=15, keepalive_count_max=3, **client_options())
+                keepalive_interval=15, keepalive_count_max=3, **client_options(outer=True))
         except (OSError, asyncssh.Error) as exc:
             raise RelayError(0, "unreachable",
                              f"cannot open SSH to the relay at {info['ssh']}: {exc}") from None

@@ -4,6 +4,8 @@ address cannot take every place."""
 
 from __future__ import annotations
 
+import asyncio
+
 from relay.sshd import Startups
 
 
@@ -21,3 +23,13 @@ def test_handshakes_beyond_the_limits_are_dropped_until_places_free_up() -> None
     gate.done("10.0.0.2")
     assert gate.admit("10.0.0.1")
     assert gate.in_flight == 3
+
+
+async def test_the_listener_waits_for_room_instead_of_accepting() -> None:
+    gate = Startups(limit=2, per_source=2)
+    assert gate.admit("10.0.0.1") and gate.admit("10.0.0.2")
+    waiting = asyncio.ensure_future(gate.wait_for_room())
+    await asyncio.sleep(0.05)
+    assert not waiting.done(), "at the limit, nothing more is accepted"
+    gate.done("10.0.0.2")
+    await asyncio.wait_for(waiting, 1)
