@@ -254,7 +254,30 @@ async def test_a_flood_neither_blocks_keys_nor_grows_memory() -> None:
         await drain(pilot, view)
         lines = [line for line in view.screen_lines() if line]
         assert lines[-2:] == ["THE END", "$"]
+        # What is painted caught up too (a flood is painted less often while it lasts).
+        painted = ["".join(s.text for s in view.render_line(y)).rstrip() for y in range(24)]
+        assert [line for line in painted if line][-2:] == ["THE END", "$"]
         assert app.focused is view
+
+
+async def test_ctrl_c_stops_a_yes_flood() -> None:
+    # `yes` at full speed: ctrl+c goes out at once, memory stays bounded, and once the remote
+    # stops, the screen shows the end of the output and the prompt.
+    app = TerminalApp()
+    async with app.run_test(size=(80, 24)) as pilot:
+        view = app.query_one(TerminalView)
+        view.feed(b"$ yes\r\n")
+        block = b"y\r\n" * 20_000
+        for _ in range(150):  # 9 MB
+            view.feed(block)
+            assert view.pending_bytes <= view.max_pending_bytes
+            await asyncio.sleep(0)
+        await pilot.press("ctrl+c")
+        assert app.sent == [b"\x03"]
+        view.feed(b"y\r\ny^C\r\n$ ")
+        await drain(pilot, view)
+        assert view.screen_lines()[-3:] == ["y", "y^C", "$"]
+        assert view.screen_lines()[:21] == ["y"] * 21
 
 
 async def test_resize_posts_the_new_size() -> None:
