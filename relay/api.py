@@ -9,13 +9,19 @@ import asyncssh
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from relay import join
 from relay import sessions as rules
-from relay.service import RelayService, ServiceError, check_email, check_login_name
+from relay.service import (
+    VERIFIER_MAX_CHARS,
+    RelayService,
+    ServiceError,
+    check_email,
+    check_login_name,
+)
 from relay.store import Technician
 
 API = "/api/v1"
@@ -105,16 +111,38 @@ class LoginRequest(Strict):
 
 
 class CreateSessionRequest(Strict):
+    """Exactly one of `password_verifier` (what the console sends) and `password`."""
+
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["password_verifier"]},
+                                                           {"required": ["password"]}]})
     customer_email: str = Field(max_length=254, json_schema_extra={"format": "email"})
-    password: str = Field(min_length=8, max_length=256,
-                          description="the session password the technician will type on the "
-                                      "customer's computer; 12+ characters or mixed classes")
+    # Absent is None; an explicit null is refused (below) and the schema shows plain strings.
+    # The service checks the verifier, its length too, in a sentence that says what to send.
+    password_verifier: Annotated[str | None, WithJsonSchema(
+        {"type": "string", "maxLength": VERIFIER_MAX_CHARS})] = Field(
+        default=None,
+        description="the session password hashed with argon2id, as a PHC string "
+                    "($argon2id$v=19$m=...,t=...,p=...$salt$hash): at least 19 MiB with t=2 "
+                    "(or 46 MiB with t=1), at most 256 MiB, t=10, p=8; salt and hash 16+ bytes. "
+                    "The relay then never sees the password")
+    password: Annotated[str | None, WithJsonSchema(
+        {"type": "string", "minLength": 8, "maxLength": 256})] = Field(
+        default=None, min_length=8, max_length=256,
+        description="the session password itself (the relay checks and hashes it); 12+ "
+                    "characters or mixed classes")
     note: str = Field(default="", max_length=500)
 
     @field_validator("customer_email")
     @classmethod
     def _email(cls, value: str) -> str:
         return check_email(value)
+
+    @field_validator("password_verifier", "password", mode="before")
+    @classmethod
+    def _not_null(cls, value: object) -> object:
+        if value is None:
+            raise ValueError("send a string, or leave the field out")
+        return value
 
 
 class ActivateRequest(Strict):
@@ -300,7 +328,7 @@ def create_app(service: RelayService) -> FastAPI:
     async def create_session(body: CreateSessionRequest, tech: Tech) -> dict:
         """Invite a customer: the security code and join link are in this answer only."""
         created = await service.create_session(tech, body.customer_email, body.password,
-                                               body.note)
+                                               body.note, verifier=body.password_verifier)
         view = service.session_view(created.row, tech.login)
         view.update(security_code=created.security_code, join_url=created.join_url,
                     install_command=service.install_command(created.join_token))
