@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import asyncssh
 import httpx
 
+from relay.service import hash_password, session_password_problem
 from relay.transport import WideTunnel, client_options
 
 API = "/api/v1"
@@ -103,8 +104,14 @@ class RelayClient:
         return await self._call("GET", f"/sessions/{session_id}")
 
     async def create_session(self, customer_email: str, password: str, note: str = "") -> dict:
+        """Create a session; the session password never leaves the console: the relay gets
+        its argon2id verifier, made here, and hands it to the customer's agent."""
+        problem = session_password_problem(password)
+        if problem:  # the relay's own check and words, without sending the password anywhere
+            raise RelayError(422, "invalid", problem + ".")
+        verifier = await asyncio.to_thread(hash_password, password)
         return await self._call("POST", "/sessions", json={
-            "customer_email": customer_email, "password": password, "note": note})
+            "customer_email": customer_email, "password_verifier": verifier, "note": note})
 
     async def end_session(self, session_id: str) -> dict:
         return await self._call("POST", f"/sessions/{session_id}/end")

@@ -1,9 +1,10 @@
 """Sessions created with a password verifier instead of the password (what the console sends):
-the host opens with the session password and refuses others, and the relay refuses verifiers
-it should not hand to a customer's computer."""
+the host opens with the session password and refuses others, the relay refuses verifiers it
+should not hand to a customer's computer, and the password never reaches the relay at all."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import asyncssh
@@ -14,6 +15,7 @@ from argon2 import PasswordHasher, Type
 from relay.service import verifier_problem
 from tests.relay.conftest import db_rows
 from tests.support import SESSION_PASSWORD, Api, new_agent, technician_ssh
+from tui.client import RelayClient, RelayError
 
 # OWASP's smallest argon2id setting, the weakest the relay takes with t=2 (and quick to make).
 OWASP_MINIMUM = {"memory_cost": 19456, "time_cost": 2, "parallelism": 1}
@@ -117,3 +119,58 @@ def test_the_verifier_rules_at_their_edges() -> None:
              with_parameters(good, "m=19456,t=2,p=0"), with_parameters(good, "m=19456,t=2,p=9"),
              good + "\n", " " + good, "x" * 600]
     assert all(verifier_problem(v) for v in unfit)
+
+
+class Wiretap(httpx.AsyncBaseTransport):
+    """The console's real network transport, keeping a copy of each request it sends."""
+
+    def __init__(self) -> None:
+        self.network = httpx.AsyncHTTPTransport()
+        self.sent: list[httpx.Request] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.sent.append(request)
+        return await self.network.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.network.aclose()
+
+
+async def test_the_console_sends_a_verifier_and_the_relay_never_holds_the_password(
+        relay) -> None:
+    weak = "abcdefghij"
+    async with Api(relay.base_url) as api:
+        token = api.token
+        relay_says = (await create_with(api, password=weak)).json()
+    tap = Wiretap()
+    client = RelayClient(relay.base_url, token, transport=tap)
+    try:
+        # A weak password is refused in the console, in the words the relay would use.
+        with pytest.raises(RelayError) as refused:
+            await client.create_session("customer@example.com", weak)
+        assert refused.value.status == 422
+        assert {"error": refused.value.code, "detail": refused.value.detail} == relay_says
+        assert tap.sent == []
+        created = await client.create_session("customer@example.com", SESSION_PASSWORD,
+                                              "printer")
+    finally:
+        await client.aclose()
+    assert created["state"] == "pending" and created["note"] == "printer"
+    [request] = tap.sent
+    body = json.loads(request.content)
+    assert sorted(body) == ["customer_email", "note", "password_verifier"]
+    assert SESSION_PASSWORD.encode() not in request.content
+    assert verifier_problem(body["password_verifier"]) is None
+    assert PasswordHasher().verify(body["password_verifier"], SESSION_PASSWORD)
+
+    def relay_files() -> dict[str, bytes]:
+        return {str(p.relative_to(relay.data_dir)): p.read_bytes()
+                for p in relay.data_dir.rglob("*") if p.is_file()}
+
+    for moment in ("running", "stopped"):
+        found = relay_files()
+        assert {"relay.db", "relay.log"} <= set(found), (moment, sorted(found))
+        assert not [where for where, data in found.items() if SESSION_PASSWORD.encode() in data]
+        # The search looks where the relay keeps sessions: the verifier is there.
+        assert any(body["password_verifier"].encode() in data for data in found.values())
+        relay.stop()

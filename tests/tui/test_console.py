@@ -116,6 +116,14 @@ async def test_create_session_from_console_shows_code_once(relay) -> None:
         app.screen.query_one("#confirm", Input).value = SESSION_PASSWORD + "x"
         app.screen.query_one("#create").press()
         await wait_until(pilot, lambda: "differ" in str(app.screen.query_one("#error").render()))
+        # A weak password is refused with the relay's words (checked in the console, which
+        # sends the relay only the password's verifier).
+        for field in ("#password", "#confirm"):
+            app.screen.query_one(field, Input).value = "abcdefghij"
+        app.screen.query_one("#create").press()
+        await wait_until(pilot, lambda: "too simple" in str(app.screen.query_one("#error")
+                                                                .render()))
+        app.screen.query_one("#password", Input).value = SESSION_PASSWORD
         app.screen.query_one("#confirm", Input).value = SESSION_PASSWORD
         app.screen.query_one("#create").press()
         await wait_until(pilot, lambda: isinstance(app.screen, CreatedModal))

@@ -13,7 +13,8 @@ from tui.client import RelayClient, RelayError
 
 
 def strength_hint(password: str) -> str:
-    """A quick hint while typing; the relay has the final word and says why it refuses."""
+    """A quick hint while typing; the relay's rule (`session_password_problem`, which the
+    console applies before it hashes the password) has the final word and says why it refuses."""
     if not password:
         return "The technician types this password each time they connect."
     kinds = sum(any(test(c) for c in password)
