@@ -155,6 +155,18 @@ async def test_device_queries_are_answered() -> None:
         assert app.sent[1].startswith(b"\x1b[?") and app.sent[1].endswith(b"c")
 
 
+async def test_an_accent_joins_its_letter_even_right_after_a_reset() -> None:
+    # A decomposed é takes one column, as in xterm, so the cursor is where the remote shell
+    # thinks it is; a reset (RIS) in the same burst of output must not change that.
+    app = TerminalApp()
+    async with app.run_test(size=(80, 24)) as pilot:
+        view = app.query_one(TerminalView)
+        view.feed(b"\x1bcabc e\xcc\x81x\x1b[6n")
+        await drain(pilot, view)
+        assert view.screen_lines()[0] == "abc e\u0301x"
+        assert app.sent == [b"\x1b[1;7R"]
+
+
 async def test_keys_reach_the_remote_as_xterm_sends_them() -> None:
     app = TerminalApp()
     async with app.run_test(size=(80, 24)) as pilot:

@@ -337,6 +337,13 @@ def _clear_alternate_screen_on_entry(board: Board) -> None:
     blitter.switch_screen = switch_screen
 
 
+def _keep_grapheme_clustering(board: Board) -> None:
+    """Turn grapheme clustering on for good: every later request turns it on again, at once."""
+    switch = board.blitter.set_grapheme_clustering
+    switch(True)
+    board.blitter.set_grapheme_clustering = lambda enabled: switch(True)
+
+
 class TerminalView(Widget, can_focus=True):
     """A remote shell's screen: feed it the remote's bytes, and it sends back the keys typed."""
 
@@ -388,8 +395,9 @@ class TerminalView(Widget, can_focus=True):
         self._board = Board(width=self._cols, height=self._rows, model=XTERM)
         # Without clustering bittty gives every combining mark a column of its own, so text in
         # decomposed form (macOS file names) would drift from where the remote shell thinks
-        # the cursor is. Clustered, an accent joins its letter as it does in xterm.
-        self._board.blitter.set_grapheme_clustering(True)
+        # the cursor is. Clustered, an accent joins its letter as it does in xterm. It stays
+        # on: a reset (RIS) or mode 2027 from the host only forgets the cluster in progress.
+        _keep_grapheme_clustering(self._board)
         _clear_alternate_screen_on_entry(self._board)
         # The host may not touch the technician's clipboard, not even the board's copy of it.
         self._board.registry["OSC_CLIPBOARD"] = _ignore
@@ -507,8 +515,6 @@ class TerminalView(Widget, can_focus=True):
             parsed += used
             if len(parser.buffer) > MAX_OPEN_SEQUENCE_CHARS:
                 parser.reset()
-            if not board.blitter.grapheme_clustering:
-                board.blitter.set_grapheme_clustering(True)  # a reset (RIS) turned it off
             if board.width != self._cols or board.height != self._rows:
                 # The host asked to resize the grid (DECCOLM, XTWINOPS 8, DECSLPP); the pane's
                 # size is the technician's window, so put it back.
