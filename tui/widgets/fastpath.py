@@ -18,6 +18,7 @@ against (VERIFIED_BITTTY); on any other it stays off and bittty parses everythin
 
 from __future__ import annotations
 
+import gc
 import re
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -90,12 +91,31 @@ class History(MemoryScrollback):
         self._evict()  # drops the row counts of evicted lines
 
 
+# One styles tuple per (style, length) for rows in one style, shared by the history lines
+# that have them: a scrollback of `ls -l` then costs one new object per line, not two, and the
+# garbage collector's full passes (tens of ms on the console's heap) come half as often.
+_uniform_styles: dict[tuple[int, int], tuple[Style, tuple[Style, ...]]] = {}
+
+
+def _styles_of(style: Style, cells: int) -> tuple[Style, ...]:
+    key = (id(style), cells)
+    held = _uniform_styles.get(key)
+    if held is None or held[0] is not style:
+        if len(_uniform_styles) >= 1024:
+            _uniform_styles.clear()
+        held = _uniform_styles[key] = (
+            style,
+            (style,) * cells,
+        )  # the style kept alive: ids stay true
+    return held[1]
+
+
 def _history_line(text: str, styles: Style | tuple[Style, ...]) -> ScrollbackLine:
     """ScrollbackLine.of for a row that ends its line: trailing blanks in the default style go."""
     if type(styles) is Style:
         if styles == _UNSTYLED:
             text = text.rstrip(" ")
-        return ScrollbackLine(text, (styles,) * len(text))
+        return ScrollbackLine(text, _styles_of(styles, len(text)))
     cut, floor = len(text), len(text.rstrip(" "))
     while cut > floor and styles[cut - 1] == _UNSTYLED:
         cut -= 1
@@ -104,7 +124,7 @@ def _history_line(text: str, styles: Style | tuple[Style, ...]) -> ScrollbackLin
 
 def _wrapped_history_line(text: str, styles: Style | tuple[Style, ...]) -> ScrollbackLine:
     """ScrollbackLine.of for a full row whose line goes on: nothing is trimmed."""
-    return ScrollbackLine(text, (styles,) * len(text) if type(styles) is Style else styles)
+    return ScrollbackLine(text, _styles_of(styles, len(text)) if type(styles) is Style else styles)
 
 
 def _carries_text(line: bytes) -> bool:
@@ -199,7 +219,18 @@ class LineRuns:
         match = LINES.match(data)
         if match is None or not self.ready():
             return 0
-        lines = data[: match.end()].split(b"\r\n")
+        # The rows laid out here are garbage the moment they are committed; collecting while
+        # they live would only promote them (and make full collections come sooner).
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return self._write(data[: match.end()])
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _write(self, data: bytes) -> int:
+        lines = data.split(b"\r\n")
         lines.pop()  # after the last CR LF
         style = self._board.style
         before = style.current
