@@ -122,6 +122,15 @@ def test_yes_lands_as_a_full_parse_would() -> None:
     assert assert_same(chunks, scrollback=300) > len(data) * 0.9
 
 
+def test_blank_lines_are_laid_out_too() -> None:
+    # `yes ""`, then a space written at the bottom, a few blank lines, and a scroll back down
+    # that brings the space's row back under the cursor: the accent must join it as in bittty.
+    blank = b"\r\n" * 50_000
+    assert assert_same(chunked(blank, 16 * 1024)) > len(blank) * 0.9
+    chunks = [b"\x1b[24;1H \r", b"\r\n" * 5, b"\x1b[5T\x1b[24;2H\xcc\x81", *AFTERWARDS]
+    assert assert_same(chunks) == 10
+
+
 def test_scrollback_is_evicted_alike() -> None:
     lines = b"".join(b"line %06d   \r\n" % n for n in range(30_000))
     assert assert_same(chunked(lines, 20_000) + AFTERWARDS, scrollback=50) > len(lines) * 0.8

@@ -131,11 +131,14 @@ def _carries_text(line: bytes) -> bool:
     return bool(_SGR.sub(b"", line)) if b"\x1b" in line else bool(line)
 
 
-def _last_with_text(lines: list[bytes], limit: int) -> int:
-    """The last of lines[:limit + 1] that writes a character: 0 if none after the first."""
-    while limit > 0 and not _carries_text(lines[limit]):
-        limit -= 1
-    return limit
+def _bulk_end(lines: list[bytes], limit: int) -> int:
+    """How many of lines[:limit] to lay out: those before the last line that writes a
+    character, which is left to bittty (it sets bittty's memory of the last glyph), or all of
+    them when none writes one (then that memory is the same either way)."""
+    at = min(limit, len(lines) - 1)
+    while at >= 0 and not _carries_text(lines[at]):
+        at -= 1
+    return limit if at < 0 else at
 
 
 class LineRuns:
@@ -234,13 +237,13 @@ class LineRuns:
         lines.pop()  # after the last CR LF
         style = self._board.style
         before = style.current
-        end = _last_with_text(lines, len(lines) - 1)
+        end = _bulk_end(lines, len(lines))
         while end > 0:
             rows, laid = self._layout(lines, end)
             if laid == end:
                 break
             style.current = before  # a line it cannot lay out: stop short of it
-            end = _last_with_text(lines, laid)
+            end = _bulk_end(lines, laid)
         if end <= 0:
             style.current = before
             return 0
@@ -331,12 +334,18 @@ class LineRuns:
         empty = page._empty_cell
         shown = rows[max(0, count - keep) :]
         grid: list[list] = page.grid[old_out:keep]
-        for text, styles, _ in shown:
+        for index, (text, styles, _) in enumerate(shown):
             if type(styles) is Style:
                 cells = [(styles, char) for char in text]
             else:
                 cells = list(zip(styles, text, strict=True))
             cells.extend([empty] * (width - len(cells)))
+            if index == 0 and count <= keep:
+                # The first row is written into the bottom row itself, as bittty writes it:
+                # the row keeps its identity, which bittty's memory of the last glyph holds.
+                bottom = page.grid[keep]
+                bottom[:] = cells
+                cells = bottom
             grid.append(cells)
         grid.append([empty] * width)
         page.grid[:] = grid
