@@ -37,8 +37,8 @@ from bench.common import (
 
 async def seed(data_dir: Path, technicians: int) -> list[str]:
     from relay.config import RelaySettings
+    from relay.passwords import hash_password
     from relay.server import initialise
-    from relay.service import hash_password
     from relay.store import Store
 
     settings = RelaySettings(data_dir=data_dir)
@@ -91,7 +91,7 @@ async def end(client: httpx.AsyncClient, auth: dict, session_id: str) -> None:
 
 def console_hash() -> tuple[float, str]:
     """What the console does before it sends a create: argon2id, argon2-cffi defaults."""
-    from relay.service import hash_password
+    from relay.passwords import hash_password
 
     start = time.perf_counter()
     verifier = hash_password(SESSION_PASSWORD)

@@ -29,14 +29,15 @@ from pathlib import Path
 import asyncssh
 
 from bench.launch import LEVERS_ENV, prefer_aes_gcm, restore_encryption
-from relay.transport import CoalescingTcp, WideTunnel, client_options, tune_allocator
+from relay.transport import client_options, pinned, tune_allocator
 from tests.support import (
     PASSWORD,
     SESSION_PASSWORD,
     Api,
     RelayProcess,
-    pinned,
     run_cli,
+    stop_process,
+    technician_ssh,
     wait_for_ready,
 )
 
@@ -136,7 +137,6 @@ class Levers:
     tech_window: int = 0  # window/max_pktsize on the technician's outer and inner connections
     tech_packet: int = 0
     uvloop: bool = False  # uvloop in the relay and the agent
-    argon2_owasp: bool = False  # relay/service.py hashes session passwords at 19 MiB, t=2, p=1
     label: str = "as shipped"
 
     def env(self) -> dict[str, str]:
@@ -243,13 +243,7 @@ async def deployment(levers: Levers = SHIPPED, ssh_key: Path | None = None
             info = await api.relay_info()
             yield Deployment(relay, api, {**session, **view}, agent, workdir, info["host_key"])
     finally:
-        if agent is not None and agent.poll() is None:
-            agent.terminate()
-            try:
-                agent.wait(10)
-            except subprocess.TimeoutExpired:
-                agent.kill()
-                agent.wait(5)
+        stop_process(agent)
         relay.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -257,27 +251,12 @@ async def deployment(levers: Levers = SHIPPED, ssh_key: Path | None = None
 @contextlib.asynccontextmanager
 async def relayed_connection(dep: Deployment, levers: Levers = SHIPPED
                              ) -> AsyncIterator[asyncssh.SSHClientConnection]:
-    """The technician's outer connection to the relay and inner connection to the agent,
-    with the console's own transport settings (relay/transport.py), as a technician has."""
-    opts = dict(client_keys=None, agent_path=None, config=None, **client_options())
-    opts.update(levers.tech_options())
+    """The technician's outer connection to the relay and inner connection to the agent, made
+    as the console makes them (tui/client.py), with the levers' technician settings."""
     with technician_ciphers(levers):
-        outer = await asyncssh.connect(
-            dep.relay.ssh_host, dep.relay.ssh_port, username=dep.api.login_name,
-            password=dep.api.token, known_hosts=pinned(dep.relay_host_key),
-            tunnel=CoalescingTcp(), **opts)
-        try:
-            inner = await asyncssh.connect(
-                dep.session["id"], 22, tunnel=WideTunnel(outer), username="support",
-                password=SESSION_PASSWORD, known_hosts=pinned(dep.session["host_key"]), **opts)
-            try:
-                yield inner
-            finally:
-                inner.close()
-                await inner.wait_closed()
-        finally:
-            outer.close()
-            await outer.wait_closed()
+        async with technician_ssh(dep.relay, dep.api, dep.session,
+                                  **levers.tech_options()) as inner:
+            yield inner
 
 
 # --- the direct anchor: the same inner server on a plain socket ------------------------------

@@ -37,7 +37,7 @@ from bench.common import (
     table,
     verdict,
 )
-from bench.transfer import VARIANTS, JumpConfig
+from bench.transfer import VARIANTS, JumpConfig, parse_with_levers
 
 COMMAND = "stty raw -echo; exec cat"
 ROUND = 100
@@ -180,14 +180,8 @@ async def main_async(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trips", type=int, default=1000, help="round trips per contender")
-    parser.add_argument("--levers", default="shipped",
-                        help=f"comma-separated variants: {', '.join(VARIANTS)}")
     parser.add_argument("--no-jump", action="store_true", help="skip OpenSSH ssh -J via relay")
-    args = parser.parse_args()
-    for name in args.levers.split(","):
-        if name not in VARIANTS:
-            parser.error(f"unknown lever variant {name!r}: choose from {', '.join(VARIANTS)}")
-    run_async(main_async(args))
+    run_async(main_async(parse_with_levers(parser)))
 
 
 if __name__ == "__main__":

@@ -58,14 +58,6 @@ def apply(levers: dict) -> None:
     if levers.get("agent_window"):
         asyncssh.create_connection = _with_channel_defaults(
             levers["agent_window"], levers.get("agent_packet") or 32768)
-    if levers.get("argon2_owasp"):
-        # OWASP's smallest argon2id setting (19 MiB, t=2, p=1) instead of argon2-cffi's default
-        # (64 MiB, t=3, p=4); verify() reads the parameters from each stored hash.
-        from argon2 import PasswordHasher
-
-        import relay.service
-
-        relay.service._hasher = PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1)
     if levers.get("uvloop"):
         import uvloop
 
@@ -74,12 +66,11 @@ def apply(levers: dict) -> None:
 
 async def _serve_direct(port_file: str) -> None:
     """The agent's inner SSH server on a plain loopback socket: the same code, no relay."""
-    from argon2 import PasswordHasher
-
     from hostagent.server import AgentState, Notices, server_options
+    from relay.passwords import hash_password
     from tests.support import SESSION_PASSWORD
 
-    verifier = PasswordHasher().hash(SESSION_PASSWORD)
+    verifier = hash_password(SESSION_PASSWORD)
     state = AgentState(verifier, ("shell", "chat", "files", "dashboard"), Notices())
     key = asyncssh.generate_private_key("ssh-ed25519")
     server = await asyncssh.listen("127.0.0.1", 0, **server_options(state, key))

@@ -217,14 +217,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mib", type=int, default=256, help="file size in MiB (default 256)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (default 2)")
+    parser.add_argument("--no-jump", action="store_true", help="skip OpenSSH sftp -J via relay")
+    run_async(main_async(parse_with_levers(parser)))
+
+
+def parse_with_levers(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Parse the command line with a checked --levers list of VARIANTS (shared with
+    bench.keystroke)."""
     parser.add_argument("--levers", default="shipped",
                         help=f"comma-separated variants: {', '.join(VARIANTS)}")
-    parser.add_argument("--no-jump", action="store_true", help="skip OpenSSH sftp -J via relay")
     args = parser.parse_args()
     for name in args.levers.split(","):
         if name not in VARIANTS:
             parser.error(f"unknown lever variant {name!r}: choose from {', '.join(VARIANTS)}")
-    run_async(main_async(args))
+    return args
 
 
 if __name__ == "__main__":

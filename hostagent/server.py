@@ -15,8 +15,6 @@ from collections import Counter
 from collections.abc import Callable
 
 import asyncssh
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
 
 from hostagent.chat import ChatHub, serve_chat
 from hostagent.dashboard import serve_dashboard
@@ -30,6 +28,7 @@ from hostagent.shells import (
     ShellLimit,
     ShellRegistry,
 )
+from relay.passwords import verify_password
 
 log = logging.getLogger("adhoc.host")
 
@@ -53,17 +52,6 @@ class Notices:
     def auth_failed(self, who: str, failures: int) -> None: ...
     def chat(self, message: dict) -> None: ...
     def changed(self) -> None: ...
-
-
-class _Hasher:
-    hasher = PasswordHasher()
-
-    @classmethod
-    def verify(cls, verifier: str, password: str) -> bool:
-        try:
-            return cls.hasher.verify(verifier, password)
-        except (VerificationError, InvalidHashError):
-            return False
 
 
 class AgentState:
@@ -143,7 +131,7 @@ class InnerServer(asyncssh.SSHServer):
         if self.state.ended:
             return False
         ok = username == INNER_USER and await asyncio.to_thread(
-            _Hasher.verify, self.state.password_verifier, password)
+            verify_password, self.state.password_verifier, password)
         if ok:
             self.authenticated = True
             self.state.connected[self.who] += 1

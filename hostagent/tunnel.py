@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import asyncssh
 
-from relay.transport import WideTunnel, client_options
+from relay.transport import WideTunnel, client_options, pinned
 
 log = logging.getLogger("adhoc.host")
 
@@ -58,7 +58,7 @@ class Tunnel:
         self.session_id = session_id
         self._secret = secret
         self.host, self.port = host, port
-        self._known_hosts = ([asyncssh.import_public_key(relay_host_key)], [], [])
+        self._known_hosts = pinned(relay_host_key)
         self._inner_options = inner_options
         self._on_state = on_state or (lambda state, detail: None)
         self._keepalive = keepalive_interval

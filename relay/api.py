@@ -15,13 +15,8 @@ from starlette.routing import Match
 
 from relay import join
 from relay import sessions as rules
-from relay.service import (
-    VERIFIER_MAX_CHARS,
-    RelayService,
-    ServiceError,
-    check_email,
-    check_login_name,
-)
+from relay.passwords import VERIFIER_MAX_CHARS
+from relay.service import RelayService, ServiceError, check_email, check_login_name
 from relay.store import Technician
 
 API = "/api/v1"

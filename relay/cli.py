@@ -22,7 +22,8 @@ from relay.config import (
     parse_hostport,
     parse_rate,
 )
-from relay.service import check_email, check_login_name, hash_password
+from relay.passwords import hash_password
+from relay.service import check_email, check_login_name
 from relay.sessions import Plan
 from relay.store import Conflict, NotFound, Store
 from relay.transport import tune_allocator

@@ -8,8 +8,6 @@ what to do next.
 from __future__ import annotations
 
 import asyncio
-import base64
-import functools
 import hashlib
 import hmac
 import json
@@ -24,12 +22,10 @@ from datetime import UTC, datetime
 from email import policy as email_policy
 from email.parser import BytesParser
 
-from argon2 import PasswordHasher, Type, extract_parameters
-from argon2.exceptions import InvalidHashError, VerificationError
-
 from relay import sessions as rules
 from relay.config import Rate, RelaySettings, format_duration
 from relay.events import EventBus
+from relay.passwords import dummy_hash, hash_password, session_secret_problem, verify_password
 from relay.presence import PresenceLog
 from relay.registry import AgentRegistry
 from relay.store import Conflict, NotFound, Presence, SessionRow, Store, Technician
@@ -43,16 +39,6 @@ RECENT_ENDED = 7 * 86400
 LOGIN_RE = re.compile(r"^[a-z0-9._-]{1,64}$")
 EMAIL_RE = re.compile(r"^[^@\s<>\"',;]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)+$")
-
-_hasher = PasswordHasher()
-
-
-@functools.cache
-def _dummy_hash() -> str:
-    """A verifier of the right shape to spend the same time on unknown logins as on known
-    ones; made on first use so that importing this module (the admin CLI) stays quick."""
-    return _hasher.hash("adhoc-dummy-password")
-
 
 class ServiceError(Exception):
     def __init__(self, status: int, code: str, detail: str, *,
@@ -126,17 +112,6 @@ def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
-def hash_password(password: str) -> str:
-    return _hasher.hash(password)
-
-
-def verify_password(stored_hash: str, password: str) -> bool:
-    try:
-        return _hasher.verify(stored_hash, password)
-    except (VerificationError, InvalidHashError):
-        return False
-
-
 def check_login_name(login: str) -> str:
     if not LOGIN_RE.match(login):
         raise ValueError(f"login {login!r} is not valid: use 1-64 of a-z, 0-9, '.', '_' and '-'")
@@ -148,102 +123,6 @@ def check_email(email: str) -> str:
     if len(email) > 254 or not EMAIL_RE.match(email):
         raise ValueError(f"{email!r} is not an email address: use the form name@example.com")
     return email
-
-
-_COMMON_PASSWORDS = {"password", "12345678", "123456789", "1234567890", "qwertyui", "qwerty123",
-                     "password1", "letmein1", "iloveyou", "abcdefgh", "11111111", "00000000",
-                     "passw0rd", "welcome1", "support1", "adhoc123", "changeme"}
-
-
-def session_password_problem(password: str) -> str | None:
-    """Why a session password is too weak, or None. Shared with the console's strength hint."""
-    if len(password) < 8:
-        return "the session password must have at least 8 characters"
-    if len(password) > 256:
-        return "the session password must have at most 256 characters"
-    if password.lower() in _COMMON_PASSWORDS or len(set(password)) < 4:
-        return "the session password is too easy to guess: use a few unrelated words"
-    classes = sum(bool(re.search(p, password)) for p in (r"[a-z]", r"[A-Z]", r"\d", r"[^\w]"))
-    if len(password) < 12 and classes < 2:
-        return ("the session password is too simple: use 12 or more characters, or mix "
-                "letters with digits or symbols")
-    return None
-
-
-# A verifier the console made in place of the session password (DESIGN §5): the relay hands it
-# to the customer's agent, which checks the technician's password against it on every login.
-# OWASP's argon2id floors (19 MiB with t=2, or 46 MiB with t=1), and caps so that an API caller
-# cannot make the customer's computer spend seconds and 256+ MiB on each check.
-VERIFIER_MAX_CHARS = 512
-VERIFIER_MIN_MEMORY_KIB = 19456
-VERIFIER_ONE_PASS_MEMORY_KIB = 47104
-VERIFIER_MAX_MEMORY_KIB = 262144
-VERIFIER_MAX_TIME_COST = 10
-VERIFIER_MAX_PARALLELISM = 8
-VERIFIER_MIN_BYTES = 16
-# The one form argon2's own decoder reads: this order, no leading zeros, unpadded base64.
-_VERIFIER_FORM = re.compile(r"\$argon2id\$v=19\$m=[1-9][0-9]*,t=[1-9][0-9]*,p=[1-9][0-9]*"
-                            r"\$([A-Za-z0-9+/]+)\$([A-Za-z0-9+/]+)")
-_HOW_TO_HASH = ("hash the session password with argon2id, at least 19 MiB and t=2 "
-                "(argon2-cffi's defaults are fine)")
-
-
-def _canonical_base64(text: str) -> bool:
-    """Whether argon2 would decode this unpadded base64 (no stray bits after the last byte)."""
-    if len(text) % 4 == 1:
-        return False
-    decoded = base64.b64decode(text + "=" * (-len(text) % 4))
-    return base64.b64encode(decoded).decode().rstrip("=") == text
-
-
-def verifier_problem(verifier: str) -> str | None:
-    """Why a password verifier sent instead of the session password is unfit, or None."""
-    if len(verifier) > VERIFIER_MAX_CHARS:
-        return (f"password_verifier must have at most {VERIFIER_MAX_CHARS} characters: "
-                f"{_HOW_TO_HASH}")
-    try:
-        params = extract_parameters(verifier)
-    except InvalidHashError:
-        params = None
-    if params is not None and params.type is not Type.ID:
-        return f"password_verifier is an argon2{params.type.name.lower()} hash: {_HOW_TO_HASH}"
-    if params is not None and params.version != 19:
-        return (f"password_verifier uses Argon2 version {params.version}: use version 19 "
-                f"(v=19), which current libraries write; {_HOW_TO_HASH}")
-    form = _VERIFIER_FORM.fullmatch(verifier)
-    if params is None or form is None or not all(map(_canonical_base64, form.groups())):
-        return ("password_verifier is not an argon2id hash in the standard form "
-                f"$argon2id$v=19$m=...,t=...,p=...$salt$hash: {_HOW_TO_HASH}")
-    for part, size in (("salt", params.salt_len), ("hash", params.hash_len)):
-        if size < VERIFIER_MIN_BYTES:
-            return (f"password_verifier has a {part} of {size} bytes: use at least "
-                    f"{VERIFIER_MIN_BYTES}; {_HOW_TO_HASH}")
-    memory, passes = params.memory_cost, params.time_cost
-    if memory < VERIFIER_MIN_MEMORY_KIB or (memory < VERIFIER_ONE_PASS_MEMORY_KIB
-                                            and passes < 2):
-        return (f"password_verifier's argon2id parameters are too weak (m={memory} KiB, "
-                f"t={passes}): hash the session password with at least 19 MiB and t=2, or "
-                "46 MiB and t=1 (argon2-cffi's defaults, 64 MiB and t=3, are fine)")
-    if (memory > VERIFIER_MAX_MEMORY_KIB or passes > VERIFIER_MAX_TIME_COST
-            or params.parallelism > VERIFIER_MAX_PARALLELISM):
-        return (f"password_verifier's argon2id parameters would cost the customer's computer "
-                f"too much on every login (m={memory} KiB, t={passes}, "
-                f"p={params.parallelism}): use at most {VERIFIER_MAX_MEMORY_KIB} KiB (256 MiB), "
-                f"t={VERIFIER_MAX_TIME_COST} and p={VERIFIER_MAX_PARALLELISM}")
-    return None
-
-
-def session_secret_problem(password: str | None, verifier: str | None) -> str | None:
-    """Why a create's session secret is unfit, or None: exactly one of the two, each fit."""
-    if password is None and verifier is None:
-        return ("send password_verifier (the session password hashed with argon2id, as the "
-                "console does) or password")
-    if password is not None and verifier is not None:
-        return ("send password_verifier or password, not both: with the verifier the relay "
-                "never needs the password")
-    if verifier is not None:
-        return verifier_problem(verifier)
-    return session_password_problem(password)
 
 
 @dataclass(frozen=True)
@@ -277,7 +156,7 @@ class RelayService:
 
     async def prepare(self) -> None:
         """Work done once before serving, so that no request pays for it (or times it)."""
-        await asyncio.to_thread(_dummy_hash)
+        await asyncio.to_thread(dummy_hash)
 
     # --- addresses -------------------------------------------------------------------------
 
@@ -328,7 +207,7 @@ class RelayService:
         except NotFound:
             tech = None
         ok = await asyncio.to_thread(verify_password,
-                                     tech.password_hash if tech else _dummy_hash(), password)
+                                     tech.password_hash if tech else dummy_hash(), password)
         if tech is not None and ok and not tech.disabled:
             company = await self.store.company(tech.company_id)
             ok = not company.disabled
@@ -379,7 +258,7 @@ class RelayService:
         try:
             tech = await self.store.technician_by_login(login)
         except NotFound:
-            await asyncio.to_thread(verify_password, _dummy_hash(), password)
+            await asyncio.to_thread(verify_password, dummy_hash(), password)
             return None
         by_token = await self.store.technician_for_token(rules.token_hash(password), self.clock())
         if by_token is not None and by_token.id == tech.id:

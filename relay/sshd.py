@@ -264,12 +264,6 @@ class _GatedListener:
         return _GatedServer(sock, self._startups,
                             coalescing_protocol(lambda: session_factory("", 0)))
 
-    def close(self) -> None:
-        pass
-
-    async def wait_closed(self) -> None:
-        pass
-
 
 class RelaySSHServer(asyncssh.SSHServer):
     def __init__(self, service: RelayService, startups: Startups) -> None:

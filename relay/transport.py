@@ -21,6 +21,11 @@ OUTER_PACKET = 256 * 1024
 LISTEN_BACKLOG = 1024  # the relay's SSH listener: agents arrive in bursts after a restart
 
 
+def pinned(public_key: str) -> tuple[list, list, list]:
+    """asyncssh known_hosts that trust exactly this key (Adhoc pins keys, never learns them)."""
+    return ([asyncssh.import_public_key(public_key)], [], [])
+
+
 def client_options(*, outer: bool = False) -> dict:
     """Options for an asyncssh client connection on any Adhoc leg; `outer` for a connection
     to the relay itself (not tunnelled through it), which then coalesces its writes."""
@@ -141,12 +146,6 @@ class WideTunnel:
             lambda orig_host, orig_port: _CoalescedSession(session_factory(orig_host, orig_port)),
             listen_host, listen_port, window=OUTER_WINDOW, max_pktsize=OUTER_PACKET)
 
-    def close(self) -> None:
-        self.conn.close()
-
-    async def wait_closed(self) -> None:
-        await self.conn.wait_closed()
-
 
 def coalescing_protocol(session_factory):
     """An asyncio protocol factory whose SSH connections coalesce their writes."""
@@ -163,9 +162,3 @@ class CoalescingTcp:
         transport, session = await loop.create_connection(
             coalescing_protocol(session_factory), remote_host, remote_port)
         return transport, session.conn
-
-    def close(self) -> None:
-        pass
-
-    async def wait_closed(self) -> None:
-        pass

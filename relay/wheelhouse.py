@@ -28,7 +28,7 @@ from pathlib import Path
 HOST_DIST = "adhoc-host"
 HOST_PACKAGE = "hostagent"
 # Modules of `relay` that `hostagent` imports (contract modules with no relay dependencies).
-SHARED_CONTRACTS = ("__init__.py", "transport.py")
+SHARED_CONTRACTS = ("__init__.py", "passwords.py", "transport.py")
 # What `hostagent` imports outside the standard library (keep in step with its imports).
 HOST_REQUIREMENTS = ("asyncssh>=2.24.1", "argon2-cffi>=25.1", "httpx>=0.28", "psutil>=7.0",
                      "pyte>=0.8.2")

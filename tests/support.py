@@ -18,14 +18,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import asyncssh
 import httpx
 
 from relay.config import RelaySettings
+from relay.passwords import hash_password
 from relay.server import initialise
-from relay.service import hash_password
 from relay.store import Store
-from relay.transport import WideTunnel, client_options
+from tui.client import connect_host, connect_relay
 
 PASSWORD = "tech-password-1"
 SESSION_PASSWORD = "Horse-battery-9"
@@ -67,6 +66,19 @@ def provision(data_dir: Path, *, company: str = "Acme", plan: str = "plus", seat
                 "--company", company, "--password-stdin", stdin=PASSWORD + "\n")
 
 
+def stop_process(proc: subprocess.Popen | None, sig: int = signal.SIGTERM) -> None:
+    """Signal `proc` and wait for it (SIGKILL after 10 s); close its stdout pipe."""
+    if proc and proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    if proc and proc.stdout:
+        proc.stdout.close()
+
+
 @dataclass
 class RelayProcess:
     data_dir: Path
@@ -91,15 +103,7 @@ class RelayProcess:
                                                                      timeout)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        if self.proc and self.proc.stdout:
-            self.proc.stdout.close()
+        stop_process(self.proc, sig)
 
     def kill9(self) -> None:
         self.stop(signal.SIGKILL)
@@ -216,37 +220,20 @@ class AgentProcess:
         return code
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        if self.proc and self.proc.stdout:
-            self.proc.stdout.close()
-
-
-def pinned(public_key: str) -> tuple[list, list, list]:
-    """known_hosts trusting exactly this key."""
-    return ([asyncssh.import_public_key(public_key)], [], [])
+        stop_process(self.proc)
 
 
 @contextlib.asynccontextmanager
 async def technician_ssh(relay: RelayProcess, api: Api, session: dict,
-                         password: str = SESSION_PASSWORD):
-    """Outer connection to the relay as the technician, inner connection to the host, with
-    the console's own transport settings (tui/client.py)."""
+                         password: str = SESSION_PASSWORD, **options):
+    """Outer connection to the relay as the technician, inner connection to the host, made as
+    the console makes them (tui/client.py); `options` override asyncssh settings."""
     info = await api.relay_info()
-    outer = await asyncssh.connect(
-        relay.ssh_host, relay.ssh_port, username=api.login_name, password=api.token,
-        known_hosts=pinned(info["host_key"]), client_keys=None, agent_path=None, config=None,
-        **client_options(outer=True))
+    outer = await connect_relay(relay.ssh_host, relay.ssh_port, api.login_name, api.token,
+                                info["host_key"], **options)
     try:
-        inner = await asyncssh.connect(
-            session["id"], 22, tunnel=WideTunnel(outer), username="support", password=password,
-            known_hosts=pinned(session["host_key"]), client_keys=None, agent_path=None,
-            config=None, **client_options())
+        inner = await connect_host(outer, session["id"], session["host_key"], password,
+                                   **options)
         try:
             yield inner
         finally:
@@ -264,6 +251,17 @@ def new_agent(agents: list[AgentProcess], tmp_path: Path, session: dict) -> Agen
     agent = AgentProcess(session["join_url"], session["security_code"], workdir)
     agents.append(agent)
     return agent
+
+
+async def start_session(api: Api, agents: list[AgentProcess], tmp_path: Path,
+                        *extra: str) -> tuple[dict, AgentProcess]:
+    """Create a session, start an agent on it, and wait until the host is online."""
+    session = await api.create_session()
+    agent = new_agent(agents, tmp_path, session)
+    agent.start(*extra)
+    await agent.wait_for_line("Connected to the relay")
+    view = await api.wait_for(session["id"], lambda v: v["state"] == "active" and v["online"])
+    return view, agent
 
 
 async def provision_store(path: Path, companies: list[tuple[str, str, int, list[str]]]) -> None:

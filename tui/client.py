@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import asyncssh
 import httpx
 
-from relay.service import hash_password, session_password_problem
-from relay.transport import WideTunnel, client_options
+from relay.passwords import hash_password, session_password_problem
+from relay.transport import WideTunnel, client_options, pinned
 
 API = "/api/v1"
 # Small windows so ctrl+c stops a flood quickly (DESIGN §6, issue 5).
@@ -234,6 +234,34 @@ class JsonLines:
             self._writer.channel.close()
 
 
+INNER_PORT = 22
+INNER_USER = "support"
+
+
+def _technician_options(*, outer: bool = False, **options) -> dict:
+    return {"client_keys": None, "agent_path": None, "config": None,
+            "preferred_auth": "password", "keepalive_interval": 15, "keepalive_count_max": 3,
+            **client_options(outer=outer), **options}
+
+
+async def connect_relay(host: str, port: int, login: str, token: str, relay_key: str,
+                        **options) -> asyncssh.SSHClientConnection:
+    """The technician's SSH connection to the relay, pinned to its key, with the console's
+    transport settings; `options` override them (the bench tries levers this way)."""
+    return await asyncssh.connect(host, port, username=login, password=token,
+                                  known_hosts=pinned(relay_key),
+                                  **_technician_options(outer=True, **options))
+
+
+async def connect_host(relay: asyncssh.SSHClientConnection, session_id: str, host_key: str,
+                       password: str, **options) -> asyncssh.SSHClientConnection:
+    """The technician's inner connection to a session's host, through `relay`, pinned to the
+    host key the relay reported at activation."""
+    return await asyncssh.connect(session_id, INNER_PORT, tunnel=WideTunnel(relay),
+                                  username=INNER_USER, password=password,
+                                  known_hosts=pinned(host_key), **_technician_options(**options))
+
+
 class HostConnector:
     """One SSH connection to the relay, and one inner connection per host, opened on demand."""
 
@@ -250,11 +278,8 @@ class HostConnector:
         info = await self.client.relay_info()
         host, _, port = info["ssh"].rpartition(":")
         try:
-            self._relay = await asyncssh.connect(
-                host.strip("[]"), int(port), username=self.login, password=self.client.token,
-                known_hosts=([asyncssh.import_public_key(info["host_key"])], [], []),
-                client_keys=None, agent_path=None, config=None, preferred_auth="password",
-                keepalive_interval=15, keepalive_count_max=3, **client_options(outer=True))
+            self._relay = await connect_relay(host.strip("[]"), int(port), self.login,
+                                              self.client.token, info["host_key"])
         except (OSError, asyncssh.Error) as exc:
             raise RelayError(0, "unreachable",
                              f"cannot open SSH to the relay at {info['ssh']}: {exc}") from None
@@ -270,12 +295,7 @@ class HostConnector:
                 raise RelayError(0, "not_active", "the customer has not activated this session")
             relay = await self._relay_conn()
             try:
-                conn = await asyncssh.connect(
-                    session["id"], 22, tunnel=WideTunnel(relay), username="support",
-                    password=password,
-                    known_hosts=([asyncssh.import_public_key(session["host_key"])], [], []),
-                    client_keys=None, agent_path=None, config=None, preferred_auth="password",
-                    keepalive_interval=15, keepalive_count_max=3, **client_options())
+                conn = await connect_host(relay, session["id"], session["host_key"], password)
             except asyncssh.PermissionDenied:
                 raise RelayError(403, "wrong_password",
                                  "the host refused the session password: check it and try "

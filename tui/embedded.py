@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass
 
 from relay.config import RelaySettings
+from relay.passwords import hash_password
 from relay.server import RelayServer
-from relay.service import hash_password
 from relay.store import NotFound
 from tui.config import embedded_data_dir
 

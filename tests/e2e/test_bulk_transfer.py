@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_walking_skeleton import active_session
-from tests.support import Api, technician_ssh
+from tests.support import Api, start_session, technician_ssh
 
 MIB = 1024 * 1024
 SIZE = 32 * MIB
@@ -41,7 +40,7 @@ async def test_bulk_transfer_is_intact_and_reuses_relay_memory(relay, agents, tm
     source = tmp_path / "source.bin"
     source.write_bytes(os.urandom(SIZE))
     async with Api(relay.base_url) as api:
-        view, _agent = await active_session(relay, agents, tmp_path, api)
+        view, _agent = await start_session(api, agents, tmp_path)
         async with technician_ssh(relay, api, view) as inner, \
                 inner.start_sftp_client() as sftp:
             remote = str(tmp_path / "on-host.bin")

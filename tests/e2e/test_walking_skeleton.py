@@ -11,16 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import SESSION_PASSWORD, Api, new_agent, technician_ssh
-
-
-async def active_session(relay, agents, tmp_path: Path, api: Api) -> tuple[dict, object]:
-    session = await api.create_session()
-    agent = new_agent(agents, tmp_path, session)
-    agent.start()
-    await agent.wait_for_line("Connected to the relay")
-    view = await api.wait_for(session["id"], lambda v: v["state"] == "active" and v["online"])
-    return view, agent
+from tests.support import SESSION_PASSWORD, Api, new_agent, start_session, technician_ssh
 
 
 async def test_invite_activate_shell_sftp_end(relay, agents, tmp_path: Path) -> None:
@@ -74,7 +65,7 @@ async def test_invite_activate_shell_sftp_end(relay, agents, tmp_path: Path) -> 
 
 async def test_pty_shell_through_relay(relay, agents, tmp_path: Path) -> None:
     async with Api(relay.base_url) as api:
-        view, _agent = await active_session(relay, agents, tmp_path, api)
+        view, _agent = await start_session(api, agents, tmp_path)
         async with technician_ssh(relay, api, view) as inner:
             process = await inner.create_process(term_type="xterm-256color",
                                                  term_size=(100, 30), encoding=None)
@@ -95,7 +86,7 @@ async def test_wrong_session_password_is_refused(relay, agents, tmp_path: Path) 
     import asyncssh
 
     async with Api(relay.base_url) as api:
-        view, agent = await active_session(relay, agents, tmp_path, api)
+        view, agent = await start_session(api, agents, tmp_path)
         with pytest.raises(asyncssh.PermissionDenied):
             async with technician_ssh(relay, api, view, password="not-the-password"):
                 pass
@@ -110,7 +101,7 @@ async def test_openssh_jump_through_relay(relay, agents, tmp_path: Path) -> None
     subprocess.run(["adhoc-relay", "--data-dir", str(relay.data_dir), "technician", "add-key",
                     "alice", f"{key}.pub"], check=True, capture_output=True)
     async with Api(relay.base_url) as api:
-        view, _agent = await active_session(relay, agents, tmp_path, api)
+        view, _agent = await start_session(api, agents, tmp_path)
         relay_key = (await api.relay_info())["host_key"]
     known = tmp_path / "known_hosts"
     known.write_text(f"[127.0.0.1]:{relay.ssh_port} {relay_key}\n{view['id']} {view['host_key']}\n")

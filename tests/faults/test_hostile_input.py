@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from tests.support import Api, RelayProcess, new_agent, technician_ssh
+from tests.support import Api, RelayProcess, new_agent, start_session, technician_ssh
 
 IDLE = 150  # connections that never send a byte
 DRIP = 50  # connections that send a version string one byte a second
@@ -35,14 +35,6 @@ GARBAGE = {
     "bad kexinit": b"SSH-2.0-ok\r\n" + b"\x00\x00\x00\x1c\x06\x14" + os.urandom(26),
     "random": os.urandom(4096),
 }
-
-
-async def live_session(relay: RelayProcess, api: Api, agents, tmp_path: Path) -> dict:
-    session = await api.create_session()
-    agent = new_agent(agents, tmp_path, session)
-    agent.start()
-    await agent.wait_for_line("Connected to the relay")
-    return await api.wait_for(session["id"], lambda v: v["online"])
 
 
 async def run_on_host(relay: RelayProcess, api: Api, session: dict, command: str) -> str:
@@ -126,7 +118,7 @@ async def test_oversized_and_deep_json_on_open_routes_leaves_sessions_alone(
         start_relay, agents, tmp_path: Path, quick_agent) -> None:
     relay = start_relay()
     async with Api(relay.base_url) as api, Api(relay.base_url, login="bob") as bob:
-        view = await live_session(relay, api, agents, tmp_path)
+        view, _agent = await start_session(api, agents, tmp_path)
         pending = await bob.create_session()
         token = pending["join_url"].rsplit("/", 1)[1]
         routes = ["/api/v1/login", f"/api/v1/join/{token}/activate", "/api/v1/agent/audit",

@@ -23,7 +23,7 @@ import psutil
 
 from hostagent.tunnel import Tunnel
 from relay import sessions as rules
-from relay.service import hash_password
+from relay.passwords import hash_password
 from relay.store import SessionRow, Store
 from tests.faults.conftest import provision_store, restart
 from tests.support import SESSION_PASSWORD

@@ -10,8 +10,6 @@ from pathlib import Path
 
 from tests.support import (
     AgentProcess,
-    Api,
-    new_agent,
     provision,
     run_cli,
     technician_ssh,
@@ -25,17 +23,6 @@ def provisioned_template(path: Path) -> Path:
     run_cli(data_dir, "technician", "add", "bert", "--email", "bert@example.com",
             "--company", "Basic", "--password-stdin", stdin="tech-password-1\n")
     return data_dir
-
-
-async def start_session(api: Api, agents: list[AgentProcess], tmp_path: Path,
-                        *extra: str) -> tuple[dict, AgentProcess]:
-    """Create a session, start an agent on it, and wait until the host is online."""
-    session = await api.create_session()
-    agent = new_agent(agents, tmp_path, session)
-    agent.start(*extra)
-    await agent.wait_for_line("Connected to the relay")
-    view = await api.wait_for(session["id"], lambda v: v["state"] == "active" and v["online"])
-    return view, agent
 
 
 async def wait_for_count(agent: AgentProcess, text: str, count: int,

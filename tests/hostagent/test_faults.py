@@ -11,11 +11,10 @@ from tests.hostagent.helpers import (
     leftovers,
     pid_alive,
     read_until,
-    start_session,
     wait_for_count,
 )
 from tests.hostagent.test_shells import open_shell, shell_pid
-from tests.support import AgentProcess, Api, new_agent
+from tests.support import AgentProcess, Api, new_agent, start_session
 
 
 async def test_relay_restart_keeps_the_shell(start_relay, agents, tmp_path: Path,

@@ -15,8 +15,8 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from tests.hostagent.helpers import inner_connection, read_until, start_session
-from tests.support import Api
+from tests.hostagent.helpers import inner_connection, read_until
+from tests.support import Api, start_session
 
 
 async def audit_events(api: Api, session_id: str, wanted: set[str],

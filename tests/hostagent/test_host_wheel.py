@@ -16,12 +16,17 @@ def test_host_wheel_imports_alone(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel) as zf:
         names = zf.namelist()
         zf.extractall(target)
-    assert "relay/transport.py" in names
-    assert not any(n.startswith("relay/") and n not in ("relay/__init__.py",
-                                                         "relay/transport.py") for n in names)
+    contracts = {"relay/__init__.py", "relay/passwords.py", "relay/transport.py"}
+    assert contracts <= set(names)
+    assert not any(n.startswith("relay/") and n not in contracts for n in names)
     # Import every host module with only the wheel's files on the path (plus site-packages
-    # for third-party dependencies), not the source checkout.
-    code = ("import sys; sys.path = [p for p in sys.path if 'work/main' not in p and p != '']; "
+    # for third-party dependencies), not the source checkout: neither by path nor through
+    # the editable install's import hook, wherever the checkout is.
+    checkout = str(Path(__file__).resolve().parents[2])
+    code = ("import sys; "
+            f"sys.path = [p for p in sys.path if not p.startswith({checkout!r}) and p != '']; "
+            "sys.meta_path = [f for f in sys.meta_path "
+            "                 if '__editable__' not in getattr(f, '__module__', '')]; "
             f"sys.path.insert(0, {str(target)!r}); "
             "import importlib, pkgutil, hostagent; "
             "[importlib.import_module('hostagent.' + m.name) "

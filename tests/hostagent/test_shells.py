@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.hostagent.helpers import inner_connection, pid_alive, read_until, start_session
-from tests.support import Api
+from tests.hostagent.helpers import inner_connection, pid_alive, read_until
+from tests.support import Api, start_session
 
 PID = re.compile(rb"pid-(\d+)-end")
 

@@ -19,7 +19,8 @@ import asyncssh
 import httpx
 import pytest
 
-from tests.support import Api, RelayProcess, pinned, provision_store, relays
+from relay.transport import pinned
+from tests.support import Api, RelayProcess, provision_store, relays
 
 # Companies in the template: (name, plan, seats, technicians; the first one is an admin).
 COMPANIES = (

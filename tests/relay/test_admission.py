@@ -25,11 +25,20 @@ def test_handshakes_beyond_the_limits_are_dropped_until_places_free_up() -> None
     assert gate.in_flight == 3
 
 
-async def test_the_listener_waits_for_room_instead_of_accepting() -> None:
-    gate = Startups(limit=2, per_source=2)
-    assert gate.admit("10.0.0.1") and gate.admit("10.0.0.2")
-    waiting = asyncio.ensure_future(gate.wait_for_room())
-    await asyncio.sleep(0.05)
-    assert not waiting.done(), "at the limit, nothing more is accepted"
-    gate.done("10.0.0.2")
-    await asyncio.wait_for(waiting, 1)
+async def test_past_the_limit_the_relay_leaves_connections_queued_until_room(
+        start_relay, monkeypatch) -> None:
+    monkeypatch.setenv("ADHOC_RELAY_MAX_STARTUPS", "2")
+    relay = start_relay()
+    first, second = [await asyncio.open_connection(relay.ssh_host, relay.ssh_port)
+                     for _ in range(2)]
+    for reader, _ in (first, second):
+        assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"SSH-2.0-")
+    # The third is connected by the kernel but not taken: no banner, and not hung up on.
+    reader, writer = await asyncio.open_connection(relay.ssh_host, relay.ssh_port)
+    waiting = asyncio.ensure_future(reader.readline())
+    done, _ = await asyncio.wait({waiting}, timeout=1)
+    assert not done, "the relay took a connection past its handshake limit"
+    first[1].close()  # a handshake ends: there is room again
+    assert (await asyncio.wait_for(waiting, 10)).startswith(b"SSH-2.0-")
+    for _, w in (second, (reader, writer)):
+        w.close()

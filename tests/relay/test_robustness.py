@@ -10,8 +10,9 @@ from pathlib import Path
 import asyncssh
 import httpx
 
+from relay.transport import pinned
 from tests.relay.conftest import activate, agent_connection, create, db_rows, join_token
-from tests.support import PASSWORD, SESSION_PASSWORD, Api, pinned
+from tests.support import PASSWORD, SESSION_PASSWORD, Api
 
 
 async def test_bad_input_is_refused_with_a_clear_422(relay) -> None:

@@ -12,8 +12,9 @@ import asyncssh
 import httpx
 import pytest
 
+from relay.transport import pinned
 from tests.relay.conftest import activate, create, db_rows, join_token
-from tests.support import PASSWORD, Api, pinned, run_cli
+from tests.support import PASSWORD, Api, run_cli
 
 
 async def test_another_companys_ids_are_not_found_in_every_route(relay) -> None:
