@@ -14,6 +14,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
 from tui.sanitize import clean, plain
+from tui.widgets.celltable import CellCachedTable
 
 # The columns a technician needs first come first, so they stay visible at 80 columns.
 # Fixed widths: the layout does not jump as rows arrive, and snapshots are stable.
@@ -23,6 +24,7 @@ COLUMNS = (("customer", "customer", 22), ("state", "state", 7), ("left", "time l
 ENDED_REASONS = {"ended_by_technician": "by technician", "ended_by_customer": "by customer",
                  "expired": "expired", "invite_expired": "invite expired",
                  "code_attempts": "wrong codes", "ended_by_admin": "by admin"}
+LEFT_COLUMN = [key for key, _, _ in COLUMNS].index("left")
 SORTS = ("created", "customer", "state", "left")
 
 
@@ -68,6 +70,18 @@ def online_text(view: dict) -> Text:
     return Text("offline", style="yellow")
 
 
+def look(text: Text) -> tuple:
+    """What a cell shows (rich's Text equality ignores the base style)."""
+    return text.plain, str(text.style), tuple(text.spans)
+
+
+def row_cells(view: dict, now: float) -> tuple[Text, ...]:
+    """One session's cells, in COLUMNS order."""
+    return (plain(view["customer_email"], 60), state_text(view), time_left(view, now),
+            online_text(view), host_text(view), mail_text(view), plain(view.get("technician")),
+            Text(view["id"]))
+
+
 def state_text(view: dict) -> Text:
     style = {"active": "bold", "ended": "dim"}.get(view["state"], "")
     return Text(view["state"], style=style)
@@ -105,11 +119,13 @@ class SessionsScreen(Screen):
         self.filter_text = ""
         self.sort_key = "created"
         self._shown: list[dict] = []  # the rows as last drawn, in order
+        self._looks: dict[str, list[tuple]] = {}  # session id -> look of each cell drawn
+        self._drawn: dict[str, dict] = {}  # session id -> the view its row was drawn from
 
     def compose(self) -> ComposeResult:
         yield Static("", id="banner", markup=False)
         yield Static("Loading sessions…", id="limits", markup=False)
-        table = DataTable(id="sessions", cursor_type="row", zebra_stripes=True)
+        table = CellCachedTable(id="sessions", cursor_type="row", zebra_stripes=True)
         for key, label, width in COLUMNS:
             table.add_column(label, key=key, width=width)
         yield table
@@ -165,31 +181,56 @@ class SessionsScreen(Screen):
         return sorted(rows, key=keys[self.sort_key], reverse=self.sort_key == "created")
 
     def rebuild(self) -> None:
+        """Draw the visible sessions. When the rows and their order are what is on screen
+        already (a refresh after an event, usually), only the cells that changed are
+        redrawn: the cursor and scroll stay put and a thousand rows cost little."""
         table = self.table
+        now = self.clock()
+        shown = self._visible()
+        if [v["id"] for v in shown] == [v["id"] for v in self._shown]:
+            self._shown = shown
+            for view in shown:
+                if view != self._drawn[view["id"]]:  # the countdown is the tick's
+                    self._drawn[view["id"]] = view
+                    self._update_row(view, row_cells(view, now))
+            return
         selected = self.selected_id()
         table.clear()
-        now = self.clock()
-        self._shown = self._visible()
-        for view in self._shown:
-            table.add_row(plain(view["customer_email"], 60), state_text(view),
-                          time_left(view, now), online_text(view), host_text(view),
-                          mail_text(view), plain(view.get("technician")), Text(view["id"]),
-                          key=view["id"])
+        self._shown = shown
+        self._looks = {}
+        self._drawn = {}
+        for view in shown:
+            cells = row_cells(view, now)
+            self._looks[view["id"]] = [look(cell) for cell in cells]
+            self._drawn[view["id"]] = view
+            table.add_row(*cells, key=view["id"])
         if selected is not None and selected in self.views:
             try:
                 table.move_cursor(row=table.get_row_index(selected))
             except Exception:
                 pass
 
+    def _update_row(self, view: dict, cells: tuple[Text, ...]) -> None:
+        for index, cell in enumerate(cells):
+            self._set_cell(view["id"], index, cell)
+
+    def _set_cell(self, session_id: str, index: int, cell: Text) -> None:
+        looks = self._looks[session_id]
+        cell_look = look(cell)
+        if cell_look != looks[index]:
+            looks[index] = cell_look
+            self.table.update_cell(session_id, COLUMNS[index][0], cell)
+
     def tick(self) -> None:
         """Refresh the countdown cells of the rows on screen, once a second (a list of a
-        thousand sessions costs no more than the rows the technician can see)."""
+        thousand sessions costs no more than the rows the technician can see, and a cell
+        is redrawn only when its text changes)."""
         table = self.table
         now = self.clock()
         first = int(table.scroll_offset.y)
         for view in self._shown[first:first + table.size.height]:
             if view["state"] != "ended":
-                table.update_cell(view["id"], "left", time_left(view, now))
+                self._set_cell(view["id"], LEFT_COLUMN, time_left(view, now))
 
     def action_cursor_down(self) -> None:
         self.table.action_cursor_down()
