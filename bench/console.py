@@ -13,7 +13,9 @@ with key p95 within 50 ms.
 
 Sessions list: tui/screens/sessions.py's SessionsScreen with N synthetic sessions, and with a
 screenful, and its own one-second tick; the process's CPU time over 2 x --seconds, against the
-same screen with none.
+same screen with none. A second row also hands the screen the whole list again once a second,
+as the console does after each relay event (one host going on or off line each time); the
+relay round trip for the list is left out.
 Headless, so terminal output costs are left out of both.
 """
 
@@ -136,17 +138,27 @@ class ListApp(App):
     def __init__(self, views: list[dict]) -> None:
         super().__init__()
         self.views = views
+        self.screen_under_test = SessionsScreen()
 
     async def on_mount(self) -> None:
-        screen = SessionsScreen()
-        await self.push_screen(screen)
-        screen.show(self.views, None)
+        await self.push_screen(self.screen_under_test)
+        self.screen_under_test.show(self.views, None)
+
+    def event_refresh(self) -> None:
+        """What a presence event brings: the whole list again, one host's online flipped."""
+        self.views = [dict(view) for view in self.views]
+        if self.views:
+            flipped = self.views[len(self.views) // 2 % 36]
+            flipped["online"] = not flipped["online"]
+        self.screen_under_test.show(self.views, None)
 
 
-async def list_cpu(count: int, seconds: float) -> float:
+async def list_cpu(count: int, seconds: float, refresh: bool = False) -> float:
     app = ListApp(synthetic_sessions(count))
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.pause(1.0)  # the first build is not what we measure
+        if refresh:
+            app.set_interval(1.0, app.event_refresh)
         cpu0, wall0 = time.process_time(), time.perf_counter()
         await asyncio.sleep(seconds)
         cpu = time.process_time() - cpu0
@@ -210,18 +222,22 @@ async def main_async(args: argparse.Namespace) -> None:
     # so what remains should not grow with the list.
     screenful = 36
     busy = await list_cpu(args.sessions, args.seconds * 2)
+    events_too = await list_cpu(args.sessions, args.seconds * 2, refresh=True)
     few = await list_cpu(screenful, args.seconds * 2)
     empty = await list_cpu(0, args.seconds * 2)
     print(f"sessions list, 120x40, one tick per second, {args.seconds * 2:.0f} s each")
     table(
-        ("sessions", "CPU %", "vs empty list"),
+        ("sessions", "per second", "CPU %", "vs empty list"),
         [
-            (args.sessions, f"{busy:.1f}", f"+{busy - empty:.1f} points"),
-            (screenful, f"{few:.1f}", f"+{few - empty:.1f} points"),
-            (0, f"{empty:.1f}", ""),
+            (args.sessions, "tick", f"{busy:.1f}", f"+{busy - empty:.1f} points"),
+            (args.sessions, "tick + list refresh", f"{events_too:.1f}",
+             f"+{events_too - empty:.1f} points"),
+            (screenful, "tick", f"{few:.1f}", f"+{few - empty:.1f} points"),
+            (0, "tick", f"{empty:.1f}", ""),
         ],
     )
-    print(f"target < 5% CPU with {args.sessions} sessions: {verdict(busy < 5)}\n")
+    worst = max(busy, events_too)
+    print(f"target < 5% CPU with {args.sessions} sessions: {verdict(worst < 5)}\n")
 
 
 def main() -> None:
