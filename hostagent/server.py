@@ -345,4 +345,5 @@ def server_options(state: AgentState, host_key: asyncssh.SSHKey) -> dict:
         "login_timeout": 60,
         "agent_forwarding": False,
         "x11_forwarding": False,
+        "gss_host": None,  # no GSS: also spares a look-up of this host's FQDN per connection
     }

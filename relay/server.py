@@ -96,6 +96,8 @@ class RelayServer:
         ended = await service.expire_due()
         if ended:
             log.info("ended %d sessions that expired while the relay was down", len(ended))
+        # Their agents are about to reconnect all at once: one read instead of one each.
+        await store.load_agent_credentials()
 
         self._ssh = await start_ssh_server(service, settings.ssh_host, settings.ssh_port,
                                            host_key)

@@ -617,23 +617,26 @@ class RelayService:
             "company": company.name, "technician": tech.login,
         }
 
-    async def agent_for_secret(self, session_id: str, secret: str) -> SessionRow | None:
-        """The active session an agent may connect for, or None (ended, expired, wrong)."""
-        try:
-            row = await self.store.session(session_id)
-        except NotFound:
-            return None
-        if row.state != rules.State.ACTIVE or row.agent_secret_hash is None:
-            return None
-        if row.expires_at is not None and row.expires_at <= self.clock():
+    async def agent_may_connect(self, session_id: str, secret: str) -> bool:
+        """Whether an agent's credential opens an active session that has not run out."""
+        credential = await self.store.agent_credential(session_id)
+        if credential is None:
+            return False
+        secret_hash, expires_at = credential
+        if expires_at <= self.clock():
             # Run out but not yet ended: refuse now and let the expiry timer end it (it ends
             # it with the audit row and the agent told why). No write on the agent's path: a
             # reconnect storm would queue one transaction per agent.
             self._expiry_wakeup.set()
+            return False
+        return hmac.compare_digest(secret_hash, rules.token_hash(secret))
+
+    async def agent_for_secret(self, session_id: str, secret: str) -> SessionRow | None:
+        """The active session an agent may connect for, or None (ended, expired, wrong)."""
+        if not await self.agent_may_connect(session_id, secret):
             return None
-        if not hmac.compare_digest(row.agent_secret_hash, rules.token_hash(secret)):
-            return None
-        return row
+        row = await self.store.session(session_id)
+        return row if row.state == rules.State.ACTIVE else None
 
     async def agent_for_bearer(self, bearer: str) -> SessionRow:
         """The agent's HTTP credential is "<session-id>:<agent-secret>"."""

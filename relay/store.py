@@ -280,6 +280,9 @@ class Store:
         self._db = db
         self.path = path
         self._lock = asyncio.Lock()
+        # Active sessions' agent credentials, kept once read (see agent_credential).
+        self._credentials: dict[str, tuple[str, float]] = {}
+        self._ends = 0  # bumped by every end: a read that raced one must not be kept
 
     @classmethod
     async def open(cls, path: Path) -> Store:
@@ -549,6 +552,37 @@ class Store:
             raise NotFound("no such session")
         return SessionRow(*row)
 
+    async def agent_credential(self, session_id: str) -> tuple[str, float] | None:
+        """(agent secret hash, expires_at) of an active session, or None.
+
+        Every agent login asks, and after a relay restart thousands ask at once: one read
+        each on the database thread was a sixth of the relay's CPU in that storm. So a
+        credential is kept in memory once read, and dropped as this store ends the session
+        (sessions end only through this store, and only the relay process runs one that
+        serves agents). Expiry is the caller's to check against its clock."""
+        kept = self._credentials.get(session_id)
+        if kept is not None:
+            return kept
+        ends = self._ends
+        row = await self._one("SELECT agent_secret_hash, expires_at FROM sessions "
+                              "WHERE id = ? AND state = 'active'", (session_id,))
+        if row is None or row[0] is None or row[1] is None:
+            return None
+        if ends == self._ends:
+            self._credentials[session_id] = (row[0], row[1])
+        return row[0], row[1]
+
+    async def load_agent_credentials(self) -> int:
+        """Read every active session's agent credential at once (the relay's start, when all
+        its agents are about to reconnect); returns how many."""
+        ends = self._ends
+        rows = await self._all("SELECT id, agent_secret_hash, expires_at FROM sessions "
+                               "WHERE state = 'active' AND agent_secret_hash IS NOT NULL "
+                               "AND expires_at IS NOT NULL")
+        if ends == self._ends:
+            self._credentials.update((row[0], (row[1], row[2])) for row in rows)
+        return len(rows)
+
     async def session_by_join_hash(self, join_token_hash: str) -> SessionRow:
         row = await self._one(
             f"SELECT {_columns(SessionRow)} FROM sessions WHERE join_token_hash = ?",
@@ -655,6 +689,8 @@ class Store:
     async def _end(self, tx: Tx, row: SessionRow, reason: str, now: float,
                    actor: str) -> SessionRow:
         rules.next_state(rules.State(row.state), rules.Event.END)
+        self._credentials.pop(row.id, None)
+        self._ends += 1
         await tx.run(
             "UPDATE sessions SET state = 'ended', ended_reason = ?, ended_at = ? "
             "WHERE id = ? AND state IN ('pending', 'active')", (reason, now, row.id))

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import httpx
 
+from relay import sessions as rules
 from relay.config import RelaySettings
 from relay.passwords import hash_password
 from relay.server import initialise
-from relay.store import Store
+from relay.store import SessionRow, Store, Technician
 from tui.client import connect_host, connect_relay
 
 PASSWORD = "tech-password-1"
@@ -262,6 +263,29 @@ async def start_session(api: Api, agents: list[AgentProcess], tmp_path: Path,
     await agent.wait_for_line("Connected to the relay")
     view = await api.wait_for(session["id"], lambda v: v["state"] == "active" and v["online"])
     return view, agent
+
+
+async def add_active_session(store: Store, tech: Technician, secret: str, *,
+                             verifier: str = "-", host_key: str = "-",
+                             lifetime: float = 86400) -> str:
+    """An invited and activated session of `tech`, straight through the store, whose agent
+    logs in with `secret`; returns its id."""
+    now = time.time()
+    session_id = rules.new_session_id()
+    await store.create_session(SessionRow(
+        id=session_id, company_id=tech.company_id, technician_id=tech.id,
+        customer_email="customer@example.com", note="", password_verifier=verifier,
+        join_token_hash=rules.token_hash(rules.new_token()), code_hmac="-",
+        code_attempts=0, state=rules.State.PENDING, ended_reason=None, created_at=now,
+        invite_expires_at=now + 1800, activated_at=None, expires_at=None,
+        ended_at=None, agent_secret_hash=None, host_key=None, hostname=None, os=None,
+        os_user=None, ip=None, machine_fp=None, features="[]", mail_status="sent",
+        mail_detail=None))
+    await store.activate(
+        session_id, now, now + lifetime, agent_secret_hash=rules.token_hash(secret),
+        host_key=host_key, hostname=f"host-{session_id}", os="Linux", os_user="root",
+        ip="127.0.0.1", machine_fp=None, features=["remote_control"], source="127.0.0.1")
+    return session_id
 
 
 async def provision_store(path: Path, companies: list[tuple[str, str, int, list[str]]]) -> None:

@@ -24,9 +24,9 @@ import psutil
 from hostagent.tunnel import Tunnel
 from relay import sessions as rules
 from relay.passwords import hash_password
-from relay.store import SessionRow, Store
+from relay.store import Store
 from tests.faults.conftest import provision_store, restart
-from tests.support import SESSION_PASSWORD
+from tests.support import SESSION_PASSWORD, add_active_session
 
 AGENTS = 500
 PER_COMPANY = rules.MAX_LIVE_PER_COMPANY
@@ -52,21 +52,9 @@ async def active_sessions(data_dir: Path, host_key: str) -> tuple[list[tuple[str
                 token = rules.new_token()
                 await store.add_token(rules.token_hash(token), tech.id, now, now + 3600)
                 tokens.append(token)
-            session_id, secret = rules.new_session_id(), rules.new_token()
-            await store.create_session(SessionRow(
-                id=session_id, company_id=tech.company_id, technician_id=tech.id,
-                customer_email="customer@example.com", note="", password_verifier=verifier,
-                join_token_hash=rules.token_hash(rules.new_token()), code_hmac="-",
-                code_attempts=0, state=rules.State.PENDING, ended_reason=None, created_at=now,
-                invite_expires_at=now + 1800, activated_at=None, expires_at=None,
-                ended_at=None, agent_secret_hash=None, host_key=None, hostname=None, os=None,
-                os_user=None, ip=None, machine_fp=None, features="[]", mail_status="sent",
-                mail_detail=None))
-            await store.activate(
-                session_id, now, now + 86400, agent_secret_hash=rules.token_hash(secret),
-                host_key=host_key, hostname=f"host-{session_id}", os="Linux", os_user="root",
-                ip="127.0.0.1", machine_fp=None, features=["remote_control"],
-                source="127.0.0.1")
+            secret = rules.new_token()
+            session_id = await add_active_session(store, tech, secret, verifier=verifier,
+                                                  host_key=host_key)
             agents.append((session_id, secret))
     finally:
         await store.close()

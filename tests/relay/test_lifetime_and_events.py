@@ -7,7 +7,9 @@ import asyncio
 import time
 from datetime import datetime
 
+import asyncssh
 import httpx
+import pytest
 
 from tests.relay.conftest import (
     EventStream,
@@ -35,7 +37,11 @@ async def test_technician_end_tells_the_agent_and_is_idempotent(relay) -> None:
         ended = [a for a in (await api.client.get(f"/api/v1/sessions/{session['id']}/audit")
                              ).json()["audit"] if a["event"] == "ended"]
         assert len(ended) == 1 and ended[0]["actor"] == "technician:alice"
-        # The ended agent cannot come back.
+        # The ended agent cannot come back: not over SSH (whose credential check the relay
+        # keeps in memory once an agent has logged in) and not over HTTP.
+        with pytest.raises(asyncssh.PermissionDenied):
+            async with agent_connection(relay, activation, register=False):
+                pass
         async with httpx.AsyncClient(base_url=relay.base_url) as client:
             refused = await client.post("/api/v1/agent/end", headers={
                 "Authorization": f"Bearer {activation['session_id']}:"
