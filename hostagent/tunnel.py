@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import asyncssh
 
-from relay.transport import WideTunnel, client_options, pinned
+from relay.transport import WideTunnel, client_options, dial, pinned
 
 log = logging.getLogger("adhoc.host")
 
@@ -26,6 +26,7 @@ KEEPALIVE_COUNT = 3
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 10.0
 INNER_PORT = 22
+CONNECT_TIMEOUT = 20
 
 
 def backoff_delay(attempt: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP,
@@ -71,17 +72,26 @@ class Tunnel:
         if self._conn is not None:
             self._conn.close()
 
+    async def _connect(self) -> tuple[asyncssh.SSHClientConnection, _OuterClient]:
+        # TCP first: a relay that is down costs a refused connect, not an SSH set-up.
+        sock = await asyncio.wait_for(dial(self.host, self.port), CONNECT_TIMEOUT)
+        try:
+            return await asyncssh.create_connection(
+                _OuterClient, self.host, self.port, username=self.session_id,
+                password=self._secret, known_hosts=self._known_hosts, client_keys=None,
+                agent_path=None, preferred_auth="password", config=None,
+                keepalive_interval=self._keepalive, keepalive_count_max=KEEPALIVE_COUNT,
+                connect_timeout=CONNECT_TIMEOUT, **client_options(outer=True, sock=sock))
+        except BaseException:
+            sock.close()
+            raise
+
     async def run(self) -> TunnelEnd:
         attempt = 0
         while not self._stopping:
             self._on_state("connecting", f"{self.host}:{self.port}")
             try:
-                conn, client = await asyncssh.create_connection(
-                    _OuterClient, self.host, self.port, username=self.session_id,
-                    password=self._secret, known_hosts=self._known_hosts, client_keys=None,
-                    agent_path=None, preferred_auth="password", config=None,
-                    keepalive_interval=self._keepalive, keepalive_count_max=KEEPALIVE_COUNT,
-                    connect_timeout=20, **client_options(outer=True))
+                conn, client = await self._connect()
             except asyncssh.PermissionDenied:
                 return TunnelEnd("the relay no longer accepts this session (ended or expired)",
                                  by_relay=True)
