@@ -23,8 +23,10 @@ def test_host_wheel_imports_alone(tmp_path: Path) -> None:
     # for third-party dependencies), not the source checkout: neither by path nor through
     # the editable install's import hook, wherever the checkout is.
     checkout = str(Path(__file__).resolve().parents[2])
-    code = ("import sys; "
-            f"sys.path = [p for p in sys.path if not p.startswith({checkout!r}) and p != '']; "
+    # Only the checkout itself exposes the sources (the layout is flat): a prefix test would
+    # also drop a virtualenv beside it or inside it (/build/adhoc-venv, /build/adhoc/.venv).
+    code = ("import os, sys; "
+            f"sys.path = [p for p in sys.path if p and os.path.realpath(p) != {checkout!r}]; "
             "sys.meta_path = [f for f in sys.meta_path "
             "                 if '__editable__' not in getattr(f, '__module__', '')]; "
             f"sys.path.insert(0, {str(target)!r}); "
