@@ -137,6 +137,7 @@ class Levers:
     tech_window: int = 0  # window/max_pktsize on the technician's outer and inner connections
     tech_packet: int = 0
     uvloop: bool = False  # uvloop in the relay and the agent
+    relay_uvloop: bool = False  # uvloop in the relay only (the agent's PTY shells break on it)
     label: str = "as shipped"
 
     def env(self) -> dict[str, str]:

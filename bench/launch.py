@@ -85,8 +85,13 @@ async def _serve_direct(port_file: str) -> None:
 
 def main() -> int:
     kind, args = sys.argv[1], sys.argv[2:]
-    apply(json.loads(os.environ.get(LEVERS_ENV) or "{}"))
+    levers = json.loads(os.environ.get(LEVERS_ENV) or "{}")
+    apply(levers)
     if kind == "relay":
+        if levers.get("relay_uvloop"):
+            import uvloop
+
+            uvloop.install()
         from relay.cli import main as relay_main
 
         return relay_main(args)

@@ -53,6 +53,7 @@ VARIANTS: dict[str, Levers] = {
                      tech_packet=256 * 1024,
                      label="8 MiB / 256 KiB windows on the agent's and technician's legs"),
     "uvloop": Levers(uvloop=True, label="uvloop in relay and agent"),
+    "uvloop-relay": Levers(relay_uvloop=True, label="uvloop in the relay only"),
     "tuned": Levers(gcm=True, inner_window=2 * MIB, agent_window=8 * MIB,
                     agent_packet=256 * 1024, tech_window=8 * MIB, tech_packet=256 * 1024,
                     label="gcm + inner 2 MiB + 8 MiB legs"),
