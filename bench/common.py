@@ -29,7 +29,7 @@ from pathlib import Path
 import asyncssh
 
 from bench.launch import LEVERS_ENV, prefer_aes_gcm, restore_encryption
-from relay.transport import client_options, pinned, tune_allocator
+from relay.transport import INNER_USER, pinned, tune_allocator
 from tests.support import (
     PASSWORD,
     SESSION_PASSWORD,
@@ -40,6 +40,7 @@ from tests.support import (
     technician_ssh,
     wait_for_ready,
 )
+from tui.client import technician_options
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -270,12 +271,7 @@ class DirectServer:
     host_key: str
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_process(self.proc)
 
 
 @contextlib.contextmanager
@@ -303,12 +299,11 @@ def direct_server(levers: Levers = SHIPPED):
 async def direct_connection(server: DirectServer, levers: Levers = SHIPPED
                             ) -> AsyncIterator[asyncssh.SSHClientConnection]:
     # The same client settings as the relayed path, so the ratio measures only the relay hop.
-    opts = dict(client_keys=None, agent_path=None, config=None, **client_options())
-    opts.update(levers.tech_options())
     with technician_ciphers(levers):
         conn = await asyncssh.connect(
-            "127.0.0.1", server.port, username="support", password=SESSION_PASSWORD,
-            known_hosts=pinned(server.host_key), **opts)
+            "127.0.0.1", server.port, username=INNER_USER, password=SESSION_PASSWORD,
+            known_hosts=pinned(server.host_key),
+            **technician_options(**levers.tech_options()))
     try:
         yield conn
     finally:
@@ -387,12 +382,7 @@ class OpenSSH:
         raise RuntimeError(f"sshd did not start: {(self.folder / 'sshd.log').read_text()}")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_process(self.proc)
 
     async def asyncssh_connection(self, levers: Levers = SHIPPED) -> asyncssh.SSHClientConnection:
         with technician_ciphers(levers):

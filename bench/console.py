@@ -147,8 +147,8 @@ class ListApp(App):
     def event_refresh(self) -> None:
         """What a presence event brings: the whole list again, one host's online flipped."""
         self.views = [dict(view) for view in self.views]
-        if self.views:
-            flipped = self.views[len(self.views) // 2 % 36]
+        flipped = next((v for v in self.views if v["state"] == "active"), None)
+        if flipped is not None:  # the newest active session: a row in view
             flipped["online"] = not flipped["online"]
         self.screen_under_test.show(self.views, None)
 

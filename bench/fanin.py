@@ -59,7 +59,8 @@ async def seed(data_dir: Path, count: int) -> tuple[list[tuple[str, str]], str]:
     from relay.config import RelaySettings
     from relay.server import initialise
     from relay.sshd import load_or_create_host_key
-    from relay.store import SessionRow, Store
+    from relay.store import Store
+    from tests.support import add_active_session
 
     settings = RelaySettings(data_dir=data_dir)
     await initialise(settings)
@@ -73,22 +74,8 @@ async def seed(data_dir: Path, count: int) -> tuple[list[tuple[str, str]], str]:
             company_id = (await store.add_company(f"fan{n // 5}", "plus", 5, now)).id
         tech = await store.add_technician(company_id, f"tech{n}", f"tech{n}@example.com",
                                           "not-a-hash", False, now)
-        join_hash = rules.token_hash(rules.new_token())
-        row = SessionRow(
-            id=rules.new_session_id(), company_id=company_id, technician_id=tech.id,
-            customer_email=f"c{n}@example.com", note="", password_verifier="unused",
-            join_token_hash=join_hash, code_hmac="unused", code_attempts=0,
-            state=rules.State.PENDING, ended_reason=None, created_at=now,
-            invite_expires_at=now + 3600, activated_at=None, expires_at=None, ended_at=None,
-            agent_secret_hash=None, host_key=None, hostname=None, os=None, os_user=None,
-            ip=None, machine_fp=None, features="[]", mail_status="sent", mail_detail=None)
-        await store.create_session(row)
         secret = rules.new_token()
-        await store.activate(row.id, now, now + 86400, agent_secret_hash=rules.token_hash(secret),
-                             host_key="unused", hostname=f"host{n}", os="bench", os_user="u",
-                             ip="127.0.0.1", machine_fp=None, features=["shell"],
-                             source="bench")
-        out.append((row.id, secret))
+        out.append((await add_active_session(store, tech, secret), secret))
     await store.close()
     host_key = load_or_create_host_key(settings.host_key_path)
     return out, host_key.export_public_key("openssh").decode().strip()

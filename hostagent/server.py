@@ -29,10 +29,10 @@ from hostagent.shells import (
     ShellRegistry,
 )
 from relay.passwords import verify_password
+from relay.transport import INNER_USER
 
 log = logging.getLogger("adhoc.host")
 
-INNER_USER = "support"
 # The window this server grants limits what the technician can send it (keys, uploads); it
 # does not slow ctrl+c on a flood of output, which the console's own window bounds. Uploads
 # cross three hops, so the window is what keeps SFTP writes in flight: 2 MiB held relayed puts

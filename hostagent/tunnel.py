@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import asyncssh
 
-from relay.transport import WideTunnel, client_options, dial, pinned
+from relay.transport import INNER_PORT, WideTunnel, client_options, dial, pinned
 
 log = logging.getLogger("adhoc.host")
 
@@ -25,7 +25,6 @@ KEEPALIVE_INTERVAL = float(os.environ.get("ADHOC_HOST_KEEPALIVE", "15"))
 KEEPALIVE_COUNT = 3
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 10.0
-INNER_PORT = 22
 CONNECT_TIMEOUT = 20
 
 

@@ -23,6 +23,7 @@ from relay.service import RelayService
 from relay.store import Technician
 from relay.transport import (
     ENCRYPTION,
+    INNER_PORT,
     LISTEN_BACKLOG,
     OUTER_PACKET,
     OUTER_WINDOW,
@@ -32,7 +33,6 @@ from relay.transport import (
 log = logging.getLogger("adhoc.relay.ssh")
 
 SESSION_ID_RE = re.compile(r"^[a-z2-7]{16}$")
-INNER_PORT = 22
 # ADHOC_RELAY_KEEPALIVE (seconds) lets fault tests see a dead link in seconds, not a minute.
 # Longer than the agents' 15 s: an agent's keepalive resets the relay's timer, so the relay
 # only ever answers and never asks while agents are alive (half the keepalive traffic at

@@ -21,6 +21,10 @@ ENCRYPTION = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
 OUTER_WINDOW = 8 * 1024 * 1024
 OUTER_PACKET = 256 * 1024
 LISTEN_BACKLOG = 1024  # the relay's SSH listener: agents arrive in bursts after a restart
+# Where a technician reaches a host through the relay: the agent's virtual forward
+# (<session-id>, INNER_PORT), and the one user its inner SSH server knows.
+INNER_PORT = 22
+INNER_USER = "support"
 
 
 def pinned(public_key: str) -> tuple[list, list, list]:

@@ -15,7 +15,7 @@ import asyncssh
 import httpx
 
 from relay.passwords import hash_password, session_password_problem
-from relay.transport import WideTunnel, client_options, pinned
+from relay.transport import INNER_PORT, INNER_USER, WideTunnel, client_options, pinned
 
 API = "/api/v1"
 # Small windows so ctrl+c stops a flood quickly (DESIGN §6, issue 5).
@@ -234,11 +234,8 @@ class JsonLines:
             self._writer.channel.close()
 
 
-INNER_PORT = 22
-INNER_USER = "support"
-
-
-def _technician_options(*, outer: bool = False, **options) -> dict:
+def technician_options(*, outer: bool = False, **options) -> dict:
+    """The console's asyncssh client settings; `options` override them."""
     return {"client_keys": None, "agent_path": None, "config": None,
             "preferred_auth": "password", "keepalive_interval": 15, "keepalive_count_max": 3,
             **client_options(outer=outer), **options}
@@ -250,7 +247,7 @@ async def connect_relay(host: str, port: int, login: str, token: str, relay_key:
     transport settings; `options` override them (the bench tries levers this way)."""
     return await asyncssh.connect(host, port, username=login, password=token,
                                   known_hosts=pinned(relay_key),
-                                  **_technician_options(outer=True, **options))
+                                  **technician_options(outer=True, **options))
 
 
 async def connect_host(relay: asyncssh.SSHClientConnection, session_id: str, host_key: str,
@@ -259,7 +256,7 @@ async def connect_host(relay: asyncssh.SSHClientConnection, session_id: str, hos
     host key the relay reported at activation."""
     return await asyncssh.connect(session_id, INNER_PORT, tunnel=WideTunnel(relay),
                                   username=INNER_USER, password=password,
-                                  known_hosts=pinned(host_key), **_technician_options(**options))
+                                  known_hosts=pinned(host_key), **technician_options(**options))
 
 
 class HostConnector:

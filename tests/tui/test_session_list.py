@@ -73,8 +73,8 @@ def rendered(monkeypatch) -> list[tuple[int, int]]:
 
 
 async def settle(pilot) -> None:
+    """Until the app has handled what is queued and painted (no fixed sleep)."""
     await pilot.pause()
-    await pilot.pause(0.05)
 
 
 async def test_countdown_tick_redraws_only_the_countdown(rendered) -> None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+from collections.abc import AsyncIterator
 
 from rich.color import Color
 from textual.app import App, ComposeResult
 from textual.events import Key, Paste
+from textual.pilot import Pilot
 from textual.widget import Widget
 
 from tui.widgets.terminal import LEAVE_KEY, TerminalView, encode_key
@@ -53,6 +56,14 @@ class TerminalApp(App, inherit_bindings=False):
             self.left_pane += 1
 
 
+@contextlib.asynccontextmanager
+async def pane() -> AsyncIterator[tuple[TerminalApp, Pilot, TerminalView]]:
+    """A TerminalApp at 80x24, running: the app, its pilot and its pane."""
+    app = TerminalApp()
+    async with app.run_test(size=(80, 24)) as pilot:
+        yield app, pilot, app.query_one(TerminalView)
+
+
 async def drain(pilot, view: TerminalView) -> None:
     """Let the pane's frame tick parse everything queued, then paint."""
     async with asyncio.timeout(60):
@@ -67,9 +78,7 @@ def rendered_segments(view: TerminalView):
 
 
 async def test_lines_are_shown() -> None:
-    app = TerminalApp()
-    async with app.run_test(size=(80, 24)) as pilot:
-        view = app.query_one(TerminalView)
+    async with pane() as (_app, pilot, view):
         view.feed(b"hello\r\nworld")
         await drain(pilot, view)
         lines = view.screen_lines()
@@ -79,9 +88,7 @@ async def test_lines_are_shown() -> None:
 
 
 async def test_colour_is_a_style_not_an_escape() -> None:
-    app = TerminalApp()
-    async with app.run_test(size=(80, 24)) as pilot:
-        view = app.query_one(TerminalView)
+    async with pane() as (_app, pilot, view):
         view.feed(b"\x1b[31mred\x1b[0m \x1b[38;5;202mx\x1b[0m \x1b[1;4;38;2;1;2;3mbold\x1b[0m")
         await drain(pilot, view)
         segments = list(view.render_line(0))
@@ -97,9 +104,7 @@ async def test_colour_is_a_style_not_an_escape() -> None:
 
 
 async def test_alternate_screen_restores_the_primary() -> None:
-    app = TerminalApp()
-    async with app.run_test(size=(80, 24)) as pilot:
-        view = app.query_one(TerminalView)
+    async with pane() as (_app, pilot, view):
         view.feed(b"$ prompt\r\n$ ")
         await drain(pilot, view)
         before = view.screen_lines()
@@ -118,9 +123,7 @@ async def test_alternate_screen_restores_the_primary() -> None:
 
 
 async def test_hostile_output_only_becomes_text() -> None:
-    app = TerminalApp()
-    async with app.run_test(size=(80, 24)) as pilot:
-        view = app.query_one(TerminalView)
+    async with pane() as (app, pilot, view):
         title = app.title
         view.feed(b"before\r\n")
         view.feed(b"\x1b]52;c;aGVsbG8=\x07")  # clipboard write
@@ -146,9 +149,7 @@ async def test_hostile_output_only_becomes_text() -> None:
 
 
 async def test_device_queries_are_answered() -> None:
-    app = TerminalApp()
-    async with app.run_test(size=(80, 24)) as pilot:
-        view = app.query_one(TerminalView)
+    async with pane() as (app, pilot, view):
         view.feed(b"abc\x1b[6n\x1b[c")
         await drain(pilot, view)
         assert app.sent[0] == b"\x1b[1;4R"
@@ -158,9 +159,7 @@ async def test_device_queries_are_answered() -> None:
 async def test_an_accent_joins_its_letter_even_right_after_a_reset() -> None:
     # A decomposed é takes one column, as in xterm, so the cursor is where the remote shell
     # thinks it is; a reset (RIS) in the same burst of output must not change that.
-    app = TerminalApp()
-    async with app.run_test(size=(80, 24)) as pilot:
-        view = app.query_one(TerminalView)
+    async with pane() as (app, pilot, view):
         view.feed(b"\x1bcabc e\xcc\x81x\x1b[6n")
         await drain(pilot, view)
         assert view.screen_lines()[0] == "abc e\u0301x"
@@ -168,9 +167,7 @@ async def test_an_accent_joins_its_letter_even_right_after_a_reset() -> None:
 
 
 async def test_keys_reach_the_remote_as_xterm_sends_them() -> None:
-    app = TerminalApp()
-    async with app.run_test(size=(80, 24)) as pilot:
-        view = app.query_one(TerminalView)
+    async with pane() as (app, pilot, view):
         await pilot.press("a", "enter", "ctrl+c", "ctrl+p", "ctrl+q", "tab", "up", "ctrl+d")
         await pilot.press("ctrl+b", "ctrl+a", "backspace", "escape", "alt+x", "f1", "f12")
         await pilot.press("home", "pagedown", "delete", "ctrl+left", "shift+tab")
@@ -223,9 +220,7 @@ def test_key_encoding_table() -> None:
 
 
 async def test_paste_is_bracketed_when_asked() -> None:
-    app = TerminalApp()
-    async with app.run_test(size=(80, 24)) as pilot:
-        view = app.query_one(TerminalView)
+    async with pane() as (app, pilot, view):
         view.post_message(Paste("ls\nrm x"))
         await pilot.pause()
         assert app.sent == [b"ls\rrm x"]
@@ -239,9 +234,7 @@ async def test_paste_is_bracketed_when_asked() -> None:
 
 
 async def test_a_flood_neither_blocks_keys_nor_grows_memory() -> None:
-    app = TerminalApp()
-    async with app.run_test(size=(80, 24)) as pilot:
-        view = app.query_one(TerminalView)
+    async with pane() as (app, pilot, view):
         line = b"%08d the quick brown fox jumps over the lazy dog, again and again\r\n"
         chunk_size = 64 * 1024
         total = 20 * 1024 * 1024
@@ -275,9 +268,7 @@ async def test_a_flood_neither_blocks_keys_nor_grows_memory() -> None:
 async def test_ctrl_c_stops_a_yes_flood() -> None:
     # `yes` at full speed: ctrl+c goes out at once, memory stays bounded, and once the remote
     # stops, the screen shows the end of the output and the prompt.
-    app = TerminalApp()
-    async with app.run_test(size=(80, 24)) as pilot:
-        view = app.query_one(TerminalView)
+    async with pane() as (app, pilot, view):
         view.feed(b"$ yes\r\n")
         block = b"y\r\n" * 20_000
         for _ in range(150):  # 9 MB
@@ -293,9 +284,7 @@ async def test_ctrl_c_stops_a_yes_flood() -> None:
 
 
 async def test_resize_posts_the_new_size() -> None:
-    app = TerminalApp()
-    async with app.run_test(size=(80, 24)) as pilot:
-        view = app.query_one(TerminalView)
+    async with pane() as (app, pilot, view):
         await pilot.pause()
         assert app.resizes == [(80, 24)]
         await pilot.resize_terminal(100, 30)
@@ -315,9 +304,7 @@ async def test_resize_posts_the_new_size() -> None:
 
 
 async def test_scrollback_can_be_viewed() -> None:
-    app = TerminalApp()
-    async with app.run_test(size=(80, 24)) as pilot:
-        view = app.query_one(TerminalView)
+    async with pane() as (app, pilot, view):
         view.feed(b"".join(b"line %d\r\n" % n for n in range(100)))
         await drain(pilot, view)
         assert view.screen_lines()[0] == "line 77"
@@ -332,9 +319,7 @@ async def test_scrollback_can_be_viewed() -> None:
 
 
 async def test_cursor_is_drawn_only_with_focus() -> None:
-    app = TerminalApp()
-    async with app.run_test(size=(80, 24)) as pilot:
-        view = app.query_one(TerminalView)
+    async with pane() as (app, pilot, view):
         view.feed(b"ab")
         await drain(pilot, view)
         reversed_cells = [s.text for s in view.render_line(0) if s.style and s.style.reverse]

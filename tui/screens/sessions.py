@@ -120,7 +120,6 @@ class SessionsScreen(Screen):
         self.sort_key = "created"
         self._shown: list[dict] = []  # the rows as last drawn, in order
         self._looks: dict[str, list[tuple]] = {}  # session id -> look of each cell drawn
-        self._drawn: dict[str, dict] = {}  # session id -> the view its row was drawn from
 
     def compose(self) -> ComposeResult:
         yield Static("", id="banner", markup=False)
@@ -188,31 +187,25 @@ class SessionsScreen(Screen):
         now = self.clock()
         shown = self._visible()
         if [v["id"] for v in shown] == [v["id"] for v in self._shown]:
+            for drawn, view in zip(self._shown, shown, strict=True):
+                if view != drawn:  # the countdown is the tick's
+                    for index, cell in enumerate(row_cells(view, now)):
+                        self._set_cell(view["id"], index, cell)
             self._shown = shown
-            for view in shown:
-                if view != self._drawn[view["id"]]:  # the countdown is the tick's
-                    self._drawn[view["id"]] = view
-                    self._update_row(view, row_cells(view, now))
             return
         selected = self.selected_id()
         table.clear()
         self._shown = shown
         self._looks = {}
-        self._drawn = {}
         for view in shown:
             cells = row_cells(view, now)
             self._looks[view["id"]] = [look(cell) for cell in cells]
-            self._drawn[view["id"]] = view
             table.add_row(*cells, key=view["id"])
         if selected is not None and selected in self.views:
             try:
                 table.move_cursor(row=table.get_row_index(selected))
             except Exception:
                 pass
-
-    def _update_row(self, view: dict, cells: tuple[Text, ...]) -> None:
-        for index, cell in enumerate(cells):
-            self._set_cell(view["id"], index, cell)
 
     def _set_cell(self, session_id: str, index: int, cell: Text) -> None:
         looks = self._looks[session_id]
