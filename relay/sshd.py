@@ -8,12 +8,14 @@ copies bytes both ways, with flow control. It cannot read or forge what passes.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
 import re
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncssh
@@ -43,12 +45,18 @@ LOGIN_TIMEOUT = 30
 # Like OpenSSH's MaxStartups, a gate on connections still in their handshake. After a relay
 # restart every agent dials at the same moment; with no gate 10,000 handshakes crawled along
 # together until the agents' 20 s timeout and none finished, and dropping the excess only made
-# the agents dial again at once. So past MAX_STARTUPS the relay stops accepting: the rest wait
-# in the kernel's accept queue (and SYN retries past it), costing nothing, and are taken as
-# handshakes finish. One address may hold only a share; its connections past that are closed
-# at once, before any SSH work, so a slowloris from one host cannot shut the door on others.
+# the agents dial again at once. So past MAX_STARTUPS new connections wait, accepted but not
+# yet answered, and are started in arrival order as handshakes finish; the agents wait for the
+# relay's version line with a timeout of their own (relay/transport.py wait_for_banner). The
+# queue is the relay's, not the kernel's: a full accept queue drops SYNs, and a client whose
+# ACK was dropped under SYN cookies waits in silence for a banner that never comes.
+# One address may hold only a share of the handshakes (the rest of its connections wait while
+# others start), so a slowloris from one host cannot shut the door on others; and only so many
+# may wait, in all and from one address: past that, connections are closed at once.
 MAX_STARTUPS = int(os.environ.get("ADHOC_RELAY_MAX_STARTUPS", "128"))
 MAX_STARTUPS_PER_SOURCE = int(os.environ.get("ADHOC_RELAY_MAX_STARTUPS_PER_SOURCE", "64"))
+MAX_QUEUED = int(os.environ.get("ADHOC_RELAY_MAX_QUEUED", "16384"))
+MAX_QUEUED_PER_SOURCE = int(os.environ.get("ADHOC_RELAY_MAX_QUEUED_PER_SOURCE", "512"))
 # The same as the clients' legs (relay/transport.py): the splice adds a hop, so more bytes in
 # flight pay.
 CHANNEL_WINDOW = OUTER_WINDOW
@@ -170,80 +178,126 @@ class _VirtualListener(asyncssh.SSHListener):
 
 
 class Startups:
-    """Counts connections that have not authenticated yet, and says which to take."""
+    """Connections that have not authenticated yet: which wait, which are in their handshake,
+    and which are turned away at once."""
 
-    def __init__(self, limit: int = MAX_STARTUPS,
-                 per_source: int = MAX_STARTUPS_PER_SOURCE) -> None:
+    def __init__(self, limit: int = MAX_STARTUPS, per_source: int = MAX_STARTUPS_PER_SOURCE,
+                 queue: int = MAX_QUEUED, queue_per_source: int = MAX_QUEUED_PER_SOURCE) -> None:
         self.limit = limit
         self.per_source = per_source
+        self.queue = queue
+        self.queue_per_source = queue_per_source
         self.in_flight = 0
         self.dropped = 0
+        self.on_room: Callable[[], None] = lambda: None  # a handshake ended
         self._by_source: dict[str, int] = {}
-        self._room = asyncio.Event()
-        self._room.set()
+        self._waiting: collections.deque[tuple[str, object]] = collections.deque()
+        self._waiting_by_source: dict[str, int] = {}
         self._last_logged = 0.0
 
-    async def wait_for_room(self) -> None:
-        """Until fewer than `limit` connections are in their handshake."""
-        await self._room.wait()
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
 
-    def admit(self, source: str) -> bool:
-        mine = self._by_source.get(source, 0)
-        if self.in_flight >= self.limit or mine >= self.per_source:
+    def offer(self, source: str, item: object) -> bool:
+        """Queue a new connection from `source`; False if it must be turned away."""
+        mine = self._waiting_by_source.get(source, 0)
+        if len(self._waiting) >= self.queue or mine >= self.queue_per_source:
             self.dropped += 1
             now = time.monotonic()
             if now - self._last_logged >= 5:
                 self._last_logged = now
-                log.warning("ssh: %d handshakes in progress (%d from %s): dropping new "
-                            "connections (%d so far)", self.in_flight, mine, source,
-                            self.dropped)
+                log.warning("ssh: %d connections waiting for a handshake (%d from %s): "
+                            "turning new ones away (%d so far)", len(self._waiting), mine,
+                            source, self.dropped)
             return False
-        self.in_flight += 1
-        self._by_source[source] = mine + 1
-        if self.in_flight >= self.limit:
-            self._room.clear()
+        self._waiting.append((source, item))
+        self._waiting_by_source[source] = mine + 1
         return True
 
+    def take(self) -> tuple[str, object] | None:
+        """The oldest waiting connection that may start its handshake now, if any.
+
+        One whose address already holds its share of handshakes is passed over, so one host
+        cannot keep the others waiting. There are at most limit/per_source such addresses, each
+        with at most queue_per_source waiting: the scan is short."""
+        if self.in_flight >= self.limit:
+            return None
+        for index, (source, item) in enumerate(self._waiting):
+            mine = self._by_source.get(source, 0)
+            if mine < self.per_source:
+                del self._waiting[index]
+                left = self._waiting_by_source.pop(source) - 1
+                if left:
+                    self._waiting_by_source[source] = left
+                self.in_flight += 1
+                self._by_source[source] = mine + 1
+                return source, item
+        return None
+
+    def drain(self) -> list[tuple[str, object]]:
+        """Every waiting connection, no longer queued (the listener is closing)."""
+        waiting = list(self._waiting)
+        self._waiting.clear()
+        self._waiting_by_source.clear()
+        return waiting
+
     def done(self, source: str) -> None:
+        """A handshake ended (authenticated, or gone)."""
         self.in_flight -= 1
-        self._room.set()
         left = self._by_source.pop(source) - 1
         if left:
             self._by_source[source] = left
+        self.on_room()
 
 
 class _GatedServer:
-    """The relay's SSH listener: accepts only while there is room for another handshake."""
+    """The relay's SSH listener. It accepts every connection at once and starts handshakes
+    only while there is room (Startups): the rest wait, costing a socket each, in arrival
+    order."""
 
     def __init__(self, sock: socket.socket, startups: Startups, protocol_factory) -> None:
         self.sockets = [sock]
         self._startups = startups
         self._factory = protocol_factory
-        self._task = asyncio.get_running_loop().create_task(self._accept_forever())
+        self._loop = asyncio.get_running_loop()
+        self._starting: set[asyncio.Task] = set()
+        startups.on_room = self._start_waiting
+        self._task = self._loop.create_task(self._accept_forever())
 
     async def _accept_forever(self) -> None:
-        loop = asyncio.get_running_loop()
         sock = self.sockets[0]
         while True:
-            await self._startups.wait_for_room()
             try:
-                conn, addr = await loop.sock_accept(sock)
+                conn, addr = await self._loop.sock_accept(sock)
             except OSError as exc:  # out of file descriptors, say: wait, do not spin
                 log.warning("ssh: accept failed: %s", exc)
                 await asyncio.sleep(0.1)
                 continue
-            if not self._startups.admit(addr[0]):
+            if self._startups.offer(addr[0], conn):
+                self._start_waiting()
+            else:
                 conn.close()
-                continue
-            try:
-                await loop.connect_accepted_socket(self._factory, conn)
-            except OSError:
-                self._startups.done(addr[0])
-                conn.close()
+
+    def _start_waiting(self) -> None:
+        while (taken := self._startups.take()) is not None:
+            task = self._loop.create_task(self._start(*taken))
+            self._starting.add(task)
+            task.add_done_callback(self._starting.discard)
+
+    async def _start(self, source: str, conn: socket.socket) -> None:
+        try:
+            await self._loop.connect_accepted_socket(self._factory, conn)
+        except OSError:
+            conn.close()
+            self._startups.done(source)
 
     def close(self) -> None:
         self._task.cancel()
         self.sockets[0].close()
+        self._startups.on_room = lambda: None
+        for _, conn in self._startups.drain():
+            conn.close()
 
     async def wait_closed(self) -> None:
         with contextlib.suppress(asyncio.CancelledError):

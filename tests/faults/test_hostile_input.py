@@ -21,6 +21,7 @@ DRIP = 50  # connections that send a version string one byte a second
 # admits only so many unauthenticated connections from one address (relay/sshd.py).
 ATTACKER = "127.0.0.2"
 PER_SOURCE = 64  # relay/sshd.py MAX_STARTUPS_PER_SOURCE
+QUEUED_PER_SOURCE = 36  # ADHOC_RELAY_MAX_QUEUED_PER_SOURCE here (512 by default)
 DRIP_BANNER = b"SSH-2.0-slowloris-and-then-some-more-bytes\r\n"
 GARBAGE = {
     "http": b"GET / HTTP/1.1\r\nHost: relay\r\n\r\n",
@@ -72,7 +73,8 @@ async def drip(relay: RelayProcess, opened: list[asyncio.StreamWriter]) -> None:
 
 
 async def test_slow_and_garbage_banners_are_dropped_and_the_session_carries_on(
-        start_relay, agents, tmp_path: Path, quick_agent) -> None:
+        start_relay, agents, tmp_path: Path, quick_agent, monkeypatch) -> None:
+    monkeypatch.setenv("ADHOC_RELAY_MAX_QUEUED_PER_SOURCE", str(QUEUED_PER_SOURCE))
     relay = start_relay()
     opened: list[asyncio.StreamWriter] = []
     drips: list[asyncio.Task] = []
@@ -84,10 +86,19 @@ async def test_slow_and_garbage_banners_are_dropped_and_the_session_carries_on(
                     for _ in range(IDLE)]
             opened += [writer for _, writer in idle]
             # The relay took as many as one address may hold in their handshake (each got its
-            # version line) and hung up on the rest at once, without a byte.
-            lines = [await asyncio.wait_for(reader.readline(), 20) for reader, _ in idle]
+            # version line), left the next ones waiting in line, and hung up on the rest at
+            # once, without a byte.
+            waiting = PER_SOURCE + QUEUED_PER_SOURCE
+            lines = [await asyncio.wait_for(reader.readline(), 20)
+                     for reader, _ in idle[:PER_SOURCE] + idle[waiting:]]
             assert all(line.startswith(b"SSH-2.0-") for line in lines[:PER_SOURCE])
-            assert lines[PER_SOURCE:] == [b""] * (IDLE - PER_SOURCE)
+            assert lines[PER_SOURCE:] == [b""] * (IDLE - waiting)
+            queued = [asyncio.ensure_future(reader.readline())
+                      for reader, _ in idle[PER_SOURCE:waiting]]
+            done, _ = await asyncio.wait(queued, timeout=1)
+            assert not done, "a connection past the address's share started its handshake"
+            for line in queued:
+                line.cancel()
             drips = [asyncio.create_task(drip(relay, opened)) for _ in range(DRIP)]
 
             # Under the attack, a customer's agent still connects and a technician still works.

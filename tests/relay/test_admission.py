@@ -9,20 +9,45 @@ import asyncio
 from relay.sshd import Startups
 
 
-def test_handshakes_beyond_the_limits_are_dropped_until_places_free_up() -> None:
-    gate = Startups(limit=3, per_source=2)
-    assert gate.admit("10.0.0.1") and gate.admit("10.0.0.1")
-    assert not gate.admit("10.0.0.1"), "one address may hold only its share"
-    assert gate.admit("10.0.0.2")
-    assert not gate.admit("10.0.0.3"), "no more than the limit in all"
-    assert (gate.in_flight, gate.dropped) == (3, 2)
+def test_handshakes_start_in_arrival_order_within_the_limits() -> None:
+    gate = Startups(limit=3, per_source=2, queue=5, queue_per_source=3)
+    for n, source in enumerate(["10.0.0.1", "10.0.0.1", "10.0.0.1", "10.0.0.2", "10.0.0.3"]):
+        assert gate.offer(source, n)
+    assert not gate.offer("10.0.0.4", 5), "no more than the queue may wait in all"
+    assert gate.dropped == 1
+    started = [gate.take(), gate.take(), gate.take()]
+    # The third from 10.0.0.1 is passed over: one address may hold only its share.
+    assert started == [("10.0.0.1", 0), ("10.0.0.1", 1), ("10.0.0.2", 3)]
+    assert gate.take() is None, "no more than the limit in their handshake"
+    assert (gate.in_flight, gate.waiting) == (3, 2)
 
-    gate.done("10.0.0.1")  # authenticated, or gone
-    assert gate.admit("10.0.0.3")
-    assert not gate.admit("10.0.0.1")
-    gate.done("10.0.0.2")
-    assert gate.admit("10.0.0.1")
-    assert gate.in_flight == 3
+    gate.done("10.0.0.2")  # authenticated, or gone
+    assert gate.take() == ("10.0.0.3", 4)
+    assert gate.take() is None, "10.0.0.1 still holds its share"
+    gate.done("10.0.0.1")
+    assert gate.take() == ("10.0.0.1", 2)
+    assert (gate.in_flight, gate.waiting) == (3, 0)
+
+
+def test_one_address_may_keep_only_so_many_waiting() -> None:
+    gate = Startups(limit=1, per_source=1, queue=100, queue_per_source=2)
+    assert gate.offer("10.0.0.1", 0) and gate.offer("10.0.0.1", 1)
+    assert not gate.offer("10.0.0.1", 2), "past its share of the queue an address is refused"
+    assert gate.offer("10.0.0.2", 3), "while others still get in line"
+    assert gate.take() == ("10.0.0.1", 0)
+    assert gate.offer("10.0.0.1", 4), "taken from the queue, its place is free again"
+    assert [item for _, item in gate.drain()] == [1, 3, 4]
+    assert gate.waiting == 0
+
+
+def test_a_handshake_ending_says_there_is_room() -> None:
+    gate = Startups(limit=1, per_source=1, queue=10, queue_per_source=10)
+    rooms: list[int] = []
+    gate.on_room = lambda: rooms.append(gate.in_flight)
+    gate.offer("10.0.0.1", 0)
+    gate.take()
+    gate.done("10.0.0.1")
+    assert rooms == [0]
 
 
 async def test_past_the_limit_the_relay_leaves_connections_queued_until_room(
@@ -33,7 +58,7 @@ async def test_past_the_limit_the_relay_leaves_connections_queued_until_room(
                      for _ in range(2)]
     for reader, _ in (first, second):
         assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"SSH-2.0-")
-    # The third is connected by the kernel but not taken: no banner, and not hung up on.
+    # The third is accepted but waits: no banner, and not hung up on.
     reader, writer = await asyncio.open_connection(relay.ssh_host, relay.ssh_port)
     waiting = asyncio.ensure_future(reader.readline())
     done, _ = await asyncio.wait({waiting}, timeout=1)
