@@ -16,7 +16,14 @@ from dataclasses import dataclass
 
 import asyncssh
 
-from relay.transport import INNER_PORT, WideTunnel, client_options, dial, pinned
+from relay.transport import (
+    INNER_PORT,
+    WideTunnel,
+    client_options,
+    dial,
+    pinned,
+    wait_for_banner,
+)
 
 log = logging.getLogger("adhoc.host")
 
@@ -26,6 +33,9 @@ KEEPALIVE_COUNT = 3
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 10.0
 CONNECT_TIMEOUT = 20
+# How long a dialled connection may wait for the relay to start its handshake: a relay that is
+# catching up after a restart (10,000 agents take it ~25 s) keeps the rest in its accept queue.
+QUEUE_TIMEOUT = 90
 
 
 def backoff_delay(attempt: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP,
@@ -75,6 +85,7 @@ class Tunnel:
         # TCP first: a relay that is down costs a refused connect, not an SSH set-up.
         sock = await asyncio.wait_for(dial(self.host, self.port), CONNECT_TIMEOUT)
         try:
+            await wait_for_banner(sock, QUEUE_TIMEOUT)
             return await asyncssh.create_connection(
                 _OuterClient, self.host, self.port, username=self.session_id,
                 password=self._secret, known_hosts=self._known_hosts, client_keys=None,
@@ -99,7 +110,7 @@ class Tunnel:
             except (OSError, asyncssh.Error, TimeoutError) as exc:
                 delay = backoff_delay(attempt, cap=self._backoff_cap)
                 attempt += 1
-                self._on_state("reconnecting", f"{exc}; next try in {delay:.1f}s")
+                self._on_state("reconnecting", f"{exc or 'timed out'}; next try in {delay:.1f}s")
                 await asyncio.sleep(delay)
                 continue
             attempt = 0

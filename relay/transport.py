@@ -20,7 +20,10 @@ ENCRYPTION = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
               "chacha20-poly1305@openssh.com", "aes128-ctr", "aes256-ctr")
 OUTER_WINDOW = 8 * 1024 * 1024
 OUTER_PACKET = 256 * 1024
-LISTEN_BACKLOG = 1024  # the relay's SSH listener: agents arrive in bursts after a restart
+# The relay's SSH listener accepts at once and queues connections itself (relay/sshd.py
+# Startups); the kernel's queue only has to absorb a burst between two accepts. The kernel caps
+# this at net.core.somaxconn (4,096 on current Linux).
+LISTEN_BACKLOG = 65535
 # Where a technician reaches a host through the relay: the agent's virtual forward
 # (<session-id>, INNER_PORT), and the one user its inner SSH server knows.
 INNER_PORT = 22
@@ -74,6 +77,32 @@ async def dial(host: str, port: int) -> socket.socket:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
     raise failure
+
+
+async def wait_for_banner(sock: socket.socket, seconds: float) -> None:
+    """Until the relay speaks first on a dialled socket (its SSH version line), or TimeoutError.
+
+    A relay busy with other handshakes accepts new connections and leaves them waiting, in
+    order, until it has room (relay/sshd.py MAX_STARTUPS); waiting costs neither side CPU.
+    Waiting here, with a timeout of its own, keeps a dialler's place in that queue: under the
+    handshake's 20 s timeout alone, 1,280 of 10,000 agents returning after a restart gave up
+    and dialled again at the back of the queue, and the relay later spent a handshake on each
+    abandoned socket."""
+    loop = asyncio.get_running_loop()
+    spoken = loop.create_future()
+
+    def readable() -> None:
+        if not spoken.done():
+            spoken.set_result(None)
+
+    loop.add_reader(sock.fileno(), readable)
+    try:
+        await asyncio.wait_for(spoken, seconds)
+    except TimeoutError:
+        raise TimeoutError(f"the relay accepted the connection but did not answer within "
+                           f"{seconds:g} s") from None
+    finally:
+        loop.remove_reader(sock.fileno())
 
 
 # glibc's mallopt parameters. By default buffers of 128 KiB and up are mmap'd and unmapped

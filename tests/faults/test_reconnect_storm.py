@@ -21,6 +21,7 @@ import asyncssh
 import httpx
 import psutil
 
+from hostagent import tunnel as tunnel_module
 from hostagent.tunnel import Tunnel
 from relay import sessions as rules
 from relay.passwords import hash_password
@@ -158,3 +159,45 @@ def audited_online(data_dir: Path, after: float) -> set[str]:
         rows = db.execute("SELECT session_id FROM audit WHERE event = 'online' AND at > ?",
                           (after,)).fetchall()
     return {session_id for (session_id,) in rows}
+
+
+async def test_an_agent_kept_waiting_by_a_busy_relay_keeps_its_place(
+        start_relay, tmp_path: Path, monkeypatch) -> None:
+    """After a restart the relay starts handshakes as earlier ones finish and leaves the rest
+    waiting in line (relay/sshd.py Startups). An agent in that line waits for the relay to
+    speak rather than give up at its handshake timeout and dial again at the back."""
+    monkeypatch.setenv("ADHOC_RELAY_MAX_STARTUPS", "1")
+    monkeypatch.setattr(tunnel_module, "CONNECT_TIMEOUT", 2)
+    data_dir = tmp_path / "relay-busy"
+    await provision_store(data_dir, [("Company", "plus", 1, ["tech"])])
+    store = await Store.open(data_dir / "relay.db")
+    try:
+        secret = rules.new_token()
+        session_id = await add_active_session(store, (await store.technicians())[0], secret)
+    finally:
+        await store.close()
+    relay = start_relay(data_dir=data_dir)
+    async with httpx.AsyncClient(base_url=relay.base_url) as http:
+        relay_key = (await http.get("/api/v1/relay")).json()["host_key"]
+    # Someone holds the relay's one handshake place and never answers.
+    reader, writer = await asyncio.open_connection(relay.ssh_host, relay.ssh_port)
+    assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"SSH-2.0-")
+
+    states: list[tuple[str, str]] = []
+    tunnel = Tunnel(session_id, secret, "127.0.0.1", relay.ssh_port, relay_key,
+                    {"server_host_keys": [asyncssh.generate_private_key("ssh-ed25519")]},
+                    on_state=lambda state, detail: states.append((state, detail)),
+                    backoff_cap=0.1)
+    task = asyncio.create_task(tunnel.run())
+    try:
+        await asyncio.sleep(3 * tunnel_module.CONNECT_TIMEOUT)
+        assert states == [("connecting", f"127.0.0.1:{relay.ssh_port}")], states
+        writer.close()  # the place is free: the agent's turn
+        for _ in range(200):
+            if states[-1][0] == "connected":
+                break
+            await asyncio.sleep(0.05)
+        assert [state for state, _ in states] == ["connecting", "connected"], states
+    finally:
+        tunnel.stop()
+        await asyncio.wait_for(task, 10)
