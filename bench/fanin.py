@@ -92,6 +92,8 @@ async def worker(config: dict) -> None:
     key = asyncssh.generate_private_key("ssh-ed25519")
     inner = {"server_host_keys": [key]}
     connected: set[str] = set()
+    attempts = [0]
+    failures: dict[str, int] = {}
     gate = asyncio.Semaphore(config["concurrency"])
     stop = asyncio.Event()
 
@@ -102,8 +104,13 @@ async def worker(config: dict) -> None:
             if state == "connected":
                 connected.add(session_id)
                 first.set()
-            else:
-                connected.discard(session_id)
+                return
+            connected.discard(session_id)
+            if state == "connecting":
+                attempts[0] += 1
+            elif state == "reconnecting":
+                kind = detail.split(";")[0].split(":")[0][:60]
+                failures[kind] = failures.get(kind, 0) + 1
 
         tunnel = Tunnel(session_id, secret, config["host"], config["port"], config["host_key"],
                         inner, on_state=on_state)
@@ -118,7 +125,8 @@ async def worker(config: dict) -> None:
 
     async def report() -> None:
         while not stop.is_set():
-            print(json.dumps({"connected": len(connected)}), flush=True)
+            print(json.dumps({"connected": len(connected), "attempts": attempts[0],
+                              "failures": failures}), flush=True)
             await asyncio.sleep(0.1)
 
     loop = asyncio.get_running_loop()
@@ -139,6 +147,8 @@ class Workers:
     def __init__(self, sessions: list[tuple[str, str]], host_key: str, port: int, workers: int,
                  concurrency: int) -> None:
         self.counts = [0] * workers
+        self.attempts = [0] * workers
+        self.failures: list[dict[str, int]] = [{} for _ in range(workers)]
         self.procs: list[subprocess.Popen] = []
         for i in range(workers):
             config = {"host": "127.0.0.1", "port": port, "host_key": host_key,
@@ -155,13 +165,24 @@ class Workers:
         assert proc.stdout is not None
         for line in proc.stdout:
             if line.startswith("{"):
-                self.counts[index] = json.loads(line)["connected"]
+                state = json.loads(line)
+                self.counts[index] = state["connected"]
+                self.attempts[index] = state["attempts"]
+                self.failures[index] = state["failures"]
                 path.unlink(missing_ok=True)
 
     def cpu_seconds(self) -> float:
         """CPU time the agent processes have used so far."""
         return sum(cpu_seconds(psutil.Process(proc.pid)) for proc in self.procs
                    if proc.poll() is None)
+
+    def tally(self) -> tuple[int, dict[str, int]]:
+        """Connection attempts so far, and the failed ones by what went wrong."""
+        failures: dict[str, int] = {}
+        for worker in self.failures:
+            for kind, n in worker.items():
+                failures[kind] = failures.get(kind, 0) + n
+        return sum(self.attempts), failures
 
     @property
     def connected(self) -> int:
@@ -224,6 +245,7 @@ def run_count(count: int, sessions: list[tuple[str, str]], data_dir: Path, host_
         # Restart: stop the relay, start a new one on the same ports, time until all are back.
         stopped_at = time.monotonic()
         agents_cpu = workers.cpu_seconds()
+        attempts0, failures0 = workers.tally()
         relay.stop(signal.SIGTERM)
         result["stop_s"] = time.monotonic() - stopped_at
         workers.wait_for(lambda n: n == 0, 30)
@@ -239,6 +261,10 @@ def run_count(count: int, sessions: list[tuple[str, str]], data_dir: Path, host_
         result["back"] = workers.connected
         result["restart_cpu_s"] = cpu_seconds(fresh) - cpu_ready
         result["agents_cpu_s"] = workers.cpu_seconds() - agents_cpu
+        attempts1, failures1 = workers.tally()
+        result["attempts_per_agent"] = (attempts1 - attempts0) / max(1, reached)
+        result["failures"] = {kind: n - failures0.get(kind, 0) for kind, n in failures1.items()
+                              if n > failures0.get(kind, 0)}
         result["cpu_ms_per_setup_restart"] = result["restart_cpu_s"] \
             / max(1, workers.connected) * 1e3
     finally:
@@ -259,12 +285,16 @@ def report(results: list[dict]) -> None:
             f"{r['setups_per_s']:.0f}", f"{r['idle_cpu_pct']:.1f}") for r in results])
     table(("agents", "relay stop s", "relay start s", "all back after start s",
            "all back after stop s (target ≤ 30)", "back", "relay CPU s", "CPU ms/reconnect",
-           "agents' CPU s, stop to back"),
+           "agents' CPU s, stop to back", "attempts/agent"),
           [(r["agents"], f"{r['stop_s']:.1f}", f"{r['relay_start_s']:.1f}",
             fmt(r["back_from_ready_s"]), fmt(r["back_from_stop_s"]), r["back"],
             f"{r['restart_cpu_s']:.1f}",
             f"{r['cpu_ms_per_setup_restart']:.2f}" if r["back"] else "n/a",
-            f"{r['agents_cpu_s']:.1f}") for r in results])
+            f"{r['agents_cpu_s']:.1f}", f"{r['attempts_per_agent']:.1f}") for r in results])
+    for r in results:
+        failures = ", ".join(f"{n} × {kind}" for kind, n in
+                             sorted(r["failures"].items(), key=lambda item: -item[1]))
+        print(f"{r['agents']} agents, failed attempts during the return: {failures or 'none'}")
     for r in results:
         back = r["back_from_stop_s"]
         print(f"{r['agents']} agents: ≤ 32 KiB/agent {verdict(r['kib_per_agent'] <= 32)}; "
@@ -295,6 +325,8 @@ def main() -> None:
     # the relay's per-address share of handshakes (relay/sshd.py) to its overall limit.
     os.environ.setdefault("ADHOC_RELAY_MAX_STARTUPS_PER_SOURCE",
                           os.environ.get("ADHOC_RELAY_MAX_STARTUPS", "128"))
+    os.environ.setdefault("ADHOC_RELAY_MAX_QUEUED_PER_SOURCE",
+                          os.environ.get("ADHOC_RELAY_MAX_QUEUED", "16384"))
     header("Fan-in: idle agents on one relay, and a relay restart", "asyncssh", "psutil")
     print(f"{args.workers} agent processes, {args.concurrency} set-ups in flight each; "
           f"sessions seeded through relay.store.Store in a bench-only data dir (see --help)\n")
