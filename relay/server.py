@@ -25,6 +25,32 @@ from relay.store import Store
 
 log = logging.getLogger("adhoc.relay")
 
+# Each agent holds one connection, so one open file. Many systems start processes with a soft
+# limit of 1,024 (systemd's default for services) under a far higher hard limit: lift it.
+OPEN_FILES_WANTED = 1 << 20
+OPEN_FILES_ENOUGH = 16384
+
+
+def raise_open_file_limit(wanted: int = OPEN_FILES_WANTED) -> int | None:
+    """Lift this process's soft limit on open files as far as its hard limit allows, up to
+    `wanted`; returns the limit now in force (None where there is no such limit)."""
+    try:
+        import resource
+    except ImportError:  # not a POSIX system
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("relay: could not raise the open-file limit from %d: %s", soft, exc)
+    if soft != resource.RLIM_INFINITY and soft < OPEN_FILES_ENOUGH:
+        log.warning("relay: open-file limit %d holds fewer than %d agents; raise it "
+                    "(LimitNOFILE= under systemd, ulimit -n otherwise)", soft, soft - 100)
+    return soft
+
 
 def load_or_create_secret(path: Path) -> bytes:
     """The relay's HMAC key for security codes; created once, mode 0600."""
@@ -80,6 +106,7 @@ class RelayServer:
 
     async def start(self) -> RelayService:
         settings = self.settings
+        raise_open_file_limit()
         await initialise(settings)
         store = await Store.open(settings.db_path)
         host_key = load_or_create_host_key(settings.host_key_path)

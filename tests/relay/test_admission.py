@@ -5,6 +5,10 @@ address cannot take every place."""
 from __future__ import annotations
 
 import asyncio
+import resource
+
+import psutil
+import pytest
 
 from relay.sshd import Startups
 
@@ -67,3 +71,29 @@ async def test_past_the_limit_the_relay_leaves_connections_queued_until_room(
     assert (await asyncio.wait_for(waiting, 10)).startswith(b"SSH-2.0-")
     for _, w in (second, (reader, writer)):
         w.close()
+
+
+async def test_the_relay_lifts_a_low_open_file_limit_to_hold_many_agents(
+        start_relay, monkeypatch) -> None:
+    """One open file per agent: started under a soft limit of 256 (systemd gives services
+    1,024), the relay lifts it to its hard limit and takes 400 connections at once."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1024:
+        pytest.skip(f"the hard open-file limit here is {hard}")
+    monkeypatch.setenv("ADHOC_RELAY_MAX_STARTUPS", "500")
+    monkeypatch.setenv("ADHOC_RELAY_MAX_STARTUPS_PER_SOURCE", "500")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    try:
+        relay = start_relay()  # inherits the low limit
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert psutil.Process(relay.proc.pid).rlimit(resource.RLIMIT_NOFILE)[0] > 256
+    connections = [await asyncio.open_connection(relay.ssh_host, relay.ssh_port)
+                   for _ in range(400)]
+    try:
+        lines = await asyncio.wait_for(
+            asyncio.gather(*(reader.readline() for reader, _ in connections)), 30)
+        assert all(line.startswith(b"SSH-2.0-") for line in lines)
+    finally:
+        for _, writer in connections:
+            writer.close()
