@@ -28,7 +28,13 @@ from pathlib import Path
 
 import asyncssh
 
-from bench.launch import LEVERS_ENV, prefer_aes_gcm, restore_encryption
+from bench.launch import (
+    LEVERS_ENV,
+    prefer_aes_gcm,
+    restore_encryption,
+    restore_ignore_packets,
+    skip_ignore_packets,
+)
 from relay.transport import INNER_USER, pinned, tune_allocator
 from tests.support import (
     PASSWORD,
@@ -139,6 +145,7 @@ class Levers:
     tech_packet: int = 0
     uvloop: bool = False  # uvloop in the relay and the agent
     relay_uvloop: bool = False  # uvloop in the relay only (the agent's PTY shells break on it)
+    no_ignore: bool = False  # no SSH_MSG_IGNORE before each packet, in every asyncssh process
     label: str = "as shipped"
 
     def env(self) -> dict[str, str]:
@@ -154,6 +161,20 @@ class Levers:
 
 
 SHIPPED = Levers()
+
+
+@contextlib.contextmanager
+def technician_process(levers: Levers):
+    """The bench process plays the technician: apply the levers that concern its whole
+    process (not only connection set-up) while a variant runs."""
+    if not levers.no_ignore:
+        yield
+        return
+    original = skip_ignore_packets()
+    try:
+        yield
+    finally:
+        restore_ignore_packets(original)
 
 
 @contextlib.contextmanager

@@ -35,6 +35,7 @@ from bench.common import (
     run_async,
     scratch_dir,
     table,
+    technician_process,
     verdict,
 )
 from bench.transfer import VARIANTS, JumpConfig, parse_with_levers
@@ -169,8 +170,9 @@ async def main_async(args: argparse.Namespace) -> None:
     try:
         with openssh_server() as sshd:
             for name in args.levers.split(","):
-                await run_variant(name, VARIANTS[name], sshd, args.trips, work,
-                                  with_jump=not args.no_jump)
+                with technician_process(VARIANTS[name]):
+                    await run_variant(name, VARIANTS[name], sshd, args.trips, work,
+                                      with_jump=not args.no_jump)
     finally:
         for path in work.iterdir():
             path.unlink()

@@ -42,6 +42,30 @@ def _with_channel_defaults(window: int, packet: int):
     return create_connection
 
 
+def skip_ignore_packets():
+    """asyncssh sends an empty SSH_MSG_IGNORE before every packet once encrypting (a defence
+    for CBC ciphers, which Adhoc never negotiates): drop those in this process. Returns the
+    original method (for restore_ignore_packets)."""
+    from asyncssh.connection import MSG_IGNORE, SSHConnection
+
+    original = SSHConnection.send_packet
+    empty = b"\0\0\0\0"
+
+    def send_packet(self, pkttype: int, *args: bytes, handler=None) -> None:
+        if pkttype == MSG_IGNORE and args == (empty,) and handler is None:
+            return
+        original(self, pkttype, *args, handler=handler)
+
+    SSHConnection.send_packet = send_packet  # type: ignore[method-assign]
+    return original
+
+
+def restore_ignore_packets(original) -> None:
+    from asyncssh.connection import SSHConnection
+
+    SSHConnection.send_packet = original  # type: ignore[method-assign]
+
+
 def apply(levers: dict) -> None:
     """Apply the levers that concern this process (each process ignores the others')."""
     if levers.get("gcm"):
@@ -58,6 +82,8 @@ def apply(levers: dict) -> None:
     if levers.get("agent_window"):
         asyncssh.create_connection = _with_channel_defaults(
             levers["agent_window"], levers.get("agent_packet") or 32768)
+    if levers.get("no_ignore"):
+        skip_ignore_packets()
     if levers.get("uvloop"):
         import uvloop
 

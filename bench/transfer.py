@@ -39,6 +39,7 @@ from bench.common import (
     run_async,
     scratch_dir,
     table,
+    technician_process,
     verdict,
 )
 
@@ -54,6 +55,7 @@ VARIANTS: dict[str, Levers] = {
                      label="8 MiB / 256 KiB windows on the agent's and technician's legs"),
     "uvloop": Levers(uvloop=True, label="uvloop in relay and agent"),
     "uvloop-relay": Levers(relay_uvloop=True, label="uvloop in the relay only"),
+    "no-ignore": Levers(no_ignore=True, label="no SSH_MSG_IGNORE before each packet"),
     "tuned": Levers(gcm=True, inner_window=2 * MIB, agent_window=8 * MIB,
                     agent_packet=256 * 1024, tech_window=8 * MIB, tech_packet=256 * 1024,
                     label="gcm + inner 2 MiB + 8 MiB legs"),
@@ -207,8 +209,9 @@ async def main_async(args: argparse.Namespace) -> None:
         src = make_source(work, size)
         with openssh_server() as sshd:
             for name in args.levers.split(","):
-                await run_variant(name, VARIANTS[name], sshd, src, work, size, args.rounds,
-                                  with_jump=not args.no_jump)
+                with technician_process(VARIANTS[name]):
+                    await run_variant(name, VARIANTS[name], sshd, src, work, size,
+                                      args.rounds, with_jump=not args.no_jump)
     finally:
         with contextlib.suppress(OSError):
             shutil.rmtree(work)
