@@ -29,7 +29,7 @@ from hostagent.shells import (
     ShellRegistry,
 )
 from relay.passwords import verify_password
-from relay.transport import INNER_USER
+from relay.transport import INNER_PACKET, INNER_USER
 
 log = logging.getLogger("adhoc.host")
 
@@ -38,7 +38,6 @@ log = logging.getLogger("adhoc.host")
 # cross three hops, so the window is what keeps SFTP writes in flight: 2 MiB held relayed puts
 # to ~90 MB/s, 8 MiB and 256 KiB packets reach ~120 (bench/transfer.py, docs/BENCHMARKS.md).
 INNER_WINDOW = 8 * 1024 * 1024
-INNER_PACKET = 256 * 1024
 
 Audit = Callable[[str, str, dict], None]
 

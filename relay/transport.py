@@ -20,6 +20,12 @@ ENCRYPTION = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
               "chacha20-poly1305@openssh.com", "aes128-ctr", "aes256-ctr")
 OUTER_WINDOW = 8 * 1024 * 1024
 OUTER_PACKET = 256 * 1024
+# The inner connection (console to agent) crosses the relay as data on an outer channel, one
+# outer write per inner packet and the IGNORE before it (_CoalescingTransport). An inner packet
+# of OUTER_PACKET bytes of data would not fit one outer packet with its header, MAC and that
+# IGNORE: each would cross as a full outer packet and a ~100-byte one, twice the per-packet
+# work on every hop (relayed SFTP 15 % slower, docs/BENCHMARKS.md). Leave room.
+INNER_PACKET = OUTER_PACKET - 4096
 # The relay's SSH listener accepts at once and queues connections itself (relay/sshd.py
 # Startups); the kernel's queue only has to absorb a burst between two accepts. The kernel caps
 # this at net.core.somaxconn (4,096 on current Linux).
@@ -40,7 +46,7 @@ def client_options(*, outer: bool = False, sock: socket.socket | None = None) ->
     to the relay itself (not tunnelled through it), which then coalesces its writes, over
     `sock` when it is already connected (see dial)."""
     options = {"encryption_algs": ENCRYPTION, "compression_algs": None,
-               "window": OUTER_WINDOW, "max_pktsize": OUTER_PACKET}
+               "window": OUTER_WINDOW, "max_pktsize": OUTER_PACKET if outer else INNER_PACKET}
     if outer:
         options["tunnel"] = CoalescingTcp(sock)
     return options
@@ -134,12 +140,15 @@ def tune_allocator() -> bool:
 
 
 class _CoalescingTransport:
-    """A connection's transport that writes once per turn of the event loop.
+    """A connection's transport that sends a packet and the IGNORE before it as one write.
 
     asyncssh writes an SSH_MSG_IGNORE before every packet it sends, each as a write of its
-    own: on a tunnel channel each becomes an outer packet (a keystroke crossed the relay as
-    four outer packets each way), on a socket each becomes a send() and a TCP segment. Joining
-    the writes of one turn halves both.
+    own: on a tunnel channel each became an outer packet (a keystroke crossed the relay as
+    four outer packets each way), on a socket each a send() and a TCP segment. A write is held
+    until the next one, and both go together at once; one left alone (no IGNORE came before
+    it, as during key exchange) goes at the end of the event loop's turn. Holding every write
+    until the end of the turn instead cost a keystroke one extra loop turn per hop: the
+    relayed round trip was 7 % slower (docs/BENCHMARKS.md).
     """
 
     def __init__(self, chan) -> None:
@@ -148,9 +157,11 @@ class _CoalescingTransport:
         self._loop = asyncio.get_running_loop()
 
     def write(self, data: bytes) -> None:
-        if not self._pending:
-            self._loop.call_soon(self._flush)
         self._pending.append(data)
+        if len(self._pending) > 1:
+            self._flush()  # the packet after an IGNORE: both go now, not a loop turn later
+        else:
+            self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         if not self._pending:
