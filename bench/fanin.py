@@ -34,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import psutil
@@ -93,7 +94,7 @@ async def worker(config: dict) -> None:
     inner = {"server_host_keys": [key]}
     connected: set[str] = set()
     attempts = [0]
-    failures: dict[str, int] = {}
+    failures: Counter[str] = Counter()
     gate = asyncio.Semaphore(config["concurrency"])
     stop = asyncio.Event()
 
@@ -109,8 +110,7 @@ async def worker(config: dict) -> None:
             if state == "connecting":
                 attempts[0] += 1
             elif state == "reconnecting":
-                kind = detail.split(";")[0].split(":")[0][:60]
-                failures[kind] = failures.get(kind, 0) + 1
+                failures[detail.split(";")[0].split(":")[0][:60]] += 1
 
         tunnel = Tunnel(session_id, secret, config["host"], config["port"], config["host_key"],
                         inner, on_state=on_state)
@@ -148,7 +148,7 @@ class Workers:
                  concurrency: int) -> None:
         self.counts = [0] * workers
         self.attempts = [0] * workers
-        self.failures: list[dict[str, int]] = [{} for _ in range(workers)]
+        self.failures: list[Counter[str]] = [Counter() for _ in range(workers)]
         self.procs: list[subprocess.Popen] = []
         for i in range(workers):
             config = {"host": "127.0.0.1", "port": port, "host_key": host_key,
@@ -168,7 +168,7 @@ class Workers:
                 state = json.loads(line)
                 self.counts[index] = state["connected"]
                 self.attempts[index] = state["attempts"]
-                self.failures[index] = state["failures"]
+                self.failures[index] = Counter(state["failures"])
                 path.unlink(missing_ok=True)
 
     def cpu_seconds(self) -> float:
@@ -176,13 +176,9 @@ class Workers:
         return sum(cpu_seconds(psutil.Process(proc.pid)) for proc in self.procs
                    if proc.poll() is None)
 
-    def tally(self) -> tuple[int, dict[str, int]]:
+    def tally(self) -> tuple[int, Counter[str]]:
         """Connection attempts so far, and the failed ones by what went wrong."""
-        failures: dict[str, int] = {}
-        for worker in self.failures:
-            for kind, n in worker.items():
-                failures[kind] = failures.get(kind, 0) + n
-        return sum(self.attempts), failures
+        return sum(self.attempts), sum(self.failures, Counter())
 
     @property
     def connected(self) -> int:
@@ -263,8 +259,7 @@ def run_count(count: int, sessions: list[tuple[str, str]], data_dir: Path, host_
         result["agents_cpu_s"] = workers.cpu_seconds() - agents_cpu
         attempts1, failures1 = workers.tally()
         result["attempts_per_agent"] = (attempts1 - attempts0) / max(1, reached)
-        result["failures"] = {kind: n - failures0.get(kind, 0) for kind, n in failures1.items()
-                              if n > failures0.get(kind, 0)}
+        result["failures"] = failures1 - failures0
         result["cpu_ms_per_setup_restart"] = result["restart_cpu_s"] \
             / max(1, workers.connected) * 1e3
     finally:
@@ -292,8 +287,7 @@ def report(results: list[dict]) -> None:
             f"{r['cpu_ms_per_setup_restart']:.2f}" if r["back"] else "n/a",
             f"{r['agents_cpu_s']:.1f}", f"{r['attempts_per_agent']:.1f}") for r in results])
     for r in results:
-        failures = ", ".join(f"{n} × {kind}" for kind, n in
-                             sorted(r["failures"].items(), key=lambda item: -item[1]))
+        failures = ", ".join(f"{n} × {kind}" for kind, n in r["failures"].most_common())
         print(f"{r['agents']} agents, failed attempts during the return: {failures or 'none'}")
     for r in results:
         back = r["back_from_stop_s"]

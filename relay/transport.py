@@ -154,14 +154,20 @@ class _CoalescingTransport:
     def __init__(self, chan) -> None:
         self._chan = chan
         self._pending: list[bytes] = []
+        self._flush_scheduled = False
         self._loop = asyncio.get_running_loop()
 
     def write(self, data: bytes) -> None:
         self._pending.append(data)
         if len(self._pending) > 1:
             self._flush()  # the packet after an IGNORE: both go now, not a loop turn later
-        else:
-            self._loop.call_soon(self._flush)
+        elif not self._flush_scheduled:  # one end-of-turn flush serves a whole turn's writes
+            self._flush_scheduled = True
+            self._loop.call_soon(self._end_of_turn)
+
+    def _end_of_turn(self) -> None:
+        self._flush_scheduled = False
+        self._flush()
 
     def _flush(self) -> None:
         if not self._pending:
@@ -241,12 +247,8 @@ class CoalescingTcp:
         self._sock = sock  # already connected (dial), used once
 
     async def create_connection(self, session_factory, remote_host: str, remote_port: int):
-        loop = asyncio.get_running_loop()
-        if self._sock is not None:
-            sock, self._sock = self._sock, None
-            transport, session = await loop.create_connection(
-                coalescing_protocol(session_factory), sock=sock)
-        else:
-            transport, session = await loop.create_connection(
-                coalescing_protocol(session_factory), remote_host, remote_port)
+        sock, self._sock = self._sock, None
+        where = {"sock": sock} if sock is not None else {"host": remote_host, "port": remote_port}
+        transport, session = await asyncio.get_running_loop().create_connection(
+            coalescing_protocol(session_factory), **where)
         return transport, session.conn

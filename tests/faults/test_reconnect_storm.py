@@ -184,19 +184,22 @@ async def test_an_agent_kept_waiting_by_a_busy_relay_keeps_its_place(
     assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"SSH-2.0-")
 
     states: list[tuple[str, str]] = []
+    connected = asyncio.Event()
+
+    def on_state(state: str, detail: str) -> None:
+        states.append((state, detail))
+        if state == "connected":
+            connected.set()
+
     tunnel = Tunnel(session_id, secret, "127.0.0.1", relay.ssh_port, relay_key,
                     {"server_host_keys": [asyncssh.generate_private_key("ssh-ed25519")]},
-                    on_state=lambda state, detail: states.append((state, detail)),
-                    backoff_cap=0.1)
+                    on_state=on_state, backoff_cap=0.1)
     task = asyncio.create_task(tunnel.run())
     try:
         await asyncio.sleep(3 * tunnel_module.CONNECT_TIMEOUT)
         assert states == [("connecting", f"127.0.0.1:{relay.ssh_port}")], states
         writer.close()  # the place is free: the agent's turn
-        for _ in range(200):
-            if states[-1][0] == "connected":
-                break
-            await asyncio.sleep(0.05)
+        await asyncio.wait_for(connected.wait(), 10)
         assert [state for state, _ in states] == ["connecting", "connected"], states
     finally:
         tunnel.stop()

@@ -72,16 +72,11 @@ def rendered(monkeypatch) -> list[tuple[int, int]]:
     return calls
 
 
-async def settle(pilot) -> None:
-    """Until the app has handled what is queued and painted (no fixed sleep)."""
-    await pilot.pause()
-
-
 async def test_countdown_tick_redraws_only_the_countdown(rendered) -> None:
     app = ListApp(views(300))
     async with app.run_test(size=(120, 40)) as pilot:
         table = app.list.table
-        await settle(pilot)
+        await pilot.pause()
         assert "5:00:00" in line_of(table, "customer0")
         assert "invite 30:00" in line_of(table, "customer1")
         assert "expired" in line_of(table, "customer2")
@@ -91,7 +86,7 @@ async def test_countdown_tick_redraws_only_the_countdown(rendered) -> None:
         rendered.clear()
         app.now += 1
         app.list.tick()
-        await settle(pilot)
+        await pilot.pause()
         # What the technician sees moved by a second; ended sessions keep their reason.
         assert "4:59:59" in line_of(table, "customer0")
         assert "invite 29:59" in line_of(table, "customer1")
@@ -107,11 +102,11 @@ async def test_countdown_tick_redraws_only_the_countdown(rendered) -> None:
         # A tick in which no text changes (ended sessions only) renders nothing at all.
         rendered.clear()
         app.list.show([v for v in app.sessions if v["state"] == "ended"], None)
-        await settle(pilot)
+        await pilot.pause()
         rendered.clear()
         app.now += 1
         app.list.tick()
-        await settle(pilot)
+        await pilot.pause()
         assert rendered == []
 
 
@@ -120,10 +115,10 @@ async def test_refresh_redraws_the_changed_row_and_keeps_the_cursor(rendered) ->
     app = ListApp(sessions)
     async with app.run_test(size=(120, 40)) as pilot:
         table = app.list.table
-        await settle(pilot)
+        await pilot.pause()
         for _ in range(45):  # past the first screenful: the table scrolls
             await pilot.press("j")
-        await settle(pilot)
+        await pilot.pause()
         scrolled = table.scroll_offset.y
         assert scrolled > 0
         assert app.list.selected_id() == "s000000000000045"
@@ -133,7 +128,7 @@ async def test_refresh_redraws_the_changed_row_and_keeps_the_cursor(rendered) ->
         again[42]["online"] = False
         rendered.clear()
         app.list.show(again, None)
-        await settle(pilot)
+        await pilot.pause()
         assert "offline" in line_of(table, "customer42")
         assert "online" in line_of(table, "customer45")
         assert app.list.selected_id() == "s000000000000045"
@@ -146,11 +141,11 @@ async def test_refresh_redraws_the_changed_row_and_keeps_the_cursor(rendered) ->
         newest = views(1)[0] | {"id": "snew00000000000", "customer_email": "new@example.com",
                                 "created_at": (START + timedelta(minutes=1)).isoformat()}
         app.list.show([newest, *again], None)
-        await settle(pilot)
+        await pilot.pause()
         assert table.row_count == 301
         assert app.list.selected_id() == "s000000000000045"
         table.move_cursor(row=0)
-        await settle(pilot)
+        await pilot.pause()
         assert "new@example.com" in lines(table)[1]
 
 
@@ -158,27 +153,27 @@ async def test_cursor_focus_and_theme_still_redraw_rows() -> None:
     app = ListApp(views(30))
     async with app.run_test(size=(120, 40)) as pilot:
         table = app.list.table
-        await settle(pilot)
+        await pilot.pause()
         row_one = table.render_line(2)
         await pilot.press("j")
-        await settle(pilot)
+        await pilot.pause()
         highlighted = table.render_line(2)
         assert highlighted.text == row_one.text
         assert list(highlighted) != list(row_one)  # the cursor's colours, not the cache's
         await pilot.press("k")
-        await settle(pilot)
+        await pilot.pause()
         assert list(table.render_line(2)) == list(row_one)
 
         # Focus leaves the table: the cursor row's look changes with it.
         focused_cursor = list(table.render_line(1))
         table.blur()
-        await settle(pilot)
+        await pilot.pause()
         assert list(table.render_line(1)) != focused_cursor
 
         # A theme change repaints every cell in the new colours.
         before = table.render_line(3)
         app.theme = "nord" if app.theme != "nord" else "gruvbox"
-        await settle(pilot)
+        await pilot.pause()
         assert table.render_line(3).text == before.text
         assert list(table.render_line(3)) != list(before)
 

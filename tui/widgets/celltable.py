@@ -6,7 +6,7 @@ eight columns and forty rows that is most of a core's 5 % at one tick a second. 
 keeps its own cache of rendered cells keyed on the cell, its place and its look, and drops
 an entry only when that cell is updated, the table is cleared, or styles change; the rows
 are still recomposed, which is cheap. Built on DataTable._render_cell and _clear_caches
-(textual 8.2); tests/tui/test_celltable.py fails if a textual release changes them.
+(textual 8.2); tests/tui/test_session_list.py fails if a textual release changes them.
 """
 
 from __future__ import annotations
