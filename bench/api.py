@@ -36,8 +36,8 @@ from bench.common import (
 
 
 async def seed(data_dir: Path, technicians: int) -> list[str]:
+    from common.passwords import hash_password
     from relay.config import RelaySettings
-    from relay.passwords import hash_password
     from relay.server import initialise
     from relay.store import Store
 
@@ -91,7 +91,7 @@ async def end(client: httpx.AsyncClient, auth: dict, session_id: str) -> None:
 
 def console_hash() -> tuple[float, str]:
     """What the console does before it sends a create: argon2id, argon2-cffi defaults."""
-    from relay.passwords import hash_password
+    from common.passwords import hash_password
 
     start = time.perf_counter()
     verifier = hash_password(SESSION_PASSWORD)

@@ -35,7 +35,7 @@ from bench.launch import (
     restore_ignore_packets,
     skip_ignore_packets,
 )
-from relay.transport import INNER_USER, pinned, tune_allocator
+from common.transport import INNER_USER, pinned, tune_allocator
 from tests.support import (
     PASSWORD,
     SESSION_PASSWORD,

@@ -92,8 +92,9 @@ def apply(levers: dict) -> None:
 
 async def _serve_direct(port_file: str) -> None:
     """The agent's inner SSH server on a plain loopback socket: the same code, no relay."""
-    from hostagent.server import AgentState, Notices, server_options
-    from relay.passwords import hash_password
+    from common.passwords import hash_password
+    from hostagent.server import server_options
+    from hostagent.state import AgentState, Notices
     from tests.support import SESSION_PASSWORD
 
     verifier = hash_password(SESSION_PASSWORD)
@@ -126,7 +127,7 @@ def main() -> int:
 
         return host_main(args)
     if kind == "direct":
-        from relay.transport import tune_allocator
+        from common.transport import tune_allocator
 
         tune_allocator()  # as the agent's own command does
         asyncio.run(_serve_direct(args[0]))

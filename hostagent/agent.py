@@ -22,8 +22,9 @@ from hostagent.lifetime import (
     watch_expiry,
 )
 from hostagent.notices import STATUS_REFRESH, KeyReader, LineNotices, printable
-from hostagent.server import AgentState, server_options
+from hostagent.server import server_options
 from hostagent.shells import DETACHED_TIMEOUT
+from hostagent.state import AgentState
 from hostagent.tunnel import BACKOFF_CAP, Tunnel
 
 log = logging.getLogger("adhoc.host")

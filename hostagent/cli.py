@@ -9,13 +9,13 @@ import os
 import sys
 import threading
 
+from common.transport import tune_allocator
 from hostagent import join
 from hostagent.agent import Agent, AgentOptions, install_dir
 from hostagent.lifetime import AlreadyRunning, check_interval, remove_install_dir
 from hostagent.notices import LineNotices
 from hostagent.shells import DETACHED_TIMEOUT
 from hostagent.tunnel import BACKOFF_CAP
-from relay.transport import tune_allocator
 
 
 def build_parser() -> argparse.ArgumentParser:

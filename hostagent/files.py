@@ -12,12 +12,10 @@ import asyncio
 import hashlib
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import asyncssh
 
-if TYPE_CHECKING:
-    from hostagent.server import AgentState
+from hostagent.state import AgentState
 
 HASH_CHUNK = 1024 * 1024
 

@@ -27,7 +27,7 @@ import unicodedata
 from collections.abc import Callable
 from typing import TextIO
 
-from hostagent.server import AgentState, Notices
+from hostagent.state import AgentState, Notices
 
 KEYS_HELP = "Keys: e end the session, c chat with the technician, s status, ? help"
 STATUS_REFRESH = 30.0

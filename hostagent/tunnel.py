@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import asyncssh
 
-from relay.transport import (
+from common.transport import (
     INNER_PORT,
     WideTunnel,
     client_options,

@@ -13,9 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validat
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from common.passwords import VERIFIER_MAX_CHARS
 from relay import join
 from relay import sessions as rules
-from relay.passwords import VERIFIER_MAX_CHARS
 from relay.service import RelayService, ServiceError, check_email, check_login_name
 from relay.store import Technician
 

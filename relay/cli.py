@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from common.passwords import hash_password
+from common.transport import tune_allocator
 from relay import wheelhouse
 from relay.config import (
     RelaySettings,
@@ -22,11 +24,9 @@ from relay.config import (
     parse_hostport,
     parse_rate,
 )
-from relay.passwords import hash_password
 from relay.service import check_email, check_login_name
 from relay.sessions import Plan
 from relay.store import Conflict, NotFound, Store
-from relay.transport import tune_allocator
 
 
 class UsageError(Exception):

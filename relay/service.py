@@ -22,10 +22,10 @@ from datetime import UTC, datetime
 from email import policy as email_policy
 from email.parser import BytesParser
 
+from common.passwords import dummy_hash, hash_password, session_secret_problem, verify_password
 from relay import sessions as rules
 from relay.config import Rate, RelaySettings, format_duration
 from relay.events import EventBus
-from relay.passwords import dummy_hash, hash_password, session_secret_problem, verify_password
 from relay.presence import PresenceLog
 from relay.registry import AgentRegistry
 from relay.store import Conflict, NotFound, Presence, SessionRow, Store, Technician

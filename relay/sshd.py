@@ -20,10 +20,7 @@ from pathlib import Path
 
 import asyncssh
 
-from relay.registry import AgentLink
-from relay.service import RelayService
-from relay.store import Technician
-from relay.transport import (
+from common.transport import (
     ENCRYPTION,
     INNER_PORT,
     LISTEN_BACKLOG,
@@ -31,6 +28,9 @@ from relay.transport import (
     OUTER_WINDOW,
     coalescing_protocol,
 )
+from relay.registry import AgentLink
+from relay.service import RelayService
+from relay.store import Technician
 
 log = logging.getLogger("adhoc.relay.ssh")
 
@@ -47,7 +47,7 @@ LOGIN_TIMEOUT = 30
 # together until the agents' 20 s timeout and none finished, and dropping the excess only made
 # the agents dial again at once. So past MAX_STARTUPS new connections wait, accepted but not
 # yet answered, and are started in arrival order as handshakes finish; the agents wait for the
-# relay's version line with a timeout of their own (relay/transport.py wait_for_banner). The
+# relay's version line with a timeout of their own (common/transport.py wait_for_banner). The
 # queue is the relay's, not the kernel's: a full accept queue drops SYNs, and a client whose
 # ACK was dropped under SYN cookies waits in silence for a banner that never comes.
 # One address may hold only a share of the handshakes (the rest of its connections wait while
@@ -57,7 +57,7 @@ MAX_STARTUPS = int(os.environ.get("ADHOC_RELAY_MAX_STARTUPS", "128"))
 MAX_STARTUPS_PER_SOURCE = int(os.environ.get("ADHOC_RELAY_MAX_STARTUPS_PER_SOURCE", "64"))
 MAX_QUEUED = int(os.environ.get("ADHOC_RELAY_MAX_QUEUED", "16384"))
 MAX_QUEUED_PER_SOURCE = int(os.environ.get("ADHOC_RELAY_MAX_QUEUED_PER_SOURCE", "512"))
-# The same as the clients' legs (relay/transport.py): the splice adds a hop, so more bytes in
+# The same as the clients' legs (common/transport.py): the splice adds a hop, so more bytes in
 # flight pay.
 CHANNEL_WINDOW = OUTER_WINDOW
 CHANNEL_PACKET = OUTER_PACKET

@@ -1,7 +1,8 @@
 """The wheels the relay serves to the temporary host, so a customer's install needs no index.
 
 `adhoc-relay wheelhouse` (or `python -m relay.wheelhouse`) fills <data-dir>/wheelhouse with:
-- adhoc_host-<version>-py3-none-any.whl, built here from the `hostagent` package's files (a
+- adhoc_host-<version>-py3-none-any.whl, built here from the `hostagent` and `common` packages'
+  files (a
   wheel is a zip with a few metadata files; no build backend is needed, and it works from an
   installed relay as well as from a checkout);
 - binary wheels of the host's dependencies, fetched with `pip download` through this machine's
@@ -27,8 +28,9 @@ from pathlib import Path
 
 HOST_DIST = "adhoc-host"
 HOST_PACKAGE = "hostagent"
-# Modules of `relay` that `hostagent` imports (contract modules with no relay dependencies).
-SHARED_CONTRACTS = ("__init__.py", "passwords.py", "transport.py")
+# What every Adhoc program shares (transport settings, the verifier check, secrets): the host
+# ships it too. The host never imports `relay` or `tui`.
+SHARED_PACKAGE = "common"
 # What `hostagent` imports outside the standard library (keep in step with its imports).
 HOST_REQUIREMENTS = ("asyncssh>=2.24.1", "argon2-cffi>=25.1", "httpx>=0.28", "psutil>=7.0",
                      "pyte>=0.8.2")
@@ -51,23 +53,21 @@ def _record_hash(data: bytes) -> str:
     return f"sha256={digest}"
 
 
-def build_host_wheel(dest: Path) -> Path:
-    """Pack the hostagent package into a pure-Python wheel in `dest`."""
-    spec = importlib.util.find_spec(HOST_PACKAGE)
+def _package_files(package: str) -> dict[str, bytes]:
+    """Every .py file of an importable package, keyed by its path inside a wheel."""
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(f"the {HOST_PACKAGE} package is not installed next to the relay")
+        raise RuntimeError(f"the {package} package is not installed next to the relay")
     package_dir = Path(next(iter(spec.submodule_search_locations)))
+    return {f"{package}/{path.relative_to(package_dir).as_posix()}": path.read_bytes()
+            for path in sorted(package_dir.rglob("*.py")) if "__pycache__" not in path.parts}
+
+
+def build_host_wheel(dest: Path) -> Path:
+    """Pack the hostagent and common packages into a pure-Python wheel in `dest`."""
     version = _version()
     dist_info = f"adhoc_host-{version}.dist-info"
-    files: dict[str, bytes] = {}
-    for path in sorted(package_dir.rglob("*.py")):
-        if "__pycache__" not in path.parts:
-            files[f"{HOST_PACKAGE}/{path.relative_to(package_dir).as_posix()}"] = \
-                path.read_bytes()
-    # The small shared contract modules the host imports from `relay` travel with it.
-    relay_dir = Path(__file__).parent
-    for name in SHARED_CONTRACTS:
-        files[f"relay/{name}"] = (relay_dir / name).read_bytes()
+    files = {**_package_files(HOST_PACKAGE), **_package_files(SHARED_PACKAGE)}
     metadata = [
         "Metadata-Version: 2.1", f"Name: {HOST_DIST}", f"Version: {version}",
         "Summary: Adhoc temporary host: receive remote support from a technician",

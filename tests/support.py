@@ -20,9 +20,9 @@ from pathlib import Path
 
 import httpx
 
+from common.passwords import hash_password
 from relay import sessions as rules
 from relay.config import RelaySettings
-from relay.passwords import hash_password
 from relay.server import initialise
 from relay.store import SessionRow, Store, Technician
 from tui.client import connect_host, connect_relay

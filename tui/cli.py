@@ -7,7 +7,7 @@ import asyncio
 import getpass
 import sys
 
-from relay.transport import tune_allocator
+from common.transport import tune_allocator
 from tui.app import ConsoleApp
 from tui.client import RelayClient, RelayError
 from tui.config import ConsoleConfig, embedded_data_dir

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import asyncssh
 import httpx
 
-from relay.passwords import hash_password, session_password_problem
-from relay.transport import INNER_PORT, INNER_USER, WideTunnel, client_options, pinned
+from common.passwords import hash_password, session_password_problem
+from common.transport import INNER_PORT, INNER_USER, WideTunnel, client_options, pinned
 
 API = "/api/v1"
 # Small windows so ctrl+c stops a flood quickly (DESIGN §6, issue 5).

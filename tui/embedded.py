@@ -13,8 +13,8 @@ import secrets
 import time
 from dataclasses import dataclass
 
+from common.passwords import hash_password
 from relay.config import RelaySettings
-from relay.passwords import hash_password
 from relay.server import RelayServer
 from relay.store import NotFound
 from tui.config import embedded_data_dir

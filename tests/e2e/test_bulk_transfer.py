@@ -2,7 +2,7 @@
 
 A 32 MiB download and upload must arrive intact, and the relay must move them without
 faulting in fresh memory for every packet: before the allocator was tuned
-(relay/transport.py tune_allocator) the relay took ~2,700 page faults per relayed MB, which
+(common/transport.py tune_allocator) the relay took ~2,700 page faults per relayed MB, which
 made it the slowest part of every transfer (docs/BENCHMARKS.md).
 """
 

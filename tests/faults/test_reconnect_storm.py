@@ -21,10 +21,10 @@ import asyncssh
 import httpx
 import psutil
 
+from common.passwords import hash_password
 from hostagent import tunnel as tunnel_module
 from hostagent.tunnel import Tunnel
 from relay import sessions as rules
-from relay.passwords import hash_password
 from relay.store import Store
 from tests.faults.conftest import provision_store, restart
 from tests.support import SESSION_PASSWORD, add_active_session

@@ -1,4 +1,4 @@
-"""The agent dials the relay over TCP before any SSH (relay/transport.py dial), so retrying a
+"""The agent dials the relay over TCP before any SSH (common/transport.py dial), so retrying a
 relay that is down costs a refused connect, not an SSH set-up (docs/BENCHMARKS.md, Fan-in)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import socket
 import asyncssh
 import pytest
 
+from common.transport import dial
 from hostagent.tunnel import Tunnel
-from relay.transport import dial
 
 
 def _has_ipv6_loopback() -> bool:

@@ -19,7 +19,7 @@ import asyncssh
 import httpx
 import pytest
 
-from relay.transport import pinned
+from common.transport import pinned
 from tests.support import Api, RelayProcess, provision_store, relays
 
 # Companies in the template: (name, plan, seats, technicians; the first one is an admin).

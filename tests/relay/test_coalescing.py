@@ -1,12 +1,12 @@
 """Every Adhoc SSH connection sends a packet and the IGNORE asyncssh puts before it as one
-write (relay/transport.py _CoalescingTransport): one outer packet, one send(), per packet on
+write (common/transport.py _CoalescingTransport): one outer packet, one send(), per packet on
 every hop, and sent at once rather than a turn of the event loop later."""
 
 from __future__ import annotations
 
 import asyncio
 
-from relay.transport import _CoalescingTransport
+from common.transport import _CoalescingTransport
 
 
 class Recorder:

@@ -10,7 +10,7 @@ from pathlib import Path
 import asyncssh
 import httpx
 
-from relay.transport import pinned
+from common.transport import pinned
 from tests.relay.conftest import activate, agent_connection, create, db_rows, join_token
 from tests.support import PASSWORD, SESSION_PASSWORD, Api
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from argon2 import PasswordHasher, Type
 
-from relay.passwords import verifier_problem
+from common.passwords import verifier_problem
 from tests.relay.conftest import db_rows
 from tests.support import SESSION_PASSWORD, Api, new_agent, technician_ssh
 from tui.client import RelayClient, RelayError

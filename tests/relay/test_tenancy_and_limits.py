@@ -12,7 +12,7 @@ import asyncssh
 import httpx
 import pytest
 
-from relay.transport import pinned
+from common.transport import pinned
 from tests.relay.conftest import activate, create, db_rows, join_token
 from tests.support import PASSWORD, Api, run_cli
 

@@ -1,0 +1,73 @@
+"""What every inner connection of one session shares: the grant, the verifier, the shells, who
+does what, and what the customer is told (the Notices interface the terminal front end fills in).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections import Counter
+from collections.abc import Callable
+
+from hostagent.chat import ChatHub
+from hostagent.shells import DETACHED_TIMEOUT, ShellRegistry
+
+Audit = Callable[[str, str, dict], None]
+
+
+class Notices:
+    """What the agent tells the customer; the terminal front end implements it."""
+
+    def technician_connected(self, who: str) -> None: ...
+    def technician_disconnected(self, who: str) -> None: ...
+    def activity(self, who: str, what: str) -> None: ...
+    def auth_failed(self, who: str, failures: int) -> None: ...
+    def chat(self, message: dict) -> None: ...
+    def changed(self) -> None: ...
+
+
+class AgentState:
+    """What every inner connection shares: the grant, the verifier, the shells, who does what."""
+
+    def __init__(self, password_verifier: str, features: tuple[str, ...], notices: Notices,
+                 audit: Audit | None = None, *,
+                 detached_timeout: float = DETACHED_TIMEOUT) -> None:
+        self.password_verifier = password_verifier
+        self.features = features
+        self.notices = notices
+        self.audit: Audit = audit or (lambda event, who, detail: None)
+        self.auth_failures = 0
+        self.shells = ShellRegistry(detached_timeout)
+        self.chat = ChatHub(notices.chat)
+        self.connected: Counter[str] = Counter()
+        self._doing: dict[int, tuple[str, str]] = {}
+        self._ids = itertools.count()
+        self.ended = False
+
+    def allows(self, feature: str) -> bool:
+        return feature in self.features
+
+    @contextlib.contextmanager
+    def doing(self, who: str, what: str):
+        """Count `who` as doing `what` (shell, files, dashboard, chat) while the block runs."""
+        key = next(self._ids)
+        self._doing[key] = (who, what)
+        self.notices.changed()
+        try:
+            yield
+        finally:
+            self._doing.pop(key, None)
+            self.notices.changed()
+
+    def who_does_what(self) -> dict[str, list[str]]:
+        """{"alice": ["shell", "files"]} for every connected technician."""
+        out: dict[str, list[str]] = {who: [] for who, n in self.connected.items() if n > 0}
+        for who, what in self._doing.values():
+            kinds = out.setdefault(who, [])
+            if what not in kinds:
+                kinds.append(what)
+        return out
+
+    def kill_all(self) -> None:
+        self.ended = True
+        self.shells.kill_all()
