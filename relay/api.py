@@ -5,7 +5,6 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-import asyncssh
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -17,6 +16,7 @@ from common.passwords import VERIFIER_MAX_CHARS
 from relay import join
 from relay import sessions as rules
 from relay.service import RelayService, ServiceError, check_email, check_login_name
+from relay.sshkeys import read_public_key
 from relay.store import Technician
 
 API = "/api/v1"
@@ -90,14 +90,7 @@ class AddTechnicianRequest(TechnicianPassword):
     @field_validator("ssh_keys")
     @classmethod
     def _keys(cls, value: list[str]) -> list[str]:
-        keys = []
-        for text in value:
-            try:
-                key = asyncssh.import_public_key(text)
-            except (asyncssh.KeyImportError, ValueError, TypeError):
-                raise ValueError("is not an OpenSSH public key (ssh-ed25519 AAAA...)") from None
-            keys.append(key.export_public_key("openssh").decode().strip())
-        return keys
+        return [read_public_key(text) for text in value]
 
 
 class LoginRequest(Strict):

@@ -191,13 +191,14 @@ def _read_password(from_stdin: bool) -> str:
 
 
 def _read_public_key(path: Path) -> str:
-    import asyncssh
+    from relay.sshkeys import read_public_key
 
     try:
-        key = asyncssh.import_public_key(path.read_bytes())
-    except (OSError, asyncssh.KeyImportError) as exc:
-        raise UsageError(f"cannot read an SSH public key from {path}: {exc}") from None
-    return key.export_public_key("openssh").decode().strip()
+        return read_public_key(path.read_bytes())
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise UsageError(f"{path}: {exc}") from None
 
 
 async def _admin(settings: RelaySettings, args: argparse.Namespace) -> int:

@@ -150,6 +150,7 @@ class RelayServer:
                 self._tasks[0].result()
             await asyncio.sleep(0.01)
         self._tasks.append(asyncio.create_task(service.run_expiry_timer()))
+        self._tasks.append(asyncio.create_task(service.run_revocation_watch()))
         log.info("relay: HTTP %s, SSH %s, data %s, mail %s", service.base_url,
                  service.ssh_address, settings.data_dir, mailer.smtp_description())
         return service

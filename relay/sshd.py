@@ -29,7 +29,8 @@ from common.transport import (
     coalescing_protocol,
 )
 from relay.registry import AgentLink
-from relay.service import RelayService
+from relay.service import RelayService, ServiceError
+from relay.sshkeys import key_weakness
 from relay.store import Technician
 
 log = logging.getLogger("adhoc.relay.ssh")
@@ -334,6 +335,15 @@ def _without_config_reload(conn: asyncssh.SSHServerConnection) -> asyncssh.SSHSe
 
 
 class RelaySSHServer(asyncssh.SSHServer):
+    """One SSH connection to the relay: an agent (user name = session id, password = its
+    secret) or a technician (login with a token, password or registered key), never both.
+
+    Who a connection is gets decided only when authentication completes. Until then each
+    attempt leaves at most one candidate, replaced by the next attempt and cleared when the
+    user name changes: asyncssh asks validate_public_key about a key the client merely
+    offers (no proof of the private key yet), and a client may try several users and
+    methods in turn."""
+
     def __init__(self, service: RelayService, startups: Startups) -> None:
         self.service = service
         self.startups = startups
@@ -343,6 +353,10 @@ class RelaySSHServer(asyncssh.SSHServer):
         self.agent_session: str | None = None
         self.link: AgentLink | None = None
         self._starting = False
+        self._lost = False
+        self._attempt = 0
+        # (user name, "agent" or "technician", session id or Technician) of the last attempt
+        self._candidate: tuple[str, str, object] | None = None
 
     # --- connection and authentication -----------------------------------------------------
 
@@ -358,11 +372,29 @@ class RelaySSHServer(asyncssh.SSHServer):
             self.startups.done(self.peer_ip)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
         self._started()
         if self.link is not None:
             self.forward_closed(self.link)
+        if self.agent_session is not None:
+            self.service.connections.remove_agent(self.agent_session, self.conn)
+        if self.technician is not None:
+            self.service.connections.remove_technician(self.technician.id, self.conn)
+
+    def _new_attempt(self) -> int:
+        self._attempt += 1
+        self._candidate = None
+        return self._attempt
+
+    def _propose(self, attempt: int, username: str, kind: str, who: object) -> bool:
+        """Keep `who` as the candidate if no later attempt has begun; the result to return."""
+        if attempt != self._attempt:
+            return False
+        self._candidate = (username, kind, who)
+        return True
 
     def begin_auth(self, username: str) -> bool:
+        self._new_attempt()  # a new user name: nothing from the previous one carries over
         return True
 
     def password_auth_supported(self) -> bool:
@@ -372,17 +404,19 @@ class RelaySSHServer(asyncssh.SSHServer):
         return True
 
     async def validate_password(self, username: str, password: str) -> bool:
+        attempt = self._new_attempt()
         if SESSION_ID_RE.match(username):
             if await self.service.agent_may_connect(username, password):
-                self.agent_session = username
-                return True
+                return self._propose(attempt, username, "agent", username)
         tech = await self.service.technician_for_ssh_password(username, password, self.peer_ip)
         if tech is not None:
-            self.technician = tech
-            return True
+            return self._propose(attempt, username, "technician", tech)
         return False
 
     async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        attempt = self._new_attempt()
+        if key_weakness(key) is not None:
+            return False
         try:
             tech = await self.service.store.technician_by_login(username)
         except Exception:
@@ -392,25 +426,45 @@ class RelaySSHServer(asyncssh.SSHServer):
         offered = key.export_public_key("openssh").split()[:2]
         for line in await self.service.store.ssh_keys(tech.id):
             if line.split()[:2] == [part.decode() for part in offered]:
-                self.technician = tech
-                return True
+                return self._propose(attempt, username, "technician", tech)
         return False
 
     def auth_completed(self) -> None:
         self._started()
-        who = f"agent {self.agent_session}" if self.agent_session else \
-            f"technician {self.technician.login if self.technician else '?'}"
-        log.info("ssh: %s authenticated from %s", who, self.peer_ip)
+        candidate, self._candidate = self._candidate, None
+        username = self.conn.get_extra_info("username") if self.conn else None
+        if candidate is None or candidate[0] != username:
+            log.warning("ssh: authentication completed from %s with no matching candidate; "
+                        "closing", self.peer_ip)
+            if self.conn is not None:
+                self.conn.close()
+            return
+        _, kind, who = candidate
+        if kind == "agent":
+            self.agent_session = str(who)
+            self.service.connections.add_agent(self.agent_session, self.conn)
+            log.info("ssh: agent %s authenticated from %s", self.agent_session, self.peer_ip)
+        else:
+            assert isinstance(who, Technician)
+            self.technician = who
+            self.service.connections.add_technician(who.id, who.company_id, self.conn)
+            log.info("ssh: technician %s authenticated from %s", who.login, self.peer_ip)
 
     # --- agents ----------------------------------------------------------------------------
 
-    def server_requested(self, listen_host: str, listen_port: int):
-        if self.agent_session is None or listen_host.lower() != self.agent_session \
+    async def server_requested(self, listen_host: str, listen_port: int):
+        session_id = self.agent_session
+        if session_id is None or listen_host.lower() != session_id \
                 or listen_port != INNER_PORT:
             log.warning("ssh: refused forward %s:%s from %s", listen_host, listen_port,
                         self.peer_ip)
             return False
-        link = AgentLink(self.agent_session, self.conn, self.peer_ip, self.service.clock())
+        # The session may have ended since the agent logged in: an ended session's agent
+        # must never come back online.
+        if not await self.service.agent_session_active(session_id) or self._lost:
+            log.info("ssh: refused forward for %s: the session is not active", session_id)
+            return False
+        link = AgentLink(session_id, self.conn, self.peer_ip, self.service.clock())
         link.forward_registered = True
         previous = self.service.agents.add(link)
         if previous is not None and previous.conn is not self.conn:
@@ -442,7 +496,12 @@ class RelaySSHServer(asyncssh.SSHServer):
                            orig_port: int) -> asyncssh.SSHTCPSession:
         tech = self.technician
         assert tech is not None
-        row = await self.service.may_tunnel(tech, session_id) if port == INNER_PORT else None
+        try:
+            row = await self.service.may_tunnel(tech, session_id) if port == INNER_PORT \
+                else None
+        except ServiceError as exc:
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+                                            exc.detail) from None
         link = self.service.agents.get(session_id) if row is not None else None
         if row is None or link is None:
             outcome = "not_found" if row is None else "offline"

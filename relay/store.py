@@ -401,6 +401,9 @@ class Store:
                                  (*changes.values(), company_id))
             if not count:
                 raise NotFound(f"no company with id {company_id}")
+            if changes.get("disabled"):
+                await tx.run("DELETE FROM api_tokens WHERE technician_id IN "
+                             "(SELECT id FROM technicians WHERE company_id = ?)", (company_id,))
             await tx.audit(now, actor, "company_changed", "ok", company_id=company_id, **changes)
 
     # --- technicians -----------------------------------------------------------------------
@@ -751,6 +754,19 @@ class Store:
         async with self.transaction() as tx:
             await tx.audit(at, actor, event, outcome, company_id=company_id,
                            session_id=session_id, **detail)
+
+    async def last_audit_id(self) -> int:
+        (value,) = await self._one("SELECT coalesce(max(id), 0) FROM audit")
+        return value
+
+    async def access_changes_after(self, after_id: int,
+                                   limit: int = 500) -> list[tuple[int, str, int | None, str]]:
+        """(id, event, company_id, detail) of technician and company changes after an audit
+        row: how a serving relay learns of revocations made by another process."""
+        return list(await self._all(
+            "SELECT id, event, company_id, detail FROM audit WHERE id > ? "
+            "AND event IN ('technician_changed', 'company_changed') ORDER BY id LIMIT ?",
+            (after_id, limit)))
 
     async def audit_for_session(self, session_id: str) -> list[AuditRow]:
         rows = await self._all(f"SELECT {_columns(AuditRow)} FROM audit WHERE session_id = ? "

@@ -7,11 +7,11 @@ import asyncio
 
 from common.passwords import hash_password
 from relay.store import Conflict, NotFound, Technician
-from relay.usecases.base import ServiceBase
+from relay.usecases.revocation import RevocationCases
 from relay.usecases.shared import ServiceError, forbidden, iso, not_found
 
 
-class AdminCases(ServiceBase):
+class AdminCases(RevocationCases):
     @staticmethod
     def require_admin(tech: Technician) -> None:
         if not tech.is_admin:
@@ -77,6 +77,8 @@ class AdminCases(ServiceBase):
                                             "administrator")
         await self.store.update_technician(other.id, self.clock(), f"technician:{admin.login}",
                                            disabled=int(disabled))
+        if disabled:
+            self.cut_technician(other.id, "your account was disabled")
         return self.technician_view(await self.store.technician(other.id))
 
     async def reset_technician_password(self, admin: Technician, login: str,
@@ -85,4 +87,5 @@ class AdminCases(ServiceBase):
         verifier = await asyncio.to_thread(hash_password, password)
         await self.store.update_technician(other.id, self.clock(), f"technician:{admin.login}",
                                            password_hash=verifier)
+        self.cut_technician(other.id, "your password was reset")
         return self.technician_view(await self.store.technician(other.id))

@@ -26,6 +26,11 @@ class AgentCases(ServiceBase):
             return False
         return hmac.compare_digest(secret_hash, rules.token_hash(secret))
 
+    async def agent_session_active(self, session_id: str) -> bool:
+        """Whether the session is active and not run out (an agent may hold its forward)."""
+        credential = await self.store.agent_credential(session_id)
+        return credential is not None and credential[1] > self.clock()
+
     async def agent_for_secret(self, session_id: str, secret: str) -> SessionRow | None:
         """The active session an agent may connect for, or None (ended, expired, wrong)."""
         if not await self.agent_may_connect(session_id, secret):

@@ -17,7 +17,7 @@ from relay import sessions as rules
 from relay.config import RelaySettings
 from relay.events import EventBus
 from relay.presence import PresenceLog
-from relay.registry import AgentRegistry
+from relay.registry import AgentRegistry, Connections
 from relay.store import NotFound, SessionRow, Store, Technician
 from relay.usecases.shared import DISC_SERVICE_NOT_AVAILABLE, RateLimiter, not_found
 
@@ -36,6 +36,7 @@ class ServiceBase:
         self.mailer = mailer
         self.bus = EventBus()
         self.agents = AgentRegistry()
+        self.connections = Connections()
         self.presence = PresenceLog(store, self.bus.notify)
         self.http_port: int | None = None
         self.ssh_port: int | None = None
@@ -104,11 +105,16 @@ class ServiceBase:
         return row
 
     def disconnect_agent(self, session_id: str, reason: str) -> None:
+        """Close every connection authenticated for the session: the one holding its forward,
+        and any that logged in with its secret but never registered one."""
+        conns = set(self.connections.of_session(session_id))
         link = self.agents.get(session_id)
         if link is not None:
+            conns.add(link.conn)
+        for conn in conns:
             # Not 11 ("by application"): asyncssh hides the reason of that code from the
             # client, and the agent needs "session ended" to stop rather than reconnect.
-            link.conn.disconnect(DISC_SERVICE_NOT_AVAILABLE, f"session ended: {reason}")
+            conn.disconnect(DISC_SERVICE_NOT_AVAILABLE, f"session ended: {reason}")
 
     # --- expiry ----------------------------------------------------------------------------
 

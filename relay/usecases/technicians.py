@@ -87,8 +87,23 @@ class TechnicianCases(ServiceBase):
         company = await self.store.company(tech.company_id)
         return None if company.disabled else tech
 
+    async def still_allowed(self, tech: Technician) -> Technician | None:
+        """The technician as the database has them now, if they and their company are still
+        enabled: a connection keeps the technician it logged in as, and that may be stale."""
+        try:
+            now = await self.store.technician(tech.id)
+            company = await self.store.company(now.company_id)
+        except NotFound:
+            return None
+        return None if now.disabled or company.disabled else now
+
     async def may_tunnel(self, tech: Technician, session_id: str) -> SessionRow | None:
-        """Whether the technician may open a channel to this session's agent now."""
+        """The session if the technician may open a channel to its agent now, else None;
+        ServiceError "revoked" if they or their company were disabled since they logged in
+        (re-read at every channel open)."""
+        if await self.still_allowed(tech) is None:
+            raise ServiceError(403, "revoked", "your access was revoked: ask your "
+                                               "administrator")
         try:
             row = await self.session_for(tech, session_id)
         except ServiceError:
