@@ -21,11 +21,12 @@ from pathlib import Path
 import asyncssh
 
 from common.transport import (
-    ENCRYPTION,
     INNER_PORT,
     LISTEN_BACKLOG,
     OUTER_PACKET,
     OUTER_WINDOW,
+    SERVER_ALGORITHMS,
+    SIGNATURE_ALGS,
     coalescing_protocol,
 )
 from relay.registry import AgentLink
@@ -417,6 +418,10 @@ class RelaySSHServer(asyncssh.SSHServer):
         attempt = self._new_attempt()
         if key_weakness(key) is not None:
             return False
+        # asyncssh checks the signature with this very key object: let it take SHA-2 only
+        # (an RSA key would otherwise also verify ssh-rsa, SHA-1, signatures).
+        key.all_sig_algorithms = {alg.encode() for alg in SIGNATURE_ALGS} \
+            & set(key.all_sig_algorithms)
         try:
             tech = await self.service.store.technician_by_login(username)
         except Exception:
@@ -537,5 +542,5 @@ async def start_ssh_server(service: RelayService, host: str, port: int,
         lambda: RelaySSHServer(service, startups), host, port, tunnel=_GatedListener(startups),
         server_host_keys=[host_key],
         keepalive_interval=KEEPALIVE_INTERVAL, keepalive_count_max=KEEPALIVE_COUNT,
-        login_timeout=LOGIN_TIMEOUT, encryption_algs=ENCRYPTION, compression_algs=None,
+        login_timeout=LOGIN_TIMEOUT, **SERVER_ALGORITHMS,
         allow_scp=False, agent_forwarding=False, x11_forwarding=False)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 from collections.abc import AsyncIterator
 
 import asyncssh
@@ -13,7 +12,7 @@ import httpx
 import pytest
 
 from common.transport import pinned
-from tests.relay.conftest import activate, agent_connection, create, wait_closed
+from tests.relay.conftest import activate, agent_connection, create, db_write, wait_closed
 from tests.support import Api, run_cli
 
 NEW_PASSWORD = "Another-long-pass-9"
@@ -112,12 +111,6 @@ async def test_every_channel_open_re_reads_technician_and_company(relay) -> None
                      (value,))
             await echo_tunnel(conn, session["id"])
         conn.close()
-
-
-def db_write(data_dir, sql: str, params: tuple) -> None:
-    """Change the relay's database behind its back, as an operator's SQL would."""
-    with contextlib.closing(sqlite3.connect(data_dir / "relay.db", timeout=10)) as db, db:
-        db.execute(sql, params)
 
 
 class _PublicKeyOnly(asyncssh.SSHKeyPair):
