@@ -264,12 +264,15 @@ def create_app(service: RelayService) -> FastAPI:
         if exc.status_code == 400:  # FastAPI could not read the body as JSON
             return error(422, "invalid", "the request body is not valid JSON: send a JSON "
                                          "object with the documented fields")
-        codes = {405: "method_not_allowed"}
-        response = error(exc.status_code, codes.get(exc.status_code, "http_error"),
-                         str(exc.detail))
-        response.headers.update(exc.headers or {})
         if exc.status_code == 405:
-            response.headers["Allow"] = allowed_methods(request)
+            allowed = allowed_methods(request)
+            response = error(405, "method_not_allowed",
+                             f"{request.method} is not allowed on this route: use "
+                             f"{allowed.replace(', ', ' or ')}")
+            response.headers["Allow"] = allowed
+            return response
+        response = error(exc.status_code, "http_error", str(exc.detail))
+        response.headers.update(exc.headers or {})
         return response
 
     async def technician(

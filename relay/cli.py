@@ -87,6 +87,16 @@ def _attempts(value: str) -> int:
     return int(value)
 
 
+def _proxy(value: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_network(value.strip(), strict=False))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an IP address or network: use e.g. "
+                                         "127.0.0.1 or 10.0.0.0/8") from None
+
+
 def _hostport(value: str):
     try:
         return parse_hostport(value)
@@ -135,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--activate-rate", type=_rate, default=parse_rate("20/1m"),
                        metavar="COUNT/DURATION",
                        help="activation attempts allowed per source address (default 20/1m)")
+    serve.add_argument("--trusted-proxy", type=_proxy, action="append", default=[],
+                       metavar="ADDR",
+                       help="a reverse proxy (address or network) whose X-Forwarded-For the "
+                            "relay believes; repeatable. Without it no proxy header is trusted")
 
     company = sub.add_parser("company", help="manage companies").add_subparsers(
         dest="action", required=True, metavar="ACTION")
@@ -292,6 +306,7 @@ def settings_from_args(args: argparse.Namespace) -> RelaySettings:
         settings.mail_retry_delay = args.mail_retry_delay
         settings.login_rate = args.login_rate
         settings.activate_rate = args.activate_rate
+        settings.trusted_proxies = tuple(args.trusted_proxy)
     return settings
 
 
