@@ -5,7 +5,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
@@ -23,6 +23,7 @@ API = "/api/v1"
 MAX_BODY_BYTES = 64 * 1024
 MAX_JSON_DEPTH = 32
 SSE_KEEPALIVE_SECONDS = 15.0
+AUDIT_PAGE_MAX = 1000
 
 
 class ErrorBody(BaseModel):
@@ -53,15 +54,11 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class AgentReport(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    event: str = Field(max_length=64)
-    actor: str = Field(default="technician", max_length=64)
-    outcome: str = Field(default="ok", max_length=32)
-
-
 class AgentReports(Strict):
-    events: list[AgentReport] = Field(max_length=100)
+    """Events of the agent vocabulary (common/protocol.py); each an object with `event`,
+    optional `actor` and `outcome`, and fields of its own."""
+
+    events: list[dict[str, Any]] = Field(max_length=100)
 
 
 class TechnicianPassword(Strict):
@@ -352,8 +349,14 @@ def create_app(service: RelayService) -> FastAPI:
         return await service.invitation(tech, session_id)
 
     @app.get(f"{API}/sessions/{{session_id}}/audit", responses=_errors(401, 404))
-    async def session_audit(session_id: str, tech: Tech) -> dict:
-        return {"audit": await service.audit_for(tech, session_id)}
+    async def session_audit(session_id: str, tech: Tech,
+                            after: Annotated[int, Query(ge=0)] = 0,
+                            limit: Annotated[int, Query(ge=1, le=AUDIT_PAGE_MAX)]
+                            = AUDIT_PAGE_MAX) -> dict:
+        """The session's audit, oldest first, a page at a time: `next` is the `after` of the
+        next page, or null after the last."""
+        rows = await service.audit_for(tech, session_id, after=after, limit=limit)
+        return {"audit": rows, "next": rows[-1]["id"] if len(rows) == limit else None}
 
     @app.get(f"{API}/events", responses={
         **_errors(401),
@@ -428,8 +431,7 @@ def create_app(service: RelayService) -> FastAPI:
     @app.post(f"{API}/agent/audit", responses=_errors(401))
     async def agent_audit(body: AgentReports, bearer: AgentBearer) -> dict:
         """The agent reports what technicians did inside the tunnel (the relay cannot see)."""
-        count = await service.agent_reports(bearer, [e.model_dump() for e in body.events])
-        return {"recorded": count}
+        return await service.agent_reports(bearer, body.events)
 
     @app.post(f"{API}/agent/end", responses=_errors(401))
     async def agent_end(bearer: AgentBearer) -> dict:

@@ -177,10 +177,14 @@ class SessionCases(ServiceBase):
     async def technician_logins(self, company_id: int) -> dict[int, str]:
         return {t.id: t.login for t in await self.store.technicians(company_id)}
 
-    async def audit_for(self, tech: Technician, session_id: str) -> list[dict]:
+    async def audit_for(self, tech: Technician, session_id: str, *, after: int = 0,
+                        limit: int = -1) -> list[dict]:
+        """The session's audit rows after row `after`, at most `limit` (-1: all). Rows the
+        customer's agent reported are marked `reported_by: agent`; the relay's own `relay`."""
         row = await self.session_for(tech, session_id)
         return [
             {"id": a.id, "at": iso(a.at), "actor": a.actor, "event": a.event,
-             "outcome": a.outcome, "detail": json.loads(a.detail)}
-            for a in await self.store.audit_for_session(row.id)
+             "outcome": a.outcome, "detail": json.loads(a.detail),
+             "reported_by": "agent" if a.actor == "agent-report" else "relay"}
+            for a in await self.store.audit_for_session(row.id, after, limit)
         ]

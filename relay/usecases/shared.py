@@ -49,18 +49,19 @@ class RateLimiter:
         # source -> (tokens, last update, refused since the last allowed request)
         self._buckets: OrderedDict[str, tuple[float, float, bool]] = OrderedDict()
 
-    def take(self, source: str) -> tuple[float, bool]:
+    def take(self, source: str, cost: int = 1) -> tuple[float, bool]:
         """(0, False) when allowed; else (seconds to wait, whether this is the first refusal
-        since the source was last allowed, which is the one worth auditing)."""
+        since the source was last allowed, which is the one worth auditing). `cost` requests
+        are taken at once, or none."""
         now = self.clock()
         tokens, last, refused = self._buckets.pop(source, (self.capacity, now, False))
         tokens = min(self.capacity, tokens + (now - last) * self.refill_per_second)
-        if tokens >= 1:
-            self._buckets[source] = (tokens - 1, now, False)
+        if tokens >= cost:
+            self._buckets[source] = (tokens - cost, now, False)
             wait, first = 0.0, False
         else:
             self._buckets[source] = (tokens, now, True)
-            wait, first = (1 - tokens) / self.refill_per_second, not refused
+            wait, first = (cost - tokens) / self.refill_per_second, not refused
         while len(self._buckets) > self.MAX_SOURCES:
             self._buckets.popitem(last=False)
         return wait, first
