@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validat
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from common.passwords import VERIFIER_MAX_CHARS
+from common.passwords import VERIFIER_MAX_CHARS, technician_password_problem
 from relay import join
 from relay import sessions as rules
 from relay.service import RelayService, ServiceError, check_email, check_login_name
@@ -63,7 +63,16 @@ class AgentReports(Strict):
 
 class TechnicianPassword(Strict):
     password: str = Field(min_length=8, max_length=1024,
-                          description="the technician's new password (8 characters or more)")
+                          description="the technician's new password: 12+ characters, or 8+ "
+                                      "mixing letters with digits or symbols; not a common one")
+
+    @field_validator("password")
+    @classmethod
+    def _strong(cls, value: str) -> str:
+        problem = technician_password_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class AddTechnicianRequest(TechnicianPassword):

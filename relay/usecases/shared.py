@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 import time
+import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -105,6 +106,12 @@ def check_login_name(login: str) -> str:
 
 def check_email(email: str) -> str:
     email = email.strip()
+    if any(unicodedata.category(c)[0] == "C" or unicodedata.category(c) in ("Zl", "Zp")
+           for c in email):
+        # Control, format (bidi overrides, zero-width) and unassigned characters: shown on a
+        # technician's terminal they could rewrite what it displays.
+        raise ValueError(f"{email!r} has control or invisible characters: type the address "
+                         "again as plain text, in the form name@example.com")
     if len(email) > 254 or not EMAIL_RE.match(email):
         raise ValueError(f"{email!r} is not an email address: use the form name@example.com")
     return email
