@@ -4,6 +4,8 @@ code, show the invitation, and read a session's audit."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -16,6 +18,17 @@ from relay import sessions as rules
 from relay.store import SessionRow, Technician
 from relay.usecases.base import ServiceBase
 from relay.usecases.shared import RECENT_ENDED, ServiceError, iso
+
+
+def fingerprint(public_key: str | None) -> str | None:
+    """A host key's fingerprint as OpenSSH prints it (SHA256:...), for reading on the phone."""
+    if not public_key:
+        return None
+    try:
+        data = base64.b64decode(public_key.split()[1], validate=True)
+    except (IndexError, ValueError):
+        return None
+    return "SHA256:" + base64.b64encode(hashlib.sha256(data).digest()).decode().rstrip("=")
 
 
 @dataclass(frozen=True)
@@ -172,6 +185,8 @@ class SessionCases(ServiceBase):
             "host": host, "host_key": row.host_key, "features": row.feature_list,
             "mail_status": row.mail_status, "mail_detail": row.mail_detail,
             "code_attempts": row.code_attempts,
+            "code_attempts_left": max(0, rules.MAX_CODE_ATTEMPTS - row.code_attempts),
+            "host_key_fingerprint": fingerprint(row.host_key),
         }
 
     async def technician_logins(self, company_id: int) -> dict[int, str]:
