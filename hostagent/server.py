@@ -14,7 +14,7 @@ import logging
 import asyncssh
 
 from common.passwords import verify_password
-from common.transport import INNER_PACKET, INNER_USER
+from common.transport import INNER_PACKET, INNER_USER, SERVER_ALGORITHMS
 from hostagent.chat import serve_chat
 from hostagent.dashboard import serve_dashboard
 from hostagent.files import make_sftp_factory
@@ -266,6 +266,7 @@ def server_options(state: AgentState, host_key: asyncssh.SSHKey) -> dict:
         "server_host_keys": [host_key],
         "sftp_factory": sftp if sftp is not None else False,
         "allow_scp": False,
+        **SERVER_ALGORITHMS,  # the algorithm lists (kex, ciphers, MACs, signatures, no zlib)
         "line_editor": False,
         "encoding": None,
         "window": INNER_WINDOW,

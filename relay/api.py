@@ -5,24 +5,25 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-import asyncssh
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from common.passwords import VERIFIER_MAX_CHARS
+from common.passwords import VERIFIER_MAX_CHARS, technician_password_problem
 from relay import join
 from relay import sessions as rules
 from relay.service import RelayService, ServiceError, check_email, check_login_name
+from relay.sshkeys import read_public_key
 from relay.store import Technician
 
 API = "/api/v1"
 MAX_BODY_BYTES = 64 * 1024
 MAX_JSON_DEPTH = 32
 SSE_KEEPALIVE_SECONDS = 15.0
+AUDIT_PAGE_MAX = 1000
 
 
 class ErrorBody(BaseModel):
@@ -53,20 +54,25 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class AgentReport(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    event: str = Field(max_length=64)
-    actor: str = Field(default="technician", max_length=64)
-    outcome: str = Field(default="ok", max_length=32)
-
-
 class AgentReports(Strict):
-    events: list[AgentReport] = Field(max_length=100)
+    """Events of the agent vocabulary (common/protocol.py); each an object with `event`,
+    optional `actor` and `outcome`, and fields of its own."""
+
+    events: list[dict[str, Any]] = Field(max_length=100)
 
 
 class TechnicianPassword(Strict):
     password: str = Field(min_length=8, max_length=1024,
-                          description="the technician's new password (8 characters or more)")
+                          description="the technician's new password: 12+ characters, or 8+ "
+                                      "mixing letters with digits or symbols; not a common one")
+
+    @field_validator("password")
+    @classmethod
+    def _strong(cls, value: str) -> str:
+        problem = technician_password_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class AddTechnicianRequest(TechnicianPassword):
@@ -90,14 +96,7 @@ class AddTechnicianRequest(TechnicianPassword):
     @field_validator("ssh_keys")
     @classmethod
     def _keys(cls, value: list[str]) -> list[str]:
-        keys = []
-        for text in value:
-            try:
-                key = asyncssh.import_public_key(text)
-            except (asyncssh.KeyImportError, ValueError, TypeError):
-                raise ValueError("is not an OpenSSH public key (ssh-ed25519 AAAA...)") from None
-            keys.append(key.export_public_key("openssh").decode().strip())
-        return keys
+        return [read_public_key(text) for text in value]
 
 
 class LoginRequest(Strict):
@@ -271,12 +270,15 @@ def create_app(service: RelayService) -> FastAPI:
         if exc.status_code == 400:  # FastAPI could not read the body as JSON
             return error(422, "invalid", "the request body is not valid JSON: send a JSON "
                                          "object with the documented fields")
-        codes = {405: "method_not_allowed"}
-        response = error(exc.status_code, codes.get(exc.status_code, "http_error"),
-                         str(exc.detail))
-        response.headers.update(exc.headers or {})
         if exc.status_code == 405:
-            response.headers["Allow"] = allowed_methods(request)
+            allowed = allowed_methods(request)
+            response = error(405, "method_not_allowed",
+                             f"{request.method} is not allowed on this route: use "
+                             f"{allowed.replace(', ', ' or ')}")
+            response.headers["Allow"] = allowed
+            return response
+        response = error(exc.status_code, "http_error", str(exc.detail))
+        response.headers.update(exc.headers or {})
         return response
 
     async def technician(
@@ -356,8 +358,14 @@ def create_app(service: RelayService) -> FastAPI:
         return await service.invitation(tech, session_id)
 
     @app.get(f"{API}/sessions/{{session_id}}/audit", responses=_errors(401, 404))
-    async def session_audit(session_id: str, tech: Tech) -> dict:
-        return {"audit": await service.audit_for(tech, session_id)}
+    async def session_audit(session_id: str, tech: Tech,
+                            after: Annotated[int, Query(ge=0)] = 0,
+                            limit: Annotated[int, Query(ge=1, le=AUDIT_PAGE_MAX)]
+                            = AUDIT_PAGE_MAX) -> dict:
+        """The session's audit, oldest first, a page at a time: `next` is the `after` of the
+        next page, or null after the last."""
+        rows = await service.audit_for(tech, session_id, after=after, limit=limit)
+        return {"audit": rows, "next": rows[-1]["id"] if len(rows) == limit else None}
 
     @app.get(f"{API}/events", responses={
         **_errors(401),
@@ -432,8 +440,7 @@ def create_app(service: RelayService) -> FastAPI:
     @app.post(f"{API}/agent/audit", responses=_errors(401))
     async def agent_audit(body: AgentReports, bearer: AgentBearer) -> dict:
         """The agent reports what technicians did inside the tunnel (the relay cannot see)."""
-        count = await service.agent_reports(bearer, [e.model_dump() for e in body.events])
-        return {"recorded": count}
+        return await service.agent_reports(bearer, body.events)
 
     @app.post(f"{API}/agent/end", responses=_errors(401))
     async def agent_end(bearer: AgentBearer) -> dict:

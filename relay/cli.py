@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from common.passwords import hash_password
+from common.passwords import hash_password, technician_password_problem
 from common.transport import tune_allocator
 from relay import wheelhouse
 from relay.config import (
@@ -42,8 +42,10 @@ def _plan(value: str) -> str:
 
 
 def _seats(value: str) -> int:
-    if not value.isdigit() or int(value) > 100000:
-        raise argparse.ArgumentTypeError(f"seats must be a whole number, not {value!r}")
+    if not value.isdigit() or not 1 <= int(value) <= 100000:
+        raise argparse.ArgumentTypeError(
+            f"seats must be a whole number from 1 to 100000, not {value!r} (to stop a "
+            "company, use `company disable`)")
     return int(value)
 
 
@@ -87,6 +89,16 @@ def _attempts(value: str) -> int:
     return int(value)
 
 
+def _proxy(value: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_network(value.strip(), strict=False))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an IP address or network: use e.g. "
+                                         "127.0.0.1 or 10.0.0.0/8") from None
+
+
 def _hostport(value: str):
     try:
         return parse_hostport(value)
@@ -95,12 +107,16 @@ def _hostport(value: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    data_dir_help = (f"where the relay keeps its database and keys "
+                     f"(default {default_data_dir()})")
     parser = argparse.ArgumentParser(prog="adhoc-relay", description=__doc__)
-    parser.add_argument("--data-dir", type=Path, default=None,
-                        help=f"where the relay keeps its database and keys "
-                             f"(default {default_data_dir()})")
+    parser.add_argument("--data-dir", type=Path, default=None, help=data_dir_help)
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # --data-dir is understood after the command too (`adhoc-relay init --data-dir X`).
+    after = argparse.ArgumentParser(add_help=False)
+    after.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS, help=data_dir_help)
+    sub = _Subcommands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"),
+                       after)
 
     sub.add_parser("init", help="create the database, SSH host key and secret key")
     wheelhouse.add_command(sub)
@@ -135,9 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--activate-rate", type=_rate, default=parse_rate("20/1m"),
                        metavar="COUNT/DURATION",
                        help="activation attempts allowed per source address (default 20/1m)")
+    serve.add_argument("--trusted-proxy", type=_proxy, action="append", default=[],
+                       metavar="ADDR",
+                       help="a reverse proxy (address or network) whose X-Forwarded-For the "
+                            "relay believes; repeatable. Without it no proxy header is trusted")
 
-    company = sub.add_parser("company", help="manage companies").add_subparsers(
-        dest="action", required=True, metavar="ACTION")
+    company = _Subcommands(sub.add_parser("company", help="manage companies").add_subparsers(
+        dest="action", required=True, metavar="ACTION"), after)
     add = company.add_parser("add", help="add a company")
     add.add_argument("name")
     add.add_argument("--plan", type=_plan, required=True, help="trial, base, plus or premier")
@@ -152,8 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
         if action == "set-seats":
             p.add_argument("seats", type=_seats)
 
-    tech = sub.add_parser("technician", help="manage technicians").add_subparsers(
-        dest="action", required=True, metavar="ACTION")
+    tech = _Subcommands(sub.add_parser("technician", help="manage technicians").add_subparsers(
+        dest="action", required=True, metavar="ACTION"), after)
     add = tech.add_parser("add", help="add a technician")
     add.add_argument("login", help="login name, also the SSH user name ([a-z0-9._-]+)")
     add.add_argument("--email", required=True)
@@ -178,26 +198,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Subcommands:
+    """argparse sub-commands that all take the options of `parent` (after the command)."""
+
+    def __init__(self, action, parent: argparse.ArgumentParser) -> None:
+        self._action = action
+        self._parent = parent
+
+    def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
+        return self._action.add_parser(name, parents=[self._parent], **kwargs)
+
+
 def _read_password(from_stdin: bool) -> str:
     if from_stdin:
         password = sys.stdin.readline().rstrip("\n")
     else:
+        if not sys.stdin.isatty():
+            raise UsageError("no terminal to ask for the password on: send it on standard "
+                             "input with --password-stdin")
         password = getpass.getpass("Password: ")
         if getpass.getpass("Again: ") != password:
             raise UsageError("the passwords differ: run the command again")
-    if len(password) < 8:
-        raise UsageError("the password needs at least 8 characters")
+    problem = technician_password_problem(password)
+    if problem:
+        raise UsageError(f"{problem}, then run the command again")
     return password
 
 
 def _read_public_key(path: Path) -> str:
-    import asyncssh
+    from relay.sshkeys import read_public_key
 
     try:
-        key = asyncssh.import_public_key(path.read_bytes())
-    except (OSError, asyncssh.KeyImportError) as exc:
-        raise UsageError(f"cannot read an SSH public key from {path}: {exc}") from None
-    return key.export_public_key("openssh").decode().strip()
+        return read_public_key(path.read_bytes())
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise UsageError(f"{path}: {exc}") from None
 
 
 async def _admin(settings: RelaySettings, args: argparse.Namespace) -> int:
@@ -221,7 +257,11 @@ async def _company(store: Store, args: argparse.Namespace, now: float) -> int:
         company = await store.add_company(args.name, args.plan, args.seats, now)
         print(f"company {company.name!r} added: plan {company.plan}, {company.seats} seats")
     elif args.action == "list":
-        for c in await store.companies():
+        companies = await store.companies()
+        if not companies:
+            print("no companies yet: add one with `adhoc-relay company add NAME --plan PLAN "
+                  "--seats N`")
+        for c in companies:
             state = " (disabled)" if c.disabled else ""
             print(f"{c.name}\t{c.plan}\t{c.seats} seats{state}")
     else:
@@ -237,14 +277,10 @@ async def _company(store: Store, args: argparse.Namespace, now: float) -> int:
 
 async def _technician(store: Store, args: argparse.Namespace, now: float) -> int:
     if args.action == "add":
-        try:
-            check_login_name(args.login)
-            email = check_email(args.email)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
+        email = check_email(args.email)
         company = await store.company_by_name(args.company)
-        keys = [_read_public_key(p) for p in args.ssh_key]
-        password = _read_password(args.password_stdin)
+        keys = args.keys
+        password = args.password
         tech = await store.add_technician(company.id, args.login, email,
                                           await asyncio.to_thread(hash_password, password),
                                           args.admin, now)
@@ -255,7 +291,13 @@ async def _technician(store: Store, args: argparse.Namespace, now: float) -> int
     elif args.action == "list":
         company_id = (await store.company_by_name(args.company)).id if args.company else None
         names = {c.id: c.name for c in await store.companies()}
-        for t in await store.technicians(company_id):
+        technicians = await store.technicians(company_id)
+        if not technicians:
+            print("no technicians yet: add one with `adhoc-relay technician add LOGIN --email "
+                  "E --company C`")
+            return 0
+        print("LOGIN\tEMAIL\tCOMPANY\tFLAGS")
+        for t in technicians:
             flags = ",".join(f for f, on in (("admin", t.is_admin), ("disabled", t.disabled))
                              if on)
             print(f"{t.login}\t{t.email}\t{names.get(t.company_id, '?')}\t{flags}")
@@ -264,9 +306,8 @@ async def _technician(store: Store, args: argparse.Namespace, now: float) -> int
         if args.action == "add-key":
             await store.add_ssh_key(tech.id, _read_public_key(args.key_file), now)
         elif args.action == "reset-password":
-            password = _read_password(args.password_stdin)
             await store.update_technician(tech.id, now, "admin", password_hash=await
-                                          asyncio.to_thread(hash_password, password))
+                                          asyncio.to_thread(hash_password, args.password))
         else:
             await store.update_technician(tech.id, now, "admin",
                                           disabled=int(args.action == "disable"))
@@ -291,6 +332,7 @@ def settings_from_args(args: argparse.Namespace) -> RelaySettings:
         settings.mail_retry_delay = args.mail_retry_delay
         settings.login_rate = args.login_rate
         settings.activate_rate = args.activate_rate
+        settings.trusted_proxies = tuple(args.trusted_proxy)
     return settings
 
 
@@ -328,9 +370,26 @@ def main(argv: list[str] | None = None) -> int:
                 return asyncio.run(_serve(settings))
             except KeyboardInterrupt:
                 return 0
+        if args.command == "technician" and args.action in ("add", "reset-password"):
+            # Asked before the event loop starts, so Ctrl+C at the prompt stops at once.
+            if args.action == "add":
+                try:
+                    check_login_name(args.login)
+                    check_email(args.email)
+                except ValueError as exc:
+                    raise UsageError(str(exc)) from None
+                args.keys = [_read_public_key(p) for p in args.ssh_key]
+            args.password = _read_password(args.password_stdin)
         return asyncio.run(_admin(settings, args))
     except UsageError as exc:
         print(f"adhoc-relay: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nadhoc-relay: cancelled; nothing was changed", file=sys.stderr)
+        return 130
+    except EOFError:
+        print("\nadhoc-relay: no input (end of file at the prompt); nothing was changed",
+              file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"adhoc-relay: {exc.strerror or exc}: check the address and the data dir "

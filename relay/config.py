@@ -91,6 +91,9 @@ class RelaySettings:
     # guessing, they are not an account lock-out).
     login_rate: Rate = field(default_factory=lambda: Rate(20, timedelta(minutes=1)))
     activate_rate: Rate = field(default_factory=lambda: Rate(20, timedelta(minutes=1)))
+    # Reverse proxies whose X-Forwarded-For / X-Forwarded-Proto the relay believes (addresses
+    # or networks); none by default, so no client can choose the address it is seen from.
+    trusted_proxies: tuple[str, ...] = ()
 
     @property
     def db_path(self) -> Path:

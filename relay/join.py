@@ -12,6 +12,7 @@ import hashlib
 import html
 import re
 import shlex
+import unicodedata
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -105,7 +106,25 @@ def _wants_text(request: Request) -> bool:
     return agent.startswith(("curl/", "wget/", "httpie/")) or "text/html" not in accept
 
 
+# The join link carries its secret in the URL: no caching, no referrer, no script, no framing.
+JOIN_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; base-uri 'none'; form-action 'none'; "
+                               "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+def plain(text: object) -> str:
+    """Foreign text (a company name, a login) safe to print on a customer's terminal: control,
+    format and bidi characters shown as escapes, never sent as themselves."""
+    return "".join(c if unicodedata.category(c)[0] != "C" or c == " "
+                   else c.encode("unicode_escape").decode("ascii") for c in str(text))
+
+
 def join_text(info: dict, join_url: str, install_command: str) -> str:
+    info = {**info, "technician": plain(info["technician"]), "company": plain(info["company"])}
     return (
         f"{info['technician']} of {info['company']} asks to give you remote support.\n"
         f"Only continue if you asked {info['company']} for help.\n\n"
@@ -117,13 +136,18 @@ def join_text(info: dict, join_url: str, install_command: str) -> str:
         "     system view on this computer. The window shows who is connected and what\n"
         "     they do; one key ends the session at once. Then the software removes itself.\n\n"
         f"Run:\n  {install_command}\n\n"
-        f"Or, with Adhoc installed:\n  adhoc-host join {join_url}\n"
+        f"Or, with Adhoc installed:\n  sudo adhoc-host join {join_url}\n"
     )
 
 
 def add_routes(app: FastAPI, service: RelayService) -> None:
     @app.get("/join/{token}", include_in_schema=False)
     async def join_page(token: str, request: Request) -> Response:
+        response = await _join_page(token, request)
+        response.headers.update(JOIN_HEADERS)
+        return response
+
+    async def _join_page(token: str, request: Request) -> Response:
         try:
             info = await service.join_info(token)
         except ServiceError as exc:
@@ -142,7 +166,7 @@ def add_routes(app: FastAPI, service: RelayService) -> None:
         if _wants_text(request):
             return PlainTextResponse(text)
         return HTMLResponse(_page(
-            f"Remote support from {info['company']}",
+            f"Remote support from {plain(info['company'])}",
             f"<pre>{html.escape(text)}</pre>"))
 
     add_install_routes(app, service)

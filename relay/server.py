@@ -15,6 +15,7 @@ from pathlib import Path
 
 import asyncssh
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from relay.api import create_app
 from relay.config import RelaySettings
@@ -29,6 +30,8 @@ log = logging.getLogger("adhoc.relay")
 # limit of 1,024 (systemd's default for services) under a far higher hard limit: lift it.
 OPEN_FILES_WANTED = 1 << 20
 OPEN_FILES_ENOUGH = 16384
+# Seconds a client has to send a request's headers (see _HeaderDeadline).
+HEADER_TIMEOUT = float(os.environ.get("ADHOC_RELAY_HEADER_TIMEOUT", "10"))
 
 
 def raise_open_file_limit(wanted: int = OPEN_FILES_WANTED) -> int | None:
@@ -83,6 +86,45 @@ class _QuietUvicorn(uvicorn.Server):
 
     def install_signal_handlers(self) -> None:  # older uvicorn
         pass
+
+
+class _HeaderDeadline(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with a deadline for each request's headers.
+
+    uvicorn times out idle keep-alive connections but never one whose headers are still
+    coming: a client sending a byte now and then could hold a connection forever. From the
+    connection's start, or from the first byte of each next request, its headers must be
+    complete within HEADER_TIMEOUT seconds or the connection is closed."""
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._arm()
+
+    def _arm(self) -> None:
+        self._header_timer = self.loop.call_later(HEADER_TIMEOUT, self._headers_too_slow)
+
+    def _between_requests(self) -> bool:
+        return self.cycle is None or self.cycle.response_complete
+
+    def data_received(self, data: bytes) -> None:
+        if self._header_timer is None and self._between_requests():
+            self._arm()  # the first bytes of the next request
+        super().data_received(data)
+        if self._header_timer is not None and not self._between_requests():
+            self._header_timer.cancel()  # its headers are in: the request is being served
+            self._header_timer = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        super().connection_lost(exc)
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        if self._between_requests() and not self.transport.is_closing():
+            self.transport.close()
 
 
 class RelayServer:
@@ -141,8 +183,13 @@ class RelayServer:
         sock.setblocking(False)
         self._http_socket = sock
         service.http_port = sock.getsockname()[1]
+        # Proxy headers (X-Forwarded-For) only from the proxies the operator named: otherwise
+        # anyone could choose the address that rate limits and the audit see.
+        trusted = list(settings.trusted_proxies)
         config = uvicorn.Config(create_app(service), log_level="warning", access_log=False,
-                                lifespan="off", timeout_graceful_shutdown=1)
+                                lifespan="off", timeout_graceful_shutdown=1,
+                                http=_HeaderDeadline, proxy_headers=bool(trusted),
+                                forwarded_allow_ips=trusted or None)
         self._uvicorn = _QuietUvicorn(config)
         self._tasks.append(asyncio.create_task(self._uvicorn.serve(sockets=[sock])))
         while not self._uvicorn.started:
@@ -150,6 +197,7 @@ class RelayServer:
                 self._tasks[0].result()
             await asyncio.sleep(0.01)
         self._tasks.append(asyncio.create_task(service.run_expiry_timer()))
+        self._tasks.append(asyncio.create_task(service.run_revocation_watch()))
         log.info("relay: HTTP %s, SSH %s, data %s, mail %s", service.base_url,
                  service.ssh_address, settings.data_dir, mailer.smtp_description())
         return service

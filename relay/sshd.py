@@ -10,26 +10,31 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ipaddress
 import logging
 import os
+import random
 import re
 import socket
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
 import asyncssh
 
 from common.transport import (
-    ENCRYPTION,
     INNER_PORT,
     LISTEN_BACKLOG,
     OUTER_PACKET,
     OUTER_WINDOW,
+    SERVER_ALGORITHMS,
+    SIGNATURE_ALGS,
     coalescing_protocol,
 )
 from relay.registry import AgentLink
-from relay.service import RelayService
+from relay.service import RelayService, ServiceError
+from relay.sshkeys import key_weakness
 from relay.store import Technician
 
 log = logging.getLogger("adhoc.relay.ssh")
@@ -42,21 +47,30 @@ SESSION_ID_RE = re.compile(r"^[a-z2-7]{16}$")
 KEEPALIVE_INTERVAL = float(os.environ.get("ADHOC_RELAY_KEEPALIVE", "20"))
 KEEPALIVE_COUNT = 3
 LOGIN_TIMEOUT = 30
+# A client must have finished its key exchange and begun to authenticate this many seconds
+# after its handshake started (the relay sent its version line), or it is dropped: a silent or
+# slow connection holds a handshake place for seconds, not for the whole LOGIN_TIMEOUT.
+KEX_TIMEOUT = float(os.environ.get("ADHOC_RELAY_KEX_TIMEOUT", "10"))
 # Like OpenSSH's MaxStartups, a gate on connections still in their handshake. After a relay
 # restart every agent dials at the same moment; with no gate 10,000 handshakes crawled along
 # together until the agents' 20 s timeout and none finished, and dropping the excess only made
 # the agents dial again at once. So past MAX_STARTUPS new connections wait, accepted but not
-# yet answered, and are started in arrival order as handshakes finish; the agents wait for the
-# relay's version line with a timeout of their own (common/transport.py wait_for_banner). The
-# queue is the relay's, not the kernel's: a full accept queue drops SYNs, and a client whose
-# ACK was dropped under SYN cookies waits in silence for a banner that never comes.
-# One address may hold only a share of the handshakes (the rest of its connections wait while
-# others start), so a slowloris from one host cannot shut the door on others; and only so many
-# may wait, in all and from one address: past that, connections are closed at once.
+# yet answered, and are started as handshakes finish; the agents wait for the relay's version
+# line with a timeout of their own (common/transport.py wait_for_banner). The queue is the
+# relay's, not the kernel's: a full accept queue drops SYNs, and a client whose ACK was dropped
+# under SYN cookies waits in silence for a banner that never comes.
+# One source (an IPv4 address, or an IPv6 /64: one host has a whole /64) may hold only a small
+# share of the handshakes, and waiting sources are started in turn, so silent connections from
+# a few hosts cannot shut the door on others; only so many may wait, in all and from one
+# source; and past MAX_STARTUPS_DROP's start, new connections are turned away at random, more
+# the fuller the gate (OpenSSH's start:rate:full early drop).
 MAX_STARTUPS = int(os.environ.get("ADHOC_RELAY_MAX_STARTUPS", "128"))
-MAX_STARTUPS_PER_SOURCE = int(os.environ.get("ADHOC_RELAY_MAX_STARTUPS_PER_SOURCE", "64"))
+MAX_STARTUPS_PER_SOURCE = int(os.environ.get("ADHOC_RELAY_MAX_STARTUPS_PER_SOURCE",
+                                             str(max(1, MAX_STARTUPS // 8))))
 MAX_QUEUED = int(os.environ.get("ADHOC_RELAY_MAX_QUEUED", "16384"))
 MAX_QUEUED_PER_SOURCE = int(os.environ.get("ADHOC_RELAY_MAX_QUEUED_PER_SOURCE", "512"))
+MAX_STARTUPS_DROP = os.environ.get("ADHOC_RELAY_MAX_STARTUPS_DROP",
+                                   f"{MAX_QUEUED // 2}:30:{MAX_QUEUED}")
 # The same as the clients' legs (common/transport.py): the splice adds a hop, so more bytes in
 # flight pay.
 CHANNEL_WINDOW = OUTER_WINDOW
@@ -177,59 +191,100 @@ class _VirtualListener(asyncssh.SSHListener):
         await self._closed.wait()
 
 
+def source_of(address: str) -> str:
+    """Whom a connection counts against: its IPv4 address, or its IPv6 /64."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return address
+
+
+def parse_early_drop(text: str) -> tuple[int, int, int]:
+    """OpenSSH's MaxStartups "start:rate:full" (rate in percent)."""
+    start, rate, full = (int(part) for part in text.split(":"))
+    if not (0 <= start <= full and 0 <= rate <= 100):
+        raise ValueError(f"cannot read {text!r} as start:rate:full")
+    return start, rate, full
+
+
 class Startups:
     """Connections that have not authenticated yet: which wait, which are in their handshake,
     and which are turned away at once."""
 
     def __init__(self, limit: int = MAX_STARTUPS, per_source: int = MAX_STARTUPS_PER_SOURCE,
-                 queue: int = MAX_QUEUED, queue_per_source: int = MAX_QUEUED_PER_SOURCE) -> None:
+                 queue: int = MAX_QUEUED, queue_per_source: int = MAX_QUEUED_PER_SOURCE,
+                 early_drop: tuple[int, int, int] | None = None,
+                 chance: Callable[[], float] = random.random) -> None:
         self.limit = limit
         self.per_source = per_source
         self.queue = queue
         self.queue_per_source = queue_per_source
+        self.early_drop = early_drop or parse_early_drop(MAX_STARTUPS_DROP)
+        self._chance = chance
         self.in_flight = 0
         self.dropped = 0
         self.on_room: Callable[[], None] = lambda: None  # a handshake ended
         self._by_source: dict[str, int] = {}
-        self._waiting: collections.deque[tuple[str, object]] = collections.deque()
-        self._waiting_by_source: dict[str, int] = {}
+        # source -> its waiting connections in arrival order; sources in the order they are
+        # served (one served goes to the back)
+        self._waiting: OrderedDict[str, collections.deque[object]] = OrderedDict()
+        self._count = 0
         self._last_logged = 0.0
 
     @property
     def waiting(self) -> int:
-        return len(self._waiting)
+        return self._count
 
-    def offer(self, source: str, item: object) -> bool:
-        """Queue a new connection from `source`; False if it must be turned away."""
-        mine = self._waiting_by_source.get(source, 0)
-        if len(self._waiting) >= self.queue or mine >= self.queue_per_source:
+    def _drop_early(self) -> bool:
+        """OpenSSH's random early drop on everything not yet authenticated."""
+        start, rate, full = self.early_drop
+        pending = self.in_flight + self._count
+        if pending < start:
+            return False
+        if pending >= full:
+            return True
+        probability = (rate + (100 - rate) * (pending - start) / max(1, full - start)) / 100
+        return self._chance() < probability
+
+    def offer(self, address: str, item: object) -> bool:
+        """Queue a new connection from `address`; False if it must be turned away."""
+        source = source_of(address)
+        mine = len(self._waiting.get(source, ()))
+        if self._count >= self.queue or mine >= self.queue_per_source or self._drop_early():
             self.dropped += 1
             now = time.monotonic()
             if now - self._last_logged >= 5:
                 self._last_logged = now
-                log.warning("ssh: %d connections waiting for a handshake (%d from %s): "
-                            "turning new ones away (%d so far)", len(self._waiting), mine,
-                            source, self.dropped)
+                log.warning("ssh: %d connections waiting for a handshake, %d in one (%d from "
+                            "%s): turning new ones away (%d so far)", self._count,
+                            self.in_flight, mine, source, self.dropped)
             return False
-        self._waiting.append((source, item))
-        self._waiting_by_source[source] = mine + 1
+        self._waiting.setdefault(source, collections.deque()).append(item)
+        self._count += 1
         return True
 
     def take(self) -> tuple[str, object] | None:
-        """The oldest waiting connection that may start its handshake now, if any.
+        """The next waiting connection that may start its handshake now, if any.
 
-        One whose address already holds its share of handshakes is passed over, so one host
-        cannot keep the others waiting. There are at most limit/per_source such addresses, each
-        with at most queue_per_source waiting: the scan is short."""
+        Sources take turns; one that already holds its share of handshakes is passed over,
+        so one host cannot keep the others waiting. There are at most limit/per_source such
+        sources: the scan is short."""
         if self.in_flight >= self.limit:
             return None
-        for index, (source, item) in enumerate(self._waiting):
+        for source, items in self._waiting.items():
             mine = self._by_source.get(source, 0)
             if mine < self.per_source:
-                del self._waiting[index]
-                left = self._waiting_by_source.pop(source) - 1
-                if left:
-                    self._waiting_by_source[source] = left
+                item = items.popleft()
+                if items:
+                    self._waiting.move_to_end(source)
+                else:
+                    del self._waiting[source]
+                self._count -= 1
                 self.in_flight += 1
                 self._by_source[source] = mine + 1
                 return source, item
@@ -237,13 +292,14 @@ class Startups:
 
     def drain(self) -> list[tuple[str, object]]:
         """Every waiting connection, no longer queued (the listener is closing)."""
-        waiting = list(self._waiting)
+        waiting = [(source, item) for source, items in self._waiting.items() for item in items]
         self._waiting.clear()
-        self._waiting_by_source.clear()
+        self._count = 0
         return waiting
 
-    def done(self, source: str) -> None:
+    def done(self, address: str) -> None:
         """A handshake ended (authenticated, or gone)."""
+        source = source_of(address)
         self.in_flight -= 1
         left = self._by_source.pop(source) - 1
         if left:
@@ -334,6 +390,15 @@ def _without_config_reload(conn: asyncssh.SSHServerConnection) -> asyncssh.SSHSe
 
 
 class RelaySSHServer(asyncssh.SSHServer):
+    """One SSH connection to the relay: an agent (user name = session id, password = its
+    secret) or a technician (login with a token, password or registered key), never both.
+
+    Who a connection is gets decided only when authentication completes. Until then each
+    attempt leaves at most one candidate, replaced by the next attempt and cleared when the
+    user name changes: asyncssh asks validate_public_key about a key the client merely
+    offers (no proof of the private key yet), and a client may try several users and
+    methods in turn."""
+
     def __init__(self, service: RelayService, startups: Startups) -> None:
         self.service = service
         self.startups = startups
@@ -343,6 +408,10 @@ class RelaySSHServer(asyncssh.SSHServer):
         self.agent_session: str | None = None
         self.link: AgentLink | None = None
         self._starting = False
+        self._lost = False
+        self._attempt = 0
+        # (user name, "agent" or "technician", session id or Technician) of the last attempt
+        self._candidate: tuple[str, str, object] | None = None
 
     # --- connection and authentication -----------------------------------------------------
 
@@ -351,6 +420,14 @@ class RelaySSHServer(asyncssh.SSHServer):
         peer = conn.get_extra_info("peername")
         self.peer_ip = peer[0] if peer else "unknown"
         self._starting = True  # admitted by the listener (_GatedServer)
+        self._kex_timer = asyncio.get_running_loop().call_later(KEX_TIMEOUT, self._kex_too_slow)
+
+    def _kex_too_slow(self) -> None:
+        """No key exchange and first auth request within KEX_TIMEOUT: give the place back."""
+        log.info("ssh: %s did not finish its key exchange within %g s; dropped", self.peer_ip,
+                 KEX_TIMEOUT)
+        if self.conn is not None:
+            self.conn.abort()
 
     def _started(self) -> None:
         if self._starting:
@@ -358,11 +435,31 @@ class RelaySSHServer(asyncssh.SSHServer):
             self.startups.done(self.peer_ip)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._kex_timer.cancel()
         self._started()
         if self.link is not None:
             self.forward_closed(self.link)
+        if self.agent_session is not None:
+            self.service.connections.remove_agent(self.agent_session, self.conn)
+        if self.technician is not None:
+            self.service.connections.remove_technician(self.technician.id, self.conn)
+
+    def _new_attempt(self) -> int:
+        self._attempt += 1
+        self._candidate = None
+        return self._attempt
+
+    def _propose(self, attempt: int, username: str, kind: str, who: object) -> bool:
+        """Keep `who` as the candidate if no later attempt has begun; the result to return."""
+        if attempt != self._attempt:
+            return False
+        self._candidate = (username, kind, who)
+        return True
 
     def begin_auth(self, username: str) -> bool:
+        self._kex_timer.cancel()  # key exchange done: LOGIN_TIMEOUT applies from here
+        self._new_attempt()  # a new user name: nothing from the previous one carries over
         return True
 
     def password_auth_supported(self) -> bool:
@@ -372,17 +469,23 @@ class RelaySSHServer(asyncssh.SSHServer):
         return True
 
     async def validate_password(self, username: str, password: str) -> bool:
+        attempt = self._new_attempt()
         if SESSION_ID_RE.match(username):
             if await self.service.agent_may_connect(username, password):
-                self.agent_session = username
-                return True
+                return self._propose(attempt, username, "agent", username)
         tech = await self.service.technician_for_ssh_password(username, password, self.peer_ip)
         if tech is not None:
-            self.technician = tech
-            return True
+            return self._propose(attempt, username, "technician", tech)
         return False
 
     async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        attempt = self._new_attempt()
+        if key_weakness(key) is not None:
+            return False
+        # asyncssh checks the signature with this very key object: let it take SHA-2 only
+        # (an RSA key would otherwise also verify ssh-rsa, SHA-1, signatures).
+        key.all_sig_algorithms = {alg.encode() for alg in SIGNATURE_ALGS} \
+            & set(key.all_sig_algorithms)
         try:
             tech = await self.service.store.technician_by_login(username)
         except Exception:
@@ -392,25 +495,45 @@ class RelaySSHServer(asyncssh.SSHServer):
         offered = key.export_public_key("openssh").split()[:2]
         for line in await self.service.store.ssh_keys(tech.id):
             if line.split()[:2] == [part.decode() for part in offered]:
-                self.technician = tech
-                return True
+                return self._propose(attempt, username, "technician", tech)
         return False
 
     def auth_completed(self) -> None:
         self._started()
-        who = f"agent {self.agent_session}" if self.agent_session else \
-            f"technician {self.technician.login if self.technician else '?'}"
-        log.info("ssh: %s authenticated from %s", who, self.peer_ip)
+        candidate, self._candidate = self._candidate, None
+        username = self.conn.get_extra_info("username") if self.conn else None
+        if candidate is None or candidate[0] != username:
+            log.warning("ssh: authentication completed from %s with no matching candidate; "
+                        "closing", self.peer_ip)
+            if self.conn is not None:
+                self.conn.close()
+            return
+        _, kind, who = candidate
+        if kind == "agent":
+            self.agent_session = str(who)
+            self.service.connections.add_agent(self.agent_session, self.conn)
+            log.info("ssh: agent %s authenticated from %s", self.agent_session, self.peer_ip)
+        else:
+            assert isinstance(who, Technician)
+            self.technician = who
+            self.service.connections.add_technician(who.id, who.company_id, self.conn)
+            log.info("ssh: technician %s authenticated from %s", who.login, self.peer_ip)
 
     # --- agents ----------------------------------------------------------------------------
 
-    def server_requested(self, listen_host: str, listen_port: int):
-        if self.agent_session is None or listen_host.lower() != self.agent_session \
+    async def server_requested(self, listen_host: str, listen_port: int):
+        session_id = self.agent_session
+        if session_id is None or listen_host.lower() != session_id \
                 or listen_port != INNER_PORT:
             log.warning("ssh: refused forward %s:%s from %s", listen_host, listen_port,
                         self.peer_ip)
             return False
-        link = AgentLink(self.agent_session, self.conn, self.peer_ip, self.service.clock())
+        # The session may have ended since the agent logged in: an ended session's agent
+        # must never come back online.
+        if not await self.service.agent_session_active(session_id) or self._lost:
+            log.info("ssh: refused forward for %s: the session is not active", session_id)
+            return False
+        link = AgentLink(session_id, self.conn, self.peer_ip, self.service.clock())
         link.forward_registered = True
         previous = self.service.agents.add(link)
         if previous is not None and previous.conn is not self.conn:
@@ -442,7 +565,12 @@ class RelaySSHServer(asyncssh.SSHServer):
                            orig_port: int) -> asyncssh.SSHTCPSession:
         tech = self.technician
         assert tech is not None
-        row = await self.service.may_tunnel(tech, session_id) if port == INNER_PORT else None
+        try:
+            row = await self.service.may_tunnel(tech, session_id) if port == INNER_PORT \
+                else None
+        except ServiceError as exc:
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+                                            exc.detail) from None
         link = self.service.agents.get(session_id) if row is not None else None
         if row is None or link is None:
             outcome = "not_found" if row is None else "offline"
@@ -478,5 +606,5 @@ async def start_ssh_server(service: RelayService, host: str, port: int,
         lambda: RelaySSHServer(service, startups), host, port, tunnel=_GatedListener(startups),
         server_host_keys=[host_key],
         keepalive_interval=KEEPALIVE_INTERVAL, keepalive_count_max=KEEPALIVE_COUNT,
-        login_timeout=LOGIN_TIMEOUT, encryption_algs=ENCRYPTION, compression_algs=None,
+        login_timeout=LOGIN_TIMEOUT, **SERVER_ALGORITHMS,
         allow_scp=False, agent_forwarding=False, x11_forwarding=False)

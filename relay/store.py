@@ -401,6 +401,9 @@ class Store:
                                  (*changes.values(), company_id))
             if not count:
                 raise NotFound(f"no company with id {company_id}")
+            if changes.get("disabled"):
+                await tx.run("DELETE FROM api_tokens WHERE technician_id IN "
+                             "(SELECT id FROM technicians WHERE company_id = ?)", (company_id,))
             await tx.audit(now, actor, "company_changed", "ok", company_id=company_id, **changes)
 
     # --- technicians -----------------------------------------------------------------------
@@ -752,9 +755,41 @@ class Store:
             await tx.audit(at, actor, event, outcome, company_id=company_id,
                            session_id=session_id, **detail)
 
-    async def audit_for_session(self, session_id: str) -> list[AuditRow]:
+    async def last_audit_id(self) -> int:
+        (value,) = await self._one("SELECT coalesce(max(id), 0) FROM audit")
+        return value
+
+    async def access_changes_after(self, after_id: int,
+                                   limit: int = 500) -> list[tuple[int, str, int | None, str]]:
+        """(id, event, company_id, detail) of technician and company changes after an audit
+        row: how a serving relay learns of revocations made by another process."""
+        return list(await self._all(
+            "SELECT id, event, company_id, detail FROM audit WHERE id > ? "
+            "AND event IN ('technician_changed', 'company_changed') ORDER BY id LIMIT ?",
+            (after_id, limit)))
+
+    async def audit_many(self, at: float, actor: str, company_id: int, session_id: str,
+                         rows: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
+        """Several (event, outcome, detail) rows of one actor and session, in one transaction
+        (an agent's batch of reports: one fsync, not one each)."""
+        async with self.transaction() as tx:
+            for event, outcome, detail in rows:
+                await tx.run(
+                    "INSERT INTO audit(at, actor, company_id, session_id, event, outcome, "
+                    "detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (at, actor, company_id, session_id, event, outcome,
+                     json.dumps(detail, sort_keys=True)))
+
+    async def audit_count(self, session_id: str, actor: str) -> int:
+        (count,) = await self._one("SELECT count(*) FROM audit WHERE session_id = ? "
+                                   "AND actor = ?", (session_id, actor))
+        return count
+
+    async def audit_for_session(self, session_id: str, after_id: int = 0,
+                                limit: int = -1) -> list[AuditRow]:
+        """The session's audit rows after `after_id`, oldest first, at most `limit` (-1: all)."""
         rows = await self._all(f"SELECT {_columns(AuditRow)} FROM audit WHERE session_id = ? "
-                               "ORDER BY id", (session_id,))
+                               "AND id > ? ORDER BY id LIMIT ?", (session_id, after_id, limit))
         return [AuditRow(*r) for r in rows]
 
     async def events_after(self, company_id: int, after_id: int,

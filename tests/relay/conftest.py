@@ -64,6 +64,12 @@ def db_rows(data_dir: Path, sql: str, params: tuple = ()) -> list[tuple]:
         return db.execute(sql, params).fetchall()
 
 
+def db_write(data_dir: Path, sql: str, params: tuple = ()) -> None:
+    """Change the relay's database behind its back, as an operator's SQL would."""
+    with contextlib.closing(sqlite3.connect(data_dir / "relay.db", timeout=10)) as db, db:
+        db.execute(sql, params)
+
+
 def join_token(session: dict) -> str:
     return session["join_url"].rsplit("/", 1)[1]
 
