@@ -264,7 +264,8 @@ class Agent:
             except join.JoinError as exc:
                 if exc.final or not self.options.ask_again:
                     raise
-                self.notices.say(str(exc))
+                message = str(exc)
+                self.notices.say(message[:1].upper() + message[1:])
 
 
 def install_dir() -> str | None:

@@ -34,8 +34,8 @@ LOCKED_MESSAGE = ("Adhoc: this computer stopped accepting the session password a
 # Inner connections that have not logged in yet; more are hung up at once (each holds memory
 # until it logs in or its login times out).
 PENDING_LIMIT = 64
-WRONG_MESSAGE = ("Adhoc: wrong session password; after {left} more wrong tries this computer "
-                 "stops accepting it.")
+WRONG_MESSAGE = ("Adhoc: wrong session password; after {left} more wrong {tries} this "
+                 "computer stops accepting it.")
 BUSY_MESSAGE = ("Adhoc: too many logins are waiting for their password check on this "
                 "computer; try again in a minute.")
 

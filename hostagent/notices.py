@@ -79,8 +79,8 @@ class LineNotices(Notices):
         if not self.interactive:
             return
         self._clear_status()
-        text = self.prompt if self.prompt is not None else self.status_text()
-        text = text[-self._width():] if self.prompt is not None else text[:self._width()]
+        width = self._width()
+        text = self.prompt[-width:] if self.prompt is not None else self.status_text(width)
         self._write(text)
         self._drawn = len(text)
 
@@ -103,23 +103,29 @@ class LineNotices(Notices):
             return f"reconnecting since {local_time(self.outage_since, self.clock())}"
         return "connecting"
 
-    def status_text(self) -> str:
+    def status_text(self, width: int | None = None) -> str:
+        """The status line, fitted to `width`: the keys hint goes first when it does not fit,
+        then the list of technicians is cut (visibly)."""
         parts = []
         if self.time_left is not None:
             parts.append(f"Time left {format_left(self.time_left())}")
         parts.append(self._link_text())
+        people = ""
         if self.state is not None:
             if self.state.guard.locked:
-                parts.append("logins stopped (u allows)")
-            people = self.state.who_does_what()
-            if people:
-                parts.append("; ".join(
-                    f"{printable(who, 64)}: {', '.join(kinds) or 'connected'}"
-                    for who, kinds in sorted(people.items())))
-            else:
-                parts.append("nobody connected")
-        parts.append("e end, c chat, ? keys")
-        return " | ".join(parts)
+                parts.append("logins stopped (u)")
+            doing = self.state.who_does_what()
+            people = "; ".join(f"{printable(who, 64)}: {', '.join(kinds) or 'connected'}"
+                               for who, kinds in sorted(doing.items())) or "nobody connected"
+        hint = "e end, c chat, ? keys"
+        line = " | ".join([*parts, people, hint] if people else [*parts, hint])
+        if width is None or len(line) <= width:
+            return line
+        line = " | ".join([*parts, people] if people else parts)
+        if len(line) <= width or not people:
+            return line[:width]
+        room = width - len(" | ".join([*parts, ""])) - 1
+        return " | ".join([*parts, people[:max(room, 0)] + "…"])[:width]
 
     def status_lines(self) -> list[str]:
         """The status as full sentences (for `s` and for non-interactive logs)."""

@@ -102,7 +102,8 @@ class InnerServer(asyncssh.SSHServer):
             elif self._conn is not None:
                 left = guard.lock_after - guard.failures
                 with contextlib.suppress(OSError):
-                    self._conn.send_auth_banner(WRONG_MESSAGE.format(left=left) + "\r\n")
+                    self._conn.send_auth_banner(WRONG_MESSAGE.format(
+                        left=left, tries="try" if left == 1 else "tries") + "\r\n")
         elif verdict is Verdict.LOCKED:
             self._turn_away(LOCKED_MESSAGE.format(count=guard.lock_after))
         else:

@@ -13,6 +13,7 @@ import pty
 import re
 import select
 import socket
+import struct
 import subprocess
 import sys
 import termios
@@ -40,12 +41,13 @@ def _controlling_terminal() -> None:  # in the child: the PTY is its terminal, a
 class TerminalAgent:
     """`adhoc-host join` as a customer runs it: in a terminal, typing at its prompts."""
 
-    def __init__(self, join_url: str, workdir: Path) -> None:
+    def __init__(self, join_url: str, workdir: Path, columns: int = 200) -> None:
         self.workdir = workdir
         workdir.mkdir()
         master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
         env = dict(os.environ, ADHOC_HOST_LOCK=str(workdir / "agent.lock"),
-                   TMPDIR=str(workdir), TERM="dumb", COLUMNS="200")
+                   TMPDIR=str(workdir), TERM="dumb", COLUMNS=str(columns))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "hostagent.cli", "join", join_url, "--allow-unprivileged"],
             stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True,
@@ -112,11 +114,11 @@ class TerminalAgent:
 
 
 @contextlib.asynccontextmanager
-async def customer_of(relay, tmp_path: Path):
+async def customer_of(relay, tmp_path: Path, columns: int = 200):
     """A new session of alice's and the customer's agent in a terminal, closed at the end."""
     async with Api(relay.base_url) as api:
         session = await api.create_session()
-        agent = TerminalAgent(session["join_url"], tmp_path / "customer")
+        agent = TerminalAgent(session["join_url"], tmp_path / "customer", columns)
         try:
             yield api, session, agent
         finally:
@@ -266,7 +268,7 @@ async def test_customer_allows_logins_again_after_a_lockout(start_relay, tmp_pat
                                                             monkeypatch) -> None:
     monkeypatch.setenv("ADHOC_HOST_LOGIN_PAUSE", "0.02")
     relay = start_relay()
-    async with customer_of(relay, tmp_path) as (api, session, agent):
+    async with customer_of(relay, tmp_path, columns=80) as (api, session, agent):
         await activate(agent, session)
         view = await api.wait_for(session["id"], lambda v: v["online"])
         for n in range(10):
@@ -274,7 +276,8 @@ async def test_customer_allows_logins_again_after_a_lockout(start_relay, tmp_pat
                 async with inner_connection(relay, api, view, password=f"Nope-{n}-nope"):
                     pass
         await agent.wait_for("press u to allow logins again")
-        await agent.wait_for("logins stopped (u allows)")
+        # At 80 columns the status line drops its keys hint rather than cut what matters.
+        await agent.wait_for("| connected | logins stopped (u) | nobody connected\r")
         agent.type("u")
         await agent.wait_for("You allowed logins again")
         async with inner_connection(relay, api, view) as inner:
