@@ -136,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every request's URL, and the join link's URL is a secret.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     if os.geteuid() != 0 and not args.allow_unprivileged:
         print("adhoc-host: administrator rights are needed to receive support: run it with "
               "sudo, or add --allow-unprivileged to share only your own account",

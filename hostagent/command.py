@@ -127,10 +127,14 @@ async def run_command(process: asyncssh.SSHServerProcess, command: str,
     """Run `command` in the login shell for this channel; its exit status."""
     loop = asyncio.get_running_loop()
     env = shell_environment("dumb")
-    transport, pipes = await loop.subprocess_exec(
-        lambda: _Pipes(process), login_shell(), "-c", command, stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
-        cwd=env["HOME"], start_new_session=True)
+    try:
+        transport, pipes = await loop.subprocess_exec(
+            lambda: _Pipes(process), login_shell(), "-c", command,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env=env, cwd=env["HOME"], start_new_session=True)
+    except OSError as exc:  # too long for the system (E2BIG), no shell, no home folder
+        process.stderr.write(f"cannot run the command: {exc.strerror or exc}\n".encode())
+        return 126
     pid = transport.get_pid()
     if reaper is not None:
         reaper.started(pid)

@@ -200,6 +200,11 @@ class InnerServer(asyncssh.SSHServer):
                 process.stderr.write(f"{exc}\r\n".encode())
                 process.exit(1)
                 return
+            except OSError as exc:  # too long for the system (E2BIG), no shell, no PTY left
+                process.stderr.write(f"cannot start the shell: {exc.strerror or exc}\r\n"
+                                     .encode())
+                process.exit(126)
+                return
         attachment = Attachment(process.stdout.write, process.stdout.drain)
         if reattach:
             process.stdout.write(shell.repaint())

@@ -86,6 +86,9 @@ class PtyShell:
             self.process = await asyncio.create_subprocess_exec(
                 *argv, stdin=slave, stdout=slave, stderr=slave, env=shell_environment(self.term),
                 cwd=shell_environment(self.term)["HOME"], preexec_fn=_make_controlling_tty)
+        except BaseException:
+            os.close(master)
+            raise
         finally:
             os.close(slave)
         os.set_blocking(master, False)

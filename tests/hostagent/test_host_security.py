@@ -60,12 +60,23 @@ async def test_padded_command_is_shown_whole_and_audited(start_relay, agents,
             await inner.run(long_tail, check=True)
             line = await agent.wait_for_line("runs: echo xxx")
             assert re.search(r"runs: echo x{995}… \[\+\d+ chars\]\.$", line.rstrip()), line
+
+            # Too long for the system itself: an error for the technician, and the connection
+            # goes on.
+            huge = "echo " + "y" * 200_000
+            refused = await inner.run(huge)
+            assert refused.exit_status == 126
+            assert "cannot run the command: Argument list too long" in refused.stderr
+            assert (await inner.run("echo still-$((2*3))", check=True)).stdout == "still-6\n"
         rows = await audit_events(api, view["id"], {"command", "shell_opened"})
     commands = [r["detail"] for r in rows if r["event"] == "command"]
     assert commands[0]["command"] == hidden
     assert commands[0]["command_chars"] == len(hidden)
     assert commands[0]["command_sha256"] == hashlib.sha256(hidden.encode()).hexdigest()
     assert commands[1]["command"] == long_tail
+    assert commands[2]["command_cut"] is True
+    assert commands[2]["command_chars"] == len(huge)
+    assert commands[2]["command"] == huge[:8192]
     opened = next(r["detail"] for r in rows if r["event"] == "shell_opened")
     assert opened["command"] == hidden
 

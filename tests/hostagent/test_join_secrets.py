@@ -4,6 +4,7 @@ cannot be right is refused before it spends one of the link's five tries."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -79,7 +80,7 @@ async def test_link_and_code_from_stdin_or_environment_never_in_argv(start_relay
                 args, stdin = [], subprocess.DEVNULL
             agent.proc = subprocess.Popen(  # noqa: ASYNC220 (read line by line below)
                 [sys.executable, "-m", "hostagent.cli", "join", *args, "--yes",
-                 "--allow-unprivileged"], stdin=stdin, stdout=subprocess.PIPE,
+                 "--allow-unprivileged", "-v"], stdin=stdin, stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT, text=True, env=env)
             if way == "stdin":
                 assert agent.proc.stdin is not None
@@ -94,4 +95,9 @@ async def test_link_and_code_from_stdin_or_environment_never_in_argv(start_relay
             async with technician_ssh(relay, api, view) as inner:
                 env_seen = (await inner.run("env", check=True)).stdout
             assert token not in env_seen and "ADHOC_JOIN" not in env_seen
-            agent.stop()
+            agent.proc.terminate()  # as a closed window or a kill would: the session ends
+            assert await asyncio.to_thread(agent.wait_exit, 30) == 0
+            # Nor in its own output, even verbose (-v logs every request it makes).
+            said = "".join(agent.output)
+            assert "relay connection: connected" in said
+            assert token not in said and session["security_code"] not in said
