@@ -1,13 +1,17 @@
-"""The join link and the security code never sit in a process's arguments, where every user of
-the computer can read them (a local user watching /proc could activate first), and a code that
-cannot be right is refused before it spends one of the link's five tries."""
+"""Joining: the link and the security code never sit in a process's arguments, where every user
+of the computer can read them (a local user watching /proc could activate first); a code that
+cannot be right is refused before it spends one of the link's five tries; and a link that leads
+nowhere is one sentence, never a traceback."""
 
 from __future__ import annotations
 
 import asyncio
+import http.server
 import os
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from tests.hostagent.test_customer_terminal import wrong_code
@@ -101,3 +105,44 @@ async def test_link_and_code_from_stdin_or_environment_never_in_argv(start_relay
             said = "".join(agent.output)
             assert "relay connection: connected" in said
             assert token not in said and session["security_code"] not in said
+
+
+class _NotARelay(http.server.BaseHTTPRequestHandler):
+    """A web server that is not a relay: a captive portal, a typo'd host, a proxy's error."""
+
+    def do_GET(self) -> None:
+        status = 500 if "broken" in self.path else 200
+        body = b"<html><body>Welcome to the hotel wifi</body></html>"
+        self.send_response(status)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_link_that_leads_nowhere_is_a_sentence(tmp_path: Path) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotARelay)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        nobody = closed.getsockname()[1]
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        for n, (link, said) in enumerate([
+                (f"http://127.0.0.1:{nobody}/join/tok", "cannot reach the relay at "),
+                (f"{base}/join/tok", "is not an Adhoc relay's: check the link"),
+                (f"{base}/join/broken", "answered HTTP 500: check the link"),
+                ("http://127.0.0.1:99999/join/tok", "that is not an Adhoc join link"),
+                ("https://relay.example/joni/tok", "that is not an Adhoc join link")]):
+            result = join_command(tmp_path / f"t{n}", link, "--yes",
+                                  env={"ADHOC_JOIN_CODE": "123456"}, timeout=60)
+            assert result.returncode in (1, 2), result
+            assert said in result.stderr, result.stderr
+            assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+            assert "tok" not in result.stderr  # the link's secret is not repeated back
+    finally:
+        server.shutdown()
+        server.server_close()
