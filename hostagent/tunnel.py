@@ -63,12 +63,12 @@ class _OuterClient(asyncssh.SSHClient):
 
 
 class Tunnel:
-    def __init__(self, session_id: str, secret: Secret, host: str, port: int, relay_host_key: str,
+    def __init__(self, session_id: str, secret: Secret | str, host: str, port: int, relay_host_key: str,
                  inner_options: dict, *, on_state: Callable[[str, str], None] | None = None,
                  keepalive_interval: float = KEEPALIVE_INTERVAL,
                  backoff_cap: float = BACKOFF_CAP) -> None:
         self.session_id = session_id
-        self._secret = secret
+        self._secret = Secret(secret)
         self.host, self.port = host, port
         self._known_hosts = pinned(relay_host_key)
         self._inner_options = inner_options
