@@ -97,6 +97,8 @@ class UsageError(Exception):
 
 
 def _stdin_line(what: str) -> str:
+    if sys.stdin.isatty():  # someone is typing it: say what is wanted
+        print(f"The {what}: ", end="", flush=True)
     line = sys.stdin.readline()
     if not line.strip():
         raise UsageError(f"no {what} on standard input: give it as the first line")

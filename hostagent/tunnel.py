@@ -63,8 +63,9 @@ class _OuterClient(asyncssh.SSHClient):
 
 
 class Tunnel:
-    def __init__(self, session_id: str, secret: Secret | str, host: str, port: int, relay_host_key: str,
-                 inner_options: dict, *, on_state: Callable[[str, str], None] | None = None,
+    def __init__(self, session_id: str, secret: Secret | str, host: str, port: int,
+                 relay_host_key: str, inner_options: dict, *,
+                 on_state: Callable[[str, str], None] | None = None,
                  keepalive_interval: float = KEEPALIVE_INTERVAL,
                  backoff_cap: float = BACKOFF_CAP) -> None:
         self.session_id = session_id
