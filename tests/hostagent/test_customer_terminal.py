@@ -150,7 +150,7 @@ async def test_customer_consents_chats_and_ends_with_one_key(start_relay, tmp_pa
         # Typos are caught here and cost none of the five tries.
         for n, typo in enumerate(("12345", "abc def", "1234567"), 1):
             agent.type(typo + "\n")
-            await agent.wait_for_count("the security code is 6 digits", n)
+            await agent.wait_for_count("The security code is 6 digits", n)
         agent.type(wrong_code(session) + "\n")
         await agent.wait_for("4 tries left")
         code = session["security_code"]
