@@ -1,4 +1,10 @@
-"""Reading the join link and activating the session with the security code (HTTP to the relay)."""
+"""Reading the join link and activating the session with the security code (HTTP to the relay).
+
+The link's token, the code and the agent secret the relay hands back are secrets: they are held
+as `Secret` and revealed only in the request that needs them. Whatever the relay answers is
+shown to the customer as text (hostagent/text.py), and every way a request can fail becomes a
+`JoinError` with a sentence that says what to do.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +12,21 @@ import asyncio
 import getpass
 import os
 import platform
+import re
 import socket
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 
+from common.secret import Secret
+from hostagent.text import printable
+
 TIMEOUT = httpx.Timeout(15.0, connect=10.0)
+CODE_DIGITS = 6
+_CODE_SEPARATORS = re.compile(r"[\s\-]+")
 
 
 class JoinError(Exception):
@@ -28,29 +41,45 @@ class JoinError(Exception):
 @dataclass(frozen=True)
 class JoinLink:
     base_url: str
-    token: str
+    token: Secret
 
     @classmethod
     def parse(cls, url: str) -> JoinLink:
         parts = urlsplit(url.strip())
         segments = [s for s in parts.path.split("/") if s]
+        try:
+            parts.port  # noqa: B018 (raises on a port that is not a number or out of range)
+        except ValueError:
+            parts = parts._replace(netloc="")
         if parts.scheme not in ("http", "https") or not parts.netloc or len(segments) < 2 \
                 or segments[-2] != "join":
-            raise JoinError(f"{url!r} is not an Adhoc join link: copy the whole link from the "
-                            "invitation email (it looks like https://relay.example/join/...)")
+            raise JoinError("that is not an Adhoc join link: copy the whole link from the "
+                            "invitation email (it looks like https://relay.example/join/...)",
+                            "bad_link")
         prefix = "/".join(segments[:-2])
         base = f"{parts.scheme}://{parts.netloc}" + (f"/{prefix}" if prefix else "")
-        return cls(base, segments[-1])
+        return cls(base, Secret(segments[-1]))
 
     @property
     def api(self) -> str:
-        return f"{self.base_url}/api/v1/join/{self.token}"
+        return f"{self.base_url}/api/v1/join/{self.token.reveal()}"
+
+
+def normalise_code(typed: str | Secret) -> Secret:
+    """The six digits of a security code as a customer may type it ("123 456", "123-456",
+    full-width digits); anything else is refused here, without spending one of the tries."""
+    text = unicodedata.normalize("NFKC", typed.reveal() if isinstance(typed, Secret) else typed)
+    digits = _CODE_SEPARATORS.sub("", text)
+    if len(digits) != CODE_DIGITS or not digits.isascii() or not digits.isdigit():
+        raise JoinError("the security code is 6 digits (spaces and dashes are fine): type it "
+                        "again as your technician reads it to you", "bad_code", final=False)
+    return Secret(digits)
 
 
 @dataclass(frozen=True)
 class Activation:
     session_id: str
-    agent_secret: str
+    agent_secret: Secret
     ssh_host: str
     ssh_port: int
     relay_host_key: str
@@ -64,11 +93,26 @@ class Activation:
 def _error_from(response: httpx.Response) -> JoinError:
     try:
         body = response.json()
-        code, detail = body.get("error", "error"), body.get("detail", response.text)
-    except ValueError:
-        code, detail = "error", f"the relay answered HTTP {response.status_code}"
+        code, detail = str(body.get("error", "error")), str(body.get("detail", ""))
+    except (ValueError, AttributeError):
+        code, detail = "error", ""
+    if not detail:
+        detail = (f"the relay answered HTTP {response.status_code}: check the link, or ask "
+                  "your technician for a new invitation")
     final = code not in ("wrong_code", "rate_limited")
-    return JoinError(detail, code, final)
+    return JoinError(printable(detail, 500), code, final)
+
+
+def _unreachable(link: JoinLink, exc: Exception) -> JoinError:
+    reason = str(exc).replace(link.token.reveal(), "…") or type(exc).__name__
+    return JoinError(f"cannot reach the relay at {printable(link.base_url)} "
+                     f"({printable(reason)}): check the network and try again",
+                     "unreachable", final=False)
+
+
+def _not_understood(link: JoinLink) -> JoinError:
+    return JoinError(f"the answer from {printable(link.base_url)} is not an Adhoc relay's: "
+                     "check the link in the invitation email", "bad_answer")
 
 
 def machine_id() -> str | None:
@@ -92,40 +136,50 @@ def host_facts() -> dict[str, str]:
             "user": user}
 
 
+async def _request(link: JoinLink, method: str, url: str, **kwargs) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+        try:
+            return await client.request(method, url, **kwargs)
+        except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
+            raise _unreachable(link, exc) from None
+
+
 async def fetch_info(link: JoinLink) -> dict:
-    async with httpx.AsyncClient(timeout=TIMEOUT) as client:
-        try:
-            response = await client.get(link.api)
-        except httpx.HTTPError as exc:
-            raise JoinError(f"cannot reach the relay at {link.base_url} ({exc}): check the "
-                            "network and try again", "unreachable", final=False) from None
+    """Who is asking (company, technician) and the link's state, as the relay knows them."""
+    response = await _request(link, "GET", link.api)
     if response.status_code != 200:
         raise _error_from(response)
-    return response.json()
+    try:
+        info = response.json()
+        for key in ("company", "technician", "state"):
+            if not isinstance(info[key], str):
+                raise TypeError(key)
+    except (ValueError, KeyError, TypeError):
+        raise _not_understood(link) from None
+    return info
 
 
-async def activate(link: JoinLink, code: str, host_key: str) -> Activation:
-    body = {"code": code, "host_key": host_key, "machine_id": machine_id(), **host_facts()}
-    async with httpx.AsyncClient(timeout=TIMEOUT) as client:
-        try:
-            response = await client.post(f"{link.api}/activate", json=body)
-        except httpx.HTTPError as exc:
-            raise JoinError(f"cannot reach the relay at {link.base_url} ({exc}): check the "
-                            "network and try again", "unreachable", final=False) from None
+async def activate(link: JoinLink, code: Secret, host_key: str) -> Activation:
+    body = {"code": code.reveal(), "host_key": host_key, "machine_id": machine_id(),
+            **host_facts()}
+    response = await _request(link, "POST", f"{link.api}/activate", json=body)
     if response.status_code != 200:
         raise _error_from(response)
-    data = response.json()
-    host, _, port = data["ssh"].rpartition(":")
-    return Activation(
-        session_id=data["session_id"], agent_secret=data["agent_secret"],
-        ssh_host=host.strip("[]") or urlsplit(link.base_url).hostname or "127.0.0.1",
-        ssh_port=int(port), relay_host_key=data["relay_host_key"],
-        expires_at=data["expires_at"], features=tuple(data["features"]),
-        password_verifier=data["password_verifier"], company=data["company"],
-        technician=data["technician"])
+    try:
+        data = response.json()
+        host, _, port = data["ssh"].rpartition(":")
+        return Activation(
+            session_id=data["session_id"], agent_secret=Secret(data["agent_secret"]),
+            ssh_host=host.strip("[]") or urlsplit(link.base_url).hostname or "127.0.0.1",
+            ssh_port=int(port), relay_host_key=data["relay_host_key"],
+            expires_at=data["expires_at"], features=tuple(data["features"]),
+            password_verifier=data["password_verifier"], company=data["company"],
+            technician=data["technician"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise _not_understood(link) from None
 
 
-async def end_session(base_url: str, session_id: str, secret: str, *, attempts: int = 3,
+async def end_session(base_url: str, session_id: str, secret: Secret, *, attempts: int = 3,
                       per_try: float = 2.0) -> bool:
     """Tell the relay the customer ended the session; a few quick tries, then give up.
 
@@ -133,7 +187,7 @@ async def end_session(base_url: str, session_id: str, secret: str, *, attempts: 
     shows the host offline until it expires.
     """
     url = f"{base_url}/api/v1/agent/end"
-    headers = {"Authorization": f"Bearer {session_id}:{secret}"}
+    headers = {"Authorization": f"Bearer {session_id}:{secret.reveal()}"}
     async with httpx.AsyncClient(timeout=httpx.Timeout(per_try)) as client:
         for attempt in range(attempts):
             try:

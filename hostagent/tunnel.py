@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import asyncssh
 
+from common.secret import Secret
 from common.transport import (
     INNER_PORT,
     WideTunnel,
@@ -50,6 +51,7 @@ class TunnelEnd:
 
     reason: str
     by_relay: bool
+    code: str | None = None  # the relay's reason code ("ended_by_technician", "expired")
 
 
 class _OuterClient(asyncssh.SSHClient):
@@ -61,12 +63,13 @@ class _OuterClient(asyncssh.SSHClient):
 
 
 class Tunnel:
-    def __init__(self, session_id: str, secret: str, host: str, port: int, relay_host_key: str,
-                 inner_options: dict, *, on_state: Callable[[str, str], None] | None = None,
+    def __init__(self, session_id: str, secret: Secret | str, host: str, port: int,
+                 relay_host_key: str, inner_options: dict, *,
+                 on_state: Callable[[str, str], None] | None = None,
                  keepalive_interval: float = KEEPALIVE_INTERVAL,
                  backoff_cap: float = BACKOFF_CAP) -> None:
         self.session_id = session_id
-        self._secret = secret
+        self._secret = Secret(secret)
         self.host, self.port = host, port
         self._known_hosts = pinned(relay_host_key)
         self._inner_options = inner_options
@@ -88,7 +91,7 @@ class Tunnel:
             await wait_for_banner(sock, QUEUE_TIMEOUT)
             return await asyncssh.create_connection(
                 _OuterClient, self.host, self.port, username=self.session_id,
-                password=self._secret, known_hosts=self._known_hosts, client_keys=None,
+                password=self._secret.reveal(), known_hosts=self._known_hosts, client_keys=None,
                 agent_path=None, preferred_auth="password", config=None,
                 keepalive_interval=self._keepalive, keepalive_count_max=KEEPALIVE_COUNT,
                 connect_timeout=CONNECT_TIMEOUT, **client_options(outer=True, sock=sock))
@@ -131,7 +134,8 @@ class Tunnel:
             lost = client.lost
             if isinstance(lost, asyncssh.DisconnectError) and \
                     lost.reason.startswith("session ended"):
-                return TunnelEnd(lost.reason, by_relay=True)
+                code = lost.reason.removeprefix("session ended").lstrip(": ").strip()
+                return TunnelEnd(lost.reason, by_relay=True, code=code or None)
             if self._stopping:
                 break
             self._on_state("reconnecting", f"connection lost: {lost or 'closed by the relay'}")

@@ -36,7 +36,10 @@ def _digest(path: Path) -> str:
 
 INSTALL_SCRIPT = r"""#!/bin/sh
 # Adhoc temporary host: install into a fresh temporary folder, run, and remove it afterwards.
-# Arguments are passed to `adhoc-host join` (e.g. --code 123456 --yes for unattended use).
+# Arguments are passed to `adhoc-host join` (e.g. --yes for unattended use, with the code in
+# the environment variable ADHOC_JOIN_CODE). Nothing secret goes into a program's arguments,
+# which every user of the computer can read: the link reaches pip and the host through the
+# environment.
 set -eu
 JOIN_URL=__JOIN_URL__
 WHEELS_URL=__WHEELS_URL__
@@ -68,9 +71,8 @@ echo "Installing the temporary Adhoc host into $dir ..."
 "$PYTHON" -m venv "$dir/venv"
 # Only the relay's wheels: no index, no local pip configuration.
 unset PIP_FIND_LINKS PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_REQUIRE_VIRTUALENV || true
-PIP_CONFIG_FILE=/dev/null "$dir/venv/bin/python" -m pip install --quiet \
-    --no-index --no-cache-dir --disable-pip-version-check \
-    --find-links "$WHEELS_URL" __HOST_DIST__
+PIP_FIND_LINKS="$WHEELS_URL" PIP_CONFIG_FILE=/dev/null "$dir/venv/bin/python" -m pip \
+    install --quiet --no-index --no-cache-dir --disable-pip-version-check __HOST_DIST__
 extra=
 if [ "$(id -u)" != 0 ]; then
     extra=--allow-unprivileged
@@ -82,8 +84,8 @@ else
     input=/dev/null
 fi
 status=0
-ADHOC_HOST_INSTALL_DIR="$dir" "$dir/venv/bin/adhoc-host" join "$JOIN_URL" $extra "$@" \
-    < "$input" || status=$?
+ADHOC_JOIN_URL="$JOIN_URL" ADHOC_HOST_INSTALL_DIR="$dir" "$dir/venv/bin/adhoc-host" join \
+    $extra "$@" < "$input" || status=$?
 exit "$status"
 """
 

@@ -187,11 +187,14 @@ class AgentProcess:
     def start(self, *extra: str) -> None:
         # /bin/sh keeps shells quick to start: root's login bash on a developer machine may
         # run version-manager hooks (pyenv rehash) that stall for a minute on a stale lock.
+        # The link and the code travel in the environment, as on a shared computer: never in
+        # the arguments, which every local user can read.
         env = dict(os.environ, ADHOC_HOST_LOCK=str(self.workdir / "agent.lock"),
-                   TMPDIR=str(self.workdir), ADHOC_HOST_SHELL="/bin/sh")
+                   TMPDIR=str(self.workdir), ADHOC_HOST_SHELL="/bin/sh",
+                   ADHOC_JOIN_URL=self.join_url, ADHOC_JOIN_CODE=self.code)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hostagent.cli", "join", self.join_url, "--code", self.code,
-             "--yes", "--allow-unprivileged", *extra],
+            [sys.executable, "-m", "hostagent.cli", "join", "--yes", "--allow-unprivileged",
+             *extra],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
             stdin=subprocess.DEVNULL)
 
@@ -202,15 +205,23 @@ class AgentProcess:
         for line in self.output:
             if text in line:
                 return line
+        pending = None
         while time.monotonic() < deadline:
-            line = await asyncio.wait_for(
-                loop.run_in_executor(None, self.proc.stdout.readline),
-                max(0.1, deadline - time.monotonic()))
+            pending = pending or loop.run_in_executor(None, self.proc.stdout.readline)
+            done, _ = await asyncio.wait({pending}, timeout=max(0.1, deadline - time.monotonic()))
+            if not done:
+                continue
+            line, pending = pending.result(), None
             if not line:
                 break
             self.output.append(line)
             if text in line:
                 return line
+        if pending is not None:
+            # The reading thread would wait for a line forever (and the test's event loop for
+            # it): stop the agent so the test fails instead of hanging.
+            self.stop()
+            await pending
         raise AssertionError(f"agent never printed {text!r}; it printed:\n{''.join(self.output)}")
 
     def wait_exit(self, timeout: float = 20) -> int:

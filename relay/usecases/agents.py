@@ -28,6 +28,7 @@ AGENT_REPORT_RATE = Rate(int(os.environ.get("ADHOC_RELAY_AGENT_REPORT_BURST", "5
                          timedelta(seconds=10))
 AGENT_REPORTS_PER_SESSION = int(os.environ.get("ADHOC_RELAY_AGENT_REPORTS_PER_SESSION",
                                                "20000"))
+AGENT_ACTORS = ("customer", "agent")  # the other actors an agent event may name
 FIELD_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 
 
@@ -53,9 +54,12 @@ def agent_event(item: dict) -> tuple[str | None, tuple[str, str, dict] | None]:
             value = (f"{value[:AGENT_FIELD_CHARS_MAX]}… [+{len(value) - AGENT_FIELD_CHARS_MAX}"
                      " chars]")
         agent[name] = value
+    # Who the agent says acted: a technician's login, or the customer or the agent itself.
     actor = item.get("actor")
-    agent["technician"] = actor if isinstance(actor, str) and (
-        actor == "agent" or LOGIN_RE.match(actor)) else "?"
+    if actor in AGENT_ACTORS:
+        agent["by"] = actor
+    else:
+        agent["technician"] = actor if isinstance(actor, str) and LOGIN_RE.match(actor) else "?"
     return None, (event, str(outcome), {"agent": agent})
 
 

@@ -38,15 +38,16 @@ async def test_only_the_agent_vocabulary_is_recorded_and_marked_as_the_agents(re
             {"event": "command", "actor": "technician:bob", "command": "id"},
             {"event": "shell_opened", "outcome": "granted"},
             {"event": "file_read", "bad key": 1},
+            {"event": "logins_unlocked", "actor": "customer", "refused": 2},
         ]})
         assert response.status_code == 200, response.text
         body = response.json()
-        assert body["recorded"] == 2
+        assert body["recorded"] == 3
         assert [r["index"] for r in body["refused"]] == [1, 2, 4, 5]
         assert "not an event an agent reports" in body["refused"][0]["reason"]
         rows = (await _audit(api, session["id"]))["audit"]
         reported = [r for r in rows if r["reported_by"] == "agent"]
-        assert [r["event"] for r in reported] == ["file_written", "command"]
+        assert [r["event"] for r in reported] == ["file_written", "command", "logins_unlocked"]
         assert all(r["actor"] == "agent-report" for r in reported)
         written = reported[0]["detail"]
         assert list(written) == ["agent"]  # the agent's fields under one key
@@ -55,6 +56,9 @@ async def test_only_the_agent_vocabulary_is_recorded_and_marked_as_the_agents(re
         assert written["agent"]["nested"] == '{"deep": [1, 2]}'
         assert written["agent"]["long"].endswith("… [+11808 chars]")
         assert reported[1]["detail"]["agent"]["technician"] == "?"  # not a login name
+        # The customer's own action is the customer's, not a technician called "customer".
+        assert reported[2]["detail"]["agent"]["by"] == "customer"
+        assert "technician" not in reported[2]["detail"]["agent"]
         assert not reported[0]["at"].startswith("2020")
         assert not [r for r in rows if r["event"] in ("tunnel", "ended")]
 
