@@ -301,7 +301,13 @@ def create_app(service: RelayService) -> FastAPI:
     @app.post(f"{API}/login", responses=_errors(401, 429))
     async def login(body: LoginRequest, request: Request) -> dict:
         """Exchange a login and password for a bearer token (30 days)."""
-        token, tech = await service.login(body.login, body.password, _source(request))
+        try:
+            token, tech = await service.login(body.login, body.password, _source(request))
+        except ServiceError as exc:
+            service.stats.login("http", "technician",
+                                "rate_limited" if exc.status == 429 else "failed")
+            raise
+        service.stats.login("http", "technician", "ok")
         return {"token": token, "technician": await _technician_view(tech)}
 
     async def _technician_view(tech: Technician) -> dict:

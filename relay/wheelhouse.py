@@ -33,7 +33,7 @@ HOST_PACKAGE = "hostagent"
 SHARED_PACKAGE = "common"
 # What `hostagent` imports outside the standard library (keep in step with its imports).
 HOST_REQUIREMENTS = ("asyncssh>=2.24.1", "argon2-cffi>=25.1", "httpx>=0.28", "psutil>=7.0",
-                     "pyte>=0.8.2")
+                     "pyte>=0.8.2", "websockets>=14")
 REQUIRES_PYTHON = ">=3.11"
 
 

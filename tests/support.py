@@ -43,6 +43,8 @@ def wait_for_ready(proc: subprocess.Popen, log_path: Path,
             raise AssertionError(f"relay exited: {log_path.read_text()[-2000:]}")
         match = READY.search(line)
         if match:
+            if match.group(2) == "off":  # SSH over WebSocket only
+                return match.group(1), "", 0
             host, _, port = match.group(2).rpartition(":")
             return match.group(1), host, int(port)
     raise AssertionError("relay did not start in time")
