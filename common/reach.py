@@ -85,7 +85,8 @@ def relay_routes(ssh_address: str | None, base_url: str, *, pin: str | None = No
 
 async def open_route(route: Route) -> socket.socket:
     """A connected socket that carries the relay's SSH byte stream over `route` (for a
-    WebSocket, one end of a socket pair bridged to it). Raises what explain() words."""
+    WebSocket, one end of a socket pair bridged to it). Raises OSError (ssl.SSLError is
+    one), which explain() words."""
     if route.proxy is not None:
         sock = await connect_via(route.proxy, route.host, route.port)
     else:
@@ -99,17 +100,24 @@ async def open_route(route: Route) -> socket.socket:
         raise
 
 
+class WebSocketRefused(OSError):
+    """The relay's address did not open the WebSocket (the cause says how it answered)."""
+
+
 async def _websocket(route: Route, sock: socket.socket) -> socket.socket:
     from websockets.asyncio.client import connect
-    from websockets.exceptions import ConnectionClosed
+    from websockets.exceptions import ConnectionClosed, WebSocketException
 
     assert route.url is not None
     secure = route.url.startswith("wss:")
-    ws = await connect(route.url, sock=sock, proxy=None, compression=None,
-                       ssl=client_context(route.pin) if secure else None,
-                       server_hostname=route.host if secure else None,
-                       max_size=MAX_MESSAGE, ping_interval=None, open_timeout=None,
-                       user_agent_header="adhoc")
+    try:
+        ws = await connect(route.url, sock=sock, proxy=None, compression=None,
+                           ssl=client_context(route.pin) if secure else None,
+                           server_hostname=route.host if secure else None,
+                           max_size=MAX_MESSAGE, ping_interval=None, open_timeout=None,
+                           user_agent_header="adhoc")
+    except WebSocketException as exc:
+        raise WebSocketRefused(f"no WebSocket at {route.url}: {exc}") from exc
     mine, theirs = socket.socketpair()
 
     async def receive() -> bytes | None:
@@ -129,6 +137,17 @@ async def _websocket(route: Route, sock: socket.socket) -> socket.socket:
     _bridges.add(task)
     task.add_done_callback(_bridges.discard)
     return mine
+
+
+def http_route(base_url: str, environ: Mapping[str, str] | None = None) -> str:
+    """How HTTP to the relay goes, for messages: "HTTPS to relay.example:443 through …"."""
+    scheme, host, port = origin(base_url)
+    try:
+        proxy = proxy_for(scheme, host, port, environ)
+    except ProxySettingError:
+        proxy = None
+    return f"{scheme.upper()} to {_hostport(host, port)}" + \
+        (f" through the {proxy}" if proxy else "")
 
 
 def http_client(base_url: str, *, pin: str | None = None,

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import random
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import httpx
@@ -27,8 +28,10 @@ TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 
 
 class AuditQueue:
-    def __init__(self, base_url: str, session_id: str, secret: str) -> None:
+    def __init__(self, base_url: str, session_id: str, secret: str, *,
+                 client: Callable[..., httpx.AsyncClient] = httpx.AsyncClient) -> None:
         self.url = f"{base_url}/api/v1/agent/audit"
+        self._client = client  # makes the HTTP client (the link's: proxy, TLS, pin)
         self._headers = {"Authorization": f"Bearer {session_id}:{secret}"}
         self._pending: deque[dict] = deque(maxlen=QUEUE_LIMIT)
         self._dropped = 0
@@ -51,7 +54,7 @@ class AuditQueue:
 
     async def _run(self) -> None:
         attempt = 0
-        async with httpx.AsyncClient(timeout=TIMEOUT, headers=self._headers) as client:
+        async with self._client(timeout=TIMEOUT, headers=self._headers) as client:
             while not self.refused:
                 if not self._pending and not self._dropped:
                     self._drained.set()

@@ -169,7 +169,8 @@ class LineNotices(Notices):
         self.link = state
         if state == "connected":
             self.link_since = None
-            self.say("Connected to the relay: the technician can reach this computer.")
+            route = f" ({printable(detail)})" if detail else ""
+            self.say(f"Connected to the relay{route}: the technician can reach this computer.")
         elif state == "reconnecting":
             self.say(f"Connection to the relay lost, reconnecting ({printable(detail)}).")
         else:

@@ -61,6 +61,12 @@ class AgentReports(Strict):
     events: list[dict[str, Any]] = Field(max_length=100)
 
 
+class AgentProblem(Strict):
+    """Why the agent cannot hold its SSH connection (null: it can again)."""
+
+    problem: str | None = Field(max_length=2000)
+
+
 class TechnicianPassword(Strict):
     password: str = Field(min_length=8, max_length=1024,
                           description="the technician's new password: 12+ characters, or 8+ "
@@ -447,6 +453,11 @@ def create_app(service: RelayService) -> FastAPI:
     async def agent_audit(body: AgentReports, bearer: AgentBearer) -> dict:
         """The agent reports what technicians did inside the tunnel (the relay cannot see)."""
         return await service.agent_reports(bearer, body.events)
+
+    @app.post(f"{API}/agent/problem", responses=_errors(401, 429))
+    async def agent_problem(body: AgentProblem, bearer: AgentBearer) -> dict:
+        """The agent says why it cannot connect over SSH; the console shows it on the row."""
+        return await service.agent_problem(bearer, body.problem)
 
     @app.post(f"{API}/agent/end", responses=_errors(401))
     async def agent_end(bearer: AgentBearer) -> dict:

@@ -42,6 +42,9 @@ class ServiceBase:
         self.http_port: int | None = None
         self.ssh_port: int | None = None
         self.stats = Stats()
+        # session id -> (why its agent cannot connect, since when), as the agent last said
+        # over HTTP; cleared when it comes online. In memory: a restart forgets it.
+        self.host_problems: dict[str, tuple[str, float]] = {}
         # The public key a join link names (common/tls.py), for agents to pin; None: no pin.
         self.certificate_pin: str | None = None
         self._background: set[asyncio.Task] = set()
