@@ -150,11 +150,11 @@ def http_route(base_url: str, environ: Mapping[str, str] | None = None) -> str:
         (f" through the {proxy}" if proxy else "")
 
 
-def http_client(base_url: str, *, pin: str | None = None,
+def http_client(relay_url: str, *, pin: str | None = None,
                 environ: Mapping[str, str] | None = None, **options) -> httpx.AsyncClient:
-    """An httpx client for the relay at `base_url`, with the proxy and TLS rules above (not
+    """An httpx client for the relay at `relay_url`, with the proxy and TLS rules above (not
     httpx's own reading of the environment, which differs)."""
-    scheme, host, port = origin(base_url)
+    scheme, host, port = origin(relay_url)
     return httpx.AsyncClient(trust_env=False, verify=client_context(pin),
                              proxy=_httpx_proxy(proxy_for(scheme, host, port, environ)),
                              **options)

@@ -21,11 +21,12 @@ from pathlib import Path
 import httpx
 
 from common.passwords import hash_password
+from common.reach import relay_routes
 from relay import sessions as rules
 from relay.config import RelaySettings
 from relay.server import initialise
 from relay.store import SessionRow, Store, Technician
-from tui.client import connect_host, connect_relay
+from tui.client import connect_host, open_relay
 
 PASSWORD = "tech-password-1"
 SESSION_PASSWORD = "Horse-battery-9"
@@ -230,10 +231,11 @@ class AgentProcess:
 async def technician_ssh(relay: RelayProcess, api: Api, session: dict,
                          password: str = SESSION_PASSWORD, **options):
     """Outer connection to the relay as the technician, inner connection to the host, made as
-    the console makes them (tui/client.py); `options` override asyncssh settings."""
+    the console makes them (tui/client.py: the SSH port, else SSH over WebSocket);
+    `options` override asyncssh settings."""
     info = await api.relay_info()
-    outer = await connect_relay(relay.ssh_host, relay.ssh_port, api.login_name, api.token,
-                                info["host_key"], **options)
+    outer, _route = await open_relay(relay_routes(info["ssh"], relay.base_url),
+                                     api.login_name, api.token, info["host_key"], **options)
     try:
         inner = await connect_host(outer, session["id"], session["host_key"], password,
                                    **options)
@@ -305,3 +307,64 @@ async def provision_store(path: Path, companies: list[tuple[str, str, int, list[
                                            index == 0, time.time())
     finally:
         await store.close()
+
+
+@dataclass
+class OpenSSH:
+    """Stock OpenSSH (`ssh`, `sftp`) as a technician uses it through the relay: a key
+    registered for the relay hop, the session password from an askpass script, and both
+    host keys pinned. `relay_options` are ssh_config lines for the relay hop (HostName and
+    Port, or a ProxyCommand)."""
+
+    tmp_path: Path
+    relay: RelayProcess
+    relay_key: str
+    session: dict
+    relay_options: list[str]
+    known_name: str = ""  # how known_hosts names the relay (default: the ssh address)
+
+    def __post_init__(self) -> None:
+        self.key = self.tmp_path / "id_ed25519"
+        if not self.key.exists():
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
+                            str(self.key)], check=True)
+            run_cli(self.relay.data_dir, "technician", "add-key", "alice", f"{self.key}.pub")
+        known = self.tmp_path / "known_hosts"
+        name = self.known_name or f"[{self.relay.ssh_host}]:{self.relay.ssh_port}"
+        known.write_text(f"{name} {self.relay_key}\n"
+                         f"{self.session['id']} {self.session['host_key']}\n")
+        self.config = self.tmp_path / "ssh_config"
+        self.config.write_text(
+            "Host adhoc-relay\n" + "".join(f"  {line}\n" for line in self.relay_options)
+            + f"  User alice\n  IdentityFile {self.key}\n  IdentitiesOnly yes\n"
+            f"Host *\n  UserKnownHostsFile {known}\n  GlobalKnownHostsFile /dev/null\n"
+            "  StrictHostKeyChecking yes\n  BatchMode no\n")
+        askpass = self.tmp_path / "askpass"
+        askpass.write_text(f"#!/bin/sh\necho '{SESSION_PASSWORD}'\n")
+        askpass.chmod(0o700)
+        self.env = dict(os.environ, SSH_ASKPASS=str(askpass), SSH_ASKPASS_REQUIRE="force",
+                        DISPLAY=":0")
+
+    def ssh(self, command: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["ssh", "-F", str(self.config), "-J", "adhoc-relay",
+             f"support@{self.session['id']}", command],
+            capture_output=True, text=True, env=self.env, stdin=subprocess.DEVNULL, timeout=60)
+
+    def sftp(self, batch: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["sftp", "-q", "-F", str(self.config), "-J", "adhoc-relay",
+             f"support@{self.session['id']}"],
+            input=batch, capture_output=True, text=True, env=self.env, timeout=60)
+
+    def round_trip(self) -> None:
+        """A command with `ssh`, and a megabyte up and down again with `sftp`."""
+        result = self.ssh("echo via-openssh-$((20+1))")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "via-openssh-21"
+        blob = self.tmp_path / "blob"
+        blob.write_bytes(os.urandom(1024 * 1024))
+        up, down = self.tmp_path / "up", self.tmp_path / "down"
+        result = self.sftp(f"put {blob} {up}\nget {up} {down}\n")
+        assert result.returncode == 0, result.stderr
+        assert down.read_bytes() == blob.read_bytes()

@@ -25,6 +25,14 @@ def build_parser() -> argparse.ArgumentParser:
     login.add_argument("--password-stdin", action="store_true",
                        help="read the password from standard input")
     sub.add_parser("logout", help="forget the stored relay and token")
+    tunnel = sub.add_parser(
+        "tunnel", help="carry OpenSSH to the relay: use as ProxyCommand (see docs/CONSOLE.md)")
+    tunnel.add_argument("url", metavar="URL", nargs="?",
+                        help="the relay's URL (default: the one you logged in to)")
+    tunnel.add_argument("--websocket", action="store_true",
+                        help="go over WebSocket even when the relay's SSH port is reachable")
+    tunnel.add_argument("-v", "--verbose", action="store_true",
+                        help="say on standard error which route is used")
     return parser
 
 
@@ -92,6 +100,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "login":
         return _login(args)
     config = ConsoleConfig.load()
+    if args.command == "tunnel":
+        from tui.tunnel import run
+
+        url = args.url or config.relay_url
+        if not url:
+            print("adhoc-console tunnel: name the relay's URL (or log in to one first)",
+                  file=sys.stderr)
+            return 2
+        return asyncio.run(run(url, websocket_only=args.websocket, verbose=args.verbose))
     if args.command == "logout":
         config.relay_url = config.login = config.token = None
         config.save()
