@@ -11,6 +11,7 @@ import contextlib
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -30,12 +31,21 @@ from tui.client import connect_host, open_relay
 
 PASSWORD = "tech-password-1"
 SESSION_PASSWORD = "Horse-battery-9"
-READY = re.compile(r"adhoc-relay ready http=(\S+) ssh=(\S+)")
+READY = re.compile(r"adhoc-relay ready http=(\S+) ssh=(\S+)(?: metrics=(\S+))?")
 
 
-def wait_for_ready(proc: subprocess.Popen, log_path: Path,
-                   timeout: float) -> tuple[str, str, int]:
-    """Read `adhoc-relay serve`'s ready line: (base URL, SSH host, SSH port)."""
+@dataclass(frozen=True)
+class Ready:
+    """What `adhoc-relay serve` says when it accepts connections."""
+
+    base_url: str
+    ssh_host: str  # "" with --ssh off
+    ssh_port: int  # 0 with --ssh off
+    metrics_url: str | None
+
+
+def read_ready(proc: subprocess.Popen, log_path: Path, timeout: float) -> Ready:
+    """Read `adhoc-relay serve`'s ready line."""
     deadline = time.monotonic() + timeout
     assert proc.stdout is not None
     while time.monotonic() < deadline:
@@ -44,11 +54,19 @@ def wait_for_ready(proc: subprocess.Popen, log_path: Path,
             raise AssertionError(f"relay exited: {log_path.read_text()[-2000:]}")
         match = READY.search(line)
         if match:
+            metrics = f"http://{match.group(3)}" if match.group(3) else None
             if match.group(2) == "off":  # SSH over WebSocket only
-                return match.group(1), "", 0
+                return Ready(match.group(1), "", 0, metrics)
             host, _, port = match.group(2).rpartition(":")
-            return match.group(1), host, int(port)
+            return Ready(match.group(1), host, int(port), metrics)
     raise AssertionError("relay did not start in time")
+
+
+def wait_for_ready(proc: subprocess.Popen, log_path: Path,
+                   timeout: float) -> tuple[str, str, int]:
+    """Read `adhoc-relay serve`'s ready line: (base URL, SSH host, SSH port)."""
+    ready = read_ready(proc, log_path, timeout)
+    return ready.base_url, ready.ssh_host, ready.ssh_port
 
 
 def run_cli(data_dir: Path, *args: str, stdin: str | None = None,
@@ -91,6 +109,7 @@ class RelayProcess:
     base_url: str = ""
     ssh_host: str = "127.0.0.1"
     ssh_port: int = 0
+    metrics_url: str | None = None
     log_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -103,8 +122,10 @@ class RelayProcess:
                  "--http", f"127.0.0.1:{http_port}", "--ssh", f"127.0.0.1:{ssh_port}",
                  *self.extra_args],
                 stdout=subprocess.PIPE, stderr=log, text=True)
-        self.base_url, self.ssh_host, self.ssh_port = wait_for_ready(self.proc, self.log_path,
-                                                                     timeout)
+        ready = read_ready(self.proc, self.log_path, timeout)
+        self.base_url, self.ssh_host, self.ssh_port = ready.base_url, ready.ssh_host, \
+            ready.ssh_port
+        self.metrics_url = ready.metrics_url
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         stop_process(self.proc, sig)
@@ -135,9 +156,10 @@ def relays(data_dir_for: Callable[[int], Path]) -> Iterator[Callable[..., RelayP
 class Api:
     """A technician's view of the relay API (real HTTP)."""
 
-    def __init__(self, base_url: str, login: str = "alice", password: str = PASSWORD) -> None:
+    def __init__(self, base_url: str, login: str = "alice", password: str = PASSWORD, *,
+                 verify: ssl.SSLContext | bool = True) -> None:
         self.base_url = base_url
-        self.client = httpx.AsyncClient(base_url=base_url, timeout=30)
+        self.client = httpx.AsyncClient(base_url=base_url, timeout=30, verify=verify)
         self.login_name = login
         self.password = password
         self.token = ""
