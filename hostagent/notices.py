@@ -172,7 +172,7 @@ class LineNotices(Notices):
             route = f" ({printable(detail)})" if detail else ""
             self.say(f"Connected to the relay{route}: the technician can reach this computer.")
         elif state == "reconnecting":
-            self.say(f"Connection to the relay lost, reconnecting ({printable(detail)}).")
+            self.say(f"Connection to the relay lost, reconnecting ({printable(detail, 1000)}).")
         else:
             self.redraw()
 

@@ -209,14 +209,17 @@ class AgentProcess:
     proc: subprocess.Popen | None = None
     output: list[str] = field(default_factory=list)
 
-    def start(self, *extra: str) -> None:
+    def start(self, *extra: str, env: dict[str, str] | None = None,
+              wrap: Callable[[list[str]], list[str]] = lambda argv: argv) -> None:
+        """Run the agent; `env` adds to this process's environment, `wrap` runs it inside
+        something (a network namespace)."""
         # /bin/sh keeps shells quick to start: root's login bash on a developer machine may
         # run version-manager hooks (pyenv rehash) that stall for a minute on a stale lock.
-        env = dict(os.environ, ADHOC_HOST_LOCK=str(self.workdir / "agent.lock"),
-                   TMPDIR=str(self.workdir), ADHOC_HOST_SHELL="/bin/sh")
+        env = {**os.environ, "ADHOC_HOST_LOCK": str(self.workdir / "agent.lock"),
+               "TMPDIR": str(self.workdir), "ADHOC_HOST_SHELL": "/bin/sh", **(env or {})}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hostagent.cli", "join", self.join_url, "--code", self.code,
-             "--yes", "--allow-unprivileged", *extra],
+            wrap([sys.executable, "-m", "hostagent.cli", "join", self.join_url, "--code",
+                  self.code, "--yes", "--allow-unprivileged", *extra]),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
             stdin=subprocess.DEVNULL)
 
