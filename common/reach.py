@@ -176,46 +176,80 @@ def _root_causes(exc: BaseException):
         exc = exc.__cause__ or exc.__context__
 
 
+# What explain() says first: the kind of failure, short enough for a console's row, in the
+# words a customer can pass on. Every explanation is "<kind>: <sentence>".
+NAME_NOT_FOUND = "name not found"
+REFUSED = "refused"
+NO_ANSWER = "no answer"
+TLS_FAILURE = "TLS failure"
+PROXY_PASSWORD = "proxy asks for a password"
+BLOCKED = "blocked"
+NO_NETWORK = "no network route"
+CUT = "cut off"
+PROXY_SETTING = "proxy setting"
+FAILED = "failed"
+KINDS = (NAME_NOT_FOUND, REFUSED, NO_ANSWER, TLS_FAILURE, PROXY_PASSWORD, BLOCKED, NO_NETWORK,
+         CUT, PROXY_SETTING, FAILED)
+# How the failures of several routes are joined into one problem.
+SEPARATOR = "; "
+
+
 def explain(exc: BaseException, host: str = "", port: int | None = None) -> str:
     """Why a connection to the relay failed, as a customer can read it out on the phone:
-    name not found, refused, no answer (blocked), TLS, or the proxy's answer."""
+    "<kind>: <what happened and what to do>" (KINDS)."""
     where = _hostport(host, port) if host and port else (host or "the relay")
     for cause in _root_causes(exc):
         words = _words(cause, host or "the relay", where)
         if words:
-            return words
-    return f"could not connect to {where}: {str(exc) or type(exc).__name__}"
+            return f"{words[0]}: {words[1]}"
+    return f"{FAILED}: could not connect to {where} ({str(exc) or type(exc).__name__})"
 
 
-def _words(exc: BaseException, host: str, where: str) -> str | None:
-    if isinstance(exc, ProxyError | ProxySettingError | PinMismatch):
-        return str(exc)
+def summary(problem: str) -> str:
+    """The kinds of failure in a problem made of explain()s joined by SEPARATOR, e.g.
+    "refused, blocked"; the problem itself when it is not made that way."""
+    kinds = []
+    for part in problem.split(SEPARATOR):
+        kind = part.split(": ", 1)[0]
+        if kind in KINDS and kind not in kinds:
+            kinds.append(kind)
+    return ", ".join(kinds) or problem
+
+
+def _words(exc: BaseException, host: str, where: str) -> tuple[str, str] | None:
+    if isinstance(exc, ProxyError):
+        return (PROXY_PASSWORD if exc.kind == "auth" else BLOCKED), str(exc)
+    if isinstance(exc, ProxySettingError):
+        return PROXY_SETTING, str(exc)
+    if isinstance(exc, PinMismatch):
+        return TLS_FAILURE, str(exc)
     if isinstance(exc, socket.gaierror):
-        return (f"the name {host} was not found (DNS): check the link, or this computer's "
-                "network connection")
+        return NAME_NOT_FOUND, (f"the name {host} was not found (DNS): check the link, or "
+                                "this computer's network connection")
     if isinstance(exc, ConnectionRefusedError):
-        return (f"{where} refused the connection: the relay may be down, or a firewall "
-                "rejects it")
+        return REFUSED, (f"{where} refused the connection: the relay may be down, or a "
+                         "firewall rejects it")
     if isinstance(exc, TimeoutError | httpx.TimeoutException):
-        return f"no answer from {where}: a firewall may block it, or the relay is down"
+        return NO_ANSWER, (f"nothing answered at {where}: a firewall may block it, or the "
+                           "relay is down")
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return (f"TLS failure: the certificate of {host} is not trusted on this computer "
-                f"({exc.verify_message or exc.reason}): someone may be intercepting, or the "
-                "relay's certificate is wrong")
+        return TLS_FAILURE, (f"the certificate of {host} is not trusted on this computer "
+                             f"({exc.verify_message or exc.reason}): someone may be "
+                             "intercepting, or the relay's certificate is wrong")
     if isinstance(exc, ssl.SSLError):
-        return f"TLS failure talking to {where}: {exc.reason or exc}"
+        return TLS_FAILURE, f"talking to {where}: {exc.reason or exc}"
     status = _websocket_status(exc)
     if status is not None:
-        return (f"{where} answered HTTP {status} instead of opening the WebSocket: a proxy on "
-                "the way may block WebSockets")
+        return BLOCKED, (f"{where} answered HTTP {status} instead of opening the WebSocket: "
+                         "a proxy on the way may block WebSockets")
     if isinstance(exc, httpx.ProxyError):
-        return f"the proxy refused the connection to {where}: {exc}"
+        return BLOCKED, f"the proxy refused the connection to {where}: {exc}"
     if isinstance(exc, OSError) and exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH,
                                                   errno.EACCES, errno.EPERM):
-        return (f"no route to {where} ({os.strerror(exc.errno)}): check this computer's "
-                "network connection, or a firewall blocks it")
+        return NO_NETWORK, (f"no route to {where} ({os.strerror(exc.errno)}): check this "
+                            "computer's network connection, or a firewall blocks it")
     if isinstance(exc, ConnectionResetError | ConnectionAbortedError):
-        return f"{where} cut the connection: a firewall or proxy may block it"
+        return CUT, f"{where} cut the connection: a firewall or proxy may block it"
     return None
 
 

@@ -189,8 +189,9 @@ class Agent:
         """The tunnel's state on the customer's screen; a failure also to the relay over HTTP
         (the technician's console shows it), and cleared there once connected."""
         self.notices.connection(state, detail)
-        if self.problems is not None and state in ("reconnecting", "connected"):
-            self.problems.report(detail if state == "reconnecting" else None)
+        if self.problems is not None and self.tunnel is not None:
+            if state == "connected" or self.tunnel.problem:
+                self.problems.report(self.tunnel.problem)
 
     def _start_keys(self) -> KeyReader | None:
         if not self.options.keys:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import asyncssh
 
-from common.reach import Route, explain, open_route
+from common.reach import SEPARATOR, Route, explain, open_route
 from common.transport import (
     INNER_PORT,
     WideTunnel,
@@ -79,6 +79,7 @@ class Tunnel:
         self.host, self.port = host, port
         self.routes = list(routes) if routes else [Route("ssh", host, port)]
         self.route: Route | None = None  # the route in use
+        self.problem: str | None = None  # why the last attempt reached no route, if it did
         self._known_hosts = pinned(relay_host_key)
         self._inner_options = inner_options
         self._on_state = on_state or (lambda state, detail: None)
@@ -103,14 +104,14 @@ class Tunnel:
             except (asyncssh.PermissionDenied, asyncssh.HostKeyNotVerifiable):
                 raise
             except (OSError, asyncssh.Error, TimeoutError) as exc:
-                failures.append(f"{route}: {explain(exc, route.host, route.port)}")
+                failures.append(f"{explain(exc, route.host, route.port)} (tried {route})")
                 continue
             if route is not self.routes[0]:  # what worked goes first next time
                 self.routes.remove(route)
                 self.routes.insert(0, route)
             self.route = route
             return connected
-        raise RoutesFailed("; ".join(failures))
+        raise RoutesFailed(SEPARATOR.join(failures))
 
     async def _connect_by(self, route: Route) -> tuple[asyncssh.SSHClientConnection,
                                                        _OuterClient]:
@@ -141,10 +142,12 @@ class Tunnel:
             except (OSError, asyncssh.Error, TimeoutError) as exc:
                 delay = backoff_delay(attempt, cap=self._backoff_cap)
                 attempt += 1
-                self._on_state("reconnecting", f"{exc or 'timed out'}; next try in {delay:.1f}s")
+                self.problem = str(exc) or "timed out"
+                self._on_state("reconnecting", f"{self.problem}; next try in {delay:.1f}s")
                 await asyncio.sleep(delay)
                 continue
             attempt = 0
+            self.problem = None
             self._conn = conn
             try:
                 server = await asyncssh.listen(self.session_id, INNER_PORT, tunnel=WideTunnel(conn),

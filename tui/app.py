@@ -69,6 +69,7 @@ class ConsoleApp(App):
         self.limits: dict | None = None
         self.last_event_id: int | None = None
         self.relay_lost = False
+        self._route_told: str | None = None
         if keymap:
             self.set_keymap(keymap)
 
@@ -251,6 +252,7 @@ class ConsoleApp(App):
                 return
             raise
         self.passwords[view["id"]] = password
+        self._tell_route()
         screen = PANES[kind](full, self.connector, password)
         if kind in KEPT_PANES:
             # Installed, so leaving it does not unmount it: it keeps its state and channel.
@@ -259,6 +261,15 @@ class ConsoleApp(App):
             await self.push_screen(_pane_name(kind, view["id"]))
         else:
             await self.push_screen(screen)
+
+    def _tell_route(self) -> None:
+        """Say how SSH reaches the relay (its port, or WebSocket, through a proxy or not)
+        when that is new."""
+        route = self.connector.route
+        if route is not None and str(route) != self._route_told:
+            self._route_told = str(route)
+            self.notify(f"Connected to the relay: {clean(route, 300)}.", markup=False,
+                        timeout=6)
 
     def forget_password(self, session_id: str) -> None:
         self.passwords.pop(session_id, None)

@@ -16,7 +16,7 @@ import httpx
 
 from common.passwords import hash_password, session_password_problem
 from common.proxy import ProxySettingError
-from common.reach import Route, explain, http_client, open_route, relay_routes
+from common.reach import SEPARATOR, Route, explain, http_client, open_route, relay_routes
 from common.transport import (
     INNER_PORT,
     INNER_USER,
@@ -280,7 +280,7 @@ async def open_relay(routes: list[Route], login: str, token: str, relay_key: str
         try:
             sock = await asyncio.wait_for(open_route(route), ROUTE_TIMEOUT)
         except (OSError, TimeoutError) as exc:
-            failures.append(f"{route}: {explain(exc, route.host, route.port)}")
+            failures.append(f"{explain(exc, route.host, route.port)} (tried {route})")
             continue
         try:
             await wait_for_banner(sock, BANNER_TIMEOUT)
@@ -292,10 +292,11 @@ async def open_relay(routes: list[Route], login: str, token: str, relay_key: str
                              f"{exc.reason}; log in again") from None
         except (OSError, asyncssh.Error, TimeoutError) as exc:
             sock.close()
-            failures.append(f"{route}: {explain(exc, route.host, route.port)}")
+            failures.append(f"{explain(exc, route.host, route.port)} (tried {route})")
             continue
         return conn, route
-    raise RelayError(0, "unreachable", "cannot open SSH to the relay: " + "; ".join(failures))
+    raise RelayError(0, "unreachable",
+                     "cannot open SSH to the relay: " + SEPARATOR.join(failures))
 
 
 async def connect_host(relay: asyncssh.SSHClientConnection, session_id: str, host_key: str,

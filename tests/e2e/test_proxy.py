@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from common.reach import summary
 from tests import netns
 from tests.support import Api, OpenSSH, RelayProcess, new_agent, provision
 
@@ -135,13 +136,16 @@ async def test_a_proxy_that_blocks_every_ssh_route_shows_on_the_technicians_row(
             agent.start(env={"HTTP_PROXY": proxy}, wrap=network.wrap)
             line = await agent.wait_for_line("Connection to the relay lost, reconnecting",
                                              timeout=60)
-            assert f"SSH to 127.0.0.2:{relay.ssh_port} through the proxy" in line
-            assert "refused to connect to 127.0.0.2" in line
-            assert "SSH over WebSocket to ws://127.0.0.2" in line
+            assert f"blocked: the proxy {network.outside}:{port} (HTTP_PROXY) refused to " \
+                   f"connect to 127.0.0.2:{relay.ssh_port} (HTTP 403)" in line
+            assert f"(tried SSH to 127.0.0.2:{relay.ssh_port} through the proxy" in line
+            assert "(tried SSH over WebSocket to ws://127.0.0.2" in line
             view = await api.wait_for(session["id"], lambda v: v["host_problem"] is not None)
             assert view["online"] is False
-            assert "refused to connect to 127.0.0.2" in view["host_problem"]["text"]
-            assert PASSWORD not in view["host_problem"]["text"]
+            text = view["host_problem"]["text"]
+            assert summary(text) == "blocked"
+            assert "next try" not in text and PASSWORD not in text
+            assert text.count("refused to connect to 127.0.0.2") == 2
 
 
 async def test_ssh_port_through_the_proxy_loses_no_byte_of_the_relays_greeting(
