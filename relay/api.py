@@ -272,6 +272,10 @@ def create_app(service: RelayService) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 404:
+            if request.url.path.endswith("/install.sh"):  # a mistyped one-liner: sh runs this
+                return join.refusal_script(404, "this link is not valid: copy the whole "
+                                                "command from the invitation, or ask your "
+                                                "technician for a new one")
             return error(404, "not_found", "no such route: see the API reference in docs/API.md")
         if exc.status_code == 400:  # FastAPI could not read the body as JSON
             return error(422, "invalid", "the request body is not valid JSON: send a JSON "

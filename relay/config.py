@@ -105,6 +105,8 @@ class RelaySettings:
     tls_key: Path | None = None
     # A certificate whose public key join links name, so agents pin it (`--pin-certificate`).
     pin_certificate: Path | None = None
+    # Build the host's wheels in the background when they are missing (the embedded relay).
+    prepare_wheels: bool = False
     # Health and Prometheus metrics on a listener of their own (`--metrics`); None: off.
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None

@@ -292,6 +292,8 @@ class RelayServer:
             self.metrics_port = metrics_sock.getsockname()[1]
             await self._serve(metrics_app(self.metrics, self.readiness_problems), metrics_sock,
                               http=_HeaderDeadline)
+        if settings.prepare_wheels:
+            service.wheels.start()
         self._tasks.append(asyncio.create_task(service.run_expiry_timer()))
         self._tasks.append(asyncio.create_task(service.run_revocation_watch()))
         log.info("relay: HTTP %s, SSH %s, data %s, mail %s", service.base_url,
@@ -342,6 +344,7 @@ class RelayServer:
             await asyncio.wait_for(asyncio.gather(*self._serving, *self._tasks,
                                                   return_exceptions=True), 3)
         if self.service is not None:
+            await self.service.wheels.stop()
             await self.service.close()
         if self._store is not None:
             await self._store.close()

@@ -21,6 +21,7 @@ from relay.registry import AgentRegistry, Connections
 from relay.stats import Stats
 from relay.store import NotFound, SessionRow, Store, Technician
 from relay.usecases.shared import DISC_SERVICE_NOT_AVAILABLE, RateLimiter, not_found
+from relay.wheelhouse import Preparation
 
 log = logging.getLogger("adhoc.relay")
 
@@ -45,6 +46,8 @@ class ServiceBase:
         # session id -> (why its agent cannot connect, since when), as the agent last said
         # over HTTP; cleared when it comes online. In memory: a restart forgets it.
         self.host_problems: dict[str, tuple[str, float]] = {}
+        # The host's wheels, built in the background where the relay does that itself.
+        self.wheels = Preparation(settings.data_dir)
         # The public key a join link names (common/tls.py), for agents to pin; None: no pin.
         self.certificate_pin: str | None = None
         self._background: set[asyncio.Task] = set()
