@@ -133,8 +133,10 @@ def refusal_script(status: int, detail: str) -> Response:
                              media_type="text/x-shellscript")
 
 
-def unavailable_script(join_url: str, data_dir: Path) -> str:
-    return _script("this relay cannot install the host yet: its operator has to run "
+def unavailable_script(join_url: str, data_dir: Path, *, failed: bool = False) -> str:
+    # Not pip's own words: they may name the operator's package index and its credentials.
+    why = " (preparing its files failed: the relay's log says why)" if failed else ""
+    return _script(f"this relay cannot install the host yet{why}: its operator has to run "
                    f"'adhoc-relay --data-dir {data_dir} wheelhouse'. With Adhoc installed, "
                    f"run: sudo adhoc-host join {join_url}")
 
@@ -253,7 +255,8 @@ def add_install_routes(app: FastAPI, service: RelayService) -> None:
         elif service.wheels.preparing:
             script = preparing_script(join_url)
         else:
-            script = unavailable_script(join_url, service.settings.data_dir)
+            script = unavailable_script(join_url, service.settings.data_dir,
+                                        failed=service.wheels.failure is not None)
         return PlainTextResponse(script, media_type="text/x-shellscript",
                                  headers={"Cache-Control": "no-store"})
 
