@@ -36,6 +36,10 @@ OPEN_FILES_WANTED = 1 << 20
 OPEN_FILES_ENOUGH = 16384
 # Seconds a client has to send a request's headers (see _HeaderDeadline).
 HEADER_TIMEOUT = float(os.environ.get("ADHOC_RELAY_HEADER_TIMEOUT", "10"))
+# The largest WebSocket message the relay takes: Adhoc's clients send SSH in pieces of at most
+# 256 KiB (common/wsbridge.py); uvicorn's default of 16 MiB would let each connection make the
+# relay hold that much.
+WS_MAX_MESSAGE = 1024 * 1024
 # Seconds /readyz waits for the database before it says it is not ready.
 READY_TIMEOUT = 2.0
 
@@ -282,7 +286,7 @@ class RelayServer:
                "ssl_keyfile": str(settings.tls_key)} if settings.tls_cert else {}
         await self._serve(self.metrics.middleware(app), sock, http=_HeaderDeadline,
                           proxy_headers=bool(trusted), forwarded_allow_ips=trusted or None,
-                          **tls)
+                          ws_max_size=WS_MAX_MESSAGE, **tls)
         if settings.metrics_port is not None:
             try:
                 metrics_sock = _listening_socket(settings.metrics_host, settings.metrics_port)

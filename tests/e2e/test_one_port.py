@@ -177,3 +177,27 @@ async def test_websockets_wait_at_the_same_handshake_gate_as_the_ssh_port(
         assert banner.startswith(b"SSH-2.0-")
     finally:
         sock.close()
+
+
+async def test_hostile_websockets_cost_the_relay_little(start) -> None:
+    """An oversized message, text instead of bytes, garbage instead of SSH: each is dropped
+    alone; the relay answers everyone else."""
+    from websockets.exceptions import ConnectionClosed
+
+    relay = start("--ssh", "off")
+    url = websocket_route(relay.base_url).url
+    async with websocket_connect(url, proxy=None, max_size=None) as ws:
+        assert (await ws.recv()).startswith(b"SSH-2.0-")
+        await ws.send(b"\0" * (2 * 1024 * 1024))  # over the relay's 1 MiB message limit
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 10)
+        assert closed.value.rcvd.code == 1009  # message too big
+    async with websocket_connect(url, proxy=None) as ws:
+        assert (await ws.recv()).startswith(b"SSH-2.0-")
+        await ws.send("text is not SSH")
+        await ws.send(b"garbage that is not an SSH version line\r\n" * 10)
+        with pytest.raises(ConnectionClosed):
+            while True:
+                await asyncio.wait_for(ws.recv(), 15)
+    async with Api(relay.base_url) as api:
+        assert (await api.relay_info())["ssh"] is None
