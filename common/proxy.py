@@ -8,6 +8,12 @@ also cover their sub-domains; a leading dot is allowed), IP addresses and networ
 (10.0.0.0/8), each optionally with `:port`. Every connection, SSH included, goes through the
 proxy with HTTP CONNECT; credentials in the proxy URL (http://user:pass@proxy:3128) are sent
 as basic auth and never shown.
+
+httpx and websockets each read the environment their own way: websockets prefers a SOCKS
+proxy and HTTPS_PROXY even for a plain ws:// address, httpx also takes ALL_PROXY, neither
+understands networks in NO_PROXY, and on macOS the standard library they build on skips the
+proxy for local addresses by itself. So Adhoc decides here, once, and hands each library an
+explicit proxy (or none) with its own reading of the environment turned off.
 """
 
 from __future__ import annotations
