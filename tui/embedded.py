@@ -112,7 +112,11 @@ def _first_port(host: str, preferred: int) -> int:
         return preferred
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
+        try:
+            sock.bind((host, 0))
+        except OSError as exc:
+            raise EmbeddedError(f"cannot listen on {host}: {exc.strerror or exc}: give "
+                                "--listen one of this computer's own addresses") from None
         return sock.getsockname()[1]
 
 

@@ -69,6 +69,13 @@ async def test_a_second_console_on_the_same_data_dir_uses_the_running_relay(
         await owner.stop()
 
 
+async def test_an_address_this_computer_does_not_have_is_said_plainly(data_dir: Path) -> None:
+    with pytest.raises(EmbeddedError) as refused:
+        await start_embedded(("192.0.2.77", 0))
+    assert str(refused.value) == ("cannot listen on 192.0.2.77: Cannot assign requested "
+                                  "address: give --listen one of this computer's own addresses")
+
+
 async def test_listening_on_every_address_needs_the_public_url(data_dir: Path) -> None:
     with pytest.raises(EmbeddedError, match="say how customers reach this computer with "
                                             "--public-url"):
