@@ -194,15 +194,22 @@ KINDS = (NAME_NOT_FOUND, REFUSED, NO_ANSWER, TLS_FAILURE, PROXY_PASSWORD, BLOCKE
 SEPARATOR = "; "
 
 
-def explain(exc: BaseException, host: str = "", port: int | None = None) -> str:
-    """Why a connection to the relay failed, as a customer can read it out on the phone:
-    "<kind>: <what happened and what to do>" (KINDS)."""
-    where = _hostport(host, port) if host and port else (host or "the relay")
+def explain(exc: BaseException, host: str = "", port: int | None = None,
+            proxy: Proxy | None = None) -> str:
+    """Why a connection to the relay at host:port failed, as a customer can read it out on
+    the phone: "<kind>: <what happened and what to do>" (KINDS). Through `proxy`, failing to
+    connect at all is the proxy's doing, and said so."""
+    target = _hostport(host, port) if host and port else (host or "the relay")
     for cause in _root_causes(exc):
-        words = _words(cause, host or "the relay", where)
+        words = _words(cause, host or "the relay", target, proxy)
         if words:
             return f"{words[0]}: {words[1]}"
-    return f"{FAILED}: could not connect to {where} ({str(exc) or type(exc).__name__})"
+    return f"{FAILED}: could not connect to {target} ({str(exc) or type(exc).__name__})"
+
+
+def failure(exc: BaseException, route: Route) -> str:
+    """One route's failure for a list of them: "<explain()> (tried <route>)"."""
+    return f"{explain(exc, route.host, route.port, route.proxy)} (tried {route})"
 
 
 def summary(problem: str) -> str:
@@ -216,7 +223,14 @@ def summary(problem: str) -> str:
     return ", ".join(kinds) or problem
 
 
-def _words(exc: BaseException, host: str, where: str) -> tuple[str, str] | None:
+def _words(exc: BaseException, host: str, where: str,
+           proxy: Proxy | None) -> tuple[str, str] | None:
+    server, check = "the relay", "check the link"
+    if proxy is not None and isinstance(exc, socket.gaierror | ConnectionRefusedError
+                                        | TimeoutError | httpx.ConnectTimeout):
+        # It never got as far as the relay: the proxy is the one not there.
+        host, where = proxy.host, f"the {proxy}"
+        server, check = "the proxy", f"check {proxy.variable}"
     if isinstance(exc, ProxyError):
         return (PROXY_PASSWORD if exc.kind == "auth" else BLOCKED), str(exc)
     if isinstance(exc, ProxySettingError):
@@ -224,14 +238,14 @@ def _words(exc: BaseException, host: str, where: str) -> tuple[str, str] | None:
     if isinstance(exc, PinMismatch):
         return TLS_FAILURE, str(exc)
     if isinstance(exc, socket.gaierror):
-        return NAME_NOT_FOUND, (f"the name {host} was not found (DNS): check the link, or "
-                                "this computer's network connection")
+        return NAME_NOT_FOUND, (f"the name {host} was not found (DNS): {check}, or this "
+                                "computer's network connection")
     if isinstance(exc, ConnectionRefusedError):
-        return REFUSED, (f"{where} refused the connection: the relay may be down, or a "
+        return REFUSED, (f"{where} refused the connection: {server} may be down, or a "
                          "firewall rejects it")
     if isinstance(exc, TimeoutError | httpx.TimeoutException):
-        return NO_ANSWER, (f"nothing answered at {where}: a firewall may block it, or the "
-                           "relay is down")
+        return NO_ANSWER, (f"nothing answered at {where}: a firewall may block it, or "
+                           f"{server} is down")
     if isinstance(exc, ssl.SSLCertVerificationError):
         return TLS_FAILURE, (f"the certificate of {host} is not trusted on this computer "
                              f"({exc.verify_message or exc.reason}): someone may be "
@@ -242,8 +256,12 @@ def _words(exc: BaseException, host: str, where: str) -> tuple[str, str] | None:
     if status is not None:
         return BLOCKED, (f"{where} answered HTTP {status} instead of opening the WebSocket: "
                          "a proxy on the way may block WebSockets")
-    if isinstance(exc, httpx.ProxyError):
-        return BLOCKED, f"the proxy refused the connection to {where}: {exc}"
+    if isinstance(exc, httpx.ProxyError):  # httpx's CONNECT got an answer other than 200
+        if "407" in str(exc):
+            return PROXY_PASSWORD, ("the proxy asks for a user name and password (or refused "
+                                    "the ones given): put them in the proxy setting, as "
+                                    "http://user:password@proxy:port")
+        return BLOCKED, f"the proxy refused to connect to {where} ({exc})"
     if isinstance(exc, OSError) and exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH,
                                                   errno.EACCES, errno.EPERM):
         return NO_NETWORK, (f"no route to {where} ({os.strerror(exc.errno)}): check this "

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from common.proxy import ProxySettingError
+from common.proxy import ProxySettingError, proxy_for
 from common.reach import explain, http_client, http_route, origin
 from common.tls import PIN_PREFIX, valid_pin
 
@@ -69,8 +69,9 @@ class JoinLink:
 
     def unreachable(self, exc: BaseException) -> JoinError:
         """A failed request to the relay, in words the customer can pass on."""
-        _, host, port = origin(self.base_url)
-        return JoinError(f"cannot reach the relay: {explain(exc, host, port)} (tried "
+        scheme, host, port = origin(self.base_url)
+        proxy = proxy_for(scheme, host, port)
+        return JoinError(f"cannot reach the relay: {explain(exc, host, port, proxy)} (tried "
                          f"{http_route(self.base_url)}); try again, or tell your technician "
                          "these words", "unreachable", final=False)
 

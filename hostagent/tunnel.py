@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import asyncssh
 
-from common.reach import SEPARATOR, Route, explain, open_route
+from common.reach import SEPARATOR, Route, failure, open_route
 from common.transport import (
     INNER_PORT,
     WideTunnel,
@@ -104,7 +104,7 @@ class Tunnel:
             except (asyncssh.PermissionDenied, asyncssh.HostKeyNotVerifiable):
                 raise
             except (OSError, asyncssh.Error, TimeoutError) as exc:
-                failures.append(f"{explain(exc, route.host, route.port)} (tried {route})")
+                failures.append(failure(exc, route))
                 continue
             if route is not self.routes[0]:  # what worked goes first next time
                 self.routes.remove(route)

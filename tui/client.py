@@ -15,8 +15,17 @@ import asyncssh
 import httpx
 
 from common.passwords import hash_password, session_password_problem
-from common.proxy import ProxySettingError
-from common.reach import SEPARATOR, Route, explain, http_client, open_route, relay_routes
+from common.proxy import Proxy, ProxySettingError, proxy_for
+from common.reach import (
+    SEPARATOR,
+    Route,
+    explain,
+    failure,
+    http_client,
+    open_route,
+    origin,
+    relay_routes,
+)
 from common.transport import (
     INNER_PORT,
     INNER_USER,
@@ -87,9 +96,10 @@ class RelayClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    def _origin(self) -> tuple[str, int]:
-        url = httpx.URL(self.base_url)
-        return url.host, url.port or (443 if url.scheme == "https" else 80)
+    def _origin(self) -> tuple[str, int, Proxy | None]:
+        """Where HTTP goes, for explain(): the relay's host and port, and the proxy."""
+        scheme, host, port = origin(self.base_url)
+        return host, port, proxy_for(scheme, host, port)
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
@@ -280,7 +290,7 @@ async def open_relay(routes: list[Route], login: str, token: str, relay_key: str
         try:
             sock = await asyncio.wait_for(open_route(route), ROUTE_TIMEOUT)
         except (OSError, TimeoutError) as exc:
-            failures.append(f"{explain(exc, route.host, route.port)} (tried {route})")
+            failures.append(failure(exc, route))
             continue
         try:
             await wait_for_banner(sock, BANNER_TIMEOUT)
@@ -292,7 +302,7 @@ async def open_relay(routes: list[Route], login: str, token: str, relay_key: str
                              f"{exc.reason}; log in again") from None
         except (OSError, asyncssh.Error, TimeoutError) as exc:
             sock.close()
-            failures.append(f"{explain(exc, route.host, route.port)} (tried {route})")
+            failures.append(failure(exc, route))
             continue
         return conn, route
     raise RelayError(0, "unreachable",

@@ -19,7 +19,7 @@ import shlex
 import sys
 
 from common.proxy import ProxySettingError
-from common.reach import SEPARATOR, Route, explain, open_route, relay_routes
+from common.reach import SEPARATOR, Route, failure, open_route, relay_routes
 from tui.client import ROUTE_TIMEOUT, RelayClient, RelayError
 
 CHUNK = 256 * 1024
@@ -46,7 +46,7 @@ async def open_tunnel(relay_url: str, *, websocket_only: bool = False) -> tuple[
         try:
             return await asyncio.wait_for(open_route(route), ROUTE_TIMEOUT), route
         except (OSError, TimeoutError) as exc:
-            failures.append(f"{explain(exc, route.host, route.port)} (tried {route})")
+            failures.append(failure(exc, route))
     raise RelayError(0, "unreachable",
                      "cannot reach the relay's SSH: " + SEPARATOR.join(failures))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -165,3 +166,41 @@ async def test_ssh_port_through_the_proxy_loses_no_byte_of_the_relays_greeting(
                 assert route.kind == "ssh" and route.proxy is not None
                 conn.close()
                 await conn.wait_closed()
+
+
+async def test_https_through_a_proxy_that_wants_a_password_or_is_not_there(
+        tmp_path: Path, agents) -> None:
+    """httpx meets the proxy's answer to CONNECT (https), not a response of the relay: the
+    customer still hears that the proxy wants a password, and a proxy that is not there is
+    named as the one not there (not the relay)."""
+    from tests.certs import Authority, bundle
+
+    folder = tmp_path / "tls"
+    folder.mkdir()
+    authority = Authority(folder)
+    cert = authority.issue("relay", ("127.0.0.2",))
+    data_dir = tmp_path / "relay-tls"
+    provision(data_dir)
+    relay = RelayProcess(data_dir, ("--http", "127.0.0.2:0", "--ssh", "127.0.0.2:0",
+                                    "--tls-cert", str(cert.cert), "--tls-key", str(cert.key)))
+    relay.start()
+    try:
+        trusted = bundle(folder / "trusted.pem", authority)
+        async with Api(relay.base_url,
+                       verify=ssl.create_default_context(cafile=str(trusted))) as api:
+            session = await api.create_session()
+        with tinyproxy(tmp_path, "127.0.0.1", (web_port(relay),)) as port:
+            agent = new_agent(agents, tmp_path, session)
+            agent.start(env={"HTTPS_PROXY": f"http://127.0.0.1:{port}",
+                             "SSL_CERT_FILE": str(trusted)})
+            assert agent.wait_exit(30) == 1
+            assert ("cannot reach the relay: proxy asks for a password: the proxy asks for a "
+                    "user name and password") in "".join(agent.output)
+        gone = new_agent(agents, tmp_path, session)
+        gone.start(env={"HTTPS_PROXY": f"http://127.0.0.1:{port}",
+                        "SSL_CERT_FILE": str(trusted)})
+        assert gone.wait_exit(30) == 1
+        assert (f"refused: the proxy 127.0.0.1:{port} (HTTPS_PROXY) refused the connection: "
+                "the proxy may be down") in "".join(gone.output)
+    finally:
+        relay.stop()
