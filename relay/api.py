@@ -61,6 +61,12 @@ class AgentReports(Strict):
     events: list[dict[str, Any]] = Field(max_length=100)
 
 
+class AgentProblem(Strict):
+    """Why the agent cannot hold its SSH connection (null: it can again)."""
+
+    problem: str | None = Field(max_length=2000)
+
+
 class TechnicianPassword(Strict):
     password: str = Field(min_length=8, max_length=1024,
                           description="the technician's new password: 12+ characters, or 8+ "
@@ -266,6 +272,10 @@ def create_app(service: RelayService) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 404:
+            if request.url.path.endswith("/install.sh"):  # a mistyped one-liner: sh runs this
+                return join.refusal_script(404, "this link is not valid: copy the whole "
+                                                "command from the invitation, or ask your "
+                                                "technician for a new one")
             return error(404, "not_found", "no such route: see the API reference in docs/API.md")
         if exc.status_code == 400:  # FastAPI could not read the body as JSON
             return error(422, "invalid", "the request body is not valid JSON: send a JSON "
@@ -301,7 +311,13 @@ def create_app(service: RelayService) -> FastAPI:
     @app.post(f"{API}/login", responses=_errors(401, 429))
     async def login(body: LoginRequest, request: Request) -> dict:
         """Exchange a login and password for a bearer token (30 days)."""
-        token, tech = await service.login(body.login, body.password, _source(request))
+        try:
+            token, tech = await service.login(body.login, body.password, _source(request))
+        except ServiceError as exc:
+            service.stats.login("http", "technician",
+                                "rate_limited" if exc.status == 429 else "failed")
+            raise
+        service.stats.login("http", "technician", "ok")
         return {"token": token, "technician": await _technician_view(tech)}
 
     async def _technician_view(tech: Technician) -> dict:
@@ -441,6 +457,11 @@ def create_app(service: RelayService) -> FastAPI:
     async def agent_audit(body: AgentReports, bearer: AgentBearer) -> dict:
         """The agent reports what technicians did inside the tunnel (the relay cannot see)."""
         return await service.agent_reports(bearer, body.events)
+
+    @app.post(f"{API}/agent/problem", responses=_errors(401, 429))
+    async def agent_problem(body: AgentProblem, bearer: AgentBearer) -> dict:
+        """The agent says why it cannot connect over SSH; the console shows it on the row."""
+        return await service.agent_problem(bearer, body.problem)
 
     @app.post(f"{API}/agent/end", responses=_errors(401))
     async def agent_end(bearer: AgentBearer) -> dict:

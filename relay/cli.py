@@ -106,6 +106,18 @@ def _hostport(value: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _ssh_listen(value: str):
+    """--ssh HOST:PORT, or `off` for SSH over WebSocket on the HTTP listener only."""
+    if value.strip().lower() == "off":
+        return None
+    return _hostport(value)
+
+
+def _metrics_address(value: str):
+    """--metrics HOST:PORT, or PORT alone for loopback."""
+    return _hostport(value if ":" in value else f"127.0.0.1:{value}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     data_dir_help = (f"where the relay keeps its database and keys "
                      f"(default {default_data_dir()})")
@@ -124,8 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the relay (HTTP API and SSH endpoint)")
     serve.add_argument("--http", type=_hostport, default=("127.0.0.1", 8780),
                        metavar="HOST:PORT", help="HTTP API address (default 127.0.0.1:8780)")
-    serve.add_argument("--ssh", type=_hostport, default=("127.0.0.1", 8722),
-                       metavar="HOST:PORT", help="SSH endpoint address (default 127.0.0.1:8722)")
+    serve.add_argument("--ssh", type=_ssh_listen, default=("127.0.0.1", 8722),
+                       metavar="HOST:PORT|off",
+                       help="SSH endpoint address (default 127.0.0.1:8722); `off`: SSH only "
+                            "over WebSocket on the HTTP listener (one public port)")
     serve.add_argument("--public-url", help="the URL customers and consoles use to reach "
                                             "the HTTP API (default: http://<--http>)")
     serve.add_argument("--ssh-public", metavar="HOST:PORT",
@@ -155,6 +169,18 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar="ADDR",
                        help="a reverse proxy (address or network) whose X-Forwarded-For the "
                             "relay believes; repeatable. Without it no proxy header is trusted")
+    serve.add_argument("--tls-cert", type=Path, metavar="FILE",
+                       help="serve HTTPS itself with this PEM certificate chain (with "
+                            "--tls-key), for a relay without a TLS reverse proxy")
+    serve.add_argument("--tls-key", type=Path, metavar="FILE",
+                       help="the private key of --tls-cert (PEM)")
+    serve.add_argument("--pin-certificate", type=Path, metavar="FILE",
+                       help="name this certificate's public key in join links, so agents "
+                            "accept no other (the certificate your TLS proxy serves, or "
+                            "--tls-cert's); keep the key when renewing it")
+    serve.add_argument("--metrics", type=_metrics_address, metavar="[HOST:]PORT",
+                       help="serve /metrics (Prometheus), /healthz and /readyz on a listener "
+                            "of their own (loopback unless HOST is given); default off")
 
     company = _Subcommands(sub.add_parser("company", help="manage companies").add_subparsers(
         dest="action", required=True, metavar="ACTION"), after)
@@ -321,7 +347,14 @@ def settings_from_args(args: argparse.Namespace) -> RelaySettings:
         settings.data_dir = args.data_dir.expanduser().resolve()
     if args.command == "serve":
         settings.http_host, settings.http_port = args.http
-        settings.ssh_host, settings.ssh_port = args.ssh
+        if args.ssh is None:
+            settings.ssh_listen = False
+        else:
+            settings.ssh_host, settings.ssh_port = args.ssh
+        settings.tls_cert, settings.tls_key = args.tls_cert, args.tls_key
+        settings.pin_certificate = args.pin_certificate
+        if args.metrics is not None:
+            settings.metrics_host, settings.metrics_port = args.metrics
         settings.public_url = args.public_url
         settings.ssh_public = args.ssh_public
         settings.session_lifetime = args.session_lifetime
@@ -342,7 +375,10 @@ async def _serve(settings: RelaySettings) -> int:
     server = RelayServer(settings)
     service = await server.start()
     # One parseable line for scripts and tests that start the relay on port 0.
-    print(f"adhoc-relay ready http={service.base_url} ssh={service.ssh_address}", flush=True)
+    metrics = f" metrics={settings.metrics_host}:{server.metrics_port}" \
+        if server.metrics_port else ""
+    print(f"adhoc-relay ready http={service.base_url} ssh={service.ssh_address or 'off'}"
+          f"{metrics}", flush=True)
     try:
         await asyncio.Event().wait()
     finally:
@@ -365,11 +401,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"relay initialised in {settings.data_dir}")
             return 0
         if args.command == "serve":
+            from relay.server import StartError
+
             tune_allocator()
             try:
                 return asyncio.run(_serve(settings))
             except KeyboardInterrupt:
                 return 0
+            except StartError as exc:
+                print(f"adhoc-relay: {exc}", file=sys.stderr)
+                return 1
         if args.command == "technician" and args.action in ("add", "reset-password"):
             # Asked before the event loop starts, so Ctrl+C at the prompt stops at once.
             if args.action == "add":
