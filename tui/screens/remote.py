@@ -32,6 +32,7 @@ class RemoteScreen(PaneScreen):
         self.channel: ShellChannel | None = None
         self.closed_by_user = False
         self._paused = False
+        self._shell_requested = False
 
     def compose(self) -> ComposeResult:
         yield self.status_bar()
@@ -44,10 +45,16 @@ class RemoteScreen(PaneScreen):
     def on_mount(self) -> None:
         self.terminal.focus()
         self.set_interval(0.05, self._flow_control)
-        self.connect()
+        # The shell is opened once the pane has been laid out and knows its size in cells
+        # (its first TerminalView.Resized): a PTY opened before that would start at the
+        # widget's placeholder 80x24 and full-screen programs would draw for the wrong size.
 
     def on_screen_resume(self) -> None:
         self.terminal.focus()
+        # Shown again (back from the list, or reattached): the remote PTY may have been sized
+        # by another attachment meanwhile, so tell it the pane's size again.
+        if self.channel is not None:
+            self.channel.resize(*self.terminal.size_in_cells)
 
     def _send(self, data: bytes) -> None:
         if self.channel is not None:
@@ -74,12 +81,12 @@ class RemoteScreen(PaneScreen):
 
     @work(exclusive=True, group="shell")
     async def connect(self, reconnect: bool = False) -> None:
-        cols, rows = self.terminal.size_in_cells
         attempt = 0
         while not self.closed_by_user:
             if reconnect:
                 await asyncio.sleep(retry_delay(attempt))
                 self.connector.forget(self.session["id"])
+            cols, rows = self.terminal.size_in_cells
             try:
                 self.channel = await self.connector.open_shell(
                     self.session, self.password, cols=cols, rows=rows, shell_id=self.shell_id,
@@ -94,12 +101,17 @@ class RemoteScreen(PaneScreen):
                 self.set_state(f"{clean(exc.detail, 100)}; retrying")
                 continue
             self._paused = False
+            if self.terminal.size_in_cells != (cols, rows):  # resized while the shell opened
+                self.channel.resize(*self.terminal.size_in_cells)
             self.set_state("connected")
             return
 
     @on(TerminalView.Resized)
     def _resized(self, event: TerminalView.Resized) -> None:
-        if self.channel is not None:
+        if not self._shell_requested:
+            self._shell_requested = True
+            self.connect()
+        elif self.channel is not None:
             self.channel.resize(event.cols, event.rows)
 
     def close_shell(self) -> None:

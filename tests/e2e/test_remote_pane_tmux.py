@@ -1,0 +1,85 @@
+"""The remote terminal pane as a technician uses it: the real console in tmux, through a real
+relay to a real agent's PTY, checked with the programs a technician runs."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_console_tmux import Tmux
+from tests.support import PASSWORD, SESSION_PASSWORD, Api, start_session
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None,
+                                reason="tmux is not installed; CI installs it")
+
+PROMPT = r"(?m)[#$] *$"
+
+
+class ConsoleTmux(Tmux):
+    """tmux holding the console, with what these tests also do to its window."""
+
+    def resize(self, cols: int, rows: int) -> None:
+        subprocess.run([*self.base, "resize-window", "-t", self.name, "-x", str(cols),
+                        "-y", str(rows)], check=True)
+
+
+@contextlib.asynccontextmanager
+async def remote_pane(relay, agents, tmp_path: Path, cols: int, rows: int,
+                      keymap: dict[str, str] | None = None) -> AsyncIterator[ConsoleTmux]:
+    """The console in a tmux window of cols x rows, its remote pane open on a live shell."""
+    async with Api(relay.base_url) as api:
+        await start_session(api, agents, tmp_path)
+    config = tmp_path / "console-config"
+    env = {"ADHOC_CONSOLE_CONFIG_DIR": str(config), "TERM": "xterm-256color",
+           "PYTHONPATH": os.getcwd()}
+    login = subprocess.run(
+        [sys.executable, "-m", "tui.cli", "login", relay.base_url, "--login", "alice",
+         "--password-stdin"], input=PASSWORD + "\n", text=True, capture_output=True,
+        env={**os.environ, **env}, timeout=60)
+    assert login.returncode == 0, login.stderr
+    if keymap:
+        with (config / "console.toml").open("a") as toml:
+            toml.write("\n[keys]\n" + "".join(f'"{k}" = "{v}"\n' for k, v in keymap.items()))
+    tmux = ConsoleTmux("adhoc", tmp_path / "tmux.sock")
+    # Without -u, the COLUMNS and LINES that readline exports into the test process would
+    # pin the console at 80x24 whatever the window's size.
+    tmux.start(f"env -u COLUMNS -u LINES {sys.executable} -m tui.cli", env, cols=cols,
+               rows=rows)
+    try:
+        tmux.wait_for(r"customer@example\.com .*active")
+        tmux.keys("r")
+        tmux.wait_for("Session password for")
+        tmux.type(SESSION_PASSWORD)
+        tmux.keys("Enter")
+        tmux.wait_for(r"· connected ·")
+        tmux.wait_for(PROMPT)
+        yield tmux
+    finally:
+        tmux.kill()
+
+
+@pytest.mark.parametrize(("cols", "rows"), [(120, 40), (80, 24)])
+async def test_the_shell_starts_at_the_panes_size(relay, agents, tmp_path: Path, cols: int,
+                                                  rows: int) -> None:
+    # The status bar takes one row; the rest is the remote PTY, from its first byte on.
+    async with remote_pane(relay, agents, tmp_path, cols, rows) as tmux:
+        tmux.type("stty size")
+        tmux.keys("Enter")
+        tmux.wait_for(rf"(?m)^{rows - 1} {cols}\s*$")
+        # The window changes size while the list is on view: back in the pane, the shell
+        # has the pane's new size.
+        tmux.keys("C-]")
+        tmux.wait_for(r"customer@example\.com .*active")
+        tmux.resize(cols - 10, rows - 4)
+        tmux.keys("r")
+        tmux.wait_for(r"· connected ·")
+        tmux.type("stty size")
+        tmux.keys("Enter")
+        tmux.wait_for(rf"(?m)^{rows - 5} {cols - 10}\s*$")
