@@ -83,3 +83,28 @@ async def test_the_shell_starts_at_the_panes_size(relay, agents, tmp_path: Path,
         tmux.type("stty size")
         tmux.keys("Enter")
         tmux.wait_for(rf"(?m)^{rows - 5} {cols - 10}\s*$")
+
+
+async def test_a_quick_esc_colon_reaches_vim_as_typed(relay, agents, tmp_path: Path) -> None:
+    # Esc then :q! typed faster than Textual's escape delay: vim must see Esc, then :q!,
+    # and quit without writing what was typed into the file.
+    kept = tmp_path / "notes.txt"
+    kept.write_text("original\n")
+    async with remote_pane(relay, agents, tmp_path, 100, 30) as tmux:
+        tmux.type(f"vim -u NONE -N {kept}")
+        tmux.keys("Enter")
+        tmux.wait_for(r"(?m)^original")
+        tmux.keys("i")
+        tmux.type("typed ")
+        tmux.keys("Escape", ":q!", "Enter")
+        tmux.wait_for(r"(?m)^[#$] *$")
+        assert kept.read_text() == "original\n"
+        # And Esc :wq saves: the keys were not merely lost.
+        tmux.type(f"vim -u NONE -N {kept}")
+        tmux.keys("Enter")
+        tmux.wait_for(r"(?m)^original")
+        tmux.keys("i")
+        tmux.type("typed ")
+        tmux.keys("Escape", ":wq", "Enter")
+        tmux.wait_for(r"(?m)^[#$] *$")
+        assert kept.read_text() == "typed original\n"

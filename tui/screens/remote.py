@@ -1,7 +1,8 @@
 """Remote control: a live terminal on the customer's computer, through the relay.
 
-Every key goes to the remote shell except the one leave key (ctrl+]). The pane asks for a
-shell with a stable id, so reconnecting after a drop reattaches to the same shell.
+Every key goes to the remote shell except the leave key (ctrl+] unless remapped): pressed
+once it returns to the list, pressed twice in quick succession it is sent to the shell. The
+pane asks for a shell with a stable id, so reconnecting after a drop reattaches to it.
 """
 
 from __future__ import annotations
@@ -9,18 +10,21 @@ from __future__ import annotations
 import asyncio
 import secrets
 
-from textual import on, work
+from textual import events, on, work
 from textual.app import ComposeResult
+from textual.timer import Timer
 
 from tui.client import HostConnector, RelayError, ShellChannel, retry_delay
 from tui.sanitize import clean
 from tui.screens.pane import PaneScreen
-from tui.widgets.terminal import TerminalView
+from tui.widgets.terminal import TerminalView, encode_key
 
 # Pause the SSH channel while the pane has this much output waiting to be parsed, so a flood
 # blocks the remote program instead of being dropped; resume below the low mark.
 HIGH_WATER = 512 * 1024
 LOW_WATER = 64 * 1024
+# A second press of the leave key within this time sends the key to the shell instead.
+LEAVE_TWICE_SECONDS = 0.4
 
 
 class RemoteScreen(PaneScreen):
@@ -33,6 +37,7 @@ class RemoteScreen(PaneScreen):
         self.closed_by_user = False
         self._paused = False
         self._shell_requested = False
+        self._leaving: Timer | None = None  # the leave key was pressed once: waiting for twice
 
     def compose(self) -> ComposeResult:
         yield self.status_bar()
@@ -48,6 +53,43 @@ class RemoteScreen(PaneScreen):
         # The shell is opened once the pane has been laid out and knows its size in cells
         # (its first TerminalView.Resized): a PTY opened before that would start at the
         # widget's placeholder 80x24 and full-screen programs would draw for the wrong size.
+
+    def status_text(self) -> str:
+        if self._leaving is None:
+            return super().status_text()
+        key = self.leave_key()
+        return f" {key} again: send {key} to the shell · any other key: back to the list"
+
+    def action_leave(self) -> None:
+        if self._leaving is None:
+            # Wait a moment for a second press; meanwhile the terminal lets go of the keys
+            # (no cursor), and any other key leaves at once and goes to the list.
+            self._leaving = self.set_timer(LEAVE_TWICE_SECONDS, self._leave_now)
+            self.set_focus(None)
+            self.set_state(self.state)
+            return
+        self._leaving.stop()
+        self._leaving = None
+        key = next((key for key, active in self.active_bindings.items()
+                    if active.binding.action == "leave" and active.binding.priority), None)
+        encoded = encode_key(key, None) if key else None
+        if encoded:
+            self._send(encoded.encode())
+        self.set_state(self.state)
+        self.terminal.focus()
+
+    def _leave_now(self) -> None:
+        self._leaving = None
+        self.set_state(self.state)
+        if self.is_current:
+            super().action_leave()
+
+    def on_key(self, event: events.Key) -> None:
+        if self._leaving is not None:  # another key after the leave key: leave, and pass it on
+            event.stop()
+            self._leaving.stop()
+            self._leave_now()
+            self.app.post_message(events.Key(event.key, event.character))
 
     def on_screen_resume(self) -> None:
         self.terminal.focus()

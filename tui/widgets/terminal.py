@@ -36,11 +36,12 @@ from textual.message import Message
 from textual.strip import Strip
 from textual.widget import Widget
 
+from tui.rawinput import Kind, RawInputDriver, Token, replay_as_keys
 from tui.widgets import fastpath
 from tui.widgets.fastpath import History, LineRuns
 
 LEAVE_KEY = "ctrl+right_square_bracket"
-"""The one key the pane does not swallow: the screen binds it to leave the terminal pane."""
+"""The default key that leaves a terminal pane (a screen's priority binding, remappable)."""
 
 MAX_PENDING_BYTES = 4 * 1024 * 1024
 """Hard cap on received-but-unparsed output; past it the oldest pending bytes are dropped."""
@@ -425,6 +426,7 @@ class TerminalView(Widget, can_focus=True):
         self._focused = False
         self._output_queued: Event | None = None  # set while output waits for the parser
         self._painted_at = 0.0
+        self._key_modes: tuple[bool, bool, int] | None = None  # mirrored on the real terminal
 
     # --- the interface the session code uses --- #
 
@@ -519,6 +521,7 @@ class TerminalView(Widget, can_focus=True):
                 # The host asked to resize the grid (DECCOLM, XTWINOPS 8, DECSLPP); the pane's
                 # size is the technician's window, so put it back.
                 self._resize_grid(self._cols, self._rows)
+        self._mirror_key_modes()
         elapsed = perf_counter() - started
         if elapsed > PARSE_BUDGET_SECONDS / 2:  # a short frame says little about the rate
             self._parse_rate = 0.7 * self._parse_rate + 0.3 * parsed / elapsed
@@ -685,13 +688,75 @@ class TerminalView(Widget, can_focus=True):
         self._focused = True
         self._board.set_focus(True)  # reported to the host only if it enabled mode 1004
         self._repaint()
+        self.take_keys()
 
     def on_blur(self, event: events.Blur) -> None:
         self._focused = False
         self._board.set_focus(False)
         self._repaint()
+        driver = self._raw_driver()
+        if driver is not None:
+            driver.stop_raw()
+
+    def on_unmount(self) -> None:
+        if self._focused and (driver := self._raw_driver()) is not None:
+            driver.stop_raw()
 
     # --- input --- #
+
+    def _raw_driver(self) -> RawInputDriver | None:
+        driver = getattr(self.app, "_driver", None)
+        return driver if isinstance(driver, RawInputDriver) else None
+
+    def take_keys(self) -> None:
+        """Have the technician's keys come as their terminal sent them, while focused.
+
+        Only keys that a priority binding takes from the pane (its leave key) go to Textual;
+        after one of those the screen calls this again if the pane is to keep the keys.
+        """
+        driver = self._raw_driver()
+        if driver is None or not self._focused:
+            return  # Textual's key events, encoded by name (tests, other platforms)
+        taken = frozenset(
+            key
+            for key, active in self.screen.active_bindings.items()
+            if active.binding.priority and active.enabled
+        )
+        driver.start_raw(self._raw_input, taken)
+        self._key_modes = None
+        self._mirror_key_modes()
+
+    def _mirror_key_modes(self) -> None:
+        """The remote program's key modes, on the technician's terminal while it types raw."""
+        modes = self._board.modes
+        wanted = (
+            bool(modes.cursor_application_mode),
+            bool(modes.application_keypad),
+            int(self._board.keyboard.modify_other_keys or 0),
+        )
+        if wanted != self._key_modes and self._focused:
+            driver = self._raw_driver()
+            if driver is not None and driver.raw:
+                driver.set_key_modes(*wanted)
+                self._key_modes = wanted
+
+    def _raw_input(self, tokens: list[Token]) -> None:
+        """Keys and pastes from the raw driver, in the order they were typed."""
+        if not self._focused:
+            # Typed as the focus moved away: they belong to whatever has it now.
+            replay_as_keys(self.app, b"".join(token.data for token in tokens))
+            return
+        keys = bytearray()
+        for token in tokens:
+            if token.kind is Kind.PASTE:
+                if keys:
+                    self._send_bytes(bytes(keys))
+                    keys.clear()
+                self._paste(token.text.decode("utf-8", "replace"))
+            else:
+                keys += token.data
+        if keys:
+            self._send_bytes(bytes(keys))
 
     def _scroll_history(self, rows: int) -> None:
         if self._chrome.scrollback is None or self._board.blitter.in_alt_screen:
@@ -701,15 +766,18 @@ class TerminalView(Widget, can_focus=True):
         self._repaint()
 
     def _send_text(self, text: str) -> None:
+        self._send_bytes(text.encode("utf-8", "surrogateescape"))
+
+    def _send_bytes(self, data: bytes) -> None:
         if self._chrome.view_offset():
             self._chrome.scroll_to_bottom()
             self._invalidate_all()
             self._repaint()
-        self._send(text.encode("utf-8", "surrogateescape"))
+        self._send(data)
 
     def on_key(self, event: events.Key) -> None:
-        if event.key == LEAVE_KEY:
-            return  # bubbles to the screen's binding that leaves the pane
+        # Keys by name: where the raw driver is not in use (tests, other platforms), or
+        # keys it handed to Textual. A priority binding (the leave key) never gets here.
         in_alt_screen = self._board.blitter.in_alt_screen
         if event.key in ("shift+pageup", "shift+pagedown") and not in_alt_screen:
             page = max(1, self._rows - 1)
@@ -726,15 +794,18 @@ class TerminalView(Widget, can_focus=True):
         event.prevent_default()
 
     def on_paste(self, event: events.Paste) -> None:
+        self._paste(event.text)
+        event.stop()
+        event.prevent_default()
+
+    def _paste(self, text: str) -> None:
         # As xterm does, line feeds become carriage returns (what Enter sends). A pasted
         # end-of-paste marker is removed so pasted text cannot escape the bracket.
-        text = event.text.replace("\r\n", "\r").replace("\n", "\r")
+        text = text.replace("\r\n", "\r").replace("\n", "\r")
         if self._board.modes.bracketed_paste:
             text = "\x1b[200~" + text.replace("\x1b[201~", "") + "\x1b[201~"
         if text:
             self._send_text(text)
-        event.stop()
-        event.prevent_default()
 
     def on_mouse_scroll_up(self, event: events.MouseScrollUp) -> None:
         self._scroll_history(-3)

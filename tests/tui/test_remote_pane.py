@@ -1,0 +1,89 @@
+"""The remote-control pane in the console, against a real relay and agent, driven by Pilot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from textual.widgets import Static
+
+from tests.tui.test_console import console, give_password, online_session, wait_until
+from tui.screens import remote
+from tui.screens.audit import AuditModal
+from tui.screens.remote import RemoteScreen
+from tui.widgets.terminal import TerminalView
+
+
+async def open_shell(app, pilot) -> TerminalView:
+    await pilot.press("r")
+    await give_password(pilot, app)
+    await wait_until(pilot, lambda: isinstance(app.screen, RemoteScreen), timeout=30)
+    await wait_until(pilot, lambda: app.screen.channel is not None, timeout=30)
+    terminal = app.screen.query_one(TerminalView)
+    await wait_until(pilot, lambda: any(line.rstrip().endswith(("#", "$"))
+                                        for line in terminal.screen_lines()))
+    return terminal
+
+
+def shows(terminal: TerminalView, text: str) -> bool:
+    return any(text in line for line in terminal.screen_lines())
+
+
+def status(app) -> str:
+    return str(app.screen.query_one("#pane-status", Static).render())
+
+
+async def test_the_shell_starts_at_the_panes_size(relay, agents, tmp_path: Path) -> None:
+    _session, _agent, token = await online_session(relay, agents, tmp_path, "ida@example.com")
+    async with console(relay, token, size=(120, 40)) as (app, pilot, _table):
+        terminal = await open_shell(app, pilot)
+        await pilot.press(*"stty size", "enter")
+        await wait_until(pilot, lambda: shows(terminal, "39 120"))
+        await app.action_quit()
+
+
+async def test_the_leave_key_twice_goes_to_the_shell(relay, agents, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    _session, _agent, token = await online_session(relay, agents, tmp_path, "jo@example.com")
+    async with console(relay, token, size=(100, 30)) as (app, pilot, _table):
+        terminal = await open_shell(app, pilot)
+        assert status(app).endswith("^] back")
+        await pilot.press(*"cat -v", "enter")
+        monkeypatch.setattr(remote, "LEAVE_TWICE_SECONDS", 60)  # the test's pace is no matter
+        await pilot.press("ctrl+right_square_bracket")
+        assert isinstance(app.screen, RemoteScreen)
+        assert status(app).startswith(" ^] again: send ^] to the shell")
+        await pilot.press("ctrl+right_square_bracket", "enter")
+        await wait_until(pilot, lambda: shows(terminal, "^]"))
+        assert isinstance(app.screen, RemoteScreen) and app.focused is terminal
+        assert status(app).endswith("^] back")
+        await pilot.press("ctrl+c")
+
+        # Once, then any other key: back to the list, and the key is the list's.
+        await pilot.press("ctrl+right_square_bracket", "a")
+        await wait_until(pilot, lambda: isinstance(app.screen, AuditModal))
+        await pilot.press("escape")
+
+        # Once, and nothing else: back to the list when the wait is over.
+        await pilot.press("r")
+        await wait_until(pilot, lambda: app.focused is terminal)
+        monkeypatch.setattr(remote, "LEAVE_TWICE_SECONDS", 0.05)
+        await pilot.press("ctrl+right_square_bracket")
+        await wait_until(pilot, lambda: not isinstance(app.screen, RemoteScreen))
+        await app.action_quit()
+
+
+async def test_a_remapped_leave_key_frees_ctrl_bracket(relay, agents, tmp_path: Path) -> None:
+    _session, _agent, token = await online_session(relay, agents, tmp_path, "kim@example.com")
+    async with console(relay, token, size=(100, 30), keymap={"pane.leave": "f12"}) as (
+            app, pilot, _table):
+        terminal = await open_shell(app, pilot)
+        assert status(app).endswith("f12 back")
+        await pilot.press(*"cat -v", "enter", "ctrl+right_square_bracket", "enter")
+        await wait_until(pilot, lambda: shows(terminal, "^]"))
+        assert isinstance(app.screen, RemoteScreen)
+        await pilot.press("ctrl+c", *"echo done", "enter")
+        await wait_until(pilot, lambda: shows(terminal, "done"))
+        await pilot.press("f12")
+        await wait_until(pilot, lambda: not isinstance(app.screen, RemoteScreen))
+        await app.action_quit()
