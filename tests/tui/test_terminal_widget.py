@@ -148,7 +148,9 @@ async def test_device_queries_are_answered() -> None:
         view.feed(b"abc\x1b[6n\x1b[c")
         await drain(pilot, view)
         assert app.sent[0] == b"\x1b[1;4R"
-        assert app.sent[1].startswith(b"\x1b[?") and app.sent[1].endswith(b"c")
+        # A VT220 with colour: no 132 columns (1), printer (2) or user-defined keys (8) that
+        # would lead programs down paths the pane cannot follow.
+        assert app.sent[1] == b"\x1b[?62;22c"
 
 
 async def test_an_accent_joins_its_letter_even_right_after_a_reset() -> None:

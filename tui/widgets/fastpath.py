@@ -176,7 +176,7 @@ class LineRuns:
             and not printer.auto_print
             and not printer._byte_pending
             and printer._decoder.getstate()[0] == b""
-            and blitter.grapheme_clustering
+            and not blitter.grapheme_clustering
             and not blitter.right_to_left
             and not blitter.status_active
             and not blitter.in_alt_screen

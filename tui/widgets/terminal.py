@@ -13,20 +13,16 @@ lines skip bittty's per-line work (tui/widgets/fastpath.py) and end in the same 
 from __future__ import annotations
 
 import re
-import unicodedata
 from asyncio import Event, sleep
 from collections.abc import Callable, Sequence
-from functools import lru_cache
 from time import perf_counter
 
 from bittty import XTERM, Board
-from bittty.constants import ERASE_ALL
 from bittty.operations import Operation
 from bittty.style import Color as CellColor
 from bittty.style import Style as CellStyle
 from bittty.terminals import Terminal
 from bittty.video import CONTINUATION, Cell, WideHead
-from rich.cells import cell_len
 from rich.color import Color
 from rich.segment import Segment
 from rich.style import Style
@@ -38,7 +34,9 @@ from textual.widget import Widget
 
 from tui.rawinput import Kind, RawInputDriver, Token, replay_as_keys
 from tui.widgets import fastpath
+from tui.widgets.emulation import behave_as_tmux
 from tui.widgets.fastpath import History, LineRuns
+from tui.widgets.widths import HOST_WIDTHS, glyph_to_paint, sanitize_text, use_host_widths
 
 LEAVE_KEY = "ctrl+right_square_bracket"
 """The default key that leaves a terminal pane (a screen's priority binding, remappable)."""
@@ -190,28 +188,9 @@ def encode_key(key: str, character: str | None, *, application_cursor: bool = Fa
     return None
 
 
-def _is_unsafe_char(char: str) -> bool:
-    # Controls, format characters (bidi overrides, zero-width joiners) and lone surrogates
-    # could make the real terminal move, reorder or misjudge widths; none belong in a cell.
-    return unicodedata.category(char) in ("Cc", "Cf", "Cs")
-
-
-@lru_cache(maxsize=8192)
-def _safe_glyph(text: str, width: int) -> str:
-    """A cell's text made safe to print, and exactly `width` columns wide as Textual counts."""
-    if text.isascii() and text.isprintable() and len(text) == width:
-        return text
-    cleaned = "".join(char for char in text if not _is_unsafe_char(char))
-    if cleaned and cell_len(cleaned) == width:
-        return cleaned
-    if cleaned and cell_len(cleaned[0]) == width:
-        return cleaned[0]  # an emoji sequence Textual would measure wider: show its first part
-    return "?" * width
-
-
 def _row_text(cells: Sequence[Cell]) -> str:
     return "".join(
-        _safe_glyph(char, 2 if isinstance(char, WideHead) else 1)
+        glyph_to_paint(char, 2 if isinstance(char, WideHead) else 1)
         for _, char in cells
         if char != CONTINUATION
     )
@@ -219,8 +198,7 @@ def _row_text(cells: Sequence[Cell]) -> str:
 
 def sanitize_label(text: str) -> str:
     """Host-supplied text (a window title) reduced to printable characters on one line."""
-    cleaned = "".join(char for char in text if not _is_unsafe_char(char))
-    return cleaned[:_TITLE_MAX_CHARS]
+    return sanitize_text(text)[:_TITLE_MAX_CHARS]
 
 
 def _rich_color(color: CellColor | None) -> Color | None:
@@ -318,33 +296,6 @@ def _ignore(operation: Operation) -> None:
     pass
 
 
-def _clear_alternate_screen_on_entry(board: Board) -> None:
-    """Make entering the alternate screen start from a blank page, as xterm's mode 1049 does.
-
-    bittty 0.3.0 keeps whatever the last full-screen program left there, and programs that
-    trust the page to be blank (less) would show vim's leftovers around their own text.
-    """
-    blitter = board.blitter
-    switch = blitter.switch_screen
-
-    def switch_screen(alt: bool) -> None:
-        entering = alt and not blitter.in_alt_screen
-        switch(alt)
-        if entering:
-            page = blitter.alt_page
-            for y in range(page.height):
-                page.clear_line(y, ERASE_ALL, 0, "")
-
-    blitter.switch_screen = switch_screen
-
-
-def _keep_grapheme_clustering(board: Board) -> None:
-    """Turn grapheme clustering on for good: every later request turns it on again, at once."""
-    switch = board.blitter.set_grapheme_clustering
-    switch(True)
-    board.blitter.set_grapheme_clustering = lambda enabled: switch(True)
-
-
 class TerminalView(Widget, can_focus=True):
     """A remote shell's screen: feed it the remote's bytes, and it sends back the keys typed."""
 
@@ -393,13 +344,13 @@ class TerminalView(Widget, can_focus=True):
         self.dropped_bytes = 0
         """Output discarded because the pane could not parse it as fast as it arrived."""
 
-        self._board = Board(width=self._cols, height=self._rows, model=XTERM)
-        # Without clustering bittty gives every combining mark a column of its own, so text in
-        # decomposed form (macOS file names) would drift from where the remote shell thinks
-        # the cursor is. Clustered, an accent joins its letter as it does in xterm. It stays
-        # on: a reset (RIS) or mode 2027 from the host only forgets the cluster in progress.
-        _keep_grapheme_clustering(self._board)
-        _clear_alternate_screen_on_entry(self._board)
+        self._board = Board(
+            width=self._cols, height=self._rows, model=XTERM, width_policy=HOST_WIDTHS
+        )
+        # Text lands where the remote shell thinks it does: each code point at its wcwidth,
+        # zero-width ones (an accent in a decomposed macOS file name) joining the cell before.
+        use_host_widths(self._board)
+        behave_as_tmux(self._board)
         # The host may not touch the technician's clipboard, not even the board's copy of it.
         self._board.registry["OSC_CLIPBOARD"] = _ignore
         self._replies = _ReplyLine(send)
@@ -649,7 +600,7 @@ class TerminalView(Widget, can_focus=True):
             text = "".join([cell[1] for cell in cells[x:end]])
             if not (len(text) == end - x and text.isascii() and text.isprintable()):
                 text = _row_text(cells[x:end])  # wide glyphs, clusters, or characters to mask
-            width = cell_len(text) if not text.isascii() else len(text)
+            width = end - x  # every glyph is painted at exactly its cells' width
             if concealed:
                 text = " " * width
             segments.append(Segment(text, style))
