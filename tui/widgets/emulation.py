@@ -6,8 +6,9 @@ pane to tmux's screen for the same bytes.
 
 from __future__ import annotations
 
-from bittty import Board
+from bittty import Board, mode_profiles
 from bittty.constants import ERASE_ALL
+from bittty.devices.modes import MODE_SPECS
 from bittty.operations import Operation
 
 PRIMARY_DEVICE_ATTRIBUTES = "\x1b[?62;22c"
@@ -49,6 +50,29 @@ def clear_tab_stops_as_xterm(board: Board) -> None:
     board.registry["TBC"] = clear
 
 
+def erase_characters_as_xterm(board: Board) -> None:
+    """ECH blanks cells in the background colour alone, as EL does; bittty kept the current
+    foreground and attributes (a bold grey blank where htop erased a meter)."""
+    blitter, cursor, style = board.blitter, board.cursor, board.style
+
+    def erase(operation: Operation) -> None:
+        cursor.cancel_pending_wrap()
+        blank = style.background_ansi()
+        page, y = blitter.current_page, cursor.y
+        for x in range(cursor.x, min(cursor.x + max(1, operation.args[0]), blitter.width)):
+            page.set_cell(x, y, " ", blank)
+
+    board.registry["ECH"] = erase
+
+
+def keep_the_columns_as_tmux(board: Board) -> None:
+    """DECCOLM (mode 3) clears the screen and homes the cursor, as in tmux, and the pane keeps
+    its width (the technician's window): bittty would switch to 80 or 132 columns."""
+    tmux = next(spec for spec in MODE_SPECS
+                if spec.capability == mode_profiles.TMUX_COLUMN_MODE)
+    board.modes._modes[(True, 3)] = tmux
+
+
 def draw_line_graphics_as_tmux(board: Board) -> None:
     """DEC special graphics (ESC ( 0) drawn with tmux's glyphs."""
     charset = board.charset
@@ -84,5 +108,7 @@ def behave_as_tmux(board: Board) -> None:
     """Every adjustment, in order."""
     answer_as_a_vt220(board)
     clear_tab_stops_as_xterm(board)
+    erase_characters_as_xterm(board)
+    keep_the_columns_as_tmux(board)
     draw_line_graphics_as_tmux(board)
     clear_alternate_screen_on_entry(board)

@@ -59,7 +59,50 @@ Row = tuple[str, Style | tuple[Style, ...], bool]
 
 
 class History(MemoryScrollback):
-    """bittty's in-memory scrollback, able to take many complete lines at once."""
+    """bittty's in-memory scrollback, able to take many complete lines at once, and to give
+    its newest rows back to the screen (when the window grows or widens, as in tmux)."""
+
+    def take_open(self) -> list[ScrollbackLine]:
+        """The rows held of the line still arriving (its tail is on the screen), taken out."""
+        rows = list(self._open)
+        self.cells -= sum(len(row.styles) for row in rows)
+        self._open.clear()
+        self._open_width = 0
+        self._joined = None
+        return rows
+
+    def pop_rows(self, count: int, columns: int) -> list[tuple[list, bool]]:
+        """Up to `count` of the newest rows laid out at `columns`, oldest first, each with
+        whether its line goes on in the next; taken out. A line cut keeps its head here,
+        open, as if its tail were still on the screen."""
+        taken: list[tuple[list, bool]] = []
+        while count > 0 and self._open:
+            row = self._open.pop()
+            self.cells -= len(row.styles)
+            self._open_width -= row.width
+            self._joined = None
+            taken.append((row.cells(0, len(row)), True))
+            count -= 1
+        while count > 0 and self._lines:
+            line = self._lines.pop()
+            self.cells -= len(line.styles) + 1
+            for rows in self._rows.values():
+                rows.pop()
+            scale = line.scale
+            laid = []
+            for within in range(rows_of(line.width, columns)):
+                start, stop = -(-within * columns // scale), (within + 1) * columns // scale
+                cells = line.cells(start, stop)
+                laid.append(cells + [(_UNSTYLED, " ")] * (stop - start - len(cells)))
+            head, tail = laid[: max(0, len(laid) - count)], laid[max(0, len(laid) - count) :]
+            for cells in head:
+                self.append(ScrollbackLine.of(cells, attribute=line.attribute), True)
+            flags = [True] * len(tail)
+            flags[-1] = False
+            taken.extend(reversed(list(zip(tail, flags, strict=True))))
+            count -= len(tail)
+        taken.reverse()
+        return taken
 
     def extend(self, lines: Sequence[ScrollbackLine], cells: int) -> None:
         """Append complete lines, with the same end state as `append(line)` for each in turn;

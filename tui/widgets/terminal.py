@@ -36,6 +36,7 @@ from tui.rawinput import Kind, RawInputDriver, Token, replay_as_keys
 from tui.widgets import fastpath
 from tui.widgets.emulation import behave_as_tmux
 from tui.widgets.fastpath import History, LineRuns
+from tui.widgets.reflow import Resizer
 from tui.widgets.widths import HOST_WIDTHS, glyph_to_paint, sanitize_text, use_host_widths
 
 LEAVE_KEY = "ctrl+right_square_bracket"
@@ -358,6 +359,7 @@ class TerminalView(Widget, can_focus=True):
         history = History(scrollback * max(self._cols, 80)) if scrollback > 0 else None
         self._chrome = _Chrome(self._board, history, self)
         self._chrome.attach()
+        self._resizer = Resizer(self._board, history)
         self._line_runs = (
             LineRuns(self._board, history, self._chrome.on_rows_scrolled_off)
             if fastpath.AVAILABLE
@@ -478,17 +480,7 @@ class TerminalView(Widget, can_focus=True):
             self._parse_rate = 0.7 * self._parse_rate + 0.3 * parsed / elapsed
 
     def _resize_grid(self, cols: int, rows: int) -> None:
-        board = self._board
-        blitter, cursor = board.blitter, board.cursor
-        overflow = cursor.y - (rows - 1)
-        if overflow > 0 and not blitter.in_alt_screen:
-            # bittty cuts rows off the bottom when the grid shrinks, which would take the
-            # prompt with them. Like xterm, push rows off the top into history instead so the
-            # cursor's row stays on screen.
-            blitter.set_scroll_region(0, board.height - 1)
-            blitter.scroll(overflow)
-            cursor.y -= overflow
-        board.resize(cols, rows)
+        self._resizer.resize(cols, rows)
 
     async def _parse_output(self) -> None:
         """Parse output as it comes, a turn at a time, painting as it goes."""
