@@ -25,6 +25,11 @@ PROMPT = r"(?m)[#$] *$"
 class ConsoleTmux(Tmux):
     """tmux holding the console, with what these tests also do to its window."""
 
+    def coloured_screen(self) -> str:
+        """The window's text with its colours and attributes as escape sequences."""
+        return subprocess.run([*self.base, "capture-pane", "-p", "-e", "-t", self.name],
+                              capture_output=True, text=True).stdout
+
     def resize(self, cols: int, rows: int) -> None:
         subprocess.run([*self.base, "resize-window", "-t", self.name, "-x", str(cols),
                         "-y", str(rows)], check=True)
@@ -108,3 +113,18 @@ async def test_a_quick_esc_colon_reaches_vim_as_typed(relay, agents, tmp_path: P
         tmux.keys("Escape", ":wq", "Enter")
         tmux.wait_for(r"(?m)^[#$] *$")
         assert kept.read_text() == "typed original\n"
+
+
+async def test_ansi_colours_reach_the_technicians_terminal_as_ansi(relay, agents,
+                                                                   tmp_path: Path) -> None:
+    # The remote's red is the technician's own red: ANSI indexes (31, 94), not RGB from a
+    # fixed palette; text in the default colours stays in the terminal's defaults.
+    async with remote_pane(relay, agents, tmp_path, 100, 30) as tmux:
+        tmux.type(r"printf '\033[31mRED\033[0m \033[94mBLUE\033[0m plain\n'")
+        tmux.keys("Enter")
+        tmux.wait_for(r"(?m)^RED BLUE plain")
+        coloured = tmux.coloured_screen()
+        assert "\x1b[31mRED" in coloured
+        assert "\x1b[94mBLUE" in coloured
+        plain = next(line for line in coloured.splitlines() if "plain" in line and "RED" in line)
+        assert "38;" not in plain and "48;" not in plain

@@ -27,6 +27,7 @@ from rich.color import Color
 from rich.segment import Segment
 from rich.style import Style
 from textual import events
+from textual.filter import ANSIToTruecolor, LineFilter
 from textual.geometry import Region
 from textual.message import Message
 from textual.strip import Strip
@@ -304,8 +305,8 @@ class TerminalView(Widget, can_focus=True):
     TerminalView {
         width: 1fr;
         height: 1fr;
-        background: $background;
-        color: $foreground;
+        background: ansi_default;
+        color: ansi_default;
         overflow: hidden hidden;
     }
     """
@@ -599,6 +600,15 @@ class TerminalView(Widget, can_focus=True):
             total += width
             x = end
         return Strip(segments, total)
+
+    def get_line_filters(self) -> Sequence[LineFilter]:
+        # The remote's 16 ANSI colours (and its default colours) reach the technician's
+        # terminal as ANSI indexes, drawn in their own palette, not Textual's fixed one.
+        return [
+            line_filter
+            for line_filter in super().get_line_filters()
+            if not isinstance(line_filter, ANSIToTruecolor)
+        ]
 
     def notify_style_update(self) -> None:
         super().notify_style_update()
