@@ -128,3 +128,20 @@ async def test_ansi_colours_reach_the_technicians_terminal_as_ansi(relay, agents
         assert "\x1b[94mBLUE" in coloured
         plain = next(line for line in coloured.splitlines() if "plain" in line and "RED" in line)
         assert "38;" not in plain and "48;" not in plain
+
+
+async def test_vim_takes_the_mouse_it_asked_for(relay, agents, tmp_path: Path) -> None:
+    # A click on the third line's fifth character (the status bar is the screen's first
+    # row), as the technician's terminal reports it, then x: that character goes.
+    text = tmp_path / "clicked.txt"
+    text.write_text("line one\nline two\nabcdefgh\n")
+    async with remote_pane(relay, agents, tmp_path, 100, 30) as tmux:
+        tmux.type(f"vim -u NONE -N -c 'set mouse=a' {text}")
+        tmux.keys("Enter")
+        tmux.wait_for(r"(?m)^abcdefgh")
+        tmux.type("\x1b[<0;5;4M\x1b[<0;5;4m")
+        tmux.type("x")
+        tmux.wait_for(r"(?m)^abcdfgh")
+        tmux.keys(":wq", "Enter")
+        tmux.wait_for(PROMPT)
+        assert text.read_text() == "line one\nline two\nabcdfgh\n"

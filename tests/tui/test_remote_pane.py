@@ -52,7 +52,7 @@ async def test_the_leave_key_twice_goes_to_the_shell(relay, agents, tmp_path: Pa
         monkeypatch.setattr(remote, "LEAVE_TWICE_SECONDS", 60)  # the test's pace is no matter
         await pilot.press("ctrl+right_square_bracket")
         assert isinstance(app.screen, RemoteScreen)
-        assert status(app).startswith(" ^] again: send ^] to the shell")
+        assert status(app).startswith(" ^] again: send ^] ·")
         await pilot.press("ctrl+right_square_bracket", "enter")
         await wait_until(pilot, lambda: shows(terminal, "^]"))
         assert isinstance(app.screen, RemoteScreen) and app.focused is terminal
@@ -70,6 +70,27 @@ async def test_the_leave_key_twice_goes_to_the_shell(relay, agents, tmp_path: Pa
         monkeypatch.setattr(remote, "LEAVE_TWICE_SECONDS", 0.05)
         await pilot.press("ctrl+right_square_bracket")
         await wait_until(pilot, lambda: not isinstance(app.screen, RemoteScreen))
+        await app.action_quit()
+
+
+async def test_history_from_the_leave_key_as_tmux_prefix(relay, agents, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    _session, _agent, token = await online_session(relay, agents, tmp_path, "liv@example.com")
+    async with console(relay, token, size=(100, 30)) as (app, pilot, _table):
+        terminal = await open_shell(app, pilot)
+        await pilot.press(*"echo marker-$((6*7))", "enter")
+        await wait_until(pilot, lambda: shows(terminal, "marker-42"))
+        monkeypatch.setattr(remote, "LEAVE_TWICE_SECONDS", 60)
+        await pilot.press("ctrl+right_square_bracket", "slash")
+        await wait_until(pilot, lambda: status(app).startswith(" search older:"))
+        await pilot.press(*"marker-42", "enter", "v", "dollar_sign", "y")
+        await wait_until(pilot, lambda: app.clipboard == "marker-42")
+        await wait_until(pilot, lambda: status(app).endswith("^] back"))
+        assert isinstance(app.screen, RemoteScreen) and app.focused is terminal
+        await pilot.press("ctrl+right_square_bracket", "left_square_bracket")
+        await wait_until(pilot, lambda: status(app).startswith(" history ["))
+        await pilot.press("q")
+        await wait_until(pilot, lambda: status(app).endswith("^] back"))
         await app.action_quit()
 
 

@@ -38,6 +38,7 @@ class RemoteScreen(PaneScreen):
         self._paused = False
         self._shell_requested = False
         self._leaving: Timer | None = None  # the leave key was pressed once: waiting for twice
+        self._browsing: str | None = None  # what the status bar says while history is browsed
 
     def compose(self) -> ComposeResult:
         yield self.status_bar()
@@ -55,10 +56,17 @@ class RemoteScreen(PaneScreen):
         # widget's placeholder 80x24 and full-screen programs would draw for the wrong size.
 
     def status_text(self) -> str:
-        if self._leaving is None:
-            return super().status_text()
         key = self.leave_key()
-        return f" {key} again: send {key} to the shell · any other key: back to the list"
+        if self._leaving is not None:
+            return f" {key} again: send {key} · [: history · /: search · other keys: back"
+        if self._browsing is not None:
+            return self._browsing
+        return super().status_text()
+
+    @on(TerminalView.Browsing)
+    def _browsing_changed(self, event: TerminalView.Browsing) -> None:
+        self._browsing = event.text
+        self.set_state(self.state)
 
     def action_leave(self) -> None:
         if self._leaving is None:
@@ -85,11 +93,19 @@ class RemoteScreen(PaneScreen):
             super().action_leave()
 
     def on_key(self, event: events.Key) -> None:
-        if self._leaving is not None:  # another key after the leave key: leave, and pass it on
-            event.stop()
-            self._leaving.stop()
-            self._leave_now()
-            self.app.post_message(events.Key(event.key, event.character))
+        if self._leaving is None:
+            return
+        event.stop()
+        self._leaving.stop()
+        if event.character in ("[", "/"):  # as tmux's prefix: history, or search it
+            self._leaving = None
+            self.terminal.focus()
+            self.terminal.browse(search=event.character == "/")
+            self.set_state(self.state)
+            return
+        # Another key after the leave key: leave, and pass the key on to the list.
+        self._leave_now()
+        self.app.post_message(events.Key(event.key, event.character))
 
     def on_screen_resume(self) -> None:
         self.terminal.focus()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from asyncio import Event, sleep
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from time import perf_counter
 
 from bittty import XTERM, Board
@@ -22,6 +23,7 @@ from bittty.operations import Operation
 from bittty.style import Color as CellColor
 from bittty.style import Style as CellStyle
 from bittty.terminals import Terminal
+from bittty.terminals.scrollback import rows_of
 from bittty.video import CONTINUATION, Cell, WideHead
 from rich.color import Color
 from rich.segment import Segment
@@ -34,7 +36,8 @@ from textual.strip import Strip
 from textual.widget import Widget
 
 from tui.rawinput import Kind, RawInputDriver, Token, replay_as_keys
-from tui.widgets import fastpath
+from tui.widgets import fastpath, mouse
+from tui.widgets.copymode import CopyMode, Rows
 from tui.widgets.emulation import behave_as_tmux
 from tui.widgets.fastpath import History, LineRuns
 from tui.widgets.reflow import Resizer
@@ -71,6 +74,9 @@ MAX_OPEN_SEQUENCE_CHARS = 128 * 1024
 REPLY_BUDGET_BYTES = 4096
 
 _TITLE_MAX_CHARS = 200
+_SELECTED = Style(reverse=True)
+_FOUND = Style(color=Color.parse("black"), bgcolor=Color.parse("yellow"))
+_INDICATOR = Style(reverse=True, bold=True)
 
 _ANSI_NAMES = (
     "black",
@@ -247,14 +253,29 @@ class _ReplyLine:
     def __init__(self, send: Callable[[bytes], None]) -> None:
         self._send = send
         self.budget = REPLY_BUDGET_BYTES
+        self._input = False  # what bittty writes now is the technician's input (mouse, keys)
+
+    @contextmanager
+    def technician_input(self):
+        """While this lasts, the emulator writes the technician's input: pass it unfiltered."""
+        self._input = True
+        try:
+            yield
+        finally:
+            self._input = False
 
     def write(self, data: str) -> int:
-        if _SAFE_REPLY.fullmatch(data) and len(data) <= self.budget:
+        if self._input:
+            self._send(data.encode("utf-8", "surrogateescape"))
+        elif _SAFE_REPLY.fullmatch(data) and len(data) <= self.budget:
             self.budget -= len(data)
             self._send(data.encode("ascii", "replace"))
         return len(data)
 
     def write_bytes(self, data: bytes) -> int:
+        if self._input:
+            self._send(bytes(data))
+            return len(data)
         return self.write(data.decode("latin-1"))
 
     def flush(self) -> None:
@@ -324,6 +345,19 @@ class TerminalView(Widget, can_focus=True):
         def control(self) -> TerminalView | None:
             return self.terminal
 
+    class Browsing(Message):
+        """The technician browses history (`text` says where and what keys do), or stopped
+        (`text` is None)."""
+
+        def __init__(self, terminal: TerminalView, text: str | None) -> None:
+            super().__init__()
+            self.terminal = terminal
+            self.text = text
+
+        @property
+        def control(self) -> TerminalView:
+            return self.terminal
+
     max_pending_bytes: int = MAX_PENDING_BYTES
 
     def __init__(
@@ -381,6 +415,8 @@ class TerminalView(Widget, can_focus=True):
         self._output_queued: Event | None = None  # set while output waits for the parser
         self._painted_at = 0.0
         self._key_modes: tuple[bool, bool, int] | None = None  # mirrored on the real terminal
+        self._copy: CopyMode | None = None  # browsing history: keys stay in the console
+        self._drag: CopyMode | None = None  # a mouse selection on the live screen
 
     # --- the interface the session code uses --- #
 
@@ -504,6 +540,10 @@ class TerminalView(Widget, can_focus=True):
         self.refresh()
 
     def _cursor_cell(self) -> tuple[int, int] | None:
+        if self._copy is not None:
+            row, column = self._copy.cursor
+            y = row - self._view_top()
+            return (column, y) if 0 <= y < self._rows else None
         if not self._focused or self._chrome.view_offset():
             return None
         cursor = self._chrome.port.cursor
@@ -575,6 +615,12 @@ class TerminalView(Widget, can_focus=True):
         cells = self._row_cells(y)
         if cells is None:
             return Strip.blank(self.size.width, self.rich_style)
+        indicator = self._indicator() if y == 0 else ""
+        if indicator:
+            cells = cells[: max(0, len(cells) - len(indicator))]
+            if cells and isinstance(cells[-1][1], WideHead):  # its second column was cut
+                cells = [*cells[:-1], (cells[-1][0], " ")]
+        marks = self._marks(y, len(cells))
         inverse_screen = bool(self._board.modes.reverse_screen)
         cursor = self._drawn_cursor
         cursor_x = cursor[0] if cursor is not None and cursor[1] == y else -1
@@ -583,13 +629,16 @@ class TerminalView(Widget, can_focus=True):
         x, count = 0, len(cells)
         while x < count:
             # A run of cells sharing one style object (the blitter reuses the current style),
-            # with the cursor's cell always a run of its own.
+            # with the cursor's cell, and any marked cell, a run of its own.
             cell_style = cells[x][0]
             end = x + 1
-            if x != cursor_x:
+            if x != cursor_x and marks is None:
                 while end < count and end != cursor_x and cells[end][0] is cell_style:
                     end += 1
+            mark = marks[x] if marks is not None else None
             style, concealed = self._cell_style(cell_style, inverse_screen != (x == cursor_x))
+            if mark is not None:
+                style += mark
             text = "".join([cell[1] for cell in cells[x:end]])
             if not (len(text) == end - x and text.isascii() and text.isprintable()):
                 text = _row_text(cells[x:end])  # wide glyphs, clusters, or characters to mask
@@ -599,7 +648,37 @@ class TerminalView(Widget, can_focus=True):
             segments.append(Segment(text, style))
             total += width
             x = end
+        if indicator:
+            segments.append(Segment(indicator, self.rich_style + _INDICATOR))
+            total += len(indicator)
         return Strip(segments, total)
+
+    def _indicator(self) -> str:
+        """tmux's copy-mode corner: [rows back/rows of history], while browsing."""
+        if self._copy is None and not self._chrome.view_offset():
+            return ""
+        history = self._history_rows()
+        return f"[{self._chrome.view_offset()}/{history}]"[: self._cols]
+
+    def _marks(self, y: int, count: int) -> list[Style | None] | None:
+        """Extra styles for the cells of row y: the selection, the search match."""
+        selection = self._copy if self._copy is not None else self._drag
+        if selection is None:
+            return None
+        row = self._view_top() + y
+        found = selection.found
+        span = selection.selection()
+        if (span is None or not span[0][0] <= row <= span[1][0]) and (
+            found is None or found[0] != row
+        ):
+            return None
+        marks: list[Style | None] = [None] * count
+        for x in range(count):
+            if selection.selected(row, x):
+                marks[x] = _SELECTED
+            elif found is not None and found[0] == row and found[1] <= x < found[2]:
+                marks[x] = _FOUND
+        return marks
 
     def get_line_filters(self) -> Sequence[LineFilter]:
         # The remote's 16 ANSI colours (and its default colours) reach the technician's
@@ -668,8 +747,8 @@ class TerminalView(Widget, can_focus=True):
         after one of those the screen calls this again if the pane is to keep the keys.
         """
         driver = self._raw_driver()
-        if driver is None or not self._focused:
-            return  # Textual's key events, encoded by name (tests, other platforms)
+        if driver is None or not self._focused or self._copy is not None:
+            return  # Textual's key events: encoded by name (tests), or kept (browsing)
         taken = frozenset(
             key
             for key, active in self.screen.active_bindings.items()
@@ -699,6 +778,9 @@ class TerminalView(Widget, can_focus=True):
             # Typed as the focus moved away: they belong to whatever has it now.
             replay_as_keys(self.app, b"".join(token.data for token in tokens))
             return
+        if self._drag is not None:
+            self._drag = None
+            self._invalidate_all()
         keys = bytearray()
         for token in tokens:
             if token.kind is Kind.PASTE:
@@ -711,12 +793,167 @@ class TerminalView(Widget, can_focus=True):
         if keys:
             self._send_bytes(bytes(keys))
 
+    # --- history: browsing, search, selection --- #
+
+    def _history_view(self):
+        history = self._chrome.scrollback
+        if history is None or self._board.blitter.in_alt_screen:
+            return None
+        return history.width(self._cols)
+
+    def _history_rows(self) -> int:
+        view = self._history_view()
+        return len(view) if view is not None else 0
+
+    def _view_top(self) -> int:
+        """The row (counted over history then the screen) at the top of the view."""
+        return self._history_rows() - self._chrome.view_offset()
+
+    def _rows_to_browse(self) -> Rows:
+        view = self._history_view()
+        above = len(view) if view is not None else 0
+        page = self._chrome.port.page
+        history = self._chrome.scrollback
+
+        def cells(row: int) -> Sequence[Cell]:
+            return view[row] if row < above else page.grid[row - above]
+
+        def wraps(row: int) -> bool:
+            if row >= above:
+                return page.wrapped_lines[row - above]
+            number, within = view.line_at(row)
+            if within + 1 < rows_of(history.line(number).width, self._cols):
+                return True
+            return row == above - 1 and bool(history._open)  # it goes on on the screen
+
+        return Rows(above + page.height, cells, wraps)
+
     def _scroll_history(self, rows: int) -> None:
-        if self._chrome.scrollback is None or self._board.blitter.in_alt_screen:
+        if self._history_view() is None:
             return
         self._chrome.scroll_view(rows)
+        if self._chrome.view_offset() and self._copy is None:
+            self.browse()
+        elif not self._chrome.view_offset() and self._copy is not None and (
+            self._copy.anchor is None and self._copy.prompt is None
+        ):
+            self.stop_browsing()
         self._invalidate_all()
         self._repaint()
+
+    def browse(self, search: bool = False) -> None:
+        """Keep the keys in the console to move through history, search, select and copy."""
+        if self._copy is None:
+            top = self._view_top()
+            cursor = self._board.cursor
+            if self._chrome.view_offset():
+                start = (top + self._rows - 1, 0)
+            else:
+                start = (top + cursor.y, min(cursor.x, self._cols - 1))
+            self._copy = CopyMode(cursor=start)
+            self._drag = None
+            driver = self._raw_driver()
+            if driver is not None:
+                driver.stop_raw()
+        if search:
+            self._copy.prompt = ""
+            self._copy.backwards = True
+        self._browsing_changed()
+
+    def stop_browsing(self) -> None:
+        """Back to the live screen; keys go to the remote again."""
+        if self._copy is None:
+            return
+        self._copy = None
+        self._chrome.scroll_to_bottom()
+        self._invalidate_all()
+        self._repaint()
+        self.post_message(self.Browsing(self, None))
+        self.take_keys()
+
+    @property
+    def browsing(self) -> bool:
+        return self._copy is not None
+
+    def _browsing_changed(self) -> None:
+        copy = self._copy
+        if copy is None:
+            return
+        self._keep_in_view(copy.cursor[0])
+        self._invalidate_all()
+        self._repaint()
+        if copy.prompt is not None:
+            way = "older" if copy.backwards else "newer"
+            text = f" search {way}: {copy.prompt}▏ · enter: find · esc: cancel"
+        else:
+            where = f"[{self._chrome.view_offset()}/{self._history_rows()}]"
+            note = f"{copy.status} · " if copy.status else ""
+            keys = "y: copy" if copy.anchor is not None else "v: select"
+            text = f" history {where} · {note}q: live · /: search · {keys}"
+        self.post_message(self.Browsing(self, text))
+
+    def _keep_in_view(self, row: int) -> None:
+        top = self._view_top()
+        if row < top:
+            self._chrome.scroll_view(row - top)
+        elif row >= top + self._rows:
+            self._chrome.scroll_view(row - (top + self._rows - 1))
+
+    def _copy_out(self, selection: CopyMode) -> None:
+        text = selection.selected_text(self._rows_to_browse())
+        if text:
+            self.app.copy_to_clipboard(text)  # OSC 52 to the technician's own terminal
+
+    def _browse_key(self, event: events.Key) -> None:
+        copy = self._copy
+        rows = self._rows_to_browse()
+        key, character = event.key, event.character
+        copy.status = ""
+        if copy.prompt is not None:
+            if key == "enter":
+                copy.query, copy.prompt = copy.prompt, None
+                copy.search(rows)
+            elif key == "escape":
+                copy.prompt = None
+            elif key == "backspace":
+                copy.prompt = copy.prompt[:-1]
+            elif character and character.isprintable() and len(copy.prompt) < 200:
+                copy.prompt += character
+            self._browsing_changed()
+            return
+        page = max(1, self._rows - 1)
+        moves = {"up": (-1, 0), "k": (-1, 0), "down": (1, 0), "j": (1, 0), "left": (0, -1),
+                 "h": (0, -1), "right": (0, 1), "l": (0, 1), "pageup": (-page, 0),
+                 "shift+pageup": (-page, 0), "pagedown": (page, 0),
+                 "shift+pagedown": (page, 0), "ctrl+b": (-page, 0), "ctrl+f": (page, 0)}
+        name = character if character in ("g", "G", "n", "N", "v", "y", "q", "0", "$", "/",
+                                          "?", "k", "j", "h", "l") else key
+        if name in ("q", "escape"):
+            self.stop_browsing()
+            return
+        if name in moves:
+            down, right = moves[name]
+            copy.move(rows, down, right)
+        elif name in ("g", "home"):
+            copy.cursor = (0, 0)
+        elif name in ("G", "end"):
+            copy.cursor = (rows.count - 1, 0)
+        elif name == "0":
+            copy.line_edge(rows, end=False)
+        elif name == "$":
+            copy.line_edge(rows, end=True)
+        elif name in ("/", "?"):
+            copy.prompt, copy.backwards = "", name == "/"
+        elif name in ("n", "N"):
+            copy.search(rows, copy.backwards if name == "n" else not copy.backwards)
+        elif name in ("v", "space"):
+            copy.anchor = None if copy.anchor is not None else copy.cursor
+        elif name in ("y", "enter"):
+            if copy.anchor is not None:
+                self._copy_out(copy)
+            self.stop_browsing()
+            return
+        self._browsing_changed()
 
     def _send_text(self, text: str) -> None:
         self._send_bytes(text.encode("utf-8", "surrogateescape"))
@@ -732,7 +969,12 @@ class TerminalView(Widget, can_focus=True):
         # Keys by name: where the raw driver is not in use (tests, other platforms), or
         # keys it handed to Textual. A priority binding (the leave key) never gets here.
         in_alt_screen = self._board.blitter.in_alt_screen
-        if event.key in ("shift+pageup", "shift+pagedown") and not in_alt_screen:
+        if self._drag is not None:
+            self._drag = None
+            self._invalidate_all()
+        if self._copy is not None:
+            self._browse_key(event)
+        elif event.key in ("shift+pageup", "shift+pagedown") and not in_alt_screen:
             page = max(1, self._rows - 1)
             self._scroll_history(-page if event.key == "shift+pageup" else page)
         else:
@@ -760,10 +1002,71 @@ class TerminalView(Widget, can_focus=True):
         if text:
             self._send_text(text)
 
+    # --- mouse --- #
+
+    def _report_mouse(self, event: events.MouseEvent) -> None:
+        with self._replies.technician_input():
+            mouse.report(self._board, event, self._cols, self._rows)
+
+    def on_mouse_down(self, event: events.MouseDown) -> None:
+        if mouse.remote_wants_mouse(self._board, event) and self._copy is None:
+            self.capture_mouse()  # the release and drags reach the remote even off the pane
+            self._report_mouse(event)
+        elif event.button == 1:
+            self.capture_mouse()
+            at = self._cell_at(event)
+            selection = self._copy
+            if selection is None:
+                selection = self._drag = CopyMode(cursor=at)
+            selection.cursor, selection.anchor = at, at
+            self._invalidate_all()
+        event.stop()
+
+    def on_mouse_up(self, event: events.MouseUp) -> None:
+        if mouse.remote_wants_mouse(self._board, event) and self._copy is None:
+            self.release_mouse()
+            self._report_mouse(event)
+        elif event.button == 1:
+            self.release_mouse()
+            selection = self._copy if self._copy is not None else self._drag
+            if selection is not None and selection.anchor is not None:
+                selection.cursor = self._cell_at(event)
+                if selection.cursor == selection.anchor:
+                    selection.anchor = None  # a click, not a drag: nothing selected
+                    self._drag = None if selection is self._drag else self._drag
+                else:
+                    self._copy_out(selection)
+                self._invalidate_all()
+                if self._copy is not None:
+                    self._browsing_changed()
+        event.stop()
+
+    def on_mouse_move(self, event: events.MouseMove) -> None:
+        if mouse.remote_wants_mouse(self._board, event) and self._copy is None:
+            self._report_mouse(event)
+        elif event.button == 1:
+            selection = self._copy if self._copy is not None else self._drag
+            if selection is not None and selection.anchor is not None:
+                selection.cursor = self._cell_at(event)
+                self._invalidate_all()
+        event.stop()
+
+    def _cell_at(self, event: events.MouseEvent) -> tuple[int, int]:
+        """The (row over history and screen, column) under the mouse, within the view."""
+        x = min(max(int(event.x), 0), self._cols - 1)
+        y = min(max(int(event.y), 0), self._rows - 1)
+        return self._view_top() + y, x
+
     def on_mouse_scroll_up(self, event: events.MouseScrollUp) -> None:
-        self._scroll_history(-3)
+        if mouse.remote_wants_wheel(self._board, event):
+            self._report_mouse(event)
+        else:
+            self._scroll_history(-3)
         event.stop()
 
     def on_mouse_scroll_down(self, event: events.MouseScrollDown) -> None:
-        self._scroll_history(3)
+        if mouse.remote_wants_wheel(self._board, event):
+            self._report_mouse(event)
+        else:
+            self._scroll_history(3)
         event.stop()
