@@ -31,8 +31,9 @@ _CTRL = [f"C-{c}" for c in string.ascii_lowercase + "@[\\]^_? "] + ["C-Space"]
 _ALT = [f"M-{c}" for c in string.ascii_letters + string.digits + string.punctuation
         if c not in ";"] + ["M-\\;", "M-Enter", "M-BSpace", "M-Tab", "M-Escape", "M-Space"]
 _CTRL_ALT = [f"C-M-{c}" for c in string.ascii_lowercase]
+# shift+PageUp and shift+PageDown scroll the pane's own history, as they do in xterm.
 _MODIFIED = [f"{mods}{key}" for mods in ("S-", "C-", "M-", "C-S-", "M-S-", "C-M-", "C-M-S-")
-             for key in _EDITING + _FUNCTION]
+             for key in _EDITING + _FUNCTION if f"{mods}{key}" not in ("S-PPage", "S-NPage")]
 _TEXT = [*string.ascii_letters, *string.digits, "é", "日", "€", "👍"]
 
 EVERY_KEY = (_NAMED + _EDITING + _FUNCTION + _KEYPAD + _PUNCTUATION + _CTRL + _ALT + _CTRL_ALT

@@ -74,6 +74,7 @@ MAX_OPEN_SEQUENCE_CHARS = 128 * 1024
 REPLY_BUDGET_BYTES = 4096
 
 _TITLE_MAX_CHARS = 200
+_SCROLL_KEYS = {b"\x1b[5;2~": -1, b"\x1b[6;2~": 1}  # shift+PageUp, shift+PageDown, as xterm
 _SELECTED = Style(reverse=True)
 _FOUND = Style(color=Color.parse("black"), bgcolor=Color.parse("yellow"))
 _INDICATOR = Style(reverse=True, bold=True)
@@ -782,7 +783,18 @@ class TerminalView(Widget, can_focus=True):
             self._drag = None
             self._invalidate_all()
         keys = bytearray()
-        for token in tokens:
+        for index, token in enumerate(tokens):
+            if token.data in _SCROLL_KEYS and not self._board.blitter.in_alt_screen:
+                # shift+PageUp/PageDown scroll history; browsing, the keys after it are local.
+                if keys:
+                    self._send_bytes(bytes(keys))
+                    keys.clear()
+                page = max(1, self._rows - 1)
+                self._scroll_history(page * _SCROLL_KEYS[token.data])
+                if self._copy is not None:
+                    replay_as_keys(self.app, b"".join(t.data for t in tokens[index + 1 :]))
+                    return
+                continue
             if token.kind is Kind.PASTE:
                 if keys:
                     self._send_bytes(bytes(keys))
