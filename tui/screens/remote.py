@@ -20,9 +20,10 @@ from tui.screens.pane import PaneScreen
 from tui.widgets.terminal import TerminalView, encode_key
 
 # Pause the SSH channel while the pane has this much output waiting to be parsed, so a flood
-# blocks the remote program instead of being dropped; resume below the low mark.
+# blocks the remote program instead of being dropped; resume as soon as the pane is below the
+# low mark, early enough that more arrives before the parser runs dry.
 HIGH_WATER = 512 * 1024
-LOW_WATER = 64 * 1024
+LOW_WATER = 192 * 1024
 # A second press of the leave key within this time sends the key to the shell instead.
 LEAVE_TWICE_SECONDS = 0.4
 
@@ -50,7 +51,6 @@ class RemoteScreen(PaneScreen):
 
     def on_mount(self) -> None:
         self.terminal.focus()
-        self.set_interval(0.05, self._flow_control)
         # The shell is opened once the pane has been laid out and knows its size in cells
         # (its first TerminalView.Resized): a PTY opened before that would start at the
         # widget's placeholder 80x24 and full-screen programs would draw for the wrong size.
@@ -124,9 +124,10 @@ class RemoteScreen(PaneScreen):
         if not self._paused and terminal.pending_bytes > HIGH_WATER and self.channel:
             self._paused = True
             self.channel.pause()
+            terminal.when_drained(LOW_WATER, self._resume_output)
 
-    def _flow_control(self) -> None:
-        if self._paused and self.terminal.pending_bytes < LOW_WATER and self.channel:
+    def _resume_output(self) -> None:
+        if self._paused and self.channel:
             self._paused = False
             self.channel.resume()
 

@@ -22,7 +22,8 @@ import gc
 import re
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
-from itertools import accumulate, groupby
+from itertools import accumulate, chain, groupby, repeat
+from operator import attrgetter
 
 from bittty import Board
 from bittty.constants import LINE_SINGLE
@@ -52,6 +53,7 @@ LINES = re.compile(rb"(?:" + _LINE + rb")++")
 ONE_LINE = re.compile(_LINE)
 _SGR = re.compile(rb"(\x1b\[[0-9;]*m)")
 _UNSTYLED = Style()
+_STYLES = attrgetter("styles")
 
 # A row laid out: its characters, their style (one Style for the whole row, or one per
 # character), and whether its line goes on in the next row (an automatic wrap).
@@ -119,14 +121,27 @@ class History(MemoryScrollback):
         held.extend(lines)
         self.cells += cells
         self._joined = None
+        # Row counts per width kept, a run of one line (`yes`, blank lines) at a time: one
+        # range per run rather than a step per line.
+        runs = [(run[0], len(run)) for run in (list(group) for _, group in groupby(lines, key=id))]
         for columns, rows in self._rows.items():
-            counts = accumulate((rows_of(line.width, columns) for line in lines), initial=rows[-1])
-            next(counts)
-            rows.extend(counts)
+            total = rows[-1]
+            for line, count in runs:
+                step = rows_of(line.width, columns)
+                rows.extend(range(total + step, total + step * count + 1, step))
+                total += step * count
         evicted, over = 0, self.cells - self.max_cells
-        while over > 0 and held:
-            over -= len(held.popleft().styles) + 1
-            evicted += 1
+        if over > 0:
+            # How many lines from the front pay for it (each its cells plus one), counted
+            # with C iterators, then dropped in one go.
+            paid = 0
+            for evicted, cost in enumerate(accumulate(map(len, map(_STYLES, held))), 1):
+                paid = cost + evicted
+                if paid >= over:
+                    break
+            over -= paid
+            for _ in repeat(None, evicted):
+                held.popleft()
         self.cells, self.first = (
             self.max_cells + over if evicted else self.cells,
             self.first + evicted,
@@ -168,6 +183,22 @@ def _history_line(text: str, styles: Style | tuple[Style, ...]) -> ScrollbackLin
 def _wrapped_history_line(text: str, styles: Style | tuple[Style, ...]) -> ScrollbackLine:
     """ScrollbackLine.of for a full row whose line goes on: nothing is trimmed."""
     return ScrollbackLine(text, _styles_of(styles, len(text)) if type(styles) is Style else styles)
+
+
+def _joined_history_line(parts: list[Row]) -> ScrollbackLine:
+    """The line bittty's history makes of a wrapped line's rows (ScrollbackLine.join of
+    them): the last row's trailing default blanks dropped, nothing else."""
+    *heads, (text, styles, _) = parts
+    last = _history_line(text, styles)
+    joined = "".join(head[0] for head in heads) + last.text
+    first_style = heads[0][1]
+    if type(first_style) is Style and all(head[1] is first_style for head in heads) and (
+        last.styles == () or last.styles[0] is first_style
+    ):
+        return ScrollbackLine(joined, _styles_of(first_style, len(joined)))
+    pieces = [_styles_of(head[1], len(head[0])) if type(head[1]) is Style else head[1]
+              for head in heads]
+    return ScrollbackLine(joined, tuple(chain.from_iterable([*pieces, last.styles])))
 
 
 def _carries_text(line: bytes) -> bool:
@@ -406,23 +437,29 @@ class LineRuns:
         board.blitter.last_printed_char = None  # as the parser leaves it after CR LF
 
     def _to_history(self, rows: list[Row]) -> None:
-        history = self._history
+        """Rows that scroll off, as the lines bittty's history would make of them one by one:
+        a wrapped line's rows joined, and the rows of a line going on on the screen held open."""
         batch: list[ScrollbackLine] = []
         cells = 0
+        parts: list[Row] = []  # the rows of a wrapped line so far
         for _, run in groupby(rows, key=id):  # the same row again: `yes`, blank lines
             same = list(run)
             text, styles, wrapped = same[0]
-            repeats = len(same)
-            if wrapped:
-                self._flush(batch, cells)
-                batch, cells = [], 0
-                for _ in range(repeats):
-                    history.append(_wrapped_history_line(text, styles), True)
+            if not parts and not wrapped:
+                line = _history_line(text, styles)
+                batch.extend([line] * len(same))
+                cells += (len(line.styles) + 1) * len(same)
                 continue
-            line = _history_line(text, styles)
-            batch.extend([line] * repeats)
-            cells += (len(line.styles) + 1) * repeats
+            for row in same:
+                parts.append(row)
+                if not row[2]:
+                    line = _joined_history_line(parts)
+                    batch.append(line)
+                    cells += len(line.styles) + 1
+                    parts = []
         self._flush(batch, cells)
+        for text, styles, _ in parts:
+            self._history.append(_wrapped_history_line(text, styles), True)
 
     def _flush(self, batch: list[ScrollbackLine], cells: int) -> None:
         history = self._history

@@ -53,6 +53,12 @@ MAX_PENDING_BYTES = 4 * 1024 * 1024
 # (short scrolling lines parse at ~0.2 MB/s, plain long lines at several MB/s).
 MAX_BACKLOG_SECONDS = 0.5
 MIN_PENDING_BYTES = 128 * 1024
+# After the technician interrupts (ctrl+c, ctrl+\, ctrl+z) the output still on its way is
+# what the program wrote before it stopped: for a while only its last screenful or so is
+# kept, so the prompt shows at once instead of after a backlog nobody will read.
+INTERRUPTS = (b"\x03", b"\x1c", b"\x1a")
+CATCH_UP_SECONDS = 2.0
+CATCH_UP_BYTES = 32 * 1024
 
 # Output is parsed in turns of up to PARSE_BUDGET_SECONDS, each followed by a pause that lets
 # the event loop answer keys and paint; a key waits at most about one turn.
@@ -417,6 +423,8 @@ class TerminalView(Widget, can_focus=True):
         self._painted_at = 0.0
         self._key_modes: tuple[bool, bool, int] | None = None  # mirrored on the real terminal
         self._copy: CopyMode | None = None  # browsing history: keys stay in the console
+        self._drained: tuple[int, Callable[[], None]] | None = None
+        self._catching_up = 0.0  # until when output is cut to its tail (after ctrl+c)
         self._drag: CopyMode | None = None  # a mouse selection on the live screen
 
     # --- the interface the session code uses --- #
@@ -440,6 +448,17 @@ class TerminalView(Widget, can_focus=True):
         """(cols, rows) of the emulator grid."""
         return self._cols, self._rows
 
+    def when_drained(self, below: int, callback: Callable[[], None]) -> None:
+        """Call `callback` once, as soon as fewer than `below` bytes wait to be parsed."""
+        self._drained = (below, callback)
+        self._check_drained()
+
+    def _check_drained(self) -> None:
+        if self._drained is not None and self.pending_bytes < self._drained[0]:
+            callback = self._drained[1]
+            self._drained = None
+            callback()
+
     @property
     def pending_bytes(self) -> int:
         """Bytes received but not parsed yet (never more than `max_pending_bytes`)."""
@@ -459,6 +478,8 @@ class TerminalView(Widget, can_focus=True):
         self._discontinuity = True
 
     def _backlog_cap(self) -> int:
+        if self._catching_up and perf_counter() < self._catching_up:
+            return CATCH_UP_BYTES
         by_time = int(self._parse_rate * MAX_BACKLOG_SECONDS)
         return min(self.max_pending_bytes, max(MIN_PENDING_BYTES, by_time))
 
@@ -528,6 +549,7 @@ class TerminalView(Widget, can_focus=True):
             queued.clear()
             while self.pending_bytes:
                 self._parse_pending()
+                self._check_drained()
                 now = perf_counter()
                 if not self.pending_bytes or now - self._painted_at >= BUSY_PAINT_INTERVAL:
                     self._painted_at = now
@@ -976,6 +998,11 @@ class TerminalView(Widget, can_focus=True):
             self._invalidate_all()
             self._repaint()
         self._send(data)
+        if data in INTERRUPTS:
+            self._catching_up = perf_counter() + CATCH_UP_SECONDS
+            if self.pending_bytes > self._backlog_cap():
+                self._shed_backlog()
+            self._check_drained()
 
     def on_key(self, event: events.Key) -> None:
         # Keys by name: where the raw driver is not in use (tests, other platforms), or
