@@ -10,6 +10,9 @@ OpenSSH's `ssh -J` (the anchor). Rounds alternate between them.
   program run; "on screen" is from Enter to the line after the flood showing in tmux.
 - Interrupt: `yes` runs, ctrl+c is sent, and the time until the prompt shows again in tmux
   is taken, with one CPU kept busy by a `yes > /dev/null` burner, as in issue 14.
+- CPU: what each terminal side spends per flood, its program and its own tmux server
+  (user + system seconds, psutil), which the machine's other load disturbs far less than
+  the times do.
 - Memory: the console's peak RSS over the whole run (psutil, sampled every 50 ms).
 """
 
@@ -84,9 +87,17 @@ class Window:
         shown = [line for line in lines if line]
         return bool(shown) and shown[-1] == PROMPT
 
-    def pid(self) -> int:
+    def pid(self, what: str = "pane_pid") -> int:
         return int(subprocess.run([*self.base, "display", "-p", "-t", self.name,
-                                   "#{pane_pid}"], capture_output=True, text=True).stdout)
+                                   f"#{{{what}}}"], capture_output=True, text=True).stdout)
+
+    def cpu(self) -> float:
+        """CPU seconds so far of the program and of its tmux server."""
+        total = 0.0
+        for pid in (self.pid(), self.pid("pid")):
+            times = psutil.Process(pid).cpu_times()
+            total += times.user + times.system
+        return total
 
 
 class Peak:
@@ -111,8 +122,11 @@ def flood_command(work: Path, program: str, tag: str) -> tuple[str, Path]:
             f" echo DONE-{tag}", stamp)
 
 
-def run_flood(window: Window, work: Path, program: str, tag: str) -> tuple[float, float]:
-    """(seconds the host's program ran, seconds from Enter to its end on screen)."""
+def run_flood(window: Window, work: Path, program: str, tag: str
+              ) -> tuple[float, float, float]:
+    """(seconds the host's program ran, seconds from Enter to its end on screen, CPU seconds
+    of the terminal side)."""
+    cpu = window.cpu()
     command, stamp = flood_command(work, program, tag)
     window.keys(command, literal=True)
     window.keys("Enter")
@@ -124,7 +138,7 @@ def run_flood(window: Window, work: Path, program: str, tag: str) -> tuple[float
         time.sleep(POLL)
     begin, end = map(float, stamp.read_text().split())
     window.wait_for(window.at_prompt)
-    return end - begin, seen
+    return end - begin, seen, window.cpu() - cpu
 
 
 def interrupt(window: Window) -> float:
@@ -166,13 +180,13 @@ async def main_async(args: argparse.Namespace) -> None:
             if login.returncode:
                 raise RuntimeError(login.stderr)
             jump = JumpConfig(work, sshd, dep)
-            socket = work / "tmux.sock"
-            console = Window(socket, "console", f"{sys.executable} -m tui.cli",
+            console = Window(work / "console.sock", "console", f"{sys.executable} -m tui.cli",
                              {"ADHOC_CONSOLE_CONFIG_DIR": str(config), "TERM": "xterm-256color"},
                              cols, rows)
             ssh_env = {key: jump.env[key] for key in ("SSH_ASKPASS", "SSH_ASKPASS_REQUIRE",
                                                       "DISPLAY")}
-            ssh = Window(socket, "ssh", f"ssh {' '.join(jump.args())} -tt {jump.target}",
+            ssh = Window(work / "ssh.sock", "ssh",
+                         f"ssh {' '.join(jump.args())} -tt {jump.target}",
                          {**ssh_env, "TERM": "xterm-256color"}, cols, rows)
             try:
                 await open_console(console)
@@ -187,17 +201,19 @@ async def main_async(args: argparse.Namespace) -> None:
                 size = int(args.mb * 1e6)
                 programs = {f"yes | head -c {size}": f"yes | head -c {size}",
                             "find /usr /lib /etc": "find /usr /lib /etc 2>/dev/null"}
-                floods: dict[tuple[str, str], list[tuple[float, float]]] = {}
+                floods: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+                runs = 0
                 for round_ in range(args.rounds):
                     for label, program in programs.items():
                         for name, window in contenders.items():
-                            tag = f"{round_}-{len(floods)}-{name.split()[0]}"
+                            runs += 1
+                            tag = f"{runs}-{name.split()[0]}"
                             result = await asyncio.to_thread(run_flood, window, work, program,
                                                              tag)
                             floods.setdefault((label, name), []).append(result)
                             out_bytes = size if label.startswith("yes") else None
                             print(f"  round {round_ + 1} {label} {name}: host {result[0]:.2f} s,"
-                                  f" on screen {result[1]:.2f} s"
+                                  f" on screen {result[1]:.2f} s, CPU {result[2]:.2f} s"
                                   + (f" ({out_bytes / result[0] / 1e6:.2f} MB/s)"
                                      if out_bytes else ""), flush=True)
                 burner = await asyncio.create_subprocess_exec("sh", "-c", "exec yes > /dev/null")
@@ -211,7 +227,8 @@ async def main_async(args: argparse.Namespace) -> None:
                     await burner.wait()
                 sampler.cancel()
             finally:
-                subprocess.run(["tmux", "-S", str(socket), "kill-server"], capture_output=True)
+                for window in (console, ssh):
+                    subprocess.run([*window.base, "kill-server"], capture_output=True)
     print(f"\n{cols}x{rows}, {args.rounds} rounds alternating; MB = 10^6 bytes; "
           "host = the program's own run time, on screen = Enter to its end shown")
     rows_out = []
@@ -220,12 +237,15 @@ async def main_async(args: argparse.Namespace) -> None:
         anchor = floods[(label, "ssh -J")]
         pane_host, anchor_host = median(r[0] for r in pane), median(r[0] for r in anchor)
         pane_seen, anchor_seen = median(r[1] for r in pane), median(r[1] for r in anchor)
+        pane_cpu, anchor_cpu = median(r[2] for r in pane), median(r[2] for r in anchor)
         rows_out.append((label, f"{pane_host:.2f}", f"{anchor_host:.2f}",
                          f"{anchor_host / pane_host:.2f}x", f"{pane_seen:.2f}",
                          f"{anchor_seen:.2f}", f"{anchor_seen / pane_seen:.2f}x",
+                         f"{pane_cpu:.2f}", f"{anchor_cpu:.2f}",
                          verdict(pane_host <= anchor_host * 1.0)))
     table(("flood", "pane host s", "ssh -J host s", "speed vs ssh -J", "pane on screen s",
-           "ssh -J on screen s", "on screen vs ssh -J", "target >= 1x"), rows_out)
+           "ssh -J on screen s", "on screen vs ssh -J", "pane CPU s", "ssh -J+tmux CPU s",
+           "target >= 1x"), rows_out)
     print(f"\nctrl+c on `yes` to the prompt, one CPU busy with a burner, {args.interrupts} each")
     rows_out = []
     for name, values in stops.items():

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import gc
 import re
+from bisect import bisect_left
+from collections import deque
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
-from itertools import accumulate, chain, groupby, repeat
-from operator import attrgetter
+from itertools import accumulate, chain, groupby, islice, repeat, starmap
+from operator import add, attrgetter
 
 from bittty import Board
 from bittty.constants import LINE_SINGLE
@@ -58,6 +60,24 @@ _STYLES = attrgetter("styles")
 # A row laid out: its characters, their style (one Style for the whole row, or one per
 # character), and whether its line goes on in the next row (an automatic wrap).
 Row = tuple[str, Style | tuple[Style, ...], bool]
+
+
+def _to_evict(held: deque, over: int, guess: int) -> tuple[int, int]:
+    """How many lines from the front of `held` pay at least `over` (each costs its cells plus
+    one), and what they pay; counted with C iterators in widening slices, since a flood
+    evicts about as many lines as it adds."""
+    evicted = paid = 0
+    step = max(guess, 64)
+    while evicted < len(held):
+        costs = list(accumulate(map(add, map(len, map(_STYLES, islice(held, evicted,
+                                                                        evicted + step))),
+                                    repeat(1)), initial=paid))
+        enough = bisect_left(costs, over)
+        if enough < len(costs):
+            return evicted + enough, costs[enough]
+        evicted, paid = evicted + len(costs) - 1, costs[-1]
+        step *= 2
+    return evicted, paid
 
 
 class History(MemoryScrollback):
@@ -132,16 +152,9 @@ class History(MemoryScrollback):
                 total += step * count
         evicted, over = 0, self.cells - self.max_cells
         if over > 0:
-            # How many lines from the front pay for it (each its cells plus one), counted
-            # with C iterators, then dropped in one go.
-            paid = 0
-            for evicted, cost in enumerate(accumulate(map(len, map(_STYLES, held))), 1):
-                paid = cost + evicted
-                if paid >= over:
-                    break
+            evicted, paid = _to_evict(held, over, len(lines))
             over -= paid
-            for _ in repeat(None, evicted):
-                held.popleft()
+            deque(starmap(held.popleft, repeat((), evicted)), maxlen=0)  # in C, no loop here
         self.cells, self.first = (
             self.max_cells + over if evicted else self.cells,
             self.first + evicted,
@@ -168,10 +181,21 @@ def _styles_of(style: Style, cells: int) -> tuple[Style, ...]:
     return held[1]
 
 
+def _unstyled(style: Style) -> bool:
+    """style == Style(), remembered for the last style asked about (a flood has one)."""
+    global _last_style
+    if style is not _last_style[0]:
+        _last_style = (style, style == _UNSTYLED)
+    return _last_style[1]
+
+
+_last_style: tuple[Style | None, bool] = (None, False)
+
+
 def _history_line(text: str, styles: Style | tuple[Style, ...]) -> ScrollbackLine:
     """ScrollbackLine.of for a row that ends its line: trailing blanks in the default style go."""
     if type(styles) is Style:
-        if styles == _UNSTYLED:
+        if text[-1:] == " " and _unstyled(styles):
             text = text.rstrip(" ")
         return ScrollbackLine(text, _styles_of(styles, len(text)))
     cut, floor = len(text), len(text.rstrip(" "))
