@@ -434,7 +434,8 @@ class TerminalView(Widget, can_focus=True):
         if not data:
             return
         self._pending += data
-        if self.pending_bytes > self._backlog_cap():
+        pending = len(self._pending) - self._pending_start
+        if pending > CATCH_UP_BYTES and pending > self._backlog_cap():  # the least cap first
             self._shed_backlog()
         if self._output_queued is not None:
             self._output_queued.set()
