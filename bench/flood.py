@@ -203,7 +203,7 @@ async def main_async(args: argparse.Namespace) -> None:
                             "find /usr /lib /etc": "find /usr /lib /etc 2>/dev/null"}
                 floods: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
                 runs = 0
-                for round_ in range(args.rounds):
+                for round_ in range(0 if args.interrupts_only else args.rounds):
                     for label, program in programs.items():
                         for name, window in contenders.items():
                             runs += 1
@@ -232,7 +232,7 @@ async def main_async(args: argparse.Namespace) -> None:
     print(f"\n{cols}x{rows}, {args.rounds} rounds alternating; MB = 10^6 bytes; "
           "host = the program's own run time, on screen = Enter to its end shown")
     rows_out = []
-    for label in programs:
+    for label in programs if floods else ():
         pane = floods[(label, "console pane")]
         anchor = floods[(label, "ssh -J")]
         pane_host, anchor_host = median(r[0] for r in pane), median(r[0] for r in anchor)
@@ -262,6 +262,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="flood rounds per contender")
     parser.add_argument("--interrupts", type=int, default=20, help="ctrl+c trials each")
     parser.add_argument("--size", default="80x24", help="the tmux windows' size")
+    parser.add_argument("--interrupts-only", action="store_true", help="skip the floods")
     run_async(main_async(parser.parse_args()))
 
 
