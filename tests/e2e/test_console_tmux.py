@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import PASSWORD, SESSION_PASSWORD, AgentProcess
+from tests.support import SESSION_PASSWORD, AgentProcess, console_login
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None,
                                 reason="tmux is not installed; CI installs it")
@@ -25,8 +24,11 @@ class Tmux:
 
     def start(self, command: str, env: dict[str, str], cols: int = 120, rows: int = 40) -> None:
         exports = " ".join(f"{k}={v}" for k, v in env.items())
+        # Without -u, the COLUMNS and LINES that readline exports into the test process would
+        # pin the console at 80x24 whatever the window's size.
         subprocess.run([*self.base, "new-session", "-d", "-s", self.name, "-x", str(cols),
-                        "-y", str(rows), f"env {exports} {command}"], check=True)
+                        "-y", str(rows), f"env -u COLUMNS -u LINES {exports} {command}"],
+                       check=True)
 
     def keys(self, *keys: str, literal: bool = False) -> None:
         subprocess.run([*self.base, "send-keys", "-t", self.name, *(["-l"] if literal else []),
@@ -54,13 +56,7 @@ class Tmux:
 
 async def test_console_in_tmux_end_to_end(relay, agents, tmp_path: Path) -> None:
     config = tmp_path / "console-config"
-    env = {"ADHOC_CONSOLE_CONFIG_DIR": str(config), "TERM": "xterm-256color",
-           "PYTHONPATH": os.getcwd()}
-    login = subprocess.run(
-        [sys.executable, "-m", "tui.cli", "login", relay.base_url, "--login", "alice",
-         "--password-stdin"], input=PASSWORD + "\n", text=True, capture_output=True,
-        env={**os.environ, **env}, timeout=60)
-    assert login.returncode == 0, login.stderr
+    env = console_login(relay.base_url, config)
     assert (config / "console.toml").stat().st_mode & 0o777 == 0o600
 
     tmux = Tmux("adhoc", tmp_path / "tmux.sock")

@@ -4,7 +4,6 @@ relay to a real agent's PTY, checked with the programs a technician runs."""
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_console_tmux import Tmux
-from tests.support import PASSWORD, SESSION_PASSWORD, Api, start_session
+from tests.support import SESSION_PASSWORD, Api, console_login, start_session
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None,
                                 reason="tmux is not installed; CI installs it")
@@ -36,27 +35,14 @@ class ConsoleTmux(Tmux):
 
 
 @contextlib.asynccontextmanager
-async def remote_pane(relay, agents, tmp_path: Path, cols: int, rows: int,
-                      keymap: dict[str, str] | None = None) -> AsyncIterator[ConsoleTmux]:
+async def remote_pane(relay, agents, tmp_path: Path, cols: int, rows: int
+                      ) -> AsyncIterator[ConsoleTmux]:
     """The console in a tmux window of cols x rows, its remote pane open on a live shell."""
     async with Api(relay.base_url) as api:
         await start_session(api, agents, tmp_path)
-    config = tmp_path / "console-config"
-    env = {"ADHOC_CONSOLE_CONFIG_DIR": str(config), "TERM": "xterm-256color",
-           "PYTHONPATH": os.getcwd()}
-    login = subprocess.run(
-        [sys.executable, "-m", "tui.cli", "login", relay.base_url, "--login", "alice",
-         "--password-stdin"], input=PASSWORD + "\n", text=True, capture_output=True,
-        env={**os.environ, **env}, timeout=60)
-    assert login.returncode == 0, login.stderr
-    if keymap:
-        with (config / "console.toml").open("a") as toml:
-            toml.write("\n[keys]\n" + "".join(f'"{k}" = "{v}"\n' for k, v in keymap.items()))
+    env = console_login(relay.base_url, tmp_path / "console-config")
     tmux = ConsoleTmux("adhoc", tmp_path / "tmux.sock")
-    # Without -u, the COLUMNS and LINES that readline exports into the test process would
-    # pin the console at 80x24 whatever the window's size.
-    tmux.start(f"env -u COLUMNS -u LINES {sys.executable} -m tui.cli", env, cols=cols,
-               rows=rows)
+    tmux.start(f"{sys.executable} -m tui.cli", env, cols=cols, rows=rows)
     try:
         tmux.wait_for(r"customer@example\.com .*active")
         tmux.keys("r")
@@ -96,23 +82,16 @@ async def test_a_quick_esc_colon_reaches_vim_as_typed(relay, agents, tmp_path: P
     kept = tmp_path / "notes.txt"
     kept.write_text("original\n")
     async with remote_pane(relay, agents, tmp_path, 100, 30) as tmux:
-        tmux.type(f"vim -u NONE -N {kept}")
-        tmux.keys("Enter")
-        tmux.wait_for(r"(?m)^original")
-        tmux.keys("i")
-        tmux.type("typed ")
-        tmux.keys("Escape", ":q!", "Enter")
-        tmux.wait_for(r"(?m)^[#$] *$")
-        assert kept.read_text() == "original\n"
-        # And Esc :wq saves: the keys were not merely lost.
-        tmux.type(f"vim -u NONE -N {kept}")
-        tmux.keys("Enter")
-        tmux.wait_for(r"(?m)^original")
-        tmux.keys("i")
-        tmux.type("typed ")
-        tmux.keys("Escape", ":wq", "Enter")
-        tmux.wait_for(r"(?m)^[#$] *$")
-        assert kept.read_text() == "typed original\n"
+        # Esc :q! leaves the file as it was; Esc :wq saves: the keys were not merely lost.
+        for command, after in ((":q!", "original\n"), (":wq", "typed original\n")):
+            tmux.type(f"vim -u NONE -N {kept}")
+            tmux.keys("Enter")
+            tmux.wait_for(r"(?m)^original")
+            tmux.keys("i")
+            tmux.type("typed ")
+            tmux.keys("Escape", command, "Enter")
+            tmux.wait_for(r"(?m)^[#$] *$")
+            assert kept.read_text() == after
 
 
 async def test_ansi_colours_reach_the_technicians_terminal_as_ansi(relay, agents,

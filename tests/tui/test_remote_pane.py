@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,16 @@ from tui.screens import remote
 from tui.screens.audit import AuditModal
 from tui.screens.remote import RemoteScreen
 from tui.widgets.terminal import TerminalView
+
+
+@contextlib.asynccontextmanager
+async def shell_pane(relay, agents, tmp_path: Path, email: str, size: tuple[int, int],
+                     **options):
+    """The console with a remote shell open on a fresh online session: app, pilot, pane."""
+    _session, _agent, token = await online_session(relay, agents, tmp_path, email)
+    async with console(relay, token, size=size, **options) as (app, pilot, _table):
+        yield app, pilot, await open_shell(app, pilot)
+        await app.action_quit()
 
 
 async def open_shell(app, pilot) -> TerminalView:
@@ -34,19 +45,16 @@ def status(app) -> str:
 
 
 async def test_the_shell_starts_at_the_panes_size(relay, agents, tmp_path: Path) -> None:
-    _session, _agent, token = await online_session(relay, agents, tmp_path, "ida@example.com")
-    async with console(relay, token, size=(120, 40)) as (app, pilot, _table):
-        terminal = await open_shell(app, pilot)
+    async with shell_pane(relay, agents, tmp_path, "ida@example.com", (120, 40)) as (
+            _app, pilot, terminal):
         await pilot.press(*"stty size", "enter")
         await wait_until(pilot, lambda: shows(terminal, "39 120"))
-        await app.action_quit()
 
 
 async def test_the_leave_key_twice_goes_to_the_shell(relay, agents, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    _session, _agent, token = await online_session(relay, agents, tmp_path, "jo@example.com")
-    async with console(relay, token, size=(100, 30)) as (app, pilot, _table):
-        terminal = await open_shell(app, pilot)
+    async with shell_pane(relay, agents, tmp_path, "jo@example.com", (100, 30)) as (
+            app, pilot, terminal):
         assert status(app).endswith("^] back")
         await pilot.press(*"cat -v", "enter")
         monkeypatch.setattr(remote, "LEAVE_TWICE_SECONDS", 60)  # the test's pace is no matter
@@ -70,14 +78,12 @@ async def test_the_leave_key_twice_goes_to_the_shell(relay, agents, tmp_path: Pa
         monkeypatch.setattr(remote, "LEAVE_TWICE_SECONDS", 0.05)
         await pilot.press("ctrl+right_square_bracket")
         await wait_until(pilot, lambda: not isinstance(app.screen, RemoteScreen))
-        await app.action_quit()
 
 
 async def test_history_from_the_leave_key_as_tmux_prefix(relay, agents, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    _session, _agent, token = await online_session(relay, agents, tmp_path, "liv@example.com")
-    async with console(relay, token, size=(100, 30)) as (app, pilot, _table):
-        terminal = await open_shell(app, pilot)
+    async with shell_pane(relay, agents, tmp_path, "liv@example.com", (100, 30)) as (
+            app, pilot, terminal):
         await pilot.press(*"echo marker-$((6*7))", "enter")
         await wait_until(pilot, lambda: shows(terminal, "marker-42"))
         monkeypatch.setattr(remote, "LEAVE_TWICE_SECONDS", 60)
@@ -91,14 +97,11 @@ async def test_history_from_the_leave_key_as_tmux_prefix(relay, agents, tmp_path
         await wait_until(pilot, lambda: status(app).startswith(" history ["))
         await pilot.press("q")
         await wait_until(pilot, lambda: status(app).endswith("^] back"))
-        await app.action_quit()
 
 
 async def test_a_remapped_leave_key_frees_ctrl_bracket(relay, agents, tmp_path: Path) -> None:
-    _session, _agent, token = await online_session(relay, agents, tmp_path, "kim@example.com")
-    async with console(relay, token, size=(100, 30), keymap={"pane.leave": "f12"}) as (
-            app, pilot, _table):
-        terminal = await open_shell(app, pilot)
+    async with shell_pane(relay, agents, tmp_path, "kim@example.com", (100, 30),
+                          keymap={"pane.leave": "f12"}) as (app, pilot, terminal):
         assert status(app).endswith("f12 back")
         await pilot.press(*"cat -v", "enter", "ctrl+right_square_bracket", "enter")
         await wait_until(pilot, lambda: shows(terminal, "^]"))
@@ -107,4 +110,3 @@ async def test_a_remapped_leave_key_frees_ctrl_bracket(relay, agents, tmp_path: 
         await wait_until(pilot, lambda: shows(terminal, "done"))
         await pilot.press("f12")
         await wait_until(pilot, lambda: not isinstance(app.screen, RemoteScreen))
-        await app.action_quit()

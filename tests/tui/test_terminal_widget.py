@@ -157,6 +157,16 @@ async def test_device_queries_are_answered() -> None:
         assert app.sent[1] == b"\x1b[?62;22c"
 
 
+async def test_line_drawing_and_tab_stops_as_xterm_and_tmux() -> None:
+    async with pane() as (_app, pilot, view):
+        # DEC special graphics: control pictures and the solid block, not a full block.
+        view.feed(b"\x1b(00bcdehiqx\x1b(B\r\n")
+        # CSI 1 g and CSI 2 g clear no tab stop (xterm and tmux ignore them); CSI 0 g does.
+        view.feed(b"\x1b[9G\x1b[1g\x1b[2g\r\ta|\x1b[17G\x1b[0g\r\t\tb|")
+        await drain(pilot, view)
+        assert view.screen_lines()[:2] == ["▮␉␌␍␊␤␋─│", "        a|" + " " * 14 + "b|"]
+
+
 async def test_an_accent_joins_its_letter_even_right_after_a_reset() -> None:
     # A decomposed é takes one column, as in xterm, so the cursor is where the remote shell
     # thinks it is; a reset (RIS) in the same burst of output must not change that.

@@ -17,20 +17,16 @@ import sys
 import time
 from pathlib import Path
 
+from tui.widgets.emulation import DEC_SPECIAL_GRAPHICS
 from tui.widgets.widths import char_width
 
 FIXTURES = Path(__file__).parent / "fixtures"
 DEFAULT = ("default", "default", frozenset())
 
-# How tmux shows DEC special graphics (tty-acs.c); capture-pane gives the ASCII letter
-# between SO and SI.
-DEC_GRAPHICS = {
-    "+": "→", ",": "←", "-": "↑", ".": "↓", "0": "▮", "`": "◆", "a": "▒", "b": "␉",
-    "c": "␌", "d": "␍", "e": "␊", "f": "°", "g": "±", "h": "␤", "i": "␋", "j": "┘",
-    "k": "┐", "l": "┌", "m": "└", "n": "┼", "o": "⎺", "p": "⎻", "q": "─", "r": "⎼",
-    "s": "⎽", "t": "├", "u": "┤", "v": "┴", "w": "┬", "x": "│", "y": "≤", "z": "≥",
-    "{": "π", "|": "≠", "}": "£", "~": "·",
-}
+# capture-pane gives DEC special graphics as the ASCII letter between SO and SI; tmux draws
+# them with tty-acs.c's glyphs, the table the pane uses (its glyphs are checked on their own
+# in test_terminal_widget.py).
+DEC_GRAPHICS = DEC_SPECIAL_GRAPHICS
 # tmux's capture writes attributes past 9 as tens:units (grid.c), so overline is "5:3".
 _ATTRIBUTES = {
     "1": "bold", "2": "dim", "3": "italic", "4": "underline", "5": "blink", "7": "reverse",

@@ -788,7 +788,7 @@ class TerminalView(Widget, can_focus=True):
         wanted = (
             bool(modes.cursor_application_mode),
             bool(modes.application_keypad),
-            int(self._board.keyboard.modify_other_keys or 0),
+            min(max(int(self._board.keyboard.modify_other_keys or 0), 0), 2),
         )
         if wanted != self._key_modes and self._focused:
             driver = self._raw_driver()
