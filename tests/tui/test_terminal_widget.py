@@ -219,7 +219,7 @@ async def test_keys_reach_the_remote_as_xterm_sends_them() -> None:
 
 
 def test_key_encoding_table() -> None:
-    assert encode_key("ctrl+right_square_bracket", None) == "\x1d"  # the widget never sends it
+    assert encode_key("ctrl+right_square_bracket", None) == "\x1d"
     assert encode_key("ctrl+@", None) == "\x00"
     assert encode_key("shift+up", None) == "\x1b[1;2A"
     assert encode_key("ctrl+alt+f5", None) == "\x1b[15;7~"
