@@ -285,6 +285,19 @@ async def technician_ssh(relay: RelayProcess, api: Api, session: dict,
         await outer.wait_closed()
 
 
+def console_login(base_url: str, config: Path) -> dict[str, str]:
+    """Log the console in to the relay as alice (`adhoc-console login`), its settings in
+    `config`; the environment that runs that console."""
+    env = {"ADHOC_CONSOLE_CONFIG_DIR": str(config), "TERM": "xterm-256color",
+           "PYTHONPATH": os.getcwd()}
+    login = subprocess.run(
+        [sys.executable, "-m", "tui.cli", "login", base_url, "--login", "alice",
+         "--password-stdin"], input=PASSWORD + "\n", text=True, capture_output=True,
+        env={**os.environ, **env}, timeout=60)
+    assert login.returncode == 0, login.stderr
+    return env
+
+
 def new_agent(agents: list[AgentProcess], tmp_path: Path, session: dict) -> AgentProcess:
     """An agent for `session`, in its own folder, stopped by the `agents` fixture."""
     workdir = tmp_path / f"agent{len(agents)}"

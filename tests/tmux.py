@@ -16,8 +16,11 @@ class Tmux:
 
     def start(self, command: str, env: dict[str, str], cols: int = 120, rows: int = 40) -> None:
         exports = " ".join(f"{k}={v}" for k, v in env.items())
+        # Without -u, the COLUMNS and LINES that readline exports into the test process would
+        # pin the console at 80x24 whatever the window's size.
         subprocess.run([*self.base, "new-session", "-d", "-s", self.name, "-x", str(cols),
-                        "-y", str(rows), f"env {exports} {command}"], check=True)
+                        "-y", str(rows), f"env -u COLUMNS -u LINES {exports} {command}"],
+                       check=True)
 
     def keys(self, *keys: str, literal: bool = False) -> None:
         subprocess.run([*self.base, "send-keys", "-t", self.name, *(["-l"] if literal else []),

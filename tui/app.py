@@ -14,6 +14,7 @@ from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
 from tui.client import CONNECTED, HostConnector, RelayClient, RelayError, retry_delay
+from tui.rawinput import raw_driver_for
 from tui.sanitize import clean
 from tui.screens.audit import AuditModal
 from tui.screens.chat import ChatScreen
@@ -74,6 +75,10 @@ class ConsoleApp(App):
         self._route_told: str | None = None
         if keymap:
             self.set_keymap(keymap)
+
+    def get_driver_class(self):
+        # The terminal pane takes the technician's keys as their terminal sent them.
+        return raw_driver_for(super().get_driver_class())
 
     @property
     def sessions_screen(self) -> SessionsScreen:
