@@ -1,4 +1,4 @@
-"""Relay settings: defaults, durations like "90s" or "24h", and host:port pairs."""
+"""Relay settings: defaults, the database, durations like "90s" or "24h", and host:port pairs."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ from datetime import timedelta
 from pathlib import Path
 
 import platformdirs
+from sqlalchemy import URL
+
+from relay.db.engine import sqlite_url
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
@@ -75,6 +78,9 @@ class RelaySettings:
     """Everything `adhoc-relay serve` (or the console's embedded relay) runs with."""
 
     data_dir: Path = field(default_factory=default_data_dir)
+    # PostgreSQL (or another SQLite file) instead of relay.db in the data dir. A URL object:
+    # its repr and str hide the password.
+    database: URL | None = None
     http_host: str = "127.0.0.1"
     http_port: int = 8780
     ssh_host: str = "127.0.0.1"
@@ -95,6 +101,10 @@ class RelaySettings:
     @property
     def db_path(self) -> Path:
         return self.data_dir / "relay.db"
+
+    @property
+    def database_url(self) -> URL:
+        return self.database or sqlite_url(self.db_path)
 
     @property
     def host_key_path(self) -> Path:

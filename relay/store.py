@@ -1,123 +1,72 @@
-"""The relay's database: schema, migrations and every SQL statement (aiosqlite, WAL).
+"""The relay's database statements: every read and write the relay makes, on SQLite or PostgreSQL.
 
-One connection per process, serialised by a lock, with explicit `BEGIN IMMEDIATE` transactions
-for every write so that limit checks and inserts are atomic. "database is locked" (another
-process, such as an admin command, holding the write lock) is retried, never reported as a
-limit. Every state change writes its audit row and its event row in the same transaction.
+Written once in SQLAlchemy Core over the tables in relay/db/tables.py. Every write runs in one
+transaction that is retried whole while the database is busy ("database is locked" on SQLite, a
+serialisation failure or deadlock on PostgreSQL): a busy database is waited for, never reported
+as a limit. Several relay processes may share one database:
+
+- SQLite: writes start with `BEGIN IMMEDIATE` (one writer at a time across processes; within a
+  process they also queue on a lock, so they wait here rather than in SQLite's busy loop);
+- PostgreSQL: a session create locks its company's row (`SELECT ... FOR NO KEY UPDATE`) before
+  it counts, so concurrent creates in one company count one after another, and the partial
+  unique indexes back up the per-technician and per-computer limits on both engines;
+- a code's wrong tries are counted and sessions are ended with single conditional UPDATEs
+  (`... RETURNING`), so each try counts once and each session ends once, whoever races;
+- every state change writes its audit row and its event row in the same transaction. Event ids
+  are what a console resumes from, so on PostgreSQL an advisory lock makes them commit in id
+  order (SQLite's single writer does that by itself).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import os
-import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-import aiosqlite
+from sqlalchemy import (
+    URL,
+    Column,
+    Executable,
+    Row,
+    Table,
+    and_,
+    case,
+    delete,
+    exc,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from relay import sessions as rules
+from relay.db import engine as db
+from relay.db.migrate import ADVISORY_CLASS, current_revision, migrate
+from relay.db.tables import (
+    api_tokens,
+    audit,
+    companies,
+    events,
+    sessions,
+    ssh_keys,
+    technicians,
+)
 
-MIGRATIONS: list[str] = [
-    # 1: the first schema
-    """
-    CREATE TABLE companies(
-        id INTEGER PRIMARY KEY,
-        name TEXT NOT NULL UNIQUE COLLATE NOCASE,
-        plan TEXT NOT NULL CHECK (plan IN ('trial', 'base', 'plus', 'premier')),
-        seats INTEGER NOT NULL CHECK (seats >= 0),
-        disabled INTEGER NOT NULL DEFAULT 0,
-        created_at REAL NOT NULL
-    );
-    CREATE TABLE technicians(
-        id INTEGER PRIMARY KEY,
-        company_id INTEGER NOT NULL REFERENCES companies(id),
-        login TEXT NOT NULL UNIQUE,
-        email TEXT NOT NULL,
-        password_hash TEXT NOT NULL,
-        is_admin INTEGER NOT NULL DEFAULT 0,
-        disabled INTEGER NOT NULL DEFAULT 0,
-        created_at REAL NOT NULL
-    );
-    CREATE TABLE ssh_keys(
-        id INTEGER PRIMARY KEY,
-        technician_id INTEGER NOT NULL REFERENCES technicians(id),
-        public_key TEXT NOT NULL,
-        created_at REAL NOT NULL,
-        UNIQUE (technician_id, public_key)
-    );
-    CREATE TABLE api_tokens(
-        token_hash TEXT PRIMARY KEY,
-        technician_id INTEGER NOT NULL REFERENCES technicians(id),
-        created_at REAL NOT NULL,
-        expires_at REAL NOT NULL
-    );
-    CREATE TABLE sessions(
-        id TEXT PRIMARY KEY,
-        company_id INTEGER NOT NULL REFERENCES companies(id),
-        technician_id INTEGER NOT NULL REFERENCES technicians(id),
-        customer_email TEXT NOT NULL,
-        note TEXT NOT NULL DEFAULT '',
-        password_verifier TEXT NOT NULL,
-        join_token_hash TEXT NOT NULL UNIQUE,
-        code_hmac TEXT NOT NULL,
-        code_attempts INTEGER NOT NULL DEFAULT 0,
-        state TEXT NOT NULL CHECK (state IN ('pending', 'active', 'ended')),
-        ended_reason TEXT,
-        created_at REAL NOT NULL,
-        invite_expires_at REAL NOT NULL,
-        activated_at REAL,
-        expires_at REAL,
-        ended_at REAL,
-        agent_secret_hash TEXT,
-        host_key TEXT,
-        hostname TEXT,
-        os TEXT,
-        os_user TEXT,
-        ip TEXT,
-        machine_fp TEXT,
-        features TEXT NOT NULL DEFAULT '[]',
-        mail_status TEXT NOT NULL DEFAULT 'queued',
-        mail_detail TEXT
-    );
-    CREATE UNIQUE INDEX sessions_one_live_per_technician
-        ON sessions(technician_id) WHERE state IN ('pending', 'active');
-    CREATE UNIQUE INDEX sessions_one_live_per_machine
-        ON sessions(machine_fp) WHERE state IN ('pending', 'active') AND machine_fp IS NOT NULL;
-    CREATE INDEX sessions_by_company ON sessions(company_id, state);
-    CREATE INDEX sessions_by_expiry ON sessions(state, expires_at);
-    CREATE TABLE audit(
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        at REAL NOT NULL,
-        actor TEXT NOT NULL,
-        company_id INTEGER,
-        session_id TEXT,
-        event TEXT NOT NULL,
-        outcome TEXT NOT NULL,
-        detail TEXT NOT NULL DEFAULT '{}'
-    );
-    CREATE INDEX audit_by_session ON audit(session_id, id);
-    CREATE TRIGGER audit_is_append_only_update BEFORE UPDATE ON audit
-        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-    CREATE TRIGGER audit_is_append_only_delete BEFORE DELETE ON audit
-        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-    CREATE TABLE events(
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        at REAL NOT NULL,
-        company_id INTEGER NOT NULL,
-        session_id TEXT,
-        kind TEXT NOT NULL,
-        data TEXT NOT NULL DEFAULT '{}'
-    );
-    CREATE INDEX events_by_company ON events(company_id, id);
-    """,
-]
+T = TypeVar("T")
 
-_LOCKED_RETRY_DELAYS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 1.0, 2.0, 2.0)
+# Waits between attempts of a write the database refused as busy (on top of SQLite's own
+# busy timeout per attempt): about a minute in all before the error is let through.
+RETRY_DELAYS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 1.0, 2.0, 2.0)
+EVENT_ORDER_LOCK = 2  # pg_advisory_xact_lock(ADVISORY_CLASS, EVENT_ORDER_LOCK)
 
 
 class NotFound(Exception):
@@ -220,188 +169,225 @@ class EventRow:
     data: str
 
 
-def _columns(cls: type) -> str:
-    return ", ".join(f.name for f in fields(cls))
+def _columns(table: Table, cls: type) -> tuple[Column, ...]:
+    """The table's columns in the order of the dataclass's fields (so `cls(*row)` fits)."""
+    return tuple(table.c[f.name] for f in fields(cls))
 
 
-def _row(cls: type, row: Iterable[Any] | None):
-    if row is None:
-        return None
-    return cls(*row)
+COMPANY = _columns(companies, Company)
+TECHNICIAN = _columns(technicians, Technician)
+SESSION = _columns(sessions, SessionRow)
+AUDIT = _columns(audit, AuditRow)
+EVENT = _columns(events, EventRow)
+# Inline, not bound: only then may SQLite's planner use the partial indexes on live sessions.
+LIVE = sessions.c.state.in_([literal_column(f"'{s}'") for s in rules.LIVE_STATES])
 
 
-def _is_locked(exc: sqlite3.OperationalError) -> bool:
-    text = str(exc).lower()
-    return "locked" in text or "busy" in text
+def _company_named(name: str):
+    # ASCII case is ignored, as the unique rule on names does (NOCASE / lower(name)).
+    return func.lower(companies.c.name) == func.lower(name)
+
+
+def _detail(values: dict[str, Any]) -> str:
+    return json.dumps(values, sort_keys=True)
 
 
 class Tx:
     """The statements available inside one write transaction."""
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
-        self.db = db
+    def __init__(self, conn: AsyncConnection, backend: str) -> None:
+        self.conn = conn
+        self.backend = backend
         self.wrote_events = False
+        self.ended: list[str] = []  # sessions this transaction ends
 
-    async def one(self, sql: str, params: Iterable[Any] = ()):
-        async with self.db.execute(sql, tuple(params)) as cur:
-            return await cur.fetchone()
+    async def one(self, statement: Executable) -> Row | None:
+        return (await self.conn.execute(statement)).first()
 
-    async def all(self, sql: str, params: Iterable[Any] = ()):
-        async with self.db.execute(sql, tuple(params)) as cur:
-            return await cur.fetchall()
+    async def all(self, statement: Executable) -> Sequence[Row]:
+        return (await self.conn.execute(statement)).all()
 
-    async def run(self, sql: str, params: Iterable[Any] = ()) -> int:
-        async with self.db.execute(sql, tuple(params)) as cur:
-            return cur.rowcount
+    async def run(self, statement: Executable, rows: list[dict] | None = None) -> int:
+        """Execute; with `rows`, once per row (one round trip where the driver can)."""
+        if rows is None:
+            return (await self.conn.execute(statement)).rowcount
+        if not rows:
+            return 0
+        return (await self.conn.execute(statement, rows)).rowcount
+
+    async def session(self, session_id: str) -> SessionRow | None:
+        row = await self.one(select(*SESSION).where(sessions.c.id == session_id))
+        return None if row is None else SessionRow(*row)
 
     async def audit(
         self, at: float, actor: str, event: str, outcome: str, *,
         company_id: int | None = None, session_id: str | None = None, **detail: Any,
     ) -> None:
-        await self.run(
-            "INSERT INTO audit(at, actor, company_id, session_id, event, outcome, detail) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (at, actor, company_id, session_id, event, outcome, json.dumps(detail, sort_keys=True)),
-        )
+        await self.run(insert(audit).values(
+            at=at, actor=actor, company_id=company_id, session_id=session_id, event=event,
+            outcome=outcome, detail=_detail(detail)))
 
     async def event(self, at: float, company_id: int, kind: str, session_id: str | None,
                     **data: Any) -> None:
-        await self.run(
-            "INSERT INTO events(at, company_id, session_id, kind, data) VALUES (?, ?, ?, ?, ?)",
-            (at, company_id, session_id, kind, json.dumps(data, sort_keys=True)),
-        )
+        await self.events([{"at": at, "company_id": company_id, "kind": kind,
+                            "session_id": session_id, "data": _detail(data)}])
+
+    async def events(self, rows: list[dict]) -> None:
+        """Insert event rows (at, company_id, kind, session_id, data as JSON text)."""
+        if not rows:
+            return
+        if self.backend == db.POSTGRESQL and not self.wrote_events:
+            # Held to commit: an event id taken after ours is committed after ours, so a
+            # console reading "events after id N" never skips one that commits late.
+            await self.conn.execute(select(func.pg_advisory_xact_lock(
+                ADVISORY_CLASS, EVENT_ORDER_LOCK)))
+        await self.run(insert(events), rows)
         self.wrote_events = True
 
 
 class Store:
-    """The relay database. Open with `await Store.open(path)`; close with `await store.close()`."""
+    """The relay database. Open with `await Store.open(target)`; close with `await store.close()`.
 
-    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
-        self._db = db
-        self.path = path
-        self._lock = asyncio.Lock()
+    `target` is a database URL (`postgresql://...`, `sqlite:///...`) or the path of a SQLite
+    file."""
+
+    def __init__(self, engine: AsyncEngine, url: URL) -> None:
+        self._engine = engine
+        self.url = url
+        self.backend = db.backend(url)
+        if self.backend == db.POSTGRESQL:
+            # Reads need no transaction: one round trip each instead of BEGIN/SELECT/ROLLBACK.
+            self._reader = engine.execution_options(isolation_level="AUTOCOMMIT")
+        else:
+            self._reader = engine  # no BEGIN for reads (relay/db/engine.py)
+        self._write_turn = asyncio.Lock() if self.backend == db.SQLITE else None
         # Active sessions' agent credentials, kept once read (see agent_credential).
         self._credentials: dict[str, tuple[str, float]] = {}
         self._ends = 0  # bumped by every end: a read that raced one must not be kept
 
     @classmethod
-    async def open(cls, path: Path) -> Store:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        db = await aiosqlite.connect(str(path), isolation_level=None)
+    async def open(cls, target: Path | URL | str) -> Store:
+        if isinstance(target, Path):
+            url = db.sqlite_url(target)
+        elif isinstance(target, str):
+            url = db.parse_database_url(target)
+        else:
+            url = target
+        if db.backend(url) == db.SQLITE:
+            db.prepare_sqlite_file(db.sqlite_path(url))
+        engine = db.create_engine(url)
         try:
-            await db.execute("PRAGMA busy_timeout = 5000")
-            await db.execute("PRAGMA journal_mode = WAL")
-            await db.execute("PRAGMA synchronous = FULL")
-            await db.execute("PRAGMA foreign_keys = ON")
-            store = cls(db, path)
-            await store._migrate()
+            await migrate(engine)
+        except db.DatabaseUnavailable as error:
+            await engine.dispose()
+            raise db.DatabaseUnavailable(f"{db.describe(url)}: {error}") from None
+        except (exc.DBAPIError, OSError) as error:
+            await engine.dispose()
+            raise db.DatabaseUnavailable(
+                f"cannot open the database {db.describe(url)}: {_reason(error)}; check that "
+                "it runs, that the URL is right and that the relay may use it") from None
         except BaseException:
-            await db.close()
+            await engine.dispose()
             raise
-        os.chmod(path, 0o600)
-        return store
+        return cls(engine, url)
 
     async def close(self) -> None:
-        await self._db.close()
+        await self._engine.dispose()
 
-    async def _migrate(self) -> None:
-        async with self.transaction() as tx:
-            (version,) = await tx.one("PRAGMA user_version")
-            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in _split_sql(script):
-                    await tx.run(statement)
-                await tx.run(f"PRAGMA user_version = {number}")
+    def describe(self) -> str:
+        """Which database this is, for messages (no password)."""
+        return db.describe(self.url)
 
-    @asynccontextmanager
+    async def revision(self) -> str | None:
+        """The schema's Alembic revision."""
+        return await current_revision(self._engine)
+
+    @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
-        """A `BEGIN IMMEDIATE` write transaction, retried while another process holds the lock."""
-        async with self._lock:
-            for delay in (*_LOCKED_RETRY_DELAYS, None):
-                try:
-                    await self._db.execute("BEGIN IMMEDIATE")
-                    break
-                except sqlite3.OperationalError as exc:
-                    if delay is None or not _is_locked(exc):
-                        raise
-                    await asyncio.sleep(delay)
-            tx = Tx(self._db)
-            try:
+        """One write transaction, committed when the block ends; not retried (see _write)."""
+        turn = self._write_turn or contextlib.nullcontext()
+        async with turn, self._engine.connect() as conn:
+            conn = await db.writable(conn)
+            async with conn.begin():
+                tx = Tx(conn, self.backend)
                 yield tx
-            except BaseException:
-                await self._db.execute("ROLLBACK")
-                raise
-            await self._commit()
+        if tx.ended:
+            # Once more after the commit: a credential read between the end and its commit
+            # (on another connection) saw the session still active.
+            self._forget(tx.ended)
 
-    async def _commit(self) -> None:
-        for delay in (*_LOCKED_RETRY_DELAYS, None):
+    def _forget(self, session_ids: list[str]) -> None:
+        """Drop ended sessions' credentials, and any read of one that is still in flight."""
+        for session_id in session_ids:
+            self._credentials.pop(session_id, None)
+        self._ends += 1
+
+    async def _write(self, work: Callable[[Tx], Awaitable[T]]) -> T:
+        """Run `work` in a write transaction, again from the start while the database is busy."""
+        for delay in (*RETRY_DELAYS, None):
             try:
-                await self._db.execute("COMMIT")
-                return
-            except sqlite3.OperationalError as exc:
-                if delay is None or not _is_locked(exc):
-                    await self._db.execute("ROLLBACK")
+                async with self.transaction() as tx:
+                    return await work(tx)
+            except exc.DBAPIError as error:
+                if delay is None or not db.is_retryable(error):
                     raise
-                await asyncio.sleep(delay)
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
 
-    async def _one(self, sql: str, params: Iterable[Any] = ()):
-        async with self._lock, self._db.execute(sql, tuple(params)) as cur:
-            return await cur.fetchone()
+    async def _one(self, statement: Executable) -> Row | None:
+        async with self._reader.connect() as conn:
+            return (await conn.execute(statement)).first()
 
-    async def _all(self, sql: str, params: Iterable[Any] = ()):
-        async with self._lock, self._db.execute(sql, tuple(params)) as cur:
-            return await cur.fetchall()
+    async def _all(self, statement: Executable) -> Sequence[Row]:
+        async with self._reader.connect() as conn:
+            return (await conn.execute(statement)).all()
 
-    async def integrity_check(self) -> str:
-        (result,) = await self._one("PRAGMA integrity_check")
-        return result
-
-    async def schema_version(self) -> int:
-        (version,) = await self._one("PRAGMA user_version")
-        return version
+    def _insert_or_ignore(self, table: Table):
+        dialect_insert = postgresql_insert if self.backend == db.POSTGRESQL else sqlite_insert
+        return dialect_insert(table).on_conflict_do_nothing()
 
     # --- companies -------------------------------------------------------------------------
 
     async def add_company(self, name: str, plan: str, seats: int, now: float) -> Company:
-        async with self.transaction() as tx:
+        async def work(tx: Tx) -> Company:
             try:
-                await tx.run(
-                    "INSERT INTO companies(name, plan, seats, created_at) VALUES (?, ?, ?, ?)",
-                    (name, plan, seats, now),
-                )
-            except sqlite3.IntegrityError:
+                row = await tx.one(insert(companies).values(
+                    name=name, plan=plan, seats=seats, created_at=now).returning(*COMPANY))
+            except exc.IntegrityError:
                 raise Conflict(f"a company named {name!r} already exists") from None
-            row = await tx.one(f"SELECT {_columns(Company)} FROM companies WHERE name = ?", (name,))
-            await tx.audit(now, "admin", "company_added", "ok", company_id=row[0], plan=plan,
-                           seats=seats)
-        return Company(*row)
+            company = Company(*row)
+            await tx.audit(now, "admin", "company_added", "ok", company_id=company.id,
+                           plan=plan, seats=seats)
+            return company
+        return await self._write(work)
 
     async def company_by_name(self, name: str) -> Company:
-        row = await self._one(f"SELECT {_columns(Company)} FROM companies WHERE name = ?", (name,))
+        row = await self._one(select(*COMPANY).where(_company_named(name)))
         if row is None:
             raise NotFound(f"no company named {name!r}")
         return Company(*row)
 
     async def company(self, company_id: int) -> Company:
-        row = await self._one(f"SELECT {_columns(Company)} FROM companies WHERE id = ?",
-                              (company_id,))
+        row = await self._one(select(*COMPANY).where(companies.c.id == company_id))
         if row is None:
             raise NotFound(f"no company with id {company_id}")
         return Company(*row)
 
     async def companies(self) -> list[Company]:
         return [Company(*r) for r in await self._all(
-            f"SELECT {_columns(Company)} FROM companies ORDER BY name")]
+            select(*COMPANY).order_by(func.lower(companies.c.name)))]
 
     async def update_company(self, company_id: int, now: float, actor: str, **changes: Any) -> None:
         allowed = {"plan", "seats", "disabled"}
         assert changes and set(changes) <= allowed, changes
-        assignments = ", ".join(f"{k} = ?" for k in changes)
-        async with self.transaction() as tx:
-            count = await tx.run(f"UPDATE companies SET {assignments} WHERE id = ?",
-                                 (*changes.values(), company_id))
+
+        async def work(tx: Tx) -> None:
+            count = await tx.run(update(companies).where(companies.c.id == company_id)
+                                 .values(**changes))
             if not count:
                 raise NotFound(f"no company with id {company_id}")
             await tx.audit(now, actor, "company_changed", "ok", company_id=company_id, **changes)
+        await self._write(work)
 
     # --- technicians -----------------------------------------------------------------------
 
@@ -409,145 +395,143 @@ class Store:
         self, company_id: int, login: str, email: str, password_hash: str, is_admin: bool,
         now: float, actor: str = "admin",
     ) -> Technician:
-        async with self.transaction() as tx:
+        async def work(tx: Tx) -> Technician:
             try:
-                await tx.run(
-                    "INSERT INTO technicians(company_id, login, email, password_hash, is_admin, "
-                    "created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    (company_id, login, email, password_hash, int(is_admin), now),
-                )
-            except sqlite3.IntegrityError:
+                row = await tx.one(insert(technicians).values(
+                    company_id=company_id, login=login, email=email, password_hash=password_hash,
+                    is_admin=int(is_admin), created_at=now).returning(*TECHNICIAN))
+            except exc.IntegrityError:
                 raise Conflict(f"a technician with login {login!r} already exists") from None
-            row = await tx.one(f"SELECT {_columns(Technician)} FROM technicians WHERE login = ?",
-                               (login,))
             await tx.audit(now, actor, "technician_added", "ok", company_id=company_id,
                            login=login, admin=is_admin)
-        return Technician(*row)
+            return Technician(*row)
+        return await self._write(work)
 
     async def technician_by_login(self, login: str) -> Technician:
-        row = await self._one(f"SELECT {_columns(Technician)} FROM technicians WHERE login = ?",
-                              (login,))
+        row = await self._one(select(*TECHNICIAN).where(technicians.c.login == login))
         if row is None:
             raise NotFound(f"no technician with login {login!r}")
         return Technician(*row)
 
     async def technician(self, technician_id: int) -> Technician:
-        row = await self._one(f"SELECT {_columns(Technician)} FROM technicians WHERE id = ?",
-                              (technician_id,))
+        row = await self._one(select(*TECHNICIAN).where(technicians.c.id == technician_id))
         if row is None:
             raise NotFound(f"no technician with id {technician_id}")
         return Technician(*row)
 
     async def technicians(self, company_id: int | None = None) -> list[Technician]:
-        if company_id is None:
-            rows = await self._all(f"SELECT {_columns(Technician)} FROM technicians ORDER BY login")
-        else:
-            rows = await self._all(
-                f"SELECT {_columns(Technician)} FROM technicians WHERE company_id = ? "
-                "ORDER BY login", (company_id,))
-        return [Technician(*r) for r in rows]
+        query = select(*TECHNICIAN).order_by(technicians.c.login)
+        if company_id is not None:
+            query = query.where(technicians.c.company_id == company_id)
+        return [Technician(*r) for r in await self._all(query)]
 
     async def update_technician(self, technician_id: int, now: float, actor: str,
                                 **changes: Any) -> None:
         allowed = {"password_hash", "disabled", "is_admin", "email"}
         assert changes and set(changes) <= allowed, changes
-        assignments = ", ".join(f"{k} = ?" for k in changes)
-        async with self.transaction() as tx:
-            count = await tx.run(f"UPDATE technicians SET {assignments} WHERE id = ?",
-                                 (*changes.values(), technician_id))
+
+        async def work(tx: Tx) -> None:
+            count = await tx.run(update(technicians).where(technicians.c.id == technician_id)
+                                 .values(**changes))
             if not count:
                 raise NotFound(f"no technician with id {technician_id}")
             if "password_hash" in changes or changes.get("disabled"):
-                await tx.run("DELETE FROM api_tokens WHERE technician_id = ?", (technician_id,))
+                await tx.run(delete(api_tokens).where(
+                    api_tokens.c.technician_id == technician_id))
             shown = {k: v for k, v in changes.items() if k != "password_hash"}
             if "password_hash" in changes:
                 shown["password"] = "reset"
             await tx.audit(now, actor, "technician_changed", "ok", technician_id=technician_id,
                            **shown)
+        await self._write(work)
 
     async def add_ssh_key(self, technician_id: int, public_key: str, now: float) -> None:
-        async with self.transaction() as tx:
-            await tx.run(
-                "INSERT OR IGNORE INTO ssh_keys(technician_id, public_key, created_at) "
-                "VALUES (?, ?, ?)", (technician_id, public_key, now))
+        statement = self._insert_or_ignore(ssh_keys).values(
+            technician_id=technician_id, public_key=public_key, created_at=now)
+        await self._write(lambda tx: tx.run(statement))
 
     async def ssh_keys(self, technician_id: int) -> list[str]:
-        rows = await self._all("SELECT public_key FROM ssh_keys WHERE technician_id = ? "
-                               "ORDER BY id", (technician_id,))
+        rows = await self._all(select(ssh_keys.c.public_key)
+                               .where(ssh_keys.c.technician_id == technician_id)
+                               .order_by(ssh_keys.c.id))
         return [r[0] for r in rows]
 
     # --- API tokens ------------------------------------------------------------------------
 
     async def add_token(self, token_hash: str, technician_id: int, now: float,
                         expires_at: float) -> None:
-        async with self.transaction() as tx:
-            await tx.run("DELETE FROM api_tokens WHERE expires_at <= ?", (now,))
-            await tx.run(
-                "INSERT INTO api_tokens(token_hash, technician_id, created_at, expires_at) "
-                "VALUES (?, ?, ?, ?)", (token_hash, technician_id, now, expires_at))
+        async def work(tx: Tx) -> None:
+            await tx.run(delete(api_tokens).where(api_tokens.c.expires_at <= now))
+            await tx.run(insert(api_tokens).values(
+                token_hash=token_hash, technician_id=technician_id, created_at=now,
+                expires_at=expires_at))
+        await self._write(work)
 
     async def technician_for_token(self, token_hash: str, now: float) -> Technician | None:
         row = await self._one(
-            f"SELECT {', '.join('t.' + f.name for f in fields(Technician))} "
-            "FROM api_tokens k JOIN technicians t ON t.id = k.technician_id "
-            "JOIN companies c ON c.id = t.company_id "
-            "WHERE k.token_hash = ? AND k.expires_at > ? AND t.disabled = 0 AND c.disabled = 0",
-            (token_hash, now))
-        return _row(Technician, row)
+            select(*TECHNICIAN)
+            .join(api_tokens, api_tokens.c.technician_id == technicians.c.id)
+            .join(companies, companies.c.id == technicians.c.company_id)
+            .where(api_tokens.c.token_hash == token_hash, api_tokens.c.expires_at > now,
+                   technicians.c.disabled == 0, companies.c.disabled == 0))
+        return None if row is None else Technician(*row)
 
     # --- sessions --------------------------------------------------------------------------
 
-    async def occupancy(self, company_id: int, technician_id: int) -> rules.Occupancy:
-        """A snapshot of what counts against the limits (not atomic: create_session decides)."""
-        plan, seats = await self._one("SELECT plan, seats FROM companies WHERE id = ?",
-                                      (company_id,))
-        (for_tech,) = await self._one(
-            "SELECT count(*) FROM sessions WHERE technician_id = ? "
-            "AND state IN ('pending', 'active')", (technician_id,))
-        (for_company,) = await self._one(
-            "SELECT count(*) FROM sessions WHERE company_id = ? "
-            "AND state IN ('pending', 'active')", (company_id,))
+    @staticmethod
+    def _occupancy_query(company_id: int, technician_id: int):
+        def live_count(*where):
+            return select(func.count()).select_from(sessions).where(LIVE, *where) \
+                .scalar_subquery()
+        return select(companies.c.plan, companies.c.seats,
+                      live_count(sessions.c.technician_id == technician_id),
+                      live_count(sessions.c.company_id == company_id)) \
+            .where(companies.c.id == company_id)
+
+    @staticmethod
+    def _occupancy(row: Row) -> rules.Occupancy:
+        plan, seats, for_tech, for_company = row
         return rules.Occupancy(plan=plan, seats=seats, live_for_technician=for_tech,
                                live_for_company=for_company)
 
+    async def occupancy(self, company_id: int, technician_id: int) -> rules.Occupancy:
+        """A snapshot of what counts against the limits (not atomic: create_session decides)."""
+        return self._occupancy(await self._one(self._occupancy_query(company_id, technician_id)))
+
     async def create_session(self, row: SessionRow) -> SessionRow:
         """Insert a pending session if the plan and limits allow, atomically."""
-        async with self.transaction() as tx:
-            plan, seats = await tx.one("SELECT plan, seats FROM companies WHERE id = ?",
-                                       (row.company_id,))
-            (for_tech,) = await tx.one(
-                "SELECT count(*) FROM sessions WHERE technician_id = ? "
-                "AND state IN ('pending', 'active')", (row.technician_id,))
-            (for_company,) = await tx.one(
-                "SELECT count(*) FROM sessions WHERE company_id = ? "
-                "AND state IN ('pending', 'active')", (row.company_id,))
-            occupancy = rules.Occupancy(plan=plan, seats=seats, live_for_technician=for_tech,
-                                        live_for_company=for_company)
+        async def work(tx: Tx) -> rules.LimitError | None:
+            if self.backend == db.POSTGRESQL:
+                # Creates in one company queue here. The counts are read by the next statement,
+                # which (at READ COMMITTED) sees every create committed before the lock was ours;
+                # counting in this statement would count from before the wait.
+                await tx.one(select(companies.c.id).where(companies.c.id == row.company_id)
+                             .with_for_update(key_share=True))
+            occupancy = self._occupancy(
+                await tx.one(self._occupancy_query(row.company_id, row.technician_id)))
             actor = f"technician:{row.technician_id}"
-            refusal: rules.LimitError | None = None
             try:
                 rules.check_can_create(occupancy)
-            except rules.LimitError as exc:
+            except rules.LimitError as refusal:
                 # The refusal is audited (and committed) even though no session is created.
-                refusal = exc
                 await tx.audit(row.created_at, actor, "session_create", "refused",
-                               company_id=row.company_id, reason=exc.code)
-            else:
-                values = [getattr(row, f.name) for f in fields(SessionRow)]
-                await tx.run(
-                    f"INSERT INTO sessions({_columns(SessionRow)}) "
-                    f"VALUES ({', '.join('?' * len(values))})", values)
-                await tx.audit(row.created_at, actor, "session_created", "ok",
-                               company_id=row.company_id, session_id=row.id,
-                               customer_email=row.customer_email)
-                await tx.event(row.created_at, row.company_id, "created", row.id)
+                               company_id=row.company_id, reason=refusal.code)
+                return refusal
+            await tx.run(insert(sessions).values(
+                {f.name: getattr(row, f.name) for f in fields(SessionRow)}))
+            await tx.audit(row.created_at, actor, "session_created", "ok",
+                           company_id=row.company_id, session_id=row.id,
+                           customer_email=row.customer_email)
+            await tx.event(row.created_at, row.company_id, "created", row.id)
+            return None
+
+        refusal = await self._write(work)
         if refusal is not None:
             raise refusal
         return row
 
     async def session(self, session_id: str) -> SessionRow:
-        row = await self._one(f"SELECT {_columns(SessionRow)} FROM sessions WHERE id = ?",
-                              (session_id,))
+        row = await self._one(select(*SESSION).where(sessions.c.id == session_id))
         if row is None:
             raise NotFound("no such session")
         return SessionRow(*row)
@@ -564,8 +548,9 @@ class Store:
         if kept is not None:
             return kept
         ends = self._ends
-        row = await self._one("SELECT agent_secret_hash, expires_at FROM sessions "
-                              "WHERE id = ? AND state = 'active'", (session_id,))
+        row = await self._one(select(sessions.c.agent_secret_hash, sessions.c.expires_at)
+                              .where(sessions.c.id == session_id,
+                                     sessions.c.state == rules.State.ACTIVE))
         if row is None or row[0] is None or row[1] is None:
             return None
         if ends == self._ends:
@@ -576,208 +561,259 @@ class Store:
         """Read every active session's agent credential at once (the relay's start, when all
         its agents are about to reconnect); returns how many."""
         ends = self._ends
-        rows = await self._all("SELECT id, agent_secret_hash, expires_at FROM sessions "
-                               "WHERE state = 'active' AND agent_secret_hash IS NOT NULL "
-                               "AND expires_at IS NOT NULL")
+        rows = await self._all(select(sessions.c.id, sessions.c.agent_secret_hash,
+                                      sessions.c.expires_at)
+                               .where(sessions.c.state == rules.State.ACTIVE,
+                                      sessions.c.agent_secret_hash.is_not(None),
+                                      sessions.c.expires_at.is_not(None)))
         if ends == self._ends:
             self._credentials.update((row[0], (row[1], row[2])) for row in rows)
         return len(rows)
 
     async def session_by_join_hash(self, join_token_hash: str) -> SessionRow:
-        row = await self._one(
-            f"SELECT {_columns(SessionRow)} FROM sessions WHERE join_token_hash = ?",
-            (join_token_hash,))
+        row = await self._one(select(*SESSION)
+                              .where(sessions.c.join_token_hash == join_token_hash))
         if row is None:
             raise NotFound("no such link")
         return SessionRow(*row)
 
     async def sessions_for_company(self, company_id: int, recent_since: float) -> list[SessionRow]:
         rows = await self._all(
-            f"SELECT {_columns(SessionRow)} FROM sessions WHERE company_id = ? "
-            "AND (state IN ('pending', 'active') OR ended_at >= ?) ORDER BY created_at DESC",
-            (company_id, recent_since))
+            select(*SESSION)
+            .where(sessions.c.company_id == company_id,
+                   or_(LIVE, sessions.c.ended_at >= recent_since))
+            .order_by(sessions.c.created_at.desc()))
         return [SessionRow(*r) for r in rows]
 
     async def live_sessions(self) -> list[SessionRow]:
-        rows = await self._all(
-            f"SELECT {_columns(SessionRow)} FROM sessions WHERE state IN ('pending', 'active')")
-        return [SessionRow(*r) for r in rows]
+        return [SessionRow(*r) for r in await self._all(select(*SESSION).where(LIVE))]
 
     async def record_wrong_code(self, session_id: str, now: float, source: str) -> SessionRow:
         """Count a wrong code; the fifth burns the link. Returns the updated row."""
-        async with self.transaction() as tx:
-            await tx.run("UPDATE sessions SET code_attempts = code_attempts + 1 WHERE id = ?",
-                         (session_id,))
-            row = SessionRow(*await tx.one(
-                f"SELECT {_columns(SessionRow)} FROM sessions WHERE id = ?", (session_id,)))
+        async def work(tx: Tx) -> SessionRow:
+            counted = await tx.one(
+                update(sessions).where(sessions.c.id == session_id)
+                .values(code_attempts=sessions.c.code_attempts + 1).returning(*SESSION))
+            if counted is None:
+                raise NotFound("no such session")
+            row = SessionRow(*counted)
             await tx.audit(now, f"agent@{source}", "code_attempt", "wrong_code",
                            company_id=row.company_id, session_id=session_id,
                            attempts=row.code_attempts)
             if row.code_attempts >= rules.MAX_CODE_ATTEMPTS and row.state == rules.State.PENDING:
-                row = await self._end(tx, row, rules.EndReason.CODE_ATTEMPTS, now, "relay")
-        return row
+                row = await self._end(tx, row.id, rules.EndReason.CODE_ATTEMPTS, now,
+                                      "relay") or row
+            return row
+        return await self._write(work)
 
     async def record_refused_code(self, session_id: str, now: float, source: str,
                                   reason: str) -> None:
         """Audit an attempt on a link that can no longer be activated."""
-        async with self.transaction() as tx:
-            row = await tx.one("SELECT company_id FROM sessions WHERE id = ?", (session_id,))
+        async def work(tx: Tx) -> None:
+            company_id = await tx.one(select(sessions.c.company_id)
+                                      .where(sessions.c.id == session_id))
             await tx.audit(now, f"agent@{source}", "code_attempt", "refused",
-                           company_id=row[0] if row else None, session_id=session_id,
-                           reason=reason)
+                           company_id=company_id[0] if company_id else None,
+                           session_id=session_id, reason=reason)
+        await self._write(work)
 
     async def activate(self, session_id: str, now: float, expires_at: float, *,
                        agent_secret_hash: str, host_key: str, hostname: str, os: str,
                        os_user: str, ip: str, machine_fp: str | None, features: list[str],
                        source: str) -> SessionRow:
         """pending -> active, only if still pending (so two agents racing: exactly one wins)."""
-        async with self.transaction() as tx:
+        async def work(tx: Tx) -> tuple[SessionRow | None, bool]:
             try:
-                count = await tx.run(
-                    "UPDATE sessions SET state = 'active', activated_at = ?, expires_at = ?, "
-                    "agent_secret_hash = ?, host_key = ?, hostname = ?, os = ?, os_user = ?, "
-                    "ip = ?, machine_fp = ?, features = ? "
-                    "WHERE id = ? AND state = 'pending' AND invite_expires_at > ?",
-                    (now, expires_at, agent_secret_hash, host_key, hostname, os, os_user, ip,
-                     machine_fp, json.dumps(features), session_id, now))
-            except sqlite3.IntegrityError:
+                activated = await tx.one(
+                    update(sessions)
+                    .where(sessions.c.id == session_id,
+                           sessions.c.state == rules.State.PENDING,
+                           sessions.c.invite_expires_at > now)
+                    .values(state=rules.State.ACTIVE, activated_at=now, expires_at=expires_at,
+                            agent_secret_hash=agent_secret_hash, host_key=host_key,
+                            hostname=hostname, os=os, os_user=os_user, ip=ip,
+                            machine_fp=machine_fp, features=json.dumps(features))
+                    .returning(*SESSION))
+            except exc.IntegrityError:
                 raise Conflict("this computer already runs an Adhoc session") from None
-            row = SessionRow(*await tx.one(
-                f"SELECT {_columns(SessionRow)} FROM sessions WHERE id = ?", (session_id,)))
-            if not count:
-                await tx.audit(now, f"agent@{source}", "activate", "refused",
-                               company_id=row.company_id, session_id=session_id,
-                               reason=f"session is {row.state}")
-                raise rules.InvalidTransition(f"cannot activate a session that is {row.state}")
+            if activated is None:
+                row = await tx.session(session_id)
+                if row is not None:
+                    await tx.audit(now, f"agent@{source}", "activate", "refused",
+                                   company_id=row.company_id, session_id=session_id,
+                                   reason=f"session is {row.state}")
+                return row, False
+            row = SessionRow(*activated)
             await tx.audit(now, f"agent@{source}", "activated", "ok", company_id=row.company_id,
                            session_id=session_id, hostname=hostname, os=os, user=os_user)
             await tx.event(now, row.company_id, "activated", session_id)
+            return row, True
+
+        row, activated = await self._write(work)
+        if row is None:
+            raise NotFound("no such session")
+        if not activated:
+            raise rules.InvalidTransition(f"cannot activate a session that is {row.state}")
         return row
 
     async def reissue_code(self, session_id: str, code_hmac: str, now: float,
                            actor: str) -> SessionRow:
         """Replace a pending session's code; the count of wrong codes on the link is kept."""
-        async with self.transaction() as tx:
-            count = await tx.run(
-                "UPDATE sessions SET code_hmac = ? WHERE id = ? AND state = 'pending' "
-                "AND invite_expires_at > ?", (code_hmac, session_id, now))
-            row = SessionRow(*await tx.one(
-                f"SELECT {_columns(SessionRow)} FROM sessions WHERE id = ?", (session_id,)))
-            if not count:
-                await tx.audit(now, actor, "code_reissued", "refused", company_id=row.company_id,
-                               session_id=session_id, reason=f"session is {row.state}")
-            else:
-                await tx.audit(now, actor, "code_reissued", "ok", company_id=row.company_id,
-                               session_id=session_id, attempts=row.code_attempts)
-                await tx.event(now, row.company_id, "code_reissued", session_id,
-                               code_attempts=row.code_attempts)
-        if not count:
+        async def work(tx: Tx) -> tuple[SessionRow | None, bool]:
+            changed = await tx.one(
+                update(sessions)
+                .where(sessions.c.id == session_id, sessions.c.state == rules.State.PENDING,
+                       sessions.c.invite_expires_at > now)
+                .values(code_hmac=code_hmac).returning(*SESSION))
+            if changed is None:
+                row = await tx.session(session_id)
+                if row is not None:
+                    await tx.audit(now, actor, "code_reissued", "refused",
+                                   company_id=row.company_id, session_id=session_id,
+                                   reason=f"session is {row.state}")
+                return row, False
+            row = SessionRow(*changed)
+            await tx.audit(now, actor, "code_reissued", "ok", company_id=row.company_id,
+                           session_id=session_id, attempts=row.code_attempts)
+            await tx.event(now, row.company_id, "code_reissued", session_id,
+                           code_attempts=row.code_attempts)
+            return row, True
+
+        row, reissued = await self._write(work)
+        if row is None:
+            raise NotFound("no such session")
+        if not reissued:
             raise rules.InvalidTransition(f"cannot issue a code for a session that is {row.state}")
         return row
 
     async def end_session(self, session_id: str, reason: str, now: float,
                           actor: str) -> tuple[SessionRow, bool]:
         """End a live session; idempotent. Returns (row, whether this call ended it)."""
-        async with self.transaction() as tx:
-            row = SessionRow(*await tx.one(
-                f"SELECT {_columns(SessionRow)} FROM sessions WHERE id = ?", (session_id,)))
-            if not row.is_live:
-                return row, False
-            row = await self._end(tx, row, reason, now, actor)
-        return row, True
+        async def work(tx: Tx) -> tuple[SessionRow | None, bool]:
+            ended = await self._end(tx, session_id, reason, now, actor)
+            if ended is not None:
+                return ended, True
+            return await tx.session(session_id), False
 
-    async def _end(self, tx: Tx, row: SessionRow, reason: str, now: float,
-                   actor: str) -> SessionRow:
-        rules.next_state(rules.State(row.state), rules.Event.END)
-        self._credentials.pop(row.id, None)
-        self._ends += 1
-        await tx.run(
-            "UPDATE sessions SET state = 'ended', ended_reason = ?, ended_at = ? "
-            "WHERE id = ? AND state IN ('pending', 'active')", (reason, now, row.id))
-        await tx.audit(now, actor, "ended", "ok", company_id=row.company_id, session_id=row.id,
-                       reason=reason)
-        await tx.event(now, row.company_id, "ended", row.id, reason=reason)
-        return SessionRow(*await tx.one(
-            f"SELECT {_columns(SessionRow)} FROM sessions WHERE id = ?", (row.id,)))
+        row, changed = await self._write(work)
+        if row is None:
+            raise NotFound("no such session")
+        return row, changed
+
+    async def _end(self, tx: Tx, session_id: str, reason: str, now: float,
+                   actor: str) -> SessionRow | None:
+        """End the session if it is live (the row as ended), else None: of two racing ends,
+        in this process or another, exactly one gets the row."""
+        ended = await tx.one(
+            update(sessions).where(sessions.c.id == session_id, LIVE)
+            .values(state=rules.State.ENDED, ended_reason=reason, ended_at=now)
+            .returning(*SESSION))
+        if ended is None:
+            return None
+        row = SessionRow(*ended)
+        await self._record_ends(tx, [row], now, actor)
+        return row
+
+    async def _record_ends(self, tx: Tx, rows: list[SessionRow], now: float,
+                           actor: str) -> None:
+        tx.ended.extend(row.id for row in rows)
+        self._forget(tx.ended)
+        await tx.run(insert(audit), [
+            {"at": now, "actor": actor, "company_id": row.company_id, "session_id": row.id,
+             "event": "ended", "outcome": "ok", "detail": _detail({"reason": row.ended_reason})}
+            for row in rows])
+        await tx.events([
+            {"at": now, "company_id": row.company_id, "kind": "ended", "session_id": row.id,
+             "data": _detail({"reason": row.ended_reason})} for row in rows])
 
     async def end_expired(self, now: float) -> list[SessionRow]:
         """End every session whose invite or lifetime has run out; returns those ended."""
-        async with self.transaction() as tx:
+        due = or_(and_(sessions.c.state == rules.State.PENDING,
+                       sessions.c.invite_expires_at <= now),
+                  and_(sessions.c.state == rules.State.ACTIVE, sessions.c.expires_at <= now))
+        # SET reads the row as it was: a pending session's invite ran out, an active one's
+        # lifetime did.
+        reason = case((sessions.c.state == rules.State.PENDING, rules.EndReason.INVITE_EXPIRED),
+                      else_=rules.EndReason.EXPIRED)
+
+        async def work(tx: Tx) -> list[SessionRow]:
             rows = [SessionRow(*r) for r in await tx.all(
-                f"SELECT {_columns(SessionRow)} FROM sessions WHERE "
-                "(state = 'pending' AND invite_expires_at <= ?) OR "
-                "(state = 'active' AND expires_at <= ?)", (now, now))]
-            ended = []
-            for row in rows:
-                reason = (rules.EndReason.INVITE_EXPIRED if row.state == rules.State.PENDING
-                          else rules.EndReason.EXPIRED)
-                ended.append(await self._end(tx, row, reason, now, "relay"))
-        return ended
+                update(sessions).where(due)
+                .values(state=rules.State.ENDED, ended_reason=reason, ended_at=now)
+                .returning(*SESSION))]
+            if rows:
+                rows.sort(key=lambda r: r.created_at)
+                await self._record_ends(tx, rows, now, "relay")
+            return rows
+        return await self._write(work)
 
     async def next_expiry(self) -> float | None:
         row = await self._one(
-            "SELECT min(CASE state WHEN 'pending' THEN invite_expires_at ELSE expires_at END) "
-            "FROM sessions WHERE state IN ('pending', 'active')")
+            select(func.min(case((sessions.c.state == rules.State.PENDING,
+                                  sessions.c.invite_expires_at),
+                                 else_=sessions.c.expires_at)))
+            .where(LIVE))
         return row[0] if row else None
 
     async def set_mail_status(self, session_id: str, status: str, detail: str | None,
                               now: float) -> None:
-        async with self.transaction() as tx:
-            row = await tx.one("SELECT company_id FROM sessions WHERE id = ?", (session_id,))
+        async def work(tx: Tx) -> None:
+            row = await tx.one(update(sessions).where(sessions.c.id == session_id)
+                               .values(mail_status=status, mail_detail=detail)
+                               .returning(sessions.c.company_id))
             if row is None:
                 return
-            await tx.run("UPDATE sessions SET mail_status = ?, mail_detail = ? WHERE id = ?",
-                         (status, detail, session_id))
             await tx.audit(now, "relay", "mail", status, company_id=row[0],
                            session_id=session_id, detail=detail)
             await tx.event(now, row[0], "mail", session_id, status=status, detail=detail)
+        await self._write(work)
 
     async def record_presence(self, changes: Sequence[Presence]) -> None:
         """Agents that came or went, in order, in one transaction (one fsync for a batch)."""
-        async with self.transaction() as tx:
-            for change in changes:
-                row = await tx.one("SELECT company_id FROM sessions WHERE id = ?",
-                                   (change.session_id,))
-                if row is None:
-                    continue
-                kind = "online" if change.online else "offline"
-                await tx.audit(change.at, "agent", kind, "ok", company_id=row[0],
-                               session_id=change.session_id, ip=change.ip)
-                await tx.event(change.at, row[0], kind, change.session_id)
+        ids = sorted({change.session_id for change in changes})
+
+        async def work(tx: Tx) -> None:
+            company_of = dict(await tx.all(
+                select(sessions.c.id, sessions.c.company_id).where(sessions.c.id.in_(ids))))
+            known = [c for c in changes if c.session_id in company_of]
+            if not known:
+                return
+            kinds = ["online" if c.online else "offline" for c in known]
+            await tx.run(insert(audit), [
+                {"at": c.at, "actor": "agent", "company_id": company_of[c.session_id],
+                 "session_id": c.session_id, "event": kind, "outcome": "ok",
+                 "detail": _detail({"ip": c.ip})} for c, kind in zip(known, kinds, strict=True)])
+            await tx.events([
+                {"at": c.at, "company_id": company_of[c.session_id], "kind": kind,
+                 "session_id": c.session_id, "data": _detail({})}
+                for c, kind in zip(known, kinds, strict=True)])
+        await self._write(work)
 
     async def audit(self, at: float, actor: str, event: str, outcome: str, *,
                     company_id: int | None = None, session_id: str | None = None,
                     **detail: Any) -> None:
-        async with self.transaction() as tx:
-            await tx.audit(at, actor, event, outcome, company_id=company_id,
-                           session_id=session_id, **detail)
+        await self._write(lambda tx: tx.audit(at, actor, event, outcome, company_id=company_id,
+                                              session_id=session_id, **detail))
 
     async def audit_for_session(self, session_id: str) -> list[AuditRow]:
-        rows = await self._all(f"SELECT {_columns(AuditRow)} FROM audit WHERE session_id = ? "
-                               "ORDER BY id", (session_id,))
+        rows = await self._all(select(*AUDIT).where(audit.c.session_id == session_id)
+                               .order_by(audit.c.id))
         return [AuditRow(*r) for r in rows]
 
     async def events_after(self, company_id: int, after_id: int,
                            limit: int = 500) -> list[EventRow]:
-        rows = await self._all(
-            f"SELECT {_columns(EventRow)} FROM events WHERE company_id = ? AND id > ? "
-            "ORDER BY id LIMIT ?", (company_id, after_id, limit))
+        rows = await self._all(select(*EVENT)
+                               .where(events.c.company_id == company_id, events.c.id > after_id)
+                               .order_by(events.c.id).limit(limit))
         return [EventRow(*r) for r in rows]
 
     async def last_event_id(self) -> int:
-        (value,) = await self._one("SELECT coalesce(max(id), 0) FROM events")
-        return value
+        row = await self._one(select(func.coalesce(func.max(events.c.id), 0)))
+        return int(row[0])
 
 
-def _split_sql(script: str) -> list[str]:
-    """Split a migration into statements, keeping trigger bodies whole."""
-    statements, current = [], []
-    for line in script.strip().splitlines():
-        current.append(line)
-        joined = "\n".join(current).strip()
-        if joined.endswith(";") and sqlite3.complete_statement(joined):
-            statements.append(joined)
-            current = []
-    if "\n".join(current).strip():
-        statements.append("\n".join(current).strip())
-    return statements
+def _reason(error: BaseException) -> str:
+    """What went wrong, without SQLAlchemy's statement dump or documentation link."""
+    cause = getattr(error, "orig", None) or error
+    text = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    return text

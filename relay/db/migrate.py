@@ -1,0 +1,96 @@
+"""Bring a database to the relay's schema: create it, adopt a pre-Alembic one, or upgrade it.
+
+Runs the Alembic revisions shipped in this package programmatically (no alembic.ini), inside
+one write transaction: SQLite's write lock or a PostgreSQL advisory lock makes relays that start
+at once on one database migrate it exactly once. What a database holds decides the step:
+
+- no tables: create them from relay/db/tables.py and stamp the newest revision;
+- an `alembic_version` table: upgrade to the newest revision;
+- a SQLite database made before Alembic (PRAGMA user_version 1, no `alembic_version`): stamp
+  the baseline revision, which is that very schema, then upgrade; nothing is copied or lost;
+- anything else (tables of another program, a newer relay's revision): refuse with a message.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, inspect, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from relay.db.engine import POSTGRESQL, SQLITE, DatabaseUnavailable, writable
+from relay.db.tables import metadata
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+BASELINE = "0001"
+LEGACY_SQLITE_VERSION = 1  # PRAGMA user_version of the schema the baseline stands for
+# pg_advisory_xact_lock(ADVISORY_CLASS, n): the relay's own lock keys.
+ADVISORY_CLASS = 0x41_64_68_63  # "Adhc"
+MIGRATION_LOCK = 1
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+async def migrate(engine: AsyncEngine) -> str:
+    """Bring the database to the newest revision; returns it."""
+    async with engine.connect() as conn:
+        conn = await writable(conn)
+        async with conn.begin():
+            if conn.dialect.name == POSTGRESQL:
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:cls, :key)"),
+                                   {"cls": ADVISORY_CLASS, "key": MIGRATION_LOCK})
+            return await conn.run_sync(_migrate)
+
+
+async def current_revision(engine: AsyncEngine) -> str | None:
+    async with engine.connect() as conn:
+        return await conn.run_sync(
+            lambda sync: MigrationContext.configure(sync).get_current_revision())
+
+
+def _migrate(connection: Connection) -> str:
+    config = alembic_config(connection)
+    tables = set(inspect(connection).get_table_names())
+    head = head_revision()
+    if "alembic_version" in tables:
+        current = MigrationContext.configure(connection).get_current_revision()
+        known = {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}
+        if current is not None and current not in known:
+            raise DatabaseUnavailable(
+                f"the database is at schema revision {current}, which this relay does not "
+                "know: it was made by a newer Adhoc; run that version or restore a backup")
+        command.upgrade(config, "head")
+    elif not tables:
+        metadata.create_all(connection)
+        command.stamp(config, "head")
+    elif _is_legacy_sqlite(connection, tables):
+        command.stamp(config, BASELINE)
+        command.upgrade(config, "head")
+    else:
+        shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise DatabaseUnavailable(
+            f"the database already holds tables that are not an Adhoc relay's ({shown}): "
+            "give the relay a database of its own")
+    return head
+
+
+def _is_legacy_sqlite(connection: Connection, tables: set[str]) -> bool:
+    if connection.dialect.name != SQLITE:
+        return False
+    version = connection.exec_driver_sql("PRAGMA user_version").scalar()
+    return version == LEGACY_SQLITE_VERSION and set(metadata.tables) <= tables
