@@ -16,9 +16,10 @@ from tests.support import add_active_session, provision_store
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    await provision_store(tmp_path, [("Acme", "plus", 5, ["alice", "bob", "carol"])])
-    opened = await Store.open(tmp_path / "relay.db")
+async def store(tmp_path: Path, database: str | None) -> AsyncIterator[Store]:
+    await provision_store(tmp_path, [("Acme", "plus", 5, ["alice", "bob", "carol"])],
+                          database=database)
+    opened = await Store.open(database or tmp_path / "relay.db")
     yield opened
     await opened.close()
 
@@ -54,9 +55,10 @@ async def test_a_read_that_crosses_an_end_is_not_kept(store: Store, monkeypatch)
     session_id = await add_active_session(store, alice, "secret")
     real_one = store._one
 
-    async def read_then_end(sql, params=()):
-        row = await real_one(sql, params)
-        if "agent_secret_hash" in sql:  # the session ends after the read, before it is kept
+    async def read_then_end(statement):
+        row = await real_one(statement)
+        # The session ends after the read, before the credential is kept.
+        if "agent_secret_hash" in str(statement):
             await store.end_session(session_id, rules.EndReason.TECHNICIAN, 0.0, "admin")
         return row
 
@@ -65,3 +67,15 @@ async def test_a_read_that_crosses_an_end_is_not_kept(store: Store, monkeypatch)
     assert crossed is not None  # what the read saw: the login in flight may still pass
     monkeypatch.setattr(store, "_one", real_one)
     assert await store.agent_credential(session_id) is None  # the next one may not
+
+
+async def test_a_read_during_an_uncommitted_end_is_not_kept(store: Store) -> None:
+    """Reads and writes use different connections: a login's read can run while an end is
+    written but not yet committed, and see the session still active."""
+    alice, _, _ = await store.technicians()
+    session_id = await add_active_session(store, alice, "secret")
+    async with store.transaction() as tx:
+        await store._end(tx, session_id, rules.EndReason.TECHNICIAN, time.time(), "admin")
+        during = await store.agent_credential(session_id)
+        assert during is not None  # what is committed so far: the login in flight may pass
+    assert await store.agent_credential(session_id) is None

@@ -7,14 +7,17 @@ console's clock is fixed, so every run draws the same screen.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import insert
 from textual.widgets import DataTable
 
+from relay.db.tables import sessions
 from relay.store import SessionRow, Store
 from tests.support import PASSWORD, RelayProcess, provision
 from tui.app import ConsoleApp
@@ -47,9 +50,7 @@ async def _seed(data_dir: Path) -> None:
              ended_reason="ended_by_technician", created_at=NOW - 9000),
     ]
     async with store.transaction() as tx:
-        for row in rows:
-            values = [getattr(row, name) for name in SessionRow.__dataclass_fields__]
-            await tx.run(f"INSERT INTO sessions VALUES ({', '.join('?' * len(values))})", values)
+        await tx.run(insert(sessions), [dataclasses.asdict(row) for row in rows])
     await store.close()
 
 
