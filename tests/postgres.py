@@ -91,6 +91,13 @@ class PostgresCluster:
         self.pid = int((self.data / "postmaster.pid").read_text().split()[0])
         self.admin(f"CREATE ROLE {RELAY_ROLE} LOGIN CREATEDB PASSWORD '{RELAY_PASSWORD}'")
 
+    def restart(self) -> None:
+        """Restart the server (every client connection is cut) and wait until it accepts."""
+        subprocess.run(self._as_owner(
+            str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w",
+            "-t", "60", "restart", "-m", "fast"), check=True, capture_output=True, timeout=90)
+        self.pid = int((self.data / "postmaster.pid").read_text().split()[0])
+
     def stop(self) -> None:
         """Fast shutdown by the postmaster's PID (SIGINT), then remove the folder."""
         if self.pid:

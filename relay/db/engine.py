@@ -81,14 +81,6 @@ def describe(url: URL) -> str:
     return url.render_as_string(hide_password=True)
 
 
-def has_password(text: str) -> bool:
-    """Whether a typed URL carries a password (which then shows in the process list)."""
-    try:
-        return bool(make_url(text.strip()).password)
-    except (exc.ArgumentError, ValueError):
-        return False
-
-
 def sqlite_path(url: URL) -> Path:
     return Path(url.database or "")
 
@@ -97,9 +89,11 @@ def create_engine(url: URL) -> AsyncEngine:
     if backend(url) == SQLITE:
         return _sqlite_engine(url)
     # READ COMMITTED whatever the database's default: the store's locks are made for it (each
-    # statement after a lock wait sees what the lock holder committed).
+    # statement after a lock wait sees what the lock holder committed). A pooled connection is
+    # pinged before use, so a restarted server costs a reconnect, not a failed request.
     return create_async_engine(
         url, isolation_level="READ COMMITTED", pool_size=10, max_overflow=10,
+        pool_pre_ping=True,
         connect_args={"timeout": 15, "server_settings": {"application_name": "adhoc-relay"}})
 
 

@@ -18,13 +18,13 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from relay import sessions as rules
-from relay.db.engine import DatabaseUnavailable
+from relay.db.engine import DatabaseUnavailable, describe, parse_database_url
 from relay.db.migrate import BASELINE, head_revision
 from relay.db.tables import metadata
 from relay.store import Conflict, Store
 from tests import postgres as pg
-from tests.relay.conftest import db_rows
-from tests.support import add_active_session, run_cli, stop_process, wait_for_ready
+from tests.relay.conftest import create, db_rows
+from tests.support import Api, add_active_session, run_cli, stop_process, wait_for_ready
 
 FIXTURE = Path(__file__).parent / "fixtures" / "relay-v1.sql"
 TABLES = ("companies", "technicians", "ssh_keys", "api_tokens", "sessions", "audit", "events")
@@ -183,6 +183,24 @@ def test_bad_database_urls_are_refused_without_showing_the_password(tmp_path,
         monkeypatch.delenv("ADHOC_DATABASE")
 
 
+def test_database_urls_in_the_forms_operators_write_them() -> None:
+    forms = {
+        "postgresql://adhoc:pw@db.example.com/adhoc?sslmode=require":
+            ("postgresql+asyncpg", "db.example.com", "adhoc", {"ssl": "require"}),
+        "postgres://adhoc@/adhoc?host=/var/run/postgresql":
+            ("postgresql+asyncpg", None, "adhoc", {"host": "/var/run/postgresql"}),
+        "postgresql+asyncpg://adhoc:pw@db:6432/relay":
+            ("postgresql+asyncpg", "db", "relay", {}),
+        "sqlite:////var/lib/adhoc/relay.db":
+            ("sqlite+aiosqlite", None, "/var/lib/adhoc/relay.db", {}),
+    }
+    for text, (driver, host, name, query) in forms.items():
+        url = parse_database_url(text)
+        assert (url.drivername, url.host, url.database, dict(url.query)) == \
+            (driver, host, name, query), text
+        assert "pw" not in describe(url) and "pw" not in repr(url) and "pw" not in str(url)
+
+
 def test_an_unreachable_database_says_so_without_the_password(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("ADHOC_DATABASE", raising=False)
     secret = "Sw0rdfish-not-shown"
@@ -234,3 +252,16 @@ async def test_opening_a_database_that_fails_leaks_no_engine(tmp_path) -> None:
     (tmp_path / "relay.db").write_bytes(b"this is not a database" * 100)
     with pytest.raises(DatabaseUnavailable, match="cannot open the database sqlite"):
         await Store.open(tmp_path / "relay.db")
+
+
+async def test_a_restarted_postgresql_server_costs_no_request(relay, engine, postgres) -> None:
+    if engine != "postgresql":
+        pytest.skip("SQLite has no server to restart")
+    async with Api(relay.base_url) as api:
+        session = (await create(api)).json()
+        for _ in range(3):  # connections in the relay's pool, all of them cut by the restart
+            assert (await api.client.get("/api/v1/sessions")).status_code == 200
+        postgres.restart()
+        assert (await api.client.get("/api/v1/sessions")).status_code == 200
+        assert (await api.client.post(f"/api/v1/sessions/{session['id']}/end")).json()[
+            "state"] == "ended"
