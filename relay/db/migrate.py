@@ -9,6 +9,12 @@ at once on one database migrate it exactly once. What a database holds decides t
 - a SQLite database made before Alembic (PRAGMA user_version 1, no `alembic_version`): stamp
   the baseline revision, which is that very schema, then upgrade; nothing is copied or lost;
 - anything else (tables of another program, a newer relay's revision): refuse with a message.
+
+To change the schema, change relay/db/tables.py and add a revision that makes the same change
+to an existing database (both engines), e.g. with
+`command.revision(alembic_config(), "what changes", rev_id="0002")` from alembic; then
+tests/relay/test_database.py checks that an upgraded database and a new one both match the
+tables.
 """
 
 from __future__ import annotations
