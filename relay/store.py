@@ -33,6 +33,7 @@ from sqlalchemy import (
     Executable,
     Row,
     Table,
+    Update,
     and_,
     case,
     delete,
@@ -622,68 +623,58 @@ class Store:
                        os_user: str, ip: str, machine_fp: str | None, features: list[str],
                        source: str) -> SessionRow:
         """pending -> active, only if still pending (so two agents racing: exactly one wins)."""
-        async def work(tx: Tx) -> tuple[SessionRow | None, bool]:
-            try:
-                activated = await tx.one(
-                    update(sessions)
-                    .where(sessions.c.id == session_id,
-                           sessions.c.state == rules.State.PENDING,
-                           sessions.c.invite_expires_at > now)
-                    .values(state=rules.State.ACTIVE, activated_at=now, expires_at=expires_at,
-                            agent_secret_hash=agent_secret_hash, host_key=host_key,
-                            hostname=hostname, os=os, os_user=os_user, ip=ip,
-                            machine_fp=machine_fp, features=json.dumps(features))
-                    .returning(*SESSION))
-            except exc.IntegrityError:
-                raise Conflict("this computer already runs an Adhoc session") from None
-            if activated is None:
-                row = await tx.session(session_id)
-                if row is not None:
-                    await tx.audit(now, f"agent@{source}", "activate", "refused",
-                                   company_id=row.company_id, session_id=session_id,
-                                   reason=f"session is {row.state}")
-                return row, False
-            row = SessionRow(*activated)
-            await tx.audit(now, f"agent@{source}", "activated", "ok", company_id=row.company_id,
-                           session_id=session_id, hostname=hostname, os=os, user=os_user)
-            await tx.event(now, row.company_id, "activated", session_id)
-            return row, True
-
-        row, activated = await self._write(work)
-        if row is None:
-            raise NotFound("no such session")
-        if not activated:
-            raise rules.InvalidTransition(f"cannot activate a session that is {row.state}")
-        return row
+        return await self._change_pending(
+            update(sessions).where(sessions.c.invite_expires_at > now).values(
+                state=rules.State.ACTIVE, activated_at=now, expires_at=expires_at,
+                agent_secret_hash=agent_secret_hash, host_key=host_key, hostname=hostname, os=os,
+                os_user=os_user, ip=ip, machine_fp=machine_fp, features=json.dumps(features)),
+            session_id, now, f"agent@{source}", action="activate", refused="activate",
+            done="activated",
+            audited=lambda _row: {"hostname": hostname, "os": os, "user": os_user},
+            told=lambda _row: {})
 
     async def reissue_code(self, session_id: str, code_hmac: str, now: float,
                            actor: str) -> SessionRow:
         """Replace a pending session's code; the count of wrong codes on the link is kept."""
+        return await self._change_pending(
+            update(sessions).where(sessions.c.invite_expires_at > now)
+            .values(code_hmac=code_hmac),
+            session_id, now, actor, action="issue a code for", refused="code_reissued",
+            done="code_reissued",
+            audited=lambda row: {"attempts": row.code_attempts},
+            told=lambda row: {"code_attempts": row.code_attempts})
+
+    async def _change_pending(self, change: Update, session_id: str, now: float, actor: str, *,
+                              action: str, refused: str, done: str,
+                              audited: Callable[[SessionRow], dict[str, Any]],
+                              told: Callable[[SessionRow], dict[str, Any]]) -> SessionRow:
+        """Apply `change` to the session only if it is still pending, in one statement (of two
+        racing changes, in this process or another, one wins); audit and announce it as
+        `done`, or audit it as `refused` and raise InvalidTransition."""
         async def work(tx: Tx) -> tuple[SessionRow | None, bool]:
-            changed = await tx.one(
-                update(sessions)
-                .where(sessions.c.id == session_id, sessions.c.state == rules.State.PENDING,
-                       sessions.c.invite_expires_at > now)
-                .values(code_hmac=code_hmac).returning(*SESSION))
+            try:
+                changed = await tx.one(
+                    change.where(sessions.c.id == session_id,
+                                 sessions.c.state == rules.State.PENDING).returning(*SESSION))
+            except exc.IntegrityError:  # the one live session a computer may take part in
+                raise Conflict("this computer already runs an Adhoc session") from None
             if changed is None:
                 row = await tx.session(session_id)
                 if row is not None:
-                    await tx.audit(now, actor, "code_reissued", "refused",
-                                   company_id=row.company_id, session_id=session_id,
-                                   reason=f"session is {row.state}")
+                    await tx.audit(now, actor, refused, "refused", company_id=row.company_id,
+                                   session_id=session_id, reason=f"session is {row.state}")
                 return row, False
             row = SessionRow(*changed)
-            await tx.audit(now, actor, "code_reissued", "ok", company_id=row.company_id,
-                           session_id=session_id, attempts=row.code_attempts)
-            await tx.event(now, row.company_id, "code_reissued", session_id,
-                           code_attempts=row.code_attempts)
+            await tx.audit(now, actor, done, "ok", company_id=row.company_id,
+                           session_id=session_id, **audited(row))
+            await tx.event(now, row.company_id, done, session_id, **told(row))
             return row, True
 
-        row, reissued = await self._write(work)
+        row, changed = await self._write(work)
         if row is None:
             raise NotFound("no such session")
-        if not reissued:
-            raise rules.InvalidTransition(f"cannot issue a code for a session that is {row.state}")
+        if not changed:
+            raise rules.InvalidTransition(f"cannot {action} a session that is {row.state}")
         return row
 
     async def end_session(self, session_id: str, reason: str, now: float,
