@@ -33,8 +33,8 @@ from sqlalchemy import (
     Executable,
     Row,
     Table,
-    Update,
     and_,
+    bindparam,
     case,
     delete,
     exc,
@@ -175,6 +175,10 @@ def _columns(table: Table, cls: type) -> tuple[Column, ...]:
     return tuple(table.c[f.name] for f in fields(cls))
 
 
+def _detail(values: dict[str, Any]) -> str:
+    return json.dumps(values, sort_keys=True)
+
+
 COMPANY = _columns(companies, Company)
 TECHNICIAN = _columns(technicians, Technician)
 SESSION = _columns(sessions, SessionRow)
@@ -182,15 +186,106 @@ AUDIT = _columns(audit, AuditRow)
 EVENT = _columns(events, EventRow)
 # Inline, not bound: only then may SQLite's planner use the partial indexes on live sessions.
 LIVE = sessions.c.state.in_([literal_column(f"'{s}'") for s in rules.LIVE_STATES])
+PENDING = sessions.c.state == literal_column(f"'{rules.State.PENDING}'")
+ACTIVE = sessions.c.state == literal_column(f"'{rules.State.ACTIVE}'")
+
+# --- the statements --------------------------------------------------------------------------
+# Built once: building and caching a statement costs more CPU than running it. Values arrive
+# as bound parameters by name (an UPDATE's SET columns by their column names).
+
+COMPANY_BY_ID = select(*COMPANY).where(companies.c.id == bindparam("company_id"))
+# ASCII case is ignored, as the unique rule on names does (NOCASE / lower(name)).
+COMPANY_BY_NAME = select(*COMPANY).where(
+    func.lower(companies.c.name) == func.lower(bindparam("name")))
+ALL_COMPANIES = select(*COMPANY).order_by(func.lower(companies.c.name))
+ADD_COMPANY = insert(companies).returning(*COMPANY)
+# Creates in one company queue on its row (PostgreSQL; SQLite's BEGIN IMMEDIATE already has).
+LOCK_COMPANY = select(companies.c.id).where(companies.c.id == bindparam("company_id")) \
+    .with_for_update(key_share=True)
 
 
-def _company_named(name: str):
-    # ASCII case is ignored, as the unique rule on names does (NOCASE / lower(name)).
-    return func.lower(companies.c.name) == func.lower(name)
+def _live_count(*where) -> Any:
+    return select(func.count()).select_from(sessions).where(LIVE, *where).scalar_subquery()
 
 
-def _detail(values: dict[str, Any]) -> str:
-    return json.dumps(values, sort_keys=True)
+OCCUPANCY = select(companies.c.plan, companies.c.seats,
+                   _live_count(sessions.c.technician_id == bindparam("technician_id")),
+                   _live_count(sessions.c.company_id == bindparam("company_id"))) \
+    .where(companies.c.id == bindparam("company_id"))
+
+TECHNICIAN_BY_LOGIN = select(*TECHNICIAN).where(technicians.c.login == bindparam("login"))
+TECHNICIAN_BY_ID = select(*TECHNICIAN).where(technicians.c.id == bindparam("technician_id"))
+ALL_TECHNICIANS = select(*TECHNICIAN).order_by(technicians.c.login)
+COMPANY_TECHNICIANS = ALL_TECHNICIANS.where(technicians.c.company_id == bindparam("company_id"))
+ADD_TECHNICIAN = insert(technicians).returning(*TECHNICIAN)
+TECHNICIAN_FOR_TOKEN = select(*TECHNICIAN) \
+    .join(api_tokens, api_tokens.c.technician_id == technicians.c.id) \
+    .join(companies, companies.c.id == technicians.c.company_id) \
+    .where(api_tokens.c.token_hash == bindparam("token_hash"),
+           api_tokens.c.expires_at > bindparam("now"),
+           technicians.c.disabled == 0, companies.c.disabled == 0)
+ADD_TOKEN = insert(api_tokens)
+DROP_EXPIRED_TOKENS = delete(api_tokens).where(api_tokens.c.expires_at <= bindparam("now"))
+REVOKE_TOKENS = delete(api_tokens).where(
+    api_tokens.c.technician_id == bindparam("technician_id"))
+SSH_KEYS = select(ssh_keys.c.public_key) \
+    .where(ssh_keys.c.technician_id == bindparam("technician_id")).order_by(ssh_keys.c.id)
+ADD_SSH_KEY = {  # a key already registered is left as it is
+    db.SQLITE: sqlite_insert(ssh_keys).on_conflict_do_nothing(),
+    db.POSTGRESQL: postgresql_insert(ssh_keys).on_conflict_do_nothing(),
+}
+
+SESSION_BY_ID = select(*SESSION).where(sessions.c.id == bindparam("session_id"))
+SESSION_BY_JOIN_HASH = select(*SESSION).where(
+    sessions.c.join_token_hash == bindparam("join_token_hash"))
+SESSIONS_OF_COMPANY = select(*SESSION) \
+    .where(sessions.c.company_id == bindparam("company_id"),
+           or_(LIVE, sessions.c.ended_at >= bindparam("since"))) \
+    .order_by(sessions.c.created_at.desc())
+LIVE_SESSIONS = select(*SESSION).where(LIVE)
+ADD_SESSION = insert(sessions)
+COMPANY_OF_SESSION = select(sessions.c.company_id).where(sessions.c.id == bindparam("session_id"))
+COMPANIES_OF_SESSIONS = select(sessions.c.id, sessions.c.company_id) \
+    .where(sessions.c.id.in_(bindparam("session_ids", expanding=True)))
+AGENT_CREDENTIAL = select(sessions.c.agent_secret_hash, sessions.c.expires_at) \
+    .where(sessions.c.id == bindparam("session_id"), ACTIVE)
+AGENT_CREDENTIALS = select(sessions.c.id, sessions.c.agent_secret_hash, sessions.c.expires_at) \
+    .where(ACTIVE, sessions.c.agent_secret_hash.is_not(None), sessions.c.expires_at.is_not(None))
+# Each a single statement, so of two racing callers (in any process) each counts or wins once.
+COUNT_WRONG_CODE = update(sessions).where(sessions.c.id == bindparam("session_id")) \
+    .values(code_attempts=sessions.c.code_attempts + 1).returning(*SESSION)
+CHANGE_PENDING = update(sessions) \
+    .where(sessions.c.id == bindparam("session_id"), PENDING,
+           sessions.c.invite_expires_at > bindparam("now")).returning(*SESSION)
+END_LIVE = update(sessions).where(sessions.c.id == bindparam("session_id"), LIVE) \
+    .values(state=rules.State.ENDED, ended_reason=bindparam("reason"),
+            ended_at=bindparam("now")).returning(*SESSION)
+DUE = or_(and_(PENDING, sessions.c.invite_expires_at <= bindparam("now")),
+          and_(ACTIVE, sessions.c.expires_at <= bindparam("now")))
+ANY_DUE = select(sessions.c.id).where(DUE).limit(1)
+# SET reads the row as it was: a pending session's invite ran out, an active one's lifetime did.
+END_DUE = update(sessions).where(DUE) \
+    .values(state=rules.State.ENDED, ended_at=bindparam("now"),
+            ended_reason=case((PENDING, rules.EndReason.INVITE_EXPIRED),
+                              else_=rules.EndReason.EXPIRED)) \
+    .returning(*SESSION)
+NEXT_EXPIRY = select(func.min(case((PENDING, sessions.c.invite_expires_at),
+                                   else_=sessions.c.expires_at))).where(LIVE)
+SET_MAIL_STATUS = update(sessions).where(sessions.c.id == bindparam("session_id")) \
+    .values(mail_status=bindparam("status"), mail_detail=bindparam("detail")) \
+    .returning(sessions.c.company_id)
+
+ADD_AUDIT = insert(audit)
+AUDIT_OF_SESSION = select(*AUDIT).where(audit.c.session_id == bindparam("session_id")) \
+    .order_by(audit.c.id)
+ADD_EVENTS = insert(events)
+EVENTS_AFTER = select(*EVENT) \
+    .where(events.c.company_id == bindparam("company_id"), events.c.id > bindparam("after")) \
+    .order_by(events.c.id).limit(bindparam("limit"))
+LAST_EVENT_ID = select(func.coalesce(func.max(events.c.id), 0))
+# Held to commit: an event id taken after ours is committed after ours, so a console reading
+# "events after id N" never skips one that commits late (PostgreSQL; SQLite has one writer).
+EVENT_ORDER = select(func.pg_advisory_xact_lock(ADVISORY_CLASS, EVENT_ORDER_LOCK))
 
 
 class Tx:
@@ -202,31 +297,30 @@ class Tx:
         self.wrote_events = False
         self.ended: list[str] = []  # sessions this transaction ends
 
-    async def one(self, statement: Executable) -> Row | None:
-        return (await self.conn.execute(statement)).first()
+    async def one(self, statement: Executable, params: dict | None = None) -> Row | None:
+        return (await self.conn.execute(statement, params)).first()
 
-    async def all(self, statement: Executable) -> Sequence[Row]:
-        return (await self.conn.execute(statement)).all()
+    async def all(self, statement: Executable, params: dict | None = None) -> Sequence[Row]:
+        return (await self.conn.execute(statement, params)).all()
 
-    async def run(self, statement: Executable, rows: list[dict] | None = None) -> int:
-        """Execute; with `rows`, once per row (one round trip where the driver can)."""
-        if rows is None:
-            return (await self.conn.execute(statement)).rowcount
-        if not rows:
+    async def run(self, statement: Executable, params: dict | list[dict] | None = None) -> int:
+        """Execute; with a list of parameter sets, once per set (one round trip where the
+        driver can); returns the rows changed."""
+        if isinstance(params, list) and not params:
             return 0
-        return (await self.conn.execute(statement, rows)).rowcount
+        return (await self.conn.execute(statement, params)).rowcount
 
     async def session(self, session_id: str) -> SessionRow | None:
-        row = await self.one(select(*SESSION).where(sessions.c.id == session_id))
+        row = await self.one(SESSION_BY_ID, {"session_id": session_id})
         return None if row is None else SessionRow(*row)
 
     async def audit(
         self, at: float, actor: str, event: str, outcome: str, *,
         company_id: int | None = None, session_id: str | None = None, **detail: Any,
     ) -> None:
-        await self.run(insert(audit).values(
-            at=at, actor=actor, company_id=company_id, session_id=session_id, event=event,
-            outcome=outcome, detail=_detail(detail)))
+        await self.run(ADD_AUDIT, {
+            "at": at, "actor": actor, "company_id": company_id, "session_id": session_id,
+            "event": event, "outcome": outcome, "detail": _detail(detail)})
 
     async def event(self, at: float, company_id: int, kind: str, session_id: str | None,
                     **data: Any) -> None:
@@ -238,11 +332,8 @@ class Tx:
         if not rows:
             return
         if self.backend == db.POSTGRESQL and not self.wrote_events:
-            # Held to commit: an event id taken after ours is committed after ours, so a
-            # console reading "events after id N" never skips one that commits late.
-            await self.conn.execute(select(func.pg_advisory_xact_lock(
-                ADVISORY_CLASS, EVENT_ORDER_LOCK)))
-        await self.run(insert(events), rows)
+            await self.conn.execute(EVENT_ORDER)
+        await self.run(ADD_EVENTS, rows)
         self.wrote_events = True
 
 
@@ -335,25 +426,21 @@ class Store:
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
-    async def _one(self, statement: Executable) -> Row | None:
+    async def _one(self, statement: Executable, params: dict | None = None) -> Row | None:
         async with self._reader.connect() as conn:
-            return (await conn.execute(statement)).first()
+            return (await conn.execute(statement, params)).first()
 
-    async def _all(self, statement: Executable) -> Sequence[Row]:
+    async def _all(self, statement: Executable, params: dict | None = None) -> Sequence[Row]:
         async with self._reader.connect() as conn:
-            return (await conn.execute(statement)).all()
-
-    def _insert_or_ignore(self, table: Table):
-        dialect_insert = postgresql_insert if self.backend == db.POSTGRESQL else sqlite_insert
-        return dialect_insert(table).on_conflict_do_nothing()
+            return (await conn.execute(statement, params)).all()
 
     # --- companies -------------------------------------------------------------------------
 
     async def add_company(self, name: str, plan: str, seats: int, now: float) -> Company:
         async def work(tx: Tx) -> Company:
             try:
-                row = await tx.one(insert(companies).values(
-                    name=name, plan=plan, seats=seats, created_at=now).returning(*COMPANY))
+                row = await tx.one(ADD_COMPANY, {"name": name, "plan": plan, "seats": seats,
+                                                 "created_at": now})
             except exc.IntegrityError:
                 raise Conflict(f"a company named {name!r} already exists") from None
             company = Company(*row)
@@ -363,20 +450,19 @@ class Store:
         return await self._write(work)
 
     async def company_by_name(self, name: str) -> Company:
-        row = await self._one(select(*COMPANY).where(_company_named(name)))
+        row = await self._one(COMPANY_BY_NAME, {"name": name})
         if row is None:
             raise NotFound(f"no company named {name!r}")
         return Company(*row)
 
     async def company(self, company_id: int) -> Company:
-        row = await self._one(select(*COMPANY).where(companies.c.id == company_id))
+        row = await self._one(COMPANY_BY_ID, {"company_id": company_id})
         if row is None:
             raise NotFound(f"no company with id {company_id}")
         return Company(*row)
 
     async def companies(self) -> list[Company]:
-        return [Company(*r) for r in await self._all(
-            select(*COMPANY).order_by(func.lower(companies.c.name)))]
+        return [Company(*r) for r in await self._all(ALL_COMPANIES)]
 
     async def update_company(self, company_id: int, now: float, actor: str, **changes: Any) -> None:
         allowed = {"plan", "seats", "disabled"}
@@ -398,9 +484,10 @@ class Store:
     ) -> Technician:
         async def work(tx: Tx) -> Technician:
             try:
-                row = await tx.one(insert(technicians).values(
-                    company_id=company_id, login=login, email=email, password_hash=password_hash,
-                    is_admin=int(is_admin), created_at=now).returning(*TECHNICIAN))
+                row = await tx.one(ADD_TECHNICIAN, {
+                    "company_id": company_id, "login": login, "email": email,
+                    "password_hash": password_hash, "is_admin": int(is_admin),
+                    "created_at": now})
             except exc.IntegrityError:
                 raise Conflict(f"a technician with login {login!r} already exists") from None
             await tx.audit(now, actor, "technician_added", "ok", company_id=company_id,
@@ -409,22 +496,23 @@ class Store:
         return await self._write(work)
 
     async def technician_by_login(self, login: str) -> Technician:
-        row = await self._one(select(*TECHNICIAN).where(technicians.c.login == login))
+        row = await self._one(TECHNICIAN_BY_LOGIN, {"login": login})
         if row is None:
             raise NotFound(f"no technician with login {login!r}")
         return Technician(*row)
 
     async def technician(self, technician_id: int) -> Technician:
-        row = await self._one(select(*TECHNICIAN).where(technicians.c.id == technician_id))
+        row = await self._one(TECHNICIAN_BY_ID, {"technician_id": technician_id})
         if row is None:
             raise NotFound(f"no technician with id {technician_id}")
         return Technician(*row)
 
     async def technicians(self, company_id: int | None = None) -> list[Technician]:
-        query = select(*TECHNICIAN).order_by(technicians.c.login)
-        if company_id is not None:
-            query = query.where(technicians.c.company_id == company_id)
-        return [Technician(*r) for r in await self._all(query)]
+        if company_id is None:
+            rows = await self._all(ALL_TECHNICIANS)
+        else:
+            rows = await self._all(COMPANY_TECHNICIANS, {"company_id": company_id})
+        return [Technician(*r) for r in rows]
 
     async def update_technician(self, technician_id: int, now: float, actor: str,
                                 **changes: Any) -> None:
@@ -437,8 +525,7 @@ class Store:
             if not count:
                 raise NotFound(f"no technician with id {technician_id}")
             if "password_hash" in changes or changes.get("disabled"):
-                await tx.run(delete(api_tokens).where(
-                    api_tokens.c.technician_id == technician_id))
+                await tx.run(REVOKE_TOKENS, {"technician_id": technician_id})
             shown = {k: v for k, v in changes.items() if k != "password_hash"}
             if "password_hash" in changes:
                 shown["password"] = "reset"
@@ -447,47 +534,27 @@ class Store:
         await self._write(work)
 
     async def add_ssh_key(self, technician_id: int, public_key: str, now: float) -> None:
-        statement = self._insert_or_ignore(ssh_keys).values(
-            technician_id=technician_id, public_key=public_key, created_at=now)
-        await self._write(lambda tx: tx.run(statement))
+        await self._write(lambda tx: tx.run(ADD_SSH_KEY[self.backend], {
+            "technician_id": technician_id, "public_key": public_key, "created_at": now}))
 
     async def ssh_keys(self, technician_id: int) -> list[str]:
-        rows = await self._all(select(ssh_keys.c.public_key)
-                               .where(ssh_keys.c.technician_id == technician_id)
-                               .order_by(ssh_keys.c.id))
-        return [r[0] for r in rows]
+        return [r[0] for r in await self._all(SSH_KEYS, {"technician_id": technician_id})]
 
     # --- API tokens ------------------------------------------------------------------------
 
     async def add_token(self, token_hash: str, technician_id: int, now: float,
                         expires_at: float) -> None:
         async def work(tx: Tx) -> None:
-            await tx.run(delete(api_tokens).where(api_tokens.c.expires_at <= now))
-            await tx.run(insert(api_tokens).values(
-                token_hash=token_hash, technician_id=technician_id, created_at=now,
-                expires_at=expires_at))
+            await tx.run(DROP_EXPIRED_TOKENS, {"now": now})
+            await tx.run(ADD_TOKEN, {"token_hash": token_hash, "technician_id": technician_id,
+                                     "created_at": now, "expires_at": expires_at})
         await self._write(work)
 
     async def technician_for_token(self, token_hash: str, now: float) -> Technician | None:
-        row = await self._one(
-            select(*TECHNICIAN)
-            .join(api_tokens, api_tokens.c.technician_id == technicians.c.id)
-            .join(companies, companies.c.id == technicians.c.company_id)
-            .where(api_tokens.c.token_hash == token_hash, api_tokens.c.expires_at > now,
-                   technicians.c.disabled == 0, companies.c.disabled == 0))
+        row = await self._one(TECHNICIAN_FOR_TOKEN, {"token_hash": token_hash, "now": now})
         return None if row is None else Technician(*row)
 
     # --- sessions --------------------------------------------------------------------------
-
-    @staticmethod
-    def _occupancy_query(company_id: int, technician_id: int):
-        def live_count(*where):
-            return select(func.count()).select_from(sessions).where(LIVE, *where) \
-                .scalar_subquery()
-        return select(companies.c.plan, companies.c.seats,
-                      live_count(sessions.c.technician_id == technician_id),
-                      live_count(sessions.c.company_id == company_id)) \
-            .where(companies.c.id == company_id)
 
     @staticmethod
     def _occupancy(row: Row) -> rules.Occupancy:
@@ -497,19 +564,20 @@ class Store:
 
     async def occupancy(self, company_id: int, technician_id: int) -> rules.Occupancy:
         """A snapshot of what counts against the limits (not atomic: create_session decides)."""
-        return self._occupancy(await self._one(self._occupancy_query(company_id, technician_id)))
+        return self._occupancy(await self._one(OCCUPANCY, {"company_id": company_id,
+                                                           "technician_id": technician_id}))
 
     async def create_session(self, row: SessionRow) -> SessionRow:
         """Insert a pending session if the plan and limits allow, atomically."""
+        whose = {"company_id": row.company_id, "technician_id": row.technician_id}
+
         async def work(tx: Tx) -> rules.LimitError | None:
             if self.backend == db.POSTGRESQL:
-                # Creates in one company queue here. The counts are read by the next statement,
-                # which (at READ COMMITTED) sees every create committed before the lock was ours;
-                # counting in this statement would count from before the wait.
-                await tx.one(select(companies.c.id).where(companies.c.id == row.company_id)
-                             .with_for_update(key_share=True))
-            occupancy = self._occupancy(
-                await tx.one(self._occupancy_query(row.company_id, row.technician_id)))
+                # The counts are read by the next statement, which (at READ COMMITTED) sees
+                # every create committed before the lock was ours; counting in this statement
+                # would count from before the wait.
+                await tx.one(LOCK_COMPANY, whose)
+            occupancy = self._occupancy(await tx.one(OCCUPANCY, whose))
             actor = f"technician:{row.technician_id}"
             try:
                 rules.check_can_create(occupancy)
@@ -518,8 +586,7 @@ class Store:
                 await tx.audit(row.created_at, actor, "session_create", "refused",
                                company_id=row.company_id, reason=refusal.code)
                 return refusal
-            await tx.run(insert(sessions).values(
-                {f.name: getattr(row, f.name) for f in fields(SessionRow)}))
+            await tx.run(ADD_SESSION, {f.name: getattr(row, f.name) for f in fields(SessionRow)})
             await tx.audit(row.created_at, actor, "session_created", "ok",
                            company_id=row.company_id, session_id=row.id,
                            customer_email=row.customer_email)
@@ -532,7 +599,7 @@ class Store:
         return row
 
     async def session(self, session_id: str) -> SessionRow:
-        row = await self._one(select(*SESSION).where(sessions.c.id == session_id))
+        row = await self._one(SESSION_BY_ID, {"session_id": session_id})
         if row is None:
             raise NotFound("no such session")
         return SessionRow(*row)
@@ -549,9 +616,7 @@ class Store:
         if kept is not None:
             return kept
         ends = self._ends
-        row = await self._one(select(sessions.c.agent_secret_hash, sessions.c.expires_at)
-                              .where(sessions.c.id == session_id,
-                                     sessions.c.state == rules.State.ACTIVE))
+        row = await self._one(AGENT_CREDENTIAL, {"session_id": session_id})
         if row is None or row[0] is None or row[1] is None:
             return None
         if ends == self._ends:
@@ -562,39 +627,29 @@ class Store:
         """Read every active session's agent credential at once (the relay's start, when all
         its agents are about to reconnect); returns how many."""
         ends = self._ends
-        rows = await self._all(select(sessions.c.id, sessions.c.agent_secret_hash,
-                                      sessions.c.expires_at)
-                               .where(sessions.c.state == rules.State.ACTIVE,
-                                      sessions.c.agent_secret_hash.is_not(None),
-                                      sessions.c.expires_at.is_not(None)))
+        rows = await self._all(AGENT_CREDENTIALS)
         if ends == self._ends:
             self._credentials.update((row[0], (row[1], row[2])) for row in rows)
         return len(rows)
 
     async def session_by_join_hash(self, join_token_hash: str) -> SessionRow:
-        row = await self._one(select(*SESSION)
-                              .where(sessions.c.join_token_hash == join_token_hash))
+        row = await self._one(SESSION_BY_JOIN_HASH, {"join_token_hash": join_token_hash})
         if row is None:
             raise NotFound("no such link")
         return SessionRow(*row)
 
     async def sessions_for_company(self, company_id: int, recent_since: float) -> list[SessionRow]:
-        rows = await self._all(
-            select(*SESSION)
-            .where(sessions.c.company_id == company_id,
-                   or_(LIVE, sessions.c.ended_at >= recent_since))
-            .order_by(sessions.c.created_at.desc()))
+        rows = await self._all(SESSIONS_OF_COMPANY, {"company_id": company_id,
+                                                     "since": recent_since})
         return [SessionRow(*r) for r in rows]
 
     async def live_sessions(self) -> list[SessionRow]:
-        return [SessionRow(*r) for r in await self._all(select(*SESSION).where(LIVE))]
+        return [SessionRow(*r) for r in await self._all(LIVE_SESSIONS)]
 
     async def record_wrong_code(self, session_id: str, now: float, source: str) -> SessionRow:
         """Count a wrong code; the fifth burns the link. Returns the updated row."""
         async def work(tx: Tx) -> SessionRow:
-            counted = await tx.one(
-                update(sessions).where(sessions.c.id == session_id)
-                .values(code_attempts=sessions.c.code_attempts + 1).returning(*SESSION))
+            counted = await tx.one(COUNT_WRONG_CODE, {"session_id": session_id})
             if counted is None:
                 raise NotFound("no such session")
             row = SessionRow(*counted)
@@ -611,8 +666,7 @@ class Store:
                                   reason: str) -> None:
         """Audit an attempt on a link that can no longer be activated."""
         async def work(tx: Tx) -> None:
-            company_id = await tx.one(select(sessions.c.company_id)
-                                      .where(sessions.c.id == session_id))
+            company_id = await tx.one(COMPANY_OF_SESSION, {"session_id": session_id})
             await tx.audit(now, f"agent@{source}", "code_attempt", "refused",
                            company_id=company_id[0] if company_id else None,
                            session_id=session_id, reason=reason)
@@ -624,12 +678,12 @@ class Store:
                        source: str) -> SessionRow:
         """pending -> active, only if still pending (so two agents racing: exactly one wins)."""
         return await self._change_pending(
-            update(sessions).where(sessions.c.invite_expires_at > now).values(
-                state=rules.State.ACTIVE, activated_at=now, expires_at=expires_at,
-                agent_secret_hash=agent_secret_hash, host_key=host_key, hostname=hostname, os=os,
-                os_user=os_user, ip=ip, machine_fp=machine_fp, features=json.dumps(features)),
-            session_id, now, f"agent@{source}", action="activate", refused="activate",
-            done="activated",
+            session_id, now, {
+                "state": rules.State.ACTIVE, "activated_at": now, "expires_at": expires_at,
+                "agent_secret_hash": agent_secret_hash, "host_key": host_key,
+                "hostname": hostname, "os": os, "os_user": os_user, "ip": ip,
+                "machine_fp": machine_fp, "features": json.dumps(features)},
+            f"agent@{source}", action="activate", refused="activate", done="activated",
             audited=lambda _row: {"hostname": hostname, "os": os, "user": os_user},
             told=lambda _row: {})
 
@@ -637,25 +691,22 @@ class Store:
                            actor: str) -> SessionRow:
         """Replace a pending session's code; the count of wrong codes on the link is kept."""
         return await self._change_pending(
-            update(sessions).where(sessions.c.invite_expires_at > now)
-            .values(code_hmac=code_hmac),
-            session_id, now, actor, action="issue a code for", refused="code_reissued",
-            done="code_reissued",
+            session_id, now, {"code_hmac": code_hmac}, actor, action="issue a code for",
+            refused="code_reissued", done="code_reissued",
             audited=lambda row: {"attempts": row.code_attempts},
             told=lambda row: {"code_attempts": row.code_attempts})
 
-    async def _change_pending(self, change: Update, session_id: str, now: float, actor: str, *,
-                              action: str, refused: str, done: str,
+    async def _change_pending(self, session_id: str, now: float, values: dict[str, Any],
+                              actor: str, *, action: str, refused: str, done: str,
                               audited: Callable[[SessionRow], dict[str, Any]],
                               told: Callable[[SessionRow], dict[str, Any]]) -> SessionRow:
-        """Apply `change` to the session only if it is still pending, in one statement (of two
+        """Set `values` on the session only if it is still pending, in one statement (of two
         racing changes, in this process or another, one wins); audit and announce it as
         `done`, or audit it as `refused` and raise InvalidTransition."""
         async def work(tx: Tx) -> tuple[SessionRow | None, bool]:
             try:
-                changed = await tx.one(
-                    change.where(sessions.c.id == session_id,
-                                 sessions.c.state == rules.State.PENDING).returning(*SESSION))
+                changed = await tx.one(CHANGE_PENDING,
+                                       {"session_id": session_id, "now": now, **values})
             except exc.IntegrityError:  # the one live session a computer may take part in
                 raise Conflict("this computer already runs an Adhoc session") from None
             if changed is None:
@@ -695,10 +746,7 @@ class Store:
                    actor: str) -> SessionRow | None:
         """End the session if it is live (the row as ended), else None: of two racing ends,
         in this process or another, exactly one gets the row."""
-        ended = await tx.one(
-            update(sessions).where(sessions.c.id == session_id, LIVE)
-            .values(state=rules.State.ENDED, ended_reason=reason, ended_at=now)
-            .returning(*SESSION))
+        ended = await tx.one(END_LIVE, {"session_id": session_id, "reason": reason, "now": now})
         if ended is None:
             return None
         row = SessionRow(*ended)
@@ -709,7 +757,7 @@ class Store:
                            actor: str) -> None:
         tx.ended.extend(row.id for row in rows)
         self._forget(tx.ended)
-        await tx.run(insert(audit), [
+        await tx.run(ADD_AUDIT, [
             {"at": now, "actor": actor, "company_id": row.company_id, "session_id": row.id,
              "event": "ended", "outcome": "ok", "detail": _detail({"reason": row.ended_reason})}
             for row in rows])
@@ -719,39 +767,28 @@ class Store:
 
     async def end_expired(self, now: float) -> list[SessionRow]:
         """End every session whose invite or lifetime has run out; returns those ended."""
-        due = or_(and_(sessions.c.state == rules.State.PENDING,
-                       sessions.c.invite_expires_at <= now),
-                  and_(sessions.c.state == rules.State.ACTIVE, sessions.c.expires_at <= now))
-        # SET reads the row as it was: a pending session's invite ran out, an active one's
-        # lifetime did.
-        reason = case((sessions.c.state == rules.State.PENDING, rules.EndReason.INVITE_EXPIRED),
-                      else_=rules.EndReason.EXPIRED)
-
         async def work(tx: Tx) -> list[SessionRow]:
-            rows = [SessionRow(*r) for r in await tx.all(
-                update(sessions).where(due)
-                .values(state=rules.State.ENDED, ended_reason=reason, ended_at=now)
-                .returning(*SESSION))]
+            rows = [SessionRow(*r) for r in await tx.all(END_DUE, {"now": now})]
             if rows:
                 rows.sort(key=lambda r: r.created_at)
                 await self._record_ends(tx, rows, now, "relay")
             return rows
+
+        # Asked before most reads: a write transaction (and, on SQLite, the write lock every
+        # relay process shares) only when something is due.
+        if await self._one(ANY_DUE, {"now": now}) is None:
+            return []
         return await self._write(work)
 
     async def next_expiry(self) -> float | None:
-        row = await self._one(
-            select(func.min(case((sessions.c.state == rules.State.PENDING,
-                                  sessions.c.invite_expires_at),
-                                 else_=sessions.c.expires_at)))
-            .where(LIVE))
+        row = await self._one(NEXT_EXPIRY)
         return row[0] if row else None
 
     async def set_mail_status(self, session_id: str, status: str, detail: str | None,
                               now: float) -> None:
         async def work(tx: Tx) -> None:
-            row = await tx.one(update(sessions).where(sessions.c.id == session_id)
-                               .values(mail_status=status, mail_detail=detail)
-                               .returning(sessions.c.company_id))
+            row = await tx.one(SET_MAIL_STATUS, {"session_id": session_id, "status": status,
+                                                 "detail": detail})
             if row is None:
                 return
             await tx.audit(now, "relay", "mail", status, company_id=row[0],
@@ -764,13 +801,12 @@ class Store:
         ids = sorted({change.session_id for change in changes})
 
         async def work(tx: Tx) -> None:
-            company_of = dict(await tx.all(
-                select(sessions.c.id, sessions.c.company_id).where(sessions.c.id.in_(ids))))
+            company_of = dict(await tx.all(COMPANIES_OF_SESSIONS, {"session_ids": ids}))
             known = [c for c in changes if c.session_id in company_of]
             if not known:
                 return
             kinds = ["online" if c.online else "offline" for c in known]
-            await tx.run(insert(audit), [
+            await tx.run(ADD_AUDIT, [
                 {"at": c.at, "actor": "agent", "company_id": company_of[c.session_id],
                  "session_id": c.session_id, "event": kind, "outcome": "ok",
                  "detail": _detail({"ip": c.ip})} for c, kind in zip(known, kinds, strict=True)])
@@ -787,20 +823,17 @@ class Store:
                                               session_id=session_id, **detail))
 
     async def audit_for_session(self, session_id: str) -> list[AuditRow]:
-        rows = await self._all(select(*AUDIT).where(audit.c.session_id == session_id)
-                               .order_by(audit.c.id))
-        return [AuditRow(*r) for r in rows]
+        return [AuditRow(*r) for r in await self._all(AUDIT_OF_SESSION,
+                                                      {"session_id": session_id})]
 
     async def events_after(self, company_id: int, after_id: int,
                            limit: int = 500) -> list[EventRow]:
-        rows = await self._all(select(*EVENT)
-                               .where(events.c.company_id == company_id, events.c.id > after_id)
-                               .order_by(events.c.id).limit(limit))
+        rows = await self._all(EVENTS_AFTER, {"company_id": company_id, "after": after_id,
+                                              "limit": limit})
         return [EventRow(*r) for r in rows]
 
     async def last_event_id(self) -> int:
-        row = await self._one(select(func.coalesce(func.max(events.c.id), 0)))
-        return int(row[0])
+        return int((await self._one(LAST_EVENT_ID))[0])
 
 
 def _reason(error: BaseException) -> str:

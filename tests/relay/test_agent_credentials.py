@@ -55,8 +55,8 @@ async def test_a_read_that_crosses_an_end_is_not_kept(store: Store, monkeypatch)
     session_id = await add_active_session(store, alice, "secret")
     real_one = store._one
 
-    async def read_then_end(statement):
-        row = await real_one(statement)
+    async def read_then_end(statement, params=None):
+        row = await real_one(statement, params)
         # The session ends after the read, before the credential is kept.
         if "agent_secret_hash" in str(statement):
             await store.end_session(session_id, rules.EndReason.TECHNICIAN, 0.0, "admin")
