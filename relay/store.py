@@ -64,9 +64,6 @@ from relay.db.tables import (
 
 T = TypeVar("T")
 
-# Waits between attempts of a write the database refused as busy (on top of SQLite's own
-# busy timeout per attempt): about a minute in all before the error is let through.
-RETRY_DELAYS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 1.0, 2.0, 2.0)
 EVENT_ORDER_LOCK = 2  # pg_advisory_xact_lock(ADVISORY_CLASS, EVENT_ORDER_LOCK)
 
 
@@ -416,15 +413,10 @@ class Store:
 
     async def _write(self, work: Callable[[Tx], Awaitable[T]]) -> T:
         """Run `work` in a write transaction, again from the start while the database is busy."""
-        for delay in (*RETRY_DELAYS, None):
-            try:
-                async with self.transaction() as tx:
-                    return await work(tx)
-            except exc.DBAPIError as error:
-                if delay is None or not db.is_retryable(error):
-                    raise
-            await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
+        async def attempt() -> T:
+            async with self.transaction() as tx:
+                return await work(tx)
+        return await db.retrying(attempt)
 
     async def _one(self, statement: Executable, params: dict | None = None) -> Row | None:
         async with self._reader.connect() as conn:

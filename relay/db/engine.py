@@ -11,12 +11,16 @@ shown: messages use `describe()`.
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import URL, event, exc, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+T = TypeVar("T")
 
 SQLITE = "sqlite"
 POSTGRESQL = "postgresql"
@@ -31,6 +35,9 @@ URL_HELP = ("use postgresql://USER:PASSWORD@HOST:PORT/DATABASE (or postgresql+as
 # How long one SQLite statement waits for another process's write lock before it raises
 # "database is locked" (which the store then retries).
 SQLITE_BUSY_TIMEOUT_MS = 5000
+# Waits between attempts of a transaction the database refused as busy (on top of SQLite's own
+# busy timeout per attempt): about a minute in all before the error is let through.
+RETRY_DELAYS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 1.0, 2.0, 2.0)
 # The execution option that marks a connection's transaction as a write (BEGIN IMMEDIATE).
 WRITE = "adhoc_write"
 # PostgreSQL errors after which the whole transaction may simply run again.
@@ -140,6 +147,19 @@ def _sqlite_engine(url: URL) -> AsyncEngine:
 async def writable(conn: AsyncConnection) -> AsyncConnection:
     """Mark a connection so that its next transaction is a write transaction."""
     return await conn.execution_options(**{WRITE: True})
+
+
+async def retrying(attempt: Callable[[], Awaitable[T]]) -> T:
+    """Run `attempt` (one whole transaction), again from the start while the database is busy;
+    a busy database is waited for, never reported."""
+    for delay in (*RETRY_DELAYS, None):
+        try:
+            return await attempt()
+        except exc.DBAPIError as error:
+            if delay is None or not is_retryable(error):
+                raise
+        await asyncio.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 def is_retryable(error: BaseException) -> bool:

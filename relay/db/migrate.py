@@ -20,19 +20,20 @@ tables.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, inspect, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relay.db.engine import POSTGRESQL, SQLITE, DatabaseUnavailable, writable
+from relay.db.engine import POSTGRESQL, SQLITE, DatabaseUnavailable, retrying, writable
 from relay.db.tables import metadata
+
+if TYPE_CHECKING:  # Alembic is imported only when there is something to do (9 MiB of RSS)
+    from alembic.config import Config
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 BASELINE = "0001"
+HEAD = "0001"  # the newest revision in migrations/versions (tests/relay/test_database.py checks)
 LEGACY_SQLITE_VERSION = 1  # PRAGMA user_version of the schema the baseline stands for
 # pg_advisory_xact_lock(ADVISORY_CLASS, n): the relay's own lock keys.
 ADVISORY_CLASS = 0x41_64_68_63  # "Adhc"
@@ -40,6 +41,8 @@ MIGRATION_LOCK = 1
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
@@ -47,34 +50,51 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 
 def head_revision() -> str:
+    """The newest revision as Alembic reads it from the scripts (HEAD should say the same)."""
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None
     return head
 
 
 async def migrate(engine: AsyncEngine) -> str:
-    """Bring the database to the newest revision; returns it."""
+    """Bring the database to the newest revision; returns it. A database already there costs
+    one read and takes no lock (every relay start asks)."""
     async with engine.connect() as conn:
-        conn = await writable(conn)
-        async with conn.begin():
-            if conn.dialect.name == POSTGRESQL:
-                await conn.execute(text("SELECT pg_advisory_xact_lock(:cls, :key)"),
-                                   {"cls": ADVISORY_CLASS, "key": MIGRATION_LOCK})
-            return await conn.run_sync(_migrate)
+        if await conn.run_sync(_revision) == HEAD:
+            return HEAD
+
+    async def attempt() -> str:
+        async with engine.connect() as conn:
+            conn = await writable(conn)
+            async with conn.begin():
+                if conn.dialect.name == POSTGRESQL:
+                    await conn.execute(text("SELECT pg_advisory_xact_lock(:cls, :key)"),
+                                       {"cls": ADVISORY_CLASS, "key": MIGRATION_LOCK})
+                return await conn.run_sync(_migrate)
+    return await retrying(attempt)
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:
     async with engine.connect() as conn:
-        return await conn.run_sync(
-            lambda sync: MigrationContext.configure(sync).get_current_revision())
+        return await conn.run_sync(_revision)
+
+
+def _revision(connection: Connection) -> str | None:
+    if not inspect(connection).has_table("alembic_version"):
+        return None
+    return connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
 
 
 def _migrate(connection: Connection) -> str:
+    from alembic import command
+    from alembic.script import ScriptDirectory
+
     config = alembic_config(connection)
     tables = set(inspect(connection).get_table_names())
-    head = head_revision()
     if "alembic_version" in tables:
-        current = MigrationContext.configure(connection).get_current_revision()
+        current = _revision(connection)
         known = {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}
         if current is not None and current not in known:
             raise DatabaseUnavailable(
@@ -92,7 +112,7 @@ def _migrate(connection: Connection) -> str:
         raise DatabaseUnavailable(
             f"the database already holds tables that are not an Adhoc relay's ({shown}): "
             "give the relay a database of its own")
-    return head
+    return HEAD
 
 
 def _is_legacy_sqlite(connection: Connection, tables: set[str]) -> bool:

@@ -19,7 +19,7 @@ from alembic.runtime.migration import MigrationContext
 
 from relay import sessions as rules
 from relay.db.engine import DatabaseUnavailable, describe, parse_database_url
-from relay.db.migrate import BASELINE, head_revision
+from relay.db.migrate import BASELINE, HEAD, head_revision
 from relay.db.tables import metadata
 from relay.store import Conflict, Store
 from tests import postgres as pg
@@ -109,6 +109,7 @@ async def test_a_database_made_before_alembic_is_adopted_with_nothing_lost(tmp_p
 
 
 async def test_a_new_database_is_exactly_the_tables(tmp_path, database) -> None:
+    assert HEAD == head_revision()  # what a start compares with, without loading Alembic
     store = await Store.open(database or tmp_path / "relay.db")
     try:
         assert await store.revision() == head_revision()
