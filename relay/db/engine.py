@@ -29,6 +29,9 @@ _ACCEPTED = {
     "sqlite": SQLITE, "sqlite+aiosqlite": SQLITE,
     "postgresql": POSTGRESQL, "postgresql+asyncpg": POSTGRESQL, "postgres": POSTGRESQL,
 }
+# What a PostgreSQL URL's query may say (asyncpg's names, and libpq's sslmode).
+_POSTGRESQL_OPTIONS = {"host", "port", "ssl", "sslmode", "passfile", "target_session_attrs",
+                       "prepared_statement_cache_size"}
 URL_HELP = ("use postgresql://USER:PASSWORD@HOST:PORT/DATABASE (or postgresql+asyncpg://...) "
             "or sqlite:////absolute/path/relay.db")
 
@@ -68,6 +71,10 @@ def parse_database_url(text: str) -> URL:
         return url.set(database=str(Path(url.database).expanduser().resolve()))
     if not url.database:
         raise ValueError(f"the PostgreSQL URL names no database: {URL_HELP}")
+    unknown = sorted(set(url.query) - _POSTGRESQL_OPTIONS)
+    if unknown:
+        raise ValueError(f"the database URL's option {', '.join(unknown)} is not one the relay "
+                         f"passes on: use {', '.join(sorted(_POSTGRESQL_OPTIONS))}")
     if "sslmode" in url.query:  # libpq's name for what asyncpg calls ssl
         query = dict(url.query)
         query.setdefault("ssl", query.pop("sslmode"))

@@ -9,6 +9,8 @@ integers; JSON is kept as text.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     DDL,
     REAL,
@@ -22,6 +24,7 @@ from sqlalchemy import (
     MetaData,
     Table,
     Text,
+    TypeDecorator,
     UniqueConstraint,
     event,
     func,
@@ -30,13 +33,29 @@ from sqlalchemy import (
 
 metadata = MetaData()
 
+
+class StoredText(TypeDecorator):
+    """Text as both engines can keep it. PostgreSQL refuses a NUL character in text (SQLite
+    keeps it), and no field of the relay's has a use for one, while hostile input (a login
+    name, a host's name, an agent's report) may carry one: it is kept as U+FFFD on both, so
+    the write (and its audit row) succeeds and both engines hold the same."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        if isinstance(value, str) and "\x00" in value:
+            return value.replace("\x00", "\ufffd")
+        return value
+
+
 # Double precision on PostgreSQL; REAL (which is double precision) on SQLite, as before.
 Timestamp = Double().with_variant(REAL(), "sqlite")
 # 64-bit ids on PostgreSQL for the tables that only grow; SQLite's AUTOINCREMENT needs INTEGER.
 GrowingId = BigInteger().with_variant(Integer(), "sqlite")
 # Company names are unique and looked up ignoring ASCII case: a NOCASE column on SQLite, a
 # unique index on lower(name) on PostgreSQL (see companies_name_nocase).
-CompanyName = Text().with_variant(Text(collation="NOCASE"), "sqlite")
+CompanyName = StoredText().with_variant(StoredText(collation="NOCASE"), "sqlite")
 
 LIVE_STATES_SQL = "state IN ('pending', 'active')"
 
@@ -44,7 +63,7 @@ companies = Table(
     "companies", metadata,
     Column("id", Integer, primary_key=True),
     Column("name", CompanyName, nullable=False, unique=True),
-    Column("plan", Text, CheckConstraint("plan IN ('trial', 'base', 'plus', 'premier')"),
+    Column("plan", StoredText, CheckConstraint("plan IN ('trial', 'base', 'plus', 'premier')"),
            nullable=False),
     Column("seats", Integer, CheckConstraint("seats >= 0"), nullable=False),
     Column("disabled", Integer, nullable=False, server_default=text("0")),
@@ -57,9 +76,9 @@ technicians = Table(
     "technicians", metadata,
     Column("id", Integer, primary_key=True),
     Column("company_id", Integer, ForeignKey("companies.id"), nullable=False),
-    Column("login", Text, nullable=False, unique=True),
-    Column("email", Text, nullable=False),
-    Column("password_hash", Text, nullable=False),
+    Column("login", StoredText, nullable=False, unique=True),
+    Column("email", StoredText, nullable=False),
+    Column("password_hash", StoredText, nullable=False),
     Column("is_admin", Integer, nullable=False, server_default=text("0")),
     Column("disabled", Integer, nullable=False, server_default=text("0")),
     Column("created_at", Timestamp, nullable=False),
@@ -69,14 +88,14 @@ ssh_keys = Table(
     "ssh_keys", metadata,
     Column("id", Integer, primary_key=True),
     Column("technician_id", Integer, ForeignKey("technicians.id"), nullable=False),
-    Column("public_key", Text, nullable=False),
+    Column("public_key", StoredText, nullable=False),
     Column("created_at", Timestamp, nullable=False),
     UniqueConstraint("technician_id", "public_key"),
 )
 
 api_tokens = Table(
     "api_tokens", metadata,
-    Column("token_hash", Text, primary_key=True),
+    Column("token_hash", StoredText, primary_key=True),
     Column("technician_id", Integer, ForeignKey("technicians.id"), nullable=False),
     Column("created_at", Timestamp, nullable=False),
     Column("expires_at", Timestamp, nullable=False),
@@ -84,33 +103,33 @@ api_tokens = Table(
 
 sessions = Table(
     "sessions", metadata,
-    Column("id", Text, primary_key=True),
+    Column("id", StoredText, primary_key=True),
     Column("company_id", Integer, ForeignKey("companies.id"), nullable=False),
     Column("technician_id", Integer, ForeignKey("technicians.id"), nullable=False),
-    Column("customer_email", Text, nullable=False),
-    Column("note", Text, nullable=False, server_default=text("''")),
-    Column("password_verifier", Text, nullable=False),
-    Column("join_token_hash", Text, nullable=False, unique=True),
-    Column("code_hmac", Text, nullable=False),
+    Column("customer_email", StoredText, nullable=False),
+    Column("note", StoredText, nullable=False, server_default=text("''")),
+    Column("password_verifier", StoredText, nullable=False),
+    Column("join_token_hash", StoredText, nullable=False, unique=True),
+    Column("code_hmac", StoredText, nullable=False),
     Column("code_attempts", Integer, nullable=False, server_default=text("0")),
-    Column("state", Text, CheckConstraint("state IN ('pending', 'active', 'ended')"),
+    Column("state", StoredText, CheckConstraint("state IN ('pending', 'active', 'ended')"),
            nullable=False),
-    Column("ended_reason", Text),
+    Column("ended_reason", StoredText),
     Column("created_at", Timestamp, nullable=False),
     Column("invite_expires_at", Timestamp, nullable=False),
     Column("activated_at", Timestamp),
     Column("expires_at", Timestamp),
     Column("ended_at", Timestamp),
-    Column("agent_secret_hash", Text),
-    Column("host_key", Text),
-    Column("hostname", Text),
-    Column("os", Text),
-    Column("os_user", Text),
-    Column("ip", Text),
-    Column("machine_fp", Text),
-    Column("features", Text, nullable=False, server_default=text("'[]'")),
-    Column("mail_status", Text, nullable=False, server_default=text("'queued'")),
-    Column("mail_detail", Text),
+    Column("agent_secret_hash", StoredText),
+    Column("host_key", StoredText),
+    Column("hostname", StoredText),
+    Column("os", StoredText),
+    Column("os_user", StoredText),
+    Column("ip", StoredText),
+    Column("machine_fp", StoredText),
+    Column("features", StoredText, nullable=False, server_default=text("'[]'")),
+    Column("mail_status", StoredText, nullable=False, server_default=text("'queued'")),
+    Column("mail_detail", StoredText),
 )
 # The limits' backstop: a technician has one live session, a computer takes part in one.
 _LIVE = text(LIVE_STATES_SQL)
@@ -126,12 +145,12 @@ audit = Table(
     "audit", metadata,
     Column("id", GrowingId, primary_key=True),
     Column("at", Timestamp, nullable=False),
-    Column("actor", Text, nullable=False),
+    Column("actor", StoredText, nullable=False),
     Column("company_id", Integer),
-    Column("session_id", Text),
-    Column("event", Text, nullable=False),
-    Column("outcome", Text, nullable=False),
-    Column("detail", Text, nullable=False, server_default=text("'{}'")),
+    Column("session_id", StoredText),
+    Column("event", StoredText, nullable=False),
+    Column("outcome", StoredText, nullable=False),
+    Column("detail", StoredText, nullable=False, server_default=text("'{}'")),
     sqlite_autoincrement=True,
 )
 Index("audit_by_session", audit.c.session_id, audit.c.id)
@@ -141,9 +160,9 @@ events = Table(
     Column("id", GrowingId, primary_key=True),
     Column("at", Timestamp, nullable=False),
     Column("company_id", Integer, nullable=False),
-    Column("session_id", Text),
-    Column("kind", Text, nullable=False),
-    Column("data", Text, nullable=False, server_default=text("'{}'")),
+    Column("session_id", StoredText),
+    Column("kind", StoredText, nullable=False),
+    Column("data", StoredText, nullable=False, server_default=text("'{}'")),
     sqlite_autoincrement=True,
 )
 Index("events_by_company", events.c.company_id, events.c.id)

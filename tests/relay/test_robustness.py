@@ -259,3 +259,25 @@ async def test_kill_9_during_writes_loses_nothing_acknowledged(start_relay, data
     assert acknowledged, "no write was acknowledged before the kills"
     assert db_rows(data_dir, "SELECT name, plan, seats FROM companies ORDER BY name") == [
         ("Acme", "plus", 3), ("Basic", "base", 2), ("Beta", "premier", 3), ("Trial Co", "trial", 2)]
+
+
+async def test_nul_characters_are_stored_as_text_not_a_server_error(relay) -> None:
+    """PostgreSQL refuses NUL in text (SQLite keeps it). A hostile login name, note or host
+    name carrying one is answered, stored and audited like any other, on both engines."""
+    async with httpx.AsyncClient(base_url=relay.base_url) as client:
+        refused = await client.post("/api/v1/login",
+                                    json={"login": "ev\u0000il", "password": "not-the-one"})
+        assert refused.status_code == 401, refused.text
+    async with Api(relay.base_url) as api:
+        created = await api.client.post("/api/v1/sessions", json={
+            "customer_email": "customer@example.com", "password": SESSION_PASSWORD,
+            "note": "printer\u0000upstairs"})
+        assert created.status_code == 201, created.text
+        session = created.json()
+        activated = await activate(relay.base_url, session, hostname="pc\u0000\u001b]52;evil")
+        assert activated.status_code == 200, activated.text
+        view = await api.session(session["id"])
+        assert view["note"] == "printer\ufffdupstairs"
+        assert view["host"]["hostname"] == "pc\ufffd\u001b]52;evil"
+    actors = db_rows(relay.data_dir, "SELECT actor FROM audit WHERE event = 'login'")
+    assert ("login:ev\ufffdil@127.0.0.1",) in actors
