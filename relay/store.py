@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -416,15 +416,18 @@ class Store:
         async def attempt() -> T:
             async with self.transaction() as tx:
                 return await work(tx)
-        return await db.retrying(attempt)
+        with _reachable():
+            return await db.retrying(attempt)
 
     async def _one(self, statement: Executable, params: dict | None = None) -> Row | None:
-        async with self._reader.connect() as conn:
-            return (await conn.execute(statement, params)).first()
+        with _reachable():
+            async with self._reader.connect() as conn:
+                return (await conn.execute(statement, params)).first()
 
     async def _all(self, statement: Executable, params: dict | None = None) -> Sequence[Row]:
-        async with self._reader.connect() as conn:
-            return (await conn.execute(statement, params)).all()
+        with _reachable():
+            async with self._reader.connect() as conn:
+                return (await conn.execute(statement, params)).all()
 
     # --- companies -------------------------------------------------------------------------
 
@@ -826,6 +829,19 @@ class Store:
 
     async def last_event_id(self) -> int:
         return int((await self._one(LAST_EVENT_ID))[0])
+
+
+@contextlib.contextmanager
+def _reachable() -> Iterator[None]:
+    """A database that cannot be reached or used is DatabaseUnavailable, with the reason (and
+    no password); callers answer "try again" rather than fail with a driver's error."""
+    try:
+        yield
+    except (OSError, exc.DBAPIError) as error:
+        if not db.is_unavailable(error):
+            raise
+        raise db.DatabaseUnavailable(f"the relay cannot use its database: {_reason(error)}") \
+            from None
 
 
 def _reason(error: BaseException) -> str:

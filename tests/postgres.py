@@ -82,6 +82,10 @@ class PostgresCluster:
         # The relay's role must present its password; the tests' superuser is trusted.
         (self.data / "pg_hba.conf").write_text(
             f"local all {RELAY_ROLE} scram-sha-256\nlocal all all trust\n")
+        self._start_server()
+        self.admin(f"CREATE ROLE {RELAY_ROLE} LOGIN CREATEDB PASSWORD '{RELAY_PASSWORD}'")
+
+    def _start_server(self) -> None:
         subprocess.run(self._as_owner(
             str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w",
             "-t", "60", "start", "-o",
@@ -89,7 +93,6 @@ class PostgresCluster:
             + ("" if self.durable else " -c fsync=off")),
             check=True, capture_output=True, timeout=90)
         self.pid = int((self.data / "postmaster.pid").read_text().split()[0])
-        self.admin(f"CREATE ROLE {RELAY_ROLE} LOGIN CREATEDB PASSWORD '{RELAY_PASSWORD}'")
 
     def restart(self) -> None:
         """Restart the server (every client connection is cut) and wait until it accepts."""
@@ -97,6 +100,17 @@ class PostgresCluster:
             str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w",
             "-t", "60", "restart", "-m", "fast"), check=True, capture_output=True, timeout=90)
         self.pid = int((self.data / "postmaster.pid").read_text().split()[0])
+
+    @contextlib.contextmanager
+    def down(self) -> Iterator[None]:
+        """The server stopped (its clients cut off, its socket gone) until the block ends."""
+        subprocess.run(self._as_owner(
+            str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-w", "-m", "fast", "stop"),
+            check=True, capture_output=True, timeout=90)
+        try:
+            yield
+        finally:
+            self._start_server()
 
     def stop(self) -> None:
         """Fast shutdown by the postmaster's PID (SIGINT), then remove the folder."""

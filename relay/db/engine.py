@@ -169,6 +169,16 @@ async def retrying(attempt: Callable[[], Awaitable[T]]) -> T:
     raise AssertionError("unreachable")
 
 
+def is_unavailable(error: BaseException) -> bool:
+    """Whether the database could not be reached or used at all (down, restarting, its disk
+    full, busy for longer than the retries wait), rather than refusing a statement."""
+    if isinstance(error, OSError):
+        return True
+    return isinstance(error, exc.DBAPIError) and (
+        error.connection_invalidated
+        or isinstance(error, (exc.OperationalError, exc.InterfaceError)))
+
+
 def is_retryable(error: BaseException) -> bool:
     """Whether running the whole transaction again may succeed: SQLite's "database is locked"
     (another process held the write lock past the busy timeout), PostgreSQL's serialisation

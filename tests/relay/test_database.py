@@ -269,3 +269,26 @@ async def test_a_restarted_postgresql_server_costs_no_request(relay, engine, pos
         assert (await api.client.get("/api/v1/sessions")).status_code == 200
         assert (await api.client.post(f"/api/v1/sessions/{session['id']}/end")).json()[
             "state"] == "ended"
+
+
+async def test_a_database_that_is_down_is_a_clear_503_then_back(relay, engine, postgres) -> None:
+    if engine != "postgresql":
+        pytest.skip("SQLite has no server to stop")
+    async with Api(relay.base_url) as api:
+        assert (await api.client.get("/api/v1/sessions")).status_code == 200
+        with postgres.down():
+            for method, path in (("GET", "/api/v1/sessions"), ("POST", "/api/v1/sessions"),
+                                 ("GET", "/api/v1/me")):
+                body = {"customer_email": "customer@example.com", "password": "Horse-battery-9"}
+                response = await api.client.request(method, path,
+                                                    json=body if method == "POST" else None)
+                assert response.status_code == 503, (path, response.text)
+                assert response.json() == {
+                    "error": "unavailable",
+                    "detail": "the relay cannot reach its database just now: try again in a "
+                              "moment"}
+                assert response.headers["Retry-After"] == "5"
+        assert (await create(api)).status_code == 201
+    log = (relay.data_dir / "relay.log").read_text()
+    assert "the relay cannot use its database" in log
+    assert "Exception in ASGI application" not in log  # what an unanswered request logs
