@@ -135,7 +135,10 @@ class Api:
 
     def __init__(self, base_url: str, login: str = "alice", password: str = PASSWORD) -> None:
         self.base_url = base_url
-        self.client = httpx.AsyncClient(base_url=base_url, timeout=30)
+        # Idle connections are let go before the relay's HTTP server closes them (uvicorn: 5 s),
+        # so a request never races that close on a connection the test left idle.
+        self.client = httpx.AsyncClient(base_url=base_url, timeout=30,
+                                        limits=httpx.Limits(keepalive_expiry=2.0))
         self.login_name = login
         self.password = password
         self.token = ""
