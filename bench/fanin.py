@@ -60,12 +60,11 @@ async def seed_without_fsync(store) -> None:
     from sqlalchemy import event
 
     def no_fsync(dbapi_connection, _record) -> None:
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA synchronous = OFF")
-        cursor.close()
+        dbapi_connection.execute("PRAGMA synchronous = OFF")
 
-    event.listen(store._engine.sync_engine, "connect", no_fsync)
-    await store._engine.dispose()  # the connections open so far had synchronous=FULL
+    engine = store._database.engine
+    event.listen(engine, "connect", no_fsync)
+    await asyncio.to_thread(engine.dispose)  # the connections open so far had synchronous=FULL
 
 
 async def seed(data_dir: Path, count: int) -> tuple[list[tuple[str, str]], str]:

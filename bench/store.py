@@ -5,9 +5,10 @@ Run: python -m bench.store [--before 109b3cb] [--technicians 30] [--rounds 4] [-
 Three real relay processes run side by side, each on its own data dir on disk, driven with
 httpx one request at a time, interleaved and in rotated order:
 
-- before: the relay as of --before (git archive of that commit; aiosqlite, one connection),
-  on SQLite;
-- sqlite: this checkout's relay (SQLAlchemy Core over aiosqlite) on SQLite;
+- before: the relay as of --before (git archive of that commit; aiosqlite, one connection,
+  which must be installed: pip install aiosqlite), on SQLite;
+- sqlite: this checkout's relay (SQLAlchemy Core, sqlite3 on the store's own threads) on
+  SQLite;
 - postgresql: this checkout's relay on a throwaway PostgreSQL cluster on a Unix socket, with
   PostgreSQL's own defaults (fsync and synchronous_commit on).
 
@@ -56,7 +57,7 @@ data_dir, database, technicians, listed = Path(sys.argv[1]), sys.argv[2], int(sy
 async def main():
     settings = RelaySettings(data_dir=data_dir)
     if database:
-        from relay.db.engine import parse_database_url
+        from relay.db.url import parse_database_url
         settings.database = parse_database_url(database)
     await initialise(settings)
     store = await Store.open(Path(settings.db_path) if not database else database)
@@ -208,7 +209,7 @@ def report(variants: list[Variant], args: argparse.Namespace) -> None:
 
 async def main_async(args: argparse.Namespace) -> None:
     header("Store: session create and list, before and after, SQLite and PostgreSQL",
-           "fastapi", "uvicorn", "aiosqlite", "sqlalchemy", "asyncpg", "alembic", "httpx")
+           "fastapi", "uvicorn", "sqlalchemy", "asyncpg", "alembic", "httpx")
     print(f"before = {args.before}; {args.technicians} technicians in {args.technicians // 5} "
           f"companies, {args.rounds} rounds, {args.listed} sessions in the long list\n")
     folder = Path(tempfile.mkdtemp(prefix="adhoc-bench-store-"))

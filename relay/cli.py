@@ -25,7 +25,8 @@ from relay.config import (
     parse_hostport,
     parse_rate,
 )
-from relay.db.engine import SQLITE, DatabaseUnavailable, backend, describe, parse_database_url
+from relay.db.engine import DatabaseUnavailable
+from relay.db.url import SQLITE, backend, describe, parse_database_url
 from relay.service import check_email, check_login_name
 from relay.sessions import Plan
 from relay.store import Conflict, NotFound, Store

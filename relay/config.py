@@ -10,7 +10,7 @@ from pathlib import Path
 import platformdirs
 from sqlalchemy import URL
 
-from relay.db.engine import sqlite_url
+from relay.db.url import sqlite_url
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}

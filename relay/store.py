@@ -1,12 +1,14 @@
 """The relay's database statements: every read and write the relay makes, on SQLite or PostgreSQL.
 
-Written once in SQLAlchemy Core over the tables in relay/db/tables.py. Every write runs in one
+Written once in SQLAlchemy Core over the tables in relay/db/tables.py; relay/db/engine.py runs
+each operation whole, as one plain function over a connection. Every write runs in one
 transaction that is retried whole while the database is busy ("database is locked" on SQLite, a
 serialisation failure or deadlock on PostgreSQL): a busy database is waited for, never reported
-as a limit. Several relay processes may share one database:
+as a limit; one that cannot be reached is DatabaseUnavailable. Several relay processes may share
+one database:
 
 - SQLite: writes start with `BEGIN IMMEDIATE` (one writer at a time across processes; within a
-  process they also queue on a lock, so they wait here rather than in SQLite's busy loop);
+  process they queue for the store's writer thread);
 - PostgreSQL: a session create locks its company's row (`SELECT ... FOR NO KEY UPDATE`) before
   it counts, so concurrent creates in one company count one after another, and the partial
   unique indexes back up the per-technician and per-computer limits on both engines;
@@ -19,10 +21,9 @@ as a limit. Several relay processes may share one database:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,6 +31,7 @@ from typing import Any, TypeVar
 from sqlalchemy import (
     URL,
     Column,
+    Connection,
     Executable,
     Row,
     Table,
@@ -47,10 +49,15 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from relay import sessions as rules
-from relay.db import engine as db
+from relay.db.engine import (
+    Database,
+    DatabaseUnavailable,
+    is_unavailable,
+    open_database,
+    retrying,
+)
 from relay.db.migrate import ADVISORY_CLASS, current_revision, migrate
 from relay.db.tables import (
     api_tokens,
@@ -61,6 +68,7 @@ from relay.db.tables import (
     ssh_keys,
     technicians,
 )
+from relay.db.url import POSTGRESQL, SQLITE, describe, parse_database_url, sqlite_url
 
 T = TypeVar("T")
 
@@ -228,8 +236,8 @@ REVOKE_TOKENS = delete(api_tokens).where(
 SSH_KEYS = select(ssh_keys.c.public_key) \
     .where(ssh_keys.c.technician_id == bindparam("technician_id")).order_by(ssh_keys.c.id)
 ADD_SSH_KEY = {  # a key already registered is left as it is
-    db.SQLITE: sqlite_insert(ssh_keys).on_conflict_do_nothing(),
-    db.POSTGRESQL: postgresql_insert(ssh_keys).on_conflict_do_nothing(),
+    SQLITE: sqlite_insert(ssh_keys).on_conflict_do_nothing(),
+    POSTGRESQL: postgresql_insert(ssh_keys).on_conflict_do_nothing(),
 }
 
 SESSION_BY_ID = select(*SESSION).where(sessions.c.id == bindparam("session_id"))
@@ -286,51 +294,52 @@ EVENT_ORDER = select(func.pg_advisory_xact_lock(ADVISORY_CLASS, EVENT_ORDER_LOCK
 
 
 class Tx:
-    """The statements available inside one write transaction."""
+    """The statements available inside one write transaction (run on the database's side:
+    plain calls, no awaiting; see relay/db/engine.py)."""
 
-    def __init__(self, conn: AsyncConnection, backend: str) -> None:
+    def __init__(self, conn: Connection, backend: str) -> None:
         self.conn = conn
         self.backend = backend
         self.wrote_events = False
         self.ended: list[str] = []  # sessions this transaction ends
 
-    async def one(self, statement: Executable, params: dict | None = None) -> Row | None:
-        return (await self.conn.execute(statement, params)).first()
+    def one(self, statement: Executable, params: dict | None = None) -> Row | None:
+        return self.conn.execute(statement, params).first()
 
-    async def all(self, statement: Executable, params: dict | None = None) -> Sequence[Row]:
-        return (await self.conn.execute(statement, params)).all()
+    def all(self, statement: Executable, params: dict | None = None) -> Sequence[Row]:
+        return self.conn.execute(statement, params).all()
 
-    async def run(self, statement: Executable, params: dict | list[dict] | None = None) -> int:
+    def run(self, statement: Executable, params: dict | list[dict] | None = None) -> int:
         """Execute; with a list of parameter sets, once per set (one round trip where the
         driver can); returns the rows changed."""
         if isinstance(params, list) and not params:
             return 0
-        return (await self.conn.execute(statement, params)).rowcount
+        return self.conn.execute(statement, params).rowcount
 
-    async def session(self, session_id: str) -> SessionRow | None:
-        row = await self.one(SESSION_BY_ID, {"session_id": session_id})
+    def session(self, session_id: str) -> SessionRow | None:
+        row = self.one(SESSION_BY_ID, {"session_id": session_id})
         return None if row is None else SessionRow(*row)
 
-    async def audit(
+    def audit(
         self, at: float, actor: str, event: str, outcome: str, *,
         company_id: int | None = None, session_id: str | None = None, **detail: Any,
     ) -> None:
-        await self.run(ADD_AUDIT, {
+        self.run(ADD_AUDIT, {
             "at": at, "actor": actor, "company_id": company_id, "session_id": session_id,
             "event": event, "outcome": outcome, "detail": _detail(detail)})
 
-    async def event(self, at: float, company_id: int, kind: str, session_id: str | None,
-                    **data: Any) -> None:
-        await self.events([{"at": at, "company_id": company_id, "kind": kind,
-                            "session_id": session_id, "data": _detail(data)}])
+    def event(self, at: float, company_id: int, kind: str, session_id: str | None,
+              **data: Any) -> None:
+        self.events([{"at": at, "company_id": company_id, "kind": kind,
+                      "session_id": session_id, "data": _detail(data)}])
 
-    async def events(self, rows: list[dict]) -> None:
+    def events(self, rows: list[dict]) -> None:
         """Insert event rows (at, company_id, kind, session_id, data as JSON text)."""
         if not rows:
             return
-        if self.backend == db.POSTGRESQL and not self.wrote_events:
-            await self.conn.execute(EVENT_ORDER)
-        await self.run(ADD_EVENTS, rows)
+        if self.backend == POSTGRESQL and not self.wrote_events:
+            self.conn.execute(EVENT_ORDER)
+        self.run(ADD_EVENTS, rows)
         self.wrote_events = True
 
 
@@ -340,16 +349,10 @@ class Store:
     `target` is a database URL (`postgresql://...`, `sqlite:///...`) or the path of a SQLite
     file."""
 
-    def __init__(self, engine: AsyncEngine, url: URL) -> None:
-        self._engine = engine
+    def __init__(self, database: Database, url: URL) -> None:
+        self._database = database
         self.url = url
-        self.backend = db.backend(url)
-        if self.backend == db.POSTGRESQL:
-            # Reads need no transaction: one round trip each instead of BEGIN/SELECT/ROLLBACK.
-            self._reader = engine.execution_options(isolation_level="AUTOCOMMIT")
-        else:
-            self._reader = engine  # no BEGIN for reads (relay/db/engine.py)
-        self._write_turn = asyncio.Lock() if self.backend == db.SQLITE else None
+        self.backend = database.backend
         # Active sessions' agent credentials, kept once read (see agent_credential).
         self._credentials: dict[str, tuple[str, float]] = {}
         self._ends = 0  # bumped by every end: a read that raced one must not be kept
@@ -357,53 +360,37 @@ class Store:
     @classmethod
     async def open(cls, target: Path | URL | str) -> Store:
         if isinstance(target, Path):
-            url = db.sqlite_url(target)
+            url = sqlite_url(target)
         elif isinstance(target, str):
-            url = db.parse_database_url(target)
+            url = parse_database_url(target)
         else:
             url = target
-        if db.backend(url) == db.SQLITE:
-            db.prepare_sqlite_file(db.sqlite_path(url))
-        engine = db.create_engine(url)
+        database = open_database(url)
         try:
-            await migrate(engine)
-        except db.DatabaseUnavailable as error:
-            await engine.dispose()
-            raise db.DatabaseUnavailable(f"{db.describe(url)}: {error}") from None
+            await migrate(database)
+        except DatabaseUnavailable as error:
+            await database.dispose()
+            raise DatabaseUnavailable(f"{describe(url)}: {error}") from None
         except (exc.DBAPIError, OSError) as error:
-            await engine.dispose()
-            raise db.DatabaseUnavailable(
-                f"cannot open the database {db.describe(url)}: {_reason(error)}; check that "
+            await database.dispose()
+            raise DatabaseUnavailable(
+                f"cannot open the database {describe(url)}: {_reason(error)}; check that "
                 "it runs, that the URL is right and that the relay may use it") from None
         except BaseException:
-            await engine.dispose()
+            await database.dispose()
             raise
-        return cls(engine, url)
+        return cls(database, url)
 
     async def close(self) -> None:
-        await self._engine.dispose()
+        await self._database.dispose()
 
     def describe(self) -> str:
         """Which database this is, for messages (no password)."""
-        return db.describe(self.url)
+        return describe(self.url)
 
     async def revision(self) -> str | None:
         """The schema's Alembic revision."""
-        return await current_revision(self._engine)
-
-    @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Tx]:
-        """One write transaction, committed when the block ends; not retried (see _write)."""
-        turn = self._write_turn or contextlib.nullcontext()
-        async with turn, self._engine.connect() as conn:
-            conn = await db.writable(conn)
-            async with conn.begin():
-                tx = Tx(conn, self.backend)
-                yield tx
-        if tx.ended:
-            # Once more after the commit: a credential read between the end and its commit
-            # (on another connection) saw the session still active.
-            self._forget(tx.ended)
+        return await current_revision(self._database)
 
     def _forget(self, session_ids: list[str]) -> None:
         """Drop ended sessions' credentials, and any read of one that is still in flight."""
@@ -411,35 +398,39 @@ class Store:
             self._credentials.pop(session_id, None)
         self._ends += 1
 
-    async def _write(self, work: Callable[[Tx], Awaitable[T]]) -> T:
+    async def _write(self, work: Callable[[Tx], T]) -> T:
         """Run `work` in a write transaction, again from the start while the database is busy."""
-        async def attempt() -> T:
-            async with self.transaction() as tx:
-                return await work(tx)
+        def transaction(conn: Connection) -> tuple[T, list[str]]:
+            tx = Tx(conn, self.backend)
+            return work(tx), tx.ended
+
         with _reachable():
-            return await db.retrying(attempt)
+            result, ended = await retrying(lambda: self._database.write(transaction))
+        if ended:
+            # Once more after the commit: a credential read between the end and its commit
+            # (on another connection) saw the session still active.
+            self._forget(ended)
+        return result
 
     async def _one(self, statement: Executable, params: dict | None = None) -> Row | None:
         with _reachable():
-            async with self._reader.connect() as conn:
-                return (await conn.execute(statement, params)).first()
+            return await self._database.read(lambda conn: conn.execute(statement, params).first())
 
     async def _all(self, statement: Executable, params: dict | None = None) -> Sequence[Row]:
         with _reachable():
-            async with self._reader.connect() as conn:
-                return (await conn.execute(statement, params)).all()
+            return await self._database.read(lambda conn: conn.execute(statement, params).all())
 
     # --- companies -------------------------------------------------------------------------
 
     async def add_company(self, name: str, plan: str, seats: int, now: float) -> Company:
-        async def work(tx: Tx) -> Company:
+        def work(tx: Tx) -> Company:
             try:
-                row = await tx.one(ADD_COMPANY, {"name": name, "plan": plan, "seats": seats,
+                row = tx.one(ADD_COMPANY, {"name": name, "plan": plan, "seats": seats,
                                                  "created_at": now})
             except exc.IntegrityError:
                 raise Conflict(f"a company named {name!r} already exists") from None
             company = Company(*row)
-            await tx.audit(now, "admin", "company_added", "ok", company_id=company.id,
+            tx.audit(now, "admin", "company_added", "ok", company_id=company.id,
                            plan=plan, seats=seats)
             return company
         return await self._write(work)
@@ -463,12 +454,12 @@ class Store:
         allowed = {"plan", "seats", "disabled"}
         assert changes and set(changes) <= allowed, changes
 
-        async def work(tx: Tx) -> None:
-            count = await tx.run(update(companies).where(companies.c.id == company_id)
+        def work(tx: Tx) -> None:
+            count = tx.run(update(companies).where(companies.c.id == company_id)
                                  .values(**changes))
             if not count:
                 raise NotFound(f"no company with id {company_id}")
-            await tx.audit(now, actor, "company_changed", "ok", company_id=company_id, **changes)
+            tx.audit(now, actor, "company_changed", "ok", company_id=company_id, **changes)
         await self._write(work)
 
     # --- technicians -----------------------------------------------------------------------
@@ -477,15 +468,15 @@ class Store:
         self, company_id: int, login: str, email: str, password_hash: str, is_admin: bool,
         now: float, actor: str = "admin",
     ) -> Technician:
-        async def work(tx: Tx) -> Technician:
+        def work(tx: Tx) -> Technician:
             try:
-                row = await tx.one(ADD_TECHNICIAN, {
+                row = tx.one(ADD_TECHNICIAN, {
                     "company_id": company_id, "login": login, "email": email,
                     "password_hash": password_hash, "is_admin": int(is_admin),
                     "created_at": now})
             except exc.IntegrityError:
                 raise Conflict(f"a technician with login {login!r} already exists") from None
-            await tx.audit(now, actor, "technician_added", "ok", company_id=company_id,
+            tx.audit(now, actor, "technician_added", "ok", company_id=company_id,
                            login=login, admin=is_admin)
             return Technician(*row)
         return await self._write(work)
@@ -514,17 +505,17 @@ class Store:
         allowed = {"password_hash", "disabled", "is_admin", "email"}
         assert changes and set(changes) <= allowed, changes
 
-        async def work(tx: Tx) -> None:
-            count = await tx.run(update(technicians).where(technicians.c.id == technician_id)
+        def work(tx: Tx) -> None:
+            count = tx.run(update(technicians).where(technicians.c.id == technician_id)
                                  .values(**changes))
             if not count:
                 raise NotFound(f"no technician with id {technician_id}")
             if "password_hash" in changes or changes.get("disabled"):
-                await tx.run(REVOKE_TOKENS, {"technician_id": technician_id})
+                tx.run(REVOKE_TOKENS, {"technician_id": technician_id})
             shown = {k: v for k, v in changes.items() if k != "password_hash"}
             if "password_hash" in changes:
                 shown["password"] = "reset"
-            await tx.audit(now, actor, "technician_changed", "ok", technician_id=technician_id,
+            tx.audit(now, actor, "technician_changed", "ok", technician_id=technician_id,
                            **shown)
         await self._write(work)
 
@@ -539,9 +530,9 @@ class Store:
 
     async def add_token(self, token_hash: str, technician_id: int, now: float,
                         expires_at: float) -> None:
-        async def work(tx: Tx) -> None:
-            await tx.run(DROP_EXPIRED_TOKENS, {"now": now})
-            await tx.run(ADD_TOKEN, {"token_hash": token_hash, "technician_id": technician_id,
+        def work(tx: Tx) -> None:
+            tx.run(DROP_EXPIRED_TOKENS, {"now": now})
+            tx.run(ADD_TOKEN, {"token_hash": token_hash, "technician_id": technician_id,
                                      "created_at": now, "expires_at": expires_at})
         await self._write(work)
 
@@ -566,26 +557,26 @@ class Store:
         """Insert a pending session if the plan and limits allow, atomically."""
         whose = {"company_id": row.company_id, "technician_id": row.technician_id}
 
-        async def work(tx: Tx) -> rules.LimitError | None:
-            if self.backend == db.POSTGRESQL:
+        def work(tx: Tx) -> rules.LimitError | None:
+            if self.backend == POSTGRESQL:
                 # The counts are read by the next statement, which (at READ COMMITTED) sees
                 # every create committed before the lock was ours; counting in this statement
                 # would count from before the wait.
-                await tx.one(LOCK_COMPANY, whose)
-            occupancy = self._occupancy(await tx.one(OCCUPANCY, whose))
+                tx.one(LOCK_COMPANY, whose)
+            occupancy = self._occupancy(tx.one(OCCUPANCY, whose))
             actor = f"technician:{row.technician_id}"
             try:
                 rules.check_can_create(occupancy)
             except rules.LimitError as refusal:
                 # The refusal is audited (and committed) even though no session is created.
-                await tx.audit(row.created_at, actor, "session_create", "refused",
+                tx.audit(row.created_at, actor, "session_create", "refused",
                                company_id=row.company_id, reason=refusal.code)
                 return refusal
-            await tx.run(ADD_SESSION, {f.name: getattr(row, f.name) for f in fields(SessionRow)})
-            await tx.audit(row.created_at, actor, "session_created", "ok",
+            tx.run(ADD_SESSION, {f.name: getattr(row, f.name) for f in fields(SessionRow)})
+            tx.audit(row.created_at, actor, "session_created", "ok",
                            company_id=row.company_id, session_id=row.id,
                            customer_email=row.customer_email)
-            await tx.event(row.created_at, row.company_id, "created", row.id)
+            tx.event(row.created_at, row.company_id, "created", row.id)
             return None
 
         refusal = await self._write(work)
@@ -643,16 +634,16 @@ class Store:
 
     async def record_wrong_code(self, session_id: str, now: float, source: str) -> SessionRow:
         """Count a wrong code; the fifth burns the link. Returns the updated row."""
-        async def work(tx: Tx) -> SessionRow:
-            counted = await tx.one(COUNT_WRONG_CODE, {"session_id": session_id})
+        def work(tx: Tx) -> SessionRow:
+            counted = tx.one(COUNT_WRONG_CODE, {"session_id": session_id})
             if counted is None:
                 raise NotFound("no such session")
             row = SessionRow(*counted)
-            await tx.audit(now, f"agent@{source}", "code_attempt", "wrong_code",
+            tx.audit(now, f"agent@{source}", "code_attempt", "wrong_code",
                            company_id=row.company_id, session_id=session_id,
                            attempts=row.code_attempts)
             if row.code_attempts >= rules.MAX_CODE_ATTEMPTS and row.state == rules.State.PENDING:
-                row = await self._end(tx, row.id, rules.EndReason.CODE_ATTEMPTS, now,
+                row = self._end(tx, row.id, rules.EndReason.CODE_ATTEMPTS, now,
                                       "relay") or row
             return row
         return await self._write(work)
@@ -660,9 +651,9 @@ class Store:
     async def record_refused_code(self, session_id: str, now: float, source: str,
                                   reason: str) -> None:
         """Audit an attempt on a link that can no longer be activated."""
-        async def work(tx: Tx) -> None:
-            company_id = await tx.one(COMPANY_OF_SESSION, {"session_id": session_id})
-            await tx.audit(now, f"agent@{source}", "code_attempt", "refused",
+        def work(tx: Tx) -> None:
+            company_id = tx.one(COMPANY_OF_SESSION, {"session_id": session_id})
+            tx.audit(now, f"agent@{source}", "code_attempt", "refused",
                            company_id=company_id[0] if company_id else None,
                            session_id=session_id, reason=reason)
         await self._write(work)
@@ -698,22 +689,22 @@ class Store:
         """Set `values` on the session only if it is still pending, in one statement (of two
         racing changes, in this process or another, one wins); audit and announce it as
         `done`, or audit it as `refused` and raise InvalidTransition."""
-        async def work(tx: Tx) -> tuple[SessionRow | None, bool]:
+        def work(tx: Tx) -> tuple[SessionRow | None, bool]:
             try:
-                changed = await tx.one(CHANGE_PENDING,
+                changed = tx.one(CHANGE_PENDING,
                                        {"session_id": session_id, "now": now, **values})
             except exc.IntegrityError:  # the one live session a computer may take part in
                 raise Conflict("this computer already runs an Adhoc session") from None
             if changed is None:
-                row = await tx.session(session_id)
+                row = tx.session(session_id)
                 if row is not None:
-                    await tx.audit(now, actor, refused, "refused", company_id=row.company_id,
+                    tx.audit(now, actor, refused, "refused", company_id=row.company_id,
                                    session_id=session_id, reason=f"session is {row.state}")
                 return row, False
             row = SessionRow(*changed)
-            await tx.audit(now, actor, done, "ok", company_id=row.company_id,
+            tx.audit(now, actor, done, "ok", company_id=row.company_id,
                            session_id=session_id, **audited(row))
-            await tx.event(now, row.company_id, done, session_id, **told(row))
+            tx.event(now, row.company_id, done, session_id, **told(row))
             return row, True
 
         row, changed = await self._write(work)
@@ -726,47 +717,47 @@ class Store:
     async def end_session(self, session_id: str, reason: str, now: float,
                           actor: str) -> tuple[SessionRow, bool]:
         """End a live session; idempotent. Returns (row, whether this call ended it)."""
-        async def work(tx: Tx) -> tuple[SessionRow | None, bool]:
-            ended = await self._end(tx, session_id, reason, now, actor)
+        def work(tx: Tx) -> tuple[SessionRow | None, bool]:
+            ended = self._end(tx, session_id, reason, now, actor)
             if ended is not None:
                 return ended, True
-            return await tx.session(session_id), False
+            return tx.session(session_id), False
 
         row, changed = await self._write(work)
         if row is None:
             raise NotFound("no such session")
         return row, changed
 
-    async def _end(self, tx: Tx, session_id: str, reason: str, now: float,
+    def _end(self, tx: Tx, session_id: str, reason: str, now: float,
                    actor: str) -> SessionRow | None:
         """End the session if it is live (the row as ended), else None: of two racing ends,
         in this process or another, exactly one gets the row."""
-        ended = await tx.one(END_LIVE, {"session_id": session_id, "reason": reason, "now": now})
+        ended = tx.one(END_LIVE, {"session_id": session_id, "reason": reason, "now": now})
         if ended is None:
             return None
         row = SessionRow(*ended)
-        await self._record_ends(tx, [row], now, actor)
+        self._record_ends(tx, [row], now, actor)
         return row
 
-    async def _record_ends(self, tx: Tx, rows: list[SessionRow], now: float,
+    def _record_ends(self, tx: Tx, rows: list[SessionRow], now: float,
                            actor: str) -> None:
         tx.ended.extend(row.id for row in rows)
         self._forget(tx.ended)
-        await tx.run(ADD_AUDIT, [
+        tx.run(ADD_AUDIT, [
             {"at": now, "actor": actor, "company_id": row.company_id, "session_id": row.id,
              "event": "ended", "outcome": "ok", "detail": _detail({"reason": row.ended_reason})}
             for row in rows])
-        await tx.events([
+        tx.events([
             {"at": now, "company_id": row.company_id, "kind": "ended", "session_id": row.id,
              "data": _detail({"reason": row.ended_reason})} for row in rows])
 
     async def end_expired(self, now: float) -> list[SessionRow]:
         """End every session whose invite or lifetime has run out; returns those ended."""
-        async def work(tx: Tx) -> list[SessionRow]:
-            rows = [SessionRow(*r) for r in await tx.all(END_DUE, {"now": now})]
+        def work(tx: Tx) -> list[SessionRow]:
+            rows = [SessionRow(*r) for r in tx.all(END_DUE, {"now": now})]
             if rows:
                 rows.sort(key=lambda r: r.created_at)
-                await self._record_ends(tx, rows, now, "relay")
+                self._record_ends(tx, rows, now, "relay")
             return rows
 
         # Asked before most reads: a write transaction (and, on SQLite, the write lock every
@@ -781,31 +772,31 @@ class Store:
 
     async def set_mail_status(self, session_id: str, status: str, detail: str | None,
                               now: float) -> None:
-        async def work(tx: Tx) -> None:
-            row = await tx.one(SET_MAIL_STATUS, {"session_id": session_id, "status": status,
+        def work(tx: Tx) -> None:
+            row = tx.one(SET_MAIL_STATUS, {"session_id": session_id, "status": status,
                                                  "detail": detail})
             if row is None:
                 return
-            await tx.audit(now, "relay", "mail", status, company_id=row[0],
+            tx.audit(now, "relay", "mail", status, company_id=row[0],
                            session_id=session_id, detail=detail)
-            await tx.event(now, row[0], "mail", session_id, status=status, detail=detail)
+            tx.event(now, row[0], "mail", session_id, status=status, detail=detail)
         await self._write(work)
 
     async def record_presence(self, changes: Sequence[Presence]) -> None:
         """Agents that came or went, in order, in one transaction (one fsync for a batch)."""
         ids = sorted({change.session_id for change in changes})
 
-        async def work(tx: Tx) -> None:
-            company_of = dict(await tx.all(COMPANIES_OF_SESSIONS, {"session_ids": ids}))
+        def work(tx: Tx) -> None:
+            company_of = dict(tx.all(COMPANIES_OF_SESSIONS, {"session_ids": ids}))
             known = [c for c in changes if c.session_id in company_of]
             if not known:
                 return
             kinds = ["online" if c.online else "offline" for c in known]
-            await tx.run(ADD_AUDIT, [
+            tx.run(ADD_AUDIT, [
                 {"at": c.at, "actor": "agent", "company_id": company_of[c.session_id],
                  "session_id": c.session_id, "event": kind, "outcome": "ok",
                  "detail": _detail({"ip": c.ip})} for c, kind in zip(known, kinds, strict=True)])
-            await tx.events([
+            tx.events([
                 {"at": c.at, "company_id": company_of[c.session_id], "kind": kind,
                  "session_id": c.session_id, "data": _detail({})}
                 for c, kind in zip(known, kinds, strict=True)])
@@ -838,9 +829,9 @@ def _reachable() -> Iterator[None]:
     try:
         yield
     except (OSError, exc.DBAPIError) as error:
-        if not db.is_unavailable(error):
+        if not is_unavailable(error):
             raise
-        raise db.DatabaseUnavailable(f"the relay cannot use its database: {_reason(error)}") \
+        raise DatabaseUnavailable(f"the relay cannot use its database: {_reason(error)}") \
             from None
 
 

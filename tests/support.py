@@ -23,7 +23,7 @@ import httpx
 from common.passwords import hash_password
 from relay import sessions as rules
 from relay.config import RelaySettings
-from relay.db.engine import parse_database_url
+from relay.db.url import parse_database_url
 from relay.server import initialise
 from relay.store import SessionRow, Store, Technician
 from tui.client import connect_host, connect_relay

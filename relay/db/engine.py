@@ -1,12 +1,19 @@
-"""Which database the relay uses and how it connects: URLs, engines and the errors worth a retry.
+"""How the relay talks to its database: one way to run a read or a write transaction on either
+engine, with the settings its guarantees rest on, and which errors are worth a retry.
 
-SQLite (aiosqlite) is the embedded default, one file in the data dir; PostgreSQL (asyncpg) takes
-several relays on one database. Each engine gets the settings its guarantees rest on:
-SQLite runs in WAL mode with synchronous=FULL, a busy timeout and foreign keys on, and every
-write transaction starts with `BEGIN IMMEDIATE` (SQLAlchemy's documented recipe for pysqlite:
-the driver's own BEGIN is turned off and ours is emitted); PostgreSQL runs at READ COMMITTED
-with explicit row and advisory locks where the store needs them. A URL's password is never
-shown: messages use `describe()`.
+Every store operation is a plain function over a SQLAlchemy `Connection`, run whole by
+`Database.read` or `Database.write`:
+
+- SQLite: the standard library's sqlite3 on two threads of the store's own, one for writes and
+  one for reads, so an operation costs one hop to its thread (an async driver hops once per
+  call: a create's transaction made seventeen, three times the CPU of this). WAL,
+  synchronous=FULL, a busy timeout and foreign keys on; every write transaction starts with
+  `BEGIN IMMEDIATE` (SQLAlchemy's documented recipe for pysqlite: the driver's own BEGIN is
+  turned off and ours is emitted), so what it read stays true until it commits. WAL lets the
+  read thread run beside the writer, and other processes on the same file wait on SQLite's lock.
+- PostgreSQL: asyncpg, the operation run in SQLAlchemy's greenlet bridge on the event loop, at
+  READ COMMITTED whatever the database's default (the store's row and advisory locks are made
+  for it), reads without a transaction.
 """
 
 from __future__ import annotations
@@ -14,38 +21,28 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import URL, event, exc, make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy import URL, Connection, create_engine, event, exc
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from relay.db.url import POSTGRESQL, SQLITE, backend, sqlite_path
 
 T = TypeVar("T")
 
-SQLITE = "sqlite"
-POSTGRESQL = "postgresql"
-_DRIVERS = {SQLITE: "sqlite+aiosqlite", POSTGRESQL: "postgresql+asyncpg"}
-_ACCEPTED = {
-    "sqlite": SQLITE, "sqlite+aiosqlite": SQLITE,
-    "postgresql": POSTGRESQL, "postgresql+asyncpg": POSTGRESQL, "postgres": POSTGRESQL,
-}
-# What a PostgreSQL URL's query may say (asyncpg's names, and libpq's sslmode).
-_POSTGRESQL_OPTIONS = {"host", "port", "ssl", "sslmode", "passfile", "target_session_attrs",
-                       "prepared_statement_cache_size"}
-URL_HELP = ("use postgresql://USER:PASSWORD@HOST:PORT/DATABASE (or postgresql+asyncpg://...) "
-            "or sqlite:////absolute/path/relay.db")
-
 # How long one SQLite statement waits for another process's write lock before it raises
-# "database is locked" (which the store then retries).
+# "database is locked" (which is then retried).
 SQLITE_BUSY_TIMEOUT_MS = 5000
 # Waits between attempts of a transaction the database refused as busy (on top of SQLite's own
 # busy timeout per attempt): about a minute in all before the error is let through.
 RETRY_DELAYS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 1.0, 2.0, 2.0)
-# The execution option that marks a connection's transaction as a write (BEGIN IMMEDIATE).
+# The execution option that marks a SQLite connection's transaction as a write.
 WRITE = "adhoc_write"
 # PostgreSQL errors after which the whole transaction may simply run again.
 _RETRY_SQLSTATES = {
-    "40001",  # serialization_failure (a database whose default isolation is SERIALIZABLE)
+    "40001",  # serialization_failure
     "40P01",  # deadlock_detected
     "55P03",  # lock_not_available
 }
@@ -55,60 +52,113 @@ class DatabaseUnavailable(Exception):
     """The database cannot be opened or used; the message says which and what to do."""
 
 
-def parse_database_url(text: str) -> URL:
-    """A SQLite or PostgreSQL URL from what an operator typed, with its async driver."""
-    try:
-        url = make_url(text.strip())
-    except (exc.ArgumentError, ValueError):
-        raise ValueError(f"cannot read the database URL: {URL_HELP}") from None
-    backend = _ACCEPTED.get(url.drivername)
-    if backend is None:
-        raise ValueError(f"the database {url.drivername!r} is not supported: {URL_HELP}")
-    url = url.set(drivername=_DRIVERS[backend])
-    if backend == SQLITE:
-        if not url.database or url.database == ":memory:":
-            raise ValueError(f"a SQLite database needs a file: {URL_HELP}")
-        return url.set(database=str(Path(url.database).expanduser().resolve()))
-    if not url.database:
-        raise ValueError(f"the PostgreSQL URL names no database: {URL_HELP}")
-    unknown = sorted(set(url.query) - _POSTGRESQL_OPTIONS)
-    if unknown:
-        raise ValueError(f"the database URL's option {', '.join(unknown)} is not one the relay "
-                         f"passes on: use {', '.join(sorted(_POSTGRESQL_OPTIONS))}")
-    if "sslmode" in url.query:  # libpq's name for what asyncpg calls ssl
-        query = dict(url.query)
-        query.setdefault("ssl", query.pop("sslmode"))
-        url = url.set(query=query)
-    return url
+class Database:
+    """Runs store operations on one database (see the module's docstring)."""
+
+    backend: str
+
+    async def read(self, operation: Callable[[Connection], T]) -> T:
+        """Run `operation` on a connection, outside any write transaction."""
+        raise NotImplementedError
+
+    async def write(self, operation: Callable[[Connection], T]) -> T:
+        """Run `operation` in one write transaction, committed when it returns (one attempt:
+        see `retrying`)."""
+        raise NotImplementedError
+
+    async def dispose(self) -> None:
+        raise NotImplementedError
 
 
-def sqlite_url(path: Path) -> URL:
-    return URL.create(_DRIVERS[SQLITE], database=str(path))
-
-
-def backend(url: URL) -> str:
-    return url.get_backend_name()
-
-
-def describe(url: URL) -> str:
-    """The URL for messages and logs: the password, if any, as ***."""
-    return url.render_as_string(hide_password=True)
-
-
-def sqlite_path(url: URL) -> Path:
-    return Path(url.database or "")
-
-
-def create_engine(url: URL) -> AsyncEngine:
+def open_database(url: URL) -> Database:
     if backend(url) == SQLITE:
-        return _sqlite_engine(url)
-    # READ COMMITTED whatever the database's default: the store's locks are made for it (each
-    # statement after a lock wait sees what the lock holder committed). A pooled connection is
-    # pinged before use, so a restarted server costs a reconnect, not a failed request.
-    return create_async_engine(
-        url, isolation_level="READ COMMITTED", pool_size=10, max_overflow=10,
-        pool_pre_ping=True,
-        connect_args={"timeout": 15, "server_settings": {"application_name": "adhoc-relay"}})
+        return SQLiteDatabase(url)
+    return PostgreSQLDatabase(url)
+
+
+class SQLiteDatabase(Database):
+    backend = SQLITE
+
+    def __init__(self, url: URL) -> None:
+        prepare_sqlite_file(sqlite_path(url))
+        # Two connections, one per thread (a connection may pass between the threads through
+        # the pool, never be used by both at once). No rollback when one goes back: a read
+        # never began a transaction and a write always ended its own.
+        self.engine = create_engine(
+            url, pool_size=2, max_overflow=0, pool_reset_on_return=None,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False})
+        event.listen(self.engine, "connect", _configure_sqlite)
+        event.listen(self.engine, "begin", _begin_sqlite)
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="adhoc-db-write")
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="adhoc-db-read")
+
+    async def read(self, operation: Callable[[Connection], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._reader, self._run, operation, False)
+
+    async def write(self, operation: Callable[[Connection], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._writer, self._run, operation, True)
+
+    def _run(self, operation: Callable[[Connection], T], write: bool) -> T:
+        with self.engine.connect() as conn:
+            if not write:
+                return operation(conn)
+            conn.execution_options(**{WRITE: True})
+            with conn.begin():
+                return operation(conn)
+
+    async def dispose(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._writer, self.engine.dispose)
+        for executor in (self._writer, self._reader):
+            executor.shutdown(wait=True)
+
+
+def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    # No BEGIN from the driver: `_begin_sqlite` emits the right one, or none for a read.
+    dbapi_connection.isolation_level = None
+    for pragma in (f"busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}", "journal_mode = WAL",
+                   "synchronous = FULL", "foreign_keys = ON"):
+        dbapi_connection.execute(f"PRAGMA {pragma}")
+
+
+def _begin_sqlite(conn: Connection) -> None:
+    # A write takes the database's write lock at once, so what it reads stays true until it
+    # commits (the limit checks rely on it). A read runs each statement on its own.
+    if conn.get_execution_options().get(WRITE):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class PostgreSQLDatabase(Database):
+    backend = POSTGRESQL
+
+    def __init__(self, url: URL) -> None:
+        # A pooled connection is pinged before use, so a restarted server costs a reconnect,
+        # not a failed request.
+        self.engine = create_async_engine(
+            url, isolation_level="READ COMMITTED", pool_size=10, max_overflow=10,
+            pool_pre_ping=True,
+            connect_args={"timeout": 15,
+                          "server_settings": {"application_name": "adhoc-relay"}})
+        # Reads need no transaction: one round trip each instead of BEGIN/SELECT/ROLLBACK.
+        self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    async def read(self, operation: Callable[[Connection], T]) -> T:
+        async with self._autocommit.connect() as conn:
+            return await conn.run_sync(operation)
+
+    async def write(self, operation: Callable[[Connection], T]) -> T:
+        async with self.engine.connect() as conn:
+            return await conn.run_sync(_in_transaction, operation)
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def _in_transaction(conn: Connection, operation: Callable[[Connection], T]) -> T:
+    with conn.begin():
+        return operation(conn)
 
 
 def prepare_sqlite_file(path: Path) -> None:
@@ -118,42 +168,6 @@ def prepare_sqlite_file(path: Path) -> None:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     os.close(fd)
     os.chmod(path, 0o600)
-
-
-def _sqlite_engine(url: URL) -> AsyncEngine:
-    # A few connections: WAL lets reads run beside the one writer (the store keeps one write
-    # transaction at a time in this process; other processes wait on SQLite's lock).
-    # No rollback when a connection goes back to the pool: a read never began a transaction
-    # (see `begin`), a write always ended its own, and each call to the driver is a hop to its
-    # thread (a fifth of a read's time).
-    engine = create_async_engine(url, pool_size=4, max_overflow=4, pool_reset_on_return=None,
-                                 connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
-
-    @event.listens_for(engine.sync_engine, "connect")
-    def configure(dbapi_connection: Any, _record: Any) -> None:
-        # No BEGIN from the driver: `begin` below emits the right one, or none for a read.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        try:
-            for pragma in (f"busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}", "journal_mode = WAL",
-                           "synchronous = FULL", "foreign_keys = ON"):
-                cursor.execute(f"PRAGMA {pragma}")
-        finally:
-            cursor.close()
-
-    @event.listens_for(engine.sync_engine, "begin")
-    def begin(conn: Any) -> None:
-        # A write takes the database's write lock at once, so what it reads stays true until
-        # it commits (the limit checks rely on it). A read runs each statement on its own.
-        if conn.get_execution_options().get(WRITE):
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-    return engine
-
-
-async def writable(conn: AsyncConnection) -> AsyncConnection:
-    """Mark a connection so that its next transaction is a write transaction."""
-    return await conn.execution_options(**{WRITE: True})
 
 
 async def retrying(attempt: Callable[[], Awaitable[T]]) -> T:

@@ -2,7 +2,8 @@
 
 Runs the Alembic revisions shipped in this package programmatically (no alembic.ini), inside
 one write transaction: SQLite's write lock or a PostgreSQL advisory lock makes relays that start
-at once on one database migrate it exactly once. What a database holds decides the step:
+at once on one database migrate it exactly once. A database already at the newest revision
+costs one read and no lock. What a database holds decides the step:
 
 - no tables: create them from relay/db/tables.py and stamp the newest revision;
 - an `alembic_version` table: upgrade to the newest revision;
@@ -23,10 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, inspect, text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relay.db.engine import POSTGRESQL, SQLITE, DatabaseUnavailable, retrying, writable
+from relay.db.engine import Database, DatabaseUnavailable, retrying
 from relay.db.tables import metadata
+from relay.db.url import POSTGRESQL, SQLITE
 
 if TYPE_CHECKING:  # Alembic is imported only when there is something to do (9 MiB of RSS)
     from alembic.config import Config
@@ -58,27 +59,23 @@ def head_revision() -> str:
     return head
 
 
-async def migrate(engine: AsyncEngine) -> str:
+async def migrate(database: Database) -> str:
     """Bring the database to the newest revision; returns it. A database already there costs
     one read and takes no lock (every relay start asks)."""
-    async with engine.connect() as conn:
-        if await conn.run_sync(_revision) == HEAD:
-            return HEAD
-
-    async def attempt() -> str:
-        async with engine.connect() as conn:
-            conn = await writable(conn)
-            async with conn.begin():
-                if conn.dialect.name == POSTGRESQL:
-                    await conn.execute(text("SELECT pg_advisory_xact_lock(:cls, :key)"),
-                                       {"cls": ADVISORY_CLASS, "key": MIGRATION_LOCK})
-                return await conn.run_sync(_migrate)
-    return await retrying(attempt)
+    if await database.read(_revision) == HEAD:
+        return HEAD
+    return await retrying(lambda: database.write(_migrate_locked))
 
 
-async def current_revision(engine: AsyncEngine) -> str | None:
-    async with engine.connect() as conn:
-        return await conn.run_sync(_revision)
+async def current_revision(database: Database) -> str | None:
+    return await database.read(_revision)
+
+
+def _migrate_locked(connection: Connection) -> str:
+    if connection.dialect.name == POSTGRESQL:
+        connection.execute(text("SELECT pg_advisory_xact_lock(:cls, :key)"),
+                           {"cls": ADVISORY_CLASS, "key": MIGRATION_LOCK})
+    return _migrate(connection)
 
 
 def _revision(connection: Connection) -> str | None:

@@ -18,9 +18,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from relay import sessions as rules
-from relay.db.engine import DatabaseUnavailable, describe, parse_database_url
+from relay.db.engine import DatabaseUnavailable
 from relay.db.migrate import BASELINE, HEAD, head_revision
 from relay.db.tables import metadata
+from relay.db.url import describe, parse_database_url
 from relay.store import Conflict, Store
 from tests import postgres as pg
 from tests.relay.conftest import create, db_rows
@@ -45,8 +46,7 @@ async def schema_differences(store: Store) -> list:
                                               "expression-based index 'companies_name_nocase'")
             return compare_metadata(context, metadata)
 
-    async with store._engine.connect() as conn:
-        found = await conn.run_sync(compare)
+    found = await store._database.read(compare)
     if store.backend == "sqlite":
         # SQLite reports a PRIMARY KEY column declared without NOT NULL as nullable (the old
         # schema's `id INTEGER PRIMARY KEY`); the relay never writes a NULL key.
@@ -196,7 +196,7 @@ def test_database_urls_in_the_forms_operators_write_them() -> None:
         "postgresql+asyncpg://adhoc:pw@db:6432/relay":
             ("postgresql+asyncpg", "db", "relay", {}),
         "sqlite:////var/lib/adhoc/relay.db":
-            ("sqlite+aiosqlite", None, "/var/lib/adhoc/relay.db", {}),
+            ("sqlite+pysqlite", None, "/var/lib/adhoc/relay.db", {}),
     }
     for text, (driver, host, name, query) in forms.items():
         url = parse_database_url(text)
@@ -211,7 +211,7 @@ def test_an_unreachable_database_says_so_without_the_password(tmp_path, monkeypa
     result = run_cli(tmp_path, "--database", f"postgresql://adhoc:{secret}@127.0.0.1:1/adhoc",
                      "init", check=False)
     assert result.returncode == 1
-    assert "cannot open the database postgresql+asyncpg://adhoc:***@127.0.0.1:1/adhoc" in \
+    assert "cannot open the database postgresql://adhoc:***@127.0.0.1:1/adhoc" in \
         result.stderr
     assert "check that it runs, that the URL is right" in result.stderr
     assert "on the command line can be read by every local user" in result.stderr
@@ -245,16 +245,16 @@ def test_the_relay_names_its_database_but_never_its_password(data_dir, engine) -
     log = (data_dir / "relay.log").read_text()
     init = run_cli(data_dir, "init").stdout
     if engine == "postgresql":
-        shown = "database postgresql+asyncpg://adhoc:***@/adhoc_"
+        shown = "database postgresql://adhoc:***@/adhoc_"
     else:
-        shown = f"database sqlite+aiosqlite:///{data_dir}/relay.db"
+        shown = f"database sqlite:///{data_dir}/relay.db"
     assert shown in log and shown in init, (log, init)
     assert pg.RELAY_PASSWORD not in log + init
 
 
 async def test_opening_a_database_that_fails_leaks_no_engine(tmp_path) -> None:
     (tmp_path / "relay.db").write_bytes(b"this is not a database" * 100)
-    with pytest.raises(DatabaseUnavailable, match="cannot open the database sqlite"):
+    with pytest.raises(DatabaseUnavailable, match="cannot open the database sqlite:///"):
         await Store.open(tmp_path / "relay.db")
 
 

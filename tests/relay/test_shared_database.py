@@ -14,13 +14,13 @@ import time
 import pytest
 
 from relay.db.migrate import head_revision
-from relay.store import Store
+from relay.store import Store, Tx
 from tests.relay.conftest import activate, create, db_rows
 from tests.support import PASSWORD, Api, provision_store
 
 OPEN_STORE = """
 import asyncio, sys
-from relay.store import Store
+from relay.store import Store, Tx
 async def main():
     store = await Store.open(sys.argv[1])
     await store.close()
@@ -122,16 +122,19 @@ async def test_event_ids_become_visible_in_order(tmp_path, database) -> None:
     try:
         company = await reader.company_by_name("Acme")
         before = await reader.last_event_id()
-        async with first.transaction() as tx:
-            await tx.event(time.time(), company.id, "test", None)  # takes id before + 1
+        async with first._database.engine.connect() as conn:
+            await conn.begin()
+            await conn.run_sync(lambda c: Tx(c, "postgresql").event(
+                time.time(), company.id, "test", None))  # takes id before + 1
             later = asyncio.ensure_future(second._write(
-                lambda tx2: tx2.event(time.time(), company.id, "test", None)))
+                lambda tx: tx.event(time.time(), company.id, "test", None)))
             async with asyncio.timeout(20):  # the second now waits (or, unordered, commits)
                 while not later.done() and not db_rows(tmp_path, "SELECT count(*) FROM "
                                                        "pg_locks WHERE NOT granted")[0][0]:
                     await asyncio.sleep(0.02)
             seen = [e.id for e in await reader.events_after(company.id, before)]
             assert seen == [], seen
+            await conn.commit()
         await later
         seen = [e.id for e in await reader.events_after(company.id, before)]
         assert seen == [before + 1, before + 2]

@@ -49,8 +49,8 @@ async def _seed(data_dir: Path) -> None:
         _row("endedcccccccccccc"[:16], 1, "sam@example.com", "ended", ended_at=NOW - 60,
              ended_reason="ended_by_technician", created_at=NOW - 9000),
     ]
-    async with store.transaction() as tx:
-        await tx.run(insert(sessions), [dataclasses.asdict(row) for row in rows])
+    await store._write(lambda tx: tx.run(insert(sessions),
+                                         [dataclasses.asdict(row) for row in rows]))
     await store.close()
 
 
