@@ -185,6 +185,15 @@ async def agent_connection(relay: RelayProcess, activation: dict,
             await conn.wait_closed()
 
 
+async def wait_for_audit(api: Api, session_id: str, event: str, timeout: float = 20) -> None:
+    """Until the session's audit shows `event`: presence (online, offline) is written in
+    batches behind the scenes, so a test that orders its next step after it waits here."""
+    async with asyncio.timeout(timeout):
+        while event not in {a["event"] for a in (await api.client.get(
+                f"/api/v1/sessions/{session_id}/audit")).json()["audit"]}:
+            await asyncio.sleep(0.05)
+
+
 async def wait_closed(conn: asyncssh.SSHClientConnection, timeout: float = 20) -> None:
     await asyncio.wait_for(conn.wait_closed(), timeout)
 

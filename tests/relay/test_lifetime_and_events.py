@@ -20,6 +20,7 @@ from tests.relay.conftest import (
     create,
     db_rows,
     wait_closed,
+    wait_for_audit,
 )
 from tests.support import Api
 
@@ -128,6 +129,7 @@ async def test_event_stream_resumes_from_last_event_id_without_gaps(relay) -> No
         async with agent_connection(relay, activation):
             await alice.wait_for(session["id"], lambda v: v["online"])
         await alice.wait_for(session["id"], lambda v: not v["online"])
+        await wait_for_audit(alice, session["id"], "offline")
         await alice.client.post(f"/api/v1/sessions/{session['id']}/end")
 
         async with EventStream(alice, last_event_id=created["id"]) as resumed:
@@ -152,6 +154,7 @@ async def test_every_state_change_is_audited_and_the_audit_cannot_be_changed(rel
         async with agent_connection(relay, activation):
             await api.wait_for(session["id"], lambda v: v["online"])
         await api.wait_for(session["id"], lambda v: not v["online"])
+        await wait_for_audit(api, session["id"], "offline")
         await api.client.post(f"/api/v1/sessions/{session['id']}/end")
         audit = (await api.client.get(f"/api/v1/sessions/{session['id']}/audit")).json()["audit"]
     events = [(a["event"], a["outcome"]) for a in audit if a["event"] != "mail"]
