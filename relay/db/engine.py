@@ -13,7 +13,8 @@ Every store operation is a plain function over a SQLAlchemy `Connection`, run wh
   read thread run beside the writer, and other processes on the same file wait on SQLite's lock.
 - PostgreSQL: asyncpg, the operation run in SQLAlchemy's greenlet bridge on the event loop, at
   READ COMMITTED whatever the database's default (the store's row and advisory locks are made
-  for it), reads without a transaction.
+  for it), reads without a transaction; an operation that meets a connection the server cut
+  runs once more on a new one.
 """
 
 from __future__ import annotations
@@ -134,31 +135,65 @@ class PostgreSQLDatabase(Database):
     backend = POSTGRESQL
 
     def __init__(self, url: URL) -> None:
-        # A pooled connection is pinged before use, so a restarted server costs a reconnect,
-        # not a failed request.
         self.engine = create_async_engine(
             url, isolation_level="READ COMMITTED", pool_size=10, max_overflow=10,
-            pool_pre_ping=True,
             connect_args={"timeout": 15,
                           "server_settings": {"application_name": "adhoc-relay"}})
         # Reads need no transaction: one round trip each instead of BEGIN/SELECT/ROLLBACK.
         self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
 
+    # A pooled connection the server has cut (a restart, a failover) fails its first
+    # statement; SQLAlchemy then drops every connection pooled before, and the operation runs
+    # once more on a new one. That costs nothing until it happens, where a ping before every
+    # use cost a round trip each. Not retried: a commit whose answer was lost (it may have
+    # been applied).
+
     async def read(self, operation: Callable[[Connection], T]) -> T:
-        async with self._autocommit.connect() as conn:
-            return await conn.run_sync(operation)
+        async def attempt() -> T:
+            async with self._autocommit.connect() as conn:
+                return await conn.run_sync(operation)
+        return await _on_a_live_connection(attempt)
 
     async def write(self, operation: Callable[[Connection], T]) -> T:
-        async with self.engine.connect() as conn:
-            return await conn.run_sync(_in_transaction, operation)
+        async def attempt() -> T:
+            async with self.engine.connect() as conn:
+                return await conn.run_sync(_in_transaction, operation)
+        try:
+            return await _on_a_live_connection(attempt)
+        except _CommitLost as lost:
+            raise lost.error from None
 
     async def dispose(self) -> None:
         await self.engine.dispose()
 
 
+class _CommitLost(Exception):
+    """The connection was cut while it committed: the write may or may not have happened."""
+
+    def __init__(self, error: exc.DBAPIError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+async def _on_a_live_connection(attempt: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return await attempt()
+    except exc.DBAPIError as error:
+        if not error.connection_invalidated:
+            raise
+    return await attempt()
+
+
 def _in_transaction(conn: Connection, operation: Callable[[Connection], T]) -> T:
-    with conn.begin():
-        return operation(conn)
+    with conn.begin() as transaction:
+        result = operation(conn)
+        try:
+            transaction.commit()
+        except exc.DBAPIError as error:
+            if error.connection_invalidated:
+                raise _CommitLost(error) from error
+            raise
+    return result
 
 
 def prepare_sqlite_file(path: Path) -> None:
