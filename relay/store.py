@@ -22,6 +22,7 @@ one database:
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
@@ -47,8 +48,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from relay import sessions as rules
 from relay.db.engine import (
@@ -68,7 +67,7 @@ from relay.db.tables import (
     ssh_keys,
     technicians,
 )
-from relay.db.url import POSTGRESQL, SQLITE, describe, parse_database_url, sqlite_url
+from relay.db.url import POSTGRESQL, describe, parse_database_url, sqlite_url
 
 T = TypeVar("T")
 
@@ -235,10 +234,19 @@ REVOKE_TOKENS = delete(api_tokens).where(
     api_tokens.c.technician_id == bindparam("technician_id"))
 SSH_KEYS = select(ssh_keys.c.public_key) \
     .where(ssh_keys.c.technician_id == bindparam("technician_id")).order_by(ssh_keys.c.id)
-ADD_SSH_KEY = {  # a key already registered is left as it is
-    SQLITE: sqlite_insert(ssh_keys).on_conflict_do_nothing(),
-    POSTGRESQL: postgresql_insert(ssh_keys).on_conflict_do_nothing(),
-}
+
+
+@functools.cache
+def add_ssh_key_statement(backend: str) -> Executable:
+    """An INSERT that leaves a key already registered as it is, in the backend's words (only
+    its own dialect is loaded)."""
+    if backend == POSTGRESQL:
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    return dialect_insert(ssh_keys).on_conflict_do_nothing()
+
+
 
 SESSION_BY_ID = select(*SESSION).where(sessions.c.id == bindparam("session_id"))
 SESSION_BY_JOIN_HASH = select(*SESSION).where(
@@ -520,7 +528,7 @@ class Store:
         await self._write(work)
 
     async def add_ssh_key(self, technician_id: int, public_key: str, now: float) -> None:
-        await self._write(lambda tx: tx.run(ADD_SSH_KEY[self.backend], {
+        await self._write(lambda tx: tx.run(add_ssh_key_statement(self.backend), {
             "technician_id": technician_id, "public_key": public_key, "created_at": now}))
 
     async def ssh_keys(self, technician_id: int) -> list[str]:

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import URL, Connection, create_engine, event, exc
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from relay.db.url import POSTGRESQL, SQLITE, backend, sqlite_path
 
@@ -135,6 +134,9 @@ class PostgreSQLDatabase(Database):
     backend = POSTGRESQL
 
     def __init__(self, url: URL) -> None:
+        # Imported here: a relay on SQLite never loads it (7 MiB of every process's memory).
+        from sqlalchemy.ext.asyncio import create_async_engine
+
         self.engine = create_async_engine(
             url, isolation_level="READ COMMITTED", pool_size=10, max_overflow=10,
             connect_args={"timeout": 15,

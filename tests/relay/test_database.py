@@ -292,3 +292,33 @@ async def test_a_database_that_is_down_is_a_clear_503_then_back(relay, engine, p
     log = (relay.data_dir / "relay.log").read_text()
     assert "the relay cannot use its database" in log
     assert "Exception in ASGI application" not in log  # what an unanswered request logs
+
+
+def test_a_relay_on_sqlite_loads_neither_alembic_nor_the_postgresql_driver(tmp_path) -> None:
+    """What a relay process imports is memory in every process (with --workers, in each):
+    a SQLite database already at the newest revision needs neither."""
+    script = """
+import asyncio, sys
+from pathlib import Path
+from relay.store import Store
+
+async def main():
+    store = await Store.open(Path(sys.argv[1]))
+    await store.add_ssh_key((await store.add_technician(
+        (await store.add_company("Acme", "plus", 1, 0.0)).id, "alice", "a@example.com", "-",
+        False, 0.0)).id, "ssh-ed25519 AAAA", 0.0)
+    await store.close()
+    store = await Store.open(Path(sys.argv[1]))  # a start on an existing database
+    await store.close()
+asyncio.run(main())
+loaded = sorted(name for name in sys.modules if name.split(".")[0] in ("alembic", "asyncpg")
+                or name.startswith("sqlalchemy.ext.asyncio"))
+print(loaded)
+"""
+    first = subprocess.run([sys.executable, "-c", script, str(tmp_path / "relay.db")],
+                           capture_output=True, text=True, timeout=60, check=True)
+    assert "alembic" in first.stdout  # the first start created the schema
+    again = subprocess.run([sys.executable, "-c", script.replace('"Acme"', '"Beta"').replace(
+        '"alice"', '"bob"'), str(tmp_path / "relay.db")],
+                           capture_output=True, text=True, timeout=60, check=True)
+    assert again.stdout.strip() == "[]", again.stdout
