@@ -2,6 +2,7 @@
 
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -15,9 +16,12 @@ from starlette.routing import Match
 from common.passwords import VERIFIER_MAX_CHARS, technician_password_problem
 from relay import join
 from relay import sessions as rules
+from relay.db.engine import DatabaseUnavailable
 from relay.service import RelayService, ServiceError, check_email, check_login_name
 from relay.sshkeys import read_public_key
 from relay.store import Technician
+
+log = logging.getLogger("adhoc.relay")
 
 API = "/api/v1"
 MAX_BODY_BYTES = 64 * 1024
@@ -253,6 +257,14 @@ def create_app(service: RelayService) -> FastAPI:
         response = error(exc.status, exc.code, exc.detail)
         if exc.retry_after is not None:
             response.headers["Retry-After"] = str(int(exc.retry_after))
+        return response
+
+    @app.exception_handler(DatabaseUnavailable)
+    async def _database_unavailable(_request: Request, exc: DatabaseUnavailable) -> JSONResponse:
+        log.warning("%s", exc)
+        response = error(503, "unavailable", "the relay cannot reach its database just now: "
+                                             "try again in a moment")
+        response.headers["Retry-After"] = "5"
         return response
 
     @app.exception_handler(RequestValidationError)

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import getpass
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -24,6 +25,8 @@ from relay.config import (
     parse_hostport,
     parse_rate,
 )
+from relay.db.engine import DatabaseUnavailable
+from relay.db.url import SQLITE, backend, describe, parse_database_url
 from relay.service import check_email, check_login_name
 from relay.sessions import Plan
 from relay.store import Conflict, NotFound, Store
@@ -99,6 +102,14 @@ def _proxy(value: str) -> str:
                                          "127.0.0.1 or 10.0.0.0/8") from None
 
 
+def _database(value: str):
+    # ArgumentTypeError: argparse then shows only this message, never the URL (and its password).
+    try:
+        return parse_database_url(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _hostport(value: str):
     try:
         return parse_hostport(value)
@@ -121,12 +132,19 @@ def _metrics_address(value: str):
 def build_parser() -> argparse.ArgumentParser:
     data_dir_help = (f"where the relay keeps its database and keys "
                      f"(default {default_data_dir()})")
+    database_help = ("postgresql://USER:PASSWORD@HOST:PORT/NAME (several relays may share it) or "
+                     "sqlite:////path/relay.db; default: relay.db in the data dir, or "
+                     "$ADHOC_DATABASE (which keeps a password out of the process list)")
     parser = argparse.ArgumentParser(prog="adhoc-relay", description=__doc__)
     parser.add_argument("--data-dir", type=Path, default=None, help=data_dir_help)
+    parser.add_argument("--database", metavar="URL", type=_database, default=None,
+                        help=database_help)
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     # --data-dir is understood after the command too (`adhoc-relay init --data-dir X`).
     after = argparse.ArgumentParser(add_help=False)
     after.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS, help=data_dir_help)
+    after.add_argument("--database", metavar="URL", type=_database, default=argparse.SUPPRESS,
+                       help=database_help)
     sub = _Subcommands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"),
                        after)
 
@@ -262,11 +280,18 @@ def _read_public_key(path: Path) -> str:
         raise UsageError(f"{path}: {exc}") from None
 
 
+def _require_database(settings: RelaySettings) -> None:
+    """Admin commands work on an initialised relay: a mistyped data dir must not get a new
+    database of its own. (A PostgreSQL database is created by its administrator.)"""
+    url = settings.database_url
+    if backend(url) == SQLITE and not Path(url.database or "").exists():
+        where = f"in {settings.data_dir}" if settings.database is None else f"at {url.database}"
+        raise UsageError(f"no relay database {where}: run `adhoc-relay --data-dir "
+                         f"{settings.data_dir} init` first")
+
+
 async def _admin(settings: RelaySettings, args: argparse.Namespace) -> int:
-    if not settings.db_path.exists():
-        raise UsageError(f"no relay database in {settings.data_dir}: run "
-                         f"`adhoc-relay --data-dir {settings.data_dir} init` first")
-    store = await Store.open(settings.db_path)
+    store = await Store.open(settings.database_url)
     now = time.time()
     try:
         if args.command == "company":
@@ -345,6 +370,12 @@ def settings_from_args(args: argparse.Namespace) -> RelaySettings:
     settings = RelaySettings()
     if args.data_dir is not None:
         settings.data_dir = args.data_dir.expanduser().resolve()
+    settings.database = args.database
+    if settings.database is None and os.environ.get("ADHOC_DATABASE", "").strip():
+        try:
+            settings.database = parse_database_url(os.environ["ADHOC_DATABASE"])
+        except ValueError as exc:
+            raise UsageError(f"ADHOC_DATABASE: {exc}") from None
     if args.command == "serve":
         settings.http_host, settings.http_port = args.http
         if args.ssh is None:
@@ -390,15 +421,20 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = settings_from_args(args)
+    if args.database is not None and args.database.password:
+        print("adhoc-relay: warning: the database password on the command line can be read by "
+              "every local user in the process list: set ADHOC_DATABASE or use ~/.pgpass",
+              file=sys.stderr)
     try:
+        settings = settings_from_args(args)
         if args.command == "wheelhouse":
             return wheelhouse.run(settings.data_dir, args)
         if args.command == "init":
             from relay.server import initialise
 
             asyncio.run(initialise(settings))
-            print(f"relay initialised in {settings.data_dir}")
+            print(f"relay initialised in {settings.data_dir}, database "
+                  f"{describe(settings.database_url)}")
             return 0
         if args.command == "serve":
             from relay.server import StartError
@@ -411,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
             except StartError as exc:
                 print(f"adhoc-relay: {exc}", file=sys.stderr)
                 return 1
+        _require_database(settings)
         if args.command == "technician" and args.action in ("add", "reset-password"):
             # Asked before the event loop starts, so Ctrl+C at the prompt stops at once.
             if args.action == "add":
@@ -432,6 +469,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\nadhoc-relay: no input (end of file at the prompt); nothing was changed",
               file=sys.stderr)
         return 2
+    except DatabaseUnavailable as exc:
+        print(f"adhoc-relay: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"adhoc-relay: {exc.strerror or exc}: check the address and the data dir "
               "permissions", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Relay settings: defaults, durations like "90s" or "24h", and host:port pairs."""
+"""Relay settings: defaults, the database, durations like "90s" or "24h", and host:port pairs."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import platformdirs
+from sqlalchemy import URL
+
+from relay.db.url import sqlite_url
 
 # Listening on these means every address: not an address anyone can dial.
 WILDCARDS = ("", "0.0.0.0", "::")
@@ -79,6 +82,9 @@ class RelaySettings:
     """Everything `adhoc-relay serve` (or the console's embedded relay) runs with."""
 
     data_dir: Path = field(default_factory=default_data_dir)
+    # PostgreSQL (or another SQLite file) instead of relay.db in the data dir. A URL object:
+    # its repr and str hide the password.
+    database: URL | None = None
     http_host: str = "127.0.0.1"
     http_port: int = 8780
     ssh_host: str = "127.0.0.1"
@@ -114,6 +120,10 @@ class RelaySettings:
     @property
     def db_path(self) -> Path:
         return self.data_dir / "relay.db"
+
+    @property
+    def database_url(self) -> URL:
+        return self.database or sqlite_url(self.db_path)
 
     @property
     def host_key_path(self) -> Path:

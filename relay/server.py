@@ -81,7 +81,7 @@ async def initialise(settings: RelaySettings) -> None:
     """`adhoc-relay init`: database, SSH host key and secret key; idempotent."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     settings.data_dir.chmod(0o700)
-    store = await Store.open(settings.db_path)
+    store = await Store.open(settings.database_url)
     await store.close()
     load_or_create_host_key(settings.host_key_path)
     load_or_create_secret(settings.secret_key_path)
@@ -243,7 +243,7 @@ class RelayServer:
         pin = _certificate_pin(settings)
         raise_open_file_limit()
         await initialise(settings)
-        self._store = store = await Store.open(settings.db_path)
+        self._store = store = await Store.open(settings.database_url)
         host_key = load_or_create_host_key(settings.host_key_path)
         secret = load_or_create_secret(settings.secret_key_path)
         mailer = Mailer(settings.smtp_url, settings.outbox_dir, settings.mail_from,
@@ -300,8 +300,9 @@ class RelayServer:
             service.wheels.start()
         self._tasks.append(asyncio.create_task(service.run_expiry_timer()))
         self._tasks.append(asyncio.create_task(service.run_revocation_watch()))
-        log.info("relay: HTTP %s, SSH %s, data %s, mail %s", service.base_url,
+        log.info("relay: HTTP %s, SSH %s, data %s, database %s, mail %s", service.base_url,
                  service.ssh_address or "over WebSocket only", settings.data_dir,
+                 store.describe(),
                  mailer.smtp_description())
         return service
 

@@ -25,6 +25,7 @@ from common.passwords import hash_password
 from common.reach import relay_routes
 from relay import sessions as rules
 from relay.config import RelaySettings
+from relay.db.url import parse_database_url
 from relay.server import initialise
 from relay.store import SessionRow, Store, Technician
 from tui.client import connect_host, open_relay
@@ -159,7 +160,10 @@ class Api:
     def __init__(self, base_url: str, login: str = "alice", password: str = PASSWORD, *,
                  verify: ssl.SSLContext | bool = True) -> None:
         self.base_url = base_url
-        self.client = httpx.AsyncClient(base_url=base_url, timeout=30, verify=verify)
+        # Idle connections are let go before the relay's HTTP server closes them (uvicorn: 5 s),
+        # so a request never races that close on a connection the test left idle.
+        self.client = httpx.AsyncClient(base_url=base_url, timeout=30, verify=verify,
+                                        limits=httpx.Limits(keepalive_expiry=2.0))
         self.login_name = login
         self.password = password
         self.token = ""
@@ -341,12 +345,16 @@ async def add_active_session(store: Store, tech: Technician, secret: str, *,
     return session_id
 
 
-async def provision_store(path: Path, companies: list[tuple[str, str, int, list[str]]]) -> None:
+async def provision_store(path: Path, companies: list[tuple[str, str, int, list[str]]], *,
+                          database: str | None = None) -> None:
     """Create a relay data dir with these (name, plan, seats, technician logins) through the
     store's own calls in one process (much faster than the CLI, which test_admin.py covers);
-    the first technician of each company is its admin."""
-    await initialise(RelaySettings(data_dir=path))
-    store = await Store.open(path / "relay.db")
+    the first technician of each company is its admin. `database`: a URL instead of the data
+    dir's relay.db."""
+    settings = RelaySettings(data_dir=path,
+                             database=parse_database_url(database) if database else None)
+    await initialise(settings)
+    store = await Store.open(settings.database_url)
     try:
         verifier = hash_password(PASSWORD)
         for name, plan, seats, logins in companies:

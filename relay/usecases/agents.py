@@ -181,11 +181,7 @@ class AgentCases(ServiceBase):
             self.host_problems.pop(row.id, None)
         else:
             self.host_problems[row.id] = (text, now)
-        async with self.store.transaction() as tx:
-            await tx.audit(now, "agent", "connection_problem", "cleared" if text is None
-                           else "failed", company_id=row.company_id, session_id=row.id,
-                           problem=text)
-            await tx.event(now, row.company_id, "host_problem", row.id, problem=text)
+        await self.store.record_host_problem(now, row.company_id, row.id, text)
         self.bus.notify()
         return {"recorded": True}
 
