@@ -167,6 +167,27 @@ events = Table(
 )
 Index("events_by_company", events.c.company_id, events.c.id)
 
+# The cluster (relay/cluster/): the relays sharing this database, and which one holds each
+# agent's connection, so a technician on any relay reaches an agent held by another.
+nodes = Table(
+    "nodes", metadata,
+    Column("name", StoredText, primary_key=True),
+    Column("peer_address", StoredText, nullable=False),  # where other relays reach it
+    Column("ssh_address", StoredText),  # where agents and consoles reach it (None: WebSocket)
+    Column("http_url", StoredText, nullable=False),
+    Column("started_at", Timestamp, nullable=False),
+    Column("seen_at", Timestamp, nullable=False),  # its last heartbeat
+    Column("draining", Integer, nullable=False, server_default=text("0")),
+)
+
+agent_holders = Table(
+    "agent_holders", metadata,
+    Column("session_id", StoredText, ForeignKey("sessions.id"), primary_key=True),
+    Column("node", StoredText, nullable=False),
+    Column("since", Timestamp, nullable=False),
+)
+Index("agent_holders_by_node", agent_holders.c.node)
+
 APPEND_ONLY = "the audit log is append-only"
 
 # The audit log refuses UPDATE and DELETE (and, on PostgreSQL, TRUNCATE) from anyone, the
