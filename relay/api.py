@@ -318,7 +318,7 @@ def create_app(service: RelayService) -> FastAPI:
     async def relay_info() -> dict:
         """What a console needs to reach the relay's SSH endpoint."""
         return {"ssh": service.ssh_address, "host_key": service.relay_host_key,
-                "base_url": service.base_url}
+                "base_url": service.base_url, "relays": service.relay_addresses()}
 
     @app.post(f"{API}/login", responses=_errors(401, 429))
     async def login(body: LoginRequest, request: Request) -> dict:

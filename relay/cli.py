@@ -124,6 +124,15 @@ def _ssh_listen(value: str):
     return _hostport(value)
 
 
+def _node_name(value: str) -> str:
+    """--node NAME: printable, no spaces, at most 100 characters."""
+    if not value or len(value) > 100 or not value.isprintable() or " " in value:
+        raise argparse.ArgumentTypeError(
+            f"cannot use {value[:100]!r} as a node name: give 1-100 printable characters "
+            "without spaces, e.g. relay-2")
+    return value
+
+
 def _metrics_address(value: str):
     """--metrics HOST:PORT, or PORT alone for loopback."""
     return _hostport(value if ":" in value else f"127.0.0.1:{value}")
@@ -196,6 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="name this certificate's public key in join links, so agents "
                             "accept no other (the certificate your TLS proxy serves, or "
                             "--tls-cert's); keep the key when renewing it")
+    serve.add_argument("--node", metavar="NAME", type=_node_name,
+                       help="this relay's name in the cluster (default: host name and SSH "
+                            "port); see docs/ADMIN.md")
+    serve.add_argument("--peer-address", type=_hostport, metavar="HOST:PORT",
+                       help="where the other relays of the cluster reach this one (default: "
+                            "its SSH address)")
     serve.add_argument("--metrics", type=_metrics_address, metavar="[HOST:]PORT",
                        help="serve /metrics (Prometheus), /healthz and /readyz on a listener "
                             "of their own (loopback unless HOST is given); default off")
@@ -397,6 +412,8 @@ def settings_from_args(args: argparse.Namespace) -> RelaySettings:
         settings.login_rate = args.login_rate
         settings.activate_rate = args.activate_rate
         settings.trusted_proxies = tuple(args.trusted_proxy)
+        settings.node = args.node
+        settings.peer_address = args.peer_address
     return settings
 
 

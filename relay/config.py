@@ -116,6 +116,12 @@ class RelaySettings:
     # Health and Prometheus metrics on a listener of their own (`--metrics`); None: off.
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None
+    # The cluster (relay/cluster/): this relay's node name (None: host name and SSH port), and
+    # where the other relays reach it (None: its SSH address; HOST:0 picks a free port).
+    node: str | None = None
+    peer_address: tuple[str, int] | None = None
+    # With `--workers N`: N relay processes sharing the listening ports (SO_REUSEPORT).
+    reuse_port: bool = False
 
     @property
     def db_path(self) -> Path:
@@ -132,6 +138,10 @@ class RelaySettings:
     @property
     def secret_key_path(self) -> Path:
         return self.data_dir / "secret.key"
+
+    @property
+    def cluster_key_path(self) -> Path:
+        return self.data_dir / "cluster_ed25519_key"
 
     @property
     def outbox_dir(self) -> Path:

@@ -26,6 +26,7 @@ class PresenceLog:
         self._written = written
         self._queue: list[Presence] = []
         self._writer: asyncio.Task | None = None
+        self.node: str | None = None  # the cluster node this relay is: it holds the agents
 
     def record(self, change: Presence) -> None:
         """Queue a change; it is written (in order) as soon as the database is free."""
@@ -38,7 +39,7 @@ class PresenceLog:
             batch = self._queue[:MAX_BATCH]
             del self._queue[:MAX_BATCH]
             try:
-                await self._store.record_presence(batch)
+                await self._store.record_presence(batch, self.node)
             except Exception:
                 log.exception("could not record %d agent presence changes", len(batch))
             self._written()

@@ -20,6 +20,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from common.tls import spki_pin
 from relay.api import create_app
+from relay.cluster.nodes import ClusterNode, default_node_name
+from relay.cluster.peers import Peers, load_or_create_cluster_key
 from relay.config import RelaySettings, format_hostport
 from relay.mailer import Mailer
 from relay.metrics import RelayMetrics, add_health_routes, metrics_app
@@ -85,6 +87,7 @@ async def initialise(settings: RelaySettings) -> None:
     await store.close()
     load_or_create_host_key(settings.host_key_path)
     load_or_create_secret(settings.secret_key_path)
+    load_or_create_cluster_key(settings.cluster_key_path)
 
 
 class _QuietUvicorn(uvicorn.Server):
@@ -214,6 +217,8 @@ class RelayServer:
         self._store: Store | None = None
         self._servers: list[_QuietUvicorn] = []
         self._ssh: SSHEntrance | None = None
+        self._peer_ssh: SSHEntrance | None = None  # the node's own peer listener, if any
+        self.node: ClusterNode | None = None
         self._serving: list[asyncio.Task] = []  # the HTTP servers'
         self._tasks: list[asyncio.Task] = []  # background work, cancelled at stop
         self.metrics_port: int | None = None
@@ -298,6 +303,7 @@ class RelayServer:
                               http=_HeaderDeadline)
         if settings.prepare_wheels:
             service.wheels.start()
+        await self._join_cluster(service, host_key)
         self._tasks.append(asyncio.create_task(service.run_expiry_timer()))
         self._tasks.append(asyncio.create_task(service.run_revocation_watch()))
         log.info("relay: HTTP %s, SSH %s, data %s, database %s, mail %s", service.base_url,
@@ -305,6 +311,32 @@ class RelayServer:
                  store.describe(),
                  mailer.smtp_description())
         return service
+
+    async def _join_cluster(self, service: RelayService, host_key) -> None:
+        """Become a node of the cluster on this database (a cluster of one, alone on it):
+        listen for the other nodes, record this node, and follow theirs."""
+        settings = self.settings
+        service.cluster_key = load_or_create_cluster_key(settings.cluster_key_path)
+        service.peers = Peers(service.cluster_key, service.relay_host_key)
+        peer = settings.peer_address
+        if peer is None and service.ssh_port is not None:
+            peer_address = service.ssh_address or format_hostport(settings.ssh_host,
+                                                                  service.ssh_port)
+        else:
+            host, port = peer or ("127.0.0.1", 0)
+            try:
+                self._peer_ssh = await start_ssh_server(service, host, port, host_key,
+                                                        peer_only=True)
+            except OSError as exc:
+                raise _listen_error("the other relays", host, port, "--peer-address",
+                                    exc) from None
+            peer_address = format_hostport(host, self._peer_ssh.port)
+        name = settings.node or default_node_name(service.ssh_port, service.http_port)
+        self.node = ClusterNode(service, name, peer_address)
+        service.cluster = self.node
+        service.presence.node = name
+        await self.node.join()
+        self._tasks.append(asyncio.create_task(self.node.run()))
 
     async def _serve(self, app, sock: socket.socket, **options) -> None:
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
@@ -339,15 +371,21 @@ class RelayServer:
         for server in self._servers:
             server.should_exit = True
             server.force_exit = True
-        if self._ssh is not None:
-            self._ssh.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._ssh.wait_closed(), 2)
+        for entrance in (self._ssh, self._peer_ssh):
+            if entrance is not None:
+                entrance.close()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(entrance.wait_closed(), 2)
         for task in self._tasks:
             task.cancel()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.gather(*self._serving, *self._tasks,
                                                   return_exceptions=True), 3)
+        if self.node is not None:
+            await self.node.leave()
+            self.node = None
+        if self.service is not None and self.service.peers is not None:
+            await self.service.peers.close()
         if self.service is not None:
             await self.service.wheels.stop()
             await self.service.close()

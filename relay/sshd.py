@@ -33,6 +33,8 @@ from common.transport import (
     SIGNATURE_ALGS,
     coalescing_protocol,
 )
+from relay.cluster.nodes import NODE_STALE, RELAYS_HOST, RelayListSession
+from relay.cluster.peers import PEER_USER, PeerUnreachable, same_key
 from relay.registry import AgentLink
 from relay.service import RelayService, ServiceError
 from relay.sshkeys import key_weakness
@@ -465,9 +467,12 @@ class RelaySSHServer(asyncssh.SSHServer):
     offers (no proof of the private key yet), and a client may try several users and
     methods in turn."""
 
-    def __init__(self, service: RelayService, startups: Startups) -> None:
+    def __init__(self, service: RelayService, startups: Startups,
+                 peer_only: bool = False) -> None:
         self.service = service
         self.startups = startups
+        self.peer_only = peer_only  # a node's own peer listener: other relays only
+        self.peer = False  # another relay of the cluster (relay/cluster/peers.py)
         self.conn: asyncssh.SSHServerConnection | None = None
         self.peer_ip = "unknown"
         self.technician: Technician | None = None
@@ -536,6 +541,8 @@ class RelaySSHServer(asyncssh.SSHServer):
 
     async def validate_password(self, username: str, password: str) -> bool:
         attempt = self._new_attempt()
+        if self.peer_only or username == PEER_USER:
+            return False
         if SESSION_ID_RE.match(username):
             if await self.service.agent_may_connect(username, password):
                 return self._propose(attempt, username, "agent", username)
@@ -549,6 +556,12 @@ class RelaySSHServer(asyncssh.SSHServer):
     async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         attempt = self._new_attempt()
         if key_weakness(key) is not None:
+            return False
+        if self.peer_only or username == PEER_USER:
+            # Another relay of the cluster: the cluster key, for that one user only.
+            ours = self.service.cluster_key
+            if username == PEER_USER and ours is not None and same_key(key, ours):
+                return self._propose(attempt, username, "peer", None)
             return False
         # asyncssh checks the signature with this very key object: let it take SHA-2 only
         # (an RSA key would otherwise also verify ssh-rsa, SHA-1, signatures).
@@ -578,7 +591,10 @@ class RelaySSHServer(asyncssh.SSHServer):
             return
         _, kind, who = candidate
         self.service.stats.login("ssh", kind, "ok")
-        if kind == "agent":
+        if kind == "peer":
+            self.peer = True
+            log.info("ssh: relay peer authenticated from %s", self.peer_ip)
+        elif kind == "agent":
             self.agent_session = str(who)
             self.service.connections.add_agent(self.agent_session, self.conn)
             log.info("ssh: agent %s authenticated from %s", self.agent_session, self.peer_ip)
@@ -625,6 +641,12 @@ class RelaySSHServer(asyncssh.SSHServer):
 
     def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
                              orig_port: int):
+        if self.peer:
+            chan = self.conn.create_tcp_channel(window=CHANNEL_WINDOW,
+                                                max_pktsize=CHANNEL_PACKET)
+            return chan, self._open_for_peer(dest_host.lower(), dest_port, orig_host, orig_port)
+        if self.agent_session is not None and dest_host == RELAYS_HOST:
+            return RelayListSession(self.service.relay_addresses())
         if self.technician is None:
             return False
         chan = self.conn.create_tcp_channel(window=CHANNEL_WINDOW, max_pktsize=CHANNEL_PACKET)
@@ -641,6 +663,12 @@ class RelaySSHServer(asyncssh.SSHServer):
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
                                             exc.detail) from None
         link = self.service.agents.get(session_id) if row is not None else None
+        if row is not None and link is None:
+            routed = await self._route_to_holder(session_id, tech.login, orig_port)
+            if routed is not None:
+                await self.service.audit_event(session_id, f"technician:{tech.login}",
+                                               "tunnel", "ok", ip=self.peer_ip)
+                return routed
         if row is None or link is None:
             outcome = "not_found" if row is None else "offline"
             if row is not None:
@@ -649,15 +677,55 @@ class RelaySSHServer(asyncssh.SSHServer):
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_CONNECT_FAILED,
                 "no such session" if row is None else "the customer's computer is offline")
-        technician_end, agent_end = splice_pair(self.service.stats)
-        await link.conn.create_connection(
-            lambda: agent_end, session_id, INNER_PORT, tech.login, orig_port,
-            window=CHANNEL_WINDOW, max_pktsize=CHANNEL_PACKET)
-        self.service.stats.tunnel_opened()
-        technician_end.on_close = self.service.stats.tunnel_closed
+        technician_end = await self._splice_to_agent(link, session_id, tech.login, orig_port)
         await self.service.audit_event(session_id, f"technician:{tech.login}", "tunnel", "ok",
                                        ip=self.peer_ip)
         return technician_end
+
+    async def _splice_to_agent(self, link: AgentLink, session_id: str, login: str,
+                               orig_port: int) -> _SpliceEnd:
+        technician_end, agent_end = splice_pair(self.service.stats)
+        await link.conn.create_connection(
+            lambda: agent_end, session_id, INNER_PORT, login, orig_port,
+            window=CHANNEL_WINDOW, max_pktsize=CHANNEL_PACKET)
+        self.service.stats.tunnel_opened()
+        technician_end.on_close = self.service.stats.tunnel_closed
+        return technician_end
+
+    # --- the cluster -----------------------------------------------------------------------
+
+    async def _route_to_holder(self, session_id: str, login: str,
+                               orig_port: int) -> _SpliceEnd | None:
+        """A technician's channel to an agent another node holds: spliced to a channel that
+        node opens to the agent (relay/cluster/peers.py); None if no live node holds it."""
+        service = self.service
+        if service.cluster is None or service.peers is None:
+            return None
+        held = await service.store.holder(session_id)
+        if held is None or held[0] == service.cluster.name \
+                or held[2] < service.clock() - NODE_STALE:
+            return None
+        technician_end, peer_end = splice_pair(service.stats)
+        try:
+            await service.peers.open_to_agent(held[1], session_id, login, orig_port,
+                                              lambda: peer_end, window=CHANNEL_WINDOW,
+                                              max_pktsize=CHANNEL_PACKET)
+        except (PeerUnreachable, asyncssh.ChannelOpenError) as exc:
+            log.info("ssh: cannot reach %s's agent through node %s: %s", session_id, held[0],
+                     getattr(exc, "reason", None) or exc)
+            return None
+        service.stats.tunnel_opened()
+        technician_end.on_close = service.stats.tunnel_closed
+        return technician_end
+
+    async def _open_for_peer(self, session_id: str, port: int, login: str,
+                             orig_port: int) -> asyncssh.SSHTCPSession:
+        """Another node's channel for a technician it authorised: to the agent held here."""
+        link = self.service.agents.get(session_id) if port == INNER_PORT else None
+        if link is None:
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED,
+                                            "the agent is not connected to this relay")
+        return await self._splice_to_agent(link, session_id, login, orig_port)
 
 
 def load_or_create_host_key(path: Path) -> asyncssh.SSHKey:
@@ -694,13 +762,15 @@ class SSHEntrance:
 
 
 async def start_ssh_server(service: RelayService, host: str, port: int,
-                           host_key: asyncssh.SSHKey, *, listen: bool = True) -> SSHEntrance:
+                           host_key: asyncssh.SSHKey, *, listen: bool = True,
+                           peer_only: bool = False) -> SSHEntrance:
     """The relay's SSH server, listening on host:port unless `listen` is off (then it takes
-    connections over WebSocket only)."""
+    connections over WebSocket only); with `peer_only`, for the other relays of the cluster
+    only."""
     startups = Startups()
     listener = _GatedListener(startups, listen)
     acceptor = await asyncssh.create_server(
-        lambda: RelaySSHServer(service, startups), host, port, tunnel=listener,
+        lambda: RelaySSHServer(service, startups, peer_only), host, port, tunnel=listener,
         server_host_keys=[host_key],
         keepalive_interval=KEEPALIVE_INTERVAL, keepalive_count_max=KEEPALIVE_COUNT,
         login_timeout=LOGIN_TIMEOUT, **SERVER_ALGORITHMS,

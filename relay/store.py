@@ -59,10 +59,12 @@ from relay.db.engine import (
 )
 from relay.db.migrate import ADVISORY_CLASS, current_revision, migrate
 from relay.db.tables import (
+    agent_holders,
     api_tokens,
     audit,
     companies,
     events,
+    nodes,
     sessions,
     ssh_keys,
     technicians,
@@ -153,6 +155,19 @@ class Presence:
 
 
 @dataclass(frozen=True)
+class NodeRow:
+    """A relay of the cluster, as it registered itself (relay/cluster/nodes.py)."""
+
+    name: str
+    peer_address: str
+    ssh_address: str | None
+    http_url: str
+    started_at: float
+    seen_at: float
+    draining: bool
+
+
+@dataclass(frozen=True)
 class AuditRow:
     id: int
     at: float
@@ -188,6 +203,7 @@ TECHNICIAN = _columns(technicians, Technician)
 SESSION = _columns(sessions, SessionRow)
 AUDIT = _columns(audit, AuditRow)
 EVENT = _columns(events, EventRow)
+NODE = _columns(nodes, NodeRow)
 # Inline, not bound: only then may SQLite's planner use the partial indexes on live sessions.
 LIVE = sessions.c.state.in_([literal_column(f"'{s}'") for s in rules.LIVE_STATES])
 PENDING = sessions.c.state == literal_column(f"'{rules.State.PENDING}'")
@@ -250,6 +266,20 @@ def add_ssh_key_statement(backend: str) -> Executable:
     return dialect_insert(ssh_keys).on_conflict_do_nothing()
 
 
+@functools.cache
+def hold_agents_statement(backend: str) -> Executable:
+    """An INSERT that makes a node the holder of an agent whoever held it before (two nodes
+    may record the same agent at once while it moves), in the backend's words."""
+    if backend == POSTGRESQL:
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    statement = dialect_insert(agent_holders)
+    return statement.on_conflict_do_update(
+        index_elements=[agent_holders.c.session_id],
+        set_={"node": statement.excluded.node, "since": statement.excluded.since})
+
+
 
 SESSION_BY_ID = select(*SESSION).where(sessions.c.id == bindparam("session_id"))
 SESSION_BY_JOIN_HASH = select(*SESSION).where(
@@ -308,6 +338,27 @@ EVENTS_AFTER = select(*EVENT) \
     .where(events.c.company_id == bindparam("company_id"), events.c.id > bindparam("after")) \
     .order_by(events.c.id).limit(bindparam("limit"))
 LAST_EVENT_ID = select(func.coalesce(func.max(events.c.id), 0))
+# The cluster: nodes and the agents they hold.
+ADD_NODE = insert(nodes)
+DROP_NODE = delete(nodes).where(nodes.c.name == bindparam("node"))
+NODE_SEEN = update(nodes).where(nodes.c.name == bindparam("node")) \
+    .values(seen_at=bindparam("now")).returning(nodes.c.draining)
+FRESH_NODES = select(*NODE).where(nodes.c.seen_at >= bindparam("since")).order_by(nodes.c.name)
+DRAIN_NODE = update(nodes).where(nodes.c.name == bindparam("node")).values(draining=1)
+HOLDER = select(agent_holders.c.node, nodes.c.peer_address, nodes.c.seen_at) \
+    .join(nodes, nodes.c.name == agent_holders.c.node) \
+    .where(agent_holders.c.session_id == bindparam("session_id"))
+HELD_SESSIONS = select(agent_holders.c.session_id) \
+    .join(nodes, nodes.c.name == agent_holders.c.node) \
+    .where(nodes.c.seen_at >= bindparam("since"))
+HELD_AMONG = HELD_SESSIONS.where(
+    agent_holders.c.session_id.in_(bindparam("session_ids", expanding=True)))
+RELEASE_MINE = delete(agent_holders).where(
+    agent_holders.c.session_id.in_(bindparam("session_ids", expanding=True)),
+    agent_holders.c.node == bindparam("node"))
+RELEASE_NODE = delete(agent_holders).where(agent_holders.c.node == bindparam("node"))
+EVENTS_OF_ALL_AFTER = select(events.c.id, events.c.session_id, events.c.kind, events.c.data) \
+    .where(events.c.id > bindparam("after")).order_by(events.c.id).limit(bindparam("limit"))
 # Held to commit: an event id taken after ours is committed after ours, so a console reading
 # "events after id N" never skips one that commits late (PostgreSQL; SQLite has one writer).
 EVENT_ORDER = select(func.pg_advisory_xact_lock(ADVISORY_CLASS, EVENT_ORDER_LOCK))
@@ -804,8 +855,11 @@ class Store:
             tx.event(now, row[0], "mail", session_id, status=status, detail=detail)
         await self._write(work)
 
-    async def record_presence(self, changes: Sequence[Presence]) -> None:
-        """Agents that came or went, in order, in one transaction (one fsync for a batch)."""
+    async def record_presence(self, changes: Sequence[Presence], node: str | None = None) -> None:
+        """Agents that came or went, in order, in one transaction (one fsync for a batch).
+        With `node`, also which relay holds them: an agent that came is held by `node`
+        (whoever held it before), one that went is no longer held by `node` (if another node
+        took it meanwhile, that one holds it still)."""
         ids = sorted({change.session_id for change in changes})
 
         def work(tx: Tx) -> None:
@@ -813,6 +867,16 @@ class Store:
             known = [c for c in changes if c.session_id in company_of]
             if not known:
                 return
+            if node is not None:
+                last = {c.session_id: c for c in known}  # where each agent ends up
+                came = [c for c in last.values() if c.online]
+                went = [sid for sid, c in last.items() if not c.online]
+                if came:
+                    tx.run(hold_agents_statement(self.backend), [
+                        {"session_id": c.session_id, "node": node, "since": c.at}
+                        for c in came])
+                if went:
+                    tx.run(RELEASE_MINE, {"session_ids": went, "node": node})
             kinds = ["online" if c.online else "offline" for c in known]
             tx.run(ADD_AUDIT, [
                 {"at": c.at, "actor": "agent", "company_id": company_of[c.session_id],
@@ -883,6 +947,68 @@ class Store:
 
     async def last_event_id(self) -> int:
         return int((await self._one(LAST_EVENT_ID))[0])
+
+    async def events_since(self, after_id: int,
+                           limit: int = 2000) -> list[tuple[int, str | None, str, str]]:
+        """(id, session id, kind, data) of every company's events after `after_id`: how a
+        relay follows what the other relays of its cluster did."""
+        return [tuple(r) for r in await self._all(EVENTS_OF_ALL_AFTER,
+                                                  {"after": after_id, "limit": limit})]
+
+    # --- the cluster ---------------------------------------------------------------------------
+
+    async def register_node(self, name: str, peer_address: str, ssh_address: str | None,
+                            http_url: str, now: float) -> None:
+        """Record this relay as a node of the cluster. A node of the same name (this relay
+        before a restart) is replaced, and the agents it held are no longer its."""
+        def work(tx: Tx) -> None:
+            tx.run(RELEASE_NODE, {"node": name})
+            tx.run(DROP_NODE, {"node": name})
+            tx.run(ADD_NODE, {"name": name, "peer_address": peer_address,
+                              "ssh_address": ssh_address, "http_url": http_url,
+                              "started_at": now, "seen_at": now, "draining": 0})
+        await self._write(work)
+
+    async def node_seen(self, name: str, now: float) -> bool | None:
+        """A node's heartbeat; whether it is asked to drain (None: its row is gone)."""
+        def work(tx: Tx) -> bool | None:
+            row = tx.one(NODE_SEEN, {"node": name, "now": now})
+            return None if row is None else bool(row[0])
+        return await self._write(work)
+
+    async def leave_cluster(self, name: str) -> None:
+        """A node stops: it holds no agent any more, and is no longer a node."""
+        def work(tx: Tx) -> None:
+            tx.run(RELEASE_NODE, {"node": name})
+            tx.run(DROP_NODE, {"node": name})
+        await self._write(work)
+
+    async def drain_node(self, name: str) -> bool:
+        """Ask a node to drain; False if there is no such node."""
+        return await self._write(lambda tx: tx.run(DRAIN_NODE, {"node": name}) > 0)
+
+    async def live_nodes(self, seen_since: float) -> list[NodeRow]:
+        """The nodes whose heartbeat is not older than `seen_since`."""
+        return [NodeRow(*r[:-1], bool(r[-1]))
+                for r in await self._all(FRESH_NODES, {"since": seen_since})]
+
+    async def holder(self, session_id: str) -> tuple[str, str, float] | None:
+        """(node, its peer address, its last heartbeat) of the node holding the session's
+        agent, or None."""
+        row = await self._one(HOLDER, {"session_id": session_id})
+        return None if row is None else (row[0], row[1], row[2])
+
+    async def held_sessions(self, seen_since: float, among: list[str] | None = None) -> set[str]:
+        """The sessions (of `among`, or all) whose agent a node seen since `seen_since`
+        holds."""
+        if among is None:
+            return {r[0] for r in await self._all(HELD_SESSIONS, {"since": seen_since})}
+        return {r[0] for r in await self._all(HELD_AMONG, {"since": seen_since,
+                                                           "session_ids": among})}
+
+    def forget_ended(self, session_ids: list[str]) -> None:
+        """Sessions another relay ended: their agents' credentials are no longer good."""
+        self._forget(session_ids)
 
 
 @contextlib.contextmanager

@@ -50,6 +50,12 @@ class ServiceBase:
         self.wheels = Preparation(settings.data_dir)
         # The public key a join link names (common/tls.py), for agents to pin; None: no pin.
         self.certificate_pin: str | None = None
+        # The cluster (relay/cluster/): this relay as a node, its connections to the other
+        # nodes, and the sessions whose agent any node holds (followed from the database).
+        self.cluster = None
+        self.peers = None
+        self.cluster_key = None  # what the other nodes log in with (asyncssh.SSHKey)
+        self.cluster_online: set[str] = set()
         self._background: set[asyncio.Task] = set()
         self._expiry_wakeup = asyncio.Event()
         self._create_locks: dict[int, list] = {}  # technician id -> [lock, users]
@@ -69,6 +75,12 @@ class ServiceBase:
     @property
     def ssh_address(self) -> str | None:
         return self.settings.ssh_address(self.ssh_port)
+
+    def relay_addresses(self) -> list[dict]:
+        """Every relay of the cluster that takes agents and consoles: {"ssh", "http"} each."""
+        if self.cluster is None:
+            return [{"ssh": self.ssh_address, "http": self.base_url}]
+        return self.cluster.relays() or [{"ssh": self.ssh_address, "http": self.base_url}]
 
     def link_url(self, token: str) -> str:
         """The join link's address, without the certificate pin (the base of its files)."""

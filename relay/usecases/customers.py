@@ -106,6 +106,7 @@ class CustomerCases(ServiceBase):
         tech = await self.store.technician(row.technician_id)
         return {
             "session_id": row.id, "agent_secret": agent_secret, "ssh": self.ssh_address,
+            "relays": self.relay_addresses(),
             "relay_host_key": self.relay_host_key, "expires_at": iso(row.expires_at),
             "features": features, "password_verifier": row.password_verifier,
             "company": company.name, "technician": tech.login,

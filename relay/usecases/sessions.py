@@ -170,7 +170,9 @@ class SessionCases(ServiceBase):
 
     def session_view(self, row: SessionRow, technician_login: str | None = None) -> dict:
         link = self.agents.get(row.id)
-        online = self.agents.is_online(row.id)
+        # Held here, or by another node of the cluster.
+        online = self.agents.is_online(row.id) or (link is None
+                                                   and row.id in self.cluster_online)
         host = None
         if row.hostname is not None:
             host = {"hostname": row.hostname, "os": row.os, "user": row.os_user, "ip": row.ip}

@@ -1,0 +1,116 @@
+"""Relays as a cluster on one database, with real processes: a technician on one relay reaches
+an agent held by another (relay-to-relay SSH with the cluster key), agents move to a live
+relay when theirs dies, and the console reattaches to the same shell."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from relay.cluster.peers import PEER_USER
+from relay.db.url import sqlite_url
+from tests.support import PASSWORD, Api, RelayProcess, new_agent, provision, technician_ssh
+
+KEY_FILES = ("ssh_host_ed25519_key", "secret.key", "cluster_ed25519_key")
+# Quick heartbeats and agent keepalives so a killed relay is noticed in seconds.
+FAST = {"ADHOC_RELAY_HEARTBEAT": "0.5"}
+
+
+def node_dir(first: Path, path: Path) -> Path:
+    """A new node's data dir: a copy of the first node's key files (docs/ADMIN.md)."""
+    path.mkdir()
+    for name in KEY_FILES:
+        shutil.copy2(first / name, path / name)
+    return path
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, monkeypatch) -> Iterator[Callable[..., RelayProcess]]:
+    """start(name) runs a relay node on the first node's SQLite database."""
+    for key, value in FAST.items():
+        monkeypatch.setenv(key, value)
+    first = tmp_path / "node-a"
+    provision(first, technicians=("alice", "bob"))
+    database = sqlite_url(first / "relay.db").render_as_string(hide_password=False)
+    started: list[RelayProcess] = []
+
+    def start(name: str) -> RelayProcess:
+        data = first if not started else node_dir(first, tmp_path / f"node-{name}")
+        relay = RelayProcess(data, ("--database", database, "--node", name))
+        relay.start()
+        started.append(relay)
+        return relay
+
+    yield start
+    for relay in started:
+        relay.stop()
+
+
+async def test_a_technician_on_one_relay_reaches_an_agent_held_by_another(
+        cluster, agents, tmp_path: Path) -> None:
+    relay_a, relay_b = cluster("a"), cluster("b")
+    async with Api(relay_a.base_url) as api_a, Api(relay_b.base_url) as api_b:
+        session = await api_a.create_session()
+        agent = new_agent(agents, tmp_path, session)
+        agent.start()
+        await agent.wait_for_line("Connected to the relay")
+        # The agent dialled relay A; relay B knows from the database that it is online.
+        view = await api_b.wait_for(session["id"], lambda v: v["state"] == "active"
+                                    and v["online"])
+        async with technician_ssh(relay_b, api_b, view) as inner:
+            result = await inner.run("echo hello-across-relays", check=True)
+            assert result.stdout.strip() == "hello-across-relays"
+            source = tmp_path / "payload.bin"
+            source.write_bytes(os.urandom(2 * 1024 * 1024 + 5))
+            remote, back = tmp_path / "remote.bin", tmp_path / "back.bin"
+            async with inner.start_sftp_client() as sftp:
+                await sftp.put(str(source), str(remote))
+                await sftp.get(str(remote), str(back))
+            digest = hashlib.sha256(source.read_bytes()).hexdigest()
+            assert hashlib.sha256(back.read_bytes()).hexdigest() == digest
+        # The customer saw the technician's name, which crossed the relays.
+        await agent.wait_for_line("Technician alice runs: echo hello-across-relays")
+        audit = (await api_b.client.get(f"/api/v1/sessions/{session['id']}/audit")).json()
+        assert any(row["event"] == "tunnel" and row["outcome"] == "ok"
+                   for row in audit["audit"])
+
+        # Ending the session on relay B ends the agent held by relay A.
+        ended = await api_b.client.post(f"/api/v1/sessions/{session['id']}/end")
+        assert ended.status_code == 200
+        assert agent.wait_exit(20) == 0
+
+
+async def test_the_cluster_key_opens_nothing_but_the_peer_user(cluster, tmp_path: Path) -> None:
+    relay = cluster("a")
+    key = asyncssh.read_private_key(str(relay.data_dir / "cluster_ed25519_key"))
+    host_key = (relay.data_dir / "ssh_host_ed25519_key")
+    known = ([asyncssh.read_private_key(str(host_key)).convert_to_public()], [], [])
+    # As a technician's login, the cluster key is refused.
+    with pytest.raises(asyncssh.PermissionDenied):
+        await asyncssh.connect(relay.ssh_host, relay.ssh_port, username="alice",
+                               client_keys=[key], known_hosts=known, agent_path=None,
+                               config=None)
+    # A technician's password does not open the peer user.
+    with pytest.raises(asyncssh.PermissionDenied):
+        await asyncssh.connect(relay.ssh_host, relay.ssh_port, username=PEER_USER,
+                               password=PASSWORD, client_keys=None, known_hosts=known,
+                               agent_path=None, config=None)
+    # Another key does not either.
+    with pytest.raises(asyncssh.PermissionDenied):
+        await asyncssh.connect(relay.ssh_host, relay.ssh_port, username=PEER_USER,
+                               client_keys=[asyncssh.generate_private_key("ssh-ed25519")],
+                               known_hosts=known, agent_path=None, config=None)
+    # The peer user may only open channels to agents the relay holds: never a shell.
+    async with asyncssh.connect(relay.ssh_host, relay.ssh_port, username=PEER_USER,
+                                client_keys=[key], known_hosts=known, agent_path=None,
+                                config=None) as peer:
+        with pytest.raises(asyncssh.ChannelOpenError):
+            await peer.open_connection("aaaaaaaaaaaaaaaa", 22)
+        with pytest.raises(asyncssh.ChannelOpenError):
+            await peer.create_session(asyncssh.SSHClientSession)
