@@ -85,6 +85,11 @@ AGENT_EVENTS: dict[str, str] = {
     AgentEvent.AUDIT_LOST: "the agent dropped this many events while the relay was out of "
                            "reach (actor agent; field: count)",
 }
+# The virtual address an agent opens a channel to, on its connection to any relay, to learn
+# every relay of the cluster: the relay answers {"relays": [{"ssh": HOST:PORT|null, "http":
+# URL}, ...]} as one line of JSON and closes the channel (docs/PROTOCOL.md).
+RELAYS_HOST = "adhoc.relays"
+RELAYS_MAX = 64  # an agent keeps at most this many relays' routes
 AGENT_OUTCOMES = ("ok", "refused", "wrong", "locked", "lost", "failed")
 # The relay stores at most this many fields of this many characters per agent event.
 AGENT_FIELDS_MAX = 32

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from common.protocol import RELAYS_MAX
 from common.proxy import Proxy, ProxyError, ProxySettingError, connect_via, proxy_for
 from common.tls import PinMismatch, client_context
 from common.transport import dial
@@ -57,6 +58,29 @@ def origin(base_url: str) -> tuple[str, str, int]:
     parts = urlsplit(base_url)
     scheme = parts.scheme.lower()
     return scheme, parts.hostname or "", parts.port or (443 if scheme == "https" else 80)
+
+
+def cluster_routes(routes: list[Route], relays: object, *, pin: str | None = None,
+                   environ: Mapping[str, str] | None = None) -> list[Route]:
+    """`routes` followed by the routes to every other relay of the cluster, as a relay
+    listed them ([{"ssh": HOST:PORT or None, "http": URL}, ...]); what cannot be read is
+    left out (a relay's word is not trusted to be well formed)."""
+    known = {(r.kind, r.host, r.port, r.url) for r in routes}
+    merged = list(routes)
+    for relay in relays[:RELAYS_MAX] if isinstance(relays, list) else ():
+        if not isinstance(relay, dict) or not isinstance(relay.get("http"), str):
+            continue
+        ssh = relay.get("ssh")
+        try:
+            found = relay_routes(ssh if isinstance(ssh, str) else None, relay["http"], pin=pin,
+                                 environ=environ)
+        except (ValueError, ProxySettingError):
+            continue
+        for route in found:
+            if (route.kind, route.host, route.port, route.url) not in known:
+                known.add((route.kind, route.host, route.port, route.url))
+                merged.append(route)
+    return merged
 
 
 def websocket_route(base_url: str, *, pin: str | None = None,

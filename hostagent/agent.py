@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import asyncssh
 
-from common.reach import relay_routes
+from common.reach import cluster_routes, relay_routes
 from common.secret import Secret
 from hostagent import join
 from hostagent.audit import AuditQueue
@@ -163,11 +163,14 @@ class Agent:
                                 detached_timeout=self.options.detached_timeout)
         self.notices.state = self.state
         self.notices.time_left = clock.remaining
-        routes = relay_routes(activation.ssh, self.link.base_url, pin=self.link.pin)
+        routes = cluster_routes(relay_routes(activation.ssh, self.link.base_url,
+                                             pin=self.link.pin),
+                                list(activation.relays), pin=self.link.pin)
         self.tunnel = Tunnel(
             activation.session_id, activation.agent_secret, routes[0].host, routes[0].port,
             activation.relay_host_key, server_options(self.state, host_key),
-            on_state=self._connection, backoff_cap=self.options.backoff_cap, routes=routes)
+            on_state=self._connection, backoff_cap=self.options.backoff_cap, routes=routes,
+            pin=self.link.pin)
         keys = self._start_keys()
         tunnel_task = asyncio.create_task(self.tunnel.run())
         expiry_task = asyncio.create_task(watch_expiry(clock, self.options.check_interval))

@@ -116,6 +116,9 @@ class Activation:
     password_verifier: str
     company: str
     technician: str
+    # Every relay of the cluster, as the relay listed them ([{"ssh", "http"}]): where the
+    # agent goes when its relay dies (common/reach.py cluster_routes reads them).
+    relays: tuple = ()
 
 
 def _error_from(response: httpx.Response) -> JoinError:
@@ -202,7 +205,8 @@ async def activate(link: JoinLink, code: Secret, host_key: str) -> Activation:
             ssh=ssh or None, relay_host_key=data["relay_host_key"],
             expires_at=data["expires_at"], features=tuple(data["features"]),
             password_verifier=data["password_verifier"], company=data["company"],
-            technician=data["technician"])
+            technician=data["technician"],
+            relays=tuple(data["relays"]) if isinstance(data.get("relays"), list) else ())
     except (ValueError, KeyError, TypeError, AttributeError):
         raise _not_understood(link) from None
 

@@ -6,12 +6,15 @@ refuses the agent's credentials (revoked, expired): retrying cannot help then.
 
 Each attempt tries the routes in turn (common/reach.py: the relay's SSH port, then SSH over
 WebSocket on its HTTPS address), the one that worked last first, and says which it uses; when
-none works, why each failed.
+none works, why each failed. The routes include every relay of the cluster: the agent learns
+them at activation and again on each connection (common/protocol.py RELAYS_HOST), so when its
+relay dies it moves to another within the backoff cap.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import random
@@ -20,7 +23,8 @@ from dataclasses import dataclass
 
 import asyncssh
 
-from common.reach import SEPARATOR, Route, failure, open_route
+from common.protocol import RELAYS_HOST
+from common.reach import SEPARATOR, Route, cluster_routes, failure, open_route
 from common.secret import Secret
 from common.transport import (
     INNER_PORT,
@@ -41,6 +45,9 @@ CONNECT_TIMEOUT = 20
 # How long a dialled connection may wait for the relay to start its handshake: a relay that is
 # catching up after a restart (10,000 agents take it ~25 s) keeps the rest in its accept queue.
 QUEUE_TIMEOUT = 90
+# How long the relay may take to list the cluster's relays, and the most it may say.
+RELAYS_TIMEOUT = 10
+RELAYS_BYTES = 64 * 1024
 
 
 def backoff_delay(attempt: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP,
@@ -62,6 +69,16 @@ class RoutesFailed(OSError):
     """No route reached the relay; the message says why for each."""
 
 
+async def _read_to_end(reader: asyncssh.SSHReader, limit: int) -> bytes:
+    """What `reader` sends until its end, if no more than `limit` bytes (ValueError else)."""
+    data = b""
+    while chunk := await reader.read(limit):
+        data += chunk
+        if len(data) > limit:
+            raise ValueError(f"more than {limit} bytes")
+    return data
+
+
 class _OuterClient(asyncssh.SSHClient):
     def __init__(self) -> None:
         self.lost: Exception | None = None
@@ -75,8 +92,10 @@ class Tunnel:
                  relay_host_key: str, inner_options: dict, *,
                  on_state: Callable[[str, str], None] | None = None,
                  keepalive_interval: float = KEEPALIVE_INTERVAL,
-                 backoff_cap: float = BACKOFF_CAP, routes: list[Route] | None = None) -> None:
-        """`routes` to the relay in the order to try; without them, SSH to host:port."""
+                 backoff_cap: float = BACKOFF_CAP, routes: list[Route] | None = None,
+                 pin: str | None = None) -> None:
+        """`routes` to the relay in the order to try; without them, SSH to host:port. `pin`:
+        the relay certificate's pin, for the WebSocket routes to other relays."""
         self.session_id = session_id
         self._secret = Secret(secret)
         self.host, self.port = host, port
@@ -90,6 +109,7 @@ class Tunnel:
         self._backoff_cap = backoff_cap
         self._conn: asyncssh.SSHClientConnection | None = None
         self._stopping = False
+        self._pin = pin
 
     def stop(self) -> None:
         self._stopping = True
@@ -132,6 +152,26 @@ class Tunnel:
             sock.close()
             raise
 
+    async def _learn_relays(self, conn: asyncssh.SSHClientConnection) -> None:
+        """Ask the relay for every relay of its cluster and add the routes to them. A relay
+        that does not answer (an older one) leaves the routes as they are."""
+        try:
+            reader, writer = await asyncio.wait_for(conn.open_connection(RELAYS_HOST, 0),
+                                                    RELAYS_TIMEOUT)
+            try:
+                data = await asyncio.wait_for(_read_to_end(reader, RELAYS_BYTES),
+                                              RELAYS_TIMEOUT)
+            finally:
+                writer.close()
+            relays = json.loads(data)["relays"]
+        except (OSError, asyncssh.Error, TimeoutError, ValueError, KeyError, TypeError) as exc:
+            log.debug("the relay did not list its cluster: %s", exc)
+            return
+        before = len(self.routes)
+        self.routes = cluster_routes(self.routes, relays, pin=self._pin)
+        if len(self.routes) > before:
+            log.info("the relay's cluster: %d more route(s)", len(self.routes) - before)
+
     async def run(self) -> TunnelEnd:
         attempt = 0
         while not self._stopping:
@@ -163,7 +203,9 @@ class Tunnel:
                 await asyncio.sleep(backoff_delay(attempt, cap=self._backoff_cap))
                 continue
             self._on_state("connected", str(self.route))
+            learning = asyncio.create_task(self._learn_relays(conn))
             await conn.wait_closed()
+            learning.cancel()
             server.close()
             self._conn = None
             lost = client.lost

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import asyncssh
 
+from common.protocol import RELAYS_HOST
 from common.transport import (
     INNER_PORT,
     LISTEN_BACKLOG,
@@ -33,7 +34,7 @@ from common.transport import (
     SIGNATURE_ALGS,
     coalescing_protocol,
 )
-from relay.cluster.nodes import NODE_STALE, RELAYS_HOST, RelayListSession
+from relay.cluster.nodes import NODE_STALE, RelayListSession
 from relay.cluster.peers import PEER_USER, PeerUnreachable, same_key
 from relay.registry import AgentLink
 from relay.service import RelayService, ServiceError

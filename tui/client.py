@@ -15,6 +15,7 @@ import asyncssh
 import httpx
 
 from common.passwords import hash_password, session_password_problem
+from common.protocol import RELAYS_MAX
 from common.proxy import Proxy, ProxySettingError, proxy_for
 from common.reach import (
     SEPARATOR,
@@ -45,6 +46,8 @@ RETRY_DELAYS = (0.5, 1, 2, 4, 8, 10)
 # for the relay to start the SSH handshake (it queues connections after a restart).
 ROUTE_TIMEOUT = 15
 BANNER_TIMEOUT = 60
+# How long another relay of the cluster has to answer before the console tries the next.
+FAIL_OVER_TIMEOUT = 5.0
 
 
 def retry_delay(attempt: int) -> float:
@@ -87,11 +90,39 @@ class RelayClient:
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
+        self._transport = transport
+        # The other relays of the cluster (their URLs, as the relay listed them): where the
+        # console goes when its relay cannot be reached. A token is good on every one.
+        self.relays: list[str] = []
+        self._http = self._client_for(self.base_url)
+
+    def _client_for(self, base_url: str) -> httpx.AsyncClient:
         try:
-            self._http = http_client(self.base_url, base_url=self.base_url,
-                                     timeout=httpx.Timeout(20.0), transport=transport)
+            return http_client(base_url, base_url=base_url, timeout=httpx.Timeout(20.0),
+                               transport=self._transport)
         except ProxySettingError as exc:
             raise RelayError(0, "proxy", f"{exc}, then start the console again") from None
+
+    async def _fail_over(self) -> bool:
+        """Move to another relay of the cluster that answers; False if none does."""
+        for url in self.relays:
+            if url.rstrip("/") == self.base_url:
+                continue
+            try:
+                candidate = self._client_for(url.rstrip("/"))
+            except RelayError:
+                continue
+            try:
+                response = await candidate.get(API + "/relay", timeout=FAIL_OVER_TIMEOUT)
+                if response.status_code == 200:
+                    old, self._http = self._http, candidate
+                    self.base_url = url.rstrip("/")
+                    await old.aclose()
+                    return True
+            except httpx.HTTPError:
+                pass
+            await candidate.aclose()
+        return False
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -109,8 +140,17 @@ class RelayClient:
             response = await self._http.request(method, API + path, headers=self._headers(),
                                                 **kwargs)
         except httpx.HTTPError as exc:
-            raise RelayError(0, "unreachable", f"cannot reach the relay at {self.base_url}: "
-                             f"{explain(exc, *self._origin())}") from None
+            problem = (f"cannot reach the relay at {self.base_url}: "
+                       f"{explain(exc, *self._origin())}")
+            if not isinstance(exc, httpx.ConnectError) or not await self._fail_over():
+                raise RelayError(0, "unreachable", problem) from None
+            try:  # once, on the relay that answered
+                response = await self._http.request(method, API + path,
+                                                    headers=self._headers(), **kwargs)
+            except httpx.HTTPError as again:
+                raise RelayError(0, "unreachable", f"cannot reach the relay at "
+                                 f"{self.base_url}: {explain(again, *self._origin())}") \
+                    from None
         if response.status_code >= 400:
             raise _error(response)
         return response.json()
@@ -124,7 +164,12 @@ class RelayClient:
         return await self._call("GET", "/me")
 
     async def relay_info(self) -> dict:
-        return await self._call("GET", "/relay")
+        info = await self._call("GET", "/relay")
+        relays = info.get("relays")
+        if isinstance(relays, list):
+            self.relays = [r["http"] for r in relays[:RELAYS_MAX]
+                           if isinstance(r, dict) and isinstance(r.get("http"), str)]
+        return info
 
     async def sessions(self) -> dict:
         return await self._call("GET", "/sessions")
@@ -158,6 +203,9 @@ class RelayClient:
         if after is not None:
             headers["Last-Event-ID"] = str(after)
         timeout = httpx.Timeout(20.0, read=60.0)
+        if not self.relays:  # learn the cluster's other relays, to move to one if need be
+            with contextlib.suppress(RelayError):
+                await self.relay_info()
         try:
             async with self._http.stream("GET", API + "/events", headers=headers,
                                          timeout=timeout) as response:
@@ -177,6 +225,9 @@ class RelayClient:
                         yield RelayEvent(event_id or 0, kind, json.loads("\n".join(data)))
                         event_id, kind, data = None, "message", []
         except httpx.HTTPError as exc:
+            # The relay is gone: the next try goes to another relay of the cluster, if any.
+            if isinstance(exc, httpx.ConnectError):
+                await self._fail_over()
             raise RelayError(0, "unreachable", f"lost the relay's event stream: {exc}") from None
 
 

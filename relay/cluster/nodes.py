@@ -29,9 +29,6 @@ log = logging.getLogger("adhoc.relay.cluster")
 HEARTBEAT = float(os.environ.get("ADHOC_RELAY_HEARTBEAT", "2"))
 NODE_STALE = HEARTBEAT * 5
 FOLLOW = float(os.environ.get("ADHOC_RELAY_FOLLOW", "0.25"))
-# The virtual address an agent opens a channel to, on its connection to any relay, to learn
-# every relay's address (the answer is one JSON object and the channel closes).
-RELAYS_HOST = "adhoc.relays"
 
 
 def default_node_name(ssh_port: int | None, http_port: int | None) -> str:
@@ -136,7 +133,8 @@ class ClusterNode:
 
 
 class RelayListSession(asyncssh.SSHTCPSession):
-    """The answer to an agent asking for every relay's address (a channel to RELAYS_HOST)."""
+    """The answer to an agent asking for every relay's address (a channel to
+    common.protocol.RELAYS_HOST)."""
 
     def __init__(self, relays: list[dict]) -> None:
         self._payload = json.dumps({"relays": relays}).encode() + b"\n"

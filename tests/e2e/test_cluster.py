@@ -4,9 +4,12 @@ relay when theirs dies, and the console reattaches to the same shell."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
+import re
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,7 +18,18 @@ import pytest
 
 from relay.cluster.peers import PEER_USER
 from relay.db.url import sqlite_url
-from tests.support import PASSWORD, Api, RelayProcess, new_agent, provision, technician_ssh
+from tests.support import (
+    PASSWORD,
+    SESSION_PASSWORD,
+    Api,
+    RelayProcess,
+    new_agent,
+    provision,
+    technician_ssh,
+)
+from tui.client import HostConnector, RelayClient, RelayError
+
+PID = re.compile(rb"pid-(\d+)-end")
 
 KEY_FILES = ("ssh_host_ed25519_key", "secret.key", "cluster_ed25519_key")
 # Quick heartbeats and agent keepalives so a killed relay is noticed in seconds.
@@ -114,3 +128,75 @@ async def test_the_cluster_key_opens_nothing_but_the_peer_user(cluster, tmp_path
             await peer.open_connection("aaaaaaaaaaaaaaaa", 22)
         with pytest.raises(asyncssh.ChannelOpenError):
             await peer.create_session(asyncssh.SSHClientSession)
+
+
+async def test_relay_killed_mid_shell_the_agent_and_the_console_move_to_another(
+        cluster, agents, tmp_path: Path) -> None:
+    relay_a, relay_b = cluster("a"), cluster("b")
+    async with Api(relay_a.base_url) as api:
+        session = await api.create_session()
+        agent = new_agent(agents, tmp_path, session)
+        agent.start(env={"ADHOC_HOST_BACKOFF_CAP": "2"})
+        await agent.wait_for_line("Connected to the relay")
+        view = await api.wait_for(session["id"], lambda v: v["online"])
+
+    # The console, logged in to relay A, opens a shell on the host (held by A).
+    client = RelayClient(relay_a.base_url)
+    await client.login("alice", PASSWORD)
+    info = await client.relay_info()
+    assert relay_b.base_url in client.relays, info
+    connector = HostConnector(client, "alice")
+    output = bytearray()
+    closed = asyncio.Event()
+
+    async def open_main():
+        output.clear()
+        closed.clear()
+        return await connector.open_shell(view, SESSION_PASSWORD, cols=80, rows=24,
+                                          shell_id="main", on_output=output.extend,
+                                          on_closed=lambda why: closed.set())
+
+    async def shell_pid(shell) -> int:
+        shell.send(b"echo pid-$$-e\"\"nd\r")
+        async with asyncio.timeout(15):
+            while not PID.search(bytes(output)):
+                await asyncio.sleep(0.05)
+        return int(PID.findall(bytes(output))[-1])
+
+    try:
+        shell = await open_main()
+        pid = await shell_pid(shell)
+        shell.send(b"cd /tmp && MARK=kept-$((6*7)) && echo set-$MARK-done\r")
+        async with asyncio.timeout(15):
+            while b"set-kept-42-done" not in bytes(output):
+                await asyncio.sleep(0.05)
+
+        relay_a.kill9()
+        await asyncio.wait_for(closed.wait(), 30)  # the shell's channel went with relay A
+
+        # The agent moves to relay B by itself; the console moves there too and reattaches.
+        deadline = time.monotonic() + 30
+        while True:
+            connector.forget(view["id"])
+            await connector.close()
+            try:
+                again = await open_main()
+                break
+            except RelayError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.3)
+        assert client.base_url == relay_b.base_url
+        assert await shell_pid(again) == pid  # the very same shell
+        again.send(b"echo mark-$MARK-$(pwd)\r")
+        async with asyncio.timeout(15):
+            while b"mark-kept-42-/tmp" not in bytes(output):
+                await asyncio.sleep(0.05)
+        assert b"mark-kept-42-/tmp" in bytes(output), bytes(output)[-400:]
+        # The session itself is unchanged.
+        now = await client.session(view["id"])
+        assert now["state"] == "active" and now["online"]
+        assert now["expires_at"] == view["expires_at"]
+    finally:
+        await connector.close()
+        await client.aclose()
