@@ -11,8 +11,10 @@ import asyncio
 import getpass
 import logging
 import os
+import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from common.passwords import hash_password, technician_password_problem
@@ -124,6 +126,13 @@ def _ssh_listen(value: str):
     return _hostport(value)
 
 
+def _workers(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 256:
+        raise argparse.ArgumentTypeError(f"cannot run {value!r} workers: give a number from 1 "
+                                         "to 256, e.g. the number of cores")
+    return int(value)
+
+
 def _node_name(value: str) -> str:
     """--node NAME: printable, no spaces, at most 100 characters."""
     if not value or len(value) > 100 or not value.isprintable() or " " in value:
@@ -205,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="name this certificate's public key in join links, so agents "
                             "accept no other (the certificate your TLS proxy serves, or "
                             "--tls-cert's); keep the key when renewing it")
+    serve.add_argument("--workers", type=_workers, default=1, metavar="N",
+                       help="run N relay processes sharing the ports and the database, one "
+                            "per core (default 1); see docs/ADMIN.md")
     serve.add_argument("--node", metavar="NAME", type=_node_name,
                        help="this relay's name in the cluster (default: host name and SSH "
                             "port); see docs/ADMIN.md")
@@ -417,21 +429,60 @@ def settings_from_args(args: argparse.Namespace) -> RelaySettings:
     return settings
 
 
-async def _serve(settings: RelaySettings) -> int:
+async def _serve(settings: RelaySettings, ready: Callable[[], object] | None = None) -> int:
     from relay.server import RelayServer
 
     server = RelayServer(settings)
     service = await server.start()
-    # One parseable line for scripts and tests that start the relay on port 0.
-    metrics = f" metrics={settings.metrics_host}:{server.metrics_port}" \
-        if server.metrics_port else ""
-    print(f"adhoc-relay ready http={service.base_url} ssh={service.ssh_address or 'off'}"
-          f"{metrics}", flush=True)
+    if ready is not None:  # a worker: its parent says when all are ready
+        ready()
+    else:
+        # One parseable line for scripts and tests that start the relay on port 0.
+        metrics = f" metrics={settings.metrics_host}:{server.metrics_port}" \
+            if server.metrics_port else ""
+        print(f"adhoc-relay ready http={service.base_url} ssh={service.ssh_address or 'off'}"
+              f"{metrics} node={service.cluster.name if service.cluster else '-'}", flush=True)
+    # SIGTERM stops the relay cleanly: it leaves the cluster and its agents move at once.
+    stopping = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
     try:
-        await asyncio.Event().wait()
+        await stopping.wait()
     finally:
         await server.stop()
     return 0
+
+
+def _serve_worker(settings: RelaySettings, ready: Callable[[], object]) -> int:
+    from relay.server import StartError
+
+    try:
+        return asyncio.run(_serve(settings, ready))
+    except StartError as exc:
+        print(f"adhoc-relay: {exc}", file=sys.stderr)
+        return 1
+
+
+def _serve_workers(settings: RelaySettings, count: int) -> int:
+    """`serve --workers N` (relay/cluster/workers.py)."""
+    from relay.cluster.workers import Supervisor, reserve_ports
+
+    if settings.metrics_port is not None:
+        raise UsageError("--metrics cannot be shared by workers: run one relay per metrics "
+                         "port (without --workers), or scrape the workers' nodes by hand")
+    held = reserve_ports(settings)
+    supervisor = Supervisor(settings, count, _serve_worker)
+    try:
+        supervisor.start()
+    except RuntimeError as exc:
+        print(f"adhoc-relay: {exc}", file=sys.stderr)
+        return 1
+    http, ssh = supervisor.addresses()
+    print(f"adhoc-relay ready http={http} ssh={ssh} workers={count}", flush=True)
+    try:
+        return supervisor.supervise()
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -457,6 +508,8 @@ def main(argv: list[str] | None = None) -> int:
             from relay.server import StartError
 
             tune_allocator()
+            if args.workers > 1:
+                return _serve_workers(settings, args.workers)
             try:
                 return asyncio.run(_serve(settings))
             except KeyboardInterrupt:

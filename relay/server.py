@@ -192,13 +192,15 @@ def _certificate_pin(settings: RelaySettings) -> str | None:
                          "certificate file") from None
 
 
-def _listening_socket(host: str, port: int) -> socket.socket:
+def _listening_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections only when the
     # socket says it is TCP; without it every response waited ~40 ms for a delayed ACK.
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:  # shared with the other workers (--workers)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((host, port))
         sock.listen(512)
@@ -269,13 +271,15 @@ class RelayServer:
 
         try:
             self._ssh = await start_ssh_server(service, settings.ssh_host, settings.ssh_port,
-                                               host_key, listen=settings.ssh_listen)
+                                               host_key, listen=settings.ssh_listen,
+                                               reuse_port=settings.reuse_port)
         except OSError as exc:
             raise _listen_error("SSH", settings.ssh_host, settings.ssh_port, "--ssh",
                                 exc) from None
         service.ssh_port = self._ssh.port
         try:
-            sock = _listening_socket(settings.http_host, settings.http_port)
+            sock = _listening_socket(settings.http_host, settings.http_port,
+                                     settings.reuse_port)
         except OSError as exc:
             raise _listen_error("HTTP", settings.http_host, settings.http_port, "--http",
                                 exc) from None

@@ -427,9 +427,11 @@ class _GatedListener:
     """asyncssh's `tunnel=` for the relay's own entrance (see _GatedServer): a listening
     socket on `listen_host:listen_port`, or none when `listen` is off."""
 
-    def __init__(self, startups: Startups, listen: bool = True) -> None:
+    def __init__(self, startups: Startups, listen: bool = True,
+                 reuse_port: bool = False) -> None:
         self._startups = startups
         self._listen = listen
+        self._reuse_port = reuse_port  # shared with the other workers (--workers)
         self.server: _GatedServer | None = None
 
     async def create_server(self, session_factory, listen_host: str, listen_port: int):
@@ -437,7 +439,8 @@ class _GatedListener:
         if self._listen:
             family = socket.AF_INET6 if ":" in (listen_host or "") else socket.AF_INET
             sock = socket.create_server((listen_host or "", listen_port), family=family,
-                                        backlog=LISTEN_BACKLOG, reuse_port=False)
+                                        backlog=LISTEN_BACKLOG,
+                                        reuse_port=self._reuse_port)
             sock.setblocking(False)
         self.server = _GatedServer(sock, self._startups,
                                    coalescing_protocol(lambda: _without_config_reload(
@@ -764,12 +767,12 @@ class SSHEntrance:
 
 async def start_ssh_server(service: RelayService, host: str, port: int,
                            host_key: asyncssh.SSHKey, *, listen: bool = True,
-                           peer_only: bool = False) -> SSHEntrance:
+                           peer_only: bool = False, reuse_port: bool = False) -> SSHEntrance:
     """The relay's SSH server, listening on host:port unless `listen` is off (then it takes
     connections over WebSocket only); with `peer_only`, for the other relays of the cluster
     only."""
     startups = Startups()
-    listener = _GatedListener(startups, listen)
+    listener = _GatedListener(startups, listen, reuse_port)
     acceptor = await asyncssh.create_server(
         lambda: RelaySSHServer(service, startups, peer_only), host, port, tunnel=listener,
         server_host_keys=[host_key],

@@ -200,3 +200,55 @@ async def test_relay_killed_mid_shell_the_agent_and_the_console_move_to_another(
     finally:
         await connector.close()
         await client.aclose()
+
+
+async def test_workers_share_the_ports_and_a_dead_worker_comes_back(agents,
+                                                                    tmp_path: Path) -> None:
+    import psutil
+
+    data = tmp_path / "relay"
+    provision(data)
+    relay = RelayProcess(data, ("--workers", "2"))
+    relay.start()
+    try:
+        parent = psutil.Process(relay.proc.pid)
+        assert len(parent.children()) == 2
+        async with Api(relay.base_url) as api:
+            session = await api.create_session()
+            agent = new_agent(agents, tmp_path, session)
+            agent.start(env={"ADHOC_HOST_BACKOFF_CAP": "2"})
+            await agent.wait_for_line("Connected to the relay")
+            view = await api.wait_for(session["id"], lambda v: v["online"])
+
+            async def reach(rounds: int) -> None:
+                # Each connection lands on either worker: some reach the agent on the same
+                # worker, some through the other.
+                for _ in range(rounds):
+                    async with technician_ssh(relay, api, view) as inner:
+                        result = await inner.run("echo hi", check=True)
+                        assert result.stdout.strip() == "hi"
+
+            await reach(4)
+            # Kill the worker that holds the agent's connection.
+            agent_ports = {c.laddr.port for c in psutil.Process(agent.proc.pid).net_connections()
+                           if c.raddr and c.raddr.port == relay.ssh_port}
+            holder = next(w for w in parent.children()
+                          if any(c.raddr and c.raddr.port in agent_ports
+                                 for c in w.net_connections()))
+            holder.kill()
+            holder.wait(10)
+            deadline = time.monotonic() + 30
+            while len([w for w in parent.children() if w.pid != holder.pid]) < 2:
+                assert time.monotonic() < deadline, "the dead worker was not started again"
+                await asyncio.sleep(0.1)
+            # The agent is back (on either worker) and reachable through any.
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    await reach(2)
+                    break
+                except (OSError, asyncssh.Error):
+                    assert time.monotonic() < deadline, "the agent did not come back"
+                    await asyncio.sleep(0.3)
+    finally:
+        relay.stop()

@@ -1,0 +1,190 @@
+"""`adhoc-relay serve --workers N`: N relay processes on one machine, every core used.
+
+The workers share the listening ports (SO_REUSEPORT: the kernel spreads new connections over
+them) and the database (SQLite in WAL mode takes several processes; PostgreSQL as usual). Each
+is a node of the cluster (relay/cluster/nodes.py) named after the machine's node name and its
+number, with a peer listener of its own on a loopback port, so a technician whose connection
+landed on one worker reaches an agent held by another. The parent only starts the workers,
+restarts one that dies (its agents come back to the others within their backoff cap, and to
+it), and stops them all on SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+
+from relay.config import RelaySettings
+
+log = logging.getLogger("adhoc.relay.workers")
+
+# Waits before restarting a worker that died, longer the more often it has just died.
+RESTART_DELAYS = (0.2, 1.0, 2.0, 5.0, 10.0)
+# A worker that ran this long before dying is not in a crash loop: its next wait starts over.
+STABLE_SECONDS = 30.0
+READY_TIMEOUT = 120.0
+STOP_TIMEOUT = 15.0
+
+
+def reserve_ports(settings: RelaySettings) -> list[socket.socket]:
+    """Choose the ports the workers share where the settings say 0, and keep them taken by
+    sockets that are bound but never listen (so the kernel gives them no connection); the
+    settings then name the real ports."""
+    held = []
+    wanted = [("http_host", "http_port")]
+    if settings.ssh_listen:
+        wanted.append(("ssh_host", "ssh_port"))
+    for host_field, port_field in wanted:
+        if getattr(settings, port_field) != 0:
+            continue
+        host = getattr(settings, host_field)
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                             socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, 0))
+        setattr(settings, port_field, sock.getsockname()[1])
+        held.append(sock)
+    return held
+
+
+def worker_settings(settings: RelaySettings, number: int, machine_node: str) -> RelaySettings:
+    """The settings of worker `number`: the shared ports, a node name and peer port of its
+    own."""
+    return dataclasses.replace(settings, node=f"{machine_node}/w{number}", reuse_port=True,
+                               peer_address=settings.peer_address or ("127.0.0.1", 0))
+
+
+class Supervisor:
+    """Starts `count` workers by forking `serve` (which runs one relay until SIGTERM and calls
+    its `ready` once it accepts connections), and keeps them running."""
+
+    def __init__(self, settings: RelaySettings, count: int,
+                 serve: Callable[[RelaySettings, Callable[[], None]], int]) -> None:
+        self.settings = settings
+        self.count = count
+        self._serve = serve
+        self._machine_node = settings.node or \
+            f"{socket.gethostname()}:{settings.ssh_port or settings.http_port}"
+        self._pids: dict[int, int] = {}  # pid -> worker number
+        self._started: dict[int, float] = {}  # worker number -> when it last started
+        self._deaths: dict[int, int] = {}  # worker number -> deaths in a row
+        self._stopping = False
+        self.restarts = 0
+
+    def _fork(self, number: int) -> tuple[int, int]:
+        """Start worker `number`; (its pid, a pipe end that becomes readable when it is
+        ready or gone)."""
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the worker
+            os.close(read_end)
+            code = 1
+            try:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us
+                code = self._serve(worker_settings(self.settings, number, self._machine_node),
+                                   lambda: os.write(write_end, b"r"))
+            except BaseException:  # never let a worker return into the parent's loop
+                logging.getLogger("adhoc.relay").exception("worker %d failed", number)
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        os.close(write_end)
+        self._pids[pid] = number
+        self._started[number] = time.monotonic()
+        return pid, read_end
+
+    def start(self) -> None:
+        """Start every worker and wait until all accept connections."""
+        pipes = [self._fork(number)[1] for number in range(self.count)]
+        deadline = time.monotonic() + READY_TIMEOUT
+        try:
+            while pipes:
+                readable, _, _ = select.select(pipes, [], [], max(0.0,
+                                               deadline - time.monotonic()))
+                if not readable:
+                    raise RuntimeError("the workers did not start in time")
+                for fd in readable:
+                    if os.read(fd, 1) != b"r":
+                        raise RuntimeError("a worker stopped while starting: see its error "
+                                           "above")
+                    os.close(fd)
+                    pipes.remove(fd)
+        except BaseException:
+            for fd in pipes:
+                os.close(fd)
+            self.stop()
+            raise
+
+    def supervise(self) -> int:
+        """Restart workers that die until SIGTERM or SIGINT; then stop them all."""
+        def stop(_signum, _frame) -> None:
+            self._stopping = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        while not self._stopping:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                time.sleep(0.1)
+                continue
+            number = self._pids.pop(pid, None)
+            if number is None or self._stopping:
+                continue
+            self._restart(number, status)
+        self.stop()
+        return 0
+
+    def _restart(self, number: int, status: int) -> None:
+        ran = time.monotonic() - self._started.get(number, 0.0)
+        deaths = 0 if ran >= STABLE_SECONDS else self._deaths.get(number, 0)
+        delay = RESTART_DELAYS[min(deaths, len(RESTART_DELAYS) - 1)]
+        self._deaths[number] = deaths + 1
+        why = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) \
+            else f"exit status {os.waitstatus_to_exitcode(status)}"
+        log.warning("worker %d stopped (%s) after %.0f s; starting it again in %.1f s", number,
+                    why, ran, delay)
+        print(f"adhoc-relay: worker {number} stopped ({why}); starting it again", file=sys.stderr,
+              flush=True)
+        time.sleep(delay)
+        if not self._stopping:
+            _pid, ready = self._fork(number)
+            os.close(ready)
+            self.restarts += 1
+
+    def stop(self) -> None:
+        """SIGTERM to every worker, then SIGKILL to any still running after STOP_TIMEOUT."""
+        for pid in list(self._pids):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while self._pids and time.monotonic() < deadline:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self._pids.clear()
+                break
+            if pid:
+                self._pids.pop(pid, None)
+            else:
+                time.sleep(0.05)
+        for pid in list(self._pids):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+        self._pids.clear()
+
+    def addresses(self) -> tuple[str, str]:
+        """(the HTTP base URL, the SSH address or "off") the workers serve together."""
+        return self.settings.base_url(), self.settings.ssh_address() or "off"
