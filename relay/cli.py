@@ -227,6 +227,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="serve /metrics (Prometheus), /healthz and /readyz on a listener "
                             "of their own (loopback unless HOST is given); default off")
 
+    sub.add_parser("nodes", help="list the relays of the cluster on this database")
+    drain = sub.add_parser("drain", help="make a relay stop accepting, move its agents to the "
+                                         "others, and stop")
+    drain.add_argument("node", help="its node name (see `adhoc-relay nodes`); a machine's "
+                                    "name drains all its workers")
+    drain.add_argument("--wait", type=_duration, default=parse_duration("180s"),
+                       help="how long to wait for it to stop (default 180s)")
+    drain.add_argument("--no-wait", action="store_true", help="ask, and return at once")
+
     company = _Subcommands(sub.add_parser("company", help="manage companies").add_subparsers(
         dest="action", required=True, metavar="ACTION"), after)
     add = company.add_parser("add", help="add a company")
@@ -323,11 +332,46 @@ async def _admin(settings: RelaySettings, args: argparse.Namespace) -> int:
     try:
         if args.command == "company":
             return await _company(store, args, now)
+        if args.command in ("nodes", "drain"):
+            return await _cluster(store, args, now)
         return await _technician(store, args, now)
     except (NotFound, Conflict) as exc:
         raise UsageError(str(exc)) from None
     finally:
         await store.close()
+
+
+async def _cluster(store: Store, args: argparse.Namespace, now: float) -> int:
+    """`adhoc-relay nodes` and `adhoc-relay drain NODE` (docs/ADMIN.md, the cluster)."""
+    from relay.cluster.nodes import NODE_STALE
+    if args.command == "nodes":
+        nodes = await store.all_nodes()
+        if not nodes:
+            print("no relay is running on this database")
+        for node in nodes:
+            state = "draining" if node.draining else \
+                ("running" if now - node.seen_at < NODE_STALE else "not seen lately (dead?)")
+            print(f"{node.name}\t{state}\tpeers {node.peer_address}\tssh "
+                  f"{node.ssh_address or 'off'}\t{node.http_url}")
+        return 0
+    asked = await store.drain_node(args.node)
+    if not asked:
+        raise UsageError(f"no relay named {args.node!r} runs on this database: "
+                         "`adhoc-relay nodes` lists them")
+    print(f"{args.node}: draining ({asked} relay process(es)): no new connections, its agents "
+          "move to the other relays")
+    if args.no_wait:
+        return 0
+    deadline = time.monotonic() + args.wait.total_seconds()
+    while await store.nodes_named(args.node):
+        if time.monotonic() > deadline:
+            print(f"adhoc-relay: {args.node} is still draining after "
+                  f"{args.wait.total_seconds():.0f} s: see its log, or stop it with SIGTERM",
+                  file=sys.stderr)
+            return 1
+        await asyncio.sleep(0.2)
+    print(f"{args.node}: drained and stopped")
+    return 0
 
 
 async def _company(store: Store, args: argparse.Namespace, now: float) -> int:
@@ -443,13 +487,19 @@ async def _serve(settings: RelaySettings, ready: Callable[[], object] | None = N
         print(f"adhoc-relay ready http={service.base_url} ssh={service.ssh_address or 'off'}"
               f"{metrics} node={service.cluster.name if service.cluster else '-'}", flush=True)
     # SIGTERM stops the relay cleanly: it leaves the cluster and its agents move at once.
-    stopping = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, server.finished.set)
     try:
-        await stopping.wait()
+        await server.finished.wait()
     finally:
         await server.stop()
+    if server.drained:
+        print("adhoc-relay: drained; stopped", file=sys.stderr, flush=True)
+        return DRAINED if ready is not None else 0
     return 0
+
+
+# The exit status of a worker that drained: its parent does not start it again.
+DRAINED = 3
 
 
 def _serve_worker(settings: RelaySettings, ready: Callable[[], object]) -> int:
@@ -470,7 +520,7 @@ def _serve_workers(settings: RelaySettings, count: int) -> int:
         raise UsageError("--metrics cannot be shared by workers: run one relay per metrics "
                          "port (without --workers), or scrape the workers' nodes by hand")
     held = reserve_ports(settings)
-    supervisor = Supervisor(settings, count, _serve_worker)
+    supervisor = Supervisor(settings, count, _serve_worker, drained_status=DRAINED)
     try:
         supervisor.start()
     except RuntimeError as exc:

@@ -51,6 +51,9 @@ class AgentRegistry:
     def __len__(self) -> int:
         return len(self._links)
 
+    def links(self) -> list[AgentLink]:
+        return list(self._links.values())
+
 
 class Connections:
     """Authenticated SSH connections by who they speak for: an agent's by its session, a
@@ -81,6 +84,10 @@ class Connections:
 
     def of_technician(self, technician_id: int) -> list[Any]:
         return list(self._by_technician.get(technician_id, ()))
+
+    def technicians(self) -> list[Any]:
+        """Every technician's connection."""
+        return [conn for conns in self._by_technician.values() for conn in conns]
 
     def of_company(self, company_id: int) -> list[Any]:
         return [conn for tech, company in self._company_of.items() if company == company_id

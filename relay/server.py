@@ -44,6 +44,11 @@ HEADER_TIMEOUT = float(os.environ.get("ADHOC_RELAY_HEADER_TIMEOUT", "10"))
 WS_MAX_MESSAGE = 1024 * 1024
 # Seconds /readyz waits for the database before it says it is not ready.
 READY_TIMEOUT = 2.0
+# Draining (`adhoc-relay drain`): agents are told to move this many at a time, and the relay
+# stops when all have gone or after DRAIN_TIMEOUT seconds.
+DRAIN_BATCH = 200
+DRAIN_TIMEOUT = float(os.environ.get("ADHOC_RELAY_DRAIN_TIMEOUT", "120"))
+DISC_BY_APPLICATION = 11
 
 
 def raise_open_file_limit(wanted: int = OPEN_FILES_WANTED) -> int | None:
@@ -221,6 +226,9 @@ class RelayServer:
         self._ssh: SSHEntrance | None = None
         self._peer_ssh: SSHEntrance | None = None  # the node's own peer listener, if any
         self.node: ClusterNode | None = None
+        # Set when the relay should stop: SIGTERM, or a drain that is done.
+        self.finished = asyncio.Event()
+        self.drained = False
         self._serving: list[asyncio.Task] = []  # the HTTP servers'
         self._tasks: list[asyncio.Task] = []  # background work, cancelled at stop
         self.metrics_port: int | None = None
@@ -336,11 +344,38 @@ class RelayServer:
                                     exc) from None
             peer_address = format_hostport(host, self._peer_ssh.port)
         name = settings.node or default_node_name(service.ssh_port, service.http_port)
-        self.node = ClusterNode(service, name, peer_address)
+        self.node = ClusterNode(service, name, peer_address, on_drain=self._drain)
         service.cluster = self.node
         service.presence.node = name
         await self.node.join()
         self._tasks.append(asyncio.create_task(self.node.run()))
+
+    async def _drain(self) -> None:
+        """`adhoc-relay drain`: stop accepting, tell agents and consoles to move to another
+        relay, and stop when none is left (or after DRAIN_TIMEOUT)."""
+        service = self.service
+        assert service is not None
+        log.warning("relay: draining: no new connections; %d agent(s) asked to move",
+                    len(service.agents))
+        if self._ssh is not None:
+            self._ssh.close()  # the peer listener stays: others reach our agents until they go
+        for server in self._servers:
+            server.should_exit = True
+        why = "the relay is draining: connect to another relay of the cluster"
+        links = service.agents.links()
+        for start in range(0, len(links), DRAIN_BATCH):
+            for link in links[start:start + DRAIN_BATCH]:
+                link.conn.disconnect(DISC_BY_APPLICATION, why)
+            await asyncio.sleep(0.05)  # a batch at a time: the others take them in turn
+        for conn in service.connections.technicians():
+            conn.disconnect(DISC_BY_APPLICATION, why)
+        for _ in range(int(DRAIN_TIMEOUT * 10)):  # until they are gone, checked each 0.1 s
+            if not (len(service.agents) or service.connections.technicians()):
+                break
+            await asyncio.sleep(0.1)
+        log.warning("relay: drained (%d agent(s) left); stopping", len(service.agents))
+        self.drained = True
+        self.finished.set()
 
     async def _serve(self, app, sock: socket.socket, **options) -> None:
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",

@@ -344,7 +344,11 @@ DROP_NODE = delete(nodes).where(nodes.c.name == bindparam("node"))
 NODE_SEEN = update(nodes).where(nodes.c.name == bindparam("node")) \
     .values(seen_at=bindparam("now")).returning(nodes.c.draining)
 FRESH_NODES = select(*NODE).where(nodes.c.seen_at >= bindparam("since")).order_by(nodes.c.name)
-DRAIN_NODE = update(nodes).where(nodes.c.name == bindparam("node")).values(draining=1)
+# A machine's name stands for all its workers ("NAME/w0", "NAME/w1", ...) too.
+_NAMED = or_(nodes.c.name == bindparam("node"),
+             func.substr(nodes.c.name, 1, bindparam("prefix_length")) == bindparam("prefix"))
+DRAIN_NODE = update(nodes).where(_NAMED).values(draining=1)
+NODES_NAMED = select(func.count()).select_from(nodes).where(_NAMED)
 HOLDER = select(agent_holders.c.node, nodes.c.peer_address, nodes.c.seen_at) \
     .join(nodes, nodes.c.name == agent_holders.c.node) \
     .where(agent_holders.c.session_id == bindparam("session_id"))
@@ -983,9 +987,17 @@ class Store:
             tx.run(DROP_NODE, {"node": name})
         await self._write(work)
 
-    async def drain_node(self, name: str) -> bool:
-        """Ask a node to drain; False if there is no such node."""
-        return await self._write(lambda tx: tx.run(DRAIN_NODE, {"node": name}) > 0)
+    async def drain_node(self, name: str) -> int:
+        """Ask a node (or a machine's workers, NAME/w0...) to drain; how many nodes were
+        asked."""
+        return await self._write(lambda tx: tx.run(DRAIN_NODE, _named(name)))
+
+    async def nodes_named(self, name: str) -> int:
+        """How many nodes the name stands for (itself, or a machine's workers)."""
+        return int((await self._one(NODES_NAMED, _named(name)))[0])
+
+    async def all_nodes(self) -> list[NodeRow]:
+        return await self.live_nodes(0.0)
 
     async def live_nodes(self, seen_since: float) -> list[NodeRow]:
         """The nodes whose heartbeat is not older than `seen_since`."""
@@ -1009,6 +1021,10 @@ class Store:
     def forget_ended(self, session_ids: list[str]) -> None:
         """Sessions another relay ended: their agents' credentials are no longer good."""
         self._forget(session_ids)
+
+
+def _named(name: str) -> dict[str, Any]:
+    return {"node": name, "prefix": f"{name}/w", "prefix_length": len(name) + 2}
 
 
 @contextlib.contextmanager

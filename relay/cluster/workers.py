@@ -67,8 +67,10 @@ class Supervisor:
     its `ready` once it accepts connections), and keeps them running."""
 
     def __init__(self, settings: RelaySettings, count: int,
-                 serve: Callable[[RelaySettings, Callable[[], None]], int]) -> None:
+                 serve: Callable[[RelaySettings, Callable[[], None]], int], *,
+                 drained_status: int | None = None) -> None:
         self.settings = settings
+        self._drained_status = drained_status  # a worker that exits so drained: not restarted
         self.count = count
         self._serve = serve
         self._machine_node = settings.node or \
@@ -141,6 +143,13 @@ class Supervisor:
                 continue
             number = self._pids.pop(pid, None)
             if number is None or self._stopping:
+                continue
+            if os.WIFEXITED(status) and os.WEXITSTATUS(status) == self._drained_status:
+                log.warning("worker %d drained and stopped", number)
+                if not self._pids:
+                    print("adhoc-relay: every worker drained; stopped", file=sys.stderr,
+                          flush=True)
+                    break
                 continue
             self._restart(number, status)
         self.stop()

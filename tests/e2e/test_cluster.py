@@ -5,6 +5,7 @@ relay when theirs dies, and the console reattaches to the same shell."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import re
@@ -25,6 +26,8 @@ from tests.support import (
     RelayProcess,
     new_agent,
     provision,
+    provision_store,
+    run_cli,
     technician_ssh,
 )
 from tui.client import HostConnector, RelayClient, RelayError
@@ -47,23 +50,34 @@ def node_dir(first: Path, path: Path) -> Path:
 @pytest.fixture
 def cluster(tmp_path: Path, monkeypatch) -> Iterator[Callable[..., RelayProcess]]:
     """start(name) runs a relay node on the first node's SQLite database."""
-    for key, value in FAST.items():
-        monkeypatch.setenv(key, value)
     first = tmp_path / "node-a"
     provision(first, technicians=("alice", "bob"))
     database = sqlite_url(first / "relay.db").render_as_string(hide_password=False)
+    for key, value in FAST.items():
+        monkeypatch.setenv(key, value)
+    with nodes_on(tmp_path, first, database) as start:
+        yield start
+
+
+@contextlib.contextmanager
+def nodes_on(tmp_path: Path, first: Path,
+             database: str) -> Iterator[Callable[..., RelayProcess]]:
+    """start(name) runs a relay node on `database`: node "a" on `first`, the others on
+    copies of its key files; all are stopped on exit."""
     started: list[RelayProcess] = []
 
     def start(name: str) -> RelayProcess:
-        data = first if not started else node_dir(first, tmp_path / f"node-{name}")
+        data = first if name == "a" else node_dir(first, tmp_path / f"node-{name}")
         relay = RelayProcess(data, ("--database", database, "--node", name))
         relay.start()
         started.append(relay)
         return relay
 
-    yield start
-    for relay in started:
-        relay.stop()
+    try:
+        yield start
+    finally:
+        for relay in started:
+            relay.stop()
 
 
 async def test_a_technician_on_one_relay_reaches_an_agent_held_by_another(
@@ -252,3 +266,90 @@ async def test_workers_share_the_ports_and_a_dead_worker_comes_back(agents,
                     await asyncio.sleep(0.3)
     finally:
         relay.stop()
+
+
+async def test_a_drained_relay_moves_its_agents_and_stops(cluster, agents,
+                                                          tmp_path: Path) -> None:
+    relay_a, relay_b = cluster("a"), cluster("b")
+    database = relay_a.extra_args[1]
+    async with Api(relay_a.base_url) as api:
+        session = await api.create_session()
+        agent = new_agent(agents, tmp_path, session)
+        agent.start(env={"ADHOC_HOST_BACKOFF_CAP": "2"})
+        await agent.wait_for_line("Connected to the relay")
+        view = await api.wait_for(session["id"], lambda v: v["online"])
+    nodes = run_cli(relay_b.data_dir, "--database", database, "nodes").stdout
+    assert nodes.startswith("a\trunning") and "\nb\trunning" in nodes
+
+    drained = await asyncio.to_thread(run_cli, relay_b.data_dir, "--database", database,
+                                      "drain", "a")
+    assert "a: drained and stopped" in drained.stdout
+    assert relay_a.proc.wait(10) == 0  # it stopped by itself, cleanly
+    async with Api(relay_b.base_url) as api:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                async with technician_ssh(relay_b, api, view) as inner:
+                    result = await inner.run("echo moved", check=True)
+                break
+            except (OSError, asyncssh.Error):
+                assert time.monotonic() < deadline, "the agent did not move to relay b"
+                await asyncio.sleep(0.3)
+        assert result.stdout.strip() == "moved"
+    nodes = run_cli(relay_b.data_dir, "--database", database, "nodes").stdout
+    assert nodes.startswith("b\trunning") and "a\t" not in nodes
+    unknown = run_cli(relay_b.data_dir, "--database", database, "drain", "a", check=False)
+    assert unknown.returncode == 2 and "adhoc-relay nodes" in unknown.stderr
+
+
+TECHNICIANS = [f"tech{n}" for n in range(10)]
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+async def test_sixty_creates_over_three_relays_keep_the_limits(engine, tmp_path: Path,
+                                                               monkeypatch, request) -> None:
+    first = tmp_path / "node-a"
+    if engine == "postgresql":
+        postgres = request.getfixturevalue("postgres")
+        if postgres is None:
+            pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+        database = postgres.url(postgres.new_database())
+    else:
+        database = sqlite_url(first / "relay.db").render_as_string(hide_password=False)
+    await provision_store(first, [("Acme", "plus", 10, TECHNICIANS)], database=database)
+    for key, value in FAST.items():
+        monkeypatch.setenv(key, value)
+    with nodes_on(tmp_path, first, database) as start:
+        relays = await asyncio.gather(*(asyncio.to_thread(start, name)
+                                        for name in ("a", "b", "c")))
+        await _race(list(relays))
+
+
+async def _race(relays: list[RelayProcess]) -> None:
+    apis = [Api(relays[n % 3].base_url, login) for n, login in enumerate(TECHNICIANS)]
+    try:
+        await asyncio.gather(*(api.__aenter__() for api in apis))
+
+        async def create(api: Api, attempt: int):
+            # Each technician's creates go to all three relays.
+            relay = relays[attempt % 3]
+            return await api.client.post(
+                f"{relay.base_url}/api/v1/sessions",
+                json={"customer_email": "c@example.com", "password": SESSION_PASSWORD})
+
+        answers = await asyncio.gather(*(create(api, attempt) for api in apis
+                                         for attempt in range(6)))
+        created = [a for a in answers if a.status_code == 201]
+        refused = [a for a in answers if a.status_code != 201]
+        assert len(created) == 5  # the company's limit, exactly
+        assert {a.status_code for a in refused} == {409}
+        assert {a.json()["error"] for a in refused} == {"limit"}
+        async with Api(relays[1].base_url, TECHNICIANS[0]) as api:
+            listed = (await api.client.get("/api/v1/sessions")).json()["sessions"]
+        live = [s for s in listed if s["state"] in ("pending", "active")]
+        assert len(live) == 5
+        per_technician = [s["technician"] for s in live]
+        assert len(set(per_technician)) == 5  # at most one each
+    finally:
+        for api in apis:
+            await api.client.aclose()
