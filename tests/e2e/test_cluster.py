@@ -85,12 +85,16 @@ async def test_a_technician_on_one_relay_reaches_an_agent_held_by_another(
     relay_a, relay_b = cluster("a"), cluster("b")
     async with Api(relay_a.base_url) as api_a, Api(relay_b.base_url) as api_b:
         session = await api_a.create_session()
+        # A console on relay B follows the live events that relay A produces.
+        events = asyncio.create_task(_event_kinds(api_b, until="online"))
         agent = new_agent(agents, tmp_path, session)
         agent.start()
         await agent.wait_for_line("Connected to the relay")
         # The agent dialled relay A; relay B knows from the database that it is online.
         view = await api_b.wait_for(session["id"], lambda v: v["state"] == "active"
                                     and v["online"])
+        kinds = await asyncio.wait_for(events, 30)
+        assert "activated" in kinds and "keepalive" not in kinds, kinds
         async with technician_ssh(relay_b, api_b, view) as inner:
             result = await inner.run("echo hello-across-relays", check=True)
             assert result.stdout.strip() == "hello-across-relays"
@@ -108,10 +112,34 @@ async def test_a_technician_on_one_relay_reaches_an_agent_held_by_another(
         assert any(row["event"] == "tunnel" and row["outcome"] == "ok"
                    for row in audit["audit"])
 
-        # Ending the session on relay B ends the agent held by relay A.
-        ended = await api_b.client.post(f"/api/v1/sessions/{session['id']}/end")
+        # Disabling the technician cuts their connection through relay B at once, whichever
+        # relay or program the administrator used.
+        async with technician_ssh(relay_b, api_b, view) as inner:
+            run_cli(relay_a.data_dir, "--database", relay_a.extra_args[1], "technician",
+                    "disable", "alice")
+            await asyncio.wait_for(inner.wait_closed(), 10)
+
+    # Ending the session on relay B ends the agent held by relay A.
+    async with Api(relay_b.base_url, "bob") as api_bob:
+        ended = await api_bob.client.post(f"/api/v1/sessions/{session['id']}/end")
         assert ended.status_code == 200
         assert agent.wait_exit(20) == 0
+
+
+async def _event_kinds(api: Api, until: str) -> list[str]:
+    """The kinds of the live events the relay streams to `api`, up to `until`; an idle
+    stream's keepalive counts as "keepalive" (the relay sends one after 15 s without
+    events: another relay's events must wake the stream long before)."""
+    kinds = []
+    async with api.client.stream("GET", "/api/v1/events") as response:
+        async for line in response.aiter_lines():
+            if line.startswith(": keepalive"):
+                kinds.append("keepalive")
+            elif line.startswith("event:"):
+                kinds.append(line[6:].strip())
+                if kinds[-1] == until:
+                    return kinds
+    return kinds
 
 
 async def test_the_cluster_key_opens_nothing_but_the_peer_user(cluster, tmp_path: Path) -> None:
