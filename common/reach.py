@@ -70,10 +70,12 @@ def cluster_routes(routes: list[Route], relays: object, *, pin: str | None = Non
     for relay in relays[:RELAYS_MAX] if isinstance(relays, list) else ():
         if not isinstance(relay, dict) or not isinstance(relay.get("http"), str):
             continue
-        ssh = relay.get("ssh")
+        ssh = relay.get("ssh") if isinstance(relay.get("ssh"), str) else None
+        port = ssh.rpartition(":")[2] if ssh else "1"
+        if not (port.isdigit() and 0 < int(port) < 65536):
+            continue
         try:
-            found = relay_routes(ssh if isinstance(ssh, str) else None, relay["http"], pin=pin,
-                                 environ=environ)
+            found = relay_routes(ssh, relay["http"], pin=pin, environ=environ)
         except (ValueError, ProxySettingError):
             continue
         for route in found:

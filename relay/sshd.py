@@ -38,7 +38,7 @@ from relay.cluster.nodes import NODE_STALE, RelayListSession
 from relay.cluster.peers import PEER_USER, PeerUnreachable, same_key
 from relay.registry import AgentLink
 from relay.service import RelayService, ServiceError
-from relay.sshkeys import key_weakness
+from relay.sshkeys import key_weakness, load_or_create_key
 from relay.stats import Stats
 from relay.store import Technician
 
@@ -733,13 +733,7 @@ class RelaySSHServer(asyncssh.SSHServer):
 
 
 def load_or_create_host_key(path: Path) -> asyncssh.SSHKey:
-    if path.exists():
-        return asyncssh.read_private_key(str(path))
-    key = asyncssh.generate_private_key("ssh-ed25519")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key.write_private_key(str(path))
-    path.chmod(0o600)
-    return key
+    return load_or_create_key(path)
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Technicians' SSH public keys (for `ssh -J`): read one, and refuse keys too weak to trust.
+"""SSH keys: technicians' public keys (for `ssh -J`), read and refused when too weak to trust,
+and the relay's own private keys, created once.
 
 The relay accepts Ed25519 and ECDSA keys (with or without a security key) and RSA keys of
 MIN_RSA_BITS or more, signed with SHA-2 (common/transport.py SIGNATURE_ALGS). DSA is refused:
@@ -6,6 +7,8 @@ OpenSSH itself dropped it.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import asyncssh
 
@@ -43,3 +46,15 @@ def read_public_key(data: str | bytes) -> str:
     if weakness is not None:
         raise ValueError(weakness)
     return key.export_public_key("openssh").decode().strip()
+
+
+def load_or_create_key(path: Path) -> asyncssh.SSHKey:
+    """The relay's Ed25519 key at `path` (its host key, its cluster key); created once, mode
+    0600."""
+    if path.exists():
+        return asyncssh.read_private_key(str(path))
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key.write_private_key(str(path))
+    path.chmod(0o600)
+    return key

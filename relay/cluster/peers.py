@@ -18,6 +18,7 @@ from pathlib import Path
 import asyncssh
 
 from common.transport import INNER_PORT, client_options, pinned
+from relay.sshkeys import load_or_create_key
 
 log = logging.getLogger("adhoc.relay.cluster")
 
@@ -30,13 +31,7 @@ PEER_KEEPALIVE = 10.0
 
 def load_or_create_cluster_key(path: Path) -> asyncssh.SSHKey:
     """The key relays of one cluster log in to each other with; created once, mode 0600."""
-    if path.exists():
-        return asyncssh.read_private_key(str(path))
-    key = asyncssh.generate_private_key("ssh-ed25519")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key.write_private_key(str(path))
-    path.chmod(0o600)
-    return key
+    return load_or_create_key(path)
 
 
 def same_key(offered: asyncssh.SSHKey, ours: asyncssh.SSHKey) -> bool:

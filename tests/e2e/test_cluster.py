@@ -11,12 +11,14 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import asyncssh
 import pytest
 
+from common.passwords import hash_password
 from relay.cluster.peers import PEER_USER
 from relay.db.url import sqlite_url
 from tests.support import (
@@ -33,6 +35,7 @@ from tests.support import (
 from tui.client import HostConnector, RelayClient, RelayError
 
 PID = re.compile(rb"pid-(\d+)-end")
+T = TypeVar("T")
 
 KEY_FILES = ("ssh_host_ed25519_key", "secret.key", "cluster_ed25519_key")
 # Quick heartbeats and agent keepalives so a killed relay is noticed in seconds.
@@ -45,6 +48,30 @@ def node_dir(first: Path, path: Path) -> Path:
     for name in KEY_FILES:
         shutil.copy2(first / name, path / name)
     return path
+
+
+async def connected_agent(api: Api, agents, tmp_path: Path):
+    """A new session's agent, connected (reconnecting quickly); (the session's view, the
+    agent)."""
+    session = await api.create_session()
+    agent = new_agent(agents, tmp_path, session)
+    agent.start(env={"ADHOC_HOST_BACKOFF_CAP": "2"})
+    await agent.wait_for_line("Connected to the relay")
+    return await api.wait_for(session["id"], lambda v: v["online"]), agent
+
+
+async def eventually(attempt: Callable[[], Awaitable[T]], what: str,
+                     failures: tuple[type[BaseException], ...] = (OSError, asyncssh.Error),
+                     timeout: float = 30) -> T:
+    """`attempt`'s result once it stops failing with `failures`; fails saying `what` did not
+    happen within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await attempt()
+        except failures:
+            assert time.monotonic() < deadline, what
+            await asyncio.sleep(0.3)
 
 
 @pytest.fixture
@@ -176,11 +203,7 @@ async def test_relay_killed_mid_shell_the_agent_and_the_console_move_to_another(
         cluster, agents, tmp_path: Path) -> None:
     relay_a, relay_b = cluster("a"), cluster("b")
     async with Api(relay_a.base_url) as api:
-        session = await api.create_session()
-        agent = new_agent(agents, tmp_path, session)
-        agent.start(env={"ADHOC_HOST_BACKOFF_CAP": "2"})
-        await agent.wait_for_line("Connected to the relay")
-        view = await api.wait_for(session["id"], lambda v: v["online"])
+        view, _agent = await connected_agent(api, agents, tmp_path)
 
     # The console, logged in to relay A, opens a shell on the host (held by A).
     client = RelayClient(relay_a.base_url)
@@ -217,17 +240,13 @@ async def test_relay_killed_mid_shell_the_agent_and_the_console_move_to_another(
         await asyncio.wait_for(closed.wait(), 30)  # the shell's channel went with relay A
 
         # The agent moves to relay B by itself; the console moves there too and reattaches.
-        deadline = time.monotonic() + 30
-        while True:
+        async def reopen():
             connector.forget(view["id"])
             await connector.close()
-            try:
-                again = await open_main()
-                break
-            except RelayError:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.3)
+            return await open_main()
+
+        again = await eventually(reopen, "the console did not get the shell back",
+                                 (RelayError,))
         assert client.base_url == relay_b.base_url
         assert await shell_pid(again) == pid  # the very same shell
         again.send(b"echo mark-$MARK-$(pwd)\r")
@@ -256,11 +275,7 @@ async def test_workers_share_the_ports_and_a_dead_worker_comes_back(agents,
         parent = psutil.Process(relay.proc.pid)
         assert len(parent.children()) == 2
         async with Api(relay.base_url) as api:
-            session = await api.create_session()
-            agent = new_agent(agents, tmp_path, session)
-            agent.start(env={"ADHOC_HOST_BACKOFF_CAP": "2"})
-            await agent.wait_for_line("Connected to the relay")
-            view = await api.wait_for(session["id"], lambda v: v["online"])
+            view, agent = await connected_agent(api, agents, tmp_path)
 
             async def reach(rounds: int) -> None:
                 # Each connection lands on either worker: some reach the agent on the same
@@ -284,14 +299,7 @@ async def test_workers_share_the_ports_and_a_dead_worker_comes_back(agents,
                 assert time.monotonic() < deadline, "the dead worker was not started again"
                 await asyncio.sleep(0.1)
             # The agent is back (on either worker) and reachable through any.
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    await reach(2)
-                    break
-                except (OSError, asyncssh.Error):
-                    assert time.monotonic() < deadline, "the agent did not come back"
-                    await asyncio.sleep(0.3)
+            await eventually(lambda: reach(2), "the agent did not come back")
     finally:
         relay.stop()
 
@@ -301,11 +309,7 @@ async def test_a_drained_relay_moves_its_agents_and_stops(cluster, agents,
     relay_a, relay_b = cluster("a"), cluster("b")
     database = relay_a.extra_args[1]
     async with Api(relay_a.base_url) as api:
-        session = await api.create_session()
-        agent = new_agent(agents, tmp_path, session)
-        agent.start(env={"ADHOC_HOST_BACKOFF_CAP": "2"})
-        await agent.wait_for_line("Connected to the relay")
-        view = await api.wait_for(session["id"], lambda v: v["online"])
+        view, _agent = await connected_agent(api, agents, tmp_path)
     nodes = run_cli(relay_b.data_dir, "--database", database, "nodes").stdout
     assert nodes.startswith("a\trunning") and "\nb\trunning" in nodes
 
@@ -314,15 +318,11 @@ async def test_a_drained_relay_moves_its_agents_and_stops(cluster, agents,
     assert "a: drained and stopped" in drained.stdout
     assert relay_a.proc.wait(10) == 0  # it stopped by itself, cleanly
     async with Api(relay_b.base_url) as api:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                async with technician_ssh(relay_b, api, view) as inner:
-                    result = await inner.run("echo moved", check=True)
-                break
-            except (OSError, asyncssh.Error):
-                assert time.monotonic() < deadline, "the agent did not move to relay b"
-                await asyncio.sleep(0.3)
+        async def run_on_b():
+            async with technician_ssh(relay_b, api, view) as inner:
+                return await inner.run("echo moved", check=True)
+
+        result = await eventually(run_on_b, "the agent did not move to relay b")
         assert result.stdout.strip() == "moved"
     nodes = run_cli(relay_b.data_dir, "--database", database, "nodes").stdout
     assert nodes.startswith("b\trunning") and "a\t" not in nodes
@@ -355,6 +355,7 @@ async def test_sixty_creates_over_three_relays_keep_the_limits(engine, tmp_path:
 
 async def _race(relays: list[RelayProcess]) -> None:
     apis = [Api(relays[n % 3].base_url, login) for n, login in enumerate(TECHNICIANS)]
+    verifier = hash_password(SESSION_PASSWORD)  # as the console sends it
     try:
         await asyncio.gather(*(api.__aenter__() for api in apis))
 
@@ -363,7 +364,7 @@ async def _race(relays: list[RelayProcess]) -> None:
             relay = relays[attempt % 3]
             return await api.client.post(
                 f"{relay.base_url}/api/v1/sessions",
-                json={"customer_email": "c@example.com", "password": SESSION_PASSWORD})
+                json={"customer_email": "c@example.com", "password_verifier": verifier})
 
         answers = await asyncio.gather(*(create(api, attempt) for api in apis
                                          for attempt in range(6)))
