@@ -101,6 +101,7 @@ async def seed(data_dir: Path, count: int) -> tuple[list[tuple[str, str]], str]:
 async def worker(config: dict) -> None:
     import asyncssh
 
+    from common.reach import Route
     from hostagent.tunnel import Tunnel
 
     key = asyncssh.generate_private_key("ssh-ed25519")
@@ -125,8 +126,13 @@ async def worker(config: dict) -> None:
             elif state == "reconnecting":
                 failures[detail.split(";")[0].split(":")[0][:60]] += 1
 
+        # Several relays (bench/cluster.py): each agent starts on the next one in turn and
+        # knows the others, as a cluster's agents do.
+        ports = config.get("ports") or [config["port"]]
+        turn = hash(session_id) % len(ports)
+        routes = [Route("ssh", config["host"], port) for port in ports[turn:] + ports[:turn]]
         tunnel = Tunnel(session_id, secret, config["host"], config["port"], config["host_key"],
-                        inner, on_state=on_state)
+                        inner, on_state=on_state, routes=routes)
         async with gate:
             task = asyncio.create_task(tunnel.run())
             waiter = asyncio.create_task(first.wait())
@@ -158,14 +164,15 @@ class Workers:
     """The worker processes and the latest count each reported."""
 
     def __init__(self, sessions: list[tuple[str, str]], host_key: str, port: int, workers: int,
-                 concurrency: int) -> None:
+                 concurrency: int, ports: list[int] | None = None) -> None:
         self.counts = [0] * workers
         self.attempts = [0] * workers
         self.failures: list[Counter[str]] = [Counter() for _ in range(workers)]
         self.procs: list[subprocess.Popen] = []
         for i in range(workers):
             config = {"host": "127.0.0.1", "port": port, "host_key": host_key,
-                      "sessions": sessions[i::workers], "concurrency": concurrency}
+                      "sessions": sessions[i::workers], "concurrency": concurrency,
+                      "ports": ports}
             path = Path(tempfile.mkstemp(prefix="adhoc-fanin-", suffix=".json")[1])
             path.write_text(json.dumps(config))
             proc = subprocess.Popen([sys.executable, "-m", "bench.fanin", "--worker", str(path)],

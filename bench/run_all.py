@@ -26,6 +26,8 @@ BENCHMARKS: dict[str, tuple[list[str], list[str], int]] = {
     "keystroke": (["--trips", "1000"], ["--trips", "100"], 600),
     "fanin": (["--agents", "1000,10000"],
               ["--agents", "200", "--workers", "2", "--idle", "3", "--settle", "1"], 1500),
+    "cluster": (["--agents", "20000", "--budget", "180"],
+                ["--agents", "200", "--workers", "2", "--settle", "1"], 1800),
     "api": (["--technicians", "20", "--rounds", "3"], ["--technicians", "10", "--rounds", "1"],
             900),
     "store": (["--technicians", "30", "--rounds", "4"],
