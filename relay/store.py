@@ -46,6 +46,7 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    text,
     update,
 )
 
@@ -366,6 +367,10 @@ EVENTS_OF_ALL_AFTER = select(events.c.id, events.c.session_id, events.c.kind, ev
 # Held to commit: an event id taken after ours is committed after ours, so a console reading
 # "events after id N" never skips one that commits late (PostgreSQL; SQLite has one writer).
 EVENT_ORDER = select(func.pg_advisory_xact_lock(ADVISORY_CLASS, EVENT_ORDER_LOCK))
+# PostgreSQL tells every relay listening on this channel when events commit (the cluster's
+# nodes follow the events table: relay/cluster/nodes.py).
+EVENTS_CHANNEL = "adhoc_events"
+NOTIFY_EVENTS = text(f"NOTIFY {EVENTS_CHANNEL}")
 
 
 class Tx:
@@ -414,6 +419,7 @@ class Tx:
             return
         if self.backend == POSTGRESQL and not self.wrote_events:
             self.conn.execute(EVENT_ORDER)
+            self.conn.execute(NOTIFY_EVENTS)  # delivered when (if) the transaction commits
         self.run(ADD_EVENTS, rows)
         self.wrote_events = True
 
@@ -1017,6 +1023,12 @@ class Store:
             return {r[0] for r in await self._all(HELD_SESSIONS, {"since": seen_since})}
         return {r[0] for r in await self._all(HELD_AMONG, {"since": seen_since,
                                                            "session_ids": among})}
+
+    async def listen_for_events(self, wake: Callable[[], None]):
+        """Call `wake` as soon as another relay commits events (PostgreSQL NOTIFY); returns
+        the coroutine function that stops listening, or None where the database cannot tell
+        (SQLite: the caller polls)."""
+        return await self._database.listen(EVENTS_CHANNEL, wake)
 
     def forget_ended(self, session_ids: list[str]) -> None:
         """Sessions another relay ended: their agents' credentials are no longer good."""

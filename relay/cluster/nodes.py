@@ -4,7 +4,8 @@ and what it learns there of the other nodes' work.
 A node registers itself at start (name, peer address, public SSH and HTTP addresses), beats
 every HEARTBEAT seconds and leaves at a clean stop; one not seen for NODE_STALE seconds is dead
 (it was killed): the agents it held count as offline and move on their own. Every node follows
-the events table, so that what another node did reaches this one within FOLLOW seconds:
+the events table, so that what another node did reaches this one within FOLLOW seconds (on
+PostgreSQL at once: the database notifies every node, LISTEN/NOTIFY):
 - any new event wakes this node's live event streams (consoles see every node's events);
 - an agent that came or went anywhere changes whether its session shows online;
 - a session ended anywhere (by a technician, the customer or expiry on any node) closes its
@@ -14,6 +15,7 @@ the events table, so that what another node did reaches this one within FOLLOW s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -29,6 +31,9 @@ log = logging.getLogger("adhoc.relay.cluster")
 HEARTBEAT = float(os.environ.get("ADHOC_RELAY_HEARTBEAT", "2"))
 NODE_STALE = HEARTBEAT * 5
 FOLLOW = float(os.environ.get("ADHOC_RELAY_FOLLOW", "0.25"))
+# On PostgreSQL the database says when events commit (LISTEN/NOTIFY); the node still reads
+# this often in case a notification was lost with its connection.
+FOLLOW_NOTIFIED = float(os.environ.get("ADHOC_RELAY_FOLLOW_NOTIFIED", "2"))
 
 
 def default_node_name(ssh_port: int | None, http_port: int | None) -> str:
@@ -46,6 +51,8 @@ class ClusterNode:
         self.draining = False
         self._on_drain = on_drain
         self._last_event = 0
+        self._wake = asyncio.Event()
+        self._stop_listening = None
 
     async def join(self) -> None:
         service = self.service
@@ -55,10 +62,20 @@ class ClusterNode:
         service.cluster_online = await service.store.held_sessions(
             service.clock() - NODE_STALE)
         await self._refresh_nodes()
+        try:
+            self._stop_listening = await service.store.listen_for_events(self._wake.set)
+        except Exception as exc:  # polling alone still works
+            log.warning("cluster: cannot listen for other relays' events (%s); polling", exc)
         log.info("cluster: node %s joined, peers reach it at %s; %d live node(s)", self.name,
                  self.peer_address, len(self.others))
 
     async def leave(self) -> None:
+        if self._stop_listening is not None:
+            stop, self._stop_listening = self._stop_listening, None
+            try:
+                await stop()
+            except Exception:
+                log.warning("cluster: could not stop listening for events")
         try:
             await self.service.store.leave_cluster(self.name)
         except Exception:  # the database may be what is failing; the heartbeat stops anyway
@@ -91,7 +108,10 @@ class ClusterNode:
                 raise
             except Exception:
                 log.exception("cluster: following the database failed; trying again shortly")
-            await asyncio.sleep(FOLLOW)
+            interval = FOLLOW if self._stop_listening is None else FOLLOW_NOTIFIED
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), min(interval, HEARTBEAT))
+            self._wake.clear()
 
     async def _beat(self) -> None:
         service = self.service

@@ -69,6 +69,12 @@ class Database:
     async def dispose(self) -> None:
         raise NotImplementedError
 
+    async def listen(self, channel: str,
+                     wake: Callable[[], None]) -> Callable[[], Awaitable[None]] | None:
+        """Call `wake` whenever a transaction that NOTIFYs `channel` commits; returns how to
+        stop, or None where the engine has no notifications."""
+        return None
+
 
 def open_database(url: URL) -> Database:
     if backend(url) == SQLITE:
@@ -171,6 +177,30 @@ class PostgreSQLDatabase(Database):
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+    async def listen(self, channel: str,
+                     wake: Callable[[], None]) -> Callable[[], Awaitable[None]] | None:
+        # A connection of its own, held while listening. If the server cuts it, notifications
+        # stop and the caller's polling (which it keeps, slower) carries on.
+        conn = await self.engine.connect()
+        try:
+            driver = (await conn.get_raw_connection()).driver_connection
+
+            def notified(*_args) -> None:
+                wake()
+
+            await driver.add_listener(channel, notified)
+        except BaseException:
+            await conn.close()
+            raise
+
+        async def stop() -> None:
+            try:
+                await driver.remove_listener(channel, notified)
+            except Exception:  # the connection is already gone: nothing to stop
+                pass
+            await conn.close()
+        return stop
 
 
 class _CommitLost(Exception):

@@ -153,12 +153,15 @@ async def test_a_technician_on_one_relay_reaches_an_agent_held_by_another(
         assert agent.wait_exit(20) == 0
 
 
-async def _event_kinds(api: Api, until: str) -> list[str]:
+async def _event_kinds(api: Api, until: str,
+                       opened: asyncio.Event | None = None) -> list[str]:
     """The kinds of the live events the relay streams to `api`, up to `until`; an idle
     stream's keepalive counts as "keepalive" (the relay sends one after 15 s without
     events: another relay's events must wake the stream long before)."""
     kinds = []
     async with api.client.stream("GET", "/api/v1/events") as response:
+        if opened is not None:
+            opened.set()
         async for line in response.aiter_lines():
             if line.startswith(": keepalive"):
                 kinds.append("keepalive")
@@ -382,3 +385,27 @@ async def _race(relays: list[RelayProcess]) -> None:
     finally:
         for api in apis:
             await api.client.aclose()
+
+
+async def test_on_postgresql_other_relays_events_arrive_when_notified(tmp_path: Path,
+                                                                      monkeypatch,
+                                                                      postgres) -> None:
+    if postgres is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    database = postgres.url(postgres.new_database())
+    first = tmp_path / "node-a"
+    await provision_store(first, [("Acme", "plus", 5, ["alice"])], database=database)
+    # Polling so rare that only the database's notification can bring relay A's events to
+    # relay B before B's idle stream sends its first keepalive (15 s).
+    monkeypatch.setenv("ADHOC_RELAY_HEARTBEAT", "30")
+    monkeypatch.setenv("ADHOC_RELAY_FOLLOW_NOTIFIED", "60")
+    with nodes_on(tmp_path, first, database) as start:
+        relay_a, relay_b = await asyncio.gather(asyncio.to_thread(start, "a"),
+                                                asyncio.to_thread(start, "b"))
+        async with Api(relay_a.base_url) as api_a, Api(relay_b.base_url) as api_b:
+            opened = asyncio.Event()
+            events = asyncio.create_task(_event_kinds(api_b, until="mail", opened=opened))
+            await asyncio.wait_for(opened.wait(), 20)  # it streams from now: open it first
+            await api_a.create_session()
+            kinds = await asyncio.wait_for(events, 30)
+            assert kinds[-1] == "mail" and "keepalive" not in kinds, kinds
