@@ -25,6 +25,7 @@ from tests.support import (
     PASSWORD,
     SESSION_PASSWORD,
     Api,
+    OpenSSH,
     RelayProcess,
     new_agent,
     provision,
@@ -82,6 +83,7 @@ def cluster(tmp_path: Path, monkeypatch) -> Iterator[Callable[..., RelayProcess]
     database = sqlite_url(first / "relay.db").render_as_string(hide_password=False)
     for key, value in FAST.items():
         monkeypatch.setenv(key, value)
+    monkeypatch.setenv("ADHOC_DATABASE", database)  # for `adhoc-relay` on any node's data dir
     with nodes_on(tmp_path, first, database) as start:
         yield start
 
@@ -133,6 +135,9 @@ async def test_a_technician_on_one_relay_reaches_an_agent_held_by_another(
                 await sftp.get(str(remote), str(back))
             digest = hashlib.sha256(source.read_bytes()).hexdigest()
             assert hashlib.sha256(back.read_bytes()).hexdigest() == digest
+        # Stock OpenSSH through relay B too.
+        OpenSSH(tmp_path, relay_b, (await api_b.relay_info())["host_key"], view,
+                ["HostName 127.0.0.1", f"Port {relay_b.ssh_port}"]).round_trip()
         # The customer saw the technician's name, which crossed the relays.
         await agent.wait_for_line("Technician alice runs: echo hello-across-relays")
         audit = (await api_b.client.get(f"/api/v1/sessions/{session['id']}/audit")).json()
