@@ -281,6 +281,30 @@ async def relayed_connection(dep: Deployment, levers: Levers = SHIPPED
             yield inner
 
 
+@contextlib.asynccontextmanager
+async def cross_relay_connection(dep: Deployment, levers: Levers = SHIPPED
+                                 ) -> AsyncIterator[asyncssh.SSHClientConnection]:
+    """Like relayed_connection, but the technician logs in to a second relay of the cluster
+    (on the deployment's database, started from a copy of its key files), which reaches the
+    agent through the deployment's relay: the cross-relay hop (relay/cluster/peers.py)."""
+    folder = dep.workdir / "relay-b"
+    folder.mkdir(exist_ok=True)
+    for name in ("ssh_host_ed25519_key", "secret.key", "cluster_ed25519_key"):
+        shutil.copy2(dep.relay.data_dir / name, folder / name)
+    database = f"sqlite:///{dep.relay.data_dir / 'relay.db'}"
+    relay = BenchRelay(folder, ("--database", database, "--node", "b"), levers=levers)
+    relay.start()
+    try:
+        async with Api(relay.base_url) as api:
+            await api.wait_for(dep.session["id"], lambda v: v.get("online"), timeout=60)
+            with technician_ciphers(levers):
+                async with technician_ssh(relay, api, dep.session,
+                                          **levers.tech_options()) as inner:
+                    yield inner
+    finally:
+        relay.stop()
+
+
 # --- the direct anchor: the same inner server on a plain socket ------------------------------
 
 

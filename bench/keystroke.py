@@ -5,6 +5,8 @@ Run: python -m bench.keystroke [--trips 1000] [--levers shipped,...]
 Each contender runs `stty raw -echo; exec cat` on a PTY and the bench times one byte out to
 its echo, `--trips` times, in interleaved rounds of 100 so background load hits all alike:
 - relayed: asyncssh client -> real relay process -> real `adhoc-host join` agent;
+- across two relays: the same, the technician on a second relay of the cluster, which
+  reaches the agent through the first (relay-to-relay SSH): the cross-relay hop's cost;
 - direct: asyncssh client -> the agent's inner SSH server on a loopback socket (no relay);
 - asyncssh -> sshd: the same client against a throwaway OpenSSH sshd;
 - OpenSSH ssh -> sshd: OpenSSH's `ssh -tt` (driven through pipes) against that sshd;
@@ -24,6 +26,7 @@ from pathlib import Path
 from bench.common import (
     Levers,
     OpenSSH,
+    cross_relay_connection,
     deployment,
     direct_connection,
     direct_server,
@@ -127,6 +130,8 @@ async def run_variant(name: str, levers: Levers, sshd: OpenSSH, trips: int, work
         echoes = {
             "relayed (asyncssh via relay)": await stack.enter_async_context(
                 asyncssh_echo(lambda: relayed_connection(dep, levers))),
+            "across two relays": await stack.enter_async_context(
+                asyncssh_echo(lambda: cross_relay_connection(dep, levers))),
             "direct (same inner server, no relay)": await stack.enter_async_context(
                 asyncssh_echo(lambda: direct_connection(direct, levers))),
             "asyncssh -> sshd": await stack.enter_async_context(
@@ -160,7 +165,10 @@ async def run_variant(name: str, levers: Levers, sshd: OpenSSH, trips: int, work
     ratio99 = percentile(relayed, 99) / percentile(
         samples["direct (same inner server, no relay)"], 99)
     print(f"target relayed <= 2x direct: {verdict(ratio <= 2)} (p50 {ratio:.2f}x, "
-          f"p99 {ratio99:.2f}x)\n")
+          f"p99 {ratio99:.2f}x)")
+    hop = percentile(samples["across two relays"], 50) - percentile(relayed, 50)
+    print(f"target cross-relay hop <= 0.3 ms p50: {verdict(hop <= 0.0003)} "
+          f"({hop * 1e3:+.3f} ms)\n")
 
 
 async def main_async(args: argparse.Namespace) -> None:
