@@ -4,6 +4,8 @@ Run: python -m bench.transfer [--mib 256] [--rounds 2] [--levers shipped,tuned,.
 
 Contenders, interleaved round by round so background load hits them all alike:
 - relayed: asyncssh client -> real relay process -> real `adhoc-host join` agent (its SFTP);
+- across two relays: the same, the technician on a second relay of the cluster, which reaches
+  the agent through the first (the cross-relay hop; that relay starts with each round);
 - direct: asyncssh client -> the agent's inner SSH server on a loopback socket (no relay);
 - openssh: OpenSSH `sftp` -> a throwaway local sshd (its sftp-server), OpenSSH defaults;
 - openssh -J: OpenSSH `sftp -J` through the relay to the agent (what technicians may also use).
@@ -29,6 +31,7 @@ from bench.common import (
     Deployment,
     Levers,
     OpenSSH,
+    cross_relay_connection,
     deployment,
     direct_connection,
     direct_server,
@@ -165,6 +168,8 @@ async def run_variant(name: str, levers: Levers, sshd: OpenSSH, src: Path, work:
             contenders: dict[str, Callable] = {
                 "relayed (asyncssh via relay)": lambda: asyncssh_transfer(
                     lambda: relayed_connection(dep, levers), src, work, size),
+                "across two relays": lambda: asyncssh_transfer(
+                    lambda: cross_relay_connection(dep, levers), src, work, size),
                 "direct (same inner server, no relay)": lambda: asyncssh_transfer(
                     lambda: direct_connection(direct, levers), src, work, size),
                 "OpenSSH sftp -> sshd": lambda: asyncio.to_thread(
@@ -197,7 +202,12 @@ def _report(name: str, levers: Levers, results: dict[str, list[tuple]], size: in
     worst = min(size / median(g for g, _ in relayed) / 1e6 / anchor_get,
                 size / median(p for _, p in relayed) / 1e6 / anchor_put)
     print(f"target relayed >= 0.5x OpenSSH (get and put): {verdict(worst >= 0.5)} "
-          f"(worse direction {worst:.2f}x)\n")
+          f"(worse direction {worst:.2f}x)")
+    cross = results["across two relays"]
+    kept = min(median(g for g, _ in relayed) / median(g for g, _ in cross),
+               median(p for _, p in relayed) / median(p for _, p in cross))
+    print(f"target the cross-relay hop costs <= 10 % (get and put): {verdict(kept >= 0.9)} "
+          f"(worse direction {kept:.2f}x the same-relay path)\n")
 
 
 async def main_async(args: argparse.Namespace) -> None:
