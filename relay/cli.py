@@ -350,9 +350,18 @@ async def _cluster(store: Store, args: argparse.Namespace, now: float) -> int:
             print("no relay is running on this database")
         for node in nodes:
             state = "draining" if node.draining else \
-                ("running" if now - node.seen_at < NODE_STALE else "not seen lately (dead?)")
+                ("running" if now - node.seen_at < NODE_STALE else
+                 "not seen lately: dead? (`adhoc-relay drain` it to forget it)")
             print(f"{node.name}\t{state}\tpeers {node.peer_address}\tssh "
                   f"{node.ssh_address or 'off'}\t{node.http_url}")
+        return 0
+    named = [n for n in await store.all_nodes()
+             if n.name == args.node or n.name.startswith(f"{args.node}/w")]
+    if named and all(now - n.seen_at >= NODE_STALE for n in named):
+        for node in named:  # dead (killed, crashed): nothing to drain, only a row to forget
+            await store.leave_cluster(node.name)
+        print(f"{args.node}: not running (not seen for {now - max(n.seen_at for n in named):.0f}"
+              " s): removed from the cluster's list")
         return 0
     asked = await store.drain_node(args.node)
     if not asked:
