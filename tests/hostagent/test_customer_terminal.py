@@ -246,7 +246,9 @@ async def test_an_outage_is_one_line_and_a_steady_status(start_relay, tmp_path: 
     async with customer_of(relay, tmp_path) as (_api, session, agent):
         await activate(agent, session)
         http_port, ssh_port = int(relay.base_url.rsplit(":", 1)[1]), relay.ssh_port
-        relay.stop()
+        # Killed, so the door below takes the port the moment the agent's connection drops
+        # (a relay stopped with SIGTERM leaves the cluster first: refusals in between).
+        relay.kill9()
         # Something that takes the agent's connections and drops them at once, so the test
         # can count the agent's attempts while the relay is away.
         with socket.create_server(("127.0.0.1", ssh_port)) as door:
