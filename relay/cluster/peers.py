@@ -84,7 +84,7 @@ class Peers:
             await conn.create_connection(session_factory, session_id, INNER_PORT, login,
                                          orig_port, **channel)
         except asyncssh.ChannelOpenError:
-            raise
+            raise  # the peer's answer (it does not hold the agent): the caller words it
         except (OSError, asyncssh.Error) as exc:
             raise PeerUnreachable(f"{address}: {exc}") from None
 
