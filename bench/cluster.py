@@ -29,7 +29,7 @@ from pathlib import Path
 import psutil
 
 from bench.common import BenchRelay, free_port, header, table, verdict
-from bench.fanin import Workers, seed
+from bench.fanin import Workers, agent_arguments, seed
 
 KEY_FILES = ("ssh_host_ed25519_key", "secret.key", "cluster_ed25519_key")
 
@@ -52,6 +52,15 @@ def held_by(process: psutil.Process, ssh_port: int) -> int:
                    if c.laddr and c.laddr.port == ssh_port and c.status == "ESTABLISHED")
     except psutil.NoSuchProcess:
         return 0
+
+
+def all_back(agents: Workers, count: int, killed_at: float, budget: float) -> dict:
+    """Once the agents have noticed the kill: seconds from it until all `count` are connected
+    again (None past `budget`), and how many are."""
+    agents.wait_for(lambda n: n < count, 10)
+    back = agents.wait_for(lambda n: n >= count, budget)
+    return {"back_s": None if back is None else time.monotonic() - killed_at,
+            "back": agents.connected}
 
 
 def one_relay(count: int, sessions, data_dir: Path, host_key: str, args, workers: int) -> dict:
@@ -85,10 +94,7 @@ def one_relay(count: int, sessions, data_dir: Path, host_key: str, args, workers
             relay.stop(signal.SIGKILL)
             relay = BenchRelay(data_dir, extra)
             relay.start(http_port=http_port, ssh_port=ssh_port, timeout=90)
-        agents.wait_for(lambda n: n < count, 10)
-        back = agents.wait_for(lambda n: n >= count, args.budget)
-        result["back_s"] = None if back is None else time.monotonic() - killed_at
-        result["back"] = agents.connected
+        result.update(all_back(agents, count, killed_at, args.budget))
     finally:
         if agents is not None:
             agents.stop()
@@ -128,10 +134,7 @@ def three_relays(count: int, sessions, data_dir: Path, host_key: str, args) -> d
         result["on_victim"] = held_by(psutil.Process(victim.proc.pid), ports[2])
         killed_at = time.monotonic()
         victim.stop(signal.SIGKILL)
-        agents.wait_for(lambda n: n < count, 10)
-        back = agents.wait_for(lambda n: n >= count, args.budget)
-        result["back_s"] = None if back is None else time.monotonic() - killed_at
-        result["back"] = agents.connected
+        result.update(all_back(agents, count, killed_at, args.budget))
     finally:
         if agents is not None:
             agents.stop()
@@ -143,12 +146,7 @@ def three_relays(count: int, sessions, data_dir: Path, host_key: str, args) -> d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agents", type=int, default=2000, help="idle agents (default 2000)")
-    parser.add_argument("--workers", type=int, default=4, help="agent processes (default 4)")
-    parser.add_argument("--concurrency", type=int, default=50,
-                        help="set-ups in flight per agent process (default 50)")
-    parser.add_argument("--budget", type=float, default=120,
-                        help="seconds allowed for the ramp and for the return (default 120)")
-    parser.add_argument("--settle", type=float, default=5, help="seconds before RSS sampling")
+    agent_arguments(parser, 120)
     args = parser.parse_args()
     # Every bench agent dials from 127.0.0.1 (bench/fanin.py says why this is lifted).
     os.environ.setdefault("ADHOC_RELAY_MAX_STARTUPS_PER_SOURCE",

@@ -317,16 +317,22 @@ def report(results: list[dict]) -> None:
     print()
 
 
+def agent_arguments(parser: argparse.ArgumentParser, budget: float) -> None:
+    """The options of the simulated agents (--workers, --concurrency, --budget, --settle)."""
+    parser.add_argument("--workers", type=int, default=4, help="agent processes (default 4)")
+    parser.add_argument("--concurrency", type=int, default=50,
+                        help="set-ups in flight per worker during the ramp (default 50)")
+    parser.add_argument("--budget", type=float, default=budget,
+                        help=f"seconds allowed for the ramp and for the return (default "
+                             f"{budget:.0f})")
+    parser.add_argument("--settle", type=float, default=5, help="seconds before sampling")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agents", default="1000,10000",
                         help="comma-separated agent counts (default 1000,10000)")
-    parser.add_argument("--workers", type=int, default=4, help="agent processes (default 4)")
-    parser.add_argument("--concurrency", type=int, default=50,
-                        help="set-ups in flight per worker during the ramp (default 50)")
-    parser.add_argument("--budget", type=float, default=180,
-                        help="seconds allowed for the ramp and for the return (default 180)")
-    parser.add_argument("--settle", type=float, default=5, help="seconds before idle sampling")
+    agent_arguments(parser, 180)
     parser.add_argument("--idle", type=float, default=15, help="seconds of idle CPU sampling")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
