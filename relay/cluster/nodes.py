@@ -82,7 +82,13 @@ class ClusterNode:
             log.warning("cluster: node %s could not record that it left", self.name)
 
     async def _refresh_nodes(self) -> None:
-        self.others = await self.service.store.live_nodes(self.service.clock() - NODE_STALE)
+        since = self.service.clock() - NODE_STALE
+        before = {node.name for node in self.others}
+        self.others = await self.service.store.live_nodes(since)
+        if before - {node.name for node in self.others}:
+            # A node died or left: the agents it held are offline until they come back.
+            self.service.cluster_online = await self.service.store.held_sessions(since)
+            self.service.bus.notify()
 
     def relays(self) -> list[dict]:
         """Every live node that takes agents: where agents and consoles reach it."""

@@ -10,6 +10,7 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -414,3 +415,19 @@ async def test_on_postgresql_other_relays_events_arrive_when_notified(tmp_path: 
             await api_a.create_session()
             kinds = await asyncio.wait_for(events, 30)
             assert kinds[-1] == "mail" and "keepalive" not in kinds, kinds
+
+
+async def test_an_agent_held_by_a_dead_relay_shows_offline_until_it_is_back(
+        cluster, agents, tmp_path: Path) -> None:
+    relay_a, relay_b = cluster("a"), cluster("b")
+    async with Api(relay_a.base_url) as api_a, Api(relay_b.base_url) as api_b:
+        view, agent = await connected_agent(api_a, agents, tmp_path)
+        await api_b.wait_for(view["id"], lambda v: v["online"])
+        agent.proc.send_signal(signal.SIGSTOP)  # the computer is frozen: it cannot move
+        try:
+            relay_a.kill9()
+            # Relay B sees relay A die, and so the agent it held go offline.
+            await api_b.wait_for(view["id"], lambda v: not v["online"])
+        finally:
+            agent.proc.send_signal(signal.SIGCONT)
+        await api_b.wait_for(view["id"], lambda v: v["online"])  # it moved to relay B
