@@ -53,6 +53,12 @@ class AgentState:
     def allows(self, feature: str) -> bool:
         return feature in self.features
 
+    def refusal(self, who: str, what: str) -> bytes:
+        """Audit that `who` asked for `what` the plan does not include; what their client
+        shows them (on stderr, where OpenSSH users read it)."""
+        self.audit(Event.REFUSED, who, {"what": what, "outcome": "refused"})
+        return f"{what} is not included in this session's plan\r\n".encode()
+
     @contextlib.contextmanager
     def doing(self, who: str, what: str):
         """Count `who` as doing `what` (shell, files, dashboard, chat) while the block runs."""
