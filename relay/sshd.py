@@ -32,10 +32,11 @@ from common.transport import (
     SIGNATURE_ALGS,
     coalescing_protocol,
 )
+from relay import sessions as rules
 from relay.registry import AgentLink
 from relay.service import RelayService, ServiceError
 from relay.sshkeys import key_weakness
-from relay.store import Technician
+from relay.store import SessionRow, Technician
 
 log = logging.getLogger("adhoc.relay.ssh")
 
@@ -571,15 +572,16 @@ class RelaySSHServer(asyncssh.SSHServer):
         except ServiceError as exc:
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
                                             exc.detail) from None
-        link = self.service.agents.get(session_id) if row is not None else None
+        link = self.service.agents.get(session_id) \
+            if row is not None and row.state == rules.State.ACTIVE else None
         if row is None or link is None:
-            outcome = "not_found" if row is None else "offline"
+            outcome = "not_found" if row is None else "offline" \
+                if row.state == rules.State.ACTIVE else "not_active"
             if row is not None:
                 await self.service.audit_event(session_id, f"technician:{tech.login}",
                                                "tunnel", outcome, ip=self.peer_ip)
-            raise asyncssh.ChannelOpenError(
-                asyncssh.OPEN_CONNECT_FAILED,
-                "no such session" if row is None else "the customer's computer is offline")
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED,
+                                            unreachable(session_id, row))
         technician_end, agent_end = splice_pair()
         await link.conn.create_connection(
             lambda: agent_end, session_id, INNER_PORT, tech.login, orig_port,
@@ -587,6 +589,22 @@ class RelaySSHServer(asyncssh.SSHServer):
         await self.service.audit_event(session_id, f"technician:{tech.login}", "tunnel", "ok",
                                        ip=self.peer_ip)
         return technician_end
+
+
+def unreachable(session_id: str, row: SessionRow | None) -> str:
+    """Why a technician's channel to a session cannot open: the sentence OpenSSH users read
+    ("channel 0: open failed: connect failed: ...")."""
+    if row is None:
+        return (f"Adhoc: no such session ({session_id}) in your company: check the id in the "
+                "console")
+    if row.state == rules.State.PENDING:
+        return (f"Adhoc: session {session_id} is not active yet: the customer has not "
+                "entered the security code")
+    if row.state == rules.State.ENDED:
+        return (f"Adhoc: session {session_id} has ended "
+                f"({rules.describe_end(row.ended_reason, row.ended_at)}): create a new one")
+    return (f"Adhoc: the customer's computer for session {session_id} is offline: it comes "
+            "back by itself when its network does")
 
 
 def load_or_create_host_key(path: Path) -> asyncssh.SSHKey:
