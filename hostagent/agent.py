@@ -177,7 +177,12 @@ class Agent:
                 keys.stop()
             ticker.cancel()
             self.notices.finish()  # lines only from here: no status line for what is over
-            # Whatever ended it: no shell, command or process of the session outlives this.
+            # Connected technicians are told why first (over the tunnel, while it is up)...
+            self.state.goodbye("the customer ended it" if end_task.done() else
+                               "its time is over" if expiry_task.done() else
+                               "the customer's computer stopped it")
+            # ...then, whatever ended it: no shell, command or process of the session
+            # outlives this.
             self.state.kill_all()
         if end_task in done:
             return await self._end_by_customer(activation, tunnel_task, expiry_task)

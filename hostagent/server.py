@@ -13,7 +13,7 @@ import ipaddress
 import logging
 
 import asyncssh
-from asyncssh import DISC_NO_MORE_AUTH_METHODS_AVAILABLE
+from asyncssh import DISC_NO_MORE_AUTH_METHODS_AVAILABLE, DISC_SERVICE_NOT_AVAILABLE
 
 from common.secret import Secret
 from common.transport import INNER_PACKET, INNER_PORT, INNER_USER, SERVER_ALGORITHMS
@@ -75,6 +75,7 @@ class InnerServer(asyncssh.SSHServer):
         # A client that asks again with the password just refused (OpenSSH with an askpass
         # program, or a script) is not guessing: refused at once, not counted again.
         self._refused: Secret | None = None
+        self._processes: set[asyncssh.SSHServerProcess] = set()
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
@@ -94,6 +95,7 @@ class InnerServer(asyncssh.SSHServer):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.auth_completed()
+        self.state.connections.discard(self)
         if self.authenticated:
             self.state.connected[self.who] -= 1
             self.state.notices.technician_disconnected(self.who)
@@ -123,6 +125,7 @@ class InnerServer(asyncssh.SSHServer):
         verdict = await self.state.guard.check(secret)
         if verdict is Verdict.RIGHT:
             self.authenticated = True
+            self.state.connections.add(self)
             self.state.connected[self.who] += 1
             self.state.notices.technician_connected(self.who)
             self.state.notices.changed()
@@ -165,6 +168,7 @@ class InnerServer(asyncssh.SSHServer):
 
     async def run_process(self, process: asyncssh.SSHServerProcess) -> None:
         """Serve one session channel: a PTY shell, a command, or a subsystem."""
+        self._processes.add(process)
         try:
             if self.state.ended:
                 process.exit(1)
@@ -173,6 +177,21 @@ class InnerServer(asyncssh.SSHServer):
         except (asyncssh.BreakReceived, asyncssh.SignalReceived, asyncssh.TerminalSizeChanged,
                 BrokenPipeError, ConnectionError, asyncssh.DisconnectError):
             process.exit(255)
+        finally:
+            self._processes.discard(process)
+
+    def goodbye(self, why: str) -> None:
+        """The session is ending while this technician is connected: say so on every open
+        channel's stderr (what an OpenSSH user reads) and in the reason of the disconnect
+        (what the console reads), before the shells are killed under them."""
+        text = f"Adhoc: the session ended: {why}."
+        for process in list(self._processes):
+            with contextlib.suppress(OSError, asyncssh.Error):
+                process.stderr.write(f"\r\n{text}\r\n".encode())
+                process.exit(255)  # what sshd's client reports for a connection cut
+        if self._conn is not None:
+            with contextlib.suppress(OSError, asyncssh.Error):
+                self._conn.disconnect(DISC_SERVICE_NOT_AVAILABLE, text)
 
     def _refuse(self, process: asyncssh.SSHServerProcess, what: str) -> None:
         process.stderr.write(self.state.refusal(self.who, what))

@@ -8,6 +8,7 @@ import contextlib
 import itertools
 from collections import Counter
 from collections.abc import Callable
+from typing import Protocol
 
 from hostagent.audit import Event
 from hostagent.chat import ChatHub
@@ -16,6 +17,12 @@ from hostagent.reaper import Reaper
 from hostagent.shells import DETACHED_TIMEOUT, ShellRegistry
 
 Audit = Callable[[Event, str, dict], None]
+
+
+class Goodbye(Protocol):
+    """A technician's inner connection, told when the session ends under it."""
+
+    def goodbye(self, why: str) -> None: ...
 
 
 class Notices:
@@ -46,6 +53,7 @@ class AgentState:
         self.shells = ShellRegistry(detached_timeout, self.reaper)
         self.chat = ChatHub(notices.chat)
         self.connected: Counter[str] = Counter()
+        self.connections: set[Goodbye] = set()  # logged-in inner connections
         self._doing: dict[int, tuple[str, str]] = {}
         self._ids = itertools.count()
         self.ended = False
@@ -88,6 +96,13 @@ class AgentState:
         self.notices.logins_unlocked(refused)
         self.audit(Event.LOGINS_UNLOCKED, "customer", {"refused": refused})
         return True
+
+    def goodbye(self, why: str) -> None:
+        """Tell every connected technician that the session ended and why ("the customer
+        ended it"), then disconnect them."""
+        for conn in list(self.connections):
+            conn.goodbye(why)
+        self.connections.clear()
 
     def kill_all(self) -> int:
         """End every shell, command and process the session started; how many processes."""

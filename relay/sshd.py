@@ -22,6 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import asyncssh
+from asyncssh.constants import MSG_DISCONNECT
+from asyncssh.packet import String, UInt32
 
 from common.transport import (
     INNER_PORT,
@@ -88,6 +90,10 @@ class _SpliceEnd(asyncssh.SSHTCPSession):
         self._eof_pending = False
         self._pause_pending = False
         self._closed = False
+        # Instead of closing this end's channel: True if the whole connection was closed with
+        # a reason instead (the technician's end, when the session ended under it).
+        self.farewell: Callable[[], bool] = lambda: False
+        self.on_close: Callable[[], None] = lambda: None
 
     def connection_made(self, chan: asyncssh.SSHTCPChannel) -> None:
         self.chan = chan
@@ -159,7 +165,8 @@ class _SpliceEnd(asyncssh.SSHTCPSession):
         if self._closed:
             return
         self._closed = True
-        if self.chan is not None:
+        self.on_close()
+        if self.chan is not None and not self.farewell():
             with contextlib.suppress(OSError, asyncssh.Error, RuntimeError):
                 self.chan.close()
         if self.peer is not None:
@@ -413,6 +420,7 @@ class RelaySSHServer(asyncssh.SSHServer):
         self._attempt = 0
         # (user name, "agent" or "technician", session id or Technician) of the last attempt
         self._candidate: tuple[str, str, object] | None = None
+        self._splices: set[_SpliceEnd] = set()  # a technician's channels to agents
 
     # --- connection and authentication -----------------------------------------------------
 
@@ -583,12 +591,35 @@ class RelaySSHServer(asyncssh.SSHServer):
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED,
                                             unreachable(session_id, row))
         technician_end, agent_end = splice_pair()
+        self._splices.add(technician_end)
+        technician_end.on_close = lambda: self._splices.discard(technician_end)
+        technician_end.farewell = lambda: self._session_ended_under(session_id, link)
         await link.conn.create_connection(
             lambda: agent_end, session_id, INNER_PORT, tech.login, orig_port,
             window=CHANNEL_WINDOW, max_pktsize=CHANNEL_PACKET)
         await self.service.audit_event(session_id, f"technician:{tech.login}", "tunnel", "ok",
                                        ip=self.peer_ip)
         return technician_end
+
+
+    def _session_ended_under(self, session_id: str, link: AgentLink) -> bool:
+        """The session of a channel ended while it was open: when that was all this
+        technician's connection carried (`ssh -J` opens one per host), close the connection
+        with the reason, which OpenSSH prints; otherwise just the channel goes."""
+        if link.end_reason is None or self._splices or self.conn is None:
+            return False
+        say_and_hang_up(self.conn, f"Adhoc: session {session_id} has ended "
+                        f"({rules.describe_end(link.end_reason, self.service.clock())})")
+        return True
+
+
+def say_and_hang_up(conn: asyncssh.SSHServerConnection, reason: str) -> None:
+    """Disconnect with `reason` before any channel closes. asyncssh's disconnect() closes the
+    channels first, and OpenSSH's `ssh -W` (a ProxyJump) exits on its channel's close without
+    reading the disconnect message queued right behind it."""
+    conn.send_packet(MSG_DISCONNECT, UInt32(asyncssh.DISC_SERVICE_NOT_AVAILABLE),
+                     String(reason), String("en-US"))
+    conn.abort()
 
 
 def unreachable(session_id: str, row: SessionRow | None) -> str:
