@@ -36,6 +36,10 @@ from hostagent.text import audited_command, printable, shown_command
 
 log = logging.getLogger("adhoc.host")
 
+REMOTE_FORWARD_REFUSED = ("Adhoc: remote forwarding (-R, port {port}) is not available: "
+                          "nothing on the customer's computer may connect back to you. "
+                          "Use -L or -D to reach what it can reach.")
+
 # The window this server grants limits what the technician can send it (keys, uploads); it
 # does not slow ctrl+c on a flood of output, which the console's own window bounds. Uploads
 # cross three hops, so the window is what keeps SFTP writes in flight: 2 MiB held relayed puts
@@ -76,6 +80,7 @@ class InnerServer(asyncssh.SSHServer):
         # program, or a script) is not guessing: refused at once, not counted again.
         self._refused: Secret | None = None
         self._processes: set[asyncssh.SSHServerProcess] = set()
+        self._notes: list[str] = []  # said on the next session channel's stderr
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
@@ -166,9 +171,32 @@ class InnerServer(asyncssh.SSHServer):
             return
         conn.disconnect(DISC_NO_MORE_AUTH_METHODS_AVAILABLE, message)
 
+    # --- forwarding ------------------------------------------------------------------------
+
+    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
+                             orig_port: int):
+        """`ssh -L`, `-D`, `-W`: to what the customer's computer can reach, once the customer
+        allowed it (hostagent/forwards.py); refusals say why in the channel-open failure."""
+        if not self.authenticated:
+            return False
+        return self.state.forwards.open(self.who, dest_host, dest_port)
+
+    def server_requested(self, listen_host: str, listen_port: int) -> bool:
+        """`ssh -R`: refused. A global request's refusal carries no words (OpenSSH prints
+        "remote port forwarding failed"), so the next session channel's stderr says why."""
+        if self.authenticated:
+            self.state.audit(Event.REFUSED, self.who,
+                             {"what": "remote forwarding", "outcome": "refused"})
+        self._notes.append(REMOTE_FORWARD_REFUSED.format(port=listen_port))
+        return False
+
     async def run_process(self, process: asyncssh.SSHServerProcess) -> None:
         """Serve one session channel: a PTY shell, a command, or a subsystem."""
         self._processes.add(process)
+        notes, self._notes = self._notes, []
+        for note in notes:
+            with contextlib.suppress(OSError, asyncssh.Error):
+                process.stderr.write(f"{note}\r\n".encode())
         try:
             if self.state.ended:
                 process.exit(1)

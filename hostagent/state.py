@@ -4,6 +4,7 @@ does what, and what the customer is told (the Notices interface the terminal fro
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 from collections import Counter
@@ -12,6 +13,7 @@ from typing import Protocol
 
 from hostagent.audit import Event
 from hostagent.chat import ChatHub
+from hostagent.forwards import UNATTENDED, Forwards
 from hostagent.guard import PasswordGuard
 from hostagent.reaper import Reaper
 from hostagent.shells import DETACHED_TIMEOUT, ShellRegistry
@@ -38,6 +40,14 @@ class Notices:
     def chat(self, message: dict) -> None: ...
     def changed(self) -> None: ...
 
+    def ask_forward(self, who: str, where: str) -> asyncio.Future[str]:
+        """Ask the customer whether `who` may reach `where` (host:port, printable) through
+        this computer: "yes", "no" or "all" (everything, for this technician and session);
+        "unattended" at once when nobody can answer, as here."""
+        answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        answer.set_result(UNATTENDED)
+        return answer
+
 
 class AgentState:
     """What every inner connection shares: the grant, the verifier, the shells, who does what."""
@@ -52,6 +62,7 @@ class AgentState:
         self.reaper = Reaper()
         self.shells = ShellRegistry(detached_timeout, self.reaper)
         self.chat = ChatHub(notices.chat)
+        self.forwards = Forwards(self)
         self.connected: Counter[str] = Counter()
         self.connections: set[Goodbye] = set()  # logged-in inner connections
         self._doing: dict[int, tuple[str, str]] = {}
@@ -107,6 +118,7 @@ class AgentState:
     def kill_all(self) -> int:
         """End every shell, command and process the session started; how many processes."""
         self.ended = True
+        self.forwards.close_all()
         self.shells.kill_all()
         self.guard.close()
         return self.reaper.end_all()

@@ -74,13 +74,16 @@ class Feature(StrEnum):
     FILES = "files"
     DASHBOARD = "dashboard"
     CHAT = "chat"
+    FORWARD = "forward"  # port forwarding to what the customer's computer can reach
 
 
 PLAN_FEATURES: dict[Plan, tuple[Feature, ...]] = {
     Plan.TRIAL: (),
     Plan.BASE: (Feature.SHELL, Feature.CHAT),
-    Plan.PLUS: (Feature.SHELL, Feature.CHAT, Feature.FILES, Feature.DASHBOARD),
-    Plan.PREMIER: (Feature.SHELL, Feature.CHAT, Feature.FILES, Feature.DASHBOARD),
+    Plan.PLUS: (Feature.SHELL, Feature.CHAT, Feature.FILES, Feature.DASHBOARD,
+                Feature.FORWARD),
+    Plan.PREMIER: (Feature.SHELL, Feature.CHAT, Feature.FILES, Feature.DASHBOARD,
+                   Feature.FORWARD),
 }
 
 
