@@ -20,8 +20,8 @@ OUTPUT_QUEUE = 16
 # long, and never for longer than LINGER_AFTER_EXIT: a job it left running in the background
 # (`job &`, nohup, setsid) may hold the terminal and print on, and must not keep the channel
 # open (sshd closes it when the shell exits; the job is left to its hang-up).
-QUIET_AFTER_EXIT = 0.05
-LINGER_AFTER_EXIT = 0.25
+QUIET_AFTER_EXIT = 0.1
+LINGER_AFTER_EXIT = 0.5
 
 
 def login_shell() -> str:
@@ -135,7 +135,9 @@ class PtyShell:
         exited_at = loop.time()
         while not self._ended:
             now = loop.time()
-            quiet = now - self._last_output
+            # Counted from the exit at the earliest: what the shell wrote just before it
+            # exited may take a moment to reach this side of the PTY.
+            quiet = now - max(self._last_output, exited_at)
             if self._output.empty() and ((self._reading and quiet >= QUIET_AFTER_EXIT)
                                          or now - exited_at >= LINGER_AFTER_EXIT):
                 self._pause_reading()
