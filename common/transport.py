@@ -62,6 +62,21 @@ INNER_PORT = 22
 INNER_USER = "support"
 
 
+def sha2_signatures_only(key: asyncssh.SSHKey) -> asyncssh.SSHKey:
+    """`key`, allowed to verify a client's signature only with SIGNATURE_ALGS: asyncssh checks
+    a login's signature with the key object a server accepted, and an RSA key would otherwise
+    also take ssh-rsa (SHA-1) signatures."""
+    key.all_sig_algorithms = {alg.encode() for alg in SIGNATURE_ALGS} \
+        & set(key.all_sig_algorithms)
+    return key
+
+
+def same_key(key: asyncssh.SSHKey, openssh_line: str) -> bool:
+    """Whether `key` is the public key of an OpenSSH line ("ssh-ed25519 AAAA... comment")."""
+    return key.export_public_key("openssh").split()[:2] == \
+        [part.encode() for part in openssh_line.split()[:2]]
+
+
 def pinned(public_key: str) -> tuple[list, list, list]:
     """asyncssh known_hosts that trust exactly this key (Adhoc pins keys, never learns them)."""
     return ([asyncssh.import_public_key(public_key)], [], [])

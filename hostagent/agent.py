@@ -155,7 +155,9 @@ class Agent:
         self.audit.start()
         self.state = AgentState(activation.password_verifier, activation.features,
                                 self.notices, self.audit.add,
-                                detached_timeout=self.options.detached_timeout)
+                                detached_timeout=self.options.detached_timeout,
+                                technician=activation.technician,
+                                technician_key=activation.technician_key)
         self.notices.state = self.state
         self.notices.time_left = clock.remaining
         self.tunnel = Tunnel(

@@ -16,7 +16,14 @@ import asyncssh
 from asyncssh import DISC_NO_MORE_AUTH_METHODS_AVAILABLE, DISC_SERVICE_NOT_AVAILABLE
 
 from common.secret import Secret
-from common.transport import INNER_PACKET, INNER_PORT, INNER_USER, SERVER_ALGORITHMS
+from common.transport import (
+    INNER_PACKET,
+    INNER_PORT,
+    INNER_USER,
+    SERVER_ALGORITHMS,
+    same_key,
+    sha2_signatures_only,
+)
 from hostagent.audit import Event
 from hostagent.chat import serve_chat
 from hostagent.command import run_command
@@ -81,6 +88,7 @@ class InnerServer(asyncssh.SSHServer):
         self._refused: Secret | None = None
         self._processes: set[asyncssh.SSHServerProcess] = set()
         self._notes: list[str] = []  # said on the next session channel's stderr
+        self._method = "password"  # how the login that completes was made
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
@@ -93,13 +101,24 @@ class InnerServer(asyncssh.SSHServer):
         if not self._admitted:
             asyncio.get_running_loop().call_soon(conn.close)  # too many not logged in yet
 
-    def auth_completed(self) -> None:
+    def _settle(self) -> None:
         if self._admitted:
             self._admitted = False
             self.state.guard.settled()
 
+    def auth_completed(self) -> None:
+        """Logged in, by password or key: only now is the technician counted, shown to the
+        customer and audited (a key is also asked about before it is used)."""
+        self._settle()
+        self.authenticated = True
+        self.state.connections.add(self)
+        self.state.connected[self.who] += 1
+        self.state.notices.technician_connected(self.who)
+        self.state.notices.changed()
+        self.state.audit(Event.TECHNICIAN_CONNECTED, self.who, {"method": self._method})
+
     def connection_lost(self, exc: Exception | None) -> None:
-        self.auth_completed()
+        self._settle()
         self.state.connections.discard(self)
         if self.authenticated:
             self.state.connected[self.who] -= 1
@@ -112,12 +131,27 @@ class InnerServer(asyncssh.SSHServer):
             # Not a wrong password: no try is spent, and the client is told what to type.
             self._turn_away(WRONG_USER_MESSAGE.format(user=printable(username, 64),
                                                       inner=INNER_USER))
-        elif self.state.guard.locked:
+        elif self.state.guard.locked and not self.public_key_auth_supported():
             self._turn_away(LOCKED_MESSAGE.format(count=self.state.guard.lock_after))
         return True
 
     def password_auth_supported(self) -> bool:
         return not self.state.ended
+
+    def public_key_auth_supported(self) -> bool:
+        return self.state.technician_key is not None and not self.state.ended
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        """The key the session's technician sent with it at create time, for that technician
+        only (by the relay's word, as for everything about who connects): their scripts log
+        in without the password. Guessing does not apply, so a lockout does not stop it."""
+        if self.state.ended or username != INNER_USER or self.state.technician_key is None \
+                or self.who != self.state.technician \
+                or not same_key(key, self.state.technician_key):
+            return False
+        sha2_signatures_only(key)
+        self._method = "publickey"
+        return True
 
     async def validate_password(self, username: str, password: str) -> bool:
         if self.state.ended:
@@ -129,13 +163,8 @@ class InnerServer(asyncssh.SSHServer):
             return False
         verdict = await self.state.guard.check(secret)
         if verdict is Verdict.RIGHT:
-            self.authenticated = True
-            self.state.connections.add(self)
-            self.state.connected[self.who] += 1
-            self.state.notices.technician_connected(self.who)
-            self.state.notices.changed()
-            self.state.audit(Event.TECHNICIAN_CONNECTED, self.who, {})
-            return True
+            self._method = "password"
+            return True  # auth_completed follows
         guard = self.state.guard
         if verdict is Verdict.WRONG:
             self._refused = secret

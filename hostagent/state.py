@@ -54,8 +54,12 @@ class AgentState:
 
     def __init__(self, password_verifier: str, features: tuple[str, ...], notices: Notices,
                  audit: Audit | None = None, *,
-                 detached_timeout: float = DETACHED_TIMEOUT) -> None:
+                 detached_timeout: float = DETACHED_TIMEOUT,
+                 technician: str | None = None, technician_key: str | None = None) -> None:
         self.features = features
+        # Who created the session, and the public key they sent with it (may log in as them).
+        self.technician = technician
+        self.technician_key = technician_key
         self.notices = notices
         self.audit: Audit = audit or (lambda event, who, detail: None)
         self.guard = PasswordGuard(password_verifier)

@@ -31,8 +31,9 @@ from common.transport import (
     OUTER_PACKET,
     OUTER_WINDOW,
     SERVER_ALGORITHMS,
-    SIGNATURE_ALGS,
     coalescing_protocol,
+    same_key,
+    sha2_signatures_only,
 )
 from relay import sessions as rules
 from relay.registry import AgentLink
@@ -491,19 +492,15 @@ class RelaySSHServer(asyncssh.SSHServer):
         attempt = self._new_attempt()
         if key_weakness(key) is not None:
             return False
-        # asyncssh checks the signature with this very key object: let it take SHA-2 only
-        # (an RSA key would otherwise also verify ssh-rsa, SHA-1, signatures).
-        key.all_sig_algorithms = {alg.encode() for alg in SIGNATURE_ALGS} \
-            & set(key.all_sig_algorithms)
+        sha2_signatures_only(key)
         try:
             tech = await self.service.store.technician_by_login(username)
         except Exception:
             return False
         if tech.disabled or (await self.service.store.company(tech.company_id)).disabled:
             return False
-        offered = key.export_public_key("openssh").split()[:2]
         for line in await self.service.store.ssh_keys(tech.id):
-            if line.split()[:2] == [part.decode() for part in offered]:
+            if same_key(key, line):
                 return self._propose(attempt, username, "technician", tech)
         return False
 

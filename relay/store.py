@@ -115,6 +115,10 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX events_by_company ON events(company_id, id);
     """,
+    # 2: an SSH public key the creating technician may log in to the host with (issue 15)
+    """
+    ALTER TABLE sessions ADD COLUMN technician_key TEXT;
+    """,
 ]
 
 _LOCKED_RETRY_DELAYS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 1.0, 2.0, 2.0)
@@ -178,6 +182,7 @@ class SessionRow:
     features: str
     mail_status: str
     mail_detail: str | None
+    technician_key: str | None = None  # OpenSSH public key; handed to the agent at activation
 
     @property
     def is_live(self) -> bool:

@@ -134,10 +134,11 @@ def sshd_server(*, jump: bool = False, extra_config: str = "") -> Iterator[Sshd]
 class RelayPath:
     """OpenSSH tools reaching a session's host as `h` through the relay (`ProxyJump`): the
     technician's key at the relay (registered with `technician add-key`), the session password
-    from an askpass program, both host keys pinned."""
+    from an askpass program (or `inner_key`, the key sent with the session), both host keys
+    pinned."""
 
     def __init__(self, folder: Path, relay, login: str, session: dict, relay_key: str, *,
-                 password: str = SESSION_PASSWORD, host_options: str = "") -> None:
+                 password: str = SESSION_PASSWORD, inner_key: Path | None = None) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
         self.session_id = session["id"]
@@ -155,8 +156,9 @@ class RelayPath:
             f"  User {login}\n  IdentityFile {self.key}\n  IdentitiesOnly yes\n"
             f"  BatchMode yes\n"
             f"Host h\n  HostName {self.session_id}\n  HostKeyAlias {self.session_id}\n"
-            f"  User support\n  ProxyJump adhoc-relay\n  PubkeyAuthentication no\n"
-            f"{host_options}"
+            f"  User support\n  ProxyJump adhoc-relay\n"
+            + (f"  IdentityFile {inner_key}\n  IdentitiesOnly yes\n  BatchMode yes\n"
+               if inner_key else "  PubkeyAuthentication no\n") +
             f"Host *\n  UserKnownHostsFile {known}\n  GlobalKnownHostsFile /dev/null\n"
             "  StrictHostKeyChecking yes\n")
         self.askpass = folder / "askpass"
