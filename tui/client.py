@@ -62,9 +62,13 @@ CONNECTED = "stream-connected"  # not from the relay: the stream (re)opened
 
 class RelayClient:
     def __init__(self, base_url: str, token: str | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None, *,
+                 session_key: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
+        # An SSH public key sent with every session created, to log in to its host as this
+        # technician (scripts: sftp -b, cron); `adhoc-console --session-key FILE`.
+        self.session_key = session_key
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=httpx.Timeout(20.0),
                                        transport=transport)
 
@@ -110,8 +114,10 @@ class RelayClient:
         if problem:  # the relay's own check and words, without sending the password anywhere
             raise RelayError(422, "invalid", problem + ".")
         verifier = await asyncio.to_thread(hash_password, password)
-        return await self._call("POST", "/sessions", json={
-            "customer_email": customer_email, "password_verifier": verifier, "note": note})
+        body = {"customer_email": customer_email, "password_verifier": verifier, "note": note}
+        if self.session_key:
+            body["technician_key"] = self.session_key
+        return await self._call("POST", "/sessions", json=body)
 
     async def end_session(self, session_id: str) -> dict:
         return await self._call("POST", f"/sessions/{session_id}/end")
