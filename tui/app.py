@@ -13,6 +13,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
+from tui import sshconfig
 from tui.client import CONNECTED, HostConnector, RelayClient, RelayError, retry_delay
 from tui.sanitize import clean
 from tui.screens.audit import AuditModal
@@ -22,6 +23,7 @@ from tui.screens.dashboard import DashboardScreen
 from tui.screens.files import FilesScreen
 from tui.screens.modals import ConfirmModal, PasswordModal
 from tui.screens.new_session import NewSessionModal
+from tui.screens.openssh import OpenSSHModal
 from tui.screens.pane import PaneScreen
 from tui.screens.remote import RemoteScreen
 from tui.screens.sessions import SessionsScreen
@@ -102,6 +104,9 @@ class ConsoleApp(App):
                                 self.action_audit)
             yield SystemCommand("New security code", "For a session still waiting for it",
                                 self.action_reissue_code)
+            yield SystemCommand("OpenSSH and port forwards",
+                                "The ssh command to copy; forward a local port to the "
+                                "customer's network", self.action_openssh)
         elif isinstance(screen, PaneScreen):
             yield SystemCommand("Back to sessions", "Leave this pane (it keeps running)",
                                 screen.action_leave)
@@ -311,6 +316,53 @@ class ConsoleApp(App):
             return
         rows = await self.client.audit(view["id"])
         await self.push_screen(AuditModal(view["id"], rows))
+
+    @work(group="openssh")
+    async def action_openssh(self) -> None:
+        """The ssh command for the selected session, and `-L`-style forwards (key o)."""
+        view = self._selected()
+        if view is None:
+            return
+        if view["state"] != "active":
+            self.notify("The customer has not activated this session yet."
+                        if view["state"] == "pending" else "This session has ended.",
+                        severity="warning")
+            return
+        try:
+            relay = sshconfig.relay_from(await self.client.relay_info(), self.login)
+        except sshconfig.ConfigError as exc:
+            self.notify(str(exc), severity="error", markup=False)
+            return
+        commands = [("With OpenSSH (pins nothing: compare the key with the customer):",
+                     sshconfig.ssh_command(relay, view["id"])),
+                    ("After `adhoc-console ssh-config --write` (keys pinned):",
+                     f"ssh {view['id']}")]
+        request = await self.push_screen_wait(OpenSSHModal(
+            f"{clean(view['customer_email'])} ({view['id']})", commands,
+            self.connector.open_forwards(view["id"]),
+            "forward" in (view.get("features") or [])))
+        if request is None:
+            return
+        password = self.passwords.get(view["id"])
+        if password is None:
+            password = await self.push_screen_wait(
+                PasswordModal(f"{clean(view['customer_email'])} ({view['id']})"))
+            if not password:
+                return
+        full = await self.client.session(view["id"])
+        try:
+            local = await self.connector.forward_local_port(full, password, request.local_port,
+                                                            request.host, request.port)
+        except RelayError as exc:
+            if exc.code == "wrong_password":
+                self.forget_password(view["id"])
+            raise
+        self.passwords[view["id"]] = password
+        where = f"[{request.host}]:{request.port}" if ":" in request.host \
+            else f"{request.host}:{request.port}"
+        self.notify(f"Forwarding {local} to {clean(where, 260)} on the customer's side; the "
+                    "customer is asked on their screen at the first connection.",
+                    markup=False, timeout=10)
 
     def action_help(self) -> None:
         if self.screen.query("HelpPanel"):

@@ -274,6 +274,8 @@ class HostConnector:
         self._relay: asyncssh.SSHClientConnection | None = None
         self._hosts: dict[str, asyncssh.SSHClientConnection] = {}
         self._lock = asyncio.Lock()
+        # session id -> ("127.0.0.1:8080", "192.168.1.1:80", listener) of its open forwards
+        self.forwards: dict[str, list[tuple[str, str, asyncssh.SSHListener]]] = {}
 
     async def _relay_conn(self) -> asyncssh.SSHClientConnection:
         if self._relay is not None and not self._relay.is_closed():
@@ -311,9 +313,34 @@ class HostConnector:
             return conn
 
     def forget(self, session_id: str) -> None:
+        self.forwards.pop(session_id, None)  # they close with the connection
         conn = self._hosts.pop(session_id, None)
         if conn is not None:
             conn.close()
+
+    async def forward_local_port(self, session: dict, password: str, local_port: int,
+                                 host: str, port: int) -> str:
+        """Listen on 127.0.0.1:local_port (0: any free one) and carry each connection to
+        host:port through the session's host (`ssh -L`); the local address. The customer is
+        asked on their screen when a connection first goes to a destination."""
+        conn = await self.host(session, password)
+        try:
+            listener = await conn.forward_local_port("127.0.0.1", local_port, host, port)
+        except OSError as exc:
+            raise RelayError(0, "local_port", f"cannot listen on 127.0.0.1:{local_port}: "
+                             f"{exc.strerror or exc}; choose another local port") from None
+        local = f"127.0.0.1:{listener.get_port()}"
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.forwards.setdefault(session["id"], []).append((local, where, listener))
+        return local
+
+    def open_forwards(self, session_id: str) -> list[str]:
+        """"127.0.0.1:8080 → 192.168.1.1:80" for each forward still open to the session."""
+        conn = self._hosts.get(session_id)
+        if conn is None or conn.is_closed():
+            self.forwards.pop(session_id, None)
+            return []
+        return [f"{local} → {where}" for local, where, _ in self.forwards.get(session_id, [])]
 
     async def open_shell(self, session: dict, password: str, *, cols: int, rows: int,
                          shell_id: str, on_output: Callable[[bytes], None],

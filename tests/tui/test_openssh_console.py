@@ -10,10 +10,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+from textual.widgets import DataTable, Input, Label
+
+from tests.hostagent.test_customer_terminal import activate, customer_of
+from tests.hostagent.test_forwarding import echo_service, through
 from tests.openssh import make_key
 from tests.support import PASSWORD, SESSION_PASSWORD, Api, new_agent, run_cli
+from tests.tui.test_console import give_password, wait_until
 from tui import sshconfig
+from tui.app import ConsoleApp
 from tui.client import RelayClient
+from tui.screens.openssh import OpenSSHModal
 
 
 def console(home: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
@@ -132,3 +139,39 @@ async def test_the_console_sends_its_session_key(relay, tmp_path: Path) -> None:
                                   str(tmp_path / "notes.txt"), "--relay", relay.base_url)
     assert bad.returncode != 0
     assert "is not an SSH public key: give the .pub file" in bad.stderr
+
+
+async def test_forward_key_opens_a_local_port_the_customer_allows(relay, tmp_path: Path) -> None:
+    """Key o on a session: the ssh command (copied with OSC 52), and a local port forwarded to
+    a service on the customer's side, allowed on the customer's real prompt."""
+    async with customer_of(relay, tmp_path) as (api, session, agent), echo_service() as printer:
+        await activate(agent, session)
+        await api.wait_for(session["id"], lambda v: v["online"])
+        port = (await api.relay_info())["ssh"].rsplit(":", 1)[1]
+        app = ConsoleApp(RelayClient(relay.base_url, api.token), "alice")
+        async with app.run_test(size=(80, 24)) as pilot:
+            table = app.screen.query_one("#sessions", DataTable)
+            await wait_until(pilot, lambda: table.row_count == 1)
+            await pilot.press("o")
+            await wait_until(pilot, lambda: isinstance(app.screen, OpenSSHModal))
+            command = f"ssh -J alice@127.0.0.1:{port} support@{session['id']}"
+            shown = [str(label.render()) for label in app.screen.query(Label)]
+            assert command in shown
+            await pilot.press("ctrl+y")
+            assert app.clipboard == command
+            destination = app.screen.query_one("#destination", Input)
+            destination.value = "no port here"
+            await pilot.press("enter")
+            assert "Give the destination as host:port" in \
+                str(app.screen.query_one("#error", Label).render())
+            destination.value = f"127.0.0.1:{printer}"
+            await pilot.press("enter")
+            await give_password(pilot, app)
+            await wait_until(pilot, lambda: app.connector.open_forwards(session["id"]), 30)
+            local = app.connector.open_forwards(session["id"])[0]
+            assert local.endswith(f" → 127.0.0.1:{printer}")
+            answer = asyncio.create_task(through(int(local.split()[0].rsplit(":", 1)[1]),
+                                                 b"from the console\n"))
+            await agent.wait_for(f"Technician alice wants to reach 127.0.0.1:{printer}")
+            agent.type("y")
+            assert await answer == b"FROM THE CONSOLE\n"

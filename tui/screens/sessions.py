@@ -104,6 +104,7 @@ class SessionsScreen(Screen):
         Binding("e", "app.end_session", "End", id="sessions.end"),
         Binding("c", "app.reissue_code", "Code", show=False, id="sessions.code"),
         Binding("a", "app.audit", "Audit", show=False, id="sessions.audit"),
+        Binding("o", "app.openssh", "OpenSSH", show=False, id="sessions.openssh"),
         Binding("slash", "filter", "Filter", id="sessions.filter"),
         Binding("s", "cycle_sort", "Sort", show=False, id="sessions.sort"),
         Binding("j", "cursor_down", "Down", show=False, id="sessions.down"),
