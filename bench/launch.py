@@ -84,6 +84,11 @@ def apply(levers: dict) -> None:
             levers["agent_window"], levers.get("agent_packet") or 32768)
     if levers.get("no_ignore"):
         skip_ignore_packets()
+    if levers.get("server_ciphers"):
+        from common.transport import SERVER_ALGORITHMS
+
+        # The one dict both relay/sshd.py and hostagent/server.py spread into their options.
+        SERVER_ALGORITHMS["encryption_algs"] = tuple(levers["server_ciphers"])
     if levers.get("uvloop"):
         import uvloop
 

@@ -22,8 +22,14 @@ ENCRYPTION = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
 # nothing weaker: hybrid post-quantum and X25519 key exchange only (no SHA-1, no finite-field
 # groups, whose large exponentiations let an unauthenticated client stall the event loop),
 # MACs only encrypt-then-MAC with SHA-2 (AEAD ciphers need none), signatures only SHA-2 (no
-# ssh-rsa with SHA-1, no DSA), no compression. OpenSSH clients take the first cipher of their
-# own list that the server offers, so ENCRYPTION's order matters only to Adhoc's clients.
+# ssh-rsa with SHA-1, no DSA), no compression.
+# Ciphers: AES-GCM only. OpenSSH clients take the first cipher of *their own* list that the
+# server offers (chacha20-poly1305, then AES-CTR, then AES-GCM): offered chacha20 they took
+# it, the slowest in Python, and stock sftp/scp/rsync through the relay ran at 0.37-0.4x of an
+# OpenSSH jump host (docs/BENCHMARKS.md). A client without AES-GCM (OpenSSH before 6.2,
+# PuTTY before 0.76, Dropbear builds without it) is refused with "no matching cipher". ENCRYPTION, the order
+# Adhoc's own clients ask for, keeps the others for servers that lack AES-GCM.
+SERVER_ENCRYPTION = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 _KEX_WANTED = ("mlkem768x25519-sha256", "sntrup761x25519-sha512",
                "sntrup761x25519-sha512@openssh.com", "curve25519-sha256",
                "curve25519-sha256@libssh.org")
@@ -42,7 +48,8 @@ def _offered(wanted: tuple[str, ...]) -> tuple[str, ...]:
 
 
 KEX_ALGS = _offered(_KEX_WANTED)
-SERVER_ALGORITHMS = {"kex_algs": KEX_ALGS, "encryption_algs": ENCRYPTION, "mac_algs": MAC_ALGS,
+SERVER_ALGORITHMS = {"kex_algs": KEX_ALGS, "encryption_algs": SERVER_ENCRYPTION,
+                     "mac_algs": MAC_ALGS,
                      "signature_algs": SIGNATURE_ALGS, "compression_algs": None}
 OUTER_WINDOW = 8 * 1024 * 1024
 OUTER_PACKET = 256 * 1024

@@ -21,11 +21,7 @@ from tests.support import SESSION_PASSWORD, Api, new_agent
 
 async def create_with_key(api: Api, key: Path | str) -> dict:
     line = key.with_suffix(".pub").read_text() if isinstance(key, Path) else key
-    response = await api.client.post("/api/v1/sessions", json={
-        "customer_email": "customer@example.com", "password": SESSION_PASSWORD,
-        "technician_key": line})
-    assert response.status_code == 201, response.text
-    return response.json()
+    return await api.create_session(technician_key=line)
 
 
 async def started(api: Api, agents, tmp_path: Path, session: dict) -> dict:

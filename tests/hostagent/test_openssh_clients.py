@@ -149,3 +149,18 @@ async def test_terminal_type_and_environment_with_a_pty(openssh_host) -> None:
         "echo \"$TERM/$TZ/$COLORTERM\"", env={"TERM": "screen-256color"})
     assert result.returncode == 0, result.stderr
     assert text(result).strip() == "screen-256color/UTC/24bit"
+
+
+async def test_openssh_clients_get_aes_gcm_on_both_legs(openssh_host) -> None:
+    """Stock OpenSSH prefers chacha20-poly1305, the slowest cipher in Python: the relay and
+    the host offer AES-GCM only, so both the jump and the inner connection use it; a client
+    that insists on chacha20 is told there is no matching cipher."""
+    host = openssh_host.path
+    verbose = await asyncio.to_thread(host.run, "ssh", "-v", "h", "true")
+    assert verbose.returncode == 0, verbose.stderr
+    chosen = re.findall(rb"kex: server->client cipher: (\S+)", verbose.stderr)
+    assert chosen == [b"aes128-gcm@openssh.com"] * 2, chosen  # relay, then host
+    insisting = await asyncio.to_thread(host.run, "ssh", "-o",
+                                        "Ciphers=chacha20-poly1305@openssh.com", "h", "true")
+    assert insisting.returncode == 255
+    assert b"no matching cipher found" in insisting.stderr
