@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import asyncssh
 
+from common.reach import relay_routes
 from common.secret import Secret
 from hostagent import join
 from hostagent.audit import AuditQueue
@@ -23,6 +24,7 @@ from hostagent.lifetime import (
     watch_expiry,
 )
 from hostagent.notices import STATUS_REFRESH, KeyReader, LineNotices
+from hostagent.problems import ProblemReporter
 from hostagent.server import server_options
 from hostagent.shells import DETACHED_TIMEOUT
 from hostagent.state import AgentState
@@ -63,6 +65,7 @@ class Agent:
         self.audit: AuditQueue | None = None
         self.phase = "joining"  # then "active", then "ending"
         self.interrupted = False
+        self.problems: ProblemReporter | None = None
         self._end_requested = asyncio.Event()
         self._end_why = "you ended it"
 
@@ -151,7 +154,9 @@ class Agent:
         self.notices.say(f"This computer's key is {self.notices.fingerprint}: your technician "
                          "sees the same in the console and may ask you to read it out.")
         self.audit = AuditQueue(self.link.base_url, activation.session_id,
-                                activation.agent_secret)
+                                activation.agent_secret, client=self.link.client)
+        self.problems = ProblemReporter(self.link.base_url, activation.session_id,
+                                        activation.agent_secret, client=self.link.client)
         self.audit.start()
         self.state = AgentState(activation.password_verifier, activation.features,
                                 self.notices, self.audit.add,
@@ -160,11 +165,11 @@ class Agent:
                                 technician_key=activation.technician_key)
         self.notices.state = self.state
         self.notices.time_left = clock.remaining
+        routes = relay_routes(activation.ssh, self.link.base_url, pin=self.link.pin)
         self.tunnel = Tunnel(
-            activation.session_id, activation.agent_secret, activation.ssh_host,
-            activation.ssh_port, activation.relay_host_key,
-            server_options(self.state, host_key), on_state=self.notices.connection,
-            backoff_cap=self.options.backoff_cap)
+            activation.session_id, activation.agent_secret, routes[0].host, routes[0].port,
+            activation.relay_host_key, server_options(self.state, host_key),
+            on_state=self._connection, backoff_cap=self.options.backoff_cap, routes=routes)
         keys = self._start_keys()
         tunnel_task = asyncio.create_task(self.tunnel.run())
         expiry_task = asyncio.create_task(watch_expiry(clock, self.options.check_interval))
@@ -203,6 +208,8 @@ class Agent:
         if not (expiry_task in done and self.notices.link != "connected"):
             await self.audit.flush(AUDIT_FLUSH)
         await self.audit.stop()
+        if self.problems is not None:
+            await self.problems.stop()
         self._remove()
         self.notices.say("The temporary Adhoc host removed itself. Goodbye.")
         self.notices.finish()
@@ -217,17 +224,27 @@ class Agent:
         expiry_task.cancel()
         self._remove()
         self.notices.say(f"The session ended: {self._end_why}.")
-        told = await join.end_session(self.link.base_url, activation.session_id,
+        told = await join.end_session(self.link, activation.session_id,
                                       activation.agent_secret)
         if not told:
             self.notices.say("The relay could not be told (offline?): the technician sees "
                              "this computer offline until the session expires.")
         await self.audit.stop()
+        if self.problems is not None:
+            await self.problems.stop()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await asyncio.wait_for(tunnel_task, 2)
         self.notices.say("The temporary Adhoc host removed itself. Goodbye.")
         self.notices.finish()
         return 0
+
+    def _connection(self, state: str, detail: str) -> None:
+        """The tunnel's state on the customer's screen; a failure also to the relay over HTTP
+        (the technician's console shows it), and cleared there once connected."""
+        self.notices.connection(state, detail)
+        if self.problems is not None and self.tunnel is not None:
+            if state == "connected" or self.tunnel.problem:
+                self.problems.report(self.tunnel.problem)
 
     def _start_keys(self) -> KeyReader | None:
         if not self.options.keys:

@@ -18,6 +18,7 @@ import json
 import logging
 import random
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import httpx
@@ -49,8 +50,10 @@ def _size(item: dict) -> int:
 
 
 class AuditQueue:
-    def __init__(self, base_url: str, session_id: str, secret: Secret) -> None:
+    def __init__(self, base_url: str, session_id: str, secret: Secret, *,
+                 client: Callable[..., httpx.AsyncClient] = httpx.AsyncClient) -> None:
         self.url = f"{base_url}/api/v1/agent/audit"
+        self._client = client  # makes the HTTP client (the link's: proxy, TLS, pin)
         self._headers = {"Authorization": f"Bearer {session_id}:{secret.reveal()}",
                          "Content-Type": "application/json"}
         self._pending: deque[dict] = deque(maxlen=QUEUE_LIMIT)
@@ -75,7 +78,7 @@ class AuditQueue:
 
     async def _run(self) -> None:
         attempt = 0
-        async with httpx.AsyncClient(timeout=TIMEOUT, headers=self._headers) as client:
+        async with self._client(timeout=TIMEOUT, headers=self._headers) as client:
             while not self.refused:
                 if not self._pending and not self._dropped:
                     self._drained.set()

@@ -22,7 +22,10 @@ from urllib.parse import urlsplit
 import asyncssh
 import httpx
 
+from common.proxy import ProxySettingError, proxy_for
+from common.reach import explain, http_client, http_route, origin
 from common.secret import Secret
+from common.tls import PIN_PREFIX, valid_pin
 from hostagent.text import printable
 
 TIMEOUT = httpx.Timeout(15.0, connect=10.0)
@@ -43,6 +46,9 @@ class JoinError(Exception):
 class JoinLink:
     base_url: str
     token: Secret
+    # The relay certificate's public key (common/tls.py) when the link names it: then no
+    # other key is accepted, whoever signed it.
+    pin: str | None = None
 
     @classmethod
     def parse(cls, url: str) -> JoinLink:
@@ -57,13 +63,36 @@ class JoinLink:
             raise JoinError("that is not an Adhoc join link: copy the whole link from the "
                             "invitation email (it looks like https://relay.example/join/...)",
                             "bad_link")
+        pin = None
+        if parts.fragment:
+            pin = parts.fragment.removeprefix(PIN_PREFIX)
+            if not parts.fragment.startswith(PIN_PREFIX) or not valid_pin(pin):
+                raise JoinError("the end of the link (after #) is damaged: copy the whole "
+                                "link from the invitation email", "bad_link")
         prefix = "/".join(segments[:-2])
         base = f"{parts.scheme}://{parts.netloc}" + (f"/{prefix}" if prefix else "")
-        return cls(base, Secret(segments[-1]))
+        return cls(base, Secret(segments[-1]), pin)
 
     @property
     def api(self) -> str:
         return f"{self.base_url}/api/v1/join/{self.token.reveal()}"
+
+    def client(self, **options) -> httpx.AsyncClient:
+        """An HTTP client for the relay: the environment's proxy, the system's trust store
+        and the link's pin (common/reach.py)."""
+        try:
+            return http_client(self.base_url, pin=self.pin, **options)
+        except ProxySettingError as exc:
+            raise JoinError(f"{exc}, then run the command again", "proxy") from None
+
+    def unreachable(self, exc: BaseException) -> JoinError:
+        """A failed request to the relay, in words the customer can pass on."""
+        scheme, host, port = origin(self.base_url)
+        proxy = proxy_for(scheme, host, port)
+        why = explain(exc, host, port, proxy).replace(self.token.reveal(), "…")
+        return JoinError(f"cannot reach the relay: {printable(why)} (tried "
+                         f"{printable(http_route(self.base_url))}); try again, or tell your "
+                         "technician these words", "unreachable", final=False)
 
 
 def normalise_code(typed: str | Secret) -> Secret:
@@ -81,8 +110,7 @@ def normalise_code(typed: str | Secret) -> Secret:
 class Activation:
     session_id: str
     agent_secret: Secret
-    ssh_host: str
-    ssh_port: int
+    ssh: str | None  # host:port of the relay's SSH port; None: SSH over WebSocket only
     relay_host_key: str
     expires_at: str
     features: tuple[str, ...]
@@ -105,6 +133,9 @@ def _public_key(data: dict) -> str | None:
 
 
 def _error_from(response: httpx.Response) -> JoinError:
+    if response.status_code == 407:  # a proxy for plain http:// answered, not the relay
+        return JoinError("the proxy asks for a user name and password: put them in the proxy "
+                         "setting, as http://user:password@proxy:port", "proxy")
     try:
         body = response.json()
         code, detail = str(body.get("error", "error")), str(body.get("detail", ""))
@@ -115,13 +146,6 @@ def _error_from(response: httpx.Response) -> JoinError:
                   "your technician for a new invitation")
     final = code not in ("wrong_code", "rate_limited")
     return JoinError(printable(detail, 500), code, final)
-
-
-def _unreachable(link: JoinLink, exc: Exception) -> JoinError:
-    reason = str(exc).replace(link.token.reveal(), "…") or type(exc).__name__
-    return JoinError(f"cannot reach the relay at {printable(link.base_url)} "
-                     f"({printable(reason)}): check the network and try again",
-                     "unreachable", final=False)
 
 
 def _not_understood(link: JoinLink) -> JoinError:
@@ -151,11 +175,11 @@ def host_facts() -> dict[str, str]:
 
 
 async def _request(link: JoinLink, method: str, url: str, **kwargs) -> httpx.Response:
-    async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+    async with link.client(timeout=TIMEOUT) as client:
         try:
             return await client.request(method, url, **kwargs)
         except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
-            raise _unreachable(link, exc) from None
+            raise link.unreachable(exc) from None
 
 
 async def fetch_info(link: JoinLink) -> dict:
@@ -181,11 +205,15 @@ async def activate(link: JoinLink, code: Secret, host_key: str) -> Activation:
         raise _error_from(response)
     try:
         data = response.json()
-        host, _, port = data["ssh"].rpartition(":")
+        ssh = data.get("ssh")
+        if ssh:
+            host, _, port = ssh.rpartition(":")
+            int(port)  # a relay that names no port is not understood (ValueError)
+            if not host.strip("[]"):  # ":8722": the relay's own host name
+                ssh = f"{urlsplit(link.base_url).hostname}:{port}"
         return Activation(
             session_id=data["session_id"], agent_secret=Secret(data["agent_secret"]),
-            ssh_host=host.strip("[]") or urlsplit(link.base_url).hostname or "127.0.0.1",
-            ssh_port=int(port), relay_host_key=data["relay_host_key"],
+            ssh=ssh or None, relay_host_key=data["relay_host_key"],
             expires_at=data["expires_at"], features=tuple(data["features"]),
             password_verifier=data["password_verifier"], company=data["company"],
             technician=data["technician"], technician_key=_public_key(data))
@@ -193,20 +221,20 @@ async def activate(link: JoinLink, code: Secret, host_key: str) -> Activation:
         raise _not_understood(link) from None
 
 
-async def end_session(base_url: str, session_id: str, secret: Secret, *, attempts: int = 3,
+async def end_session(link: JoinLink, session_id: str, secret: Secret, *, attempts: int = 3,
                       per_try: float = 2.0) -> bool:
     """Tell the relay the customer ended the session; a few quick tries, then give up.
 
     The agent has already removed itself by then: if the relay is out of reach, the session
     shows the host offline until it expires.
     """
-    url = f"{base_url}/api/v1/agent/end"
+    url = f"{link.base_url}/api/v1/agent/end"
     headers = {"Authorization": f"Bearer {session_id}:{secret.reveal()}"}
-    async with httpx.AsyncClient(timeout=httpx.Timeout(per_try)) as client:
+    async with link.client(timeout=httpx.Timeout(per_try)) as client:
         for attempt in range(attempts):
             try:
                 response = await client.post(url, headers=headers)
-            except httpx.HTTPError:
+            except (httpx.HTTPError, OSError):
                 if attempt + 1 < attempts:
                     await asyncio.sleep(0.5 * (attempt + 1))
                 continue

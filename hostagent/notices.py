@@ -70,6 +70,7 @@ class LineNotices(Notices):
         self.link = "starting"
         self.ever_connected = False
         self.outage_since: float | None = None  # fixed for the whole of one outage
+        self.problem: str | None = None  # why the relay cannot be reached, said once each
         self.prompt: str | None = None  # replaces the status line while the customer types
         # Forwards waiting for the customer's y/n/a, oldest first: the first is the prompt
         # whenever the customer is not typing something else.
@@ -155,6 +156,8 @@ class LineNotices(Notices):
         if self.time_left is not None:
             lines.append(f"Time left: {format_left(self.time_left())}.")
         lines.append(f"Connection: {self._link_text()}.")
+        if self.problem and self.link != "connected":
+            lines.append(f"Last problem reaching the relay: {self.problem}.")
         if self.fingerprint:
             lines.append(f"This computer's key: {self.fingerprint}.")
         if self.state is not None:
@@ -245,24 +248,35 @@ class LineNotices(Notices):
         log.info("relay connection: %s (%s)", state, detail)
         if state == "connected":
             since, self.outage_since = self.outage_since, None
-            self.link = "connected"
+            self.link, self.problem = "connected", None
+            route = f" ({printable(detail)})" if detail else ""
             if not self.ever_connected:
                 self.ever_connected = True
-                self.say("Connected to the relay: the technician can reach this computer.")
+                self.say(f"Connected to the relay{route}: the technician can reach this "
+                         "computer.")
             else:
                 away = f" (out of reach since {local_time(since, self.clock())})" \
                     if since is not None else ""
-                self.say(f"Connected to the relay again{away}.")
+                self.say(f"Connected to the relay again{away}{route}.")
             return
-        if state == "reconnecting" and self.outage_since is None:
-            self.outage_since = self.clock()
-            self.link = "reconnecting"
-            if self.ever_connected:
-                self.say("Connection to the relay lost: reconnecting by itself. Your "
-                         "technician cannot reach this computer until it is back.")
-            else:
-                self.say("The relay cannot be reached yet: trying again by itself.")
-            return
+        if state == "reconnecting":
+            problem = printable(detail, 1000) if detail else None
+            if self.outage_since is None:
+                self.outage_since = self.clock()
+                self.link, self.problem = "reconnecting", problem
+                why = f" ({problem})" if problem else ""
+                if self.ever_connected:
+                    self.say(f"Connection to the relay lost{why}: reconnecting by itself. "
+                             "Your technician cannot reach this computer until it is back.")
+                else:
+                    self.say(f"The relay cannot be reached yet{why}: trying again by itself.")
+                return
+            if problem and problem != self.problem:
+                # Said once per different reason (a proxy that starts asking for a password,
+                # say), never once per attempt: the status line keeps the time it began.
+                self.problem = problem
+                self.say(f"Still trying to reach the relay: {problem}.")
+                return
         if self.outage_since is None:
             self.link = state
         self.redraw()

@@ -2,6 +2,7 @@
 
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -15,9 +16,12 @@ from starlette.routing import Match
 from common.passwords import VERIFIER_MAX_CHARS, technician_password_problem
 from relay import join
 from relay import sessions as rules
+from relay.db.engine import DatabaseUnavailable
 from relay.service import RelayService, ServiceError, check_email, check_login_name
 from relay.sshkeys import read_public_key
 from relay.store import Technician
+
+log = logging.getLogger("adhoc.relay")
 
 API = "/api/v1"
 MAX_BODY_BYTES = 64 * 1024
@@ -59,6 +63,12 @@ class AgentReports(Strict):
     optional `actor` and `outcome`, and fields of its own."""
 
     events: list[dict[str, Any]] = Field(max_length=100)
+
+
+class AgentProblem(Strict):
+    """Why the agent cannot hold its SSH connection (null: it can again)."""
+
+    problem: str | None = Field(max_length=2000)
 
 
 class TechnicianPassword(Strict):
@@ -256,6 +266,14 @@ def create_app(service: RelayService) -> FastAPI:
             response.headers["Retry-After"] = str(int(exc.retry_after))
         return response
 
+    @app.exception_handler(DatabaseUnavailable)
+    async def _database_unavailable(_request: Request, exc: DatabaseUnavailable) -> JSONResponse:
+        log.warning("%s", exc)
+        response = error(503, "unavailable", "the relay cannot reach its database just now: "
+                                             "try again in a moment")
+        response.headers["Retry-After"] = "5"
+        return response
+
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         return error(422, "invalid", _describe_validation(exc))
@@ -273,6 +291,10 @@ def create_app(service: RelayService) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 404:
+            if request.url.path.endswith("/install.sh"):  # a mistyped one-liner: sh runs this
+                return join.refusal_script(404, "this link is not valid: copy the whole "
+                                                "command from the invitation, or ask your "
+                                                "technician for a new one")
             return error(404, "not_found", "no such route: see the API reference in docs/API.md")
         if exc.status_code == 400:  # FastAPI could not read the body as JSON
             return error(422, "invalid", "the request body is not valid JSON: send a JSON "
@@ -308,7 +330,13 @@ def create_app(service: RelayService) -> FastAPI:
     @app.post(f"{API}/login", responses=_errors(401, 429))
     async def login(body: LoginRequest, request: Request) -> dict:
         """Exchange a login and password for a bearer token (30 days)."""
-        token, tech = await service.login(body.login, body.password, _source(request))
+        try:
+            token, tech = await service.login(body.login, body.password, _source(request))
+        except ServiceError as exc:
+            service.stats.login("http", "technician",
+                                "rate_limited" if exc.status == 429 else "failed")
+            raise
+        service.stats.login("http", "technician", "ok")
         return {"token": token, "technician": await _technician_view(tech)}
 
     async def _technician_view(tech: Technician) -> dict:
@@ -449,6 +477,11 @@ def create_app(service: RelayService) -> FastAPI:
     async def agent_audit(body: AgentReports, bearer: AgentBearer) -> dict:
         """The agent reports what technicians did inside the tunnel (the relay cannot see)."""
         return await service.agent_reports(bearer, body.events)
+
+    @app.post(f"{API}/agent/problem", responses=_errors(401, 429))
+    async def agent_problem(body: AgentProblem, bearer: AgentBearer) -> dict:
+        """The agent says why it cannot connect over SSH; the console shows it on the row."""
+        return await service.agent_problem(bearer, body.problem)
 
     @app.post(f"{API}/agent/end", responses=_errors(401))
     async def agent_end(bearer: AgentBearer) -> dict:

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import getpass
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -24,6 +25,8 @@ from relay.config import (
     parse_hostport,
     parse_rate,
 )
+from relay.db.engine import DatabaseUnavailable
+from relay.db.url import SQLITE, backend, describe, parse_database_url
 from relay.service import check_email, check_login_name
 from relay.sessions import Plan
 from relay.store import Conflict, NotFound, Store
@@ -99,6 +102,14 @@ def _proxy(value: str) -> str:
                                          "127.0.0.1 or 10.0.0.0/8") from None
 
 
+def _database(value: str):
+    # ArgumentTypeError: argparse then shows only this message, never the URL (and its password).
+    try:
+        return parse_database_url(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _hostport(value: str):
     try:
         return parse_hostport(value)
@@ -106,15 +117,34 @@ def _hostport(value: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _ssh_listen(value: str):
+    """--ssh HOST:PORT, or `off` for SSH over WebSocket on the HTTP listener only."""
+    if value.strip().lower() == "off":
+        return None
+    return _hostport(value)
+
+
+def _metrics_address(value: str):
+    """--metrics HOST:PORT, or PORT alone for loopback."""
+    return _hostport(value if ":" in value else f"127.0.0.1:{value}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     data_dir_help = (f"where the relay keeps its database and keys "
                      f"(default {default_data_dir()})")
+    database_help = ("postgresql://USER:PASSWORD@HOST:PORT/NAME (several relays may share it) or "
+                     "sqlite:////path/relay.db; default: relay.db in the data dir, or "
+                     "$ADHOC_DATABASE (which keeps a password out of the process list)")
     parser = argparse.ArgumentParser(prog="adhoc-relay", description=__doc__)
     parser.add_argument("--data-dir", type=Path, default=None, help=data_dir_help)
+    parser.add_argument("--database", metavar="URL", type=_database, default=None,
+                        help=database_help)
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     # --data-dir is understood after the command too (`adhoc-relay init --data-dir X`).
     after = argparse.ArgumentParser(add_help=False)
     after.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS, help=data_dir_help)
+    after.add_argument("--database", metavar="URL", type=_database, default=argparse.SUPPRESS,
+                       help=database_help)
     sub = _Subcommands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"),
                        after)
 
@@ -124,8 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the relay (HTTP API and SSH endpoint)")
     serve.add_argument("--http", type=_hostport, default=("127.0.0.1", 8780),
                        metavar="HOST:PORT", help="HTTP API address (default 127.0.0.1:8780)")
-    serve.add_argument("--ssh", type=_hostport, default=("127.0.0.1", 8722),
-                       metavar="HOST:PORT", help="SSH endpoint address (default 127.0.0.1:8722)")
+    serve.add_argument("--ssh", type=_ssh_listen, default=("127.0.0.1", 8722),
+                       metavar="HOST:PORT|off",
+                       help="SSH endpoint address (default 127.0.0.1:8722); `off`: SSH only "
+                            "over WebSocket on the HTTP listener (one public port)")
     serve.add_argument("--public-url", help="the URL customers and consoles use to reach "
                                             "the HTTP API (default: http://<--http>)")
     serve.add_argument("--ssh-public", metavar="HOST:PORT",
@@ -155,6 +187,18 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar="ADDR",
                        help="a reverse proxy (address or network) whose X-Forwarded-For the "
                             "relay believes; repeatable. Without it no proxy header is trusted")
+    serve.add_argument("--tls-cert", type=Path, metavar="FILE",
+                       help="serve HTTPS itself with this PEM certificate chain (with "
+                            "--tls-key), for a relay without a TLS reverse proxy")
+    serve.add_argument("--tls-key", type=Path, metavar="FILE",
+                       help="the private key of --tls-cert (PEM)")
+    serve.add_argument("--pin-certificate", type=Path, metavar="FILE",
+                       help="name this certificate's public key in join links, so agents "
+                            "accept no other (the certificate your TLS proxy serves, or "
+                            "--tls-cert's); keep the key when renewing it")
+    serve.add_argument("--metrics", type=_metrics_address, metavar="[HOST:]PORT",
+                       help="serve /metrics (Prometheus), /healthz and /readyz on a listener "
+                            "of their own (loopback unless HOST is given); default off")
 
     company = _Subcommands(sub.add_parser("company", help="manage companies").add_subparsers(
         dest="action", required=True, metavar="ACTION"), after)
@@ -236,11 +280,18 @@ def _read_public_key(path: Path) -> str:
         raise UsageError(f"{path}: {exc}") from None
 
 
+def _require_database(settings: RelaySettings) -> None:
+    """Admin commands work on an initialised relay: a mistyped data dir must not get a new
+    database of its own. (A PostgreSQL database is created by its administrator.)"""
+    url = settings.database_url
+    if backend(url) == SQLITE and not Path(url.database or "").exists():
+        where = f"in {settings.data_dir}" if settings.database is None else f"at {url.database}"
+        raise UsageError(f"no relay database {where}: run `adhoc-relay --data-dir "
+                         f"{settings.data_dir} init` first")
+
+
 async def _admin(settings: RelaySettings, args: argparse.Namespace) -> int:
-    if not settings.db_path.exists():
-        raise UsageError(f"no relay database in {settings.data_dir}: run "
-                         f"`adhoc-relay --data-dir {settings.data_dir} init` first")
-    store = await Store.open(settings.db_path)
+    store = await Store.open(settings.database_url)
     now = time.time()
     try:
         if args.command == "company":
@@ -319,9 +370,22 @@ def settings_from_args(args: argparse.Namespace) -> RelaySettings:
     settings = RelaySettings()
     if args.data_dir is not None:
         settings.data_dir = args.data_dir.expanduser().resolve()
+    settings.database = args.database
+    if settings.database is None and os.environ.get("ADHOC_DATABASE", "").strip():
+        try:
+            settings.database = parse_database_url(os.environ["ADHOC_DATABASE"])
+        except ValueError as exc:
+            raise UsageError(f"ADHOC_DATABASE: {exc}") from None
     if args.command == "serve":
         settings.http_host, settings.http_port = args.http
-        settings.ssh_host, settings.ssh_port = args.ssh
+        if args.ssh is None:
+            settings.ssh_listen = False
+        else:
+            settings.ssh_host, settings.ssh_port = args.ssh
+        settings.tls_cert, settings.tls_key = args.tls_cert, args.tls_key
+        settings.pin_certificate = args.pin_certificate
+        if args.metrics is not None:
+            settings.metrics_host, settings.metrics_port = args.metrics
         settings.public_url = args.public_url
         settings.ssh_public = args.ssh_public
         settings.session_lifetime = args.session_lifetime
@@ -342,7 +406,10 @@ async def _serve(settings: RelaySettings) -> int:
     server = RelayServer(settings)
     service = await server.start()
     # One parseable line for scripts and tests that start the relay on port 0.
-    print(f"adhoc-relay ready http={service.base_url} ssh={service.ssh_address}", flush=True)
+    metrics = f" metrics={settings.metrics_host}:{server.metrics_port}" \
+        if server.metrics_port else ""
+    print(f"adhoc-relay ready http={service.base_url} ssh={service.ssh_address or 'off'}"
+          f"{metrics}", flush=True)
     try:
         await asyncio.Event().wait()
     finally:
@@ -354,22 +421,33 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = settings_from_args(args)
+    if args.database is not None and args.database.password:
+        print("adhoc-relay: warning: the database password on the command line can be read by "
+              "every local user in the process list: set ADHOC_DATABASE or use ~/.pgpass",
+              file=sys.stderr)
     try:
+        settings = settings_from_args(args)
         if args.command == "wheelhouse":
             return wheelhouse.run(settings.data_dir, args)
         if args.command == "init":
             from relay.server import initialise
 
             asyncio.run(initialise(settings))
-            print(f"relay initialised in {settings.data_dir}")
+            print(f"relay initialised in {settings.data_dir}, database "
+                  f"{describe(settings.database_url)}")
             return 0
         if args.command == "serve":
+            from relay.server import StartError
+
             tune_allocator()
             try:
                 return asyncio.run(_serve(settings))
             except KeyboardInterrupt:
                 return 0
+            except StartError as exc:
+                print(f"adhoc-relay: {exc}", file=sys.stderr)
+                return 1
+        _require_database(settings)
         if args.command == "technician" and args.action in ("add", "reset-password"):
             # Asked before the event loop starts, so Ctrl+C at the prompt stops at once.
             if args.action == "add":
@@ -391,6 +469,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\nadhoc-relay: no input (end of file at the prompt); nothing was changed",
               file=sys.stderr)
         return 2
+    except DatabaseUnavailable as exc:
+        print(f"adhoc-relay: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"adhoc-relay: {exc.strerror or exc}: check the address and the data dir "
               "permissions", file=sys.stderr)

@@ -19,6 +19,7 @@ import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncssh
@@ -39,6 +40,7 @@ from relay import sessions as rules
 from relay.registry import AgentLink
 from relay.service import RelayService, ServiceError
 from relay.sshkeys import key_weakness
+from relay.stats import Stats
 from relay.store import SessionRow, Technician
 
 log = logging.getLogger("adhoc.relay.ssh")
@@ -84,9 +86,11 @@ CHANNEL_PACKET = OUTER_PACKET
 class _SpliceEnd(asyncssh.SSHTCPSession):
     """One side of a spliced pair of channels: what it receives it writes to its peer."""
 
-    def __init__(self) -> None:
+    def __init__(self, stats: Stats | None = None) -> None:
         self.chan: asyncssh.SSHTCPChannel | None = None
         self.peer: _SpliceEnd | None = None
+        self.stats = stats  # bytes relayed, for the metrics
+        self.on_close: Callable[[], None] | None = None
         self._pending: list[bytes] = []
         self._eof_pending = False
         self._pause_pending = False
@@ -94,7 +98,6 @@ class _SpliceEnd(asyncssh.SSHTCPSession):
         # Instead of closing this end's channel: True if the whole connection was closed with
         # a reason instead (the technician's end, when the session ended under it).
         self.farewell: Callable[[], bool] = lambda: False
-        self.on_close: Callable[[], None] = lambda: None
 
     def connection_made(self, chan: asyncssh.SSHTCPChannel) -> None:
         self.chan = chan
@@ -143,6 +146,8 @@ class _SpliceEnd(asyncssh.SSHTCPSession):
             self.close()
 
     def data_received(self, data: bytes, datatype) -> None:
+        if self.stats is not None:
+            self.stats.bytes_relayed += len(data)
         if self.peer:
             self.peer.write(data)
 
@@ -166,7 +171,8 @@ class _SpliceEnd(asyncssh.SSHTCPSession):
         if self._closed:
             return
         self._closed = True
-        self.on_close()
+        if self.on_close is not None:
+            self.on_close()
         if self.chan is not None and not self.farewell():
             with contextlib.suppress(OSError, asyncssh.Error, RuntimeError):
                 self.chan.close()
@@ -174,8 +180,8 @@ class _SpliceEnd(asyncssh.SSHTCPSession):
             self.peer.close()
 
 
-def splice_pair() -> tuple[_SpliceEnd, _SpliceEnd]:
-    a, b = _SpliceEnd(), _SpliceEnd()
+def splice_pair(stats: Stats | None = None) -> tuple[_SpliceEnd, _SpliceEnd]:
+    a, b = _SpliceEnd(stats), _SpliceEnd(stats)
     a.peer, b.peer = b, a
     return a, b
 
@@ -316,19 +322,51 @@ class Startups:
         self.on_room()
 
 
-class _GatedServer:
-    """The relay's SSH listener. It accepts every connection at once and starts handshakes
-    only while there is room (Startups): the rest wait, costing a socket each, in arrival
-    order."""
+class _PeerNamed:
+    """A connection's transport that reports `peer` as its peer: a WebSocket's SSH arrives
+    on one end of a socket pair, whose own peer address means nothing."""
 
-    def __init__(self, sock: socket.socket, startups: Startups, protocol_factory) -> None:
-        self.sockets = [sock]
+    def __init__(self, transport, peer: tuple[str, int]) -> None:
+        self._transport = transport
+        self._peer = peer
+
+    def get_extra_info(self, name: str, default=None):
+        if name == "peername":
+            return self._peer
+        return self._transport.get_extra_info(name, default)
+
+    def __getattr__(self, name: str):
+        return getattr(self._transport, name)
+
+
+class _PeerNamedProtocol:
+    def __init__(self, protocol, peer: tuple[str, int]) -> None:
+        self._protocol = protocol
+        self._peer = peer
+
+    def connection_made(self, transport) -> None:
+        self._protocol.connection_made(_PeerNamed(transport, self._peer))
+
+    def __getattr__(self, name: str):
+        return getattr(self._protocol, name)
+
+
+class _GatedServer:
+    """The relay's SSH entrance. It accepts every connection at once and starts handshakes
+    only while there is room (Startups): the rest wait, costing a socket each, in arrival
+    order. Connections come from its listening socket (none with `--ssh off`) and from
+    WebSockets on the HTTP listener (adopt), through the same gate."""
+
+    def __init__(self, sock: socket.socket | None, startups: Startups,
+                 protocol_factory) -> None:
+        self.sockets = [sock] if sock is not None else []
         self._startups = startups
         self._factory = protocol_factory
         self._loop = asyncio.get_running_loop()
         self._starting: set[asyncio.Task] = set()
+        self._closed = False
         startups.on_room = self._start_waiting
-        self._task = self._loop.create_task(self._accept_forever())
+        self._task = self._loop.create_task(self._accept_forever()) if sock else None
 
     async def _accept_forever(self) -> None:
         sock = self.sockets[0]
@@ -339,50 +377,76 @@ class _GatedServer:
                 log.warning("ssh: accept failed: %s", exc)
                 await asyncio.sleep(0.1)
                 continue
-            if self._startups.offer(addr[0], conn):
+            if self._startups.offer(addr[0], (conn, None)):
                 self._start_waiting()
             else:
                 conn.close()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def adopt(self, conn: socket.socket, peer: tuple[str, int]) -> bool:
+        """Take a connection that arrived another way (a WebSocket's end of a socket pair)
+        from `peer`; False if the gate turns it away (the caller closes it)."""
+        if self._closed or not self._startups.offer(peer[0], (conn, peer)):
+            return False
+        self._start_waiting()
+        return True
+
     def _start_waiting(self) -> None:
         while (taken := self._startups.take()) is not None:
-            task = self._loop.create_task(self._start(*taken))
+            source, (conn, peer) = taken
+            task = self._loop.create_task(self._start(source, conn, peer))
             self._starting.add(task)
             task.add_done_callback(self._starting.discard)
 
-    async def _start(self, source: str, conn: socket.socket) -> None:
+    async def _start(self, source: str, conn: socket.socket,
+                     peer: tuple[str, int] | None) -> None:
+        factory = self._factory if peer is None else \
+            (lambda: _PeerNamedProtocol(self._factory(), peer))
         try:
-            await self._loop.connect_accepted_socket(self._factory, conn)
+            await self._loop.connect_accepted_socket(factory, conn)
         except OSError:
             conn.close()
             self._startups.done(source)
 
     def close(self) -> None:
-        self._task.cancel()
-        self.sockets[0].close()
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+        for sock in self.sockets:
+            sock.close()
         self._startups.on_room = lambda: None
-        for _, conn in self._startups.drain():
+        for _, (conn, _peer) in self._startups.drain():
             conn.close()
 
     async def wait_closed(self) -> None:
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
 
 class _GatedListener:
-    """asyncssh's `tunnel=` for the relay's own listening socket (see _GatedServer)."""
+    """asyncssh's `tunnel=` for the relay's own entrance (see _GatedServer): a listening
+    socket on `listen_host:listen_port`, or none when `listen` is off."""
 
-    def __init__(self, startups: Startups) -> None:
+    def __init__(self, startups: Startups, listen: bool = True) -> None:
         self._startups = startups
+        self._listen = listen
+        self.server: _GatedServer | None = None
 
     async def create_server(self, session_factory, listen_host: str, listen_port: int):
-        family = socket.AF_INET6 if ":" in (listen_host or "") else socket.AF_INET
-        sock = socket.create_server((listen_host or "", listen_port), family=family,
-                                    backlog=LISTEN_BACKLOG, reuse_port=False)
-        sock.setblocking(False)
-        return _GatedServer(sock, self._startups,
-                            coalescing_protocol(lambda: _without_config_reload(
-                                session_factory("", 0))))
+        sock = None
+        if self._listen:
+            family = socket.AF_INET6 if ":" in (listen_host or "") else socket.AF_INET
+            sock = socket.create_server((listen_host or "", listen_port), family=family,
+                                        backlog=LISTEN_BACKLOG, reuse_port=False)
+            sock.setblocking(False)
+        self.server = _GatedServer(sock, self._startups,
+                                   coalescing_protocol(lambda: _without_config_reload(
+                                       session_factory("", 0))))
+        return self.server
 
 
 async def _unchanged_config() -> None:
@@ -486,6 +550,8 @@ class RelaySSHServer(asyncssh.SSHServer):
         tech = await self.service.technician_for_ssh_password(username, password, self.peer_ip)
         if tech is not None:
             return self._propose(attempt, username, "technician", tech)
+        self.service.stats.login("ssh", "agent" if SESSION_ID_RE.match(username)
+                                 else "technician", "failed")
         return False
 
     async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
@@ -515,6 +581,7 @@ class RelaySSHServer(asyncssh.SSHServer):
                 self.conn.close()
             return
         _, kind, who = candidate
+        self.service.stats.login("ssh", kind, "ok")
         if kind == "agent":
             self.agent_session = str(who)
             self.service.connections.add_agent(self.agent_session, self.conn)
@@ -587,17 +654,21 @@ class RelaySSHServer(asyncssh.SSHServer):
                                                "tunnel", outcome, ip=self.peer_ip)
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED,
                                             unreachable(session_id, row))
-        technician_end, agent_end = splice_pair()
-        self._splices.add(technician_end)
-        technician_end.on_close = lambda: self._splices.discard(technician_end)
+        technician_end, agent_end = splice_pair(self.service.stats)
         technician_end.farewell = lambda: self._session_ended_under(session_id, link)
         await link.conn.create_connection(
             lambda: agent_end, session_id, INNER_PORT, tech.login, orig_port,
             window=CHANNEL_WINDOW, max_pktsize=CHANNEL_PACKET)
+        self.service.stats.tunnel_opened()
+        self._splices.add(technician_end)
+        technician_end.on_close = lambda: self._splice_closed(technician_end)
         await self.service.audit_event(session_id, f"technician:{tech.login}", "tunnel", "ok",
                                        ip=self.peer_ip)
         return technician_end
 
+    def _splice_closed(self, technician_end: _SpliceEnd) -> None:
+        self._splices.discard(technician_end)
+        self.service.stats.tunnel_closed()
 
     def _session_ended_under(self, session_id: str, link: AgentLink) -> bool:
         """The session of a channel ended while it was open: when that was all this
@@ -645,12 +716,40 @@ def load_or_create_host_key(path: Path) -> asyncssh.SSHKey:
     return key
 
 
+@dataclass
+class SSHEntrance:
+    """The relay's SSH server: its port (None with `--ssh off`) and the way in for
+    connections that arrive over WebSocket (adopt), both through one gate."""
+
+    acceptor: asyncssh.SSHAcceptor
+    gate: _GatedServer
+    startups: Startups
+
+    @property
+    def port(self) -> int | None:
+        return self.gate.sockets[0].getsockname()[1] if self.gate.sockets else None
+
+    def adopt(self, conn: socket.socket, peer: tuple[str, int]) -> bool:
+        return self.gate.adopt(conn, peer)
+
+    def close(self) -> None:
+        self.acceptor.close()
+
+    async def wait_closed(self) -> None:
+        await self.acceptor.wait_closed()
+
+
 async def start_ssh_server(service: RelayService, host: str, port: int,
-                           host_key: asyncssh.SSHKey) -> asyncssh.SSHAcceptor:
+                           host_key: asyncssh.SSHKey, *, listen: bool = True) -> SSHEntrance:
+    """The relay's SSH server, listening on host:port unless `listen` is off (then it takes
+    connections over WebSocket only)."""
     startups = Startups()
-    return await asyncssh.create_server(
-        lambda: RelaySSHServer(service, startups), host, port, tunnel=_GatedListener(startups),
+    listener = _GatedListener(startups, listen)
+    acceptor = await asyncssh.create_server(
+        lambda: RelaySSHServer(service, startups), host, port, tunnel=listener,
         server_host_keys=[host_key],
         keepalive_interval=KEEPALIVE_INTERVAL, keepalive_count_max=KEEPALIVE_COUNT,
         login_timeout=LOGIN_TIMEOUT, **SERVER_ALGORITHMS,
         allow_scp=False, agent_forwarding=False, x11_forwarding=False)
+    assert listener.server is not None
+    return SSHEntrance(acceptor, listener.server, startups)

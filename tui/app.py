@@ -15,6 +15,7 @@ from textual.worker import Worker, WorkerState
 
 from tui import sshconfig
 from tui.client import CONNECTED, HostConnector, RelayClient, RelayError, retry_delay
+from tui.rawinput import raw_driver_for
 from tui.sanitize import clean
 from tui.screens.audit import AuditModal
 from tui.screens.chat import ChatScreen
@@ -58,9 +59,11 @@ class ConsoleApp(App):
 
     def __init__(self, client: RelayClient, login: str, *, notice: str | None = None,
                  clock: Callable[[], float] = time.time,
-                 keymap: dict[str, str] | None = None) -> None:
+                 keymap: dict[str, str] | None = None, runs_relay: bool = False) -> None:
         super().__init__()
         self.client = client
+        self.runs_relay = runs_relay  # quitting stops the bundled relay (the embedded default)
+        self._asking_to_quit = False
         self.login = login
         self.notice = notice
         self.clock = clock
@@ -71,8 +74,13 @@ class ConsoleApp(App):
         self.limits: dict | None = None
         self.last_event_id: int | None = None
         self.relay_lost = False
+        self._route_told: str | None = None
         if keymap:
             self.set_keymap(keymap)
+
+    def get_driver_class(self):
+        # The terminal pane takes the technician's keys as their terminal sent them.
+        return raw_driver_for(super().get_driver_class())
 
     @property
     def sessions_screen(self) -> SessionsScreen:
@@ -256,6 +264,7 @@ class ConsoleApp(App):
                 return
             raise
         self.passwords[view["id"]] = password
+        self._tell_route()
         screen = PANES[kind](full, self.connector, password)
         if kind in KEPT_PANES:
             # Installed, so leaving it does not unmount it: it keeps its state and channel.
@@ -264,6 +273,15 @@ class ConsoleApp(App):
             await self.push_screen(_pane_name(kind, view["id"]))
         else:
             await self.push_screen(screen)
+
+    def _tell_route(self) -> None:
+        """Say how SSH reaches the relay (its port, or WebSocket, through a proxy or not)
+        when that is new."""
+        route = self.connector.route
+        if route is not None and str(route) != self._route_told:
+            self._route_told = str(route)
+            self.notify(f"Connected to the relay: {clean(route, 300)}.", markup=False,
+                        timeout=6)
 
     def forget_password(self, session_id: str) -> None:
         self.passwords.pop(session_id, None)
@@ -375,6 +393,36 @@ class ConsoleApp(App):
         await self.client.aclose()
 
     async def action_quit(self) -> None:
+        waiting = self._customers_on_this_relay()
+        if not waiting:
+            await self._quit()
+            return
+
+        async def answered(yes: bool | None) -> None:
+            self._asking_to_quit = False
+            if yes:
+                await self._quit()
+
+        self._asking_to_quit = True
+        self.push_screen(ConfirmModal(
+            f"{waiting} on this computer's bundled relay. Quitting stops the relay: their "
+            "computers go offline and keep trying to reconnect, and nobody can join an "
+            "invitation, until you start adhoc-console again. Their sessions stay open and "
+            "still end on time. Quit anyway?", yes="Quit"), answered)
+
+    def _customers_on_this_relay(self) -> str | None:
+        """Who quitting would cut off, in words (None: nobody, the relay is elsewhere, or the
+        technician asks to quit a second time while being asked)."""
+        if not self.runs_relay or self._asking_to_quit:
+            return None
+        active = sum(v["state"] == "active" for v in self.views.values())
+        pending = sum(v["state"] == "pending" for v in self.views.values())
+        parts = [f"{active} customer{'s' * (active != 1)} in a live session"] if active else []
+        if pending:
+            parts.append(f"{pending} invitation{'s' * (pending != 1)} waiting")
+        return " and ".join(parts) or None
+
+    async def _quit(self) -> None:
         for screen in self.panes.values():
             if isinstance(screen, RemoteScreen):
                 screen.close_shell()

@@ -7,10 +7,12 @@ import asyncio
 import getpass
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncssh
 
 from common.transport import tune_allocator
+from relay.config import parse_hostport
 from tui import sshconfig
 from tui.app import ConsoleApp
 from tui.client import RelayClient, RelayError
@@ -26,6 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="an SSH public key (e.g. ~/.ssh/id_ed25519.pub) sent with every "
                              "session you create: it logs in to the host as you, for scripts "
                              "(sftp -b, cron)")
+    parser.add_argument("--listen", metavar="HOST:PORT",
+                        help="where the bundled relay listens (default 127.0.0.1, ports "
+                             "8780 and 8722 or free ones, kept once chosen); another "
+                             "address lets customers on other computers in")
+    parser.add_argument("--public-url", metavar="URL",
+                        help="the address customers' computers reach the bundled relay at, "
+                             "for their links (default http://<--listen>)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     login = sub.add_parser("login", help="log in to a relay and remember it")
     login.add_argument("url", metavar="URL", help="the relay's URL, e.g. https://relay.example")
@@ -45,6 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("--write", action="store_true",
                         help="write every live session to ~/.ssh/adhoc/ (run it again when "
                              "sessions change)")
+    tunnel = sub.add_parser(
+        "tunnel", help="carry OpenSSH to the relay: use as ProxyCommand (see docs/CONSOLE.md)")
+    tunnel.add_argument("url", metavar="URL", nargs="?",
+                        help="the relay's URL (default: the one you logged in to)")
+    tunnel.add_argument("--websocket", action="store_true",
+                        help="go over WebSocket even when the relay's SSH port is reachable")
+    tunnel.add_argument("-v", "--verbose", action="store_true",
+                        help="say on standard error which route is used")
     return parser
 
 
@@ -85,21 +102,45 @@ def _session_key(path: str | None) -> str | None:
     return key.export_public_key("openssh").decode().strip()
 
 
+def _embedded_notice(embedded) -> str:
+    if embedded.attached:
+        return (f"Using the bundled relay that another console (process {embedded.owner_pid}) "
+                f"runs at {embedded.base_url}: it stops when that console quits.")
+    notice = f"Running the bundled relay at {embedded.base_url} (data in {embedded_data_dir()})."
+    if urlsplit(embedded.base_url).hostname in ("127.0.0.1", "localhost", "::1"):
+        notice += (" Only this computer can join its links: to let a customer's computer in, "
+                   "start with --listen ADDRESS:PORT (this computer's address on their "
+                   "network) and, behind NAT, --public-url.")
+    if embedded.first_run_password:
+        notice += (f" First run: created company 'Local' and admin '{embedded.login}' with "
+                   f"password {embedded.first_run_password} — note it now, it is shown only "
+                   "once.")
+    return notice
+
+
 async def _run(args: argparse.Namespace, config: ConsoleConfig) -> int:
     session_key = _session_key(args.session_key)
     embedded = None
     notice = None
     url = args.relay or config.relay_url
     if url is None:
-        from tui.embedded import start_embedded
+        from tui.embedded import EmbeddedError, start_embedded
 
-        embedded = await start_embedded()
+        listen = args.listen or config.listen
+        try:
+            embedded = await start_embedded(
+                parse_hostport(listen) if listen else None,
+                args.public_url or config.public_url)
+        except (EmbeddedError, ValueError) as exc:
+            print(f"adhoc-console: {exc}", file=sys.stderr)
+            return 1
         url, token, login = embedded.base_url, embedded.token, embedded.login
-        notice = (f"Running the bundled relay at {url} (data in {embedded_data_dir()}).")
-        if embedded.first_run_password:
-            notice += (f" First run: created company 'Local' and admin '{login}' with password "
-                       f"{embedded.first_run_password} — note it now, it is shown only once.")
+        notice = _embedded_notice(embedded)
     else:
+        if args.listen or args.public_url:
+            print("adhoc-console: --listen and --public-url are for the bundled relay, not "
+                  f"for {url}", file=sys.stderr)
+            return 2
         if not config.token or (args.relay and args.relay.rstrip("/") != config.relay_url):
             print(f"adhoc-console: not logged in to {url}: run `adhoc-console login {url}` "
                   "first", file=sys.stderr)
@@ -113,7 +154,8 @@ async def _run(args: argparse.Namespace, config: ConsoleConfig) -> int:
             except RelayError as exc:
                 print(f"adhoc-console: {exc.detail}", file=sys.stderr)
                 return 1
-        app = ConsoleApp(client, login, notice=notice, keymap=config.keymap)
+        app = ConsoleApp(client, login, notice=notice, keymap=config.keymap,
+                         runs_relay=embedded is not None and not embedded.attached)
         await app.run_async()
     finally:
         await client.aclose()
@@ -171,6 +213,15 @@ def main(argv: list[str] | None = None) -> int:
     config = ConsoleConfig.load()
     if args.command == "ssh-config":
         return asyncio.run(_ssh_config(args, config))
+    if args.command == "tunnel":
+        from tui.tunnel import run
+
+        url = args.url or config.relay_url
+        if not url:
+            print("adhoc-console tunnel: name the relay's URL (or log in to one first)",
+                  file=sys.stderr)
+            return 2
+        return asyncio.run(run(url, websocket_only=args.websocket, verbose=args.verbose))
     if args.command == "logout":
         config.relay_url = config.login = config.token = None
         config.save()

@@ -30,6 +30,9 @@ AGENT_REPORTS_PER_SESSION = int(os.environ.get("ADHOC_RELAY_AGENT_REPORTS_PER_SE
                                                "20000"))
 AGENT_ACTORS = ("customer", "agent")  # the other actors an agent event may name
 FIELD_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+# An agent's connection problem: this much text, and a change at most every few seconds.
+PROBLEM_CHARS = 500
+PROBLEM_RATE = Rate(5, timedelta(minutes=1))
 
 
 def agent_event(item: dict) -> tuple[str | None, tuple[str, str, dict] | None]:
@@ -68,6 +71,7 @@ class AgentCases(ServiceBase):
         super().__init__(*args, **kwargs)
         self.agent_report_limiter = RateLimiter(AGENT_REPORT_RATE)
         self._agent_report_counts: dict[str, int] = {}  # session id -> rows recorded
+        self.problem_limiter = RateLimiter(PROBLEM_RATE)
 
     async def agent_may_connect(self, session_id: str, secret: str) -> bool:
         """Whether an agent's credential opens an active session that has not run out."""
@@ -154,7 +158,32 @@ class AgentCases(ServiceBase):
         return await self._end(row.id, rules.EndReason.CUSTOMER, "customer")
 
     def agent_presence(self, session_id: str, online: bool, ip: str | None) -> None:
+        if online:
+            self.host_problems.pop(session_id, None)
         self.presence.record(Presence(session_id, online, self.clock(), ip))
+
+    async def agent_problem(self, bearer: str, problem: str | None) -> dict:
+        """The agent cannot connect over SSH (or can again: None) and says why over HTTP; the
+        technician's console shows it on the session's row. One audit row and event per
+        change, at most PROBLEM_RATE."""
+        row = await self.agent_for_bearer(bearer)
+        text = " ".join(problem.split())[:PROBLEM_CHARS] if problem else None
+        current = self.host_problems.get(row.id)
+        if (current[0] if current else None) == text:
+            return {"recorded": False}
+        wait, _ = self.problem_limiter.take(row.id)
+        if wait:
+            raise ServiceError(429, "rate_limited",
+                               f"this session's agent reports problems too often: wait "
+                               f"{max(1, math.ceil(wait))} s", retry_after=max(1, math.ceil(wait)))
+        now = self.clock()
+        if text is None:
+            self.host_problems.pop(row.id, None)
+        else:
+            self.host_problems[row.id] = (text, now)
+        await self.store.record_host_problem(now, row.company_id, row.id, text)
+        self.bus.notify()
+        return {"recorded": True}
 
     async def audit_event(self, session_id: str, actor: str, event: str, outcome: str,
                           **detail) -> None:

@@ -18,8 +18,10 @@ from relay.config import RelaySettings
 from relay.events import EventBus
 from relay.presence import PresenceLog
 from relay.registry import AgentRegistry, Connections
+from relay.stats import Stats
 from relay.store import NotFound, SessionRow, Store, Technician
 from relay.usecases.shared import DISC_SERVICE_NOT_AVAILABLE, RateLimiter, not_found
+from relay.wheelhouse import Preparation
 
 log = logging.getLogger("adhoc.relay")
 
@@ -40,6 +42,14 @@ class ServiceBase:
         self.presence = PresenceLog(store, self.bus.notify)
         self.http_port: int | None = None
         self.ssh_port: int | None = None
+        self.stats = Stats()
+        # session id -> (why its agent cannot connect, since when), as the agent last said
+        # over HTTP; cleared when it comes online. In memory: a restart forgets it.
+        self.host_problems: dict[str, tuple[str, float]] = {}
+        # The host's wheels, built in the background where the relay does that itself.
+        self.wheels = Preparation(settings.data_dir)
+        # The public key a join link names (common/tls.py), for agents to pin; None: no pin.
+        self.certificate_pin: str | None = None
         self._background: set[asyncio.Task] = set()
         self._expiry_wakeup = asyncio.Event()
         self._create_locks: dict[int, list] = {}  # technician id -> [lock, users]
@@ -57,14 +67,25 @@ class ServiceBase:
         return self.settings.base_url(self.http_port)
 
     @property
-    def ssh_address(self) -> str:
+    def ssh_address(self) -> str | None:
         return self.settings.ssh_address(self.ssh_port)
 
-    def join_url(self, token: str) -> str:
+    def link_url(self, token: str) -> str:
+        """The join link's address, without the certificate pin (the base of its files)."""
         return f"{self.base_url}/join/{token}"
 
+    def join_url(self, token: str) -> str:
+        """The join link a customer gets: with the certificate pin as its fragment, which
+        browsers and curl never send, for the agent to check the relay's key against."""
+        pin = f"#sha256={self.certificate_pin}" if self.certificate_pin else ""
+        return self.link_url(token) + pin
+
     def install_command(self, token: str) -> str:
-        return f"curl -fsSL {self.join_url(token)}/install.sh | sudo sh"
+        """The one-liner: no `-f`, so a refused link's script (the relay's words and exit 1)
+        reaches sh; the script asks for administrator rights itself (sudo, or root as is)."""
+        pin = f" --pinnedpubkey 'sha256//{self.certificate_pin}'" if self.certificate_pin \
+            else ""
+        return f"curl -sSL{pin} {self.link_url(token)}/install.sh | sh"
 
     # --- background work -------------------------------------------------------------------
 

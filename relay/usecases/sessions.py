@@ -197,7 +197,13 @@ class SessionCases(ServiceBase):
             "code_attempts_left": max(0, rules.MAX_CODE_ATTEMPTS - row.code_attempts),
             "host_key_fingerprint": fingerprint(row.host_key),
             "technician_key_fingerprint": fingerprint(row.technician_key),
+            "host_problem": self._host_problem(row.id, online),
         }
+
+    def _host_problem(self, session_id: str, online: bool) -> dict | None:
+        """Why the host could not connect, as its agent last said (while it is offline)."""
+        problem = None if online else self.host_problems.get(session_id)
+        return {"text": problem[0], "at": iso(problem[1])} if problem else None
 
     async def technician_logins(self, company_id: int) -> dict[int, str]:
         return {t.id: t.login for t in await self.store.technicians(company_id)}

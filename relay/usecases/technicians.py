@@ -6,9 +6,17 @@ import asyncio
 
 from common.passwords import dummy_hash, verify_password
 from relay import sessions as rules
-from relay.store import NotFound, SessionRow, Technician
+from relay.store import NotFound, SessionRow, Store, Technician
 from relay.usecases.base import ServiceBase
 from relay.usecases.shared import TOKEN_LIFETIME, ServiceError, rate_limited
+
+
+async def issue_token(store: Store, tech: Technician, now: float) -> str:
+    """A new API token for `tech`; only its hash is stored. Also for a console that shares
+    the embedded relay's database (it trusts whoever can read that folder)."""
+    token = rules.new_token()
+    await store.add_token(rules.token_hash(token), tech.id, now, now + TOKEN_LIFETIME)
+    return token
 
 
 class TechnicianCases(ServiceBase):
@@ -38,16 +46,11 @@ class TechnicianCases(ServiceBase):
             raise ServiceError(401, "unauthorized",
                                "wrong login or password, or the account is disabled")
         self.login_limiter.refund(source)
-        token = rules.new_token()
-        await self.store.add_token(rules.token_hash(token), tech.id, now, now + TOKEN_LIFETIME)
-        return token, tech
+        return await issue_token(self.store, tech, now), tech
 
     async def issue_token(self, tech: Technician) -> str:
         """A token for a technician the caller already trusts (the console's embedded relay)."""
-        now = self.clock()
-        token = rules.new_token()
-        await self.store.add_token(rules.token_hash(token), tech.id, now, now + TOKEN_LIFETIME)
-        return token
+        return await issue_token(self.store, tech, self.clock())
 
     async def technician_for_token(self, token: str) -> Technician:
         tech = await self.store.technician_for_token(rules.token_hash(token), self.clock())

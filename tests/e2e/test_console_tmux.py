@@ -2,65 +2,23 @@
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.support import PASSWORD, SESSION_PASSWORD, AgentProcess
+from tests.support import SESSION_PASSWORD, AgentProcess, console_login
+from tests.tmux import Tmux
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None,
                                 reason="tmux is not installed; CI installs it")
 
 
-class Tmux:
-    def __init__(self, name: str, socket: Path) -> None:
-        self.name = name
-        self.base = ["tmux", "-S", str(socket)]
-
-    def start(self, command: str, env: dict[str, str], cols: int = 120, rows: int = 40) -> None:
-        exports = " ".join(f"{k}={v}" for k, v in env.items())
-        subprocess.run([*self.base, "new-session", "-d", "-s", self.name, "-x", str(cols),
-                        "-y", str(rows), f"env {exports} {command}"], check=True)
-
-    def keys(self, *keys: str, literal: bool = False) -> None:
-        subprocess.run([*self.base, "send-keys", "-t", self.name, *(["-l"] if literal else []),
-                        *keys], check=True)
-
-    def type(self, text: str) -> None:
-        self.keys(text, literal=True)
-
-    def screen(self) -> str:
-        return subprocess.run([*self.base, "capture-pane", "-p", "-t", self.name],
-                              capture_output=True, text=True).stdout
-
-    def wait_for(self, pattern: str, timeout: float = 30) -> re.Match:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            match = re.search(pattern, self.screen())
-            if match:
-                return match
-            time.sleep(0.2)
-        raise AssertionError(f"never saw {pattern!r} on the console:\n{self.screen()}")
-
-    def kill(self) -> None:
-        subprocess.run([*self.base, "kill-server"], capture_output=True)
-
-
 async def test_console_in_tmux_end_to_end(relay, agents, tmp_path: Path) -> None:
     config = tmp_path / "console-config"
-    env = {"ADHOC_CONSOLE_CONFIG_DIR": str(config), "TERM": "xterm-256color",
-           "PYTHONPATH": os.getcwd()}
-    login = subprocess.run(
-        [sys.executable, "-m", "tui.cli", "login", relay.base_url, "--login", "alice",
-         "--password-stdin"], input=PASSWORD + "\n", text=True, capture_output=True,
-        env={**os.environ, **env}, timeout=60)
-    assert login.returncode == 0, login.stderr
+    env = console_login(relay.base_url, config)
     assert (config / "console.toml").stat().st_mode & 0o777 == 0o600
 
     tmux = Tmux("adhoc", tmp_path / "tmux.sock")

@@ -20,13 +20,14 @@ from tests.support import Api, start_session
 
 
 async def audit_events(api: Api, session_id: str, wanted: set[str],
-                       timeout: float = 15) -> list[dict]:
-    """The session's audit rows once every event in `wanted` is there."""
+                       timeout: float = 15, until=lambda rows: True) -> list[dict]:
+    """The session's audit rows once every event in `wanted` is there and `until(rows)`
+    holds (the agent sends its rows in batches, so one kind may come before another)."""
     async with asyncio.timeout(timeout):
         while True:
             response = await api.client.get(f"/api/v1/sessions/{session_id}/audit")
             rows = response.json()["audit"]
-            if wanted <= {row["event"] for row in rows}:
+            if wanted <= {row["event"] for row in rows} and until(rows):
                 return rows
             await asyncio.sleep(0.2)
 

@@ -132,7 +132,7 @@ def test_a_link_that_leads_nowhere_is_a_sentence(tmp_path: Path) -> None:
     base = f"http://127.0.0.1:{server.server_address[1]}"
     try:
         for n, (link, said) in enumerate([
-                (f"http://127.0.0.1:{nobody}/join/tok", "cannot reach the relay at "),
+                (f"http://127.0.0.1:{nobody}/join/tok", "cannot reach the relay: refused"),
                 (f"{base}/join/tok", "is not an Adhoc relay's: check the link"),
                 (f"{base}/join/broken", "answered HTTP 500: check the link"),
                 ("http://127.0.0.1:99999/join/tok", "that is not an Adhoc join link"),

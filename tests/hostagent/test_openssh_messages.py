@@ -86,9 +86,12 @@ async def test_a_plan_without_file_transfer_says_so(start_relay, agents,
         dashboard = await asyncio.to_thread(host.run, "ssh", "-s", "h", "dashboard")
         assert dashboard.returncode == 1
         assert "dashboard is not included in this session's plan" in said(dashboard)
-        rows = await audit_events(api, view["id"], {"refused"})
-        assert {"file transfer (SFTP)", "dashboard"} <= \
-            {row["detail"].get("agent", {}).get("what") for row in rows}
+        def refused(rows: list[dict]) -> set:
+            return {row["detail"].get("agent", {}).get("what") for row in rows}
+
+        rows = await audit_events(api, view["id"], {"refused"},
+                                  until=lambda rows: "dashboard" in refused(rows))
+        assert {"file transfer (SFTP)", "dashboard"} <= refused(rows)
 
 
 async def test_the_customer_ending_the_session_is_said_to_an_openssh_user(

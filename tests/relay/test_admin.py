@@ -14,7 +14,7 @@ from tests.support import PASSWORD, Api, run_cli
 NEW_PASSWORD = "a-brand-new-password-7"
 
 
-def test_cli_company_and_technician_administration(tmp_path) -> None:
+def test_cli_company_and_technician_administration(tmp_path, database) -> None:
     data = tmp_path / "relay"
     run_cli(data, "init")
     run_cli(data, "init")  # idempotent

@@ -81,6 +81,9 @@ async def test_list_countdown_and_remote_shell(relay, agents, tmp_path: Path) ->
         app.screen.query_one(Input).value = SESSION_PASSWORD
         await pilot.press("enter")
         await wait_until(pilot, lambda: isinstance(app.screen, RemoteScreen), timeout=30)
+        # It says how SSH reaches the relay (the relay's SSH port, here).
+        assert [n.message for n in app._notifications] == [
+            f"Connected to the relay: SSH to 127.0.0.1:{relay.ssh_port}."]
         terminal = app.screen.query_one(TerminalView)
         await wait_until(pilot, lambda: app.screen.channel is not None)
         await pilot.press(*"echo hi-$((40+2))", "enter")
@@ -89,8 +92,8 @@ async def test_list_countdown_and_remote_shell(relay, agents, tmp_path: Path) ->
         # ctrl+q goes to the shell (no quit); ctrl+] leaves the pane, the shell stays.
         await pilot.press("ctrl+q")
         assert isinstance(app.screen, RemoteScreen)
-        await pilot.press("ctrl+right_square_bracket")
-        assert not isinstance(app.screen, RemoteScreen)
+        await pilot.press("ctrl+right_square_bracket")  # leaves once no second press follows
+        await wait_until(pilot, lambda: not isinstance(app.screen, RemoteScreen))
         await pilot.press("r")
         await wait_until(pilot, lambda: isinstance(app.screen, RemoteScreen))
         # The same pane, not a new one: same terminal, same screen, same channel.
