@@ -91,6 +91,7 @@ class SQLiteDatabase(Database):
         event.listen(self.engine, "begin", _begin_sqlite)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="adhoc-db-write")
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="adhoc-db-read")
+        self._disposed = False
 
     async def read(self, operation: Callable[[Connection], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(
@@ -109,6 +110,10 @@ class SQLiteDatabase(Database):
                 return operation(conn)
 
     async def dispose(self) -> None:
+        """Close every connection and the threads; a second call does nothing."""
+        if self._disposed:
+            return
+        self._disposed = True
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._writer, self.engine.dispose)
         for executor in (self._writer, self._reader):

@@ -19,6 +19,8 @@ from common.transport import pinned
 from tests.relay.conftest import activate, create, db_rows, join_token
 from tests.support import PASSWORD, Api, run_cli
 
+ON_BOTH_ENGINES = True  # what this module tests is decided by the store
+
 
 async def test_another_companys_ids_are_not_found_in_every_route(relay) -> None:
     async with Api(relay.base_url, "alice") as alice, Api(relay.base_url, "carol") as carol:
