@@ -27,8 +27,9 @@ ENCRYPTION = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
 # server offers (chacha20-poly1305, then AES-CTR, then AES-GCM): offered chacha20 they took
 # it, the slowest in Python, and stock sftp/scp/rsync through the relay ran at 0.37-0.4x of an
 # OpenSSH jump host (docs/BENCHMARKS.md). A client without AES-GCM (OpenSSH before 6.2,
-# PuTTY before 0.76, Dropbear builds without it) is refused with "no matching cipher". ENCRYPTION, the order
-# Adhoc's own clients ask for, keeps the others for servers that lack AES-GCM.
+# PuTTY before 0.76, Dropbear builds without it) is refused with "no matching cipher".
+# ENCRYPTION, the order Adhoc's own clients ask for, keeps the others for servers that lack
+# AES-GCM.
 SERVER_ENCRYPTION = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 _KEX_WANTED = ("mlkem768x25519-sha256", "sntrup761x25519-sha512",
                "sntrup761x25519-sha512@openssh.com", "curve25519-sha256",
