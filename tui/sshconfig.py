@@ -48,6 +48,10 @@ class Relay:
 
 def relay_from(info: dict, login: str) -> Relay:
     """The relay as GET /api/v1/relay describes it, checked."""
+    if info.get("ssh") is None:
+        raise ConfigError("the relay has no SSH port (it serves SSH over its web address "
+                          "only): reach it with `ProxyCommand adhoc-console tunnel`, as "
+                          "docs/CONSOLE.md shows")
     host, _, port = str(info.get("ssh", "")).rpartition(":")
     host = host.strip("[]")
     if not HOST.match(host) or not port.isdigit() or not 0 < int(port) < 65536:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from textual.widgets import DataTable, Input, Label
 
 from tests.hostagent.test_customer_terminal import activate, customer_of
@@ -119,6 +120,13 @@ def test_names_from_the_relay_never_become_directives() -> None:
                                            if not line.lstrip().startswith("#"))
     assert all(line.startswith(("#", "Host ", "  ")) or not line for line in text.splitlines())
     assert "Host *" not in text
+
+
+def test_a_relay_without_an_ssh_port_points_to_the_tunnel() -> None:
+    """`serve --ssh off`: GET /relay says ssh null; ssh-config says what to use instead."""
+    with pytest.raises(sshconfig.ConfigError, match="ProxyCommand adhoc-console tunnel"):
+        sshconfig.relay_from({"ssh": None, "host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB"},
+                             "alice")
 
 
 async def test_the_console_sends_its_session_key(relay, tmp_path: Path) -> None:
