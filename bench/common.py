@@ -34,7 +34,7 @@ from bench.launch import (
     skip_ignore_packets,
 )
 from common.transport import INNER_USER, pinned, tune_allocator
-from tests.openssh import Sshd
+from tests.openssh import Sshd, sshd_server
 from tests.support import (
     PASSWORD,
     SESSION_PASSWORD,
@@ -341,15 +341,8 @@ class OpenSSH(Sshd):
                 compression_algs=None)
 
 
-@contextlib.contextmanager
-def openssh_server(*, jump: bool = False):
-    server = OpenSSH(Path(tempfile.mkdtemp(prefix="adhoc-bench-sshd-")), jump=jump)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(server.folder, ignore_errors=True)
+def openssh_server(*, jump: bool = False) -> contextlib.AbstractContextManager[OpenSSH]:
+    return sshd_server(jump=jump, kind=OpenSSH)
 
 
 def run_async(main) -> None:

@@ -120,8 +120,10 @@ class Sshd:
 
 
 @contextlib.contextmanager
-def sshd_server(*, jump: bool = False, extra_config: str = "") -> Iterator[Sshd]:
-    server = Sshd(Path(tempfile.mkdtemp(prefix="adhoc-sshd-")), jump=jump,
+def sshd_server(*, jump: bool = False, extra_config: str = "",
+                kind: type[Sshd] = Sshd) -> Iterator[Sshd]:
+    """A started `kind` (Sshd or a subclass) for the length of the block."""
+    server = kind(Path(tempfile.mkdtemp(prefix="adhoc-sshd-")), jump=jump,
                   extra_config=extra_config)
     try:
         server.start()

@@ -201,6 +201,16 @@ class ConsoleApp(App):
             self.notify("Select a session first (n creates one).", severity="warning")
         return view
 
+    def _selected_active(self) -> dict | None:
+        """The selected session if it is active; else None, having said why."""
+        view = self._selected()
+        if view is not None and view["state"] != "active":
+            self.notify("The customer has not activated this session yet."
+                        if view["state"] == "pending" else "This session has ended.",
+                        severity="warning")
+            return None
+        return view
+
     def action_new_session(self) -> None:
         def created(result: dict | None) -> None:
             if result:
@@ -223,13 +233,8 @@ class ConsoleApp(App):
         self._open_pane("files")
 
     def _open_pane(self, kind: str) -> None:
-        view = self._selected()
+        view = self._selected_active()
         if view is None:
-            return
-        if view["state"] != "active":
-            self.notify("The customer has not activated this session yet."
-                        if view["state"] == "pending" else "This session has ended.",
-                        severity="warning")
             return
         feature = PANE_FEATURES[kind]
         if feature not in (view.get("features") or []):
@@ -338,13 +343,8 @@ class ConsoleApp(App):
     @work(group="openssh")
     async def action_openssh(self) -> None:
         """The ssh command for the selected session, and `-L`-style forwards (key o)."""
-        view = self._selected()
+        view = self._selected_active()
         if view is None:
-            return
-        if view["state"] != "active":
-            self.notify("The customer has not activated this session yet."
-                        if view["state"] == "pending" else "This session has ended.",
-                        severity="warning")
             return
         try:
             relay = sshconfig.relay_from(await self.client.relay_info(), self.login)

@@ -51,6 +51,16 @@ async def openssh(host: RelayPath, *args: str) -> AsyncIterator[asyncio.subproce
             await proc.wait()
 
 
+async def relay_path(relay, tmp_path: Path, api: Api, session: dict,
+                     agent) -> tuple[dict, RelayPath]:
+    """Activate `session` at the customer's prompt; its view once online, and OpenSSH's way
+    to its host through `relay` as alice."""
+    await activate(agent, session)
+    view = await api.wait_for(session["id"], lambda v: v["online"])
+    return view, RelayPath(tmp_path / "openssh", relay, "alice", view,
+                           (await api.relay_info())["host_key"])
+
+
 async def local_port_open(port: int, ssh: asyncio.subprocess.Process) -> None:
     """Until `ssh -L port:...` listens (once logged in). Probed by binding the port, not by
     connecting: a connection would open a forward, and ask the customer."""
@@ -82,10 +92,7 @@ async def test_the_customer_allows_a_destination_and_it_is_carried_shown_and_aud
     relay = start_relay()
     async with customer_of(relay, tmp_path) as (api, session, agent), \
             echo_service() as printer, echo_service() as router:
-        await activate(agent, session)
-        view = await api.wait_for(session["id"], lambda v: v["online"])
-        host = RelayPath(tmp_path / "openssh", relay, "alice", view,
-                         (await api.relay_info())["host_key"])
+        _view, host = await relay_path(relay, tmp_path, api, session, agent)
         to_printer, to_router = free_port(), free_port()
         async with openssh(host, "-N", "-L", f"{to_printer}:127.0.0.1:{printer}",
                            "-L", f"{to_router}:127.0.0.1:{router}", "h") as ssh:
@@ -141,10 +148,7 @@ async def test_all_this_session_and_the_end_of_the_session(start_relay, tmp_path
     relay = start_relay()
     async with customer_of(relay, tmp_path) as (api, session, agent), \
             echo_service() as printer, echo_service() as router:
-        await activate(agent, session)
-        view = await api.wait_for(session["id"], lambda v: v["online"])
-        host = RelayPath(tmp_path / "openssh", relay, "alice", view,
-                         (await api.relay_info())["host_key"])
+        _view, host = await relay_path(relay, tmp_path, api, session, agent)
         async with openssh(host, "-W", f"127.0.0.1:{printer}", "h") as first:
             assert first.stdin is not None and first.stdout is not None
             first.stdin.write(b"one\n")

@@ -5,16 +5,28 @@ those says what happened and what to do."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-from tests.hostagent.test_customer_terminal import activate, customer_of, end_with_the_key
+from tests.hostagent.test_customer_terminal import customer_of, end_with_the_key
 from tests.hostagent.test_features import audit_events
+from tests.hostagent.test_forwarding import openssh, relay_path
 from tests.openssh import RelayPath
 from tests.support import SESSION_PASSWORD, Api, start_session
 
 
 def said(result) -> str:
     return result.stderr.decode(errors="replace")
+
+
+@contextlib.asynccontextmanager
+async def shell_ready(host: RelayPath) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`ssh -tt h` through the relay, once its remote shell printed "ready"."""
+    async with openssh(host, "-tt", "h", "echo ready; sleep 60") as ssh:
+        assert ssh.stdout is not None
+        assert b"ready" in await asyncio.wait_for(ssh.stdout.readline(), 60)
+        yield ssh
 
 
 async def test_wrong_user_name_is_named_and_spends_no_try(openssh_host) -> None:
@@ -98,44 +110,21 @@ async def test_the_customer_ending_the_session_is_said_to_an_openssh_user(
         start_relay, tmp_path: Path) -> None:
     relay = start_relay()
     async with customer_of(relay, tmp_path) as (api, session, agent):
-        await activate(agent, session)
-        view = await api.wait_for(session["id"], lambda v: v["online"])
-        relay_key = (await api.relay_info())["host_key"]
-        host = RelayPath(tmp_path / "openssh", relay, "alice", view, relay_key)
-        ssh = await asyncio.create_subprocess_exec(
-            "ssh", *host.args(), "-tt", "h", "echo ready; sleep 60", env=host.env,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE)
-        try:
-            assert ssh.stdout is not None
-            assert b"ready" in await asyncio.wait_for(ssh.stdout.readline(), 60)
+        _view, host = await relay_path(relay, tmp_path, api, session, agent)
+        async with shell_ready(host) as ssh:
             await agent.wait_for("alice: shell")
             await end_with_the_key(agent)
             _, stderr = await asyncio.wait_for(ssh.communicate(), 30)
-        finally:
-            if ssh.returncode is None:
-                ssh.kill()
-                await ssh.wait()
         assert ssh.returncode == 255
         assert "Adhoc: the session ended: the customer ended it." in stderr.decode()
 
 
 async def test_a_session_ended_at_the_relay_is_said_to_an_openssh_user(openssh_host) -> None:
     host, api, session_id = openssh_host.path, openssh_host.api, openssh_host.view["id"]
-    ssh = await asyncio.create_subprocess_exec(
-        "ssh", *host.args(), "-tt", "h", "echo ready; sleep 60", env=host.env,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE)
-    try:
-        assert ssh.stdout is not None
-        assert b"ready" in await asyncio.wait_for(ssh.stdout.readline(), 60)
+    async with shell_ready(host) as ssh:
         ended = await api.client.post(f"/api/v1/sessions/{session_id}/end")
         assert ended.status_code == 200
         _, stderr = await asyncio.wait_for(ssh.communicate(), 30)
-    finally:
-        if ssh.returncode is None:
-            ssh.kill()
-            await ssh.wait()
     assert ssh.returncode == 255
     assert f"Adhoc: session {session_id} has ended (ended by a technician at " \
         in stderr.decode()
