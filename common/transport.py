@@ -25,11 +25,11 @@ ENCRYPTION = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
 # ssh-rsa with SHA-1, no DSA), no compression.
 # Ciphers: AES-GCM only. OpenSSH clients take the first cipher of *their own* list that the
 # server offers (chacha20-poly1305, then AES-CTR, then AES-GCM): offered chacha20 they took
-# it, the slowest in Python, and stock sftp/scp/rsync through the relay ran at 0.37-0.4x of an
-# OpenSSH jump host (docs/BENCHMARKS.md). A client without AES-GCM (OpenSSH before 6.2,
-# PuTTY before 0.76, Dropbear builds without it) is refused with "no matching cipher".
-# ENCRYPTION, the order Adhoc's own clients ask for, keeps the others for servers that lack
-# AES-GCM.
+# it, the slowest in Python; stock sftp/scp downloads through the relay ran at 0.51-0.52x of
+# an OpenSSH jump host, 0.66-0.76x with AES-GCM only (docs/BENCHMARKS.md, Stock OpenSSH
+# tools). A client without AES-GCM (OpenSSH before 6.2, PuTTY before 0.76, Dropbear builds
+# without it) is refused with "no matching cipher". ENCRYPTION, the order Adhoc's own clients
+# ask for, keeps the others for servers that lack AES-GCM.
 SERVER_ENCRYPTION = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 _KEX_WANTED = ("mlkem768x25519-sha256", "sntrup761x25519-sha512",
                "sntrup761x25519-sha512@openssh.com", "curve25519-sha256",
