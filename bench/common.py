@@ -140,6 +140,7 @@ class Levers:
     relay_uvloop: bool = False  # uvloop in the relay only (the agent's PTY shells break on it)
     no_ignore: bool = False  # no SSH_MSG_IGNORE before each packet, in every asyncssh process
     server_ciphers: tuple[str, ...] = ()  # what the relay and the agent's server offer
+    lazy_pipes: bool = False  # the agent's command output paused only past 1 MiB unsent
     label: str = "as shipped"
 
     def env(self) -> dict[str, str]:

@@ -81,6 +81,9 @@ VARIANTS: dict[str, Levers] = {
                                      "aes256-ctr"),
                      label="as before issue 15: relay and agent also offer chacha20 and "
                            "AES-CTR (OpenSSH clients take chacha20)"),
+    "pipes": Levers(lazy_pipes=True,
+                    label="agent: a command's output paused only past 1 MiB unsent, not after "
+                          "every pipe read (rsync's exec channel)"),
     "ctr": Levers(server_ciphers=("aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
                                   "aes128-ctr", "aes256-ctr"),
                   label="AES-GCM and AES-CTR offered (OpenSSH clients take aes128-ctr with "
