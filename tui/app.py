@@ -4,22 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 
+import rich
+from rich.segment import Segments
+from rich.traceback import Traceback
 from textual import on, work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.message import Message
 from textual.screen import Screen
-from textual.worker import Worker, WorkerState
+from textual.worker import WorkerFailed, active_worker
 
+from common.secret import Secret
 from tui.client import CONNECTED, HostConnector, RelayClient, RelayError, retry_delay
-from tui.sanitize import clean
+from tui.config import embedded_data_dir
+from tui.failures import explain
+from tui.sanitize import clean, clean_lines
 from tui.screens.audit import AuditModal
 from tui.screens.chat import ChatScreen
 from tui.screens.created import CreatedModal
 from tui.screens.dashboard import DashboardScreen
 from tui.screens.files import FilesScreen
+from tui.screens.first_run import FirstRunModal
 from tui.screens.modals import ConfirmModal, PasswordModal
 from tui.screens.new_session import NewSessionModal
 from tui.screens.pane import PaneScreen
@@ -33,6 +41,11 @@ PANES: dict[str, type[Screen]] = {"shell": RemoteScreen, "dashboard": DashboardS
                                   "chat": ChatScreen, "files": FilesScreen}
 # Panes that keep running while the technician is elsewhere (a shell, a chat, a copy).
 KEPT_PANES = {"shell", "chat", "files"}
+ENDED_WORDS = {"ended_by_technician": "ended by a technician",
+               "ended_by_customer": "ended by the customer", "expired": "its 24 hours are up",
+               "invite_expired": "the invitation expired",
+               "code_attempts": "too many wrong security codes",
+               "ended_by_admin": "ended by an admin"}
 PANE_FEATURES = {"shell": "shell", "dashboard": "dashboard", "chat": "chat", "files": "files"}
 
 
@@ -56,19 +69,23 @@ class ConsoleApp(App):
 
     def __init__(self, client: RelayClient, login: str, *, notice: str | None = None,
                  clock: Callable[[], float] = time.time,
-                 keymap: dict[str, str] | None = None) -> None:
+                 keymap: dict[str, str] | None = None,
+                 first_run_password: Secret | None = None) -> None:
         super().__init__()
         self.client = client
         self.login = login
         self.notice = notice
+        self.first_run_password = first_run_password
         self.clock = clock
         self.connector = HostConnector(client, login)
-        self.passwords: dict[str, str] = {}  # session passwords: memory only, never saved
+        self.passwords: dict[str, Secret] = {}  # session passwords: memory only, never saved
         self.panes: dict[tuple[str, str], Screen] = {}
         self.views: dict[str, dict] = {}
         self.limits: dict | None = None
         self.last_event_id: int | None = None
         self.relay_lost = False
+        self.notices: deque[tuple[str, str]] = deque(maxlen=200)  # (severity, text) shown
+        self.unexpected: list[BaseException] = []  # failures that were bugs of ours
         if keymap:
             self.set_keymap(keymap)
 
@@ -81,6 +98,10 @@ class ConsoleApp(App):
         self.push_screen(self._sessions)
         if self.notice:
             self.notify(self.notice, title="Welcome to Adhoc", timeout=30)
+        if self.first_run_password is not None:
+            self.push_screen(FirstRunModal(self.login, self.first_run_password,
+                                           str(embedded_data_dir())))
+            self.first_run_password = None  # the dialog holds the only copy
         self.refresh_sessions()
         self.follow_events()
 
@@ -111,6 +132,46 @@ class ConsoleApp(App):
             return False
         return True
 
+    # --- what the technician is told -------------------------------------------------------
+
+    def notify(self, message: str, *, title: str = "", severity="information",
+               timeout: float | None = None, markup: bool = True) -> None:
+        """Every toast, from any screen, is text: never markup, never an escape sequence
+        (its words often carry a host's file name or the relay's detail)."""
+        text = clean_lines(message, 2000)
+        self.notices.append((severity, text))
+        super().notify(text, title=clean_lines(title, 200), severity=severity,
+                       timeout=timeout, markup=False)
+
+    def report_failure(self, error: BaseException, group: str = "") -> None:
+        """The one place where a failed background call becomes something the user sees."""
+        if isinstance(error, RelayError) and error.status == 0 and group == "refresh":
+            self.relay_lost = True
+            self._sessions.set_banner(f"Lost the relay: {explain(error).text}")
+            return
+        explained = explain(error)
+        if not explained.expected:
+            self.unexpected.append(error)
+        self.notify(explained.text, severity="error", timeout=10)
+
+    def _handle_exception(self, error: Exception) -> None:
+        """A background task that failed is told to the user; the console keeps running.
+        Anything else is a bug that leaves the app (Textual stops the widget it hit)."""
+        if isinstance(error, WorkerFailed) and self.is_running:
+            worker = active_worker.get(None)
+            self.report_failure(error.error, worker.group if worker is not None else "")
+            return
+        super()._handle_exception(error)
+
+    def _fatal_error(self) -> None:
+        """Textual's crash report without local variables: a session password or a token in
+        a local would otherwise be printed in clear on the technician's terminal."""
+        self.bell()
+        report = Traceback(show_locals=False, width=None, suppress=[rich])
+        self._exit_renderables.append(Segments(self.console.render(report,
+                                                                   self.console.options)))
+        self._close_messages_no_wait()
+
     # --- loading and live updates ----------------------------------------------------------
 
     @work(exclusive=True, group="refresh")
@@ -127,10 +188,27 @@ class ConsoleApp(App):
             view = self.views.get(self.screen.created["id"])
             if view:
                 self.screen.update_from(view)
-        for (_kind, session_id), screen in self.panes.items():
+        for (_kind, session_id), screen in list(self.panes.items()):
             view = self.views.get(session_id)
             if view:
                 screen.session.update({k: v for k, v in view.items() if k != "host_key"})
+                if view["state"] == "ended":
+                    self._session_over(view)
+
+    def _session_over(self, view: dict) -> None:
+        """The session ended (the customer, the technician, expiry): its panes stop trying
+        and say why, and its password is forgotten."""
+        why = ended_reason(view)
+        for kind in PANES:
+            screen = self.panes.pop((kind, view["id"]), None)
+            if screen is None:
+                continue
+            if isinstance(screen, RemoteScreen):
+                screen.close_shell()
+            screen.end(why)
+            if not screen.is_current:
+                self.uninstall_screen(_pane_name(kind, view["id"]))
+        self.forget_password(view["id"])
 
     @work(exclusive=True, group="events")
     async def follow_events(self) -> None:
@@ -163,21 +241,6 @@ class ConsoleApp(App):
         self.relay_lost = False
         self._sessions.set_banner(None)
         self.refresh_sessions()
-
-    @on(Worker.StateChanged)
-    def _worker_failed(self, event: Worker.StateChanged) -> None:
-        """The one place where a failed background call becomes something the user sees."""
-        if event.state != WorkerState.ERROR:
-            return
-        error = event.worker.error
-        if isinstance(error, RelayError):
-            if error.status == 0 and event.worker.group == "refresh":
-                self._sessions.set_banner(f"Lost the relay: {clean(error.detail, 120)}")
-                self.relay_lost = True
-                return
-            self.notify(clean(error.detail, 300), severity="error", timeout=8)
-        else:
-            self.notify(f"Unexpected error: {clean(error, 300)}", severity="error", timeout=10)
 
     # --- actions on the selected session ---------------------------------------------------
 
@@ -233,21 +296,26 @@ class ConsoleApp(App):
             self.open_pane(view, kind, password)
 
     def _ask_password(self, view: dict, kind: str, error: str | None = None) -> None:
-        def got(password: str | None) -> None:
+        def got(password: Secret | None) -> None:
             if password:
                 self.open_pane(view, kind, password)
 
-        self.push_screen(PasswordModal(f"{view['customer_email']} ({view['id']})", error), got)
+        self.push_screen(PasswordModal(view, error), got)
 
     @work(exclusive=True, group="open-pane")
-    async def open_pane(self, view: dict, kind: str, password: str) -> None:
+    async def open_pane(self, view: dict, kind: str, password: Secret) -> None:
         full = await self.client.session(view["id"])  # host key as the relay reports it now
+        if full["state"] != "active":
+            self.notify(f"The session with {clean(full['customer_email'])} is "
+                        f"{'over' if full['state'] == 'ended' else 'not active yet'}: "
+                        "nothing to connect to.", severity="warning")
+            return
         try:
             await self.connector.host(full, password)
         except RelayError as exc:
             if exc.code == "wrong_password":
                 self.forget_password(view["id"])
-                self._ask_password(view, kind, exc.detail)
+                self._ask_password(full, kind, exc.detail)
                 return
             raise
         self.passwords[view["id"]] = password
@@ -279,15 +347,10 @@ class ConsoleApp(App):
 
     @work(group="end")
     async def _end(self, session_id: str) -> None:
-        await self.client.end_session(session_id)
-        for kind in PANES:
-            screen = self.panes.pop((kind, session_id), None)
-            if isinstance(screen, RemoteScreen):
-                screen.close_shell()
-            if screen is not None and not screen.is_current:
-                self.uninstall_screen(_pane_name(kind, session_id))
-        self.forget_password(session_id)
-        self.notify("Session ended.")
+        ended = await self.client.end_session(session_id)
+        self.views[session_id] = ended
+        self._session_over(ended)
+        self.notify(f"Ended the session with {clean(ended['customer_email'])}.")
         self.refresh_sessions()
 
     @work(group="code")
@@ -328,3 +391,9 @@ class ConsoleApp(App):
                 screen.close_shell()
         await self.connector.close()
         self.exit()
+
+
+def ended_reason(view: dict) -> str:
+    """Why a session ended, in words (the relay keeps a code)."""
+    reason = view.get("ended_reason") or ""
+    return ENDED_WORDS.get(reason, clean(reason.replace("_", " "), 40) or "ended")

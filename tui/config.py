@@ -12,6 +12,8 @@ from pathlib import Path
 
 import platformdirs
 
+from common.secret import Secret, reveal
+
 
 def config_dir() -> Path:
     override = os.environ.get("ADHOC_CONSOLE_CONFIG_DIR")
@@ -29,7 +31,7 @@ def embedded_data_dir() -> Path:
 class ConsoleConfig:
     relay_url: str | None = None
     login: str | None = None
-    token: str | None = None
+    token: Secret | None = None
     keymap: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -49,7 +51,8 @@ class ConsoleConfig:
         relay = data.get("relay", {})
         config.relay_url = relay.get("url")
         config.login = relay.get("login")
-        config.token = relay.get("token")
+        token = relay.get("token")
+        config.token = Secret(token) if isinstance(token, str) and token else None
         config.keymap = {str(k): str(v) for k, v in data.get("keys", {}).items()}
         return config
 
@@ -60,7 +63,7 @@ class ConsoleConfig:
             value = getattr(self, key)
             if value:
                 name = "url" if key == "relay_url" else key
-                lines.append(f"{name} = {_quote(value)}")
+                lines.append(f"{name} = {_quote(reveal(value))}")
         if self.keymap:
             lines.append("\n[keys]")
             lines += [f"{_quote(k)} = {_quote(v)}" for k, v in sorted(self.keymap.items())]

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 from common.passwords import hash_password
+from common.secret import Secret
 from relay.config import RelaySettings
 from relay.server import RelayServer
 from relay.store import NotFound
@@ -27,9 +28,9 @@ LOCAL_ADMIN = "admin"
 class Embedded:
     server: RelayServer
     base_url: str
-    token: str
+    token: Secret
     login: str
-    first_run_password: str | None
+    first_run_password: Secret | None
 
     async def stop(self) -> None:
         await self.server.stop()
@@ -59,9 +60,10 @@ async def start_embedded(http_port: int = 8780, ssh_port: int = 8722) -> Embedde
             company = await store.company_by_name(LOCAL_COMPANY)
         except NotFound:
             company = await store.add_company(LOCAL_COMPANY, "premier", 5, now)
-        password = secrets.token_urlsafe(12)
+        password = Secret(secrets.token_urlsafe(12))
         tech = await store.add_technician(
             company.id, LOCAL_ADMIN, "admin@localhost",
-            await asyncio.to_thread(hash_password, password), True, now, actor="console")
-    token = await service.issue_token(tech)
+            await asyncio.to_thread(hash_password, password.reveal()), True, now,
+            actor="console")
+    token = Secret(await service.issue_token(tech))
     return Embedded(server, service.base_url, token, tech.login, password)

@@ -2,58 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 
 from textual.widgets import DataTable, Input
 
-from tests.support import SESSION_PASSWORD, Api, new_agent
+from tests.support import SESSION_PASSWORD, Api
+from tests.tui.helpers import cell_texts, console, give_password, online_session, wait_until
 from tui.app import ConsoleApp
 from tui.client import RelayClient
 from tui.screens.created import CreatedModal
 from tui.screens.modals import PasswordModal
 from tui.screens.remote import RemoteScreen
 from tui.widgets.terminal import TerminalView
-
-
-async def wait_until(pilot, predicate, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("the console never showed what the test waited for")
-        await pilot.pause(0.05)
-
-
-async def online_session(relay, agents, tmp_path: Path, email: str):
-    """A session activated by a real agent and online; returns it, the agent and a token."""
-    async with Api(relay.base_url) as api:
-        session = await api.create_session(email)
-        agent = new_agent(agents, tmp_path, session)
-        agent.start()
-        await agent.wait_for_line("Connected to the relay")
-        await api.wait_for(session["id"], lambda v: v["online"])
-        return session, agent, api.token
-
-
-async def give_password(pilot, app, password: str = SESSION_PASSWORD) -> None:
-    await wait_until(pilot, lambda: isinstance(app.screen, PasswordModal))
-    app.screen.query_one(Input).value = password
-    await pilot.press("enter")
-
-
-@contextlib.asynccontextmanager
-async def console(relay, token: str, *, size: tuple[int, int], **options):
-    """The console app against the relay, once its list shows the one session there is."""
-    app = ConsoleApp(RelayClient(relay.base_url, token), "alice", **options)
-    async with app.run_test(size=size) as pilot:
-        table = app.screen.query_one("#sessions", DataTable)
-        await wait_until(pilot, lambda: table.row_count == 1)
-        yield app, pilot, table
-
-
-def cell_texts(table: DataTable) -> list[list[str]]:
-    return [[str(cell) for cell in table.get_row_at(i)] for i in range(table.row_count)]
 
 
 async def test_list_countdown_and_remote_shell(relay, agents, tmp_path: Path) -> None:
@@ -151,7 +112,8 @@ async def test_dashboard_and_chat_panes(relay, agents, tmp_path: Path) -> None:
     async with console(relay, token, size=(120, 40)) as (app, pilot, _table):
         await pilot.press("d")
         await give_password(pilot, app)
-        await wait_until(pilot, lambda: isinstance(app.screen, DashboardScreen), timeout=30)
+        await wait_until(pilot, lambda: isinstance(app.screen, DashboardScreen)
+                         and app.screen.query(DashboardView), timeout=30)
         view = app.screen.query_one(DashboardView)
         await wait_until(pilot, lambda: view.last_sample is not None, timeout=30)
         assert view.last_sample["hostname"]

@@ -4,26 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 from pathlib import Path
 
 from textual.widgets import Input, Static
 
 from tests.support import SESSION_PASSWORD, Api, RelayProcess, new_agent, provision
+from tests.tui.helpers import wait_until
 from tui.app import ConsoleApp
 from tui.client import RelayClient
 from tui.screens.files import FilesScreen
 from tui.screens.modals import ConfirmModal
 from tui.screens.overwrite import OverwriteModal
 from tui.widgets.files import FilePane
-
-
-async def wait_until(pilot, predicate, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("the file manager never showed what the test waited for")
-        await pilot.pause(0.05)
 
 
 async def active_session(relay: RelayProcess, agents, tmp_path: Path,

@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.message import Message
 from textual.widgets import Footer
 
-from tui.client import JsonLines, RelayError
-from tui.sanitize import clean
 from tui.screens.pane import PaneScreen
 from tui.widgets.dashboard import DashboardView
 
 INTERVAL_STEPS = (1, 2, 5, 10, 30)
 
 
-class Sample(Message):
-    def __init__(self, sample: dict) -> None:
-        super().__init__()
-        self.sample = sample
-
-
 class DashboardScreen(PaneScreen):
     kind = "dashboard"
+    subsystem = "dashboard"
     BINDINGS = [
         *PaneScreen.BINDINGS,
         Binding("escape,q", "leave", "Back", id="dashboard.back"),
@@ -34,7 +25,6 @@ class DashboardScreen(PaneScreen):
 
     def __init__(self, session, connector, password) -> None:
         super().__init__(session, connector, password)
-        self.channel: JsonLines | None = None
         self.interval = 2
 
     def compose(self) -> ComposeResult:
@@ -45,23 +35,14 @@ class DashboardScreen(PaneScreen):
     def on_mount(self) -> None:
         self.follow()
 
-    @work(exclusive=True, group="dashboard")
-    async def follow(self) -> None:
-        try:
-            self.channel = await self.connector.open_lines(self.session, self.password,
-                                                           "dashboard")
-        except RelayError as exc:
-            self.set_state(clean(exc.detail, 120))
-            return
+    def connected(self) -> None:
+        if self.interval != 2 and self.channel is not None:  # a reopened channel: our pace
+            self.channel.send({"interval": self.interval})
         self.set_state(f"live, every {self.interval}s")
-        while (sample := await self.channel.read()) is not None:
-            self.post_message(Sample(sample))
-        refusal = await self.channel.refusal()
-        self.set_state(clean(refusal, 120) or "the host closed the dashboard")
 
-    def on_sample(self, message: Sample) -> None:
+    def received(self, sample: dict) -> None:
         for view in self.query(DashboardView).results(DashboardView):  # none once closing
-            view.show(message.sample)
+            view.show(sample)
 
     def action_sort(self) -> None:
         key = self.query_one(DashboardView).cycle_process_sort()
@@ -79,7 +60,3 @@ class DashboardScreen(PaneScreen):
 
     def action_faster(self) -> None:
         self._set_interval(-1)
-
-    def on_unmount(self) -> None:
-        if self.channel is not None:
-            self.channel.close()

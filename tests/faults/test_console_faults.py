@@ -1,0 +1,114 @@
+"""The console never falls over: relay restarts, a relay that is down, a host that is gone and
+a pooled HTTP connection the relay closed all end up as a sentence in the app, never as a
+crash (issue 13, blocker 1). Real relay processes, real agents, the real console (Pilot)."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+from textual.widgets import Static
+
+from tests.faults.conftest import restart
+from tests.faults.proxy import StaleKeepAliveProxy
+from tests.support import PASSWORD, Api
+from tests.tui.helpers import console, give_password, online_session, wait_until
+from tui.client import RelayClient
+from tui.screens.chat import ChatScreen
+from tui.screens.modals import ConfirmModal
+from tui.screens.remote import RemoteScreen
+from tui.screens.sessions import SessionsScreen
+
+
+def notices(app) -> str:
+    return "\n".join(text for _severity, text in app.notices)
+
+
+async def test_relay_restart_with_a_chat_opened_earlier_keeps_the_console(
+        start_relay, agents, tmp_path: Path, quick_agent) -> None:
+    relay = start_relay()
+    _view, _agent, token = await online_session(relay, agents, tmp_path, "ann@example.com")
+    async with console(relay, token, size=(100, 30)) as (app, pilot, _table):
+        await pilot.press("t")
+        await give_password(pilot, app)
+        await wait_until(pilot, lambda: isinstance(app.screen, ChatScreen), timeout=30)
+        chat = app.screen
+        await wait_until(pilot, lambda: chat.channel is not None, timeout=30)
+        await pilot.press("ctrl+right_square_bracket")
+        await wait_until(pilot, lambda: isinstance(app.screen, SessionsScreen))
+
+        relay.stop()
+        banner = app.screen.query_one("#banner", Static)
+        await wait_until(pilot, lambda: banner.display, timeout=30)
+        await wait_until(pilot, lambda: chat.channel is None, timeout=30)
+        assert "reconnect" in chat.state
+        restart(relay)
+        await wait_until(pilot, lambda: not banner.display, timeout=40)
+        # The chat reader came back by itself, on a new connection.
+        await wait_until(pilot, lambda: chat.channel is not None, timeout=40,
+                         what="the chat reconnecting")
+        assert app.is_running
+        await app.action_quit()
+
+
+async def test_remote_on_a_host_that_is_gone_says_so(start_relay, agents, tmp_path: Path,
+                                                      quick_agent) -> None:
+    relay = start_relay()
+    view, agent, token = await online_session(relay, agents, tmp_path, "bo@example.com")
+    async with console(relay, token, size=(100, 30)) as (app, pilot, _table):
+        agent.proc.send_signal(signal.SIGKILL)  # gone without a word; the session lives on
+        agent.proc.wait(10)
+        async with Api(relay.base_url) as api:
+            await api.wait_for(view["id"], lambda v: not v["online"])
+        await pilot.press("r")
+        await give_password(pilot, app)
+        await wait_until(pilot, lambda: "offline" in notices(app) or "reach" in notices(app),
+                         timeout=30, what="a sentence about the host")
+        assert app.is_running
+        assert not isinstance(app.screen, RemoteScreen)
+        await app.action_quit()
+
+
+async def test_audit_and_end_while_the_relay_is_down(start_relay) -> None:
+    relay = start_relay()
+    async with Api(relay.base_url) as api:
+        await api.create_session("cy@example.com")
+        token = api.token
+    async with console(relay, token, size=(100, 30)) as (app, pilot, _table):
+        relay.stop()
+        banner = app.screen.query_one("#banner", Static)
+        await wait_until(pilot, lambda: banner.display, timeout=30)
+        await pilot.press("a")
+        await wait_until(pilot, lambda: "relay" in notices(app), what="the audit's failure")
+        await pilot.press("e")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmModal))
+        await pilot.press("y")
+        await wait_until(pilot, lambda: notices(app).count("relay") >= 2,
+                         what="the end's failure")
+        assert "check" in notices(app)  # says what to do next
+        assert app.is_running
+        restart(relay)
+        await wait_until(pilot, lambda: not banner.display, timeout=40)
+        await app.action_quit()
+
+
+async def test_requests_survive_a_pooled_connection_the_relay_closed(start_relay) -> None:
+    """The relay (like any HTTP server) closes an idle keep-alive connection on its own
+    schedule; a request sent on it just then gets "Server disconnected without sending a
+    response". Reads and the idempotent end are sent again, once, on a fresh connection."""
+    relay = start_relay()
+    async with Api(relay.base_url) as api:
+        created = await api.create_session("di@example.com")
+    proxy = await StaleKeepAliveProxy(relay.base_url).start()
+    client = RelayClient(proxy.base_url)
+    try:
+        await client.login("alice", PASSWORD)  # a fresh connection, kept in the pool
+        assert (await client.sessions())["sessions"]  # the pooled one: closed, sent again
+        assert (await client.session(created["id"]))["state"] == "pending"  # a fresh one
+        assert (await client.sessions())["sessions"]  # the pooled one again
+        assert (await client.session(created["id"]))["state"] == "pending"
+        assert (await client.end_session(created["id"]))["state"] == "ended"  # pooled
+        assert proxy.dropped == 3
+    finally:
+        await client.aclose()
+        await proxy.close()

@@ -1,0 +1,62 @@
+"""Helpers for driving the real console (Pilot) against a real relay and real agents."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+from textual.widgets import DataTable, Input
+
+from tests.support import SESSION_PASSWORD, Api, new_agent
+from tui.app import ConsoleApp
+from tui.client import RelayClient
+from tui.screens.modals import PasswordModal
+
+
+async def wait_until(pilot, predicate, timeout: float = 20.0, what: str = "") -> None:
+    """Poll `predicate` between the app's turns until it holds (no sleep-guessing)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the console never showed what the test waited for "
+                                 f"{what}; it shows {type(pilot.app.screen).__name__}:\n"
+                                 f"{screen_text(pilot.app)}")
+        await pilot.pause(0.05)
+
+
+async def online_session(relay, agents, tmp_path: Path, email: str):
+    """A session activated by a real agent and online; returns it, the agent and a token."""
+    async with Api(relay.base_url) as api:
+        session = await api.create_session(email)
+        agent = new_agent(agents, tmp_path, session)
+        agent.start()
+        await agent.wait_for_line("Connected to the relay")
+        view = await api.wait_for(session["id"], lambda v: v["online"])
+        return view, agent, api.token
+
+
+async def give_password(pilot, app, password: str = SESSION_PASSWORD) -> None:
+    await wait_until(pilot, lambda: isinstance(app.screen, PasswordModal)
+                     and app.screen.query(Input))
+    app.screen.query_one(Input).value = password
+    await pilot.press("enter")
+
+
+@contextlib.asynccontextmanager
+async def console(relay, token: str, *, size: tuple[int, int], rows: int = 1, **options):
+    """The console app against the relay, once its list shows `rows` sessions."""
+    app = ConsoleApp(RelayClient(relay.base_url, token), "alice", **options)
+    async with app.run_test(size=size) as pilot:
+        table = app.screen.query_one("#sessions", DataTable)
+        await wait_until(pilot, lambda: table.row_count == rows)
+        yield app, pilot, table
+
+
+def cell_texts(table: DataTable) -> list[list[str]]:
+    return [[str(cell) for cell in table.get_row_at(i)] for i in range(table.row_count)]
+
+
+def screen_text(app) -> str:
+    """Every character the console draws now, as the technician would read it."""
+    return "\n".join(line.text for line in app.screen._compositor.render_strips())
