@@ -7,6 +7,7 @@ from pathlib import Path
 
 from textual.widgets import DataTable, Input
 
+from common.secret import Secret
 from tests.support import SESSION_PASSWORD, Api
 from tests.tui.helpers import cell_texts, console, give_password, online_session, wait_until
 from tui.app import ConsoleApp
@@ -42,6 +43,10 @@ async def test_list_countdown_and_remote_shell(relay, agents, tmp_path: Path) ->
         app.screen.query_one(Input).value = SESSION_PASSWORD
         await pilot.press("enter")
         await wait_until(pilot, lambda: isinstance(app.screen, RemoteScreen), timeout=30)
+        # Held as secrets, which no repr, log line or crash report can show.
+        for held in (app.passwords[_session["id"]], app.screen.password, app.client.token):
+            assert isinstance(held, Secret)
+        assert SESSION_PASSWORD not in repr(vars(app)) + repr(vars(app.screen))
         terminal = app.screen.query_one(TerminalView)
         await wait_until(pilot, lambda: app.screen.channel is not None)
         await pilot.press(*"echo hi-$((40+2))", "enter")
