@@ -373,7 +373,7 @@ class ConsoleApp(App):
         if view is None:
             return
         rows = await self.client.audit(view["id"])
-        await self.push_screen(AuditModal(view["id"], rows))
+        await self.push_screen(AuditModal(view, rows))
 
     def action_help(self) -> None:
         if self.screen.query("HelpPanel"):

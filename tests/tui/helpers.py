@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import time
 from pathlib import Path
 
+from rich.console import Console
 from textual.widgets import DataTable, Input
 
 from tests.support import SESSION_PASSWORD, Api, new_agent
@@ -47,7 +49,7 @@ async def give_password(pilot, app, password: str = SESSION_PASSWORD) -> None:
 async def console(relay, token: str, *, size: tuple[int, int], rows: int = 1, **options):
     """The console app against the relay, once its list shows `rows` sessions."""
     app = ConsoleApp(RelayClient(relay.base_url, token), "alice", **options)
-    async with app.run_test(size=size) as pilot:
+    async with app.run_test(size=size, notifications=True) as pilot:
         table = app.screen.query_one("#sessions", DataTable)
         await wait_until(pilot, lambda: table.row_count == rows)
         yield app, pilot, table
@@ -58,5 +60,11 @@ def cell_texts(table: DataTable) -> list[list[str]]:
 
 
 def screen_text(app) -> str:
-    """Every character the console draws now, as the technician would read it."""
-    return "\n".join(line.text for line in app.screen._compositor.render_strips())
+    """Every character the console draws now (toasts, and the screens under a dialog too),
+    as the technician would read it."""
+    console = Console(width=app.size.width, height=app.size.height, file=io.StringIO(),
+                      force_terminal=True, color_system="truecolor", record=True,
+                      legacy_windows=False, safe_box=False)
+    console.print(app.screen._compositor.render_update(
+        full=True, screen_stack=app._background_screens))
+    return console.export_text(styles=False)

@@ -92,7 +92,9 @@ async def test_create_session_from_console_shows_code_once(relay) -> None:
         app.screen.query_one("#password", Input).value = SESSION_PASSWORD
         app.screen.query_one("#confirm", Input).value = SESSION_PASSWORD
         app.screen.query_one("#create").press()
-        await wait_until(pilot, lambda: isinstance(app.screen, CreatedModal))
+        # The dialog is pushed, then composed: wait for what is checked, the code itself.
+        await wait_until(pilot, lambda: isinstance(app.screen, CreatedModal)
+                         and app.screen.query("#code"))
         code = app.screen.created["security_code"]
         assert len(code) == 6
         assert app.screen.query_one("#code").value == code

@@ -1,4 +1,5 @@
-"""The dashboard pane: the host streams a sample at its own pace; the pane shows each one."""
+"""The dashboard pane: the host streams a sample at its own pace; the pane shows each one,
+in tabs picked with 1 to 4 (overview, processes, disks and network, log)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,11 @@ class DashboardScreen(PaneScreen):
     BINDINGS = [
         *PaneScreen.BINDINGS,
         Binding("escape,q", "leave", "Back", id="dashboard.back"),
-        Binding("s", "sort", "Sort processes", id="dashboard.sort"),
+        Binding("1", "tab('overview')", "Overview", show=False, id="dashboard.overview"),
+        Binding("2", "tab('processes')", "Processes", show=False, id="dashboard.processes"),
+        Binding("3", "tab('storage')", "Disks", show=False, id="dashboard.storage"),
+        Binding("4", "tab('log')", "Log", show=False, id="dashboard.log"),
+        Binding("s", "sort", "Sort", id="dashboard.sort"),
         Binding("plus,equals_sign", "slower", "Slower", id="dashboard.slower"),
         Binding("minus", "faster", "Faster", id="dashboard.faster"),
     ]
@@ -44,9 +49,15 @@ class DashboardScreen(PaneScreen):
         for view in self.query(DashboardView).results(DashboardView):  # none once closing
             view.show(sample)
 
+    def action_tab(self, tab: str) -> None:
+        self.query_one(DashboardView).show_tab(tab)
+
     def action_sort(self) -> None:
-        key = self.query_one(DashboardView).cycle_process_sort()
-        self.notify(f"processes sorted by {key}", timeout=2)
+        """Sort the processes, and show them: a sort of a table out of sight helps no one."""
+        view = self.query_one(DashboardView)
+        view.show_tab("processes")
+        key = view.cycle_process_sort()
+        self.notify(f"Processes sorted by {key}.", timeout=2)
 
     def _set_interval(self, step: int) -> None:
         index = INTERVAL_STEPS.index(self.interval) if self.interval in INTERVAL_STEPS else 1

@@ -23,7 +23,7 @@ from textual.widgets import Footer, Input, ProgressBar, Static
 from textual.worker import Worker, WorkerState
 
 from tui.client import HostConnector, RelayError
-from tui.sanitize import clean
+from tui.sanitize import clean, plain
 from tui.screens.modals import ConfirmModal
 from tui.screens.overwrite import OverwriteModal
 from tui.transfers import (
@@ -151,6 +151,7 @@ class FilesScreen(Screen):
         self.local_fs = LocalFiles()
         self.active_id = "local-pane"
         self.prompt_mode: str | None = None
+        self.prompt_original = ""  # what the prompt started with, as the host spelt it
         self.transfer: Worker | None = None
         self.last_outcome: Outcome | None = None
 
@@ -321,11 +322,15 @@ class FilesScreen(Screen):
         help_text.display = not help_text.display
 
     def _ask(self, mode: str, label: str, value: str = "") -> None:
+        """Ask for a name or path. A host's name that the prompt starts with is shown
+        cleaned (an Input draws its value as it is); given back unchanged, it means the
+        name itself."""
         self.prompt_mode = mode
+        self.prompt_original = value
         prompt = self.query_one("#files-prompt", Input)
-        prompt.placeholder = label
-        prompt.border_title = label
-        prompt.value = value
+        prompt.placeholder = clean(label, 200)
+        prompt.border_title = plain(label, 200)
+        prompt.value = clean(value, 4096)
         prompt.display = True
         prompt.focus()
 
@@ -355,6 +360,8 @@ class FilesScreen(Screen):
     def _prompt_submitted(self, event: Input.Submitted) -> None:
         event.stop()
         mode, value, pane = self.prompt_mode, event.value.strip(), self.active
+        if value == clean(self.prompt_original, 4096).strip():
+            value = self.prompt_original.strip()
         self._close_prompt()
         if not value or pane.fs is None:
             return

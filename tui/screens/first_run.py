@@ -25,7 +25,7 @@ class FirstRunModal(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog wide", id="first-run"):
-            yield Label("First run of the bundled relay", classes="title")
+            yield Label("First run of the bundled relay", classes="title", markup=False)
             yield Label(f"Created the company Local and its admin {clean(self.login, 40)}, "
                         "and logged this console in. The admin's password, for "
                         "adhoc-console login from elsewhere or ssh -J:", markup=False)
@@ -34,7 +34,7 @@ class FirstRunModal(ModalScreen[None]):
                         f"with adhoc-relay --data-dir {clean(self.data_dir, 200)} technician "
                         f"reset-password {clean(self.login, 40)}", markup=False)
             yield Label("y copies it (to your terminal's clipboard) · enter when noted",
-                        classes="hint")
+                        classes="hint", markup=False)
 
     def action_copy(self) -> None:
         self.app.copy_to_clipboard(self.password.reveal())

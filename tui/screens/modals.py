@@ -65,7 +65,7 @@ class PasswordModal(ModalScreen[Secret | None]):
             if self.error:
                 yield Label(clean(self.error, 300), classes="error", markup=False)
             yield Input(password=True, placeholder="session password", id="password")
-            yield Label("enter to connect · esc to cancel", classes="hint")
+            yield Label("enter to connect · esc to cancel", classes="hint", markup=False)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.value:

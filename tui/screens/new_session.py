@@ -41,13 +41,13 @@ class NewSessionModal(ModalScreen[dict | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog wide"):
-            yield Label("Invite a customer", classes="title")
+            yield Label("Invite a customer", classes="title", markup=False)
             yield Input(placeholder="customer@example.com", id="email", compact=True)
             yield Input(password=True, placeholder="session password", id="password",
                         compact=True)
             yield Input(password=True, placeholder="session password again", id="confirm",
                         compact=True)
-            yield Label(strength_hint(""), id="hint", classes="hint")
+            yield Label(strength_hint(""), id="hint", classes="hint", markup=False)
             yield Input(placeholder="note (optional)", id="note", max_length=500, compact=True)
             yield Label("", id="error", classes="error", markup=False)
             yield Button("Create and send invitation", variant="primary", id="create")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import datetime
 
 from rich.text import Text
 from textual import on
@@ -14,6 +13,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
 from tui.sanitize import clean, plain
+from tui.times import format_left, parse_time
 from tui.widgets.celltable import CellCachedTable
 
 # The columns a technician needs first come first, so they stay visible at 80 columns.
@@ -26,19 +26,6 @@ ENDED_REASONS = {"ended_by_technician": "by technician", "ended_by_customer": "b
                  "code_attempts": "wrong codes", "ended_by_admin": "by admin"}
 LEFT_COLUMN = [key for key, _, _ in COLUMNS].index("left")
 SORTS = ("created", "customer", "state", "left")
-
-
-def parse_time(value: str | None) -> float | None:
-    if not value:
-        return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-
-
-def format_left(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
 
 
 def time_left(view: dict, now: float) -> Text:

@@ -19,6 +19,7 @@ from textual.widgets import DataTable, Static
 
 from tui.sanitize import clean, plain
 from tui.transfers import DIR, LINK, Entry, LocalFiles, RemoteFiles, TransferError
+from tui.widgets.texttable import TextTable
 
 SORTS = ("name", "size", "time")
 UP = ".."
@@ -70,7 +71,7 @@ class PathLine(Static):
         return Text(value, no_wrap=True, overflow="crop")
 
 
-class FileTable(DataTable):
+class FileTable(TextTable):
     """The listing itself; the pane around it knows the folder."""
 
     BINDINGS = [
@@ -142,7 +143,7 @@ class FilePane(Vertical):
         yield Static("", classes="pane-details", markup=False)
 
     def on_mount(self) -> None:
-        self.border_title = self.title
+        self.border_title = plain(self.title)
 
     @property
     def table(self) -> FileTable:
