@@ -26,8 +26,10 @@ from tui.screens.audit import AuditModal
 from tui.screens.chat import ChatScreen
 from tui.screens.created import CreatedModal
 from tui.screens.dashboard import DashboardScreen
+from tui.screens.detail import DetailModal
 from tui.screens.files import FilesScreen
 from tui.screens.first_run import FirstRunModal
+from tui.screens.help import HelpModal, keys_of
 from tui.screens.modals import ConfirmModal, PasswordModal
 from tui.screens.new_session import NewSessionModal
 from tui.screens.pane import PaneScreen
@@ -64,7 +66,7 @@ class ConsoleApp(App):
     CSS_PATH = "app.tcss"
     TITLE = "Adhoc"
     BINDINGS = [
-        Binding("ctrl+q", "quit", "Quit", priority=True, id="app.quit"),
+        Binding("ctrl+q", "quit", "Quit", priority=True, show=False, id="app.quit"),
     ]
 
     def __init__(self, client: RelayClient, login: str, *, notice: str | None = None,
@@ -83,6 +85,7 @@ class ConsoleApp(App):
         self.views: dict[str, dict] = {}
         self.limits: dict | None = None
         self.last_event_id: int | None = None
+        self.relay_ssh: str | None = None  # the relay's SSH address, for the ssh -J line
         self.relay_lost = False
         self.notices: deque[tuple[str, str]] = deque(maxlen=200)  # (severity, text) shown
         self.unexpected: list[BaseException] = []  # failures that were bugs of ours
@@ -121,6 +124,8 @@ class ConsoleApp(App):
                                 self.action_end_session)
             yield SystemCommand("Audit trail", "Who did what in the selected session",
                                 self.action_audit)
+            yield SystemCommand("Session details", "Host, host key fingerprint, times, ssh -J",
+                                self.action_details)
             yield SystemCommand("New security code", "For a session still waiting for it",
                                 self.action_reissue_code)
         elif isinstance(screen, PaneScreen):
@@ -177,6 +182,8 @@ class ConsoleApp(App):
     @work(exclusive=True, group="refresh")
     async def refresh_sessions(self) -> None:
         body = await self.client.sessions()
+        if self.relay_ssh is None:
+            self.relay_ssh = str((await self.client.relay_info()).get("ssh") or "") or None
         self.post_message(SessionsChanged(body["sessions"], body.get("limits")))
 
     @on(SessionsChanged)
@@ -255,6 +262,7 @@ class ConsoleApp(App):
         def created(result: dict | None) -> None:
             if result:
                 self.views[result["id"]] = result
+                self._sessions.select(result["id"])  # what c or e do next is for this one
                 self.refresh_sessions()
                 self.push_screen(CreatedModal(result))
 
@@ -363,8 +371,7 @@ class ConsoleApp(App):
                         severity="warning")
             return
         created = await self.client.reissue_code(view["id"])
-        merged = {**view, **created}
-        merged.setdefault("join_url", view.get("join_url", ""))
+        merged = {**view, **created, "join_url": "", "install_command": ""}
         await self.push_screen(CreatedModal(merged))
 
     @work(group="audit")
@@ -375,11 +382,16 @@ class ConsoleApp(App):
         rows = await self.client.audit(view["id"])
         await self.push_screen(AuditModal(view, rows))
 
+    def action_details(self) -> None:
+        view = self._selected()
+        if view is not None:
+            self.push_screen(DetailModal(view, self.login, self.relay_ssh))
+
     def action_help(self) -> None:
-        if self.screen.query("HelpPanel"):
-            self.action_hide_help_panel()
+        if isinstance(self.screen, HelpModal):
+            self.screen.dismiss(None)
         else:
-            self.action_show_help_panel()
+            self.push_screen(HelpModal(keys_of(self, self.screen)))
 
     async def on_unmount(self) -> None:
         await self.connector.close()

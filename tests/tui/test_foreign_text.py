@@ -18,6 +18,7 @@ from tui.app import ConsoleApp
 from tui.client import RelayClient, RelayError
 from tui.sanitize import clean
 from tui.screens.audit import AuditModal
+from tui.screens.detail import DetailModal
 from tui.screens.files import FilesScreen
 from tui.screens.modals import ConfirmModal, PasswordModal
 
@@ -166,8 +167,15 @@ async def test_a_hostile_email_and_host_in_the_list_dialogs_and_toasts(
     async with Api(relay.base_url) as api:
         token = api.token
     async with console(relay, token, size=(120, 40)) as (app, pilot, _table):
-        await wait_until(pilot, lambda: "evil" in screen_text(app))
-        assert_shown_as_text(app, "[blink reverse]x", "[@click=app.quit]evil")
+        await wait_until(pilot, lambda: "[@click=app.quit" in screen_text(app))
+        assert_shown_as_text(app, "[blink reverse]x", "[@click=app.quit")
+        await pilot.press("i")  # the details show the host in full
+        await wait_until(pilot, lambda: isinstance(app.screen, DetailModal)
+                         and app.screen.query("#detail-text"))
+        await pilot.pause()
+        assert_shown_as_text(app, "[@click=app.quit]evil")
+        assert "[@click=app.quit]evil\\x1b]0;pwned\\x07" in screen_text(app)
+        await pilot.press("escape")
         await pilot.press("r")  # the password prompt (12.12)
         await wait_until(pilot, lambda: isinstance(app.screen, PasswordModal)
                          and app.screen.query(Input))

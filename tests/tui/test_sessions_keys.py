@@ -1,0 +1,132 @@
+"""The sessions list's keys do what the docs say (issue 13, majors 4 to 6 and polish): enter
+opens the shell, a new session is selected at once, confirmations name the customer, a code
+issued again says how many tries the link has left, `?` lists Adhoc's keys first, `i` shows
+the host key's fingerprint as OpenSSH prints it, and the form drops a stale error."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import httpx
+from textual.widgets import Input, Label
+
+from tests.support import SESSION_PASSWORD, Api
+from tests.tui.helpers import cell_texts, console, online_session, screen_text, wait_until
+from tui.screens.created import CreatedModal
+from tui.screens.detail import DetailModal
+from tui.screens.help import HelpModal
+from tui.screens.modals import ConfirmModal, PasswordModal
+from tui.screens.new_session import NewSessionModal
+
+
+def openssh_fingerprint(host_key: str, tmp_path: Path) -> str:
+    key_file = tmp_path / "host_key.pub"
+    key_file.write_text(host_key + "\n")
+    out = subprocess.run(["ssh-keygen", "-l", "-E", "sha256", "-f", str(key_file)],
+                         capture_output=True, text=True, check=True).stdout
+    return out.split()[1]
+
+
+async def test_enter_opens_the_shell_and_i_shows_the_fingerprint(relay, agents,
+                                                                  tmp_path: Path) -> None:
+    view, _agent, token = await online_session(relay, agents, tmp_path, "ed@example.com")
+    fingerprint = openssh_fingerprint(view["host_key"], tmp_path)
+    assert fingerprint.startswith("SHA256:")
+    async with console(relay, token, size=(80, 24)) as (app, pilot, _table):
+        await pilot.press("i")
+        await wait_until(pilot, lambda: isinstance(app.screen, DetailModal)
+                         and app.screen.query("#detail-text"))
+        await pilot.pause()
+        drawn = screen_text(app)
+        assert fingerprint in drawn.replace("\n", "") or fingerprint in drawn
+        assert view["id"] in drawn
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: not isinstance(app.screen, DetailModal))
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, PasswordModal)
+                         and app.screen.query(Input))
+        await pilot.pause()
+        assert fingerprint in screen_text(app).replace(" ", "").replace("│", "") \
+            .replace("\n", "")
+        await pilot.press("escape")
+        await app.action_quit()
+
+
+async def test_a_new_session_is_selected_and_confirmations_name_the_customer(relay) -> None:
+    async with Api(relay.base_url, login="bob") as bob:
+        await bob.create_session("bobs-customer@example.com")
+    async with Api(relay.base_url) as api:
+        token = api.token
+    async with console(relay, token, size=(80, 24)) as (app, pilot, table):
+        assert app.sessions_screen.selected_id() is not None
+        await pilot.press("n")
+        await wait_until(pilot, lambda: isinstance(app.screen, NewSessionModal)
+                         and app.screen.query("#email"))
+        form = app.screen
+        form.query_one("#email", Input).value = "fresh@example.com"
+        form.query_one("#password", Input).value = SESSION_PASSWORD
+        form.query_one("#confirm", Input).value = "not the same"
+        form.query_one("#create").press()
+        await wait_until(pilot, lambda: "differ" in str(form.query_one("#error").render()))
+        # The error is about values that have changed since: it goes.
+        form.query_one("#confirm", Input).value = SESSION_PASSWORD
+        await pilot.pause()
+        assert str(form.query_one("#error", Label).render()) == ""
+        form.query_one("#create").press()
+        await wait_until(pilot, lambda: isinstance(app.screen, CreatedModal)
+                         and app.screen.query("#code"))
+        created = app.screen.created
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: table.row_count == 2)
+        await wait_until(pilot, lambda: app.sessions_screen.selected_id() == created["id"])
+        await pilot.press("e")  # acts on the new session, and says whose it is
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmModal))
+        assert "fresh@example.com" in app.screen.question
+        await pilot.press("n")
+        await app.action_quit()
+
+
+async def test_a_code_issued_again_says_how_many_tries_are_left(relay) -> None:
+    async with Api(relay.base_url) as api:
+        created = await api.create_session("gus@example.com")
+        token = api.token
+    link = created["join_url"].rsplit("/", 1)[1]
+    async with httpx.AsyncClient(base_url=relay.base_url) as raw:
+        for wrong in ("000000", "111111"):
+            answer = await raw.post(f"/api/v1/join/{link}/activate", json={
+                "code": wrong if wrong != created["security_code"] else "222222",
+                "host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBq4pRAtgxpyC8k6d4XdgBGp9Nf"
+                            "DDWJ0hRgbchaZZc0D", "hostname": "h", "os": "o", "user": "u"})
+            assert answer.status_code == 403, answer.text
+    async with console(relay, token, size=(80, 24)) as (app, pilot, _table):
+        await pilot.press("c")
+        await wait_until(pilot, lambda: isinstance(app.screen, CreatedModal)
+                         and app.screen.query("#tries"))
+        assert "3 of 5 tries left" in str(app.screen.query_one("#tries", Label).render())
+        await pilot.press("enter")
+        await app.action_quit()
+
+
+async def test_help_lists_adhocs_keys_first_at_80x24(relay) -> None:
+    async with Api(relay.base_url) as api:
+        await api.create_session("hu@example.com")
+        token = api.token
+    async with console(relay, token, size=(80, 24)) as (app, pilot, table):
+        await pilot.press("question_mark")
+        await wait_until(pilot, lambda: isinstance(app.screen, HelpModal))
+        await pilot.pause()
+        keys = app.screen.keys
+        first_generic = next(i for i, k in enumerate(keys) if not k.product)
+        product = " ".join(f"{k.keys} {k.description}" for k in keys[:first_generic])
+        for words in ("n new session", "r, ⏎ remote control", "e end the session",
+                      "a audit trail", "c a new security code", "i details", "q Quit"):
+            assert words in product, product
+        assert all(not k.product for k in keys[first_generic:])  # table keys come after
+        drawn = screen_text(app)
+        for words in ("audit trail", "new security code", "Quit"):  # in the first screenful
+            assert words in drawn
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: not isinstance(app.screen, HelpModal))
+        assert cell_texts(table)[0][0] == "hu@example.com"
+        await app.action_quit()
