@@ -16,6 +16,7 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import DataTable, Static
+from textual.widgets.data_table import ColumnKey
 
 from tui.sanitize import clean, plain
 from tui.transfers import DIR, LINK, Entry, LocalFiles, RemoteFiles, TransferError
@@ -23,6 +24,13 @@ from tui.widgets.texttable import TextTable
 
 SORTS = ("name", "size", "time")
 UP = ".."
+# Fixed widths for every column but the name, which takes the rest of the pane: a folder of
+# long names must not push size, mode, owner and time out of sight. A narrow pane keeps them
+# in KEEP order while the name keeps MIN_NAME; the details line under the table shows all
+# of them for the highlighted entry anyway.
+FIXED_COLUMNS = (("size", 7), ("mode", 10), ("owner", 8), ("modified", 16))
+KEEP = ("size", "modified", "mode", "owner")
+MIN_NAME = 20
 
 
 def human_size(size: int) -> str:
@@ -138,12 +146,40 @@ class FilePane(Vertical):
     def compose(self) -> ComposeResult:
         yield PathLine(classes="pane-path")
         table = FileTable(cursor_type="row", zebra_stripes=False, classes="file-table")
-        table.add_columns("name", "size", "mode", "owner", "modified")
+        table.add_column("name", key="name", width=MIN_NAME)
+        for label, width in FIXED_COLUMNS:
+            table.add_column(label, key=label, width=width)
         yield table
         yield Static("", classes="pane-details", markup=False)
 
     def on_mount(self) -> None:
         self.border_title = plain(self.title)
+
+    def on_resize(self) -> None:
+        self.call_after_refresh(self._fit_columns)
+
+    def _fit_columns(self) -> None:
+        """The name column takes what the fixed ones leave; the columns the pane cannot
+        hold at all (a narrow pane at 80 columns) go, from the right, time first."""
+        table = self.table
+        width = table.size.width - 1  # the scroll bar
+        if width <= 0:
+            return
+        name_width = width - 2 * (1 + len(FIXED_COLUMNS))  # every cell's padding
+        widths = dict(FIXED_COLUMNS)
+        for label in KEEP:
+            column = table.columns[ColumnKey(label)]
+            fits = name_width - widths[label] >= MIN_NAME
+            column.width = widths[label] if fits else 0
+            column.auto_width = False
+            if fits:
+                name_width -= widths[label]
+        name = table.columns[ColumnKey("name")]
+        name.auto_width = False
+        name.width = max(MIN_NAME, name_width)
+        table._require_update_dimensions = True
+        table._clear_caches()
+        table.refresh()
 
     @property
     def table(self) -> FileTable:
@@ -260,11 +296,18 @@ class FilePane(Vertical):
         event.stop()
         self._show_details()
 
+    def count_text(self) -> str:
+        """How many entries are listed, and how many hidden ones are not (. shows them)."""
+        shown = sum(1 for e in self.rows if e is not None)
+        hidden = 0 if self.show_hidden else sum(1 for e in self.entries if e.hidden)
+        text = f"{shown} entr{'y' if shown == 1 else 'ies'}" if shown else "(empty)"
+        return text + (f", {hidden} hidden (. shows them)" if hidden else "")
+
     def _show_details(self) -> None:
         entry = self.highlighted()
         details = self.query_one(".pane-details", Static)
         if entry is None:
-            details.update(f"{len(self.entries)} entries" if self.rows else "(empty)")
+            details.update(self.count_text())
             return
         what = {DIR: "folder", LINK: "symlink"}.get(entry.kind, "")
         size = "" if entry.kind == DIR else human_size(entry.size)
