@@ -151,8 +151,7 @@ class ConsoleApp(App):
     def report_failure(self, error: BaseException, group: str = "") -> None:
         """The one place where a failed background call becomes something the user sees."""
         if isinstance(error, RelayError) and error.status == 0 and group == "refresh":
-            self.relay_lost = True
-            self._sessions.set_banner(f"Lost the relay: {explain(error).text}")
+            self._lost_relay(error)
             return
         explained = explain(error)
         if not explained.expected:
@@ -235,14 +234,17 @@ class ConsoleApp(App):
                     self.last_event_id = 0
             except RelayError as exc:
                 if exc.status == 401:
-                    self._sessions.set_banner(f"{exc.detail} (adhoc-console login URL)")
+                    self._sessions.set_banner(explain(exc).text)
                     return
                 if not self.relay_lost:
-                    self.relay_lost = True
-                    self._sessions.set_banner(
-                        f"Lost the relay: {clean(exc.detail, 120)} — reconnecting…")
+                    self._lost_relay(exc)
             await asyncio.sleep(retry_delay(attempt))
             attempt += 1
+
+    def _lost_relay(self, error: RelayError) -> None:
+        self.relay_lost = True
+        self._sessions.set_banner(f"Lost the relay. {explain(error).text} The console "
+                                  "reconnects by itself.")
 
     def _relay_back(self) -> None:
         self.relay_lost = False

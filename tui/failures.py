@@ -21,7 +21,7 @@ NEXT_STEP = {
     "unreachable": "check that the relay is running and that this computer can reach it",
     "offline": "wait until the list shows the host online (its network may be down), "
                "then try again",
-    "unauthorized": "log in again with adhoc-console login URL",
+    "unauthorized": "log in again: adhoc-console login followed by the relay's URL",
     "not_found": "the session is gone: the list shows what is left",
 }
 

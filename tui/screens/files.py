@@ -387,10 +387,11 @@ class FilesScreen(Screen):
         chosen = pane.chosen()
         if pane.fs is None or not chosen:
             return
-        names = ", ".join(clean(e.name, 40) for e in chosen[:SHOWN_PROBLEMS])
+        names = ", ".join(clean(e.name, 120) for e in chosen[:SHOWN_PROBLEMS])
         if len(chosen) > SHOWN_PROBLEMS:
             names += f" and {len(chosen) - SHOWN_PROBLEMS} more"
-        where = "the customer's computer" if pane is self.remote else "this computer"
+        where = (f"the computer of {clean(self.session.get('customer_email'), 120)}"
+                 if pane is self.remote else "this computer")
         question = f"Delete {names} from {where}? Folders are deleted with everything in them."
 
         def confirmed(yes: bool | None) -> None:
