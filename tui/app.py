@@ -82,6 +82,7 @@ class ConsoleApp(App):
         self.connector = HostConnector(client, login)
         self.passwords: dict[str, Secret] = {}  # session passwords: memory only, never saved
         self.panes: dict[tuple[str, str], Screen] = {}
+        self.retired: dict[str, Screen] = {}  # panes of ended sessions, to remove
         self.views: dict[str, dict] = {}
         self.limits: dict | None = None
         self.last_event_id: int | None = None
@@ -194,12 +195,19 @@ class ConsoleApp(App):
             view = self.views.get(self.screen.created["id"])
             if view:
                 self.screen.update_from(view)
-        for (_kind, session_id), screen in list(self.panes.items()):
+        ended = set()
+        for (_kind, session_id), screen in self.panes.items():
             view = self.views.get(session_id)
             if view:
                 screen.session.update({k: v for k, v in view.items() if k != "host_key"})
                 if view["state"] == "ended":
-                    self._session_over(view)
+                    ended.add(session_id)
+        for session_id in ended:
+            view = self.views[session_id]
+            self._session_over(view)
+            self.notify(f"The session with {clean(view['customer_email'])} ended: "
+                        f"{ended_reason(view)}. Its panes have stopped.", severity="warning",
+                        timeout=15)
 
     def _session_over(self, view: dict) -> None:
         """The session ended (the customer, the technician, expiry): its panes stop trying
@@ -212,9 +220,19 @@ class ConsoleApp(App):
             if isinstance(screen, RemoteScreen):
                 screen.close_shell()
             screen.end(why)
-            if not screen.is_current:
-                self.uninstall_screen(_pane_name(kind, view["id"]))
+            self.retired[_pane_name(kind, view["id"])] = screen
+        self.retire_panes()
         self.forget_password(view["id"])
+
+    @on(SessionsScreen.Back)
+    def retire_panes(self) -> None:
+        """Remove the panes of ended sessions that the technician is no longer looking at
+        (one still on screen says why it stopped until they leave it)."""
+        for name, screen in list(self.retired.items()):
+            if not any(screen in stack for stack in self._screen_stacks.values()):
+                del self.retired[name]
+                self.uninstall_screen(name)
+                screen.remove()
 
     @work(exclusive=True, group="events")
     async def follow_events(self) -> None:

@@ -112,3 +112,37 @@ async def test_requests_survive_a_pooled_connection_the_relay_closed(start_relay
     finally:
         await client.aclose()
         await proxy.close()
+
+
+async def test_panes_stop_and_say_why_when_the_customer_ends_the_session(
+        start_relay, agents, tmp_path: Path, quick_agent) -> None:
+    """The shell pane retried forever once the customer had ended the session; now every
+    pane of the session stops, says it ended and why, and the console carries on."""
+    relay = start_relay()
+    _view, agent, token = await online_session(relay, agents, tmp_path, "fin@example.com")
+    async with console(relay, token, size=(100, 30)) as (app, pilot, _table):
+        await pilot.press("t")
+        await give_password(pilot, app)
+        await wait_until(pilot, lambda: isinstance(app.screen, ChatScreen)
+                         and app.screen.channel is not None, timeout=30)
+        chat = app.screen
+        await pilot.press("ctrl+right_square_bracket")
+        await pilot.press("r")
+        await wait_until(pilot, lambda: isinstance(app.screen, RemoteScreen)
+                         and app.screen.channel is not None, timeout=30)
+        shell = app.screen
+        agent.proc.send_signal(signal.SIGTERM)  # the customer ends it from their window
+        await wait_until(pilot, lambda: shell.ended is not None and chat.ended is not None,
+                         timeout=30, what="the panes learning the session ended")
+        assert "ended by the customer" in shell.state
+        assert "ended by the customer" in notices(app)
+        await wait_until(pilot, lambda: not [w for w in app.workers if w.node in (shell, chat)
+                                             and w.is_running])  # nothing retries
+        assert app.passwords == {}
+        await pilot.press("ctrl+right_square_bracket")
+        await wait_until(pilot, lambda: isinstance(app.screen, SessionsScreen))
+        await wait_until(pilot, lambda: not app.retired)  # the ended panes are gone
+        await pilot.press("r")  # and the session cannot be opened again
+        await wait_until(pilot, lambda: "ended" in notices(app).rsplit("\n", 1)[-1])
+        assert app.is_running and not app.unexpected
+        await app.action_quit()

@@ -23,6 +23,7 @@ from textual.widgets import Footer, Input, ProgressBar, Static
 from textual.worker import Worker, WorkerState
 
 from tui.client import HostConnector, RelayError
+from tui.failures import explain
 from tui.sanitize import clean, plain
 from tui.screens.modals import ConfirmModal
 from tui.screens.overwrite import OverwriteModal
@@ -110,16 +111,6 @@ def _problems(items: list[str]) -> str:
     return text
 
 
-def _error_text(error: BaseException) -> str:
-    if isinstance(error, RelayError):
-        return error.detail
-    if isinstance(error, asyncssh.SFTPError):
-        return str(error.reason) or "the host refused"
-    if isinstance(error, OSError):
-        return error.strerror or str(error)
-    return str(error) or type(error).__name__
-
-
 class FilesScreen(Screen):
     BINDINGS = [
         Binding("escape", "leave", "Back", id="files.leave"),
@@ -152,6 +143,7 @@ class FilesScreen(Screen):
         self.active_id = "local-pane"
         self.prompt_mode: str | None = None
         self.prompt_original = ""  # what the prompt started with, as the host spelt it
+        self.ended: str | None = None  # why the session ended, once it has
         self.transfer: Worker | None = None
         self.last_outcome: Outcome | None = None
 
@@ -201,6 +193,19 @@ class FilesScreen(Screen):
         self.local.table.focus()
         self.connect()
 
+    def end(self, why: str) -> None:
+        """The session ended: stop the copy and the connection, and say so."""
+        self.ended = why
+        if self.transfer is not None:
+            self.transfer.cancel()
+        self.workers.cancel_group(self, "connect")
+        if self.sftp is not None:
+            self.sftp.exit()
+            self.sftp = None
+        self.remote_fs = None
+        self.remote.fs = None
+        self.remote.show_message(f"the session ended ({why})")
+
     def on_screen_resume(self) -> None:
         self.active.table.focus()
 
@@ -232,7 +237,7 @@ class FilesScreen(Screen):
             if not reason and isinstance(exc, asyncssh.ChannelOpenError):
                 # The agent refuses the sftp subsystem outright when the plan lacks "files".
                 reason = REFUSED
-            self.post_message(RemoteUnavailable(reason or _error_text(exc)))
+            self.post_message(RemoteUnavailable(reason or explain(exc).text))
             return
         try:
             home = self.remote_path or await sftp.realpath(".")
@@ -286,10 +291,9 @@ class FilesScreen(Screen):
             self.local.reload()
             self.remote.reload()
         if event.state == WorkerState.ERROR and worker.error is not None:
-            text = _error_text(worker.error)
             if worker.group == "transfer":
-                self._bar_result(f"Copy failed: {clean(text, 100)}")
-            self.notify(f"{clean(text, 300)}", severity="error", timeout=10)
+                self._bar_result(f"Copy failed: {explain(worker.error).text}")
+            self.app.report_failure(worker.error)  # the app's one place for failures
 
     # --- panes and prompts --------------------------------------------------------------------
 
@@ -307,6 +311,10 @@ class FilesScreen(Screen):
         self.notify(f"Sorted by {key}.", timeout=2)
 
     def action_reload(self) -> None:
+        if self.ended is not None and self.active is self.remote:
+            self.notify(f"The session ended ({self.ended}): the customer's files are gone "
+                        "from here.", severity="warning")
+            return
         lost = self.conn is None or self.conn.is_closed()
         if self.active is self.remote and lost and self.transfer is None:
             # The host dropped (network, agent restart): connect again, then list.

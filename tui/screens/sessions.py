@@ -9,6 +9,7 @@ from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
@@ -172,6 +173,12 @@ class SessionsScreen(Screen):
         self.query_one("#banner", Static).display = False
         self.set_interval(1.0, self.tick)
         self.query_one(DataTable).focus()
+
+    class Back(Message):
+        """The list is on screen again (a pane was left: if its session ended, it can go)."""
+
+    def on_screen_resume(self) -> None:
+        self.post_message(self.Back())
 
     def on_resize(self) -> None:
         self.call_after_refresh(self._relayout)  # once the table has its new size
