@@ -48,6 +48,17 @@ class Tmux:
             time.sleep(0.2)
         raise AssertionError(f"never saw {pattern!r} on the console:\n{self.screen()}")
 
+    def wait_buffer(self, needle: str, timeout: float = 15) -> str:
+        """tmux's newest paste buffer once it holds `needle` (what OSC 52 put there)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            buffer = subprocess.run([*self.base, "show-buffer"], capture_output=True,
+                                    text=True).stdout
+            if needle in buffer:
+                return buffer
+            time.sleep(0.2)
+        raise AssertionError(f"the paste buffer never held {needle!r}")
+
     def kill(self) -> None:
         subprocess.run([*self.base, "kill-server"], capture_output=True)
 
@@ -65,6 +76,8 @@ async def test_console_in_tmux_end_to_end(relay, agents, tmp_path: Path) -> None
 
     tmux = Tmux("adhoc", tmp_path / "tmux.sock")
     tmux.start(f"{sys.executable} -m tui.cli", env)
+    # Let the console's OSC 52 (the copy keys) reach tmux's paste buffer.
+    subprocess.run([*tmux.base, "set-option", "-g", "set-clipboard", "on"], check=True)
     try:
         tmux.wait_for(r"live sessions 0/")
         tmux.keys("n")
@@ -78,6 +91,12 @@ async def test_console_in_tmux_end_to_end(relay, agents, tmp_path: Path) -> None
             time.sleep(0.3)
         code = tmux.wait_for(r"code (\d{6})").group(1)
         join_url = tmux.wait_for(r"(http://\S+/join/\S+)").group(1)
+        # The link and the one-liner are each one line, copied whole by a key (OSC 52).
+        tmux.keys("l")
+        tmux.wait_buffer(join_url)
+        tmux.keys("y")
+        one_liner = tmux.wait_buffer(f"{join_url}/install.sh")
+        assert one_liner.startswith("curl ") and one_liner.count("\n") == 0
 
         workdir = tmp_path / "agent"
         workdir.mkdir()
