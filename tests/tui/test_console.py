@@ -171,12 +171,12 @@ async def test_keys_remap_from_config_and_palette_knows_the_screen(relay) -> Non
     async with Api(relay.base_url) as api:
         token = api.token
     client = RelayClient(relay.base_url, token)
-    app = ConsoleApp(client, "alice", keymap={"sessions.new": "i"})
+    app = ConsoleApp(client, "alice", keymap={"sessions.new": "o"})
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.press("n")
         await pilot.pause()  # let the key's handlers run: n is no longer bound
         assert not isinstance(app.screen, NewSessionModal)
-        await pilot.press("i")
+        await pilot.press("o")
         await wait_until(pilot, lambda: isinstance(app.screen, NewSessionModal))
         await pilot.press("escape")
         await wait_until(pilot, lambda: not isinstance(app.screen, NewSessionModal))
