@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -19,7 +20,7 @@ from common.secret import Secret, reveal
 from common.transport import INNER_PORT, INNER_USER, WideTunnel, client_options, pinned
 
 API = "/api/v1"
-# Small windows so ctrl+c stops a flood quickly (DESIGN §6, issue 5).
+# Small windows so ctrl+c stops a flood quickly (docs/BENCHMARKS.md, Targets; issue 5).
 SHELL_WINDOW = 256 * 1024
 
 
@@ -305,10 +306,13 @@ class JsonLines:
 
 
 def technician_options(*, outer: bool = False, **options) -> dict:
-    """The console's asyncssh client settings; `options` override them."""
+    """The console's asyncssh client settings; `options` override them. Keepalive on every
+    leg, 15 s x 3; ADHOC_CONSOLE_KEEPALIVE (seconds) lets fault tests see a dead link in
+    seconds, as ADHOC_HOST_KEEPALIVE and ADHOC_RELAY_KEEPALIVE do."""
+    keepalive = float(os.environ.get("ADHOC_CONSOLE_KEEPALIVE", "15"))
     return {"client_keys": None, "agent_path": None, "config": None,
-            "preferred_auth": "password", "keepalive_interval": 15, "keepalive_count_max": 3,
-            **client_options(outer=outer), **options}
+            "preferred_auth": "password", "keepalive_interval": keepalive,
+            "keepalive_count_max": 3, **client_options(outer=outer), **options}
 
 
 async def connect_relay(host: str, port: int, login: str, token: str | Secret, relay_key: str,

@@ -62,6 +62,24 @@ def explain(error: BaseException) -> Explained:
         "it keeps running, but please report this"), False)
 
 
+def connection_lost(error: BaseException) -> bool:
+    """Whether the error means the connection to the host is gone (not a refusal)."""
+    if isinstance(error, asyncssh.SFTPError):
+        return error.code == asyncssh.sftp.FX_CONNECTION_LOST or \
+            error.code == asyncssh.sftp.FX_NO_CONNECTION
+    return isinstance(error, (asyncssh.Error, ConnectionError, BrokenPipeError, EOFError)) \
+        or (isinstance(error, RelayError) and error.status == 0)
+
+
+def reason(error: BaseException) -> str:
+    """What went wrong, in the error's own words, without a next step."""
+    if isinstance(error, RelayError):
+        return clean(error.detail, 300)
+    if isinstance(error, OSError) and error.strerror:
+        return clean(error.strerror, 300)
+    return clean(getattr(error, "reason", "") or str(error) or type(error).__name__, 300)
+
+
 def _relay_sentence(error: RelayError) -> str:
     detail = error.detail.rstrip(". ")
     key = "unauthorized" if error.status == 401 else error.code

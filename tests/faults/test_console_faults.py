@@ -9,12 +9,13 @@ from pathlib import Path
 
 from textual.widgets import Static
 
-from tests.faults.conftest import restart
-from tests.faults.proxy import StaleKeepAliveProxy
+from tests.faults.conftest import free_port, restart
+from tests.faults.proxy import DeadLinkProxy, StaleKeepAliveProxy
 from tests.support import PASSWORD, Api
 from tests.tui.helpers import console, give_password, online_session, wait_until
 from tui.client import RelayClient
 from tui.screens.chat import ChatScreen
+from tui.screens.files import FilesScreen
 from tui.screens.modals import ConfirmModal
 from tui.screens.remote import RemoteScreen
 from tui.screens.sessions import SessionsScreen
@@ -146,3 +147,36 @@ async def test_panes_stop_and_say_why_when_the_customer_ends_the_session(
         await wait_until(pilot, lambda: "ended" in notices(app).rsplit("\n", 1)[-1])
         assert app.is_running and not app.unexpected
         await app.action_quit()
+
+
+async def test_a_network_drop_under_the_file_manager_is_not_called_a_plan_refusal(
+        start_relay, agents, tmp_path: Path, quick_agent, monkeypatch) -> None:
+    """Found by the chaos test: with the link silently dead, the SFTP channel failed as the
+    connection died, and the file manager said the plan did not include files."""
+    for name in ("ADHOC_CONSOLE_KEEPALIVE", "ADHOC_HOST_KEEPALIVE", "ADHOC_RELAY_KEEPALIVE"):
+        monkeypatch.setenv(name, "1")
+    proxy = await DeadLinkProxy().start()
+    ssh_port = free_port()
+    proxy.upstream = ("127.0.0.1", ssh_port)
+    try:
+        relay = start_relay("--ssh-public", f"127.0.0.1:{proxy.port}", ssh_port=ssh_port)
+        view, _agent, token = await online_session(relay, agents, tmp_path, "net@example.com")
+        async with console(relay, token, size=(100, 30)) as (app, pilot, _table):
+            await pilot.press("t")  # a pane first: the connection to the host is open
+            await give_password(pilot, app)
+            await wait_until(pilot, lambda: isinstance(app.screen, ChatScreen)
+                             and app.screen.channel is not None, timeout=30)
+            await pilot.press("ctrl+right_square_bracket")
+            proxy.cut()
+            files = FilesScreen(view, app.connector, app.passwords[view["id"]],
+                                local_path=str(tmp_path))
+            await app.push_screen(files)
+            await wait_until(pilot, lambda: files.remote.message is not None
+                             and "unavailable" in files.remote.message, timeout=30)
+            assert "plan" not in files.remote.message
+            assert "ctrl+r" in files.remote.message
+            assert app.is_running and not app.unexpected
+            proxy.mend()
+            await app.action_quit()
+    finally:
+        await proxy.close()

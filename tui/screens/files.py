@@ -23,7 +23,7 @@ from textual.widgets import Footer, Input, ProgressBar, Static
 from textual.worker import Worker, WorkerState
 
 from tui.client import HostConnector, RelayError
-from tui.failures import explain
+from tui.failures import connection_lost, explain, reason
 from tui.sanitize import clean, plain
 from tui.screens.modals import ConfirmModal
 from tui.screens.overwrite import OverwriteModal
@@ -45,7 +45,8 @@ LEAVE_KEY = "ctrl+right_square_bracket"
 REFUSAL_WAIT = 5.0
 SHOWN_PROBLEMS = 3
 REFUSED = ("the customer's computer refused the file manager: it is not included in this "
-           "session's plan (it needs plus or premier)")
+           "session's plan (ask your company's admin for plus or premier)")
+RECONNECT = "press ctrl+r to connect again once the host is back"
 
 HELP = (
     "tab other pane · ↑↓ j k move · enter open · backspace up · space mark\n"
@@ -63,9 +64,10 @@ class RemoteReady(Message):
 
 
 class RemoteUnavailable(Message):
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, retry: bool) -> None:
         super().__init__()
         self.reason = reason
+        self.retry = retry  # whether connecting again may help
 
 
 class PlanReady(Message):
@@ -227,17 +229,22 @@ class FilesScreen(Screen):
         try:
             conn = await self.connector.host(self.session, self.password)
         except RelayError as exc:
-            self.post_message(RemoteUnavailable(exc.detail))
+            self.post_message(RemoteUnavailable(exc.detail, exc.code != "wrong_password"))
             return
         self.conn = conn
         try:
             sftp = await conn.start_sftp_client(path_errors="surrogateescape")
         except (asyncssh.Error, OSError) as exc:
-            reason = await self._refusal(conn)
-            if not reason and isinstance(exc, asyncssh.ChannelOpenError):
+            planned = "files" in (self.session.get("features") or [])
+            if conn.is_closed() or (connection_lost(exc) and planned):
+                # The connection went (a network drop): not a refusal, whatever it looks like.
+                self.post_message(RemoteUnavailable(reason(exc), True))
+                return
+            refusal = await self._refusal(conn)
+            if not refusal and isinstance(exc, asyncssh.ChannelOpenError):
                 # The agent refuses the sftp subsystem outright when the plan lacks "files".
-                reason = REFUSED
-            self.post_message(RemoteUnavailable(reason or explain(exc).text))
+                refusal = REFUSED
+            self.post_message(RemoteUnavailable(refusal or reason(exc), not refusal))
             return
         try:
             home = self.remote_path or await sftp.realpath(".")
@@ -268,9 +275,11 @@ class FilesScreen(Screen):
 
     @on(RemoteUnavailable)
     def _remote_unavailable(self, message: RemoteUnavailable) -> None:
-        reason = clean(message.reason, 200)
-        self.remote.show_message(f"unavailable: {reason}")
-        self.notify(f"The customer's files are unavailable: {reason}", severity="error",
+        why = clean(message.reason, 200).rstrip(".")
+        self.remote.show_message(f"unavailable: {why}" + (f"; {RECONNECT}" if message.retry
+                                                          else ""))
+        self.notify(f"The customer's files are unavailable: {why}"
+                    + (f"; {RECONNECT}." if message.retry else "."), severity="error",
                     timeout=10)
 
     # --- the one place failures become visible ----------------------------------------------

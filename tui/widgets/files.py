@@ -18,8 +18,9 @@ from textual.message import Message
 from textual.widgets import DataTable, Static
 from textual.widgets.data_table import ColumnKey
 
+from tui.failures import connection_lost, reason
 from tui.sanitize import clean, plain
-from tui.transfers import DIR, LINK, Entry, LocalFiles, RemoteFiles, TransferError
+from tui.transfers import DIR, LINK, Entry, LocalFiles, RemoteFiles
 from tui.widgets.texttable import TextTable
 
 SORTS = ("name", "size", "time")
@@ -124,10 +125,10 @@ class FilePane(Vertical):
             self.select = select
 
     class ListFailed(Message):
-        def __init__(self, path: str, reason: str) -> None:
+        def __init__(self, path: str, error: BaseException) -> None:
             super().__init__()
             self.path = path
-            self.reason = reason
+            self.error = error
 
     def __init__(self, title: str, fs: LocalFiles | RemoteFiles | None = None, *,
                  id: str | None = None) -> None:
@@ -210,13 +211,8 @@ class FilePane(Vertical):
         try:
             resolved = await self.fs.resolve(path)
             entries = await self.fs.list(resolved)
-        except (OSError, TransferError) as exc:
-            self.post_message(self.ListFailed(path, exc.strerror if isinstance(exc, OSError)
-                                              and exc.strerror else str(exc)))
-            return
-        except Exception as exc:  # SFTP errors and a dropped connection
-            self.post_message(self.ListFailed(path, getattr(exc, "reason", None) or str(exc)
-                                              or type(exc).__name__))
+        except Exception as exc:  # local and SFTP errors, a dropped connection
+            self.post_message(self.ListFailed(path, exc))
             return
         self.post_message(self.Listed(resolved, entries, select))
 
@@ -235,8 +231,12 @@ class FilePane(Vertical):
     @on(ListFailed)
     def _list_failed(self, message: ListFailed) -> None:
         message.stop()
-        self.app.notify(f"Cannot open {clean(message.path, 120)}: {clean(message.reason, 200)}",
-                        severity="error")
+        if connection_lost(message.error):
+            step = "press ctrl+r to connect again once the host is back"
+        else:
+            step = "check the path (g goes to another)"
+        self.app.notify(f"Cannot open {clean(message.path, 120)}: {reason(message.error)}; "
+                        f"{step}.", severity="error")
         if not self.path:
             self.show_message(f"cannot open {clean(message.path, 120)}")
 
