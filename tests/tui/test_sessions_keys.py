@@ -9,10 +9,11 @@ import subprocess
 from pathlib import Path
 
 import httpx
-from textual.widgets import Input, Label
+from textual.widgets import DataTable, Input, Label
 
 from tests.support import SESSION_PASSWORD, Api
 from tests.tui.helpers import cell_texts, console, online_session, screen_text, wait_until
+from tui.screens.audit import AuditModal, AuditRowModal
 from tui.screens.created import CreatedModal
 from tui.screens.detail import DetailModal
 from tui.screens.help import HelpModal
@@ -129,4 +130,30 @@ async def test_help_lists_adhocs_keys_first_at_80x24(relay) -> None:
         await pilot.press("escape")
         await wait_until(pilot, lambda: not isinstance(app.screen, HelpModal))
         assert cell_texts(table)[0][0] == "hu@example.com"
+        await app.action_quit()
+
+
+async def test_audit_rows_open_and_name_technicians_by_login(relay) -> None:
+    async with Api(relay.base_url) as api:
+        created = await api.create_session("au@example.com")
+        await api.client.post(f"/api/v1/sessions/{created['id']}/end")
+        token = api.token
+        rows = (await api.client.get(f"/api/v1/sessions/{created['id']}/audit")).json()
+    actors = {row["actor"] for row in rows["audit"]}
+    async with console(relay, token, size=(80, 24)) as (app, pilot, _table):
+        await pilot.press("a")
+        await wait_until(pilot, lambda: isinstance(app.screen, AuditModal)
+                         and app.screen.query(DataTable))
+        await pilot.pause()
+        table = app.screen.query_one(DataTable)
+        shown = {str(table.get_row_at(i)[1]) for i in range(table.row_count)}
+        assert shown <= {"technician:alice", "relay", "customer", "agent", "system"} | {
+            a for a in actors if not a.startswith("technician:")}, (actors, shown)
+        assert "technician:alice" in shown
+        await pilot.press("enter")  # a row opens in full
+        await wait_until(pilot, lambda: isinstance(app.screen, AuditRowModal))
+        await pilot.pause()
+        assert "actor: technician:alice" in screen_text(app) or "event:" in screen_text(app)
+        await pilot.press("escape")
+        await pilot.press("escape")
         await app.action_quit()

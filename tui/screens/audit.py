@@ -25,10 +25,10 @@ NUMBERED_TECHNICIAN = re.compile(r"technician:\d+")
 
 def actor_name(row: dict, view: dict) -> str:
     """Technicians by login everywhere: the relay names the creator of a session by number
-    in its session_create row (the creator is the session's technician)."""
+    in its session_created row (the creator is the session's technician)."""
     actor = str(row.get("actor") or "")
-    if NUMBERED_TECHNICIAN.fullmatch(actor) and row.get("event") == "session_create" \
-            and view.get("technician"):
+    if NUMBERED_TECHNICIAN.fullmatch(actor) and str(row.get("event")).startswith(
+            "session_create") and view.get("technician"):
         return f"technician:{view['technician']}"
     return actor
 
