@@ -18,8 +18,9 @@ from tui.sanitize import clean, plain
 from tui.times import local_time
 from tui.widgets.texttable import TextTable
 
-# time, actor, event, outcome; the detail column takes the rest of the width.
-FIXED = (("time", 19), ("actor", 20), ("event", 16), ("outcome", 8))
+# time, actor, event (with its outcome when that is not "ok"); the detail column takes the
+# rest of the width, so it is readable at 80 columns; enter shows a row in full.
+FIXED = (("time", 14), ("actor", 12), ("event", 20))
 NUMBERED_TECHNICIAN = re.compile(r"technician:\d+")
 
 
@@ -31,6 +32,16 @@ def actor_name(row: dict, view: dict) -> str:
             "session_create") and view.get("technician"):
         return f"technician:{view['technician']}"
     return actor
+
+
+def short_actor(actor: str) -> str:
+    """The actor as the list shows it: a technician by login alone."""
+    return actor.removeprefix("technician:")
+
+
+def event_text(row: dict) -> str:
+    outcome = clean(row.get("outcome"), 20)
+    return clean(row.get("event"), 40) + ("" if outcome == "ok" else f" ({outcome})")
 
 
 def detail_text(detail: object) -> str:
@@ -59,24 +70,28 @@ class AuditModal(ModalScreen[None]):
                 table.add_column(label, width=width, key=label)
             table.add_column("detail", key="detail")
             for row in self.rows:
-                table.add_row(local_time(row.get("at")), plain(actor_name(row, self.view), 40),
-                              plain(row.get("event"), 40), plain(row.get("outcome"), 20),
+                table.add_row(local_time(row.get("at"))[5:],
+                              plain(short_actor(actor_name(row, self.view)), 40),
+                              plain(event_text(row), 60),
                               plain(detail_text(row.get("detail")), 300))
             yield table
 
     def on_mount(self) -> None:
-        self._fit()
+        self.call_after_refresh(self._fit)  # once the table has its size
 
     def on_resize(self) -> None:
-        self._fit()
+        self.call_after_refresh(self._fit)
 
     def _fit(self) -> None:
         """The detail column takes what the others leave (it opens in full with enter)."""
         table = self.query_one("#audit", DataTable)
+        if not table.size.width:
+            return
         used = sum(width + 2 * table.cell_padding for _label, width in FIXED)
         column = table.columns[ColumnKey("detail")]
         column.auto_width = False
         column.width = max(10, table.size.width - used - 2 * table.cell_padding - 1)
+        table._require_update_dimensions = True
         table.refresh()
 
     @on(DataTable.RowSelected, "#audit")

@@ -35,7 +35,7 @@ class DashboardScreen(PaneScreen):
     def compose(self) -> ComposeResult:
         yield self.status_bar()
         yield DashboardView(id="dashboard")
-        yield Footer()
+        yield Footer(show_command_palette=False)  # ctrl+p still opens it
 
     def on_mount(self) -> None:
         self.follow()

@@ -42,7 +42,7 @@ def detail_lines(view: dict, login: str, relay_ssh: str | None) -> list[tuple[st
                               f", user {clean(host.get('user'), 32)}{address}"))
     fingerprint = host_key_fingerprint(view.get("host_key"))
     if fingerprint:
-        lines.append(("host key", f"{fingerprint} (the customer's window shows the same)"))
+        lines.append(("host key", f"{fingerprint} (the customer's window must show the same)"))
     mail = clean(view.get("mail_status"), 20)
     if view.get("mail_detail"):
         mail += f": {clean(view.get('mail_detail'), 300)}"

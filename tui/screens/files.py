@@ -165,7 +165,7 @@ class FilesScreen(Screen):
             yield Static("", id="transfer-rate", markup=False)
         yield Static(HELP, id="files-help", markup=False)
         yield Input(id="files-prompt")
-        yield Footer()
+        yield Footer(show_command_palette=False)  # ctrl+p still opens it
 
     def pane(self, pane_id: str) -> FilePane:
         return self.query_one(f"#{pane_id}", FilePane)

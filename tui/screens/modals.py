@@ -60,8 +60,8 @@ class PasswordModal(ModalScreen[Secret | None]):
             yield Label(f"Session password for {clean(self.view.get('customer_email'), 120)} "
                         f"(session {clean(self.view.get('id'), 40)})", markup=False)
             if fingerprint:
-                yield Label(f"Host key {fingerprint}: the customer's window shows the same.",
-                            id="fingerprint", classes="hint", markup=False)
+                yield Label(f"Host key {fingerprint}: ask the customer to read theirs; "
+                            "they must match.", id="fingerprint", classes="hint", markup=False)
             if self.error:
                 yield Label(clean(self.error, 300), classes="error", markup=False)
             yield Input(password=True, placeholder="session password", id="password")

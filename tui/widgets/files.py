@@ -267,6 +267,7 @@ class FilePane(Vertical):
         if entry.name in self.marked:
             style = f"{style} reverse".strip()
         name = Text(mark) + plain(entry.name, 120, style=style) + Text(suffix)
+        name.no_wrap, name.overflow = True, "ellipsis"  # a cut name shows that it is cut
         size = Text("<dir>" if entry.kind == DIR else human_size(entry.size), justify="right")
         return (name, size, stat.filemode(entry.mode) if entry.mode else "?",
                 plain(entry.owner, 16), format_time(entry.mtime))
