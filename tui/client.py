@@ -48,8 +48,10 @@ def _error(response: httpx.Response) -> RelayError:
     except ValueError:
         body = None
     if not isinstance(body, dict) or not isinstance(body.get("detail"), str):
+        origin = f"{response.url.scheme}://{response.url.netloc.decode(errors='replace')}"
         return RelayError(response.status_code, "error",
-                          f"the relay answered HTTP {response.status_code}")
+                          f"{origin} answered HTTP {response.status_code}, not as an Adhoc "
+                          "relay does: check the URL, and that the relay behind it is running")
     return RelayError(response.status_code, str(body.get("error", "error")), body["detail"])
 
 

@@ -93,4 +93,6 @@ def _sentence(text: str) -> str:
     text = clean(text, 400).strip()
     if not text:
         return "Something went wrong."
-    return text[0].upper() + text[1:] + ("" if text.endswith((".", "…", "?", "!")) else ".")
+    if "://" not in text.split(" ", 1)[0]:  # a sentence may start with a URL, as it is
+        text = text[0].upper() + text[1:]
+    return text + ("" if text.endswith((".", "…", "?", "!")) else ".")
