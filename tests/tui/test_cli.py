@@ -4,10 +4,12 @@ reached each end in one line that says what to do, a non-zero status and no trac
 
 from __future__ import annotations
 
+import http.server
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import tomllib
 from pathlib import Path
 
@@ -55,6 +57,23 @@ def test_an_unreachable_relay_says_what_to_check(tmp_path: Path) -> None:
                                       "alice", "--password-stdin", stdin="x\n"))
     assert "cannot reach the relay at http://127.0.0.1:9" in line.lower()
     assert "check that the relay is running" in line
+
+
+def test_an_address_that_is_not_a_relay_says_to_check_the_url(tmp_path: Path) -> None:
+    """Some other web server answers (501 to a POST, in HTML): the console says which
+    address answered and to check it, not "the relay answered HTTP 501"."""
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        address = f"127.0.0.1:{server.server_port}"
+        line = one_line_error(console_cli(tmp_path, "login", address, "--login", "alice",
+                                          "--password-stdin", stdin="x\n"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert f"http://{address} answered HTTP 501" in line
+    assert "check the URL" in line
 
 
 def test_a_wrong_password_is_one_line(relay, tmp_path: Path) -> None:
