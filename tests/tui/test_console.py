@@ -137,6 +137,12 @@ async def test_dashboard_and_chat_panes(relay, agents, tmp_path: Path) -> None:
         await agent.wait_for_line("hello from alice")
         await wait_until(pilot, lambda: any(line.get("text") == "hello from alice"
                                             for line in chat.lines))
+        # A host that floods the chat costs a bounded amount of memory.
+        for n in range(3000):
+            chat.post_message(chat.Received({"from": "customer", "text": f"flood {n}"}))
+        await wait_until(pilot, lambda: chat.lines[-1].get("text") == "flood 2999")
+        assert len(chat.lines) == 1000
+        assert len(chat.query_one("#chat-log").lines) <= 1000
         await pilot.press("ctrl+right_square_bracket")
         await app.action_quit()
 

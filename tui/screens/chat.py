@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import deque
+
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
@@ -11,6 +13,8 @@ from textual.widgets import Input, RichLog
 from tui.sanitize import clean
 from tui.screens.pane import PaneScreen
 
+KEPT_LINES = 1000
+
 
 class ChatScreen(PaneScreen):
     kind = "chat"
@@ -19,11 +23,11 @@ class ChatScreen(PaneScreen):
 
     def __init__(self, session, connector, password) -> None:
         super().__init__(session, connector, password)
-        self.lines: list[dict] = []
+        self.lines: deque[dict] = deque(maxlen=KEPT_LINES)  # a flooding host costs little
 
     def compose(self) -> ComposeResult:
         yield self.status_bar()
-        yield RichLog(id="chat-log", wrap=True, markup=False)
+        yield RichLog(id="chat-log", wrap=True, markup=False, max_lines=KEPT_LINES)
         yield Input(placeholder="message to the customer (enter sends)", id="chat-input",
                     max_length=2000)
 
