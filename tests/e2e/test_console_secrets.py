@@ -3,7 +3,6 @@ a local variable, and neither the terminal nor stderr shows it (issue 13, blocke
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -12,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_console_tmux import Tmux
-from tests.support import PASSWORD, SESSION_PASSWORD
-from tests.tui.helpers import online_session
+from tests.support import SESSION_PASSWORD
+from tests.tui.helpers import cli_login, online_session
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None,
                                 reason="tmux is not installed; CI installs it")
@@ -42,14 +41,7 @@ async def test_a_crash_with_the_session_password_in_scope_shows_no_secret(
         relay, agents, tmp_path: Path) -> None:
     _view, _agent, _token = await online_session(relay, agents, tmp_path, "eve@example.com")
     config = tmp_path / "console-config"
-    env = {"ADHOC_CONSOLE_CONFIG_DIR": str(config), "TERM": "xterm-256color",
-           "PYTHONPATH": os.getcwd()}
-    login = subprocess.run(
-        [sys.executable, "-m", "tui.cli", "login", relay.base_url, "--login", "alice",
-         "--password-stdin"], input=PASSWORD + "\n", text=True, capture_output=True,
-        env={**os.environ, **env}, timeout=60)
-    assert login.returncode == 0, login.stderr
-    assert PASSWORD not in login.stdout + login.stderr
+    env = cli_login(relay, config)
     token = (config / "console.toml").read_text().split('token = "')[1].split('"')[0]
 
     script = tmp_path / "crashing_console.py"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -12,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import PASSWORD, SESSION_PASSWORD, AgentProcess
+from tests.support import SESSION_PASSWORD, AgentProcess
+from tests.tui.helpers import cli_login
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None,
                                 reason="tmux is not installed; CI installs it")
@@ -65,13 +65,7 @@ class Tmux:
 
 async def test_console_in_tmux_end_to_end(relay, agents, tmp_path: Path) -> None:
     config = tmp_path / "console-config"
-    env = {"ADHOC_CONSOLE_CONFIG_DIR": str(config), "TERM": "xterm-256color",
-           "PYTHONPATH": os.getcwd()}
-    login = subprocess.run(
-        [sys.executable, "-m", "tui.cli", "login", relay.base_url, "--login", "alice",
-         "--password-stdin"], input=PASSWORD + "\n", text=True, capture_output=True,
-        env={**os.environ, **env}, timeout=60)
-    assert login.returncode == 0, login.stderr
+    env = cli_login(relay, config)
     assert (config / "console.toml").stat().st_mode & 0o777 == 0o600
 
     tmux = Tmux("adhoc", tmp_path / "tmux.sock")

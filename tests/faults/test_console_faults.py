@@ -12,7 +12,7 @@ from textual.widgets import Static
 from tests.faults.conftest import free_port, restart
 from tests.faults.proxy import DeadLinkProxy, StaleKeepAliveProxy
 from tests.support import PASSWORD, Api
-from tests.tui.helpers import console, give_password, online_session, wait_until
+from tests.tui.helpers import console, give_password, online_session, open_pane, wait_until
 from tui.client import RelayClient
 from tui.screens.chat import ChatScreen
 from tui.screens.files import FilesScreen
@@ -30,10 +30,7 @@ async def test_relay_restart_with_a_chat_opened_earlier_keeps_the_console(
     relay = start_relay()
     _view, _agent, token = await online_session(relay, agents, tmp_path, "ann@example.com")
     async with console(relay, token, size=(100, 30)) as (app, pilot, _table):
-        await pilot.press("t")
-        await give_password(pilot, app)
-        await wait_until(pilot, lambda: isinstance(app.screen, ChatScreen), timeout=30)
-        chat = app.screen
+        chat = await open_pane(pilot, app, "t", ChatScreen)
         await wait_until(pilot, lambda: chat.channel is not None, timeout=30)
         await pilot.press("ctrl+right_square_bracket")
         await wait_until(pilot, lambda: isinstance(app.screen, SessionsScreen))

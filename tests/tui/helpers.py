@@ -68,3 +68,65 @@ def screen_text(app) -> str:
     console.print(app.screen._compositor.render_update(
         full=True, screen_stack=app._background_screens))
     return console.export_text(styles=False)
+
+
+async def open_pane(pilot, app, key: str, kind: type, password: str = SESSION_PASSWORD):
+    """Press `key` on the list, give the session password, and wait for the pane of `kind`
+    to be on screen and composed; returns it."""
+    await pilot.press(key)
+    await give_password(pilot, app, password)
+    await wait_until(pilot, lambda: isinstance(app.screen, kind) and app.screen.children,
+                     timeout=30)
+    return app.screen
+
+
+async def open_files(pilot, app, view: dict, local: Path, remote: Path):
+    """The file manager on `view`'s host, opened on two folders, once both are listed."""
+    from tui.screens.files import FilesScreen
+
+    screen = FilesScreen(view, app.connector, SESSION_PASSWORD, local_path=str(local),
+                         remote_path=str(remote))
+    await app.push_screen(screen)
+    await wait_until(pilot, lambda: screen.remote.loaded and screen.local.loaded)
+    return screen
+
+
+async def fill_new_session(pilot, app, email: str, password: str = SESSION_PASSWORD,
+                           confirm: str | None = None):
+    """Press n and fill the form in (not sent); returns the form."""
+    from tui.screens.new_session import NewSessionModal
+
+    await pilot.press("n")
+    await wait_until(pilot, lambda: isinstance(app.screen, NewSessionModal)
+                     and app.screen.query("#email"))
+    form = app.screen
+    form.query_one("#email", Input).value = email
+    form.query_one("#password", Input).value = password
+    form.query_one("#confirm", Input).value = password if confirm is None else confirm
+    return form
+
+
+def cli_login(relay, config: Path) -> dict[str, str]:
+    """`adhoc-console login` as alice into `config`; returns the environment to run the
+    console with (that config, a terminal type, this checkout)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.support import PASSWORD
+
+    env = {"ADHOC_CONSOLE_CONFIG_DIR": str(config), "TERM": "xterm-256color",
+           "PYTHONPATH": os.getcwd()}
+    login = subprocess.run(
+        [sys.executable, "-m", "tui.cli", "login", relay.base_url, "--login", "alice",
+         "--password-stdin"], input=PASSWORD + "\n", text=True, capture_output=True,
+        env={**os.environ, **env}, timeout=60)
+    assert login.returncode == 0, login.stderr
+    assert PASSWORD not in login.stdout + login.stderr
+    return env
+
+
+async def pending_session(relay, email: str, login: str = "alice") -> tuple[dict, str]:
+    """A session created through the API, waiting for its customer; and the token."""
+    async with Api(relay.base_url, login=login) as api:
+        return await api.create_session(email), api.token

@@ -9,7 +9,14 @@ from textual.widgets import DataTable, Input
 
 from common.secret import Secret
 from tests.support import SESSION_PASSWORD, Api
-from tests.tui.helpers import cell_texts, console, give_password, online_session, wait_until
+from tests.tui.helpers import (
+    cell_texts,
+    console,
+    online_session,
+    open_pane,
+    pending_session,
+    wait_until,
+)
 from tui.app import ConsoleApp
 from tui.client import RelayClient
 from tui.screens.created import CreatedModal
@@ -117,11 +124,7 @@ async def test_dashboard_and_chat_panes(relay, agents, tmp_path: Path) -> None:
 
     _session, agent, token = await online_session(relay, agents, tmp_path, "fay@example.com")
     async with console(relay, token, size=(120, 40)) as (app, pilot, _table):
-        await pilot.press("d")
-        await give_password(pilot, app)
-        await wait_until(pilot, lambda: isinstance(app.screen, DashboardScreen)
-                         and app.screen.query(DashboardView), timeout=30)
-        view = app.screen.query_one(DashboardView)
+        view = (await open_pane(pilot, app, "d", DashboardScreen)).query_one(DashboardView)
         await wait_until(pilot, lambda: view.last_sample is not None, timeout=30)
         assert view.last_sample["hostname"]
         assert view.query_one("#dash-processes", DataTable).row_count > 0
@@ -150,9 +153,7 @@ async def test_dashboard_and_chat_panes(relay, agents, tmp_path: Path) -> None:
 async def test_lost_relay_shows_banner_and_reconnects(relay) -> None:
     from textual.widgets import Static
 
-    async with Api(relay.base_url) as api:
-        await api.create_session("gil@example.com")
-        token = api.token
+    _created, token = await pending_session(relay, "gil@example.com")
     async with console(relay, token, size=(100, 30)) as (app, pilot, table):
         banner = app.screen.query_one("#banner", Static)
         assert not banner.display
@@ -200,10 +201,7 @@ async def test_files_pane_opens_from_the_list(relay, agents, tmp_path: Path) -> 
 
     _session, _agent, token = await online_session(relay, agents, tmp_path, "hal@example.com")
     async with console(relay, token, size=(120, 40)) as (app, pilot, _table):
-        await pilot.press("f")
-        await give_password(pilot, app)
-        await wait_until(pilot, lambda: isinstance(app.screen, FilesScreen), timeout=30)
-        files = app.screen
+        files = await open_pane(pilot, app, "f", FilesScreen)
         await pilot.press("escape")
         await wait_until(pilot, lambda: not isinstance(app.screen, FilesScreen))
         await pilot.press("f")

@@ -13,7 +13,7 @@ import pytest
 from textual.app import App, ComposeResult
 from textual.widgets import DataTable
 
-from tests.tui.helpers import console, give_password, online_session, screen_text, wait_until
+from tests.tui.helpers import console, online_session, open_pane, screen_text, wait_until
 from tui.screens.dashboard import DashboardScreen
 from tui.widgets.dashboard import DashboardView, percent_rows
 
@@ -32,11 +32,7 @@ async def test_every_section_is_reachable_at_80x24_against_a_real_agent(
         relay, agents, tmp_path: Path) -> None:
     _view, _agent, token = await online_session(relay, agents, tmp_path, "dash@example.com")
     async with console(relay, token, size=(80, 24)) as (app, pilot, _table):
-        await pilot.press("d")
-        await give_password(pilot, app)
-        await wait_until(pilot, lambda: isinstance(app.screen, DashboardScreen)
-                         and app.screen.query(DashboardView), timeout=30)
-        view = app.screen.query_one(DashboardView)
+        view = (await open_pane(pilot, app, "d", DashboardScreen)).query_one(DashboardView)
         await wait_until(pilot, lambda: view.last_sample is not None, timeout=30)
         await pilot.pause(0.2)
         overview = screen_text(app)

@@ -9,7 +9,7 @@ from pathlib import Path
 from textual.widgets import Input, Static
 
 from tests.support import SESSION_PASSWORD, Api, RelayProcess, new_agent, provision
-from tests.tui.helpers import wait_until
+from tests.tui.helpers import open_files, wait_until
 from tui.app import ConsoleApp
 from tui.client import RelayClient
 from tui.screens.files import FilesScreen
@@ -183,10 +183,7 @@ async def test_panes_at_80x24_keep_their_columns_and_count_only_what_they_show(
     client = RelayClient(relay.base_url, token)
     app = ConsoleApp(client, "alice")
     async with app.run_test(size=(80, 24)) as pilot:
-        screen = FilesScreen(view, app.connector, SESSION_PASSWORD, local_path=str(local),
-                             remote_path=str(host))
-        await app.push_screen(screen)
-        await wait_until(pilot, lambda: screen.remote.loaded and screen.local.loaded)
+        screen = await open_files(pilot, app, view, local, host)
         remote = screen.remote
         remote.table.focus()
         await pilot.pause()

@@ -12,14 +12,13 @@ from pathlib import Path
 from textual.widgets import DataTable, Input
 
 from relay.store import Store
-from tests.support import SESSION_PASSWORD, Api
-from tests.tui.helpers import console, online_session, screen_text, wait_until
+from tests.support import Api
+from tests.tui.helpers import console, online_session, open_files, screen_text, wait_until
 from tui.app import ConsoleApp
 from tui.client import RelayClient, RelayError
 from tui.sanitize import clean
 from tui.screens.audit import AuditModal
 from tui.screens.detail import DetailModal
-from tui.screens.files import FilesScreen
 from tui.screens.modals import ConfirmModal, PasswordModal
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,10 +86,7 @@ async def test_hostile_names_in_the_file_manager_against_a_real_agent(
     local = tmp_path / "local"
     local.mkdir()
     async with console(relay, token, size=(120, 40)) as (app, pilot, _table):
-        screen = FilesScreen(view, app.connector, SESSION_PASSWORD, local_path=str(local),
-                             remote_path=str(host))
-        await app.push_screen(screen)
-        await wait_until(pilot, lambda: screen.remote.loaded and screen.local.loaded)
+        screen = await open_files(pilot, app, view, local, host)
         screen.remote.table.focus()
         await pilot.pause()
         for name in (*MARKUP, *ESCAPES):

@@ -9,11 +9,16 @@ import re
 from textual.widgets import Input, Label, Static
 
 from tests.support import SESSION_PASSWORD
-from tests.tui.helpers import console, online_session, screen_text, wait_until
+from tests.tui.helpers import (
+    console,
+    fill_new_session,
+    online_session,
+    open_files,
+    screen_text,
+    wait_until,
+)
 from tui.screens.chat import ChatScreen
-from tui.screens.files import FilesScreen
 from tui.screens.modals import ConfirmModal, PasswordModal
-from tui.screens.new_session import NewSessionModal
 
 LONG_EMAIL = "a-customer-with-a-rather-long-name@example-company.example"
 FRAME = re.compile(r"[\s│╭╮╰╯─▔▁▎▊▌▐▏▕]+")
@@ -60,13 +65,7 @@ async def test_dialogs_and_status_lines_wrap_at_80_columns(relay, agents, tmp_pa
         await pilot.press("escape")
 
         # The limit error of the form (alice has her one live session).
-        await pilot.press("n")
-        await wait_until(pilot, lambda: isinstance(app.screen, NewSessionModal)
-                         and app.screen.query("#email"))
-        form = app.screen
-        form.query_one("#email", Input).value = "second@example.com"
-        form.query_one("#password", Input).value = SESSION_PASSWORD
-        form.query_one("#confirm", Input).value = SESSION_PASSWORD
+        form = await fill_new_session(pilot, app, "second@example.com")
         form.query_one("#create").press()
         await wait_until(pilot, lambda: "limit" in rendered(form.query_one("#error"))
                          or "one live" in rendered(form.query_one("#error")), timeout=30)
@@ -106,10 +105,7 @@ async def test_the_delete_confirmation_wraps_at_80_columns(relay, agents, tmp_pa
     name = "a-report-with-a-name-long-enough-to-need-two-lines-of-its-own.pdf"
     (host / name).write_text("x")
     async with console(relay, token, size=(80, 24)) as (app, pilot, _table):
-        screen = FilesScreen(view, app.connector, SESSION_PASSWORD, local_path=str(tmp_path),
-                             remote_path=str(host))
-        await app.push_screen(screen)
-        await wait_until(pilot, lambda: screen.remote.loaded and screen.local.loaded)
+        screen = await open_files(pilot, app, view, tmp_path, host)
         screen.remote.table.focus()
         screen.remote.table.move_cursor(row=1)
         await pilot.press("d")

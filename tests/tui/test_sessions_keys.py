@@ -12,13 +12,20 @@ import httpx
 from textual.widgets import DataTable, Input, Label
 
 from tests.support import SESSION_PASSWORD, Api
-from tests.tui.helpers import cell_texts, console, online_session, screen_text, wait_until
+from tests.tui.helpers import (
+    cell_texts,
+    console,
+    fill_new_session,
+    online_session,
+    pending_session,
+    screen_text,
+    wait_until,
+)
 from tui.screens.audit import AuditModal, AuditRowModal
 from tui.screens.created import CreatedModal
 from tui.screens.detail import DetailModal
 from tui.screens.help import HelpModal
 from tui.screens.modals import ConfirmModal, PasswordModal
-from tui.screens.new_session import NewSessionModal
 
 
 def openssh_fingerprint(host_key: str, tmp_path: Path) -> str:
@@ -61,13 +68,8 @@ async def test_a_new_session_is_selected_and_confirmations_name_the_customer(rel
         token = api.token
     async with console(relay, token, size=(80, 24)) as (app, pilot, table):
         assert app.sessions_screen.selected_id() is not None
-        await pilot.press("n")
-        await wait_until(pilot, lambda: isinstance(app.screen, NewSessionModal)
-                         and app.screen.query("#email"))
-        form = app.screen
-        form.query_one("#email", Input).value = "fresh@example.com"
-        form.query_one("#password", Input).value = SESSION_PASSWORD
-        form.query_one("#confirm", Input).value = "not the same"
+        form = await fill_new_session(pilot, app, "fresh@example.com",
+                                      confirm="not the same")
         form.query_one("#create").press()
         await wait_until(pilot, lambda: "differ" in str(form.query_one("#error").render()))
         # The error is about values that have changed since: it goes.
@@ -110,9 +112,7 @@ async def test_a_code_issued_again_says_how_many_tries_are_left(relay) -> None:
 
 
 async def test_help_lists_adhocs_keys_first_at_80x24(relay) -> None:
-    async with Api(relay.base_url) as api:
-        await api.create_session("hu@example.com")
-        token = api.token
+    _created, token = await pending_session(relay, "hu@example.com")
     async with console(relay, token, size=(80, 24)) as (app, pilot, table):
         await pilot.press("question_mark")
         await wait_until(pilot, lambda: isinstance(app.screen, HelpModal))
