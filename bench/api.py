@@ -2,7 +2,7 @@
 
 Run: python -m bench.api [--technicians 60] [--rounds 4] [--concurrency 8]
 
-A real relay process (uvicorn + FastAPI + aiosqlite, WAL, synchronous=FULL) is driven with
+A real relay process (uvicorn + FastAPI + SQLite, WAL, synchronous=FULL) is driven with
 httpx. Limits allow one live session per technician and five per company, so the bench makes
 many technicians (through relay.store.Store, in a bench-only data dir, sharing one real argon2
 password hash) and ends every session right after it is timed. Each step times, interleaved and
@@ -191,7 +191,7 @@ def report(result: dict, args: argparse.Namespace) -> None:
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    header("API: session create with SQLite", "fastapi", "uvicorn", "aiosqlite", "httpx",
+    header("API: session create with SQLite", "fastapi", "uvicorn", "sqlalchemy", "httpx",
            "argon2-cffi")
     print(f"{args.technicians} technicians in {args.technicians // 5} companies, "
           f"{args.rounds} rounds; one request at a time unless stated\n")

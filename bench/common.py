@@ -241,11 +241,10 @@ def start_agent(session: dict, workdir: Path, levers: Levers) -> subprocess.Pope
     """`adhoc-host join` for `session`, unattended, its output in workdir/agent.log."""
     (workdir / "agent").mkdir()
     env = {**levers.env(), "ADHOC_HOST_LOCK": str(workdir / "agent" / "agent.lock"),
-           "TMPDIR": str(workdir / "agent")}
+           "TMPDIR": str(workdir / "agent"), "ADHOC_JOIN_CODE": session["security_code"]}
     with (workdir / "agent.log").open("wb") as log:
         return subprocess.Popen(
-            _launch("host", "join", session["join_url"], "--code", session["security_code"],
-                    "--yes", "--allow-unprivileged"),
+            _launch("host", "join", session["join_url"], "--yes", "--allow-unprivileged"),
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=ROOT)
 
 

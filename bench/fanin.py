@@ -54,6 +54,19 @@ READY_TIMEOUT = 60
 # --- seeding ---------------------------------------------------------------------------------
 
 
+async def seed_without_fsync(store) -> None:
+    """Seeding only (the relay opens the file again, with synchronous=FULL): every connection
+    the store opens from now on skips the fsyncs."""
+    from sqlalchemy import event
+
+    def no_fsync(dbapi_connection, _record) -> None:
+        dbapi_connection.execute("PRAGMA synchronous = OFF")
+
+    engine = store._database.engine
+    event.listen(engine, "connect", no_fsync)
+    await asyncio.to_thread(engine.dispose)  # the connections open so far had synchronous=FULL
+
+
 async def seed(data_dir: Path, count: int) -> tuple[list[tuple[str, str]], str]:
     """`count` active sessions with known agent secrets; returns them and the relay host key."""
     from relay import sessions as rules
@@ -66,7 +79,7 @@ async def seed(data_dir: Path, count: int) -> tuple[list[tuple[str, str]], str]:
     settings = RelaySettings(data_dir=data_dir)
     await initialise(settings)
     store = await Store.open(settings.db_path)
-    await store._db.execute("PRAGMA synchronous = OFF")  # seeding only; the relay reopens it
+    await seed_without_fsync(store)
     now = time.time()
     out: list[tuple[str, str]] = []
     company_id = 0

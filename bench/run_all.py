@@ -28,7 +28,10 @@ BENCHMARKS: dict[str, tuple[list[str], list[str], int]] = {
               ["--agents", "200", "--workers", "2", "--idle", "3", "--settle", "1"], 1500),
     "api": (["--technicians", "20", "--rounds", "3"], ["--technicians", "10", "--rounds", "1"],
             900),
+    "store": (["--technicians", "30", "--rounds", "4"],
+              ["--technicians", "5", "--rounds", "1", "--listed", "20"], 900),
     "console": ([], ["--seconds", "1", "--sessions", "200"], 600),
+    "flood": ([], ["--mb", "2", "--rounds", "1", "--interrupts", "3"], 2400),
     "join": (["--rounds", "10"], ["--rounds", "2"], 600),
     "emulator_parse": ([], ["--mb", "0.2", "--repeat", "1"], 600),
 }

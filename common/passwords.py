@@ -41,19 +41,29 @@ _COMMON_PASSWORDS = {"password", "12345678", "123456789", "1234567890", "qwertyu
                      "passw0rd", "welcome1", "support1", "adhoc123", "changeme"}
 
 
-def session_password_problem(password: str) -> str | None:
-    """Why a session password is too weak, or None. Shared with the console's strength hint."""
+def _password_problem(password: str, what: str, longest: int) -> str | None:
+    """Why `what` (a session or technician password) is too weak, or None."""
     if len(password) < 8:
-        return "the session password must have at least 8 characters"
-    if len(password) > 256:
-        return "the session password must have at most 256 characters"
+        return f"the {what} must have at least 8 characters"
+    if len(password) > longest:
+        return f"the {what} must have at most {longest} characters"
     if password.lower() in _COMMON_PASSWORDS or len(set(password)) < 4:
-        return "the session password is too easy to guess: use a few unrelated words"
+        return f"the {what} is too easy to guess: use a few unrelated words"
     classes = sum(bool(re.search(p, password)) for p in (r"[a-z]", r"[A-Z]", r"\d", r"[^\w]"))
     if len(password) < 12 and classes < 2:
-        return ("the session password is too simple: use 12 or more characters, or mix "
-                "letters with digits or symbols")
+        return (f"the {what} is too simple: use 12 or more characters, or mix letters with "
+                "digits or symbols")
     return None
+
+
+def session_password_problem(password: str) -> str | None:
+    """Why a session password is too weak, or None. Shared with the console's strength hint."""
+    return _password_problem(password, "session password", 256)
+
+
+def technician_password_problem(password: str) -> str | None:
+    """Why a technician's account password is too weak, or None (the same rule)."""
+    return _password_problem(password, "password", 1024)
 
 
 # A verifier the console made in place of the session password (DESIGN §5): the relay hands it

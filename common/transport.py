@@ -18,6 +18,32 @@ import asyncssh
 
 ENCRYPTION = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
               "chacha20-poly1305@openssh.com", "aes128-ctr", "aes256-ctr")
+# What every SSH server Adhoc runs (the relay's endpoint, the host's inner server) offers, and
+# nothing weaker: hybrid post-quantum and X25519 key exchange only (no SHA-1, no finite-field
+# groups, whose large exponentiations let an unauthenticated client stall the event loop),
+# MACs only encrypt-then-MAC with SHA-2 (AEAD ciphers need none), signatures only SHA-2 (no
+# ssh-rsa with SHA-1, no DSA), no compression. OpenSSH clients take the first cipher of their
+# own list that the server offers, so ENCRYPTION's order matters only to Adhoc's clients.
+_KEX_WANTED = ("mlkem768x25519-sha256", "sntrup761x25519-sha512",
+               "sntrup761x25519-sha512@openssh.com", "curve25519-sha256",
+               "curve25519-sha256@libssh.org")
+MAC_ALGS = ("hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com")
+SIGNATURE_ALGS = ("ssh-ed25519", "sk-ssh-ed25519@openssh.com", "ecdsa-sha2-nistp256",
+                  "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
+                  "sk-ecdsa-sha2-nistp256@openssh.com", "rsa-sha2-512", "rsa-sha2-256")
+
+
+def _offered(wanted: tuple[str, ...]) -> tuple[str, ...]:
+    """The key exchanges of `wanted` this asyncssh has (the post-quantum ones depend on it)."""
+    from asyncssh.kex import get_kex_algs
+
+    have = set(get_kex_algs())
+    return tuple(name for name in wanted if name.encode() in have)
+
+
+KEX_ALGS = _offered(_KEX_WANTED)
+SERVER_ALGORITHMS = {"kex_algs": KEX_ALGS, "encryption_algs": ENCRYPTION, "mac_algs": MAC_ALGS,
+                     "signature_algs": SIGNATURE_ALGS, "compression_algs": None}
 OUTER_WINDOW = 8 * 1024 * 1024
 OUTER_PACKET = 256 * 1024
 # The inner connection (console to agent) crosses the relay as data on an outer channel, one

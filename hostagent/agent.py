@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import asyncssh
 
+from common.reach import relay_routes
+from common.secret import Secret
 from hostagent import join
 from hostagent.audit import AuditQueue
 from hostagent.lifetime import (
@@ -21,15 +23,18 @@ from hostagent.lifetime import (
     WorkDir,
     watch_expiry,
 )
-from hostagent.notices import STATUS_REFRESH, KeyReader, LineNotices, printable
+from hostagent.notices import STATUS_REFRESH, KeyReader, LineNotices
+from hostagent.problems import ProblemReporter
 from hostagent.server import server_options
 from hostagent.shells import DETACHED_TIMEOUT
 from hostagent.state import AgentState
+from hostagent.text import local_time, printable, why_ended
 from hostagent.tunnel import BACKOFF_CAP, Tunnel
 
 log = logging.getLogger("adhoc.host")
 
 AUDIT_FLUSH = 3.0
+CODE_PROMPT = "Security code (6 digits, read to you by the technician): "
 
 
 @dataclass
@@ -38,13 +43,14 @@ class AgentOptions:
     check_interval: tuple[float, float] = CHECK_INTERVAL
     detached_timeout: float = DETACHED_TIMEOUT
     keys: bool = False  # read single keys from an interactive terminal
+    ask_again: bool = True  # the code comes from a prompt that can ask again after a typo
     end_signals: tuple[int, ...] = field(
         default=(signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
 
 
 class Agent:
     def __init__(self, link: join.JoinLink, notices: LineNotices, *,
-                 ask_code: Callable[[str], Awaitable[str | None]],
+                 ask_code: Callable[[str], Awaitable[str | Secret | None]],
                  confirm: Callable[[dict], Awaitable[bool]],
                  options: AgentOptions | None = None) -> None:
         self.link = link
@@ -57,17 +63,48 @@ class Agent:
         self.state: AgentState | None = None
         self.tunnel: Tunnel | None = None
         self.audit: AuditQueue | None = None
+        self.phase = "joining"  # then "active", then "ending"
+        self.interrupted = False
+        self.problems: ProblemReporter | None = None
         self._end_requested = asyncio.Event()
         self._end_why = "you ended it"
 
     async def run(self) -> int:
-        """0 when the session ran and ended; 1 when it could not start."""
+        """0 when the session ran and ended; 1 when it could not start; 130 when the customer
+        interrupted it before it started (or while it was ending)."""
         self.lock.acquire()
         self.workdir = WorkDir()
+        loop = asyncio.get_running_loop()
+        main = asyncio.current_task()
+        assert main is not None
+        for sig in self.options.end_signals:
+            loop.add_signal_handler(sig, self._signalled, main)
         try:
             return await self._run()
-        finally:
+        except asyncio.CancelledError:
+            if not self.interrupted:
+                raise
             self._remove()
+            if self.phase == "joining":
+                self.notices.end_prompt_line()
+                self.notices.say("Interrupted: nothing was changed on this computer.")
+            else:
+                self.notices.say("Interrupted: the temporary Adhoc host removed itself.")
+            self.notices.finish()
+            return 130
+        finally:
+            for sig in self.options.end_signals:
+                loop.remove_signal_handler(sig)
+            self._remove()
+
+    def _signalled(self, main: asyncio.Task) -> None:
+        """ctrl+c, a closed terminal or a kill: during the session it ends the session;
+        before it (at a prompt) or while it ends, the host stops at once."""
+        if self.phase == "active":
+            self.request_end("you interrupted the host")
+            return
+        self.interrupted = True
+        main.cancel()
 
     def _remove(self) -> None:
         if self.state is not None:
@@ -79,6 +116,14 @@ class Agent:
     def request_end(self, why: str = "you ended it") -> None:
         self._end_why = why
         self._end_requested.set()
+
+    def _write_host_key(self, key: asyncssh.SSHKey) -> None:
+        """The inner server's private key, readable by this user only."""
+        assert self.workdir is not None
+        path = self.workdir.path / "host_key"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key.export_private_key())
 
     async def _run(self) -> int:
         assert self.workdir is not None
@@ -97,30 +142,33 @@ class Agent:
             self.notices.say("Cancelled: nothing was changed on this computer.")
             return 1
         host_key = asyncssh.generate_private_key("ssh-ed25519")
-        host_key.write_private_key(str(self.workdir.path / "host_key"))
+        self._write_host_key(host_key)
         public = host_key.export_public_key("openssh").decode().strip()
         activation = await self._activate(public)
+        self.phase = "active"
         clock = ExpiryClock(activation.expires_at)
         self.notices.say(f"Session active: {printable(activation.technician)} can connect "
-                         f"until {activation.expires_at} (about "
+                         f"until {local_time(clock.expires_at)} (about "
                          f"{clock.remaining() / 3600:.0f} h).")
+        self.notices.fingerprint = host_key.get_fingerprint("sha256")
+        self.notices.say(f"This computer's key is {self.notices.fingerprint}: your technician "
+                         "sees the same in the console and may ask you to read it out.")
         self.audit = AuditQueue(self.link.base_url, activation.session_id,
-                                activation.agent_secret)
+                                activation.agent_secret, client=self.link.client)
+        self.problems = ProblemReporter(self.link.base_url, activation.session_id,
+                                        activation.agent_secret, client=self.link.client)
         self.audit.start()
         self.state = AgentState(activation.password_verifier, activation.features,
                                 self.notices, self.audit.add,
                                 detached_timeout=self.options.detached_timeout)
         self.notices.state = self.state
         self.notices.time_left = clock.remaining
+        routes = relay_routes(activation.ssh, self.link.base_url, pin=self.link.pin)
         self.tunnel = Tunnel(
-            activation.session_id, activation.agent_secret, activation.ssh_host,
-            activation.ssh_port, activation.relay_host_key,
-            server_options(self.state, host_key), on_state=self.notices.connection,
-            backoff_cap=self.options.backoff_cap)
+            activation.session_id, activation.agent_secret, routes[0].host, routes[0].port,
+            activation.relay_host_key, server_options(self.state, host_key),
+            on_state=self._connection, backoff_cap=self.options.backoff_cap, routes=routes)
         keys = self._start_keys()
-        loop = asyncio.get_running_loop()
-        for sig in self.options.end_signals:
-            loop.add_signal_handler(sig, self.request_end, "you interrupted the host")
         tunnel_task = asyncio.create_task(self.tunnel.run())
         expiry_task = asyncio.create_task(watch_expiry(clock, self.options.check_interval))
         end_task = asyncio.create_task(self._end_requested.wait())
@@ -129,52 +177,67 @@ class Agent:
             done, _ = await asyncio.wait({tunnel_task, expiry_task, end_task},
                                          return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for sig in self.options.end_signals:
-                loop.remove_signal_handler(sig)
+            self.phase = "ending"
             if keys is not None:
                 keys.stop()
             ticker.cancel()
-        # Whatever ended it: no shell outlives this line.
-        self.state.kill_all()
+            self.notices.finish()  # lines only from here: no status line for what is over
+            # Whatever ended it: no shell, command or process of the session outlives this.
+            self.state.kill_all()
         if end_task in done:
-            return await self._end_by_customer(activation, tunnel_task)
+            return await self._end_by_customer(activation, tunnel_task, expiry_task)
         if expiry_task in done:
             self.tunnel.stop()
             self.notices.say("The session time is over.")
         else:
             expiry_task.cancel()
             end = tunnel_task.result()
-            self.notices.say(f"The session ended: {printable(end.reason)}.")
+            why = why_ended(end.code, activation.technician, activation.company) if end.code \
+                else printable(end.reason)
+            self.notices.say(f"The session ended: {why}.")
         end_task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await asyncio.wait_for(tunnel_task, 5)
         if not (expiry_task in done and self.notices.link != "connected"):
             await self.audit.flush(AUDIT_FLUSH)
         await self.audit.stop()
+        if self.problems is not None:
+            await self.problems.stop()
         self._remove()
         self.notices.say("The temporary Adhoc host removed itself. Goodbye.")
         self.notices.finish()
         return 0
 
-    async def _end_by_customer(self, activation: join.Activation,
-                               tunnel_task: asyncio.Task) -> int:
+    async def _end_by_customer(self, activation: join.Activation, tunnel_task: asyncio.Task,
+                               expiry_task: asyncio.Task) -> int:
         """At once, online or not: shells are gone already; remove, then tell the relay."""
         assert self.tunnel is not None and self.audit is not None
         self.tunnel.stop()
         tunnel_task.cancel()
+        expiry_task.cancel()
         self._remove()
         self.notices.say(f"The session ended: {self._end_why}.")
-        told = await join.end_session(self.link.base_url, activation.session_id,
+        told = await join.end_session(self.link, activation.session_id,
                                       activation.agent_secret)
         if not told:
             self.notices.say("The relay could not be told (offline?): the technician sees "
                              "this computer offline until the session expires.")
         await self.audit.stop()
+        if self.problems is not None:
+            await self.problems.stop()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await asyncio.wait_for(tunnel_task, 2)
         self.notices.say("The temporary Adhoc host removed itself. Goodbye.")
         self.notices.finish()
         return 0
+
+    def _connection(self, state: str, detail: str) -> None:
+        """The tunnel's state on the customer's screen; a failure also to the relay over HTTP
+        (the technician's console shows it), and cleared there once connected."""
+        self.notices.connection(state, detail)
+        if self.problems is not None and self.tunnel is not None:
+            if state == "connected" or self.tunnel.problem:
+                self.problems.report(self.tunnel.problem)
 
     def _start_keys(self) -> KeyReader | None:
         if not self.options.keys:
@@ -187,7 +250,8 @@ class Agent:
             if message is not None:
                 self.notices.say(f"You say: {printable(message['text'], 2000)}")
 
-        reader = KeyReader(self.notices, on_end=self.request_end, on_chat=chat)
+        reader = KeyReader(self.notices, on_end=self.request_end, on_chat=chat,
+                           on_unlock=state.unlock_logins)
         try:
             reader.start()
         except (OSError, ValueError) as exc:  # not a terminal after all
@@ -198,24 +262,27 @@ class Agent:
         return reader
 
     async def _tick(self) -> None:
-        """Keep the time left on the status line current."""
+        """Keep the time left on the status line current; collect ended orphans."""
         while True:
             await asyncio.sleep(STATUS_REFRESH)
             self.notices.redraw()
+            if self.state is not None:
+                self.state.reaper.reap()
 
     async def _activate(self, host_key: str) -> join.Activation:
-        last_error: join.JoinError | None = None
         while True:
-            code = await self.ask_code("Security code (6 digits, read to you by the technician): ")
-            if code is None:
-                raise last_error or join.JoinError("no security code given")
+            typed = await self.ask_code(CODE_PROMPT)
+            if typed is None:
+                raise join.JoinError("no security code was given: nothing was changed on this "
+                                     "computer; run the command again when your technician "
+                                     "can read you the code", "no_code")
             try:
-                return await join.activate(self.link, code.strip(), host_key)
+                return await join.activate(self.link, join.normalise_code(typed), host_key)
             except join.JoinError as exc:
-                if exc.final:
+                if exc.final or not self.options.ask_again:
                     raise
-                last_error = exc
-                self.notices.say(printable(str(exc)))
+                message = str(exc)
+                self.notices.say(message[:1].upper() + message[1:])
 
 
 def install_dir() -> str | None:

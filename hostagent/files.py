@@ -1,9 +1,11 @@
 """SFTP for the technician's file manager, granted by the plan's "files" and audited.
 
-Every completed transfer is reported with its path, size and SHA-256. SFTP clients read and
-write at many offsets in parallel, so the digest is taken from the file on disk when the
-technician's handle closes (what the technician left there, or what they took away), in a
-thread so the event loop stays free.
+Every operation that changes or takes something is audited and shown to the customer: file
+transfers (with path, size and SHA-256), removals, renames, folders, attribute changes
+(truncate, chmod including setuid, chown, times) and links, whichever protocol version or
+extension the client uses. SFTP clients read and write at many offsets in parallel, so a
+transfer's digest is taken from the file on disk when the technician's handle closes (what the
+technician left there, or what they took away), in a thread so the event loop stays free.
 """
 
 from __future__ import annotations
@@ -11,20 +13,30 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import stat
 from collections.abc import Callable
 
 import asyncssh
 
+from hostagent.audit import Event
+from hostagent.file_activity import FileActivity, describe_mode, shown_path, special_bits
 from hostagent.state import AgentState
 
 HASH_CHUNK = 1024 * 1024
+_WRITE_ACCESS = asyncssh.ACE4_WRITE_DATA | asyncssh.ACE4_APPEND_DATA
 
 
-def file_digest(path: bytes) -> tuple[int, str]:
+class DigestStopped(Exception):
+    pass
+
+
+def file_digest(path: bytes, keep_going: Callable[[], bool] = lambda: True) -> tuple[int, str]:
     digest = hashlib.sha256()
     size = 0
     with open(path, "rb") as f:
         while chunk := f.read(HASH_CHUNK):
+            if not keep_going():
+                raise DigestStopped  # the session ended: nobody waits for this any more
             digest.update(chunk)
             size += len(chunk)
     return size, digest.hexdigest()
@@ -35,12 +47,38 @@ def _text(path: bytes) -> str:
 
 
 class _Handle:
-    __slots__ = ("bytes", "path", "writing")
+    __slots__ = ("bytes", "mode", "path", "writing")
 
-    def __init__(self, path: bytes, writing: bool) -> None:
+    def __init__(self, path: bytes, writing: bool, mode: int | None) -> None:
         self.path = path
         self.writing = writing
+        self.mode = mode  # permissions it was created with, when the client chose them
         self.bytes = 0
+
+
+def _attribute_changes(attrs: asyncssh.SFTPAttrs) -> tuple[dict, list[str]]:
+    """What a setstat asks for: the audit's fields and the customer's words."""
+    detail: dict = {}
+    words: list[str] = []
+    if attrs.size is not None:
+        detail["size"] = attrs.size
+        words.append(f"truncated it to {attrs.size} bytes")
+    if attrs.permissions is not None:
+        mode = attrs.permissions
+        detail["permissions"] = f"{stat.S_IMODE(mode):04o}"
+        for bit in special_bits(mode):
+            detail[bit] = True
+        words.append(f"set its permissions to {describe_mode(mode)}")
+    uid = attrs.uid if attrs.uid is not None else attrs.owner
+    gid = attrs.gid if attrs.gid is not None else attrs.group
+    if uid is not None or gid is not None:
+        detail.update(uid=uid, gid=gid)
+        words.append(f"set its owner to {uid if uid is not None else '?'}:"
+                     f"{gid if gid is not None else '?'}")
+    if attrs.atime is not None or attrs.mtime is not None:
+        detail.update(atime=attrs.atime, mtime=attrs.mtime)
+        words.append("set its times")
+    return detail, words
 
 
 def make_sftp_factory(state: AgentState, who_of: Callable[[asyncssh.SSHServerChannel], str]):
@@ -55,18 +93,39 @@ def make_sftp_factory(state: AgentState, who_of: Callable[[asyncssh.SSHServerCha
             self._handles: dict[int, _Handle] = {}
             self._doing = state.doing(self.who, "files")
             self._doing.__enter__()
-            state.notices.activity(self.who, "opened the file manager")
-            state.audit("files_opened", self.who, {})
+            self._activity = FileActivity(lambda text: state.notices.activity(self.who, text))
+            self._activity.say("opened the file manager")
+            state.audit(Event.FILES_OPENED, self.who, {})
 
         def exit(self) -> None:
+            self._activity.close()
             self._doing.__exit__(None, None, None)
             super().exit()
+
+        # --- transfers ---------------------------------------------------------------------
+
+        def _opened(self, path: bytes, file_obj: object, writing: bool,
+                    attrs: asyncssh.SFTPAttrs, creating: bool) -> None:
+            mode = attrs.permissions if creating and attrs.permissions is not None else None
+            self._handles[id(file_obj)] = _Handle(self.map_path(path), writing, mode)
 
         def open(self, path: bytes, pflags: int, attrs: asyncssh.SFTPAttrs) -> object:
             file_obj = super().open(path, pflags, attrs)
             writing = bool(pflags & (asyncssh.FXF_WRITE | asyncssh.FXF_APPEND |
                                      asyncssh.FXF_CREAT | asyncssh.FXF_TRUNC))
-            self._handles[id(file_obj)] = _Handle(self.map_path(path), writing)
+            self._opened(path, file_obj, writing, attrs, bool(pflags & asyncssh.FXF_CREAT))
+            return file_obj
+
+        def open56(self, path: bytes, desired_access: int, flags: int,
+                   attrs: asyncssh.SFTPAttrs) -> object:
+            """The open of SFTP version 5 and later: audited the same way."""
+            file_obj = super().open56(path, desired_access, flags, attrs)
+            disposition = flags & asyncssh.FXF_ACCESS_DISPOSITION
+            writing = bool(desired_access & _WRITE_ACCESS) or \
+                disposition != asyncssh.FXF_OPEN_EXISTING
+            creating = disposition in (asyncssh.FXF_CREATE_NEW, asyncssh.FXF_CREATE_TRUNCATE,
+                                       asyncssh.FXF_OPEN_OR_CREATE)
+            self._opened(path, file_obj, writing, attrs, creating)
             return file_obj
 
         def read(self, file_obj: object, offset: int, size: int) -> bytes:
@@ -88,46 +147,110 @@ def make_sftp_factory(state: AgentState, who_of: Callable[[asyncssh.SSHServerCha
             handle = self._handles.pop(id(file_obj), None)
             if handle is None or (not handle.writing and handle.bytes == 0):
                 return  # opened and closed without a transfer: nothing left the computer
-            detail: dict = {"path": _text(handle.path),
+            path = _text(handle.path)
+            detail: dict = {"path": path,
                             "direction": "upload" if handle.writing else "download",
                             "transferred": handle.bytes}
+            if handle.mode is not None:
+                detail["permissions"] = f"{stat.S_IMODE(handle.mode):04o}"
+                for bit in special_bits(handle.mode):
+                    detail[bit] = True
             try:
-                size, sha256 = await asyncio.to_thread(file_digest, handle.path)
+                size, sha256 = await asyncio.to_thread(file_digest, handle.path,
+                                                       lambda: not state.ended)
                 detail.update(size=size, sha256=sha256)
             except OSError as exc:
                 detail["error"] = exc.strerror or str(exc)
-            event = "file_written" if handle.writing else "file_read"
-            verb = "wrote" if handle.writing else "read"
-            state.notices.activity(self.who, f"{verb} {detail['path']}")
-            state.audit(event, self.who, detail)
+            except DigestStopped:
+                detail["error"] = "the session ended before the digest was taken"
+            if handle.writing:
+                self._activity.written(path, handle.mode)
+            else:
+                self._activity.read(path)
+            state.audit(Event.FILE_WRITTEN if handle.writing else Event.FILE_READ, self.who,
+                        detail)
+
+        # --- attributes and links ----------------------------------------------------------
+
+        def _attributes(self, path: str, attrs: asyncssh.SFTPAttrs, follow: bool,
+                        during_write: bool = False) -> None:
+            detail, words = _attribute_changes(attrs)
+            if not words:
+                return
+            state.audit(Event.FILE_CHANGED, self.who,
+                        {"path": path, "follow_links": follow, **detail})
+            only_size = list(detail) == ["size"]
+            if only_size and (during_write or self._activity.resized(path, attrs.size)):
+                return  # part of a copy the customer is told about as one write
+            self._activity.say(f"changed {shown_path(path)}: {', '.join(words)}")
+
+        def setstat(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:
+            super().setstat(path, attrs)
+            self._attributes(_text(self.map_path(path)), attrs, True)
+
+        def lsetstat(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:
+            super().lsetstat(path, attrs)
+            self._attributes(_text(self.map_path(path)), attrs, False)
+
+        def fsetstat(self, file_obj: object, attrs: asyncssh.SFTPAttrs) -> None:
+            super().fsetstat(file_obj, attrs)
+            handle = self._handles.get(id(file_obj))
+            path = _text(handle.path) if handle is not None else "an open file"
+            self._attributes(path, attrs, True,
+                             during_write=handle is not None and handle.writing)
+
+        def symlink(self, oldpath: bytes, newpath: bytes) -> None:
+            super().symlink(oldpath, newpath)
+            link, target = _text(self.map_path(newpath)), os.fsdecode(oldpath)
+            self._activity.say(f"made a symbolic link {shown_path(link)} pointing to "
+                               f"{shown_path(target)}")
+            state.audit(Event.SYMLINK_CREATED, self.who, {"path": link, "target": target})
+
+        def link(self, oldpath: bytes, newpath: bytes) -> None:
+            super().link(oldpath, newpath)
+            link, target = _text(self.map_path(newpath)), _text(self.map_path(oldpath))
+            self._activity.say(f"made a hard link {shown_path(link)} to "
+                               f"{shown_path(target)}")
+            state.audit(Event.HARDLINK_CREATED, self.who, {"path": link, "target": target})
+
+        # --- names and folders -------------------------------------------------------------
 
         def remove(self, path: bytes) -> None:
             super().remove(path)
-            self._report("file_removed", "removed", path)
+            name = _text(self.map_path(path))
+            self._activity.removed(name)
+            state.audit(Event.FILE_REMOVED, self.who, {"path": name})
 
         def rename(self, oldpath: bytes, newpath: bytes) -> None:
             super().rename(oldpath, newpath)
-            self._report("file_renamed", "renamed", oldpath, newpath)
+            self._renamed(oldpath, newpath)
 
         def posix_rename(self, oldpath: bytes, newpath: bytes) -> None:
             super().posix_rename(oldpath, newpath)
-            self._report("file_renamed", "renamed", oldpath, newpath)
+            self._renamed(oldpath, newpath)
+
+        def _renamed(self, oldpath: bytes, newpath: bytes) -> None:
+            old, new = _text(self.map_path(oldpath)), _text(self.map_path(newpath))
+            self._activity.renamed(old, new)
+            state.audit(Event.FILE_RENAMED, self.who, {"path": old, "to": new})
 
         def mkdir(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:
             super().mkdir(path, attrs)
-            self._report("folder_created", "created the folder", path)
+            name = _text(self.map_path(path))
+            detail: dict = {"path": name}
+            text = f"created the folder {shown_path(name)}"
+            if attrs.permissions is not None:
+                detail["permissions"] = f"{stat.S_IMODE(attrs.permissions):04o}"
+                if special_bits(attrs.permissions):
+                    text += f", permissions {describe_mode(attrs.permissions)}"
+            self._activity.say(text)
+            state.audit(Event.FOLDER_CREATED, self.who, detail)
 
         def rmdir(self, path: bytes) -> None:
             super().rmdir(path)
-            self._report("folder_removed", "removed the folder", path)
-
-        def _report(self, event: str, verb: str, path: bytes, new: bytes | None = None) -> None:
-            detail = {"path": _text(self.map_path(path))}
-            text = f"{verb} {detail['path']}"
-            if new is not None:
-                detail["to"] = _text(self.map_path(new))
-                text += f" to {detail['to']}"
-            state.notices.activity(self.who, text)
-            state.audit(event, self.who, detail)
+            name = _text(self.map_path(path))
+            self._activity.say(f"removed the folder {shown_path(name)}")
+            state.audit(Event.FOLDER_REMOVED, self.who, {"path": name})
 
     return AuditedSFTP
+

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import os
 import random
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -22,25 +24,79 @@ class AlreadyRunning(Exception):
     pass
 
 
+class LockUnsafe(Exception):
+    """The lock file's place is not private: someone else could have prepared it."""
+
+
+def _private(path: Path) -> bool:
+    """Whether `path` is a real folder of this user that nobody else may write to."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return (stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid()
+            and not info.st_mode & 0o022)
+
+
+def own_lock_folder() -> Path:
+    """A 0700 folder of this user's own in the temporary folder, made if needed."""
+    folder = Path(tempfile.gettempdir()) / f"adhoc-host-{os.geteuid()}"
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(folder, 0o700)
+    if not _private(folder):
+        raise LockUnsafe(f"{folder} is not a private folder of yours (someone else made it, "
+                         "or it is a link): remove it and start the host again")
+    return folder
+
+
 def lock_path() -> Path:
+    """Where the single-instance lock lives: /run for root; the user's runtime folder
+    ($XDG_RUNTIME_DIR, private by design) or a private folder of our own for anyone else."""
     override = os.environ.get("ADHOC_HOST_LOCK")
     if override:
         return Path(override)
-    if os.geteuid() == 0:
-        return Path("/run/adhoc-host.lock") if Path("/run").is_dir() else \
-            Path(tempfile.gettempdir()) / "adhoc-host.lock"
-    return Path(tempfile.gettempdir()) / f"adhoc-host-{os.getuid()}.lock"
+    if os.geteuid() == 0 and _private(Path("/run")):
+        return Path("/run/adhoc-host.lock")
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and Path(runtime).is_absolute() and _private(Path(runtime)):
+        return Path(runtime) / "adhoc-host.lock"
+    return own_lock_folder() / "adhoc-host.lock"
 
 
 class InstanceLock:
-    """An exclusive lock held for the agent's life: a second agent on the computer refuses."""
+    """An exclusive lock held for the agent's life: a second agent on the computer refuses.
+
+    The file is opened without following a symbolic link and checked to be this user's own
+    plain file before anything is written to it, so a link planted at its name cannot make the
+    agent truncate or write another file."""
 
     def __init__(self, path: Path | None = None) -> None:
-        self.path = path or lock_path()
+        self._path = path
         self._fd: int | None = None
 
+    @property
+    def path(self) -> Path:
+        if self._path is None:
+            self._path = lock_path()
+        return self._path
+
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        path = self.path
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise LockUnsafe(f"the lock file {path} is a symbolic link: someone may be "
+                                 "trying to trick the host; remove it and start the host again"
+                                 ) from None
+            raise LockUnsafe(f"cannot open the lock file {path} ({exc.strerror}): check that "
+                             "folder and start the host again") from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() \
+                or info.st_nlink != 1 or info.st_mode & 0o022:
+            os.close(fd)
+            raise LockUnsafe(f"the lock file {path} is not a plain file of yours: remove it "
+                             "and start the host again")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -55,7 +111,9 @@ class InstanceLock:
     def release(self) -> None:
         if self._fd is not None:
             with contextlib.suppress(OSError):
-                self.path.unlink()
+                ours, there = os.fstat(self._fd), os.lstat(self.path)
+                if (ours.st_dev, ours.st_ino) == (there.st_dev, there.st_ino):
+                    self.path.unlink()
             os.close(self._fd)
             self._fd = None
 

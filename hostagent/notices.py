@@ -8,10 +8,12 @@ commands:
     e   end the session now (asks y/N) -- ctrl+c ends it at once
     c   write a chat message to the technician (Enter sends, Esc cancels)
     s   show the status again
+    u   allow logins again after too many wrong session passwords
     ?   show these keys
 
 Every string that came from elsewhere (names from the relay, the technician's login, chat) is
-made printable first.
+made printable first (hostagent/text.py). An outage of the relay is one line when it starts
+and one when it ends; in between only the status line says "reconnecting since HH:MM".
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import logging
 import os
 import shutil
 import sys
@@ -28,32 +31,12 @@ from collections.abc import Callable
 from typing import TextIO
 
 from hostagent.state import AgentState, Notices
+from hostagent.text import format_left, local_time, printable
+
+log = logging.getLogger("adhoc.host")
 
 KEYS_HELP = "Keys: e end the session, c chat with the technician, s status, ? help"
 STATUS_REFRESH = 30.0
-
-
-def printable(text: str, limit: int = 200) -> str:
-    """Drop control characters and bidi overrides so a name cannot repaint the screen."""
-    out = []
-    for ch in str(text)[:limit]:
-        category = unicodedata.category(ch)
-        if category in ("Cc", "Cf", "Cs", "Co", "Cn"):
-            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
-def format_left(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes = rest // 60
-    if hours:
-        return f"{hours} h {minutes:02d} min"
-    if minutes:
-        return f"{minutes} min"
-    return f"{seconds} s"
 
 
 class LineNotices(Notices):
@@ -66,8 +49,11 @@ class LineNotices(Notices):
         self.clock = clock
         self.state: AgentState | None = None
         self.time_left: Callable[[], float] | None = None
+        self.fingerprint: str | None = None  # the host key's, for the technician to compare
         self.link = "starting"
-        self.link_since: float | None = None
+        self.ever_connected = False
+        self.outage_since: float | None = None  # fixed for the whole of one outage
+        self.problem: str | None = None  # why the relay cannot be reached, said once each
         self.prompt: str | None = None  # replaces the status line while the customer types
         self._drawn = 0
 
@@ -76,60 +62,86 @@ class LineNotices(Notices):
     def _width(self) -> int:
         return max(20, shutil.get_terminal_size((80, 24)).columns - 1)
 
+    def _write(self, text: str) -> None:
+        """Write to the customer's terminal; a terminal that went away (closed window, hung-up
+        SSH) is not an error of the host's: the session goes on until it ends."""
+        try:
+            self.out.write(text)
+            self.out.flush()
+        except (OSError, ValueError):
+            pass
+
     def _clear_status(self) -> None:
         if self._drawn:
-            self.out.write("\r" + " " * self._drawn + "\r")
+            self._write("\r" + " " * self._drawn + "\r")
             self._drawn = 0
 
     def redraw(self) -> None:
         if not self.interactive:
             return
         self._clear_status()
-        text = self.prompt if self.prompt is not None else self.status_text()
-        text = text[-self._width():] if self.prompt is not None else text[:self._width()]
-        self.out.write(text)
-        self.out.flush()
+        width = self._width()
+        text = self.prompt[-width:] if self.prompt is not None else self.status_text(width)
+        self._write(text)
         self._drawn = len(text)
 
     def say(self, message: str) -> None:
         stamp = time.strftime("%H:%M:%S", time.localtime(self.clock()))
         self._clear_status()
-        print(f"[{stamp}] {message}", file=self.out, flush=True)
+        self._write(f"[{stamp}] {message}\n")
         self.redraw()
 
-    def status_text(self) -> str:
+    def end_prompt_line(self) -> None:
+        """After ctrl+c at a prompt the cursor is still on the prompt's line."""
+        with contextlib.suppress(OSError, ValueError):
+            if self.out.isatty():
+                self._write("\n")
+
+    def _link_text(self) -> str:
+        if self.link == "connected":
+            return "connected"
+        if self.outage_since is not None:
+            return f"reconnecting since {local_time(self.outage_since, self.clock())}"
+        return "connecting"
+
+    def status_text(self, width: int | None = None) -> str:
+        """The status line, fitted to `width`: the keys hint goes first when it does not fit,
+        then the list of technicians is cut (visibly)."""
         parts = []
         if self.time_left is not None:
             parts.append(f"Time left {format_left(self.time_left())}")
-        if self.link == "connected":
-            parts.append("connected")
-        elif self.link == "reconnecting" and self.link_since is not None:
-            since = time.strftime("%H:%M", time.localtime(self.link_since))
-            parts.append(f"reconnecting since {since}")
-        else:
-            parts.append(self.link)
+        parts.append(self._link_text())
+        people = ""
         if self.state is not None:
-            people = self.state.who_does_what()
-            if people:
-                parts.append("; ".join(
-                    f"{printable(who, 64)}: {', '.join(kinds) or 'connected'}"
-                    for who, kinds in sorted(people.items())))
-            else:
-                parts.append("nobody connected")
-        parts.append("e end, c chat, ? keys")
-        return " | ".join(parts)
+            if self.state.guard.locked:
+                parts.append("logins stopped (u)")
+            doing = self.state.who_does_what()
+            people = "; ".join(f"{printable(who, 64)}: {', '.join(kinds) or 'connected'}"
+                               for who, kinds in sorted(doing.items())) or "nobody connected"
+        hint = "e end, c chat, ? keys"
+        line = " | ".join([*parts, people, hint] if people else [*parts, hint])
+        if width is None or len(line) <= width:
+            return line
+        line = " | ".join([*parts, people] if people else parts)
+        if len(line) <= width or not people:
+            return line[:width]
+        room = width - len(" | ".join([*parts, ""])) - 1
+        return " | ".join([*parts, people[:max(room, 0)] + "…"])[:width]
 
     def status_lines(self) -> list[str]:
         """The status as full sentences (for `s` and for non-interactive logs)."""
         lines = []
         if self.time_left is not None:
             lines.append(f"Time left: {format_left(self.time_left())}.")
-        if self.link == "reconnecting" and self.link_since is not None:
-            since = time.strftime("%H:%M:%S", time.localtime(self.link_since))
-            lines.append(f"Connection: reconnecting since {since}.")
-        else:
-            lines.append(f"Connection: {self.link}.")
+        lines.append(f"Connection: {self._link_text()}.")
+        if self.problem and self.link != "connected":
+            lines.append(f"Last problem reaching the relay: {self.problem}.")
+        if self.fingerprint:
+            lines.append(f"This computer's key: {self.fingerprint}.")
         if self.state is not None:
+            if self.state.guard.locked:
+                lines.append("Logins are stopped after too many wrong session passwords: "
+                             "press u to allow them again.")
             people = self.state.who_does_what()
             if not people:
                 lines.append("No technician is connected.")
@@ -141,55 +153,95 @@ class LineNotices(Notices):
     # --- Notices ---------------------------------------------------------------------------
 
     def technician_connected(self, who: str) -> None:
-        self.say(f"Technician {printable(who)} connected.")
+        self.say(f"Technician {printable(who, 64)} connected.")
 
     def technician_disconnected(self, who: str) -> None:
-        self.say(f"Technician {printable(who)} disconnected.")
+        self.say(f"Technician {printable(who, 64)} disconnected.")
 
     def activity(self, who: str, what: str) -> None:
-        self.say(f"Technician {printable(who)} {printable(what)}.")
+        self.say(f"Technician {printable(who, 64)} {what}.")
 
     def auth_failed(self, who: str, failures: int) -> None:
         self.say(f"A wrong session password was typed ({failures} so far).")
+
+    def logins_locked(self, failures: int) -> None:
+        if self.interactive:
+            self.say(f"Logins stopped after {failures} wrong session passwords in a row: "
+                     "someone may be guessing it. If your technician is on the phone with you "
+                     "and only mistyped it, press u to allow logins again.")
+        else:
+            self.say(f"Logins stopped after {failures} wrong session passwords in a row: "
+                     "someone may be guessing it. They stay stopped for this session.")
+
+    def logins_unlocked(self, refused: int) -> None:
+        extra = f" ({refused} were refused while they were stopped)" if refused else ""
+        self.say(f"You allowed logins again{extra}.")
 
     def chat(self, message: dict) -> None:
         self.say(f"Technician {printable(message.get('from', '?'), 64)} says: "
                  f"{printable(message.get('text', ''), 2000)}")
         if self.interactive:
-            self.out.write("\a")  # a bell, so a customer looking elsewhere notices
-            self.out.flush()
+            self._write("\a")  # a bell, so a customer looking elsewhere notices
 
     def changed(self) -> None:
         self.redraw()
 
     def connection(self, state: str, detail: str) -> None:
-        previous = self.link
-        if state == "reconnecting" and previous != "reconnecting":
-            self.link_since = self.clock()
-        self.link = state
+        """The tunnel's state: "connecting", "connected" or "reconnecting" (with a detail
+        for the log). One line when an outage starts and one when it ends."""
+        log.info("relay connection: %s (%s)", state, detail)
         if state == "connected":
-            self.link_since = None
-            self.say("Connected to the relay: the technician can reach this computer.")
-        elif state == "reconnecting":
-            self.say(f"Connection to the relay lost, reconnecting ({printable(detail)}).")
-        else:
-            self.redraw()
+            since, self.outage_since = self.outage_since, None
+            self.link, self.problem = "connected", None
+            route = f" ({printable(detail)})" if detail else ""
+            if not self.ever_connected:
+                self.ever_connected = True
+                self.say(f"Connected to the relay{route}: the technician can reach this "
+                         "computer.")
+            else:
+                away = f" (out of reach since {local_time(since, self.clock())})" \
+                    if since is not None else ""
+                self.say(f"Connected to the relay again{away}{route}.")
+            return
+        if state == "reconnecting":
+            problem = printable(detail, 1000) if detail else None
+            if self.outage_since is None:
+                self.outage_since = self.clock()
+                self.link, self.problem = "reconnecting", problem
+                why = f" ({problem})" if problem else ""
+                if self.ever_connected:
+                    self.say(f"Connection to the relay lost{why}: reconnecting by itself. "
+                             "Your technician cannot reach this computer until it is back.")
+                else:
+                    self.say(f"The relay cannot be reached yet{why}: trying again by itself.")
+                return
+            if problem and problem != self.problem:
+                # Said once per different reason (a proxy that starts asking for a password,
+                # say), never once per attempt: the status line keeps the time it began.
+                self.problem = problem
+                self.say(f"Still trying to reach the relay: {problem}.")
+                return
+        if self.outage_since is None:
+            self.link = state
+        self.redraw()
 
     def finish(self) -> None:
         """Leave the terminal with the cursor on a fresh line."""
         self._clear_status()
         self.interactive = False
-        self.out.flush()
+        self._write("")
 
 
 class KeyReader:
     """Single keys from an interactive terminal (cbreak mode, restored on exit)."""
 
     def __init__(self, notices: LineNotices, *, on_end: Callable[[], None],
-                 on_chat: Callable[[str], None], fd: int | None = None) -> None:
+                 on_chat: Callable[[str], None], on_unlock: Callable[[], bool] = lambda: False,
+                 fd: int | None = None) -> None:
         self.notices = notices
         self.on_end = on_end
         self.on_chat = on_chat
+        self.on_unlock = on_unlock
         self.fd = sys.stdin.fileno() if fd is None else fd
         self._saved: list | None = None
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
@@ -249,8 +301,12 @@ class KeyReader:
         elif ch in ("s", "S"):
             for line in self.notices.status_lines():
                 self.notices.say(line)
+        elif ch in ("u", "U"):
+            if not self.on_unlock():
+                self.notices.say("Logins are not stopped: nothing to allow.")
         elif ch in ("?", "h", "H"):
-            self.notices.say(KEYS_HELP + " (ctrl+c also ends the session).")
+            self.notices.say(KEYS_HELP + ", u allow logins after too many wrong passwords "
+                             "(ctrl+c also ends the session).")
 
     def _chat_prompt(self) -> None:
         self.notices.prompt = f"Message (Enter sends, Esc cancels): {self._typed}"

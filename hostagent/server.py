@@ -12,15 +12,19 @@ import contextlib
 import logging
 
 import asyncssh
+from asyncssh import DISC_NO_MORE_AUTH_METHODS_AVAILABLE
 
-from common.passwords import verify_password
-from common.transport import INNER_PACKET, INNER_USER
+from common.secret import Secret
+from common.transport import INNER_PACKET, INNER_USER, SERVER_ALGORITHMS
+from hostagent.audit import Event
 from hostagent.chat import serve_chat
+from hostagent.command import run_command
 from hostagent.dashboard import serve_dashboard
 from hostagent.files import make_sftp_factory
-from hostagent.shell import login_shell, shell_environment
+from hostagent.guard import BUSY_MESSAGE, LOCKED_MESSAGE, WRONG_MESSAGE, Verdict
 from hostagent.shells import SHELL_ID_ENV, SHELL_ID_RE, Attachment, ShellLimit
 from hostagent.state import AgentState
+from hostagent.text import audited_command, shown_command
 
 log = logging.getLogger("adhoc.host")
 
@@ -36,22 +40,35 @@ class InnerServer(asyncssh.SSHServer):
         self.state = state
         self.who = "technician"
         self.authenticated = False
-        self._failures = 0
+        self._admitted = False
+        self._conn: asyncssh.SSHServerConnection | None = None
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self._conn = conn
         # The relay puts the technician's login into the forwarded channel's origin.
         peer = conn.get_extra_info("remote_peername")
         if peer and isinstance(peer[0], str) and peer[0]:
             self.who = peer[0][:64]
+        self._admitted = self.state.guard.admit()
+        if not self._admitted:
+            asyncio.get_running_loop().call_soon(conn.close)  # too many not logged in yet
+
+    def auth_completed(self) -> None:
+        if self._admitted:
+            self._admitted = False
+            self.state.guard.settled()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.auth_completed()
         if self.authenticated:
             self.state.connected[self.who] -= 1
             self.state.notices.technician_disconnected(self.who)
             self.state.notices.changed()
-            self.state.audit("technician_disconnected", self.who, {})
+            self.state.audit(Event.TECHNICIAN_DISCONNECTED, self.who, {})
 
     def begin_auth(self, username: str) -> bool:
+        if self.state.guard.locked:
+            self._turn_away(LOCKED_MESSAGE.format(count=self.state.guard.lock_after))
         return True
 
     def password_auth_supported(self) -> bool:
@@ -60,23 +77,50 @@ class InnerServer(asyncssh.SSHServer):
     async def validate_password(self, username: str, password: str) -> bool:
         if self.state.ended:
             return False
-        ok = username == INNER_USER and await asyncio.to_thread(
-            verify_password, self.state.password_verifier, password)
-        if ok:
+        secret = Secret(password)
+        if username != INNER_USER:
+            return False
+        verdict = await self.state.guard.check(secret)
+        if verdict is Verdict.RIGHT:
             self.authenticated = True
             self.state.connected[self.who] += 1
             self.state.notices.technician_connected(self.who)
             self.state.notices.changed()
-            self.state.audit("technician_connected", self.who, {})
+            self.state.audit(Event.TECHNICIAN_CONNECTED, self.who, {})
             return True
-        self.state.auth_failures += 1
-        self._failures += 1
-        failures = self.state.auth_failures
-        self.state.notices.auth_failed(self.who, failures)
-        self.state.audit("session_password", self.who, {"outcome": "wrong", "failures": failures})
-        # Each failure costs the guesser more time, on this connection and across connections.
-        await asyncio.sleep(min(0.25 * 2 ** min(failures, 6), 8.0))
+        guard = self.state.guard
+        if verdict is Verdict.WRONG:
+            self.state.notices.auth_failed(self.who, guard.total_failures)
+            self.state.audit(Event.SESSION_PASSWORD, self.who,
+                             {"outcome": "wrong", "failures": guard.total_failures})
+            if guard.locked:
+                self.state.notices.logins_locked(guard.failures)
+                self.state.audit(Event.LOGINS_LOCKED, self.who,
+                                 {"outcome": "locked", "failures": guard.failures})
+                self.state.notices.changed()
+                self._turn_away(LOCKED_MESSAGE.format(count=guard.lock_after))
+            elif self._conn is not None:
+                left = guard.lock_after - guard.failures
+                with contextlib.suppress(OSError):
+                    self._conn.send_auth_banner(WRONG_MESSAGE.format(
+                        left=left, tries="try" if left == 1 else "tries") + "\r\n")
+        elif verdict is Verdict.LOCKED:
+            self._turn_away(LOCKED_MESSAGE.format(count=guard.lock_after))
+        else:
+            self._turn_away(BUSY_MESSAGE)
         return False
+
+    def _turn_away(self, message: str) -> None:
+        """Say why in the login banner (OpenSSH prints it) and in the disconnect reason (what
+        asyncssh clients raise), then hang up: no more tries on this connection."""
+        conn, self._conn = self._conn, None  # once per connection
+        if conn is None:
+            return
+        try:
+            conn.send_auth_banner(message + "\r\n")
+        except OSError:
+            return
+        conn.disconnect(DISC_NO_MORE_AUTH_METHODS_AVAILABLE, message)
 
     async def run_process(self, process: asyncssh.SSHServerProcess) -> None:
         """Serve one session channel: a PTY shell, a command, or a subsystem."""
@@ -90,7 +134,7 @@ class InnerServer(asyncssh.SSHServer):
             process.exit(255)
 
     def _refuse(self, process: asyncssh.SSHServerProcess, what: str) -> None:
-        self.state.audit("refused", self.who, {"what": what, "outcome": "refused"})
+        self.state.audit(Event.REFUSED, self.who, {"what": what, "outcome": "refused"})
         process.stderr.write(f"{what} is not included in this session's plan\r\n".encode())
         process.exit(1)
 
@@ -101,7 +145,7 @@ class InnerServer(asyncssh.SSHServer):
                 self._refuse(process, "dashboard")
                 return
             self.state.notices.activity(self.who, "opened the dashboard")
-            self.state.audit("dashboard_opened", self.who, {})
+            self.state.audit(Event.DASHBOARD_OPENED, self.who, {})
             with self.state.doing(self.who, "dashboard"):
                 await serve_dashboard(process)
             return
@@ -139,21 +183,27 @@ class InnerServer(asyncssh.SSHServer):
         if reattach:
             what = "returned to a shell"
         elif process.command:
-            what = f"runs: {process.command}"
+            what = f"runs in a terminal: {shown_command(process.command)}"
         else:
             what = "opened a shell"
         # Consent: the customer's screen names the technician before the first shell byte.
         self.state.notices.activity(self.who, what)
-        detail = {"shell_id": shell_id} if shell_id else {}
-        if process.command:
-            detail["command"] = process.command[:500]
-        self.state.audit("shell_reattached" if reattach else "shell_opened", self.who, detail)
+        detail: dict = {"shell_id": shell_id} if shell_id else {}
+        if process.command and not reattach:
+            detail.update(audited_command(process.command))
+        self.state.audit(Event.SHELL_REATTACHED if reattach else Event.SHELL_OPENED, self.who,
+                         detail)
         if shell is None:
             try:
                 shell = await shells.start(shell_id, term, cols, rows, process.command)
             except ShellLimit as exc:
                 process.stderr.write(f"{exc}\r\n".encode())
                 process.exit(1)
+                return
+            except OSError as exc:  # too long for the system (E2BIG), no shell, no PTY left
+                process.stderr.write(f"cannot start the shell: {exc.strerror or exc}\r\n"
+                                     .encode())
+                process.exit(126)
                 return
         attachment = Attachment(process.stdout.write, process.stdout.drain)
         if reattach:
@@ -190,7 +240,7 @@ class InnerServer(asyncssh.SSHServer):
             process.exit(0)
         elif shell.exited.is_set():
             status = shell.status if shell.status is not None else 255
-            self.state.audit("shell_closed", self.who, detail)
+            self.state.audit(Event.SHELL_CLOSED, self.who, detail)
             process.exit(status if status >= 0 else 255)
         else:
             process.exit(0)
@@ -201,40 +251,11 @@ class InnerServer(asyncssh.SSHServer):
             process.stderr.write(b"ask for a terminal (ssh -t) to get an interactive shell\n")
             process.exit(1)
             return
-        self.state.notices.activity(self.who, f"runs: {command}")
-        self.state.audit("command", self.who, {"command": command[:500]})
-        env = shell_environment("dumb")
-        proc = await asyncio.create_subprocess_exec(
-            login_shell(), "-c", command, stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
-            cwd=env["HOME"], start_new_session=True)
-
-        async def copy_out(source: asyncio.StreamReader, sink) -> None:
-            while data := await source.read(64 * 1024):
-                sink.write(data)
-                await sink.drain()
-
-        async def copy_in() -> None:
-            assert proc.stdin is not None
-            with contextlib.suppress(ConnectionError, BrokenPipeError):
-                while data := await process.stdin.read(64 * 1024):
-                    proc.stdin.write(data)
-                    await proc.stdin.drain()
-                proc.stdin.close()
-
-        typing = asyncio.create_task(copy_in())
-        try:
-            with self.state.doing(self.who, "shell"):
-                await asyncio.gather(copy_out(proc.stdout, process.stdout),
-                                     copy_out(proc.stderr, process.stderr))
-                status = await proc.wait()
-        finally:
-            typing.cancel()
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
-        process.exit(status if status >= 0 else 255)
+        self.state.notices.activity(self.who, f"runs: {shown_command(command)}")
+        self.state.audit(Event.COMMAND, self.who, audited_command(command))
+        with self.state.doing(self.who, "shell"):
+            status = await run_command(process, command, self.state.reaper)
+        process.exit(status)
 
 
 def _env(process: asyncssh.SSHServerProcess, name: str) -> str | None:
@@ -266,6 +287,7 @@ def server_options(state: AgentState, host_key: asyncssh.SSHKey) -> dict:
         "server_host_keys": [host_key],
         "sftp_factory": sftp if sftp is not None else False,
         "allow_scp": False,
+        **SERVER_ALGORITHMS,  # the algorithm lists (kex, ciphers, MACs, signatures, no zlib)
         "line_editor": False,
         "encoding": None,
         "window": INNER_WINDOW,

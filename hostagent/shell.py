@@ -14,6 +14,9 @@ import termios
 
 READ_CHUNK = 64 * 1024
 OUTPUT_QUEUE = 16
+# Once the shell itself has exited, output ends when the PTY has been quiet this long, even if
+# a background program (setsid, nohup) still holds the terminal open.
+QUIET_AFTER_EXIT = 0.25
 
 
 def login_shell() -> str:
@@ -71,6 +74,8 @@ class PtyShell:
         self._output: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._reading = False
         self._ended = False
+        self._last_output = 0.0
+        self._watch: asyncio.Task | None = None
 
     async def start(self) -> None:
         master, slave = pty.openpty()
@@ -81,11 +86,29 @@ class PtyShell:
             self.process = await asyncio.create_subprocess_exec(
                 *argv, stdin=slave, stdout=slave, stderr=slave, env=shell_environment(self.term),
                 cwd=shell_environment(self.term)["HOME"], preexec_fn=_make_controlling_tty)
+        except BaseException:
+            os.close(master)
+            raise
         finally:
             os.close(slave)
         os.set_blocking(master, False)
         self._master = master
         self._resume_reading()
+        self._watch = asyncio.get_running_loop().create_task(self._end_when_quiet())
+
+    async def _end_when_quiet(self) -> None:
+        """After the shell exits, end the output once the PTY is quiet: a background program
+        that still holds the terminal must not keep the channel open forever."""
+        assert self.process is not None
+        await self.process.wait()
+        loop = asyncio.get_running_loop()
+        while not self._ended:
+            quiet = loop.time() - self._last_output
+            if self._reading and self._output.empty() and quiet >= QUIET_AFTER_EXIT:
+                self._pause_reading()
+                self._end_output()
+                return
+            await asyncio.sleep(max(QUIET_AFTER_EXIT - quiet, 0.05))
 
     def _resume_reading(self) -> None:
         if not self._reading and self._master >= 0:
@@ -108,6 +131,7 @@ class PtyShell:
             self._pause_reading()
             self._end_output()
             return
+        self._last_output = asyncio.get_running_loop().time()
         self._output.put_nowait(data)
         if self._output.qsize() >= OUTPUT_QUEUE:
             self._pause_reading()  # back-pressure: the reader resumes us
@@ -170,6 +194,8 @@ class PtyShell:
             os.close(self._master)
             self._master = -1
         self._end_output()
+        if self._watch is not None:
+            self._watch.cancel()
 
     def kill(self) -> None:
         if self.process is not None and self.process.returncode is None:

@@ -25,6 +25,7 @@ from collections.abc import Callable
 import asyncssh
 import pyte
 
+from hostagent.reaper import Reaper
 from hostagent.shell import PtyShell
 
 log = logging.getLogger("adhoc.host")
@@ -238,8 +239,10 @@ class ShellRegistry:
     """Every shell the agent runs, by id; anonymous shells are kept here too so `kill_all`
     reaches them."""
 
-    def __init__(self, detached_timeout: float = DETACHED_TIMEOUT) -> None:
+    def __init__(self, detached_timeout: float = DETACHED_TIMEOUT,
+                 reaper: Reaper | None = None) -> None:
         self.detached_timeout = detached_timeout
+        self.reaper = reaper
         self.named: dict[str, ManagedShell] = {}
         self.all: set[ManagedShell] = set()
 
@@ -255,6 +258,8 @@ class ShellRegistry:
             raise ShellLimit(f"too many shells open ({MAX_SHELLS}): close one first")
         pty = PtyShell(term, cols, rows, command)
         await pty.start()
+        if self.reaper is not None and pty.process is not None:
+            self.reaper.started(pty.process.pid)
         shell = ManagedShell(shell_id, pty, self._gone)
         self.all.add(shell)
         if shell_id is not None:
@@ -264,6 +269,8 @@ class ShellRegistry:
 
     def _gone(self, shell: ManagedShell) -> None:
         self.all.discard(shell)
+        if self.reaper is not None and shell.pty.process is not None:
+            self.reaper.exited(shell.pty.process.pid)
         if shell.id is not None and self.named.get(shell.id) is shell:
             del self.named[shell.id]
 

@@ -9,10 +9,13 @@ import itertools
 from collections import Counter
 from collections.abc import Callable
 
+from hostagent.audit import Event
 from hostagent.chat import ChatHub
+from hostagent.guard import PasswordGuard
+from hostagent.reaper import Reaper
 from hostagent.shells import DETACHED_TIMEOUT, ShellRegistry
 
-Audit = Callable[[str, str, dict], None]
+Audit = Callable[[Event, str, dict], None]
 
 
 class Notices:
@@ -20,8 +23,11 @@ class Notices:
 
     def technician_connected(self, who: str) -> None: ...
     def technician_disconnected(self, who: str) -> None: ...
-    def activity(self, who: str, what: str) -> None: ...
+    def activity(self, who: str, what: str) -> None:
+        """`who` did `what`; `what` is already printable (hostagent/text.py made it so)."""
     def auth_failed(self, who: str, failures: int) -> None: ...
+    def logins_locked(self, failures: int) -> None: ...
+    def logins_unlocked(self, refused: int) -> None: ...
     def chat(self, message: dict) -> None: ...
     def changed(self) -> None: ...
 
@@ -32,12 +38,12 @@ class AgentState:
     def __init__(self, password_verifier: str, features: tuple[str, ...], notices: Notices,
                  audit: Audit | None = None, *,
                  detached_timeout: float = DETACHED_TIMEOUT) -> None:
-        self.password_verifier = password_verifier
         self.features = features
         self.notices = notices
         self.audit: Audit = audit or (lambda event, who, detail: None)
-        self.auth_failures = 0
-        self.shells = ShellRegistry(detached_timeout)
+        self.guard = PasswordGuard(password_verifier)
+        self.reaper = Reaper()
+        self.shells = ShellRegistry(detached_timeout, self.reaper)
         self.chat = ChatHub(notices.chat)
         self.connected: Counter[str] = Counter()
         self._doing: dict[int, tuple[str, str]] = {}
@@ -68,6 +74,18 @@ class AgentState:
                 kinds.append(what)
         return out
 
-    def kill_all(self) -> None:
+    def unlock_logins(self) -> bool:
+        """The customer allows logins again after a lockout; whether they were locked."""
+        if not self.guard.locked:
+            return False
+        refused = self.guard.unlock()
+        self.notices.logins_unlocked(refused)
+        self.audit(Event.LOGINS_UNLOCKED, "customer", {"refused": refused})
+        return True
+
+    def kill_all(self) -> int:
+        """End every shell, command and process the session started; how many processes."""
         self.ended = True
         self.shells.kill_all()
+        self.guard.close()
+        return self.reaper.end_all()

@@ -3,6 +3,10 @@
 Inside each outer connection it registers the virtual forward `(<session-id>, 22)` and serves
 the inner SSH server on it. The loop stops for good when the relay says the session ended, or
 refuses the agent's credentials (revoked, expired): retrying cannot help then.
+
+Each attempt tries the routes in turn (common/reach.py: the relay's SSH port, then SSH over
+WebSocket on its HTTPS address), the one that worked last first, and says which it uses; when
+none works, why each failed.
 """
 
 from __future__ import annotations
@@ -16,11 +20,12 @@ from dataclasses import dataclass
 
 import asyncssh
 
+from common.reach import SEPARATOR, Route, failure, open_route
+from common.secret import Secret
 from common.transport import (
     INNER_PORT,
     WideTunnel,
     client_options,
-    dial,
     pinned,
     wait_for_banner,
 )
@@ -50,6 +55,11 @@ class TunnelEnd:
 
     reason: str
     by_relay: bool
+    code: str | None = None  # the relay's reason code ("ended_by_technician", "expired")
+
+
+class RoutesFailed(OSError):
+    """No route reached the relay; the message says why for each."""
 
 
 class _OuterClient(asyncssh.SSHClient):
@@ -61,13 +71,18 @@ class _OuterClient(asyncssh.SSHClient):
 
 
 class Tunnel:
-    def __init__(self, session_id: str, secret: str, host: str, port: int, relay_host_key: str,
-                 inner_options: dict, *, on_state: Callable[[str, str], None] | None = None,
+    def __init__(self, session_id: str, secret: Secret | str, host: str, port: int,
+                 relay_host_key: str, inner_options: dict, *,
+                 on_state: Callable[[str, str], None] | None = None,
                  keepalive_interval: float = KEEPALIVE_INTERVAL,
-                 backoff_cap: float = BACKOFF_CAP) -> None:
+                 backoff_cap: float = BACKOFF_CAP, routes: list[Route] | None = None) -> None:
+        """`routes` to the relay in the order to try; without them, SSH to host:port."""
         self.session_id = session_id
-        self._secret = secret
+        self._secret = Secret(secret)
         self.host, self.port = host, port
+        self.routes = list(routes) if routes else [Route("ssh", host, port)]
+        self.route: Route | None = None  # the route in use
+        self.problem: str | None = None  # why the last attempt reached no route, if it did
         self._known_hosts = pinned(relay_host_key)
         self._inner_options = inner_options
         self._on_state = on_state or (lambda state, detail: None)
@@ -82,13 +97,34 @@ class Tunnel:
             self._conn.close()
 
     async def _connect(self) -> tuple[asyncssh.SSHClientConnection, _OuterClient]:
+        """The first route that gets to an authenticated SSH connection. The relay refusing
+        the credentials or showing another host key ends the attempt on any route."""
+        failures = []
+        for route in self.routes:
+            self._on_state("connecting", str(route))
+            try:
+                connected = await self._connect_by(route)
+            except (asyncssh.PermissionDenied, asyncssh.HostKeyNotVerifiable):
+                raise
+            except (OSError, asyncssh.Error, TimeoutError) as exc:
+                failures.append(failure(exc, route))
+                continue
+            if route is not self.routes[0]:  # what worked goes first next time
+                self.routes.remove(route)
+                self.routes.insert(0, route)
+            self.route = route
+            return connected
+        raise RoutesFailed(SEPARATOR.join(failures))
+
+    async def _connect_by(self, route: Route) -> tuple[asyncssh.SSHClientConnection,
+                                                       _OuterClient]:
         # TCP first: a relay that is down costs a refused connect, not an SSH set-up.
-        sock = await asyncio.wait_for(dial(self.host, self.port), CONNECT_TIMEOUT)
+        sock = await asyncio.wait_for(open_route(route), CONNECT_TIMEOUT)
         try:
             await wait_for_banner(sock, QUEUE_TIMEOUT)
             return await asyncssh.create_connection(
-                _OuterClient, self.host, self.port, username=self.session_id,
-                password=self._secret, known_hosts=self._known_hosts, client_keys=None,
+                _OuterClient, route.host, route.port, username=self.session_id,
+                password=self._secret.reveal(), known_hosts=self._known_hosts, client_keys=None,
                 agent_path=None, preferred_auth="password", config=None,
                 keepalive_interval=self._keepalive, keepalive_count_max=KEEPALIVE_COUNT,
                 connect_timeout=CONNECT_TIMEOUT, **client_options(outer=True, sock=sock))
@@ -99,7 +135,6 @@ class Tunnel:
     async def run(self) -> TunnelEnd:
         attempt = 0
         while not self._stopping:
-            self._on_state("connecting", f"{self.host}:{self.port}")
             try:
                 conn, client = await self._connect()
             except asyncssh.PermissionDenied:
@@ -110,10 +145,13 @@ class Tunnel:
             except (OSError, asyncssh.Error, TimeoutError) as exc:
                 delay = backoff_delay(attempt, cap=self._backoff_cap)
                 attempt += 1
-                self._on_state("reconnecting", f"{exc or 'timed out'}; next try in {delay:.1f}s")
+                self.problem = str(exc) or "timed out"
+                log.info("relay unreachable, next try in %.1f s: %s", delay, self.problem)
+                self._on_state("reconnecting", self.problem)
                 await asyncio.sleep(delay)
                 continue
             attempt = 0
+            self.problem = None
             self._conn = conn
             try:
                 server = await asyncssh.listen(self.session_id, INNER_PORT, tunnel=WideTunnel(conn),
@@ -124,14 +162,15 @@ class Tunnel:
                 self._on_state("reconnecting", f"the relay refused the forward: {exc}")
                 await asyncio.sleep(backoff_delay(attempt, cap=self._backoff_cap))
                 continue
-            self._on_state("connected", f"{self.host}:{self.port}")
+            self._on_state("connected", str(self.route))
             await conn.wait_closed()
             server.close()
             self._conn = None
             lost = client.lost
             if isinstance(lost, asyncssh.DisconnectError) and \
                     lost.reason.startswith("session ended"):
-                return TunnelEnd(lost.reason, by_relay=True)
+                code = lost.reason.removeprefix("session ended").lstrip(": ").strip()
+                return TunnelEnd(lost.reason, by_relay=True, code=code or None)
             if self._stopping:
                 break
             self._on_state("reconnecting", f"connection lost: {lost or 'closed by the relay'}")

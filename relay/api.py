@@ -2,27 +2,32 @@
 
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-import asyncssh
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from common.passwords import VERIFIER_MAX_CHARS
+from common.passwords import VERIFIER_MAX_CHARS, technician_password_problem
 from relay import join
 from relay import sessions as rules
+from relay.db.engine import DatabaseUnavailable
 from relay.service import RelayService, ServiceError, check_email, check_login_name
+from relay.sshkeys import read_public_key
 from relay.store import Technician
+
+log = logging.getLogger("adhoc.relay")
 
 API = "/api/v1"
 MAX_BODY_BYTES = 64 * 1024
 MAX_JSON_DEPTH = 32
 SSE_KEEPALIVE_SECONDS = 15.0
+AUDIT_PAGE_MAX = 1000
 
 
 class ErrorBody(BaseModel):
@@ -53,20 +58,31 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class AgentReport(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    event: str = Field(max_length=64)
-    actor: str = Field(default="technician", max_length=64)
-    outcome: str = Field(default="ok", max_length=32)
-
-
 class AgentReports(Strict):
-    events: list[AgentReport] = Field(max_length=100)
+    """Events of the agent vocabulary (common/protocol.py); each an object with `event`,
+    optional `actor` and `outcome`, and fields of its own."""
+
+    events: list[dict[str, Any]] = Field(max_length=100)
+
+
+class AgentProblem(Strict):
+    """Why the agent cannot hold its SSH connection (null: it can again)."""
+
+    problem: str | None = Field(max_length=2000)
 
 
 class TechnicianPassword(Strict):
     password: str = Field(min_length=8, max_length=1024,
-                          description="the technician's new password (8 characters or more)")
+                          description="the technician's new password: 12+ characters, or 8+ "
+                                      "mixing letters with digits or symbols; not a common one")
+
+    @field_validator("password")
+    @classmethod
+    def _strong(cls, value: str) -> str:
+        problem = technician_password_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class AddTechnicianRequest(TechnicianPassword):
@@ -90,14 +106,7 @@ class AddTechnicianRequest(TechnicianPassword):
     @field_validator("ssh_keys")
     @classmethod
     def _keys(cls, value: list[str]) -> list[str]:
-        keys = []
-        for text in value:
-            try:
-                key = asyncssh.import_public_key(text)
-            except (asyncssh.KeyImportError, ValueError, TypeError):
-                raise ValueError("is not an OpenSSH public key (ssh-ed25519 AAAA...)") from None
-            keys.append(key.export_public_key("openssh").decode().strip())
-        return keys
+        return [read_public_key(text) for text in value]
 
 
 class LoginRequest(Strict):
@@ -250,6 +259,14 @@ def create_app(service: RelayService) -> FastAPI:
             response.headers["Retry-After"] = str(int(exc.retry_after))
         return response
 
+    @app.exception_handler(DatabaseUnavailable)
+    async def _database_unavailable(_request: Request, exc: DatabaseUnavailable) -> JSONResponse:
+        log.warning("%s", exc)
+        response = error(503, "unavailable", "the relay cannot reach its database just now: "
+                                             "try again in a moment")
+        response.headers["Retry-After"] = "5"
+        return response
+
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         return error(422, "invalid", _describe_validation(exc))
@@ -267,16 +284,23 @@ def create_app(service: RelayService) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 404:
+            if request.url.path.endswith("/install.sh"):  # a mistyped one-liner: sh runs this
+                return join.refusal_script(404, "this link is not valid: copy the whole "
+                                                "command from the invitation, or ask your "
+                                                "technician for a new one")
             return error(404, "not_found", "no such route: see the API reference in docs/API.md")
         if exc.status_code == 400:  # FastAPI could not read the body as JSON
             return error(422, "invalid", "the request body is not valid JSON: send a JSON "
                                          "object with the documented fields")
-        codes = {405: "method_not_allowed"}
-        response = error(exc.status_code, codes.get(exc.status_code, "http_error"),
-                         str(exc.detail))
-        response.headers.update(exc.headers or {})
         if exc.status_code == 405:
-            response.headers["Allow"] = allowed_methods(request)
+            allowed = allowed_methods(request)
+            response = error(405, "method_not_allowed",
+                             f"{request.method} is not allowed on this route: use "
+                             f"{allowed.replace(', ', ' or ')}")
+            response.headers["Allow"] = allowed
+            return response
+        response = error(exc.status_code, "http_error", str(exc.detail))
+        response.headers.update(exc.headers or {})
         return response
 
     async def technician(
@@ -299,7 +323,13 @@ def create_app(service: RelayService) -> FastAPI:
     @app.post(f"{API}/login", responses=_errors(401, 429))
     async def login(body: LoginRequest, request: Request) -> dict:
         """Exchange a login and password for a bearer token (30 days)."""
-        token, tech = await service.login(body.login, body.password, _source(request))
+        try:
+            token, tech = await service.login(body.login, body.password, _source(request))
+        except ServiceError as exc:
+            service.stats.login("http", "technician",
+                                "rate_limited" if exc.status == 429 else "failed")
+            raise
+        service.stats.login("http", "technician", "ok")
         return {"token": token, "technician": await _technician_view(tech)}
 
     async def _technician_view(tech: Technician) -> dict:
@@ -356,8 +386,14 @@ def create_app(service: RelayService) -> FastAPI:
         return await service.invitation(tech, session_id)
 
     @app.get(f"{API}/sessions/{{session_id}}/audit", responses=_errors(401, 404))
-    async def session_audit(session_id: str, tech: Tech) -> dict:
-        return {"audit": await service.audit_for(tech, session_id)}
+    async def session_audit(session_id: str, tech: Tech,
+                            after: Annotated[int, Query(ge=0)] = 0,
+                            limit: Annotated[int, Query(ge=1, le=AUDIT_PAGE_MAX)]
+                            = AUDIT_PAGE_MAX) -> dict:
+        """The session's audit, oldest first, a page at a time: `next` is the `after` of the
+        next page, or null after the last."""
+        rows = await service.audit_for(tech, session_id, after=after, limit=limit)
+        return {"audit": rows, "next": rows[-1]["id"] if len(rows) == limit else None}
 
     @app.get(f"{API}/events", responses={
         **_errors(401),
@@ -432,8 +468,12 @@ def create_app(service: RelayService) -> FastAPI:
     @app.post(f"{API}/agent/audit", responses=_errors(401))
     async def agent_audit(body: AgentReports, bearer: AgentBearer) -> dict:
         """The agent reports what technicians did inside the tunnel (the relay cannot see)."""
-        count = await service.agent_reports(bearer, [e.model_dump() for e in body.events])
-        return {"recorded": count}
+        return await service.agent_reports(bearer, body.events)
+
+    @app.post(f"{API}/agent/problem", responses=_errors(401, 429))
+    async def agent_problem(body: AgentProblem, bearer: AgentBearer) -> dict:
+        """The agent says why it cannot connect over SSH; the console shows it on the row."""
+        return await service.agent_problem(bearer, body.problem)
 
     @app.post(f"{API}/agent/end", responses=_errors(401))
     async def agent_end(bearer: AgentBearer) -> dict:

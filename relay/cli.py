@@ -10,11 +10,12 @@ import argparse
 import asyncio
 import getpass
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 
-from common.passwords import hash_password
+from common.passwords import hash_password, technician_password_problem
 from common.transport import tune_allocator
 from relay import wheelhouse
 from relay.config import (
@@ -24,6 +25,8 @@ from relay.config import (
     parse_hostport,
     parse_rate,
 )
+from relay.db.engine import DatabaseUnavailable
+from relay.db.url import SQLITE, backend, describe, parse_database_url
 from relay.service import check_email, check_login_name
 from relay.sessions import Plan
 from relay.store import Conflict, NotFound, Store
@@ -42,8 +45,10 @@ def _plan(value: str) -> str:
 
 
 def _seats(value: str) -> int:
-    if not value.isdigit() or int(value) > 100000:
-        raise argparse.ArgumentTypeError(f"seats must be a whole number, not {value!r}")
+    if not value.isdigit() or not 1 <= int(value) <= 100000:
+        raise argparse.ArgumentTypeError(
+            f"seats must be a whole number from 1 to 100000, not {value!r} (to stop a "
+            "company, use `company disable`)")
     return int(value)
 
 
@@ -87,6 +92,24 @@ def _attempts(value: str) -> int:
     return int(value)
 
 
+def _proxy(value: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_network(value.strip(), strict=False))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an IP address or network: use e.g. "
+                                         "127.0.0.1 or 10.0.0.0/8") from None
+
+
+def _database(value: str):
+    # ArgumentTypeError: argparse then shows only this message, never the URL (and its password).
+    try:
+        return parse_database_url(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _hostport(value: str):
     try:
         return parse_hostport(value)
@@ -94,13 +117,36 @@ def _hostport(value: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _ssh_listen(value: str):
+    """--ssh HOST:PORT, or `off` for SSH over WebSocket on the HTTP listener only."""
+    if value.strip().lower() == "off":
+        return None
+    return _hostport(value)
+
+
+def _metrics_address(value: str):
+    """--metrics HOST:PORT, or PORT alone for loopback."""
+    return _hostport(value if ":" in value else f"127.0.0.1:{value}")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    data_dir_help = (f"where the relay keeps its database and keys "
+                     f"(default {default_data_dir()})")
+    database_help = ("postgresql://USER:PASSWORD@HOST:PORT/NAME (several relays may share it) or "
+                     "sqlite:////path/relay.db; default: relay.db in the data dir, or "
+                     "$ADHOC_DATABASE (which keeps a password out of the process list)")
     parser = argparse.ArgumentParser(prog="adhoc-relay", description=__doc__)
-    parser.add_argument("--data-dir", type=Path, default=None,
-                        help=f"where the relay keeps its database and keys "
-                             f"(default {default_data_dir()})")
+    parser.add_argument("--data-dir", type=Path, default=None, help=data_dir_help)
+    parser.add_argument("--database", metavar="URL", type=_database, default=None,
+                        help=database_help)
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # --data-dir is understood after the command too (`adhoc-relay init --data-dir X`).
+    after = argparse.ArgumentParser(add_help=False)
+    after.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS, help=data_dir_help)
+    after.add_argument("--database", metavar="URL", type=_database, default=argparse.SUPPRESS,
+                       help=database_help)
+    sub = _Subcommands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"),
+                       after)
 
     sub.add_parser("init", help="create the database, SSH host key and secret key")
     wheelhouse.add_command(sub)
@@ -108,8 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the relay (HTTP API and SSH endpoint)")
     serve.add_argument("--http", type=_hostport, default=("127.0.0.1", 8780),
                        metavar="HOST:PORT", help="HTTP API address (default 127.0.0.1:8780)")
-    serve.add_argument("--ssh", type=_hostport, default=("127.0.0.1", 8722),
-                       metavar="HOST:PORT", help="SSH endpoint address (default 127.0.0.1:8722)")
+    serve.add_argument("--ssh", type=_ssh_listen, default=("127.0.0.1", 8722),
+                       metavar="HOST:PORT|off",
+                       help="SSH endpoint address (default 127.0.0.1:8722); `off`: SSH only "
+                            "over WebSocket on the HTTP listener (one public port)")
     serve.add_argument("--public-url", help="the URL customers and consoles use to reach "
                                             "the HTTP API (default: http://<--http>)")
     serve.add_argument("--ssh-public", metavar="HOST:PORT",
@@ -135,9 +183,25 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--activate-rate", type=_rate, default=parse_rate("20/1m"),
                        metavar="COUNT/DURATION",
                        help="activation attempts allowed per source address (default 20/1m)")
+    serve.add_argument("--trusted-proxy", type=_proxy, action="append", default=[],
+                       metavar="ADDR",
+                       help="a reverse proxy (address or network) whose X-Forwarded-For the "
+                            "relay believes; repeatable. Without it no proxy header is trusted")
+    serve.add_argument("--tls-cert", type=Path, metavar="FILE",
+                       help="serve HTTPS itself with this PEM certificate chain (with "
+                            "--tls-key), for a relay without a TLS reverse proxy")
+    serve.add_argument("--tls-key", type=Path, metavar="FILE",
+                       help="the private key of --tls-cert (PEM)")
+    serve.add_argument("--pin-certificate", type=Path, metavar="FILE",
+                       help="name this certificate's public key in join links, so agents "
+                            "accept no other (the certificate your TLS proxy serves, or "
+                            "--tls-cert's); keep the key when renewing it")
+    serve.add_argument("--metrics", type=_metrics_address, metavar="[HOST:]PORT",
+                       help="serve /metrics (Prometheus), /healthz and /readyz on a listener "
+                            "of their own (loopback unless HOST is given); default off")
 
-    company = sub.add_parser("company", help="manage companies").add_subparsers(
-        dest="action", required=True, metavar="ACTION")
+    company = _Subcommands(sub.add_parser("company", help="manage companies").add_subparsers(
+        dest="action", required=True, metavar="ACTION"), after)
     add = company.add_parser("add", help="add a company")
     add.add_argument("name")
     add.add_argument("--plan", type=_plan, required=True, help="trial, base, plus or premier")
@@ -152,8 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
         if action == "set-seats":
             p.add_argument("seats", type=_seats)
 
-    tech = sub.add_parser("technician", help="manage technicians").add_subparsers(
-        dest="action", required=True, metavar="ACTION")
+    tech = _Subcommands(sub.add_parser("technician", help="manage technicians").add_subparsers(
+        dest="action", required=True, metavar="ACTION"), after)
     add = tech.add_parser("add", help="add a technician")
     add.add_argument("login", help="login name, also the SSH user name ([a-z0-9._-]+)")
     add.add_argument("--email", required=True)
@@ -178,33 +242,56 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Subcommands:
+    """argparse sub-commands that all take the options of `parent` (after the command)."""
+
+    def __init__(self, action, parent: argparse.ArgumentParser) -> None:
+        self._action = action
+        self._parent = parent
+
+    def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
+        return self._action.add_parser(name, parents=[self._parent], **kwargs)
+
+
 def _read_password(from_stdin: bool) -> str:
     if from_stdin:
         password = sys.stdin.readline().rstrip("\n")
     else:
+        if not sys.stdin.isatty():
+            raise UsageError("no terminal to ask for the password on: send it on standard "
+                             "input with --password-stdin")
         password = getpass.getpass("Password: ")
         if getpass.getpass("Again: ") != password:
             raise UsageError("the passwords differ: run the command again")
-    if len(password) < 8:
-        raise UsageError("the password needs at least 8 characters")
+    problem = technician_password_problem(password)
+    if problem:
+        raise UsageError(f"{problem}, then run the command again")
     return password
 
 
 def _read_public_key(path: Path) -> str:
-    import asyncssh
+    from relay.sshkeys import read_public_key
 
     try:
-        key = asyncssh.import_public_key(path.read_bytes())
-    except (OSError, asyncssh.KeyImportError) as exc:
-        raise UsageError(f"cannot read an SSH public key from {path}: {exc}") from None
-    return key.export_public_key("openssh").decode().strip()
+        return read_public_key(path.read_bytes())
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise UsageError(f"{path}: {exc}") from None
+
+
+def _require_database(settings: RelaySettings) -> None:
+    """Admin commands work on an initialised relay: a mistyped data dir must not get a new
+    database of its own. (A PostgreSQL database is created by its administrator.)"""
+    url = settings.database_url
+    if backend(url) == SQLITE and not Path(url.database or "").exists():
+        where = f"in {settings.data_dir}" if settings.database is None else f"at {url.database}"
+        raise UsageError(f"no relay database {where}: run `adhoc-relay --data-dir "
+                         f"{settings.data_dir} init` first")
 
 
 async def _admin(settings: RelaySettings, args: argparse.Namespace) -> int:
-    if not settings.db_path.exists():
-        raise UsageError(f"no relay database in {settings.data_dir}: run "
-                         f"`adhoc-relay --data-dir {settings.data_dir} init` first")
-    store = await Store.open(settings.db_path)
+    store = await Store.open(settings.database_url)
     now = time.time()
     try:
         if args.command == "company":
@@ -221,7 +308,11 @@ async def _company(store: Store, args: argparse.Namespace, now: float) -> int:
         company = await store.add_company(args.name, args.plan, args.seats, now)
         print(f"company {company.name!r} added: plan {company.plan}, {company.seats} seats")
     elif args.action == "list":
-        for c in await store.companies():
+        companies = await store.companies()
+        if not companies:
+            print("no companies yet: add one with `adhoc-relay company add NAME --plan PLAN "
+                  "--seats N`")
+        for c in companies:
             state = " (disabled)" if c.disabled else ""
             print(f"{c.name}\t{c.plan}\t{c.seats} seats{state}")
     else:
@@ -237,14 +328,10 @@ async def _company(store: Store, args: argparse.Namespace, now: float) -> int:
 
 async def _technician(store: Store, args: argparse.Namespace, now: float) -> int:
     if args.action == "add":
-        try:
-            check_login_name(args.login)
-            email = check_email(args.email)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
+        email = check_email(args.email)
         company = await store.company_by_name(args.company)
-        keys = [_read_public_key(p) for p in args.ssh_key]
-        password = _read_password(args.password_stdin)
+        keys = args.keys
+        password = args.password
         tech = await store.add_technician(company.id, args.login, email,
                                           await asyncio.to_thread(hash_password, password),
                                           args.admin, now)
@@ -255,7 +342,13 @@ async def _technician(store: Store, args: argparse.Namespace, now: float) -> int
     elif args.action == "list":
         company_id = (await store.company_by_name(args.company)).id if args.company else None
         names = {c.id: c.name for c in await store.companies()}
-        for t in await store.technicians(company_id):
+        technicians = await store.technicians(company_id)
+        if not technicians:
+            print("no technicians yet: add one with `adhoc-relay technician add LOGIN --email "
+                  "E --company C`")
+            return 0
+        print("LOGIN\tEMAIL\tCOMPANY\tFLAGS")
+        for t in technicians:
             flags = ",".join(f for f, on in (("admin", t.is_admin), ("disabled", t.disabled))
                              if on)
             print(f"{t.login}\t{t.email}\t{names.get(t.company_id, '?')}\t{flags}")
@@ -264,9 +357,8 @@ async def _technician(store: Store, args: argparse.Namespace, now: float) -> int
         if args.action == "add-key":
             await store.add_ssh_key(tech.id, _read_public_key(args.key_file), now)
         elif args.action == "reset-password":
-            password = _read_password(args.password_stdin)
             await store.update_technician(tech.id, now, "admin", password_hash=await
-                                          asyncio.to_thread(hash_password, password))
+                                          asyncio.to_thread(hash_password, args.password))
         else:
             await store.update_technician(tech.id, now, "admin",
                                           disabled=int(args.action == "disable"))
@@ -278,9 +370,22 @@ def settings_from_args(args: argparse.Namespace) -> RelaySettings:
     settings = RelaySettings()
     if args.data_dir is not None:
         settings.data_dir = args.data_dir.expanduser().resolve()
+    settings.database = args.database
+    if settings.database is None and os.environ.get("ADHOC_DATABASE", "").strip():
+        try:
+            settings.database = parse_database_url(os.environ["ADHOC_DATABASE"])
+        except ValueError as exc:
+            raise UsageError(f"ADHOC_DATABASE: {exc}") from None
     if args.command == "serve":
         settings.http_host, settings.http_port = args.http
-        settings.ssh_host, settings.ssh_port = args.ssh
+        if args.ssh is None:
+            settings.ssh_listen = False
+        else:
+            settings.ssh_host, settings.ssh_port = args.ssh
+        settings.tls_cert, settings.tls_key = args.tls_cert, args.tls_key
+        settings.pin_certificate = args.pin_certificate
+        if args.metrics is not None:
+            settings.metrics_host, settings.metrics_port = args.metrics
         settings.public_url = args.public_url
         settings.ssh_public = args.ssh_public
         settings.session_lifetime = args.session_lifetime
@@ -291,6 +396,7 @@ def settings_from_args(args: argparse.Namespace) -> RelaySettings:
         settings.mail_retry_delay = args.mail_retry_delay
         settings.login_rate = args.login_rate
         settings.activate_rate = args.activate_rate
+        settings.trusted_proxies = tuple(args.trusted_proxy)
     return settings
 
 
@@ -300,7 +406,10 @@ async def _serve(settings: RelaySettings) -> int:
     server = RelayServer(settings)
     service = await server.start()
     # One parseable line for scripts and tests that start the relay on port 0.
-    print(f"adhoc-relay ready http={service.base_url} ssh={service.ssh_address}", flush=True)
+    metrics = f" metrics={settings.metrics_host}:{server.metrics_port}" \
+        if server.metrics_port else ""
+    print(f"adhoc-relay ready http={service.base_url} ssh={service.ssh_address or 'off'}"
+          f"{metrics}", flush=True)
     try:
         await asyncio.Event().wait()
     finally:
@@ -312,26 +421,57 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = settings_from_args(args)
+    if args.database is not None and args.database.password:
+        print("adhoc-relay: warning: the database password on the command line can be read by "
+              "every local user in the process list: set ADHOC_DATABASE or use ~/.pgpass",
+              file=sys.stderr)
     try:
+        settings = settings_from_args(args)
         if args.command == "wheelhouse":
             return wheelhouse.run(settings.data_dir, args)
         if args.command == "init":
             from relay.server import initialise
 
             asyncio.run(initialise(settings))
-            print(f"relay initialised in {settings.data_dir}")
+            print(f"relay initialised in {settings.data_dir}, database "
+                  f"{describe(settings.database_url)}")
             return 0
         if args.command == "serve":
+            from relay.server import StartError
+
             tune_allocator()
             try:
                 return asyncio.run(_serve(settings))
             except KeyboardInterrupt:
                 return 0
+            except StartError as exc:
+                print(f"adhoc-relay: {exc}", file=sys.stderr)
+                return 1
+        _require_database(settings)
+        if args.command == "technician" and args.action in ("add", "reset-password"):
+            # Asked before the event loop starts, so Ctrl+C at the prompt stops at once.
+            if args.action == "add":
+                try:
+                    check_login_name(args.login)
+                    check_email(args.email)
+                except ValueError as exc:
+                    raise UsageError(str(exc)) from None
+                args.keys = [_read_public_key(p) for p in args.ssh_key]
+            args.password = _read_password(args.password_stdin)
         return asyncio.run(_admin(settings, args))
     except UsageError as exc:
         print(f"adhoc-relay: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\nadhoc-relay: cancelled; nothing was changed", file=sys.stderr)
+        return 130
+    except EOFError:
+        print("\nadhoc-relay: no input (end of file at the prompt); nothing was changed",
+              file=sys.stderr)
+        return 2
+    except DatabaseUnavailable as exc:
+        print(f"adhoc-relay: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"adhoc-relay: {exc.strerror or exc}: check the address and the data dir "
               "permissions", file=sys.stderr)

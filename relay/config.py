@@ -1,4 +1,4 @@
-"""Relay settings: defaults, durations like "90s" or "24h", and host:port pairs."""
+"""Relay settings: defaults, the database, durations like "90s" or "24h", and host:port pairs."""
 
 from __future__ import annotations
 
@@ -6,8 +6,15 @@ import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import platformdirs
+from sqlalchemy import URL
+
+from relay.db.url import sqlite_url
+
+# Listening on these means every address: not an address anyone can dial.
+WILDCARDS = ("", "0.0.0.0", "::")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
@@ -75,6 +82,9 @@ class RelaySettings:
     """Everything `adhoc-relay serve` (or the console's embedded relay) runs with."""
 
     data_dir: Path = field(default_factory=default_data_dir)
+    # PostgreSQL (or another SQLite file) instead of relay.db in the data dir. A URL object:
+    # its repr and str hide the password.
+    database: URL | None = None
     http_host: str = "127.0.0.1"
     http_port: int = 8780
     ssh_host: str = "127.0.0.1"
@@ -91,10 +101,29 @@ class RelaySettings:
     # guessing, they are not an account lock-out).
     login_rate: Rate = field(default_factory=lambda: Rate(20, timedelta(minutes=1)))
     activate_rate: Rate = field(default_factory=lambda: Rate(20, timedelta(minutes=1)))
+    # Reverse proxies whose X-Forwarded-For / X-Forwarded-Proto the relay believes (addresses
+    # or networks); none by default, so no client can choose the address it is seen from.
+    trusted_proxies: tuple[str, ...] = ()
+    # False with `--ssh off`: SSH only over WebSocket on the HTTP listener.
+    ssh_listen: bool = True
+    # TLS on the HTTP listener itself (`--tls-cert`, `--tls-key`), for small deployments.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # A certificate whose public key join links name, so agents pin it (`--pin-certificate`).
+    pin_certificate: Path | None = None
+    # Build the host's wheels in the background when they are missing (the embedded relay).
+    prepare_wheels: bool = False
+    # Health and Prometheus metrics on a listener of their own (`--metrics`); None: off.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None
 
     @property
     def db_path(self) -> Path:
         return self.data_dir / "relay.db"
+
+    @property
+    def database_url(self) -> URL:
+        return self.database or sqlite_url(self.db_path)
 
     @property
     def host_key_path(self) -> Path:
@@ -112,10 +141,17 @@ class RelaySettings:
         """The URL customers and consoles reach the HTTP API at."""
         if self.public_url:
             return self.public_url.rstrip("/")
-        return f"http://{format_hostport(self.http_host, http_port or self.http_port)}"
+        scheme = "https" if self.tls_cert else "http"
+        return f"{scheme}://{format_hostport(self.http_host, http_port or self.http_port)}"
 
-    def ssh_address(self, ssh_port: int | None = None) -> str:
-        """The host:port agents and technicians dial for SSH."""
+    def ssh_address(self, ssh_port: int | None = None) -> str | None:
+        """The host:port agents and technicians dial for SSH; None with `--ssh off`. A
+        listener on every address (0.0.0.0, ::) is reached by the public URL's host name."""
+        if not self.ssh_listen:
+            return None
         if self.ssh_public:
             return self.ssh_public
-        return format_hostport(self.ssh_host, ssh_port or self.ssh_port)
+        host = self.ssh_host
+        if host in WILDCARDS:
+            host = urlsplit(self.base_url()).hostname or host
+        return format_hostport(host, ssh_port or self.ssh_port)

@@ -12,6 +12,7 @@ import hashlib
 import html
 import re
 import shlex
+import unicodedata
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -35,17 +36,20 @@ def _digest(path: Path) -> str:
 
 INSTALL_SCRIPT = r"""#!/bin/sh
 # Adhoc temporary host: install into a fresh temporary folder, run, and remove it afterwards.
-# Arguments are passed to `adhoc-host join` (e.g. --code 123456 --yes for unattended use).
+# Arguments are passed to `adhoc-host join` (e.g. --yes for unattended use, with the code in
+# the environment variable ADHOC_JOIN_CODE). Nothing secret goes into a program's arguments,
+# which every user of the computer can read: the link reaches the host through the
+# environment, and the wheels through a local index file.
+# Run it as root, or as a user who may use sudo: it asks sudo itself, giving it the part that
+# needs administrator rights on standard input.
+set -eu
+say() { echo "adhoc: $*" >&2; }
+quote() { printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"; }
+
+MAIN=$(cat <<'ADHOC_INSTALL_END'
 set -eu
 JOIN_URL=__JOIN_URL__
-WHEELS_URL=__WHEELS_URL__
 say() { echo "adhoc: $*" >&2; }
-
-if [ "$(id -u)" != 0 ] && [ "${ADHOC_ALLOW_UNPRIVILEGED:-}" != 1 ]; then
-    say "administrator rights are needed to receive support:" \
-        "run the command again with sudo (... | sudo sh)"
-    exit 1
-fi
 PYTHON=
 CHECK='import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))'
 for candidate in python3.14 python3.13 python3.12 python3.11 python3; do
@@ -65,11 +69,21 @@ trap 'exit 130' INT TERM HUP
 : > "$dir/.adhoc-host-install"
 echo "Installing the temporary Adhoc host into $dir ..."
 "$PYTHON" -m venv "$dir/venv"
-# Only the relay's wheels: no index, no local pip configuration.
-unset PIP_FIND_LINKS PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_REQUIRE_VIRTUALENV || true
-PIP_CONFIG_FILE=/dev/null "$dir/venv/bin/python" -m pip install --quiet \
-    --no-index --no-cache-dir --disable-pip-version-check \
-    --find-links "$WHEELS_URL" __HOST_DIST__
+# The relay's wheels, each checked against the SHA-256 this script names (the script itself
+# came over the pinned connection): no index, no local pip configuration.
+cat > "$dir/wheels.html" <<'ADHOC_WHEELS_END'
+__WHEEL_INDEX__
+ADHOC_WHEELS_END
+unset PIP_FIND_LINKS PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_REQUIRE_VIRTUALENV PIP_CERT || true
+cert=
+if [ -n "${SSL_CERT_FILE:-}" ]; then  # the authorities this computer trusts, for pip too
+    cert="--cert=$SSL_CERT_FILE"
+    REQUESTS_CA_BUNDLE=$SSL_CERT_FILE  # pip's HTTP library prefers it to --cert
+    export REQUESTS_CA_BUNDLE
+fi
+PIP_CONFIG_FILE=/dev/null "$dir/venv/bin/python" -m pip install --quiet --no-index \
+    --no-cache-dir --disable-pip-version-check $cert --find-links "$dir/wheels.html" \
+    __HOST_DIST__
 extra=
 if [ "$(id -u)" != 0 ]; then
     extra=--allow-unprivileged
@@ -81,21 +95,71 @@ else
     input=/dev/null
 fi
 status=0
-ADHOC_HOST_INSTALL_DIR="$dir" "$dir/venv/bin/adhoc-host" join "$JOIN_URL" $extra "$@" \
-    < "$input" || status=$?
+ADHOC_JOIN_URL="$JOIN_URL" ADHOC_HOST_INSTALL_DIR="$dir" "$dir/venv/bin/adhoc-host" join \
+    $extra "$@" < "$input" || status=$?
 exit "$status"
+ADHOC_INSTALL_END
+)
+
+if [ "$(id -u)" = 0 ] || [ "${ADHOC_ALLOW_UNPRIVILEGED:-}" = 1 ]; then
+    eval "$MAIN"
+elif command -v sudo >/dev/null 2>&1; then
+    say "administrator rights are needed to receive support: sudo may ask for your password"
+    # sudo clears the environment: what the host needs of it goes along with the script.
+    keep=
+    for name in HTTPS_PROXY https_proxy HTTP_PROXY http_proxy NO_PROXY no_proxy \
+            SSL_CERT_FILE SSL_CERT_DIR TMPDIR ADHOC_JOIN_CODE; do
+        value=$(printenv "$name" || true)
+        if [ -n "$value" ]; then
+            keep="${keep}export $name=$(quote "$value")
+"
+        fi
+    done
+    printf '%s%s\n' "$keep" "$MAIN" | sudo sh -s -- "$@"
+else
+    say "administrator rights are needed to receive support, and this computer has no sudo:" \
+        "become root (su -) and run the command again"
+    exit 1
+fi
 """
 
-UNAVAILABLE_SCRIPT = """#!/bin/sh
-echo "adhoc: this relay cannot install the host yet: its operator has to run" \\
-     "'adhoc-relay wheelhouse'. With Adhoc installed, run: adhoc-host join __JOIN_URL__" >&2
-exit 1
-"""
+
+def _script(lines: str) -> str:
+    """A script that says `lines` (the relay's words) on standard error and fails: what a
+    customer's `curl … | sh` runs when the relay cannot install the host."""
+    return f"#!/bin/sh\necho {shlex.quote('adhoc: ' + lines)} >&2\nexit 1\n"
 
 
-def install_script(join_url: str, wheels_url: str) -> str:
+def refusal_script(status: int, detail: str) -> Response:
+    """The answer to a refused install.sh: a script saying why, exiting 1."""
+    return PlainTextResponse(_script(detail), status_code=status,
+                             media_type="text/x-shellscript")
+
+
+def unavailable_script(join_url: str, data_dir: Path, *, failed: bool = False) -> str:
+    # Not pip's own words: they may name the operator's package index and its credentials.
+    why = " (preparing its files failed: the relay's log says why)" if failed else ""
+    return _script(f"this relay cannot install the host yet{why}: its operator has to run "
+                   f"'adhoc-relay --data-dir {data_dir} wheelhouse'. With Adhoc installed, "
+                   f"run: sudo adhoc-host join {join_url}")
+
+
+def preparing_script(join_url: str) -> str:
+    return _script("the relay is still preparing the installer (a minute or two after it "
+                   "first starts): run the same command again in a minute. With Adhoc "
+                   f"installed, run: sudo adhoc-host join {join_url}")
+
+
+def wheel_index(wheels: Path, wheels_url: str) -> str:
+    """An HTML page of links to the relay's wheels, each with its SHA-256 (pip checks it)."""
+    return "".join(
+        f'<a href="{html.escape(wheels_url + p.name)}#sha256={_digest(p)}">'
+        f'{html.escape(p.name)}</a>\n' for p in sorted(wheels.glob("*.whl")))
+
+
+def install_script(join_url: str, index: str) -> str:
     return (INSTALL_SCRIPT.replace("__JOIN_URL__", shlex.quote(join_url))
-            .replace("__WHEELS_URL__", shlex.quote(wheels_url))
+            .replace("__WHEEL_INDEX__", index.rstrip("\n"))
             .replace("__HOST_DIST__", HOST_DIST))
 
 
@@ -105,25 +169,48 @@ def _wants_text(request: Request) -> bool:
     return agent.startswith(("curl/", "wget/", "httpie/")) or "text/html" not in accept
 
 
+# The join link carries its secret in the URL: no caching, no referrer, no script, no framing.
+JOIN_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; base-uri 'none'; form-action 'none'; "
+                               "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+def plain(text: object) -> str:
+    """Foreign text (a company name, a login) safe to print on a customer's terminal: control,
+    format and bidi characters shown as escapes, never sent as themselves."""
+    return "".join(c if unicodedata.category(c)[0] != "C" or c == " "
+                   else c.encode("unicode_escape").decode("ascii") for c in str(text))
+
+
 def join_text(info: dict, join_url: str, install_command: str) -> str:
+    info = {**info, "technician": plain(info["technician"]), "company": plain(info["company"])}
     return (
         f"{info['technician']} of {info['company']} asks to give you remote support.\n"
         f"Only continue if you asked {info['company']} for help.\n\n"
         "What will happen:\n"
-        "  1. You run the command below as administrator (root). It starts the temporary\n"
-        "     Adhoc host in this terminal.\n"
+        "  1. You run the command below. It needs administrator rights: it asks sudo for\n"
+        "     them (or run it as root). It starts the temporary Adhoc host in this terminal.\n"
         "  2. The technician reads you a 6-digit security code; you type it in.\n"
         f"  3. For {info['session_hours']} hours the technician can open a shell, files and a\n"
         "     system view on this computer. The window shows who is connected and what\n"
         "     they do; one key ends the session at once. Then the software removes itself.\n\n"
         f"Run:\n  {install_command}\n\n"
-        f"Or, with Adhoc installed:\n  adhoc-host join {join_url}\n"
+        f"Or, with Adhoc installed:\n  sudo adhoc-host join {join_url}\n"
     )
 
 
 def add_routes(app: FastAPI, service: RelayService) -> None:
     @app.get("/join/{token}", include_in_schema=False)
     async def join_page(token: str, request: Request) -> Response:
+        response = await _join_page(token, request)
+        response.headers.update(JOIN_HEADERS)
+        return response
+
+    async def _join_page(token: str, request: Request) -> Response:
         try:
             info = await service.join_info(token)
         except ServiceError as exc:
@@ -142,7 +229,7 @@ def add_routes(app: FastAPI, service: RelayService) -> None:
         if _wants_text(request):
             return PlainTextResponse(text)
         return HTMLResponse(_page(
-            f"Remote support from {info['company']}",
+            f"Remote support from {plain(info['company'])}",
             f"<pre>{html.escape(text)}</pre>"))
 
     add_install_routes(app, service)
@@ -163,22 +250,23 @@ def add_install_routes(app: FastAPI, service: RelayService) -> None:
         try:
             await pending(token)
         except ServiceError as exc:
-            return PlainTextResponse(f"#!/bin/sh\necho {shlex.quote('adhoc: ' + exc.detail)} "
-                                     ">&2\nexit 1\n", status_code=exc.status)
+            return refusal_script(exc.status, exc.detail)
         join_url = service.join_url(token)
-        if not any(wheels.glob("adhoc_host-*.whl")):
-            script = UNAVAILABLE_SCRIPT.replace("__JOIN_URL__", join_url)
+        if any(wheels.glob("adhoc_host-*.whl")):
+            script = install_script(join_url, wheel_index(wheels,
+                                                          f"{service.link_url(token)}/wheels/"))
+        elif service.wheels.preparing:
+            script = preparing_script(join_url)
         else:
-            script = install_script(join_url, f"{join_url}/wheels/")
+            script = unavailable_script(join_url, service.settings.data_dir,
+                                        failed=service.wheels.failure is not None)
         return PlainTextResponse(script, media_type="text/x-shellscript",
                                  headers={"Cache-Control": "no-store"})
 
     @app.get("/join/{token}/wheels/", include_in_schema=False)
-    async def wheel_index(token: str) -> Response:
+    async def wheel_listing(token: str) -> Response:
         await pending(token)
-        links = "".join(
-            f'<a href="{html.escape(p.name)}#sha256={_digest(p)}">{html.escape(p.name)}</a>\n'
-            for p in sorted(wheels.glob("*.whl")))
+        links = wheel_index(wheels, "")
         return HTMLResponse(f"<!doctype html><html><body>\n{links}</body></html>\n",
                             headers={"Cache-Control": "no-store"})
 

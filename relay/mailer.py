@@ -78,7 +78,7 @@ class Invitation:
     technician: str  # technician display/login name
     technician_email: str
     join_url: str
-    install_command: str  # e.g. "curl -fsSL https://relay/join/TOKEN/install.sh | sudo sh"
+    install_command: str  # e.g. "curl -sSL https://relay/join/TOKEN/install.sh | sh"
     invite_expires_at: datetime  # aware UTC; the link must be used before this
     session_hours: int  # session lasts this many hours after activation (24)
 
@@ -487,6 +487,7 @@ class Mailer:
         self.base_delay = base_delay
         self.max_delay = max_delay
         self.timeout = timeout
+        self.sending = 0  # invitations between the outbox and a final answer (metrics)
 
     def smtp_description(self) -> str:
         """Where mail goes, safe to show or log."""
@@ -509,6 +510,13 @@ class Mailer:
         "failed"; "retrying" is reported before each retry. Never raises for
         delivery errors; cancellation propagates.
         """
+        self.sending += 1
+        try:
+            return await self._deliver(key, msg, on_status)
+        finally:
+            self.sending -= 1
+
+    async def _deliver(self, key: str, msg: EmailMessage, on_status: StatusCallback) -> str:
         path = self.outbox_path(key)
         data = msg.as_bytes(policy=email.policy.SMTP)
         outbox_error: str | None = None

@@ -7,21 +7,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import secrets
 import socket
+import ssl
 from pathlib import Path
 
-import asyncssh
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from common.tls import spki_pin
 from relay.api import create_app
-from relay.config import RelaySettings
+from relay.config import RelaySettings, format_hostport
 from relay.mailer import Mailer
+from relay.metrics import RelayMetrics, add_health_routes, metrics_app
 from relay.service import RelayService
-from relay.sshd import load_or_create_host_key, start_ssh_server
+from relay.sshd import SSHEntrance, load_or_create_host_key, start_ssh_server
 from relay.store import Store
+from relay.websocket import add_route
 
 log = logging.getLogger("adhoc.relay")
 
@@ -29,6 +34,14 @@ log = logging.getLogger("adhoc.relay")
 # limit of 1,024 (systemd's default for services) under a far higher hard limit: lift it.
 OPEN_FILES_WANTED = 1 << 20
 OPEN_FILES_ENOUGH = 16384
+# Seconds a client has to send a request's headers (see _HeaderDeadline).
+HEADER_TIMEOUT = float(os.environ.get("ADHOC_RELAY_HEADER_TIMEOUT", "10"))
+# The largest WebSocket message the relay takes: Adhoc's clients send SSH in pieces of at most
+# 256 KiB (common/wsbridge.py); uvicorn's default of 16 MiB would let each connection make the
+# relay hold that much.
+WS_MAX_MESSAGE = 1024 * 1024
+# Seconds /readyz waits for the database before it says it is not ready.
+READY_TIMEOUT = 2.0
 
 
 def raise_open_file_limit(wanted: int = OPEN_FILES_WANTED) -> int | None:
@@ -68,7 +81,7 @@ async def initialise(settings: RelaySettings) -> None:
     """`adhoc-relay init`: database, SSH host key and secret key; idempotent."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     settings.data_dir.chmod(0o700)
-    store = await Store.open(settings.db_path)
+    store = await Store.open(settings.database_url)
     await store.close()
     load_or_create_host_key(settings.host_key_path)
     load_or_create_secret(settings.secret_key_path)
@@ -85,14 +98,125 @@ class _QuietUvicorn(uvicorn.Server):
         pass
 
 
+class _HeaderDeadline(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with a deadline for each request's headers.
+
+    uvicorn times out idle keep-alive connections but never one whose headers are still
+    coming: a client sending a byte now and then could hold a connection forever. From the
+    connection's start, or from the first byte of each next request, its headers must be
+    complete within HEADER_TIMEOUT seconds or the connection is closed."""
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._arm()
+
+    def _arm(self) -> None:
+        self._header_timer = self.loop.call_later(HEADER_TIMEOUT, self._headers_too_slow)
+
+    def _between_requests(self) -> bool:
+        return self.cycle is None or self.cycle.response_complete
+
+    def data_received(self, data: bytes) -> None:
+        if self._header_timer is None and self._between_requests():
+            self._arm()  # the first bytes of the next request
+        super().data_received(data)
+        if self._header_timer is not None and not self._between_requests():
+            self._header_timer.cancel()  # its headers are in: the request is being served
+            self._header_timer = None
+
+    def handle_websocket_upgrade(self, event) -> None:
+        # From here the connection is a WebSocket's (SSH over it may idle for minutes), and
+        # this protocol never hears from it again: its header deadline must not close it.
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        super().handle_websocket_upgrade(event)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        super().connection_lost(exc)
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        if self._between_requests() and not self.transport.is_closing():
+            self.transport.close()
+
+
+class StartError(Exception):
+    """The relay cannot start as configured; the message says why and what to do."""
+
+
+def _listen_error(what: str, host: str, port: int, flag: str, exc: OSError) -> StartError:
+    where = format_hostport(host, port)
+    if exc.errno == errno.EADDRINUSE:
+        why = (f"the address is already in use (another relay or program listens there): "
+               f"stop it, or choose another port with {flag}")
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        why = f"this computer has no such address: choose one of its own with {flag}"
+    elif exc.errno == errno.EACCES:
+        why = ("permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE): "
+               f"choose a port above 1023 with {flag}")
+    else:
+        why = f"{exc.strerror or exc}: check {flag}"
+    return StartError(f"cannot listen for {what} on {where}: {why}")
+
+
+def _check_tls(settings: RelaySettings) -> None:
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise StartError("give both --tls-cert and --tls-key (the certificate chain and its "
+                         "private key), or neither")
+    if settings.tls_cert:
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                str(settings.tls_cert), str(settings.tls_key))
+        except (OSError, ssl.SSLError) as exc:
+            raise StartError(f"cannot use the TLS certificate {settings.tls_cert} with key "
+                             f"{settings.tls_key}: {getattr(exc, 'strerror', None) or exc}; "
+                             "give PEM files that belong together") from None
+
+
+def _certificate_pin(settings: RelaySettings) -> str | None:
+    if settings.pin_certificate is None:
+        return None
+    try:
+        return spki_pin(settings.pin_certificate.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise StartError(f"cannot read the certificate to pin, {settings.pin_certificate}: "
+                         f"{getattr(exc, 'strerror', None) or exc}; give a PEM or DER "
+                         "certificate file") from None
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections only when the
+    # socket says it is TCP; without it every response waited ~40 ms for a delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, port))
+        sock.listen(512)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
 class RelayServer:
     def __init__(self, settings: RelaySettings) -> None:
         self.settings = settings
         self.service: RelayService | None = None
-        self._uvicorn: _QuietUvicorn | None = None
-        self._ssh: asyncssh.SSHAcceptor | None = None
-        self._tasks: list[asyncio.Task] = []
-        self._http_socket: socket.socket | None = None
+        self.metrics: RelayMetrics | None = None
+        self._store: Store | None = None
+        self._servers: list[_QuietUvicorn] = []
+        self._ssh: SSHEntrance | None = None
+        self._serving: list[asyncio.Task] = []  # the HTTP servers'
+        self._tasks: list[asyncio.Task] = []  # background work, cancelled at stop
+        self.metrics_port: int | None = None
 
     @property
     def http_port(self) -> int:
@@ -105,10 +229,21 @@ class RelayServer:
         return self.service.ssh_port
 
     async def start(self) -> RelayService:
+        """Start serving; on any failure everything begun is stopped again (a half-started
+        relay would keep the process alive) and the error raised."""
+        try:
+            return await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> RelayService:
         settings = self.settings
+        _check_tls(settings)
+        pin = _certificate_pin(settings)
         raise_open_file_limit()
         await initialise(settings)
-        store = await Store.open(settings.db_path)
+        self._store = store = await Store.open(settings.database_url)
         host_key = load_or_create_host_key(settings.host_key_path)
         secret = load_or_create_secret(settings.secret_key_path)
         mailer = Mailer(settings.smtp_url, settings.outbox_dir, settings.mail_from,
@@ -117,6 +252,7 @@ class RelayServer:
         service = RelayService(settings, store, secret,
                                host_key.export_public_key("openssh").decode().strip(),
                                mailer=mailer)
+        service.certificate_pin = pin
         self.service = service
         await service.prepare()
         # Sessions that expired while the relay was down end before anything is accepted.
@@ -126,50 +262,98 @@ class RelayServer:
         # Their agents are about to reconnect all at once: one read instead of one each.
         await store.load_agent_credentials()
 
-        self._ssh = await start_ssh_server(service, settings.ssh_host, settings.ssh_port,
-                                           host_key)
-        service.ssh_port = self._ssh.sockets[0].getsockname()[1]
-
-        family = socket.AF_INET6 if ":" in settings.http_host else socket.AF_INET
-        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections only when the
-        # socket says it is TCP; without it every response waited ~40 ms for a delayed ACK.
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind((settings.http_host, settings.http_port))
-        sock.listen(512)
-        sock.setblocking(False)
-        self._http_socket = sock
+        try:
+            self._ssh = await start_ssh_server(service, settings.ssh_host, settings.ssh_port,
+                                               host_key, listen=settings.ssh_listen)
+        except OSError as exc:
+            raise _listen_error("SSH", settings.ssh_host, settings.ssh_port, "--ssh",
+                                exc) from None
+        service.ssh_port = self._ssh.port
+        try:
+            sock = _listening_socket(settings.http_host, settings.http_port)
+        except OSError as exc:
+            raise _listen_error("HTTP", settings.http_host, settings.http_port, "--http",
+                                exc) from None
         service.http_port = sock.getsockname()[1]
-        config = uvicorn.Config(create_app(service), log_level="warning", access_log=False,
-                                lifespan="off", timeout_graceful_shutdown=1)
-        self._uvicorn = _QuietUvicorn(config)
-        self._tasks.append(asyncio.create_task(self._uvicorn.serve(sockets=[sock])))
-        while not self._uvicorn.started:
-            if self._tasks[0].done():
-                self._tasks[0].result()
-            await asyncio.sleep(0.01)
+        self.metrics = RelayMetrics(service, self._ssh.startups)
+        app = create_app(service)
+        add_route(app, self._ssh)
+        add_health_routes(app, self.readiness_problems)
+        # Proxy headers (X-Forwarded-For) only from the proxies the operator named: otherwise
+        # anyone could choose the address that rate limits and the audit see.
+        trusted = list(settings.trusted_proxies)
+        tls = {"ssl_certfile": str(settings.tls_cert),
+               "ssl_keyfile": str(settings.tls_key)} if settings.tls_cert else {}
+        await self._serve(self.metrics.middleware(app), sock, http=_HeaderDeadline,
+                          proxy_headers=bool(trusted), forwarded_allow_ips=trusted or None,
+                          ws_max_size=WS_MAX_MESSAGE, **tls)
+        if settings.metrics_port is not None:
+            try:
+                metrics_sock = _listening_socket(settings.metrics_host, settings.metrics_port)
+            except OSError as exc:
+                raise _listen_error("metrics", settings.metrics_host, settings.metrics_port,
+                                    "--metrics", exc) from None
+            self.metrics_port = metrics_sock.getsockname()[1]
+            await self._serve(metrics_app(self.metrics, self.readiness_problems), metrics_sock,
+                              http=_HeaderDeadline)
+        if settings.prepare_wheels:
+            service.wheels.start()
         self._tasks.append(asyncio.create_task(service.run_expiry_timer()))
-        log.info("relay: HTTP %s, SSH %s, data %s, mail %s", service.base_url,
-                 service.ssh_address, settings.data_dir, mailer.smtp_description())
+        self._tasks.append(asyncio.create_task(service.run_revocation_watch()))
+        log.info("relay: HTTP %s, SSH %s, data %s, database %s, mail %s", service.base_url,
+                 service.ssh_address or "over WebSocket only", settings.data_dir,
+                 store.describe(),
+                 mailer.smtp_description())
         return service
 
+    async def _serve(self, app, sock: socket.socket, **options) -> None:
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+                                timeout_graceful_shutdown=1, **options)
+        server = _QuietUvicorn(config)
+        self._servers.append(server)
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        self._serving.append(task)
+        while not server.started:
+            if task.done():
+                task.result()
+                raise StartError("the HTTP server stopped while starting")
+            await asyncio.sleep(0.01)
+
+    async def readiness_problems(self) -> list[str]:
+        """Why the relay is not ready to serve, if it is not: the database does not answer,
+        or a listener is down."""
+        problems = []
+        if self.service is None:
+            return ["starting"]
+        try:
+            await asyncio.wait_for(self.service.store.last_event_id(), READY_TIMEOUT)
+        except Exception as exc:  # any failure means not ready; the reason is the answer
+            problems.append(f"database: {exc or 'no answer'}")
+        if any(not server.started or server.should_exit for server in self._servers):
+            problems.append("HTTP listener stopped")
+        if self._ssh is None or self._ssh.gate.closed:
+            problems.append("SSH server stopped")
+        return problems
+
     async def stop(self) -> None:
-        if self._uvicorn is not None:
-            self._uvicorn.should_exit = True
-            self._uvicorn.force_exit = True
+        for server in self._servers:
+            server.should_exit = True
+            server.force_exit = True
         if self._ssh is not None:
             self._ssh.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._ssh.wait_closed(), 2)
         for task in self._tasks:
-            if task is not self._tasks[0]:
-                task.cancel()
+            task.cancel()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(asyncio.gather(*self._tasks, return_exceptions=True), 3)
+            await asyncio.wait_for(asyncio.gather(*self._serving, *self._tasks,
+                                                  return_exceptions=True), 3)
         if self.service is not None:
+            await self.service.wheels.stop()
             await self.service.close()
-            await self.service.store.close()
+        if self._store is not None:
+            await self._store.close()
+            self._store = None
 
     async def serve_forever(self) -> None:
         await self.start()

@@ -10,26 +10,33 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ipaddress
 import logging
 import os
+import random
 import re
 import socket
 import time
+from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncssh
 
 from common.transport import (
-    ENCRYPTION,
     INNER_PORT,
     LISTEN_BACKLOG,
     OUTER_PACKET,
     OUTER_WINDOW,
+    SERVER_ALGORITHMS,
+    SIGNATURE_ALGS,
     coalescing_protocol,
 )
 from relay.registry import AgentLink
-from relay.service import RelayService
+from relay.service import RelayService, ServiceError
+from relay.sshkeys import key_weakness
+from relay.stats import Stats
 from relay.store import Technician
 
 log = logging.getLogger("adhoc.relay.ssh")
@@ -42,21 +49,30 @@ SESSION_ID_RE = re.compile(r"^[a-z2-7]{16}$")
 KEEPALIVE_INTERVAL = float(os.environ.get("ADHOC_RELAY_KEEPALIVE", "20"))
 KEEPALIVE_COUNT = 3
 LOGIN_TIMEOUT = 30
+# A client must have finished its key exchange and begun to authenticate this many seconds
+# after its handshake started (the relay sent its version line), or it is dropped: a silent or
+# slow connection holds a handshake place for seconds, not for the whole LOGIN_TIMEOUT.
+KEX_TIMEOUT = float(os.environ.get("ADHOC_RELAY_KEX_TIMEOUT", "10"))
 # Like OpenSSH's MaxStartups, a gate on connections still in their handshake. After a relay
 # restart every agent dials at the same moment; with no gate 10,000 handshakes crawled along
 # together until the agents' 20 s timeout and none finished, and dropping the excess only made
 # the agents dial again at once. So past MAX_STARTUPS new connections wait, accepted but not
-# yet answered, and are started in arrival order as handshakes finish; the agents wait for the
-# relay's version line with a timeout of their own (common/transport.py wait_for_banner). The
-# queue is the relay's, not the kernel's: a full accept queue drops SYNs, and a client whose
-# ACK was dropped under SYN cookies waits in silence for a banner that never comes.
-# One address may hold only a share of the handshakes (the rest of its connections wait while
-# others start), so a slowloris from one host cannot shut the door on others; and only so many
-# may wait, in all and from one address: past that, connections are closed at once.
+# yet answered, and are started as handshakes finish; the agents wait for the relay's version
+# line with a timeout of their own (common/transport.py wait_for_banner). The queue is the
+# relay's, not the kernel's: a full accept queue drops SYNs, and a client whose ACK was dropped
+# under SYN cookies waits in silence for a banner that never comes.
+# One source (an IPv4 address, or an IPv6 /64: one host has a whole /64) may hold only a small
+# share of the handshakes, and waiting sources are started in turn, so silent connections from
+# a few hosts cannot shut the door on others; only so many may wait, in all and from one
+# source; and past MAX_STARTUPS_DROP's start, new connections are turned away at random, more
+# the fuller the gate (OpenSSH's start:rate:full early drop).
 MAX_STARTUPS = int(os.environ.get("ADHOC_RELAY_MAX_STARTUPS", "128"))
-MAX_STARTUPS_PER_SOURCE = int(os.environ.get("ADHOC_RELAY_MAX_STARTUPS_PER_SOURCE", "64"))
+MAX_STARTUPS_PER_SOURCE = int(os.environ.get("ADHOC_RELAY_MAX_STARTUPS_PER_SOURCE",
+                                             str(max(1, MAX_STARTUPS // 8))))
 MAX_QUEUED = int(os.environ.get("ADHOC_RELAY_MAX_QUEUED", "16384"))
 MAX_QUEUED_PER_SOURCE = int(os.environ.get("ADHOC_RELAY_MAX_QUEUED_PER_SOURCE", "512"))
+MAX_STARTUPS_DROP = os.environ.get("ADHOC_RELAY_MAX_STARTUPS_DROP",
+                                   f"{MAX_QUEUED // 2}:30:{MAX_QUEUED}")
 # The same as the clients' legs (common/transport.py): the splice adds a hop, so more bytes in
 # flight pay.
 CHANNEL_WINDOW = OUTER_WINDOW
@@ -66,9 +82,11 @@ CHANNEL_PACKET = OUTER_PACKET
 class _SpliceEnd(asyncssh.SSHTCPSession):
     """One side of a spliced pair of channels: what it receives it writes to its peer."""
 
-    def __init__(self) -> None:
+    def __init__(self, stats: Stats | None = None) -> None:
         self.chan: asyncssh.SSHTCPChannel | None = None
         self.peer: _SpliceEnd | None = None
+        self.stats = stats  # bytes relayed, for the metrics
+        self.on_close: Callable[[], None] | None = None
         self._pending: list[bytes] = []
         self._eof_pending = False
         self._pause_pending = False
@@ -121,6 +139,8 @@ class _SpliceEnd(asyncssh.SSHTCPSession):
             self.close()
 
     def data_received(self, data: bytes, datatype) -> None:
+        if self.stats is not None:
+            self.stats.bytes_relayed += len(data)
         if self.peer:
             self.peer.write(data)
 
@@ -144,6 +164,8 @@ class _SpliceEnd(asyncssh.SSHTCPSession):
         if self._closed:
             return
         self._closed = True
+        if self.on_close is not None:
+            self.on_close()
         if self.chan is not None:
             with contextlib.suppress(OSError, asyncssh.Error, RuntimeError):
                 self.chan.close()
@@ -151,8 +173,8 @@ class _SpliceEnd(asyncssh.SSHTCPSession):
             self.peer.close()
 
 
-def splice_pair() -> tuple[_SpliceEnd, _SpliceEnd]:
-    a, b = _SpliceEnd(), _SpliceEnd()
+def splice_pair(stats: Stats | None = None) -> tuple[_SpliceEnd, _SpliceEnd]:
+    a, b = _SpliceEnd(stats), _SpliceEnd(stats)
     a.peer, b.peer = b, a
     return a, b
 
@@ -177,59 +199,100 @@ class _VirtualListener(asyncssh.SSHListener):
         await self._closed.wait()
 
 
+def source_of(address: str) -> str:
+    """Whom a connection counts against: its IPv4 address, or its IPv6 /64."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return address
+
+
+def parse_early_drop(text: str) -> tuple[int, int, int]:
+    """OpenSSH's MaxStartups "start:rate:full" (rate in percent)."""
+    start, rate, full = (int(part) for part in text.split(":"))
+    if not (0 <= start <= full and 0 <= rate <= 100):
+        raise ValueError(f"cannot read {text!r} as start:rate:full")
+    return start, rate, full
+
+
 class Startups:
     """Connections that have not authenticated yet: which wait, which are in their handshake,
     and which are turned away at once."""
 
     def __init__(self, limit: int = MAX_STARTUPS, per_source: int = MAX_STARTUPS_PER_SOURCE,
-                 queue: int = MAX_QUEUED, queue_per_source: int = MAX_QUEUED_PER_SOURCE) -> None:
+                 queue: int = MAX_QUEUED, queue_per_source: int = MAX_QUEUED_PER_SOURCE,
+                 early_drop: tuple[int, int, int] | None = None,
+                 chance: Callable[[], float] = random.random) -> None:
         self.limit = limit
         self.per_source = per_source
         self.queue = queue
         self.queue_per_source = queue_per_source
+        self.early_drop = early_drop or parse_early_drop(MAX_STARTUPS_DROP)
+        self._chance = chance
         self.in_flight = 0
         self.dropped = 0
         self.on_room: Callable[[], None] = lambda: None  # a handshake ended
         self._by_source: dict[str, int] = {}
-        self._waiting: collections.deque[tuple[str, object]] = collections.deque()
-        self._waiting_by_source: dict[str, int] = {}
+        # source -> its waiting connections in arrival order; sources in the order they are
+        # served (one served goes to the back)
+        self._waiting: OrderedDict[str, collections.deque[object]] = OrderedDict()
+        self._count = 0
         self._last_logged = 0.0
 
     @property
     def waiting(self) -> int:
-        return len(self._waiting)
+        return self._count
 
-    def offer(self, source: str, item: object) -> bool:
-        """Queue a new connection from `source`; False if it must be turned away."""
-        mine = self._waiting_by_source.get(source, 0)
-        if len(self._waiting) >= self.queue or mine >= self.queue_per_source:
+    def _drop_early(self) -> bool:
+        """OpenSSH's random early drop on everything not yet authenticated."""
+        start, rate, full = self.early_drop
+        pending = self.in_flight + self._count
+        if pending < start:
+            return False
+        if pending >= full:
+            return True
+        probability = (rate + (100 - rate) * (pending - start) / max(1, full - start)) / 100
+        return self._chance() < probability
+
+    def offer(self, address: str, item: object) -> bool:
+        """Queue a new connection from `address`; False if it must be turned away."""
+        source = source_of(address)
+        mine = len(self._waiting.get(source, ()))
+        if self._count >= self.queue or mine >= self.queue_per_source or self._drop_early():
             self.dropped += 1
             now = time.monotonic()
             if now - self._last_logged >= 5:
                 self._last_logged = now
-                log.warning("ssh: %d connections waiting for a handshake (%d from %s): "
-                            "turning new ones away (%d so far)", len(self._waiting), mine,
-                            source, self.dropped)
+                log.warning("ssh: %d connections waiting for a handshake, %d in one (%d from "
+                            "%s): turning new ones away (%d so far)", self._count,
+                            self.in_flight, mine, source, self.dropped)
             return False
-        self._waiting.append((source, item))
-        self._waiting_by_source[source] = mine + 1
+        self._waiting.setdefault(source, collections.deque()).append(item)
+        self._count += 1
         return True
 
     def take(self) -> tuple[str, object] | None:
-        """The oldest waiting connection that may start its handshake now, if any.
+        """The next waiting connection that may start its handshake now, if any.
 
-        One whose address already holds its share of handshakes is passed over, so one host
-        cannot keep the others waiting. There are at most limit/per_source such addresses, each
-        with at most queue_per_source waiting: the scan is short."""
+        Sources take turns; one that already holds its share of handshakes is passed over,
+        so one host cannot keep the others waiting. There are at most limit/per_source such
+        sources: the scan is short."""
         if self.in_flight >= self.limit:
             return None
-        for index, (source, item) in enumerate(self._waiting):
+        for source, items in self._waiting.items():
             mine = self._by_source.get(source, 0)
             if mine < self.per_source:
-                del self._waiting[index]
-                left = self._waiting_by_source.pop(source) - 1
-                if left:
-                    self._waiting_by_source[source] = left
+                item = items.popleft()
+                if items:
+                    self._waiting.move_to_end(source)
+                else:
+                    del self._waiting[source]
+                self._count -= 1
                 self.in_flight += 1
                 self._by_source[source] = mine + 1
                 return source, item
@@ -237,13 +300,14 @@ class Startups:
 
     def drain(self) -> list[tuple[str, object]]:
         """Every waiting connection, no longer queued (the listener is closing)."""
-        waiting = list(self._waiting)
+        waiting = [(source, item) for source, items in self._waiting.items() for item in items]
         self._waiting.clear()
-        self._waiting_by_source.clear()
+        self._count = 0
         return waiting
 
-    def done(self, source: str) -> None:
+    def done(self, address: str) -> None:
         """A handshake ended (authenticated, or gone)."""
+        source = source_of(address)
         self.in_flight -= 1
         left = self._by_source.pop(source) - 1
         if left:
@@ -251,19 +315,51 @@ class Startups:
         self.on_room()
 
 
-class _GatedServer:
-    """The relay's SSH listener. It accepts every connection at once and starts handshakes
-    only while there is room (Startups): the rest wait, costing a socket each, in arrival
-    order."""
+class _PeerNamed:
+    """A connection's transport that reports `peer` as its peer: a WebSocket's SSH arrives
+    on one end of a socket pair, whose own peer address means nothing."""
 
-    def __init__(self, sock: socket.socket, startups: Startups, protocol_factory) -> None:
-        self.sockets = [sock]
+    def __init__(self, transport, peer: tuple[str, int]) -> None:
+        self._transport = transport
+        self._peer = peer
+
+    def get_extra_info(self, name: str, default=None):
+        if name == "peername":
+            return self._peer
+        return self._transport.get_extra_info(name, default)
+
+    def __getattr__(self, name: str):
+        return getattr(self._transport, name)
+
+
+class _PeerNamedProtocol:
+    def __init__(self, protocol, peer: tuple[str, int]) -> None:
+        self._protocol = protocol
+        self._peer = peer
+
+    def connection_made(self, transport) -> None:
+        self._protocol.connection_made(_PeerNamed(transport, self._peer))
+
+    def __getattr__(self, name: str):
+        return getattr(self._protocol, name)
+
+
+class _GatedServer:
+    """The relay's SSH entrance. It accepts every connection at once and starts handshakes
+    only while there is room (Startups): the rest wait, costing a socket each, in arrival
+    order. Connections come from its listening socket (none with `--ssh off`) and from
+    WebSockets on the HTTP listener (adopt), through the same gate."""
+
+    def __init__(self, sock: socket.socket | None, startups: Startups,
+                 protocol_factory) -> None:
+        self.sockets = [sock] if sock is not None else []
         self._startups = startups
         self._factory = protocol_factory
         self._loop = asyncio.get_running_loop()
         self._starting: set[asyncio.Task] = set()
+        self._closed = False
         startups.on_room = self._start_waiting
-        self._task = self._loop.create_task(self._accept_forever())
+        self._task = self._loop.create_task(self._accept_forever()) if sock else None
 
     async def _accept_forever(self) -> None:
         sock = self.sockets[0]
@@ -274,50 +370,76 @@ class _GatedServer:
                 log.warning("ssh: accept failed: %s", exc)
                 await asyncio.sleep(0.1)
                 continue
-            if self._startups.offer(addr[0], conn):
+            if self._startups.offer(addr[0], (conn, None)):
                 self._start_waiting()
             else:
                 conn.close()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def adopt(self, conn: socket.socket, peer: tuple[str, int]) -> bool:
+        """Take a connection that arrived another way (a WebSocket's end of a socket pair)
+        from `peer`; False if the gate turns it away (the caller closes it)."""
+        if self._closed or not self._startups.offer(peer[0], (conn, peer)):
+            return False
+        self._start_waiting()
+        return True
+
     def _start_waiting(self) -> None:
         while (taken := self._startups.take()) is not None:
-            task = self._loop.create_task(self._start(*taken))
+            source, (conn, peer) = taken
+            task = self._loop.create_task(self._start(source, conn, peer))
             self._starting.add(task)
             task.add_done_callback(self._starting.discard)
 
-    async def _start(self, source: str, conn: socket.socket) -> None:
+    async def _start(self, source: str, conn: socket.socket,
+                     peer: tuple[str, int] | None) -> None:
+        factory = self._factory if peer is None else \
+            (lambda: _PeerNamedProtocol(self._factory(), peer))
         try:
-            await self._loop.connect_accepted_socket(self._factory, conn)
+            await self._loop.connect_accepted_socket(factory, conn)
         except OSError:
             conn.close()
             self._startups.done(source)
 
     def close(self) -> None:
-        self._task.cancel()
-        self.sockets[0].close()
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+        for sock in self.sockets:
+            sock.close()
         self._startups.on_room = lambda: None
-        for _, conn in self._startups.drain():
+        for _, (conn, _peer) in self._startups.drain():
             conn.close()
 
     async def wait_closed(self) -> None:
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
 
 class _GatedListener:
-    """asyncssh's `tunnel=` for the relay's own listening socket (see _GatedServer)."""
+    """asyncssh's `tunnel=` for the relay's own entrance (see _GatedServer): a listening
+    socket on `listen_host:listen_port`, or none when `listen` is off."""
 
-    def __init__(self, startups: Startups) -> None:
+    def __init__(self, startups: Startups, listen: bool = True) -> None:
         self._startups = startups
+        self._listen = listen
+        self.server: _GatedServer | None = None
 
     async def create_server(self, session_factory, listen_host: str, listen_port: int):
-        family = socket.AF_INET6 if ":" in (listen_host or "") else socket.AF_INET
-        sock = socket.create_server((listen_host or "", listen_port), family=family,
-                                    backlog=LISTEN_BACKLOG, reuse_port=False)
-        sock.setblocking(False)
-        return _GatedServer(sock, self._startups,
-                            coalescing_protocol(lambda: _without_config_reload(
-                                session_factory("", 0))))
+        sock = None
+        if self._listen:
+            family = socket.AF_INET6 if ":" in (listen_host or "") else socket.AF_INET
+            sock = socket.create_server((listen_host or "", listen_port), family=family,
+                                        backlog=LISTEN_BACKLOG, reuse_port=False)
+            sock.setblocking(False)
+        self.server = _GatedServer(sock, self._startups,
+                                   coalescing_protocol(lambda: _without_config_reload(
+                                       session_factory("", 0))))
+        return self.server
 
 
 async def _unchanged_config() -> None:
@@ -334,6 +456,15 @@ def _without_config_reload(conn: asyncssh.SSHServerConnection) -> asyncssh.SSHSe
 
 
 class RelaySSHServer(asyncssh.SSHServer):
+    """One SSH connection to the relay: an agent (user name = session id, password = its
+    secret) or a technician (login with a token, password or registered key), never both.
+
+    Who a connection is gets decided only when authentication completes. Until then each
+    attempt leaves at most one candidate, replaced by the next attempt and cleared when the
+    user name changes: asyncssh asks validate_public_key about a key the client merely
+    offers (no proof of the private key yet), and a client may try several users and
+    methods in turn."""
+
     def __init__(self, service: RelayService, startups: Startups) -> None:
         self.service = service
         self.startups = startups
@@ -343,6 +474,10 @@ class RelaySSHServer(asyncssh.SSHServer):
         self.agent_session: str | None = None
         self.link: AgentLink | None = None
         self._starting = False
+        self._lost = False
+        self._attempt = 0
+        # (user name, "agent" or "technician", session id or Technician) of the last attempt
+        self._candidate: tuple[str, str, object] | None = None
 
     # --- connection and authentication -----------------------------------------------------
 
@@ -351,6 +486,14 @@ class RelaySSHServer(asyncssh.SSHServer):
         peer = conn.get_extra_info("peername")
         self.peer_ip = peer[0] if peer else "unknown"
         self._starting = True  # admitted by the listener (_GatedServer)
+        self._kex_timer = asyncio.get_running_loop().call_later(KEX_TIMEOUT, self._kex_too_slow)
+
+    def _kex_too_slow(self) -> None:
+        """No key exchange and first auth request within KEX_TIMEOUT: give the place back."""
+        log.info("ssh: %s did not finish its key exchange within %g s; dropped", self.peer_ip,
+                 KEX_TIMEOUT)
+        if self.conn is not None:
+            self.conn.abort()
 
     def _started(self) -> None:
         if self._starting:
@@ -358,11 +501,31 @@ class RelaySSHServer(asyncssh.SSHServer):
             self.startups.done(self.peer_ip)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._kex_timer.cancel()
         self._started()
         if self.link is not None:
             self.forward_closed(self.link)
+        if self.agent_session is not None:
+            self.service.connections.remove_agent(self.agent_session, self.conn)
+        if self.technician is not None:
+            self.service.connections.remove_technician(self.technician.id, self.conn)
+
+    def _new_attempt(self) -> int:
+        self._attempt += 1
+        self._candidate = None
+        return self._attempt
+
+    def _propose(self, attempt: int, username: str, kind: str, who: object) -> bool:
+        """Keep `who` as the candidate if no later attempt has begun; the result to return."""
+        if attempt != self._attempt:
+            return False
+        self._candidate = (username, kind, who)
+        return True
 
     def begin_auth(self, username: str) -> bool:
+        self._kex_timer.cancel()  # key exchange done: LOGIN_TIMEOUT applies from here
+        self._new_attempt()  # a new user name: nothing from the previous one carries over
         return True
 
     def password_auth_supported(self) -> bool:
@@ -372,17 +535,25 @@ class RelaySSHServer(asyncssh.SSHServer):
         return True
 
     async def validate_password(self, username: str, password: str) -> bool:
+        attempt = self._new_attempt()
         if SESSION_ID_RE.match(username):
             if await self.service.agent_may_connect(username, password):
-                self.agent_session = username
-                return True
+                return self._propose(attempt, username, "agent", username)
         tech = await self.service.technician_for_ssh_password(username, password, self.peer_ip)
         if tech is not None:
-            self.technician = tech
-            return True
+            return self._propose(attempt, username, "technician", tech)
+        self.service.stats.login("ssh", "agent" if SESSION_ID_RE.match(username)
+                                 else "technician", "failed")
         return False
 
     async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        attempt = self._new_attempt()
+        if key_weakness(key) is not None:
+            return False
+        # asyncssh checks the signature with this very key object: let it take SHA-2 only
+        # (an RSA key would otherwise also verify ssh-rsa, SHA-1, signatures).
+        key.all_sig_algorithms = {alg.encode() for alg in SIGNATURE_ALGS} \
+            & set(key.all_sig_algorithms)
         try:
             tech = await self.service.store.technician_by_login(username)
         except Exception:
@@ -392,25 +563,46 @@ class RelaySSHServer(asyncssh.SSHServer):
         offered = key.export_public_key("openssh").split()[:2]
         for line in await self.service.store.ssh_keys(tech.id):
             if line.split()[:2] == [part.decode() for part in offered]:
-                self.technician = tech
-                return True
+                return self._propose(attempt, username, "technician", tech)
         return False
 
     def auth_completed(self) -> None:
         self._started()
-        who = f"agent {self.agent_session}" if self.agent_session else \
-            f"technician {self.technician.login if self.technician else '?'}"
-        log.info("ssh: %s authenticated from %s", who, self.peer_ip)
+        candidate, self._candidate = self._candidate, None
+        username = self.conn.get_extra_info("username") if self.conn else None
+        if candidate is None or candidate[0] != username:
+            log.warning("ssh: authentication completed from %s with no matching candidate; "
+                        "closing", self.peer_ip)
+            if self.conn is not None:
+                self.conn.close()
+            return
+        _, kind, who = candidate
+        self.service.stats.login("ssh", kind, "ok")
+        if kind == "agent":
+            self.agent_session = str(who)
+            self.service.connections.add_agent(self.agent_session, self.conn)
+            log.info("ssh: agent %s authenticated from %s", self.agent_session, self.peer_ip)
+        else:
+            assert isinstance(who, Technician)
+            self.technician = who
+            self.service.connections.add_technician(who.id, who.company_id, self.conn)
+            log.info("ssh: technician %s authenticated from %s", who.login, self.peer_ip)
 
     # --- agents ----------------------------------------------------------------------------
 
-    def server_requested(self, listen_host: str, listen_port: int):
-        if self.agent_session is None or listen_host.lower() != self.agent_session \
+    async def server_requested(self, listen_host: str, listen_port: int):
+        session_id = self.agent_session
+        if session_id is None or listen_host.lower() != session_id \
                 or listen_port != INNER_PORT:
             log.warning("ssh: refused forward %s:%s from %s", listen_host, listen_port,
                         self.peer_ip)
             return False
-        link = AgentLink(self.agent_session, self.conn, self.peer_ip, self.service.clock())
+        # The session may have ended since the agent logged in: an ended session's agent
+        # must never come back online.
+        if not await self.service.agent_session_active(session_id) or self._lost:
+            log.info("ssh: refused forward for %s: the session is not active", session_id)
+            return False
+        link = AgentLink(session_id, self.conn, self.peer_ip, self.service.clock())
         link.forward_registered = True
         previous = self.service.agents.add(link)
         if previous is not None and previous.conn is not self.conn:
@@ -442,7 +634,12 @@ class RelaySSHServer(asyncssh.SSHServer):
                            orig_port: int) -> asyncssh.SSHTCPSession:
         tech = self.technician
         assert tech is not None
-        row = await self.service.may_tunnel(tech, session_id) if port == INNER_PORT else None
+        try:
+            row = await self.service.may_tunnel(tech, session_id) if port == INNER_PORT \
+                else None
+        except ServiceError as exc:
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+                                            exc.detail) from None
         link = self.service.agents.get(session_id) if row is not None else None
         if row is None or link is None:
             outcome = "not_found" if row is None else "offline"
@@ -452,10 +649,12 @@ class RelaySSHServer(asyncssh.SSHServer):
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_CONNECT_FAILED,
                 "no such session" if row is None else "the customer's computer is offline")
-        technician_end, agent_end = splice_pair()
+        technician_end, agent_end = splice_pair(self.service.stats)
         await link.conn.create_connection(
             lambda: agent_end, session_id, INNER_PORT, tech.login, orig_port,
             window=CHANNEL_WINDOW, max_pktsize=CHANNEL_PACKET)
+        self.service.stats.tunnel_opened()
+        technician_end.on_close = self.service.stats.tunnel_closed
         await self.service.audit_event(session_id, f"technician:{tech.login}", "tunnel", "ok",
                                        ip=self.peer_ip)
         return technician_end
@@ -471,12 +670,40 @@ def load_or_create_host_key(path: Path) -> asyncssh.SSHKey:
     return key
 
 
+@dataclass
+class SSHEntrance:
+    """The relay's SSH server: its port (None with `--ssh off`) and the way in for
+    connections that arrive over WebSocket (adopt), both through one gate."""
+
+    acceptor: asyncssh.SSHAcceptor
+    gate: _GatedServer
+    startups: Startups
+
+    @property
+    def port(self) -> int | None:
+        return self.gate.sockets[0].getsockname()[1] if self.gate.sockets else None
+
+    def adopt(self, conn: socket.socket, peer: tuple[str, int]) -> bool:
+        return self.gate.adopt(conn, peer)
+
+    def close(self) -> None:
+        self.acceptor.close()
+
+    async def wait_closed(self) -> None:
+        await self.acceptor.wait_closed()
+
+
 async def start_ssh_server(service: RelayService, host: str, port: int,
-                           host_key: asyncssh.SSHKey) -> asyncssh.SSHAcceptor:
+                           host_key: asyncssh.SSHKey, *, listen: bool = True) -> SSHEntrance:
+    """The relay's SSH server, listening on host:port unless `listen` is off (then it takes
+    connections over WebSocket only)."""
     startups = Startups()
-    return await asyncssh.create_server(
-        lambda: RelaySSHServer(service, startups), host, port, tunnel=_GatedListener(startups),
+    listener = _GatedListener(startups, listen)
+    acceptor = await asyncssh.create_server(
+        lambda: RelaySSHServer(service, startups), host, port, tunnel=listener,
         server_host_keys=[host_key],
         keepalive_interval=KEEPALIVE_INTERVAL, keepalive_count_max=KEEPALIVE_COUNT,
-        login_timeout=LOGIN_TIMEOUT, encryption_algs=ENCRYPTION, compression_algs=None,
+        login_timeout=LOGIN_TIMEOUT, **SERVER_ALGORITHMS,
         allow_scp=False, agent_forwarding=False, x11_forwarding=False)
+    assert listener.server is not None
+    return SSHEntrance(acceptor, listener.server, startups)

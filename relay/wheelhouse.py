@@ -15,16 +15,21 @@ The relay never imports `hostagent`: it only packs its files.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
+import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
+import logging
 import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+log = logging.getLogger("adhoc.relay.wheelhouse")
 
 HOST_DIST = "adhoc-host"
 HOST_PACKAGE = "hostagent"
@@ -33,7 +38,7 @@ HOST_PACKAGE = "hostagent"
 SHARED_PACKAGE = "common"
 # What `hostagent` imports outside the standard library (keep in step with its imports).
 HOST_REQUIREMENTS = ("asyncssh>=2.24.1", "argon2-cffi>=25.1", "httpx>=0.28", "psutil>=7.0",
-                     "pyte>=0.8.2")
+                     "pyte>=0.8.2", "websockets>=14")
 REQUIRES_PYTHON = ">=3.11"
 
 
@@ -111,6 +116,8 @@ def build(data_dir: Path, python_versions: list[str] | None = None,
     """(Re)build the wheelhouse; the old one stays in place until the new one is complete."""
     target = wheelhouse_dir(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
+    for stale in data_dir.glob(".wheelhouse-*"):  # a build stopped half-way
+        shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=".wheelhouse-", dir=data_dir))
     try:
         build_host_wheel(staging)
@@ -124,6 +131,52 @@ def build(data_dir: Path, python_versions: list[str] | None = None,
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return sorted(target.glob("*.whl"))
+
+
+def has_host_wheel(data_dir: Path) -> bool:
+    return any(wheelhouse_dir(data_dir).glob("adhoc_host-*.whl"))
+
+
+class Preparation:
+    """Builds the wheelhouse in the background when it is missing (the console's embedded
+    relay), as a child process that stopping the relay ends. Until it is done the install
+    script says "preparing"; if it fails, why (and the relay's log has it)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.preparing = False
+        self.failure: str | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        if has_host_wheel(self.data_dir) or self._task is not None:
+            return
+        self.preparing = True
+        self._task = asyncio.get_running_loop().create_task(self._build())
+
+    async def _build(self) -> None:
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "relay.wheelhouse", "--data-dir", str(self.data_dir),
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+            _, errors = await self._proc.communicate()
+            if self._proc.returncode != 0:
+                self.failure = errors.decode(errors="replace").strip()[-500:] or \
+                    f"exit status {self._proc.returncode}"
+                log.warning("could not prepare the host's wheels: %s", self.failure)
+        finally:
+            self.preparing = False
+
+    async def stop(self) -> None:
+        if self._proc is not None and self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()
+            await self._proc.wait()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
 
 
 def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

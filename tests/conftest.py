@@ -1,4 +1,5 @@
-"""Shared fixtures: a provisioned data dir and a running relay process on loopback."""
+"""Shared fixtures: a provisioned data dir, a running relay process on loopback, and a throwaway
+PostgreSQL cluster for the tests that run the relay on it."""
 
 from __future__ import annotations
 
@@ -7,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.postgres import PostgresCluster, postgres_cluster
 from tests.support import AgentProcess, RelayProcess, provision
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster | None]:
+    """One cluster for the whole run (None when PostgreSQL is not installed)."""
+    with postgres_cluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import contextlib
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -21,20 +22,31 @@ from pathlib import Path
 import httpx
 
 from common.passwords import hash_password
+from common.reach import relay_routes
 from relay import sessions as rules
 from relay.config import RelaySettings
+from relay.db.url import parse_database_url
 from relay.server import initialise
 from relay.store import SessionRow, Store, Technician
-from tui.client import connect_host, connect_relay
+from tui.client import connect_host, open_relay
 
 PASSWORD = "tech-password-1"
 SESSION_PASSWORD = "Horse-battery-9"
-READY = re.compile(r"adhoc-relay ready http=(\S+) ssh=(\S+)")
+READY = re.compile(r"adhoc-relay ready http=(\S+) ssh=(\S+)(?: metrics=(\S+))?")
 
 
-def wait_for_ready(proc: subprocess.Popen, log_path: Path,
-                   timeout: float) -> tuple[str, str, int]:
-    """Read `adhoc-relay serve`'s ready line: (base URL, SSH host, SSH port)."""
+@dataclass(frozen=True)
+class Ready:
+    """What `adhoc-relay serve` says when it accepts connections."""
+
+    base_url: str
+    ssh_host: str  # "" with --ssh off
+    ssh_port: int  # 0 with --ssh off
+    metrics_url: str | None
+
+
+def read_ready(proc: subprocess.Popen, log_path: Path, timeout: float) -> Ready:
+    """Read `adhoc-relay serve`'s ready line."""
     deadline = time.monotonic() + timeout
     assert proc.stdout is not None
     while time.monotonic() < deadline:
@@ -43,9 +55,19 @@ def wait_for_ready(proc: subprocess.Popen, log_path: Path,
             raise AssertionError(f"relay exited: {log_path.read_text()[-2000:]}")
         match = READY.search(line)
         if match:
+            metrics = f"http://{match.group(3)}" if match.group(3) else None
+            if match.group(2) == "off":  # SSH over WebSocket only
+                return Ready(match.group(1), "", 0, metrics)
             host, _, port = match.group(2).rpartition(":")
-            return match.group(1), host, int(port)
+            return Ready(match.group(1), host, int(port), metrics)
     raise AssertionError("relay did not start in time")
+
+
+def wait_for_ready(proc: subprocess.Popen, log_path: Path,
+                   timeout: float) -> tuple[str, str, int]:
+    """Read `adhoc-relay serve`'s ready line: (base URL, SSH host, SSH port)."""
+    ready = read_ready(proc, log_path, timeout)
+    return ready.base_url, ready.ssh_host, ready.ssh_port
 
 
 def run_cli(data_dir: Path, *args: str, stdin: str | None = None,
@@ -88,6 +110,7 @@ class RelayProcess:
     base_url: str = ""
     ssh_host: str = "127.0.0.1"
     ssh_port: int = 0
+    metrics_url: str | None = None
     log_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -100,8 +123,10 @@ class RelayProcess:
                  "--http", f"127.0.0.1:{http_port}", "--ssh", f"127.0.0.1:{ssh_port}",
                  *self.extra_args],
                 stdout=subprocess.PIPE, stderr=log, text=True)
-        self.base_url, self.ssh_host, self.ssh_port = wait_for_ready(self.proc, self.log_path,
-                                                                     timeout)
+        ready = read_ready(self.proc, self.log_path, timeout)
+        self.base_url, self.ssh_host, self.ssh_port = ready.base_url, ready.ssh_host, \
+            ready.ssh_port
+        self.metrics_url = ready.metrics_url
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         stop_process(self.proc, sig)
@@ -132,9 +157,13 @@ def relays(data_dir_for: Callable[[int], Path]) -> Iterator[Callable[..., RelayP
 class Api:
     """A technician's view of the relay API (real HTTP)."""
 
-    def __init__(self, base_url: str, login: str = "alice", password: str = PASSWORD) -> None:
+    def __init__(self, base_url: str, login: str = "alice", password: str = PASSWORD, *,
+                 verify: ssl.SSLContext | bool = True) -> None:
         self.base_url = base_url
-        self.client = httpx.AsyncClient(base_url=base_url, timeout=30)
+        # Idle connections are let go before the relay's HTTP server closes them (uvicorn: 5 s),
+        # so a request never races that close on a connection the test left idle.
+        self.client = httpx.AsyncClient(base_url=base_url, timeout=30, verify=verify,
+                                        limits=httpx.Limits(keepalive_expiry=2.0))
         self.login_name = login
         self.password = password
         self.token = ""
@@ -184,14 +213,20 @@ class AgentProcess:
     proc: subprocess.Popen | None = None
     output: list[str] = field(default_factory=list)
 
-    def start(self, *extra: str) -> None:
+    def start(self, *extra: str, env: dict[str, str] | None = None,
+              wrap: Callable[[list[str]], list[str]] = lambda argv: argv) -> None:
+        """Run the agent; `env` adds to this process's environment, `wrap` runs it inside
+        something (a network namespace)."""
         # /bin/sh keeps shells quick to start: root's login bash on a developer machine may
         # run version-manager hooks (pyenv rehash) that stall for a minute on a stale lock.
-        env = dict(os.environ, ADHOC_HOST_LOCK=str(self.workdir / "agent.lock"),
-                   TMPDIR=str(self.workdir), ADHOC_HOST_SHELL="/bin/sh")
+        # The link and the code travel in the environment, as on a shared computer: never in
+        # the arguments, which every local user can read.
+        env = {**os.environ, "ADHOC_HOST_LOCK": str(self.workdir / "agent.lock"),
+               "TMPDIR": str(self.workdir), "ADHOC_HOST_SHELL": "/bin/sh",
+               "ADHOC_JOIN_URL": self.join_url, "ADHOC_JOIN_CODE": self.code, **(env or {})}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hostagent.cli", "join", self.join_url, "--code", self.code,
-             "--yes", "--allow-unprivileged", *extra],
+            wrap([sys.executable, "-m", "hostagent.cli", "join", "--yes", "--allow-unprivileged",
+                  *extra]),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
             stdin=subprocess.DEVNULL)
 
@@ -202,15 +237,23 @@ class AgentProcess:
         for line in self.output:
             if text in line:
                 return line
+        pending = None
         while time.monotonic() < deadline:
-            line = await asyncio.wait_for(
-                loop.run_in_executor(None, self.proc.stdout.readline),
-                max(0.1, deadline - time.monotonic()))
+            pending = pending or loop.run_in_executor(None, self.proc.stdout.readline)
+            done, _ = await asyncio.wait({pending}, timeout=max(0.1, deadline - time.monotonic()))
+            if not done:
+                continue
+            line, pending = pending.result(), None
             if not line:
                 break
             self.output.append(line)
             if text in line:
                 return line
+        if pending is not None:
+            # The reading thread would wait for a line forever (and the test's event loop for
+            # it): stop the agent so the test fails instead of hanging.
+            self.stop()
+            await pending
         raise AssertionError(f"agent never printed {text!r}; it printed:\n{''.join(self.output)}")
 
     def wait_exit(self, timeout: float = 20) -> int:
@@ -228,10 +271,11 @@ class AgentProcess:
 async def technician_ssh(relay: RelayProcess, api: Api, session: dict,
                          password: str = SESSION_PASSWORD, **options):
     """Outer connection to the relay as the technician, inner connection to the host, made as
-    the console makes them (tui/client.py); `options` override asyncssh settings."""
+    the console makes them (tui/client.py: the SSH port, else SSH over WebSocket);
+    `options` override asyncssh settings."""
     info = await api.relay_info()
-    outer = await connect_relay(relay.ssh_host, relay.ssh_port, api.login_name, api.token,
-                                info["host_key"], **options)
+    outer, _route = await open_relay(relay_routes(info["ssh"], relay.base_url),
+                                     api.login_name, api.token, info["host_key"], **options)
     try:
         inner = await connect_host(outer, session["id"], session["host_key"], password,
                                    **options)
@@ -243,6 +287,20 @@ async def technician_ssh(relay: RelayProcess, api: Api, session: dict,
     finally:
         outer.close()
         await outer.wait_closed()
+
+
+def console_login(base_url: str, config: Path) -> dict[str, str]:
+    """Log the console in to the relay as alice (`adhoc-console login`), its settings in
+    `config`; the environment that runs that console."""
+    env = {"ADHOC_CONSOLE_CONFIG_DIR": str(config), "TERM": "xterm-256color",
+           "PYTHONPATH": os.getcwd()}
+    login = subprocess.run(
+        [sys.executable, "-m", "tui.cli", "login", base_url, "--login", "alice",
+         "--password-stdin"], input=PASSWORD + "\n", text=True, capture_output=True,
+        env={**os.environ, **env}, timeout=60)
+    assert login.returncode == 0, login.stderr
+    assert PASSWORD not in login.stdout + login.stderr
+    return env
 
 
 def new_agent(agents: list[AgentProcess], tmp_path: Path, session: dict) -> AgentProcess:
@@ -288,12 +346,16 @@ async def add_active_session(store: Store, tech: Technician, secret: str, *,
     return session_id
 
 
-async def provision_store(path: Path, companies: list[tuple[str, str, int, list[str]]]) -> None:
+async def provision_store(path: Path, companies: list[tuple[str, str, int, list[str]]], *,
+                          database: str | None = None) -> None:
     """Create a relay data dir with these (name, plan, seats, technician logins) through the
     store's own calls in one process (much faster than the CLI, which test_admin.py covers);
-    the first technician of each company is its admin."""
-    await initialise(RelaySettings(data_dir=path))
-    store = await Store.open(path / "relay.db")
+    the first technician of each company is its admin. `database`: a URL instead of the data
+    dir's relay.db."""
+    settings = RelaySettings(data_dir=path,
+                             database=parse_database_url(database) if database else None)
+    await initialise(settings)
+    store = await Store.open(settings.database_url)
     try:
         verifier = hash_password(PASSWORD)
         for name, plan, seats, logins in companies:
@@ -303,3 +365,64 @@ async def provision_store(path: Path, companies: list[tuple[str, str, int, list[
                                            index == 0, time.time())
     finally:
         await store.close()
+
+
+@dataclass
+class OpenSSH:
+    """Stock OpenSSH (`ssh`, `sftp`) as a technician uses it through the relay: a key
+    registered for the relay hop, the session password from an askpass script, and both
+    host keys pinned. `relay_options` are ssh_config lines for the relay hop (HostName and
+    Port, or a ProxyCommand)."""
+
+    tmp_path: Path
+    relay: RelayProcess
+    relay_key: str
+    session: dict
+    relay_options: list[str]
+    known_name: str = ""  # how known_hosts names the relay (default: the ssh address)
+
+    def __post_init__(self) -> None:
+        self.key = self.tmp_path / "id_ed25519"
+        if not self.key.exists():
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
+                            str(self.key)], check=True)
+            run_cli(self.relay.data_dir, "technician", "add-key", "alice", f"{self.key}.pub")
+        known = self.tmp_path / "known_hosts"
+        name = self.known_name or f"[{self.relay.ssh_host}]:{self.relay.ssh_port}"
+        known.write_text(f"{name} {self.relay_key}\n"
+                         f"{self.session['id']} {self.session['host_key']}\n")
+        self.config = self.tmp_path / "ssh_config"
+        self.config.write_text(
+            "Host adhoc-relay\n" + "".join(f"  {line}\n" for line in self.relay_options)
+            + f"  User alice\n  IdentityFile {self.key}\n  IdentitiesOnly yes\n"
+            f"Host *\n  UserKnownHostsFile {known}\n  GlobalKnownHostsFile /dev/null\n"
+            "  StrictHostKeyChecking yes\n  BatchMode no\n")
+        askpass = self.tmp_path / "askpass"
+        askpass.write_text(f"#!/bin/sh\necho '{SESSION_PASSWORD}'\n")
+        askpass.chmod(0o700)
+        self.env = dict(os.environ, SSH_ASKPASS=str(askpass), SSH_ASKPASS_REQUIRE="force",
+                        DISPLAY=":0")
+
+    def ssh(self, command: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["ssh", "-F", str(self.config), "-J", "adhoc-relay",
+             f"support@{self.session['id']}", command],
+            capture_output=True, text=True, env=self.env, stdin=subprocess.DEVNULL, timeout=60)
+
+    def sftp(self, batch: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["sftp", "-q", "-F", str(self.config), "-J", "adhoc-relay",
+             f"support@{self.session['id']}"],
+            input=batch, capture_output=True, text=True, env=self.env, timeout=60)
+
+    def round_trip(self) -> None:
+        """A command with `ssh`, and a megabyte up and down again with `sftp`."""
+        result = self.ssh("echo via-openssh-$((20+1))")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "via-openssh-21"
+        blob = self.tmp_path / "blob"
+        blob.write_bytes(os.urandom(1024 * 1024))
+        up, down = self.tmp_path / "up", self.tmp_path / "down"
+        result = self.sftp(f"put {blob} {up}\nget {up} {down}\n")
+        assert result.returncode == 0, result.stderr
+        assert down.read_bytes() == blob.read_bytes()

@@ -21,6 +21,7 @@ from common.secret import Secret
 from tui.client import CONNECTED, HostConnector, RelayClient, RelayError, retry_delay
 from tui.config import embedded_data_dir
 from tui.failures import explain
+from tui.rawinput import raw_driver_for
 from tui.sanitize import clean, clean_lines
 from tui.screens.audit import AuditModal
 from tui.screens.chat import ChatScreen
@@ -71,10 +72,12 @@ class ConsoleApp(App):
 
     def __init__(self, client: RelayClient, login: str, *, notice: str | None = None,
                  clock: Callable[[], float] = time.time,
-                 keymap: dict[str, str] | None = None,
+                 keymap: dict[str, str] | None = None, runs_relay: bool = False,
                  first_run_password: Secret | None = None) -> None:
         super().__init__()
         self.client = client
+        self.runs_relay = runs_relay  # quitting stops the bundled relay (the embedded default)
+        self._asking_to_quit = False
         self.login = login
         self.notice = notice
         self.first_run_password = first_run_password
@@ -90,8 +93,13 @@ class ConsoleApp(App):
         self.relay_lost = False
         self.notices: deque[tuple[str, str]] = deque(maxlen=200)  # (severity, text) shown
         self.unexpected: list[BaseException] = []  # failures that were bugs of ours
+        self._route_told: str | None = None
         if keymap:
             self.set_keymap(keymap)
+
+    def get_driver_class(self):
+        # The terminal pane takes the technician's keys as their terminal sent them.
+        return raw_driver_for(super().get_driver_class())
 
     @property
     def sessions_screen(self) -> SessionsScreen:
@@ -100,14 +108,20 @@ class ConsoleApp(App):
     def on_mount(self) -> None:
         self._sessions = SessionsScreen(self.clock)
         self.push_screen(self._sessions)
-        if self.notice:
-            self.notify(self.notice, title="Welcome to Adhoc", timeout=30)
         if self.first_run_password is not None:
+            # The welcome toast waits for the dialog: over it, it would hide half of it.
             self.push_screen(FirstRunModal(self.login, self.first_run_password,
-                                           str(embedded_data_dir())))
+                                           str(embedded_data_dir())),
+                             lambda _noted: self._welcome())
             self.first_run_password = None  # the dialog holds the only copy
+        else:
+            self._welcome()
         self.refresh_sessions()
         self.follow_events()
+
+    def _welcome(self) -> None:
+        if self.notice:
+            self.notify(self.notice, title="Welcome to Adhoc", timeout=30)
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         """The palette offers what makes sense where the technician is."""
@@ -286,6 +300,8 @@ class ConsoleApp(App):
                 self.refresh_sessions()
                 self.push_screen(CreatedModal(result))
 
+        # Toasts said what they had to; at 80x24 one would hide the code and the link.
+        self.clear_notifications()
         self.push_screen(NewSessionModal(self.client), created)
 
     def action_remote(self) -> None:
@@ -347,6 +363,7 @@ class ConsoleApp(App):
                 return
             raise
         self.passwords[view["id"]] = password
+        self._tell_route()
         screen = PANES[kind](full, self.connector, password)
         if kind in KEPT_PANES:
             # Installed, so leaving it does not unmount it: it keeps its state and channel.
@@ -355,6 +372,14 @@ class ConsoleApp(App):
             await self.push_screen(_pane_name(kind, view["id"]))
         else:
             await self.push_screen(screen)
+
+    def _tell_route(self) -> None:
+        """Say how SSH reaches the relay (its port, or WebSocket, through a proxy or not)
+        when that is new."""
+        route = self.connector.route
+        if route is not None and str(route) != self._route_told:
+            self._route_told = str(route)
+            self.notify(f"Connected to the relay: {route}.", timeout=6)
 
     def forget_password(self, session_id: str) -> None:
         self.passwords.pop(session_id, None)
@@ -418,6 +443,36 @@ class ConsoleApp(App):
         await self.client.aclose()
 
     async def action_quit(self) -> None:
+        waiting = self._customers_on_this_relay()
+        if not waiting:
+            await self._quit()
+            return
+
+        async def answered(yes: bool | None) -> None:
+            self._asking_to_quit = False
+            if yes:
+                await self._quit()
+
+        self._asking_to_quit = True
+        self.push_screen(ConfirmModal(
+            f"{waiting} on this computer's bundled relay. Quitting stops the relay: their "
+            "computers go offline and keep trying to reconnect, and nobody can join an "
+            "invitation, until you start adhoc-console again. Their sessions stay open and "
+            "still end on time. Quit anyway?", yes="Quit"), answered)
+
+    def _customers_on_this_relay(self) -> str | None:
+        """Who quitting would cut off, in words (None: nobody, the relay is elsewhere, or the
+        technician asks to quit a second time while being asked)."""
+        if not self.runs_relay or self._asking_to_quit:
+            return None
+        active = sum(v["state"] == "active" for v in self.views.values())
+        pending = sum(v["state"] == "pending" for v in self.views.values())
+        parts = [f"{active} customer{'s' * (active != 1)} in a live session"] if active else []
+        if pending:
+            parts.append(f"{pending} invitation{'s' * (pending != 1)} waiting")
+        return " and ".join(parts) or None
+
+    async def _quit(self) -> None:
         for screen in self.panes.values():
             if isinstance(screen, RemoteScreen):
                 screen.close_shell()

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from common.secret import Secret
 from common.transport import tune_allocator
+from relay.config import parse_hostport
 from tui.app import ConsoleApp
 from tui.client import RelayClient, RelayError
 from tui.config import ConsoleConfig, embedded_data_dir
@@ -21,7 +22,12 @@ PROG = "adhoc-console"
 
 
 class Refused(Exception):
-    """Something the user gave or did that the console cannot go on with: one sentence."""
+    """Something the user gave or did that the console cannot go on with: one sentence;
+    `status` is the exit status (2: a command line that cannot work)."""
+
+    def __init__(self, sentence: str, *, status: int = 1) -> None:
+        super().__init__(sentence)
+        self.status = status
 
 
 class Parser(argparse.ArgumentParser):
@@ -45,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--relay", metavar="URL",
                         help="the relay to use (default: the one you logged in to, else the "
                              "bundled relay on this computer)")
+    parser.add_argument("--listen", metavar="HOST:PORT",
+                        help="where the bundled relay listens (default 127.0.0.1, ports "
+                             "8780 and 8722 or free ones, kept once chosen); another "
+                             "address lets customers on other computers in")
+    parser.add_argument("--public-url", metavar="URL",
+                        help="the address customers' computers reach the bundled relay at, "
+                             "for their links (default http://<--listen>)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     login = sub.add_parser("login", help="log in to a relay and remember it")
     login.add_argument("url", metavar="URL",
@@ -53,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     login.add_argument("--password-stdin", action="store_true",
                        help="read the password from standard input")
     sub.add_parser("logout", help="forget the stored relay and token")
+    tunnel = sub.add_parser(
+        "tunnel", help="carry OpenSSH to the relay: use as ProxyCommand (see docs/CONSOLE.md)")
+    tunnel.add_argument("url", metavar="URL", nargs="?",
+                        help="the relay's URL (default: the one you logged in to)")
+    tunnel.add_argument("--websocket", action="store_true",
+                        help="go over WebSocket even when the relay's SSH port is reachable")
+    tunnel.add_argument("-v", "--verbose", action="store_true",
+                        help="say on standard error which route is used")
     return parser
 
 
@@ -119,23 +140,43 @@ async def _store_login(url: str, name: str, password: Secret) -> int:
     return 0
 
 
+def _embedded_notice(embedded) -> str:
+    if embedded.attached:
+        return (f"Using the bundled relay that another console (process {embedded.owner_pid}) "
+                f"runs at {embedded.base_url}: it stops when that console quits.")
+    notice = f"Running the bundled relay at {embedded.base_url} (data in {embedded_data_dir()})."
+    if urlsplit(embedded.base_url).hostname in ("127.0.0.1", "localhost", "::1"):
+        notice += (" Only this computer can join its links: to let a customer's computer in, "
+                   "start with --listen ADDRESS:PORT (this computer's address on their "
+                   "network) and, behind NAT, --public-url.")
+    return notice  # a first run's password is shown in its own dialog (FirstRunModal)
+
+
 async def _run(args: argparse.Namespace, config: ConsoleConfig) -> int:
     embedded = None
-    first_run = None
+    first_run = notice = None
     url = relay_url(args.relay) if args.relay else config.relay_url
     if url is None:
-        from tui.embedded import start_embedded
+        from tui.embedded import EmbeddedError, start_embedded
 
+        listen = args.listen or config.listen
         try:
-            embedded = await start_embedded()
+            embedded = await start_embedded(
+                parse_hostport(listen) if listen else None,
+                args.public_url or config.public_url)
+        except (EmbeddedError, ValueError) as exc:
+            raise Refused(str(exc)) from None
         except OSError as exc:
             raise Refused(f"cannot start the bundled relay ({exc.strerror or exc}); check "
                           f"that {embedded_data_dir()} is writable, or log in to a relay "
                           f"with {PROG} login URL") from None
         url, token, login = embedded.base_url, embedded.token, embedded.login
-        if embedded.first_run_password:
-            first_run = embedded.first_run_password
+        first_run = embedded.first_run_password
+        notice = _embedded_notice(embedded)
     else:
+        if args.listen or args.public_url:
+            raise Refused(f"--listen and --public-url are for the bundled relay, not for {url}",
+                          status=2)
         if not config.token or url != config.relay_url:
             raise Refused(f"not logged in to {url}: run `{PROG} login {url}` first")
         token, login = config.token, config.login or ""
@@ -146,9 +187,8 @@ async def _run(args: argparse.Namespace, config: ConsoleConfig) -> int:
                 await client.me()
             except RelayError as exc:
                 raise Refused(explain(exc).text) from None
-        notice = (f"Running the bundled relay at {url} (data in {embedded_data_dir()})."
-                  if embedded is not None else None)
         app = ConsoleApp(client, login, notice=notice, keymap=config.keymap,
+                         runs_relay=embedded is not None and not embedded.attached,
                          first_run_password=first_run)
         await app.run_async()
         if app.return_code:
@@ -167,6 +207,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "login":
             return _login(args)
         config = ConsoleConfig.load()
+        if args.command == "tunnel":
+            from tui.tunnel import run
+
+            url = relay_url(args.url) if args.url else config.relay_url
+            if not url:
+                raise Refused("name the relay's URL (or log in to one first)", status=2)
+            return asyncio.run(run(url, websocket_only=args.websocket, verbose=args.verbose))
         if args.command == "logout":
             config.relay_url = config.login = config.token = None
             config.save()
@@ -176,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_run(args, config))
     except Refused as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
-        return 1
+        return exc.status
     except KeyboardInterrupt:
         print(f"{PROG}: stopped", file=sys.stderr)
         return 130

@@ -16,8 +16,26 @@ import asyncssh
 import httpx
 
 from common.passwords import hash_password, session_password_problem
+from common.proxy import Proxy, ProxySettingError, proxy_for
+from common.reach import (
+    SEPARATOR,
+    Route,
+    explain,
+    failure,
+    http_client,
+    open_route,
+    origin,
+    relay_routes,
+)
 from common.secret import Secret, reveal
-from common.transport import INNER_PORT, INNER_USER, WideTunnel, client_options, pinned
+from common.transport import (
+    INNER_PORT,
+    INNER_USER,
+    WideTunnel,
+    client_options,
+    pinned,
+    wait_for_banner,
+)
 
 API = "/api/v1"
 # Small windows so ctrl+c stops a flood quickly (docs/BENCHMARKS.md, Targets; issue 5).
@@ -25,6 +43,10 @@ SHELL_WINDOW = 256 * 1024
 
 
 RETRY_DELAYS = (0.5, 1, 2, 4, 8, 10)
+# Seconds to reach the relay on one route (TCP, proxy, TLS, WebSocket) before the next, and
+# for the relay to start the SSH handshake (it queues connections after a restart).
+ROUTE_TIMEOUT = 15
+BANNER_TIMEOUT = 60
 
 
 def retry_delay(attempt: int) -> float:
@@ -48,9 +70,9 @@ def _error(response: httpx.Response) -> RelayError:
     except ValueError:
         body = None
     if not isinstance(body, dict) or not isinstance(body.get("detail"), str):
-        origin = f"{response.url.scheme}://{response.url.netloc.decode(errors='replace')}"
+        where = f"{response.url.scheme}://{response.url.netloc.decode(errors='replace')}"
         return RelayError(response.status_code, "error",
-                          f"{origin} answered HTTP {response.status_code}, not as an Adhoc "
+                          f"{where} answered HTTP {response.status_code}, not as an Adhoc "
                           "relay does: check the URL, and that the relay behind it is running")
     return RelayError(response.status_code, str(body.get("error", "error")), body["detail"])
 
@@ -81,15 +103,24 @@ class RelayClient:
         self.base_url = base_url.rstrip("/")
         self.token = Secret(token) if token is not None else None
         self._transport = transport
-        self._http = self._new_http()
+        try:
+            self._http = self._new_http()
+        except ProxySettingError as exc:
+            raise RelayError(0, "proxy", f"{exc}, then start the console again") from None
 
     def _new_http(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=self.base_url, timeout=httpx.Timeout(20.0),
-                                 transport=self._transport,
-                                 limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY))
+        """A client with the proxy and TLS rules of common/reach.py."""
+        return http_client(self.base_url, base_url=self.base_url, timeout=httpx.Timeout(20.0),
+                           transport=self._transport,
+                           limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY))
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+    def _origin(self) -> tuple[str, int, Proxy | None]:
+        """Where HTTP goes, for explain(): the relay's host and port, and the proxy."""
+        scheme, host, port = origin(self.base_url)
+        return host, port, proxy_for(scheme, host, port)
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token.reveal()}"} if self.token else {}
@@ -110,9 +141,8 @@ class RelayClient:
                     response = await fresh.request(method, API + path,
                                                    headers=self._headers(), **kwargs)
         except httpx.HTTPError as exc:
-            raise RelayError(0, "unreachable",
-                             f"cannot reach the relay at {self.base_url} "
-                             f"({exc or type(exc).__name__})") from None
+            raise RelayError(0, "unreachable", f"cannot reach the relay at {self.base_url}: "
+                             f"{explain(exc, *self._origin())}") from None
         if response.status_code >= 400:
             raise _error(response)
         try:
@@ -307,23 +337,53 @@ class JsonLines:
             self._writer.channel.close()
 
 
-def technician_options(*, outer: bool = False, **options) -> dict:
+def technician_options(*, outer: bool = False, sock=None, **options) -> dict:
     """The console's asyncssh client settings; `options` override them. Keepalive on every
     leg, 15 s x 3; ADHOC_CONSOLE_KEEPALIVE (seconds) lets fault tests see a dead link in
     seconds, as ADHOC_HOST_KEEPALIVE and ADHOC_RELAY_KEEPALIVE do."""
     keepalive = float(os.environ.get("ADHOC_CONSOLE_KEEPALIVE", "15"))
     return {"client_keys": None, "agent_path": None, "config": None,
             "preferred_auth": "password", "keepalive_interval": keepalive,
-            "keepalive_count_max": 3, **client_options(outer=outer), **options}
+            "keepalive_count_max": 3, **client_options(outer=outer, sock=sock), **options}
 
 
 async def connect_relay(host: str, port: int, login: str, token: str | Secret, relay_key: str,
-                        **options) -> asyncssh.SSHClientConnection:
+                        sock=None, **options) -> asyncssh.SSHClientConnection:
     """The technician's SSH connection to the relay, pinned to its key, with the console's
-    transport settings; `options` override them (the bench tries levers this way)."""
+    transport settings; `options` override them (the bench tries levers this way). Over
+    `sock` when it is already connected (a route, common/reach.py)."""
     return await asyncssh.connect(host, port, username=login, password=reveal(token),
                                   known_hosts=pinned(relay_key),
-                                  **technician_options(outer=True, **options))
+                                  **technician_options(outer=True, sock=sock, **options))
+
+
+async def open_relay(routes: list[Route], login: str, token: str | Secret, relay_key: str,
+                     **options) -> tuple[asyncssh.SSHClientConnection, Route]:
+    """The technician's SSH connection to the relay on the first route that works (its SSH
+    port, then SSH over WebSocket), and that route. Raises RelayError saying why each route
+    failed; a refused login or another host key ends the attempt at once."""
+    failures = []
+    for route in routes:
+        try:
+            sock = await asyncio.wait_for(open_route(route), ROUTE_TIMEOUT)
+        except (OSError, TimeoutError) as exc:
+            failures.append(failure(exc, route))
+            continue
+        try:
+            await wait_for_banner(sock, BANNER_TIMEOUT)
+            conn = await connect_relay(route.host, route.port, login, token, relay_key,
+                                       sock=sock, **options)
+        except (asyncssh.PermissionDenied, asyncssh.HostKeyNotVerifiable) as exc:
+            sock.close()  # revoked, expired or another key: no retry helps (tui/failures.py)
+            raise RelayError(401, "unauthorized", f"the relay refused the SSH login ({route}): "
+                             f"{exc.reason}") from None
+        except (OSError, asyncssh.Error, TimeoutError) as exc:
+            sock.close()
+            failures.append(failure(exc, route))
+            continue
+        return conn, route
+    raise RelayError(0, "unreachable",
+                     "cannot open SSH to the relay: " + SEPARATOR.join(failures))
 
 
 async def connect_host(relay: asyncssh.SSHClientConnection, session_id: str, host_key: str,
@@ -344,23 +404,20 @@ class HostConnector:
         self._relay: asyncssh.SSHClientConnection | None = None
         self._hosts: dict[str, asyncssh.SSHClientConnection] = {}
         self._lock = asyncio.Lock()
+        self.route: Route | None = None  # how the SSH connection to the relay goes
 
     async def _relay_conn(self) -> asyncssh.SSHClientConnection:
         if self._relay is not None and not self._relay.is_closed():
             return self._relay
         info = await self.client.relay_info()
-        host, _, port = info["ssh"].rpartition(":")
         try:
-            self._relay = await connect_relay(host.strip("[]"), int(port), self.login,
-                                              self.client.token, info["host_key"])
-        except asyncssh.PermissionDenied:
-            raise RelayError(401, "unauthorized",
-                             "the relay refused your login for SSH (revoked or expired)"
-                             ) from None
-        except (OSError, asyncssh.Error) as exc:
-            raise RelayError(0, "unreachable",
-                             f"cannot open SSH to the relay at {info['ssh']} "
-                             f"({getattr(exc, 'reason', '') or exc})") from None
+            routes = relay_routes(info.get("ssh"), self.client.base_url)
+        except ProxySettingError as exc:
+            raise RelayError(0, "proxy", str(exc)) from None
+        if self.route is not None:  # what worked last goes first
+            routes.sort(key=lambda route: route.kind != self.route.kind)
+        self._relay, self.route = await open_relay(routes, self.login, self.client.token,
+                                                   info["host_key"])
         return self._relay
 
     async def host(self, session: dict, password: Secret) -> asyncssh.SSHClientConnection:

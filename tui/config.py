@@ -33,6 +33,10 @@ class ConsoleConfig:
     login: str | None = None
     token: Secret | None = None
     keymap: dict[str, str] = field(default_factory=dict)
+    # [embedded]: where the bundled relay listens and the address customers use (the
+    # command line's --listen and --public-url win)
+    listen: str | None = None
+    public_url: str | None = None
 
     @property
     def path(self) -> Path:
@@ -54,6 +58,9 @@ class ConsoleConfig:
         token = relay.get("token")
         config.token = Secret(token) if isinstance(token, str) and token else None
         config.keymap = {str(k): str(v) for k, v in data.get("keys", {}).items()}
+        embedded = data.get("embedded", {})
+        config.listen = embedded.get("listen")
+        config.public_url = embedded.get("public_url")
         return config
 
     def save(self) -> None:
@@ -64,6 +71,10 @@ class ConsoleConfig:
             if value:
                 name = "url" if key == "relay_url" else key
                 lines.append(f"{name} = {_quote(reveal(value))}")
+        embedded = [f"{key} = {_quote(value)}" for key, value in
+                    (("listen", self.listen), ("public_url", self.public_url)) if value]
+        if embedded:
+            lines += ["\n[embedded]", *embedded]
         if self.keymap:
             lines.append("\n[keys]")
             lines += [f"{_quote(k)} = {_quote(v)}" for k, v in sorted(self.keymap.items())]

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_console_tmux import Tmux
-from tests.support import SESSION_PASSWORD
-from tests.tui.helpers import cli_login, online_session
+from tests.support import SESSION_PASSWORD, console_login
+from tests.tmux import Tmux
+from tests.tui.helpers import online_session
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None,
                                 reason="tmux is not installed; CI installs it")
@@ -41,7 +41,7 @@ async def test_a_crash_with_the_session_password_in_scope_shows_no_secret(
         relay, agents, tmp_path: Path) -> None:
     _view, _agent, _token = await online_session(relay, agents, tmp_path, "eve@example.com")
     config = tmp_path / "console-config"
-    env = cli_login(relay, config)
+    env = console_login(relay.base_url, config)
     token = (config / "console.toml").read_text().split('token = "')[1].split('"')[0]
 
     script = tmp_path / "crashing_console.py"

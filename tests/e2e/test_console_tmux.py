@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 import sys
@@ -11,61 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import SESSION_PASSWORD, AgentProcess
-from tests.tui.helpers import cli_login
+from tests.support import SESSION_PASSWORD, AgentProcess, console_login
+from tests.tmux import Tmux
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None,
                                 reason="tmux is not installed; CI installs it")
 
 
-class Tmux:
-    def __init__(self, name: str, socket: Path) -> None:
-        self.name = name
-        self.base = ["tmux", "-S", str(socket)]
-
-    def start(self, command: str, env: dict[str, str], cols: int = 120, rows: int = 40) -> None:
-        exports = " ".join(f"{k}={v}" for k, v in env.items())
-        subprocess.run([*self.base, "new-session", "-d", "-s", self.name, "-x", str(cols),
-                        "-y", str(rows), f"env {exports} {command}"], check=True)
-
-    def keys(self, *keys: str, literal: bool = False) -> None:
-        subprocess.run([*self.base, "send-keys", "-t", self.name, *(["-l"] if literal else []),
-                        *keys], check=True)
-
-    def type(self, text: str) -> None:
-        self.keys(text, literal=True)
-
-    def screen(self) -> str:
-        return subprocess.run([*self.base, "capture-pane", "-p", "-t", self.name],
-                              capture_output=True, text=True).stdout
-
-    def wait_for(self, pattern: str, timeout: float = 30) -> re.Match:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            match = re.search(pattern, self.screen())
-            if match:
-                return match
-            time.sleep(0.2)
-        raise AssertionError(f"never saw {pattern!r} on the console:\n{self.screen()}")
-
-    def wait_buffer(self, needle: str, timeout: float = 15) -> str:
-        """tmux's newest paste buffer once it holds `needle` (what OSC 52 put there)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            buffer = subprocess.run([*self.base, "show-buffer"], capture_output=True,
-                                    text=True).stdout
-            if needle in buffer:
-                return buffer
-            time.sleep(0.2)
-        raise AssertionError(f"the paste buffer never held {needle!r}")
-
-    def kill(self) -> None:
-        subprocess.run([*self.base, "kill-server"], capture_output=True)
-
-
 async def test_console_in_tmux_end_to_end(relay, agents, tmp_path: Path) -> None:
     config = tmp_path / "console-config"
-    env = cli_login(relay, config)
+    env = console_login(relay.base_url, config)
     assert (config / "console.toml").stat().st_mode & 0o777 == 0o600
 
     tmux = Tmux("adhoc", tmp_path / "tmux.sock")

@@ -6,12 +6,11 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.support import SESSION_PASSWORD, Api, new_agent, start_session, technician_ssh
+from tests.support import Api, OpenSSH, new_agent, start_session, technician_ssh
 
 
 async def test_invite_activate_shell_sftp_end(relay, agents, tmp_path: Path) -> None:
@@ -96,37 +95,8 @@ async def test_wrong_session_password_is_refused(relay, agents, tmp_path: Path) 
 @pytest.mark.skipif(shutil.which("ssh") is None or shutil.which("sftp") is None,
                     reason="OpenSSH client (ssh, sftp) is not installed; CI installs it")
 async def test_openssh_jump_through_relay(relay, agents, tmp_path: Path) -> None:
-    key = tmp_path / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    subprocess.run(["adhoc-relay", "--data-dir", str(relay.data_dir), "technician", "add-key",
-                    "alice", f"{key}.pub"], check=True, capture_output=True)
     async with Api(relay.base_url) as api:
         view, _agent = await start_session(api, agents, tmp_path)
         relay_key = (await api.relay_info())["host_key"]
-    known = tmp_path / "known_hosts"
-    known.write_text(f"[127.0.0.1]:{relay.ssh_port} {relay_key}\n{view['id']} {view['host_key']}\n")
-    config = tmp_path / "ssh_config"
-    config.write_text(
-        f"Host adhoc-relay\n  HostName 127.0.0.1\n  Port {relay.ssh_port}\n  User alice\n"
-        f"  IdentityFile {key}\n  IdentitiesOnly yes\n"
-        f"Host *\n  UserKnownHostsFile {known}\n  GlobalKnownHostsFile /dev/null\n"
-        "  StrictHostKeyChecking yes\n")
-    askpass = tmp_path / "askpass"
-    askpass.write_text(f"#!/bin/sh\necho '{SESSION_PASSWORD}'\n")
-    askpass.chmod(0o700)
-    env = dict(os.environ, SSH_ASKPASS=str(askpass), SSH_ASKPASS_REQUIRE="force", DISPLAY=":0")
-    result = subprocess.run(
-        ["ssh", "-F", str(config), "-J", "adhoc-relay", f"support@{view['id']}",
-         "echo via-openssh-$((20+1))"],
-        capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "via-openssh-21"
-
-    blob = tmp_path / "blob"
-    blob.write_bytes(os.urandom(1024 * 1024))
-    batch = f"put {blob} {tmp_path}/up\nget {tmp_path}/up {tmp_path}/down\n"
-    result = subprocess.run(
-        ["sftp", "-q", "-F", str(config), "-J", "adhoc-relay", f"support@{view['id']}"],
-        input=batch, capture_output=True, text=True, env=env, timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert (tmp_path / "down").read_bytes() == blob.read_bytes()
+    OpenSSH(tmp_path, relay, relay_key, view,
+            ["HostName 127.0.0.1", f"Port {relay.ssh_port}"]).round_trip()

@@ -240,7 +240,11 @@ class Chaos:
             if isinstance(screen, ConfirmModal):
                 await self.pilot.press("y" if screen.yes == "Stop and leave" else "n")
             elif isinstance(screen, (PaneScreen, FilesScreen)):
+                # The shell pane leaves once no second press follows (twice goes to the
+                # shell): wait for it rather than press again.
                 await self.pilot.press("ctrl+right_square_bracket")
+                await self.wait(lambda left=screen: self.app.screen is not left, timeout=2)
+                continue
             else:
                 await self.pilot.press("escape")
             await self.settle()

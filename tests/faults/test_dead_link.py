@@ -36,7 +36,7 @@ async def test_silently_dead_link_is_noticed_by_both_ends_and_the_agent_returns(
     async with Api(relay.base_url) as api:
         session = await api.create_session()
         agent = new_agent(agents, tmp_path, session)
-        agent.start()
+        agent.start("-v")  # the customer's line is plain; the log line says why
         await agent.wait_for_line("Connected to the relay")
         await api.wait_for(session["id"], lambda v: v["online"])
         assert proxy.forwarded == 1  # the agent's only way in is through the proxy
@@ -45,8 +45,9 @@ async def test_silently_dead_link_is_noticed_by_both_ends_and_the_agent_returns(
         # The relay cannot have heard anything from the agent: only its own keepalive can
         # tell it the agent is gone. The agent's keepalive tells the agent.
         offline = await api.wait_for(session["id"], lambda v: not v["online"], timeout=30)
-        lost = await agent.wait_for_line("Connection to the relay lost", timeout=30)
-        assert "keepalive" in lost, lost
+        await agent.wait_for_line("Connection to the relay lost", timeout=30)
+        why = await agent.wait_for_line("relay connection: reconnecting", timeout=30)
+        assert "keepalive" in why.lower(), why
         assert offline["state"] == "active"
         assert proxy.forwarded == 1
 

@@ -20,7 +20,7 @@ DRIP = 50  # connections that send a version string one byte a second
 # The attack comes from its own loopback address, as it would from its own host: the relay
 # admits only so many unauthenticated connections from one address (relay/sshd.py).
 ATTACKER = "127.0.0.2"
-PER_SOURCE = 64  # relay/sshd.py MAX_STARTUPS_PER_SOURCE
+PER_SOURCE = 16  # relay/sshd.py MAX_STARTUPS_PER_SOURCE: an eighth of the 128 handshakes
 QUEUED_PER_SOURCE = 36  # ADHOC_RELAY_MAX_QUEUED_PER_SOURCE here (512 by default)
 DRIP_BANNER = b"SSH-2.0-slowloris-and-then-some-more-bytes\r\n"
 GARBAGE = {

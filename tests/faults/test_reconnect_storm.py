@@ -197,7 +197,7 @@ async def test_an_agent_kept_waiting_by_a_busy_relay_keeps_its_place(
     task = asyncio.create_task(tunnel.run())
     try:
         await asyncio.sleep(3 * tunnel_module.CONNECT_TIMEOUT)
-        assert states == [("connecting", f"127.0.0.1:{relay.ssh_port}")], states
+        assert states == [("connecting", f"SSH to 127.0.0.1:{relay.ssh_port}")], states
         writer.close()  # the place is free: the agent's turn
         await asyncio.wait_for(connected.wait(), 10)
         assert [state for state, _ in states] == ["connecting", "connected"], states

@@ -58,7 +58,8 @@ async def test_base_plan_refuses_files_and_dashboard_but_chats(start_relay, agen
             result = await inner.run("echo shell-ok", check=True)
             assert result.stdout.strip() == "shell-ok"
         rows = await audit_events(api, view["id"], {"refused", "technician_connected"})
-        refused = {row["detail"].get("what") for row in rows if row["event"] == "refused"}
+        refused = {row["detail"]["agent"].get("what") for row in rows
+                   if row["event"] == "refused"}
         # SFTP is refused in the SSH handshake itself (no sftp subsystem is offered at all).
         assert "dashboard" in refused
 
@@ -103,10 +104,13 @@ async def test_plus_plan_dashboard_streams_and_files_are_audited(start_relay, ag
         rows = await audit_events(api, view["id"], {
             "file_written", "file_read", "file_renamed", "file_removed", "folder_created",
             "dashboard_opened", "files_opened", "technician_disconnected"})
-        written = next(r for r in rows if r["event"] == "file_written")
-        assert written["detail"]["path"] == str(remote)
-        assert written["detail"]["size"] == len(payload)
-        assert written["detail"]["sha256"] == digest
-        read = next(r for r in rows if r["event"] == "file_read")
-        assert (read["detail"]["path"], read["detail"]["sha256"]) == (str(remote), digest)
-        assert all(r["actor"] == "technician:alice" for r in rows if r["event"].startswith("file"))
+        # The agent's word, marked as such: its fields under "agent".
+        written = next(r for r in rows if r["event"] == "file_written")["detail"]["agent"]
+        assert written["path"] == str(remote)
+        assert written["size"] == len(payload)
+        assert written["sha256"] == digest
+        read = next(r for r in rows if r["event"] == "file_read")["detail"]["agent"]
+        assert (read["path"], read["sha256"]) == (str(remote), digest)
+        files = [r for r in rows if r["event"].startswith("file")]
+        assert all(r["reported_by"] == "agent" and r["actor"] == "agent-report"
+                   and r["detail"]["agent"]["technician"] == "alice" for r in files)

@@ -2,7 +2,10 @@
 flags, and an agent that speaks the relay's HTTP and SSH protocol the way hostagent does.
 
 Provisioning through the CLI costs a few seconds (argon2, process start-up), so it is done once
-per test run and each test gets its own copy of the data dir.
+per test run and each test gets its own copy of the data dir. Every test that uses the data dir
+runs twice, once per database engine: on the data dir's SQLite file, and on a PostgreSQL
+database of its own (cloned from a provisioned template) that the relay and the CLI find in
+ADHOC_DATABASE, as an operator would set it.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -20,6 +24,7 @@ import httpx
 import pytest
 
 from common.transport import pinned
+from tests import postgres as pg
 from tests.support import Api, RelayProcess, provision_store, relays
 
 # Companies in the template: (name, plan, seats, technicians; the first one is an admin).
@@ -32,6 +37,11 @@ COMPANIES = (
 HOST_KEY = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
 
 
+ENGINES = ("sqlite", "postgresql")
+NO_POSTGRES = ("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb): "
+               "apt-get install postgresql to run these tests on it")
+
+
 @pytest.fixture(scope="session")
 def template_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("template") / "relay"
@@ -39,10 +49,55 @@ def template_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def postgres_template(postgres: pg.PostgresCluster | None,
+                      tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A PostgreSQL database provisioned like template_dir, for cloning."""
+    if postgres is None:
+        pytest.skip(NO_POSTGRES)
+    name = postgres.new_database()
+    asyncio.run(provision_store(tmp_path_factory.mktemp("pg-template"), list(COMPANIES),
+                                database=postgres.url(name)))
+    return name
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    """The database engine this run of the test uses."""
+    return request.param
+
+
+def _postgres_database(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
+                       template: str | None) -> str:
+    """A new database on the test cluster (a clone of `template`), put in ADHOC_DATABASE."""
+    cluster = request.getfixturevalue("postgres")
+    if cluster is None:
+        pytest.skip(NO_POSTGRES)
+    url = cluster.url(cluster.new_database(template))
+    monkeypatch.setenv("ADHOC_DATABASE", url)
+    return url
+
+
 @pytest.fixture
-def data_dir(template_dir: Path, tmp_path: Path) -> Path:
+def database(engine: str, request: pytest.FixtureRequest,
+             monkeypatch: pytest.MonkeyPatch) -> str | None:
+    """An empty PostgreSQL database in ADHOC_DATABASE, or None on SQLite (the data dir's file)."""
+    monkeypatch.delenv("ADHOC_DATABASE", raising=False)
+    if engine == "sqlite":
+        return None
+    return _postgres_database(request, monkeypatch, None)
+
+
+@pytest.fixture
+def data_dir(engine: str, template_dir: Path, tmp_path: Path, request: pytest.FixtureRequest,
+             monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A provisioned data dir; on PostgreSQL its keys, with the rows in ADHOC_DATABASE."""
     path = tmp_path / "relay"
     shutil.copytree(template_dir, path)
+    monkeypatch.delenv("ADHOC_DATABASE", raising=False)
+    if engine == "postgresql":
+        _postgres_database(request, monkeypatch, request.getfixturevalue("postgres_template"))
+        (path / "relay.db").unlink()
     return path
 
 
@@ -59,9 +114,35 @@ def relay(start_relay) -> RelayProcess:
 
 
 def db_rows(data_dir: Path, sql: str, params: tuple = ()) -> list[tuple]:
-    """Read the relay's database the way an operator would, with the sqlite3 module."""
+    """Query the database of the relay in `data_dir` the way an operator would: its SQLite
+    file with the sqlite3 module, or the PostgreSQL database in ADHOC_DATABASE as its
+    superuser. `?` placeholders on both. SQL the database refuses raises."""
+    url = os.environ.get("ADHOC_DATABASE")
+    if url:
+        return pg.rows(url, sql, params)
     with contextlib.closing(sqlite3.connect(data_dir / "relay.db", timeout=10)) as db:
-        return db.execute(sql, params).fetchall()
+        rows = db.execute(sql, params).fetchall()
+        db.commit()
+        return rows
+
+
+def stored(data_dir: Path) -> dict[str, bytes]:
+    """Everything the relay has written down: the data dir's files and, on PostgreSQL, every
+    table's rows and the server's log (what an attacker with a backup or the logs could read)."""
+    found = {str(p.relative_to(data_dir)): p.read_bytes()
+             for p in data_dir.rglob("*") if p.is_file()}
+    url = os.environ.get("ADHOC_DATABASE")
+    if url:
+        for (table,) in db_rows(data_dir, "SELECT tablename FROM pg_tables "
+                                          "WHERE schemaname = 'public'"):
+            found[f"table {table}"] = str(db_rows(data_dir, f"SELECT * FROM {table}")).encode()
+        found["postgresql server log"] = pg.server_log(url)
+    return found
+
+
+def db_write(data_dir: Path, sql: str, params: tuple = ()) -> None:
+    """Change the relay's database behind its back, as an operator's SQL would (either engine)."""
+    db_rows(data_dir, sql, params)
 
 
 def join_token(session: dict) -> str:
@@ -107,6 +188,15 @@ async def agent_connection(relay: RelayProcess, activation: dict,
         conn.close()
         with contextlib.suppress(Exception):
             await conn.wait_closed()
+
+
+async def wait_for_audit(api: Api, session_id: str, event: str, timeout: float = 20) -> None:
+    """Until the session's audit shows `event`: presence (online, offline) is written in
+    batches behind the scenes, so a test that orders its next step after it waits here."""
+    async with asyncio.timeout(timeout):
+        while event not in {a["event"] for a in (await api.client.get(
+                f"/api/v1/sessions/{session_id}/audit")).json()["audit"]}:
+            await asyncio.sleep(0.05)
 
 
 async def wait_closed(conn: asyncssh.SSHClientConnection, timeout: float = 20) -> None:

@@ -3,7 +3,10 @@ company administrator uses for their own technicians."""
 
 from __future__ import annotations
 
+import time
+
 import httpx
+import pytest
 
 from tests.relay.conftest import create, db_rows
 from tests.support import PASSWORD, Api, run_cli
@@ -11,7 +14,7 @@ from tests.support import PASSWORD, Api, run_cli
 NEW_PASSWORD = "a-brand-new-password-7"
 
 
-def test_cli_company_and_technician_administration(tmp_path) -> None:
+def test_cli_company_and_technician_administration(tmp_path, database) -> None:
     data = tmp_path / "relay"
     run_cli(data, "init")
     run_cli(data, "init")  # idempotent
@@ -116,3 +119,107 @@ async def test_company_admin_manages_their_own_technicians(relay) -> None:
         # Plan and seats are not for sale through the API.
         assert (await alice.client.post("/api/v1/admin/company", json={"seats": 99})
                 ).status_code == 405
+
+
+def _prompted(data, *args: str, keys: bytes) -> tuple[int, str]:
+    """Run adhoc-relay on a terminal, type `keys` at its first prompt; (status, output)."""
+    import os
+    import pty
+    import select
+    import sys
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the CLI on the terminal
+        os.execv(sys.executable, [sys.executable, "-m", "relay.cli", "--data-dir", str(data),
+                                  *args])
+    output = b""
+    typed = False
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            output += chunk
+        if not typed and b"Password:" in output:
+            os.write(fd, keys)
+            typed = True
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
+
+
+@pytest.mark.parametrize(("keys", "code", "says"), [
+    (b"\x03", 130, "cancelled"), (b"\x04", 2, "no input")])
+def test_ctrl_c_or_eof_at_a_prompt_is_one_line_not_a_traceback(tmp_path, keys, code,
+                                                                 says) -> None:
+    data = tmp_path / "relay"
+    run_cli(data, "init")
+    run_cli(data, "company", "add", "Zeta", "--plan", "base", "--seats", "1")
+    status, output = _prompted(data, "technician", "add", "amy", "--email", "amy@example.com",
+                               "--company", "Zeta", keys=keys)
+    assert status == code, output
+    assert says in output and "Traceback" not in output, output
+    assert not db_rows(data, "SELECT 1 FROM technicians WHERE login = 'amy'")
+
+
+def test_cli_newcomer_mistakes_get_a_sentence(tmp_path) -> None:
+    data = tmp_path / "relay"
+    # The option after the command is understood.
+    assert run_cli(tmp_path, "init", "--data-dir", str(data)).returncode == 0
+    assert (data / "relay.db").exists()
+    listed = run_cli(data, "technician", "list").stdout
+    assert "no technicians yet" in listed
+    assert "no companies yet" in run_cli(data, "company", "list").stdout
+    zero = run_cli(data, "company", "add", "Zeta", "--plan", "base", "--seats", "0", check=False)
+    assert zero.returncode == 2 and "seats must be a whole number from 1" in zero.stderr
+    run_cli(data, "company", "add", "Zeta", "--plan", "base", "--seats", "1")
+    run_cli(data, "technician", "add", "zed", "--email", "zed@example.com", "--company", "Zeta",
+            "--password-stdin", stdin=PASSWORD + "\n")
+    lines = run_cli(data, "technician", "list").stdout.splitlines()
+    assert lines[0].split("\t") == ["LOGIN", "EMAIL", "COMPANY", "FLAGS"]
+    assert lines[1].startswith("zed\tzed@example.com\tZeta")
+    # Without a terminal and without --password-stdin: one line, exit status 2.
+    no_tty = run_cli(data, "technician", "add", "amy", "--email", "amy@example.com",
+                     "--company", "Zeta", stdin="", check=False)
+    assert no_tty.returncode == 2 and "--password-stdin" in no_tty.stderr
+    assert no_tty.stderr.count("\n") == 1 and "Traceback" not in no_tty.stderr
+    # Weak passwords are refused with the reason, on the CLI and in the API's rule.
+    for weak, why in (("password", "too easy to guess"), ("shortone", "too simple"),
+                      ("longbutsimple", None)):
+        result = run_cli(data, "technician", "add", "amy", "--email", "amy@example.com",
+                         "--company", "Zeta", "--password-stdin", stdin=weak + "\n",
+                         check=False)
+        if why is None:
+            assert result.returncode == 0, result.stderr
+            run_cli(data, "technician", "disable", "amy")
+        else:
+            assert result.returncode == 2 and why in result.stderr, (weak, result.stderr)
+    # Control and bidi characters are no email address.
+    for email in ("a\x1bc@example.com", "ab\u202ec@example.com", "a\u200bb@example.com"):
+        result = run_cli(data, "technician", "add", "bea", "--email", email, "--company",
+                         "Zeta", "--password-stdin", stdin=PASSWORD + "\n", check=False)
+        assert result.returncode == 2 and "control or invisible" in result.stderr
+        assert "\x1b" not in result.stderr and "\u202e" not in result.stderr
+
+
+async def test_the_api_refuses_weak_technician_passwords_and_hostile_emails(relay) -> None:
+    async with Api(relay.base_url, "alice") as alice:
+        for body, says in (
+                ({"login": "weak", "email": "w@example.com", "password": "password"},
+                 "too easy to guess"),
+                ({"login": "bidi", "email": "x\u202e@example.com", "password": NEW_PASSWORD},
+                 "control or invisible")):
+            response = await alice.client.post("/api/v1/admin/technicians", json=body)
+            assert response.status_code == 422 and says in response.json()["detail"]
+        response = await alice.client.post("/api/v1/admin/technicians/bob/reset-password",
+                                           json={"password": "qwerty123"})
+        assert response.status_code == 422 and "too easy" in response.json()["detail"]
+        created = await alice.client.post("/api/v1/sessions", json={
+            "customer_email": "cust\x1b]0;x\x07@example.com", "password": "Horse-battery-9"})
+        assert created.status_code == 422
+        assert "control or invisible" in created.json()["detail"]

@@ -7,30 +7,72 @@ from __future__ import annotations
 import asyncio
 import resource
 
+import asyncssh
 import psutil
 import pytest
 
-from relay.sshd import Startups
+from common.transport import pinned
+from relay.sshd import Startups, source_of
+from tests.support import Api
 
 
-def test_handshakes_start_in_arrival_order_within_the_limits() -> None:
-    gate = Startups(limit=3, per_source=2, queue=5, queue_per_source=3)
+def test_handshakes_start_by_turns_within_the_limits() -> None:
+    gate = Startups(limit=3, per_source=2, queue=5, queue_per_source=3, early_drop=(5, 0, 5))
     for n, source in enumerate(["10.0.0.1", "10.0.0.1", "10.0.0.1", "10.0.0.2", "10.0.0.3"]):
         assert gate.offer(source, n)
     assert not gate.offer("10.0.0.4", 5), "no more than the queue may wait in all"
     assert gate.dropped == 1
     started = [gate.take(), gate.take(), gate.take()]
-    # The third from 10.0.0.1 is passed over: one address may hold only its share.
-    assert started == [("10.0.0.1", 0), ("10.0.0.1", 1), ("10.0.0.2", 3)]
+    # Sources take turns, each in its own arrival order: 10.0.0.1's queue does not hold
+    # up the others.
+    assert started == [("10.0.0.1", 0), ("10.0.0.2", 3), ("10.0.0.3", 4)]
     assert gate.take() is None, "no more than the limit in their handshake"
     assert (gate.in_flight, gate.waiting) == (3, 2)
 
     gate.done("10.0.0.2")  # authenticated, or gone
-    assert gate.take() == ("10.0.0.3", 4)
-    assert gate.take() is None, "10.0.0.1 still holds its share"
+    assert gate.take() == ("10.0.0.1", 1)
+    assert gate.take() is None, "no more than the limit in their handshake"
+    gate.done("10.0.0.3")
+    assert gate.take() is None, "10.0.0.1 holds its share: its third waits"
     gate.done("10.0.0.1")
     assert gate.take() == ("10.0.0.1", 2)
-    assert (gate.in_flight, gate.waiting) == (3, 0)
+    assert (gate.in_flight, gate.waiting) == (2, 0)
+
+
+def test_an_ipv6_host_counts_as_its_slash_64() -> None:
+    assert source_of("2001:db8:1:2:aaaa::1") == source_of("2001:db8:1:2:ffff::9") \
+        == "2001:db8:1:2::/64"
+    assert source_of("2001:db8:1:3::1") != source_of("2001:db8:1:2::1")
+    assert source_of("::ffff:192.0.2.7") == "192.0.2.7"
+    gate = Startups(limit=10, per_source=2, queue=100, queue_per_source=100,
+                    early_drop=(100, 0, 100))
+    for n in range(4):
+        gate.offer(f"2001:db8::{n + 1}", n)
+    assert [gate.take(), gate.take(), gate.take()] == [
+        ("2001:db8::/64", 0), ("2001:db8::/64", 1), None]
+    gate.done("2001:db8::2")
+    assert gate.take() == ("2001:db8::/64", 2)
+
+
+def test_past_start_new_connections_are_dropped_at_random_more_as_it_fills() -> None:
+    draw = [0.5]
+    gate = Startups(limit=100, per_source=100, queue=100, queue_per_source=100,
+                    early_drop=(2, 30, 6), chance=lambda: draw[0])
+    assert gate.offer("10.0.0.1", 0) and gate.offer("10.0.0.2", 1)  # below start: all kept
+    assert gate.offer("10.0.0.3", 2), "2 pending: dropped at 30 %, a 0.5 draw keeps it"
+    assert gate.offer("10.0.0.4", 3), "3 pending: 47.5 %, kept"
+    assert not gate.offer("10.0.0.5", 4), "4 pending: 65 %, dropped"
+    draw[0] = 0.9
+    assert gate.offer("10.0.0.5", 4), "4 pending: 65 %, a 0.9 draw keeps it"
+    assert gate.offer("10.0.0.6", 5), "5 pending: 82.5 %, kept"
+    draw[0] = 0.999
+    assert not gate.offer("10.0.0.7", 6), "6 pending, full: every one dropped"
+    assert (gate.waiting, gate.dropped) == (6, 2)
+
+
+def test_one_source_holds_well_below_half_of_the_handshakes() -> None:
+    gate = Startups()
+    assert gate.per_source * 4 <= gate.limit
 
 
 def test_one_address_may_keep_only_so_many_waiting() -> None:
@@ -40,7 +82,7 @@ def test_one_address_may_keep_only_so_many_waiting() -> None:
     assert gate.offer("10.0.0.2", 3), "while others still get in line"
     assert gate.take() == ("10.0.0.1", 0)
     assert gate.offer("10.0.0.1", 4), "taken from the queue, its place is free again"
-    assert [item for _, item in gate.drain()] == [1, 3, 4]
+    assert sorted(item for _, item in gate.drain()) == [1, 3, 4]
     assert gate.waiting == 0
 
 
@@ -57,6 +99,7 @@ def test_a_handshake_ending_says_there_is_room() -> None:
 async def test_past_the_limit_the_relay_leaves_connections_queued_until_room(
         start_relay, monkeypatch) -> None:
     monkeypatch.setenv("ADHOC_RELAY_MAX_STARTUPS", "2")
+    monkeypatch.setenv("ADHOC_RELAY_MAX_STARTUPS_PER_SOURCE", "2")
     relay = start_relay()
     first, second = [await asyncio.open_connection(relay.ssh_host, relay.ssh_port)
                      for _ in range(2)]
@@ -97,3 +140,42 @@ async def test_the_relay_lifts_a_low_open_file_limit_to_hold_many_agents(
     finally:
         for _, writer in connections:
             writer.close()
+
+
+async def test_silent_connections_from_two_addresses_do_not_delay_a_login(relay) -> None:
+    """128 connections that never speak, 64 from each of 127.0.0.2 and 127.0.0.3, then a
+    technician logs in from 127.0.0.1: in seconds, not after the silent ones time out."""
+    silent = []
+    try:
+        for n in range(128):
+            local = ("127.0.0.2" if n % 2 else "127.0.0.3", 0)
+            silent.append(await asyncio.open_connection(relay.ssh_host, relay.ssh_port,
+                                                        local_addr=local))
+        async with Api(relay.base_url, "alice") as alice:
+            info = await alice.relay_info()
+
+            async def login() -> None:
+                async with asyncssh.connect(
+                        relay.ssh_host, relay.ssh_port, username="alice", password=alice.token,
+                        known_hosts=pinned(info["host_key"]), client_keys=None,
+                        agent_path=None, config=None, preferred_auth="password"):
+                    pass
+
+            await asyncio.wait_for(login(), 8)
+    finally:
+        for _, writer in silent:
+            writer.close()
+
+
+async def test_a_connection_that_never_finishes_its_key_exchange_is_dropped(
+        start_relay, monkeypatch) -> None:
+    monkeypatch.setenv("ADHOC_RELAY_KEX_TIMEOUT", "1")
+    relay = start_relay()
+    reader, writer = await asyncio.open_connection(relay.ssh_host, relay.ssh_port)
+    try:
+        assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"SSH-2.0-")
+        writer.write(b"SSH-2.0-slow\r\n")  # then nothing: no key exchange
+        await asyncio.wait_for(reader.read(), 15)  # whatever it sent, up to its hanging up
+        assert reader.at_eof()
+    finally:
+        writer.close()

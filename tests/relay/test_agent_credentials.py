@@ -4,11 +4,13 @@ outlive its end, even when the read and the end cross."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.util import await_only
 
 from relay import sessions as rules
 from relay.store import Store
@@ -16,9 +18,10 @@ from tests.support import add_active_session, provision_store
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    await provision_store(tmp_path, [("Acme", "plus", 5, ["alice", "bob", "carol"])])
-    opened = await Store.open(tmp_path / "relay.db")
+async def store(tmp_path: Path, database: str | None) -> AsyncIterator[Store]:
+    await provision_store(tmp_path, [("Acme", "plus", 5, ["alice", "bob", "carol"])],
+                          database=database)
+    opened = await Store.open(database or tmp_path / "relay.db")
     yield opened
     await opened.close()
 
@@ -54,9 +57,10 @@ async def test_a_read_that_crosses_an_end_is_not_kept(store: Store, monkeypatch)
     session_id = await add_active_session(store, alice, "secret")
     real_one = store._one
 
-    async def read_then_end(sql, params=()):
-        row = await real_one(sql, params)
-        if "agent_secret_hash" in sql:  # the session ends after the read, before it is kept
+    async def read_then_end(statement, params=None):
+        row = await real_one(statement, params)
+        # The session ends after the read, before the credential is kept.
+        if "agent_secret_hash" in str(statement):
             await store.end_session(session_id, rules.EndReason.TECHNICIAN, 0.0, "admin")
         return row
 
@@ -65,3 +69,28 @@ async def test_a_read_that_crosses_an_end_is_not_kept(store: Store, monkeypatch)
     assert crossed is not None  # what the read saw: the login in flight may still pass
     monkeypatch.setattr(store, "_one", real_one)
     assert await store.agent_credential(session_id) is None  # the next one may not
+
+
+async def test_a_read_during_an_uncommitted_end_is_not_kept(store: Store, engine: str,
+                                                          monkeypatch) -> None:
+    """Reads and writes use different connections: a login's read can run while an end is
+    written but not yet committed, and see the session still active."""
+    alice, _, _ = await store.technicians()
+    session_id = await add_active_session(store, alice, "secret")
+    loop = asyncio.get_running_loop()
+    seen: list = []
+    record_ends = store._record_ends
+
+    def end_then_read(tx, rows, now, actor) -> None:
+        record_ends(tx, rows, now, actor)
+        # The end is written, not committed: a login reads now, on another connection.
+        read = store.agent_credential(session_id)
+        if engine == "sqlite":  # the write runs on the store's writer thread
+            seen.append(asyncio.run_coroutine_threadsafe(read, loop).result(10))
+        else:  # the write runs in SQLAlchemy's greenlet on the event loop
+            seen.append(await_only(read))
+
+    monkeypatch.setattr(store, "_record_ends", end_then_read)
+    await store.end_session(session_id, rules.EndReason.TECHNICIAN, time.time(), "admin")
+    assert seen and seen[0] is not None  # what was committed then: that login may pass
+    assert await store.agent_credential(session_id) is None

@@ -6,9 +6,17 @@ from __future__ import annotations
 import asyncio
 import secrets
 
+import asyncssh
 import httpx
 
-from tests.relay.conftest import activate, agent_connection, create, join_token
+from tests.relay.conftest import (
+    activate,
+    agent_connection,
+    create,
+    db_rows,
+    db_write,
+    join_token,
+)
 from tests.support import Api
 
 
@@ -161,3 +169,45 @@ async def test_a_computer_already_in_a_session_cannot_join_another(relay) -> Non
     from tests.relay.conftest import db_rows
     dump = "\n".join(str(r) for r in db_rows(relay.data_dir, "SELECT * FROM sessions"))
     assert "same-machine" not in dump
+
+
+async def test_sixty_concurrent_wrong_codes_on_one_link_are_five_judged(start_relay) -> None:
+    relay = start_relay("--activate-rate", "1000/1m")
+    async with Api(relay.base_url) as api:
+        session = (await create(api)).json()
+        wrong = "000000" if session["security_code"] != "000000" else "111111"
+        responses = await asyncio.gather(*(activate(relay.base_url, session, wrong)
+                                           for _ in range(60)))
+        errors = [r.json()["error"] for r in responses]
+        assert errors.count("wrong_code") == 4 and errors.count("link_burnt") == 1, errors
+        assert errors.count("link_used") == 55
+        view = await api.session(session["id"])
+        assert view["state"] == "ended" and view["code_attempts"] == 5
+        assert view["code_attempts_left"] == 0
+    judged = db_rows(relay.data_dir, "SELECT count(*) FROM audit WHERE event = 'code_attempt' "
+                                     "AND outcome = 'wrong_code'")
+    assert judged == [(5,)]
+
+
+async def test_the_join_page_is_plain_text_safe_and_not_cached(relay) -> None:
+    db_write(relay.data_dir, "UPDATE companies SET name = ? WHERE name = 'Acme'",
+             ("Acme\x1b]0;pwned\x07\u202eevil",))
+    async with Api(relay.base_url) as api:
+        session = (await create(api)).json()
+        async with httpx.AsyncClient() as client:
+            for headers in ({"User-Agent": "curl/8.0"}, {"Accept": "text/html"}):
+                page = await client.get(session["join_url"], headers=headers)
+                assert page.status_code == 200
+                assert "\x1b" not in page.text and "\u202e" not in page.text
+                assert "\\x1b]0;pwned\\x07\\u202eevil" in page.text
+                assert "sudo adhoc-host join" in page.text
+                assert page.headers["Cache-Control"] == "no-store"
+                assert page.headers["Referrer-Policy"] == "no-referrer"
+                assert page.headers["X-Content-Type-Options"] == "nosniff"
+                assert "default-src 'none'" in page.headers["Content-Security-Policy"]
+            gone = await client.get(session["join_url"] + "x", headers={"Accept": "text/html"})
+            assert gone.status_code == 404 and gone.headers["Cache-Control"] == "no-store"
+        activation = (await activate(relay.base_url, session)).json()
+        view = await api.session(activation["session_id"])
+        key = asyncssh.import_public_key(view["host_key"])
+        assert view["host_key_fingerprint"] == key.get_fingerprint("sha256")

@@ -27,7 +27,7 @@ from relay.mailer import Invitation, Mailer, SmtpTarget, render_invitation
 
 SENDER = "Adhoc Relay <noreply@relay.example>"
 JOIN_URL = "https://relay.example/join/TOKENabcDEF_xyz-ghiJKLmno"
-INSTALL = f"curl -fsSL {JOIN_URL}/install.sh | sudo sh"
+INSTALL = f"curl -sSL {JOIN_URL}/install.sh | sh"
 SMTP_USER = "user"
 SMTP_PASSWORD = "p@ss"
 

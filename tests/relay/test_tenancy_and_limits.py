@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 import threading
 
+import asyncpg
 import asyncssh
 import httpx
 import pytest
+from sqlalchemy import make_url
 
 from common.transport import pinned
 from tests.relay.conftest import activate, create, db_rows, join_token
@@ -132,11 +135,12 @@ async def test_sixty_concurrent_creates_never_exceed_a_limit(start_relay) -> Non
     assert refused == [(57,)]
 
 
-async def test_a_busy_database_is_waited_for_not_reported_as_a_limit(relay) -> None:
-    """Another process (an admin command, a backup) holds the write lock for a moment."""
+async def test_a_busy_database_is_waited_for_not_reported_as_a_limit(relay, engine) -> None:
+    """Another process (an admin command, a backup, a report) holds what a create needs for a
+    moment: SQLite's write lock, or on PostgreSQL the company's row."""
     holding, release = threading.Event(), threading.Event()
 
-    def hold_the_write_lock() -> None:
+    def hold_sqlite_write_lock() -> None:
         db = sqlite3.connect(relay.data_dir / "relay.db", timeout=10, isolation_level=None)
         try:
             db.execute("BEGIN IMMEDIATE")
@@ -146,11 +150,24 @@ async def test_a_busy_database_is_waited_for_not_reported_as_a_limit(relay) -> N
         finally:
             db.close()
 
-    holder = threading.Thread(target=hold_the_write_lock)
+    async def hold_company_row() -> None:
+        url = make_url(os.environ["ADHOC_DATABASE"])
+        db = await asyncpg.connect(host=url.query["host"], user="postgres",
+                                   database=url.database)
+        try:
+            async with db.transaction():
+                await db.execute("SELECT * FROM companies WHERE name = 'Acme' FOR UPDATE")
+                holding.set()
+                await asyncio.to_thread(release.wait, 30)
+        finally:
+            await db.close()
+
+    holder = threading.Thread(target=hold_sqlite_write_lock if engine == "sqlite" else
+                              lambda: asyncio.run(hold_company_row()))
     async with Api(relay.base_url) as api:
         holder.start()
         try:
-            assert holding.wait(10)
+            assert await asyncio.to_thread(holding.wait, 10)
             pending = asyncio.ensure_future(create(api))
             done, _ = await asyncio.wait({pending}, timeout=1.0)
             assert not done  # it waits for the lock rather than failing
@@ -160,6 +177,48 @@ async def test_a_busy_database_is_waited_for_not_reported_as_a_limit(relay) -> N
         finally:
             release.set()
             holder.join(10)
+
+
+async def test_a_deadlock_is_retried_not_reported(relay, engine) -> None:
+    """PostgreSQL aborts one transaction of a deadlock; when it is the relay's, the relay runs
+    it again. Another client takes the lock that orders event ids, then waits for the session
+    row the relay's end holds while the relay waits for that lock; with its own deadlock
+    timeout longer, the relay's side is the one PostgreSQL aborts."""
+    if engine != "postgresql":
+        pytest.skip("SQLite has one writer at a time: no deadlocks")
+    from relay.db.migrate import ADVISORY_CLASS
+    from relay.store import EVENT_ORDER_LOCK
+
+    url = make_url(os.environ["ADHOC_DATABASE"])
+    async with Api(relay.base_url) as api:
+        session = (await create(api)).json()
+        await api.wait_for(session["id"], lambda v: v["mail_status"] == "outbox")
+        other = await asyncpg.connect(host=url.query["host"], user="postgres",
+                                      database=url.database)
+        try:
+            async with other.transaction():
+                await other.execute("SET LOCAL deadlock_timeout = '60s'")
+                await other.execute("SELECT pg_advisory_xact_lock($1, $2)", ADVISORY_CLASS,
+                                    EVENT_ORDER_LOCK)
+                ending = asyncio.ensure_future(
+                    api.client.post(f"/api/v1/sessions/{session['id']}/end"))
+                async with asyncio.timeout(20):  # the relay's end now waits for our lock
+                    while not await other.fetchval(
+                            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                            "AND NOT granted"):
+                        await asyncio.sleep(0.05)
+                await other.execute("UPDATE sessions SET note = 'x' WHERE id = $1",
+                                    session["id"])
+            response = await ending
+        finally:
+            await other.close()
+        assert response.status_code == 200 and response.json()["state"] == "ended", \
+            response.text
+        ended = [a for a in (await api.client.get(f"/api/v1/sessions/{session['id']}/audit")
+                             ).json()["audit"] if a["event"] == "ended"]
+        assert len(ended) == 1
+    log = (relay.data_dir / "relay.log").read_text()
+    assert "Traceback" not in log
 
 
 async def test_disabled_company_and_technician_cannot_log_in(relay) -> None:

@@ -106,26 +106,6 @@ async def fill_new_session(pilot, app, email: str, password: str = SESSION_PASSW
     return form
 
 
-def cli_login(relay, config: Path) -> dict[str, str]:
-    """`adhoc-console login` as alice into `config`; returns the environment to run the
-    console with (that config, a terminal type, this checkout)."""
-    import os
-    import subprocess
-    import sys
-
-    from tests.support import PASSWORD
-
-    env = {"ADHOC_CONSOLE_CONFIG_DIR": str(config), "TERM": "xterm-256color",
-           "PYTHONPATH": os.getcwd()}
-    login = subprocess.run(
-        [sys.executable, "-m", "tui.cli", "login", relay.base_url, "--login", "alice",
-         "--password-stdin"], input=PASSWORD + "\n", text=True, capture_output=True,
-        env={**os.environ, **env}, timeout=60)
-    assert login.returncode == 0, login.stderr
-    assert PASSWORD not in login.stdout + login.stderr
-    return env
-
-
 async def pending_session(relay, email: str, login: str = "alice") -> tuple[dict, str]:
     """A session created through the API, waiting for its customer; and the token."""
     async with Api(relay.base_url, login=login) as api:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_console_tmux import Tmux
 from tests.support import PASSWORD
+from tests.tmux import Tmux
 
 
 def console_cli(tmp_path: Path, *args: str, stdin: str | None = None,
@@ -135,16 +135,19 @@ async def _embedded_console() -> bool:
     from tui.embedded import start_embedded
     from tui.screens.first_run import FirstRunModal
 
-    embedded = await start_embedded(http_port=0, ssh_port=0)
+    embedded = await start_embedded(("127.0.0.1", 0))
     try:
         app = ConsoleApp(RelayClient(embedded.base_url, embedded.token), embedded.login,
+                         notice="Running the bundled relay.",
                          first_run_password=embedded.first_run_password)
         async with app.run_test(size=(80, 24), notifications=True) as pilot:
             await wait_until(pilot, lambda: app.screen.query("#sessions")
                              or isinstance(app.screen, FirstRunModal))
             await pilot.pause(0.2)
+            welcomed = lambda: ("information", "Running the bundled relay.") in app.notices  # noqa: E731
             if embedded.first_run_password is None:
                 assert not isinstance(app.screen, FirstRunModal)
+                await wait_until(pilot, welcomed)
                 await app.action_quit()
                 return False
             password = embedded.first_run_password.reveal()
@@ -154,10 +157,17 @@ async def _embedded_console() -> bool:
             assert "reset-password admin" in drawn
             await pilot.press("s", "x")  # other keys do not close it
             assert isinstance(app.screen, FirstRunModal)
+            # The welcome toast waits for the dialog (over it, it hid half of it at 80x24).
+            assert not welcomed() and not app._notifications
             await pilot.press("enter")
             await wait_until(pilot, lambda: not isinstance(app.screen, FirstRunModal))
             assert password not in screen_text(app)
             assert app.first_run_password is None  # the app keeps no copy
+            await wait_until(pilot, lambda: welcomed() and len(app._notifications) == 1)
+            # The new-session form clears it: it would hide the code and the link.
+            await pilot.press("n")
+            await wait_until(pilot, lambda: not app._notifications)
+            await pilot.press("escape")
             await app.action_quit()
             return True
     finally:

@@ -7,11 +7,12 @@ the audit view. And structurally: no widget the console makes reads markup."""
 from __future__ import annotations
 
 import ast
+import contextlib
+import sqlite3
 from pathlib import Path
 
 from textual.widgets import DataTable, Input
 
-from relay.store import Store
 from tests.support import Api
 from tests.tui.helpers import console, online_session, open_files, screen_text, wait_until
 from tui.app import ConsoleApp
@@ -140,16 +141,13 @@ async def test_hostile_names_in_the_file_manager_against_a_real_agent(
         await app.action_quit()
 
 
-async def _seed_hostile_session(data_dir: Path, email: str, hostname: str) -> None:
+def _seed_hostile_session(data_dir: Path, email: str, hostname: str) -> None:
     """A session whose customer email and host were written by someone hostile (an older
-    relay let ESC into emails; a host chooses its own name)."""
-    store = await Store.open(data_dir / "relay.db")
-    try:
-        async with store.transaction() as tx:
-            await tx.run("UPDATE sessions SET customer_email = ?, hostname = ?, os = ?",
-                         [email, hostname, hostname])
-    finally:
-        await store.close()
+    relay let ESC into emails; a host chooses its own name), straight into the relay's
+    SQLite database, past every check the relay makes now."""
+    with contextlib.closing(sqlite3.connect(data_dir / "relay.db", timeout=10)) as db, db:
+        db.execute("UPDATE sessions SET customer_email = ?, hostname = ?, os = ?",
+                   (email, hostname, hostname))
 
 
 HOSTILE_EMAIL = "[blink reverse]x\x1bc\u202e@example.com"
@@ -159,7 +157,7 @@ HOSTILE_HOST = "[@click=app.quit]evil\x1b]0;pwned\x07"
 async def test_a_hostile_email_and_host_in_the_list_dialogs_and_toasts(
         relay, agents, tmp_path: Path) -> None:
     await online_session(relay, agents, tmp_path, "plain@example.com")
-    await _seed_hostile_session(relay.data_dir, HOSTILE_EMAIL, HOSTILE_HOST)
+    _seed_hostile_session(relay.data_dir, HOSTILE_EMAIL, HOSTILE_HOST)
     async with Api(relay.base_url) as api:
         token = api.token
     async with console(relay, token, size=(120, 40)) as (app, pilot, _table):

@@ -84,9 +84,10 @@ async def test_dialogs_and_status_lines_wrap_at_80_columns(relay, agents, tmp_pa
         chat = app.screen
         relay.stop()
         await wait_until(pilot, lambda: "reconnecting" in chat.state, timeout=30)
-        await pilot.pause(0.3)
-        status = rendered(chat.query_one("#pane-status", Static))
-        assert in_full(app, status), screen_text(app)
+        # Whole once laid out again (the state may change meanwhile: each one, whole).
+        bar = chat.query_one("#pane-status", Static)
+        await wait_until(pilot, lambda: in_full(app, rendered(bar)), timeout=10,
+                         what="(the pane's status line, whole)")
         await pilot.press("ctrl+right_square_bracket")
 
         # The banner that says the relay is gone, and what to check.

@@ -186,3 +186,25 @@ def test_the_textual_hooks_it_relies_on_are_there() -> None:
                       "hover"]
     assert callable(DataTable._clear_caches)
     assert CellCachedTable._render_cell is not DataTable._render_cell
+
+
+async def test_an_offline_hosts_problem_shows_on_its_row() -> None:
+    """What the agent told the relay (it cannot connect, and why) is on the technician's row,
+    as text, until the host is back."""
+    problem = ("refused: relay.example:8722 refused the connection: the relay may be down, or "
+               "a firewall rejects it (tried SSH to relay.example:8722); blocked: the proxy "
+               "[bold]proxy:3128[/] (HTTPS_PROXY) refused to connect to relay.example:443 "
+               "(HTTP 403): it may block this address or port (tried SSH over WebSocket to "
+               "wss://relay.example/api/v1/ssh through the proxy proxy:3128 (HTTPS_PROXY))")
+    sessions = views(1)
+    sessions[0].update(online=False, host_problem={"text": problem, "at": START.isoformat()})
+    app = ListApp(sessions)
+    async with app.run_test(size=(200, 10)) as pilot:
+        await pilot.pause()
+        row = line_of(app.list.table, "customer0")
+        assert "offline !" in row
+        assert "refused, blocked" in row
+        app.list.show([{**sessions[0], "online": True}], None)
+        await pilot.pause()
+        row = line_of(app.list.table, "customer0")
+        assert "refused" not in row and "host0 (Linux, root)" in row

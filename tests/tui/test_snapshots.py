@@ -7,14 +7,17 @@ console's clock is fixed, so every run draws the same screen.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import insert
 from textual.widgets import DataTable
 
+from relay.db.tables import sessions
 from relay.store import SessionRow, Store
 from tests.support import PASSWORD, RelayProcess, provision
 from tui.app import ConsoleApp
@@ -46,10 +49,8 @@ async def _seed(data_dir: Path) -> None:
         _row("endedcccccccccccc"[:16], 1, "sam@example.com", "ended", ended_at=NOW - 60,
              ended_reason="ended_by_technician", created_at=NOW - 9000),
     ]
-    async with store.transaction() as tx:
-        for row in rows:
-            values = [getattr(row, name) for name in SessionRow.__dataclass_fields__]
-            await tx.run(f"INSERT INTO sessions VALUES ({', '.join('?' * len(values))})", values)
+    await store._write(lambda tx: tx.run(insert(sessions),
+                                         [dataclasses.asdict(row) for row in rows]))
     await store.close()
 
 

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from rich.color import Color
 from textual.app import App, ComposeResult
-from textual.events import Key, Paste
+from textual.events import Paste
 from textual.pilot import Pilot
 from textual.widget import Widget
 
@@ -35,7 +35,7 @@ class TerminalApp(App, inherit_bindings=False):
         self.sent: list[bytes] = []
         self.backlog_when_sent: list[int] = []
         self.resizes: list[tuple[int, int]] = []
-        self.left_pane = 0
+        self.browsing: list[str | None] = []
 
     def compose(self) -> ComposeResult:
         yield TerminalView(self.send, id="term")
@@ -51,9 +51,8 @@ class TerminalApp(App, inherit_bindings=False):
     def on_terminal_view_resized(self, message: TerminalView.Resized) -> None:
         self.resizes.append((message.cols, message.rows))
 
-    def on_key(self, event: Key) -> None:
-        if event.key == LEAVE_KEY:
-            self.left_pane += 1
+    def on_terminal_view_browsing(self, message: TerminalView.Browsing) -> None:
+        self.browsing.append(message.text)
 
 
 @contextlib.asynccontextmanager
@@ -153,7 +152,19 @@ async def test_device_queries_are_answered() -> None:
         view.feed(b"abc\x1b[6n\x1b[c")
         await drain(pilot, view)
         assert app.sent[0] == b"\x1b[1;4R"
-        assert app.sent[1].startswith(b"\x1b[?") and app.sent[1].endswith(b"c")
+        # A VT220 with colour: no 132 columns (1), printer (2) or user-defined keys (8) that
+        # would lead programs down paths the pane cannot follow.
+        assert app.sent[1] == b"\x1b[?62;22c"
+
+
+async def test_line_drawing_and_tab_stops_as_xterm_and_tmux() -> None:
+    async with pane() as (_app, pilot, view):
+        # DEC special graphics: control pictures and the solid block, not a full block.
+        view.feed(b"\x1b(00bcdehiqx\x1b(B\r\n")
+        # CSI 1 g and CSI 2 g clear no tab stop (xterm and tmux ignore them); CSI 0 g does.
+        view.feed(b"\x1b[9G\x1b[1g\x1b[2g\r\ta|\x1b[17G\x1b[0g\r\t\tb|")
+        await drain(pilot, view)
+        assert view.screen_lines()[:2] == ["▮␉␌␍␊␤␋─│", "        a|" + " " * 14 + "b|"]
 
 
 async def test_an_accent_joins_its_letter_even_right_after_a_reset() -> None:
@@ -201,14 +212,14 @@ async def test_keys_reach_the_remote_as_xterm_sends_them() -> None:
         await pilot.press("up", "end")
         assert app.sent == [b"\x1bOA", b"\x1bOF"]
 
+        # The pane's own leave key is the screen's binding (none here): the widget sends it.
         app.sent.clear()
-        await pilot.press(LEAVE_KEY)
-        assert app.sent == []
-        assert app.left_pane == 1
+        await pilot.press(LEAVE_KEY, "ctrl+h", "backspace")
+        assert app.sent == [b"\x1d", b"\x08", b"\x7f"]
 
 
 def test_key_encoding_table() -> None:
-    assert encode_key("ctrl+right_square_bracket", None) == "\x1d"  # the widget never sends it
+    assert encode_key("ctrl+right_square_bracket", None) == "\x1d"
     assert encode_key("ctrl+@", None) == "\x00"
     assert encode_key("shift+up", None) == "\x1b[1;2A"
     assert encode_key("ctrl+alt+f5", None) == "\x1b[15;7~"
@@ -311,11 +322,15 @@ async def test_scrollback_can_be_viewed() -> None:
         await pilot.press("shift+pageup")
         await pilot.pause()
         assert view.screen_lines()[0] == "line 54"
-        assert app.sent == []
-        await pilot.press("q")  # typing returns to the live screen
+        assert view.browsing
+        assert "".join(s.text for s in view.render_line(0)).endswith("[23/77]")
+        await pilot.press("q")  # back to the live screen; the key stays in the console
         await pilot.pause()
         assert view.screen_lines()[0] == "line 77"
-        assert app.sent == [b"q"]
+        assert not view.browsing
+        assert not "".join(s.text for s in view.render_line(0)).endswith("]")
+        await pilot.press("x")
+        assert app.sent == [b"x"]
 
 
 async def test_cursor_is_drawn_only_with_focus() -> None:
@@ -327,3 +342,121 @@ async def test_cursor_is_drawn_only_with_focus() -> None:
         app.query_one(Elsewhere).focus()
         await pilot.pause()
         assert not [s for s in view.render_line(0) if s.style and s.style.reverse]
+
+
+def mouse(kind, view: TerminalView, x: int, y: int, button: int = 1, **modifiers):
+    """A Textual mouse event at a cell of the pane, as the driver would post it."""
+    flags = {name: modifiers.get(name, False) for name in ("shift", "meta", "ctrl")}
+    return kind(view, x, y, 0, 0, button, flags["shift"], flags["meta"], flags["ctrl"],
+                screen_x=x, screen_y=y)
+
+
+async def mouse_reports(pilot, view: TerminalView, app: TerminalApp, modes: bytes,
+                        *events_) -> list[bytes]:
+    view.feed(modes)
+    await drain(pilot, view)
+    app.sent.clear()
+    for event in events_:
+        view.post_message(event)
+        await pilot.pause()
+    return list(app.sent)
+
+
+async def test_the_mouse_goes_to_the_remote_in_the_mode_it_asked_for() -> None:
+    from textual.events import MouseDown, MouseMove, MouseScrollDown, MouseScrollUp, MouseUp
+
+    async with pane() as (app, pilot, view):
+        def click(**modifiers):
+            return [mouse(MouseDown, view, 5, 3, **modifiers),
+                    mouse(MouseUp, view, 5, 3, **modifiers)]
+
+        # Not asked for: nothing goes to the remote.
+        assert await mouse_reports(pilot, view, app, b"", *click()) == []
+        # X10 (mode 9): presses only, no modifiers, three bytes of 32 + value.
+        assert await mouse_reports(pilot, view, app, b"\x1b[?9h", *click(meta=True)) == [
+            b"\x1b[M\x20\x26\x24"]
+        # Normal tracking (1000), legacy encoding: the release names no button.
+        assert await mouse_reports(pilot, view, app, b"\x1b[?9l\x1b[?1000h", *click()) == [
+            b"\x1b[M\x20\x26\x24", b"\x1b[M\x23\x26\x24"]
+        # SGR encoding (1006): press M, release m, modifiers in the button value.
+        assert await mouse_reports(pilot, view, app, b"\x1b[?1006h", *click(ctrl=True)) == [
+            b"\x1b[<16;6;4M", b"\x1b[<16;6;4m"]
+        # Normal tracking reports no motion; button-event (1002) reports drags only.
+        move = mouse(MouseMove, view, 7, 4, button=0)
+        drag = mouse(MouseMove, view, 8, 4, button=1)
+        assert await mouse_reports(pilot, view, app, b"", move) == []
+        assert await mouse_reports(pilot, view, app, b"\x1b[?1002h", move,
+                                   mouse(MouseDown, view, 7, 4), drag,
+                                   mouse(MouseUp, view, 8, 4)) == [
+            b"\x1b[<0;8;5M", b"\x1b[<32;9;5M", b"\x1b[<0;9;5m"]
+        # Any-event (1003): every motion, "no button" being 3.
+        assert await mouse_reports(pilot, view, app, b"\x1b[?1003h", move) == [
+            b"\x1b[<35;8;5M"]
+        # The wheel is buttons 64 and 65; urxvt encoding (1015) without SGR.
+        assert await mouse_reports(pilot, view, app, b"", mouse(MouseScrollUp, view, 1, 1, 0),
+                                   mouse(MouseScrollDown, view, 1, 1, 0)) == [
+            b"\x1b[<64;2;2M", b"\x1b[<65;2;2M"]
+        assert await mouse_reports(pilot, view, app, b"\x1b[?1006l\x1b[?1015h",
+                                   *click()) == [b"\x1b[32;6;4M", b"\x1b[35;6;4M"]
+        # Shift keeps the mouse the technician's own (to select and copy), as in xterm.
+        assert await mouse_reports(pilot, view, app, b"", *click(shift=True)) == []
+
+
+async def test_the_wheel_scrolls_history_when_the_remote_does_not_want_it() -> None:
+    from textual.events import MouseScrollDown, MouseScrollUp
+
+    async with pane() as (app, pilot, view):
+        view.feed(b"".join(b"line %d\r\n" % n for n in range(100)))
+        await drain(pilot, view)
+        view.post_message(mouse(MouseScrollUp, view, 1, 1, 0))
+        await pilot.pause()
+        assert view.screen_lines()[0] == "line 74"
+        view.post_message(mouse(MouseScrollDown, view, 1, 1, 0))
+        await pilot.pause()
+        assert view.screen_lines()[0] == "line 77"
+        assert app.sent == []
+        # Wheel-as-arrows (1007) on the alternate screen (less, man): cursor keys.
+        view.feed(b"\x1b[?1049h\x1b[?1007h")
+        await drain(pilot, view)
+        view.post_message(mouse(MouseScrollUp, view, 1, 1, 0))
+        await pilot.pause()
+        assert app.sent == [b"\x1b[A"]
+
+
+async def test_history_can_be_searched_and_copied_to_the_technicians_clipboard() -> None:
+    from textual.events import MouseDown, MouseMove, MouseUp
+
+    async with pane() as (app, pilot, view):
+        browsing = app.browsing
+        lines = [b"line %d" % n + (b" needle" if n in (12, 42) else b"") for n in range(100)]
+        view.feed(b"\r\n".join(lines) + b"\r\n" + b"w" * 100 + b"\r\n$ ")
+        await drain(pilot, view)
+        await pilot.press("shift+pageup", "slash", *"needle", "enter")
+        await pilot.pause()
+        assert any(line == "line 42 needle" for line in view.screen_lines())
+        row = view.screen_lines().index("line 42 needle")
+        found = [s for s in view.render_line(row) if s.style and s.style.bgcolor
+                 and s.style.bgcolor.name == "yellow"]
+        assert "".join(s.text for s in found) == "needle"
+        await pilot.press("n")  # the one before
+        await pilot.pause()
+        assert "line 12 needle" in view.screen_lines()
+        await pilot.press("v", "dollar_sign", "y")
+        await pilot.pause()
+        assert app.clipboard == "needle"
+        assert not view.browsing and app.sent == []
+        assert browsing[-1] is None and any(text and "search older" in text
+                                            for text in browsing)
+        await pilot.press("shift+pageup", "slash", *"haystack", "enter")
+        await pilot.pause()
+        assert "not found: haystack" in browsing[-1]
+        await pilot.press("escape")
+
+        # With the mouse, on the live screen: a wrapped line is copied as one line.
+        bottom = view.screen_lines().index("w" * 80)
+        for event in (mouse(MouseDown, view, 0, bottom), mouse(MouseMove, view, 19, bottom + 1),
+                      mouse(MouseUp, view, 19, bottom + 1)):
+            view.post_message(event)
+            await pilot.pause()
+        assert app.clipboard == "w" * 100
+        assert app.sent == []

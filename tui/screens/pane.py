@@ -20,12 +20,11 @@ from tui.widgets.terminal import LEAVE_KEY
 
 # Errors after which reopening the channel cannot help.
 FINAL_CODES = {"wrong_password", "unauthorized", "not_active"}
+LEAVE = Binding(LEAVE_KEY, "leave", "Back to the list", priority=True, id="pane.leave")
 
 
 class PaneScreen(Screen):
-    BINDINGS = [
-        Binding(LEAVE_KEY, "leave", "Back (ctrl+])", priority=True, id="pane.leave"),
-    ]
+    BINDINGS = [LEAVE]
     kind = "pane"
     subsystem = ""  # the host's JSON-lines subsystem behind this pane, if any
 
@@ -45,10 +44,18 @@ class PaneScreen(Screen):
         self.channel: JsonLines | None = None
         self.ended: str | None = None  # why the session ended, once it has
 
+    def leave_key(self) -> str:
+        """The key that leaves this pane, as the console shows keys (remapped or not)."""
+        for active in self.active_bindings.values():
+            if active.binding.action == "leave" and active.binding.priority:
+                return self.app.get_key_display(active.binding)
+        return self.app.get_key_display(LEAVE)
+
     def status_text(self) -> str:
         host = self.session.get("host") or {}
         who = f"{clean(host.get('user'), 32)}@{clean(host.get('hostname'), 64)}"
-        return f" {self.kind} · {who} · session {self.session['id']} · {self.state} · ctrl+] back"
+        return (f" {self.kind} · {who} · session {self.session['id']} · {self.state} · "
+                f"{self.leave_key()} back")
 
     def status_bar(self) -> Static:
         return Static(self.status_text(), id="pane-status", markup=False)

@@ -1,7 +1,8 @@
 """Remote control: a live terminal on the customer's computer, through the relay.
 
-Every key goes to the remote shell except the one leave key (ctrl+]). The pane asks for a
-shell with a stable id, so reconnecting after a drop reattaches to the same shell.
+Every key goes to the remote shell except the leave key (ctrl+] unless remapped): pressed
+once it returns to the list, pressed twice in quick succession it is sent to the shell. The
+pane asks for a shell with a stable id, so reconnecting after a drop reattaches to it.
 """
 
 from __future__ import annotations
@@ -9,29 +10,37 @@ from __future__ import annotations
 import asyncio
 import secrets
 
-from textual import on, work
+from textual import events, on, work
 from textual.app import ComposeResult
+from textual.timer import Timer
 
+from common.secret import Secret
 from tui.client import HostConnector, RelayError, ShellChannel, retry_delay
 from tui.sanitize import clean
 from tui.screens.pane import PaneScreen
-from tui.widgets.terminal import TerminalView
+from tui.widgets.terminal import TerminalView, encode_key
 
 # Pause the SSH channel while the pane has this much output waiting to be parsed, so a flood
-# blocks the remote program instead of being dropped; resume below the low mark.
+# blocks the remote program instead of being dropped; resume as soon as the pane is below the
+# low mark, early enough that more arrives before the parser runs dry.
 HIGH_WATER = 512 * 1024
-LOW_WATER = 64 * 1024
+LOW_WATER = 192 * 1024
+# A second press of the leave key within this time sends the key to the shell instead.
+LEAVE_TWICE_SECONDS = 0.4
 
 
 class RemoteScreen(PaneScreen):
     kind = "shell"
 
-    def __init__(self, session: dict, connector: HostConnector, password: str) -> None:
+    def __init__(self, session: dict, connector: HostConnector, password: Secret) -> None:
         super().__init__(session, connector, password)
         self.shell_id = f"console-{secrets.token_hex(8)}"
         self.channel: ShellChannel | None = None
         self.closed_by_user = False
         self._paused = False
+        self._shell_requested = False
+        self._leaving: Timer | None = None  # the leave key was pressed once: waiting for twice
+        self._browsing: str | None = None  # what the status bar says while history is browsed
 
     def compose(self) -> ComposeResult:
         yield self.status_bar()
@@ -43,11 +52,68 @@ class RemoteScreen(PaneScreen):
 
     def on_mount(self) -> None:
         self.terminal.focus()
-        self.set_interval(0.05, self._flow_control)
-        self.connect()
+        # The shell is opened once the pane has been laid out and knows its size in cells
+        # (its first TerminalView.Resized): a PTY opened before that would start at the
+        # widget's placeholder 80x24 and full-screen programs would draw for the wrong size.
+
+    def status_text(self) -> str:
+        key = self.leave_key()
+        if self._leaving is not None:
+            return f" {key} again: send {key} · [: history · /: search · other keys: back"
+        if self._browsing is not None:
+            return self._browsing
+        return super().status_text()
+
+    @on(TerminalView.Browsing)
+    def _browsing_changed(self, event: TerminalView.Browsing) -> None:
+        self._browsing = event.text
+        self.set_state(self.state)
+
+    def action_leave(self) -> None:
+        if self._leaving is None:
+            # Wait a moment for a second press; meanwhile the terminal lets go of the keys
+            # (no cursor), and any other key leaves at once and goes to the list.
+            self._leaving = self.set_timer(LEAVE_TWICE_SECONDS, self._leave_now)
+            self.set_focus(None)
+            self.set_state(self.state)
+            return
+        self._leaving.stop()
+        self._leaving = None
+        key = next((key for key, active in self.active_bindings.items()
+                    if active.binding.action == "leave" and active.binding.priority), None)
+        encoded = encode_key(key, None) if key else None
+        if encoded:
+            self._send(encoded.encode())
+        self.set_state(self.state)
+        self.terminal.focus()
+
+    def _leave_now(self) -> None:
+        self._leaving = None
+        self.set_state(self.state)
+        if self.is_current:
+            super().action_leave()
+
+    def on_key(self, event: events.Key) -> None:
+        if self._leaving is None:
+            return
+        event.stop()
+        self._leaving.stop()
+        if event.character in ("[", "/"):  # as tmux's prefix: history, or search it
+            self._leaving = None
+            self.terminal.focus()
+            self.terminal.browse(search=event.character == "/")
+            self.set_state(self.state)
+            return
+        # Another key after the leave key: leave, and pass the key on to the list.
+        self._leave_now()
+        self.app.post_message(events.Key(event.key, event.character))
 
     def on_screen_resume(self) -> None:
         self.terminal.focus()
+        # Shown again (back from the list, or reattached): the remote PTY may have been sized
+        # by another attachment meanwhile, so tell it the pane's size again.
+        if self.channel is not None:
+            self.channel.resize(*self.terminal.size_in_cells)
 
     def _send(self, data: bytes) -> None:
         if self.channel is not None:
@@ -59,9 +125,10 @@ class RemoteScreen(PaneScreen):
         if not self._paused and terminal.pending_bytes > HIGH_WATER and self.channel:
             self._paused = True
             self.channel.pause()
+            terminal.when_drained(LOW_WATER, self._resume_output)
 
-    def _flow_control(self) -> None:
-        if self._paused and self.terminal.pending_bytes < LOW_WATER and self.channel:
+    def _resume_output(self) -> None:
+        if self._paused and self.channel:
             self._paused = False
             self.channel.resume()
 
@@ -74,12 +141,12 @@ class RemoteScreen(PaneScreen):
 
     @work(exclusive=True, group="shell")
     async def connect(self, reconnect: bool = False) -> None:
-        cols, rows = self.terminal.size_in_cells
         attempt = 0
         while not self.closed_by_user:
             if reconnect:
                 await asyncio.sleep(retry_delay(attempt))
                 self.connector.forget(self.session["id"])
+            cols, rows = self.terminal.size_in_cells
             try:
                 self.channel = await self.connector.open_shell(
                     self.session, self.password, cols=cols, rows=rows, shell_id=self.shell_id,
@@ -94,12 +161,17 @@ class RemoteScreen(PaneScreen):
                 self.set_state(f"{clean(exc.detail, 100)}; retrying")
                 continue
             self._paused = False
+            if self.terminal.size_in_cells != (cols, rows):  # resized while the shell opened
+                self.channel.resize(*self.terminal.size_in_cells)
             self.set_state("connected")
             return
 
     @on(TerminalView.Resized)
     def _resized(self, event: TerminalView.Resized) -> None:
-        if self.channel is not None:
+        if not self._shell_requested:
+            self._shell_requested = True
+            self.connect()
+        elif self.channel is not None:
             self.channel.resize(event.cols, event.rows)
 
     def close_shell(self) -> None:

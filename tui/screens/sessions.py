@@ -13,6 +13,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
+from common.reach import summary
 from tui.sanitize import clean, plain
 from tui.times import format_left, local_time, parse_time
 from tui.widgets.celltable import CellCachedTable
@@ -62,7 +63,18 @@ def time_left(view: dict, now: float) -> Text:
     return plain(ENDED_REASONS.get(reason, reason), 30, style="dim")
 
 
+def host_problem(view: dict) -> str | None:
+    """Why the host cannot connect, as its agent last told the relay (while offline)."""
+    problem = view.get("host_problem")
+    if view["state"] != "active" or view.get("online") or not isinstance(problem, dict):
+        return None
+    return str(problem.get("text") or "") or None
+
+
 def host_text(view: dict) -> Text:
+    problem = host_problem(view)
+    if problem:  # what kind of failure first: the column is narrow
+        return plain(summary(problem), 300, style="red")
     host = view.get("host")
     if not host:
         return Text("—", style="dim")
@@ -77,6 +89,8 @@ def online_text(view: dict) -> Text:
         since = local_time(view.get("online_since"))[11:16] if view.get("online_since") \
             else ""
         return Text(f"online {since}".strip(), style="green")
+    if host_problem(view):
+        return Text("offline !", style="red")
     return Text("offline", style="yellow")
 
 

@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import gc
 import re
+from bisect import bisect_left
+from collections import deque
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
-from itertools import accumulate, groupby
+from itertools import accumulate, chain, groupby, islice, repeat, starmap
+from operator import add, attrgetter
 
 from bittty import Board
 from bittty.constants import LINE_SINGLE
@@ -52,14 +55,76 @@ LINES = re.compile(rb"(?:" + _LINE + rb")++")
 ONE_LINE = re.compile(_LINE)
 _SGR = re.compile(rb"(\x1b\[[0-9;]*m)")
 _UNSTYLED = Style()
+_STYLES = attrgetter("styles")
 
 # A row laid out: its characters, their style (one Style for the whole row, or one per
 # character), and whether its line goes on in the next row (an automatic wrap).
 Row = tuple[str, Style | tuple[Style, ...], bool]
 
 
+def _to_evict(held: deque, over: int, guess: int) -> tuple[int, int]:
+    """How many lines from the front of `held` pay at least `over` (each costs its cells plus
+    one), and what they pay; counted with C iterators in widening slices, since a flood
+    evicts about as many lines as it adds."""
+    evicted = paid = 0
+    step = max(guess, 64)
+    while evicted < len(held):
+        costs = list(accumulate(map(add, map(len, map(_STYLES, islice(held, evicted,
+                                                                        evicted + step))),
+                                    repeat(1)), initial=paid))
+        enough = bisect_left(costs, over)
+        if enough < len(costs):
+            return evicted + enough, costs[enough]
+        evicted, paid = evicted + len(costs) - 1, costs[-1]
+        step *= 2
+    return evicted, paid
+
+
 class History(MemoryScrollback):
-    """bittty's in-memory scrollback, able to take many complete lines at once."""
+    """bittty's in-memory scrollback, able to take many complete lines at once, and to give
+    its newest rows back to the screen (when the window grows or widens, as in tmux)."""
+
+    def take_open(self) -> list[ScrollbackLine]:
+        """The rows held of the line still arriving (its tail is on the screen), taken out."""
+        rows = list(self._open)
+        self.cells -= sum(len(row.styles) for row in rows)
+        self._open.clear()
+        self._open_width = 0
+        self._joined = None
+        return rows
+
+    def pop_rows(self, count: int, columns: int) -> list[tuple[list, bool]]:
+        """Up to `count` of the newest rows laid out at `columns`, oldest first, each with
+        whether its line goes on in the next; taken out. A line cut keeps its head here,
+        open, as if its tail were still on the screen."""
+        taken: list[tuple[list, bool]] = []
+        while count > 0 and self._open:
+            row = self._open.pop()
+            self.cells -= len(row.styles)
+            self._open_width -= row.width
+            self._joined = None
+            taken.append((row.cells(0, len(row)), True))
+            count -= 1
+        while count > 0 and self._lines:
+            line = self._lines.pop()
+            self.cells -= len(line.styles) + 1
+            for rows in self._rows.values():
+                rows.pop()
+            scale = line.scale
+            laid = []
+            for within in range(rows_of(line.width, columns)):
+                start, stop = -(-within * columns // scale), (within + 1) * columns // scale
+                cells = line.cells(start, stop)
+                laid.append(cells + [(_UNSTYLED, " ")] * (stop - start - len(cells)))
+            head, tail = laid[: max(0, len(laid) - count)], laid[max(0, len(laid) - count) :]
+            for cells in head:
+                self.append(ScrollbackLine.of(cells, attribute=line.attribute), True)
+            flags = [True] * len(tail)
+            flags[-1] = False
+            taken.extend(reversed(list(zip(tail, flags, strict=True))))
+            count -= len(tail)
+        taken.reverse()
+        return taken
 
     def extend(self, lines: Sequence[ScrollbackLine], cells: int) -> None:
         """Append complete lines, with the same end state as `append(line)` for each in turn;
@@ -76,14 +141,20 @@ class History(MemoryScrollback):
         held.extend(lines)
         self.cells += cells
         self._joined = None
+        # Row counts per width kept, a run of one line (`yes`, blank lines) at a time: one
+        # range per run rather than a step per line.
+        runs = [(run[0], len(run)) for run in (list(group) for _, group in groupby(lines, key=id))]
         for columns, rows in self._rows.items():
-            counts = accumulate((rows_of(line.width, columns) for line in lines), initial=rows[-1])
-            next(counts)
-            rows.extend(counts)
+            total = rows[-1]
+            for line, count in runs:
+                step = rows_of(line.width, columns)
+                rows.extend(range(total + step, total + step * count + 1, step))
+                total += step * count
         evicted, over = 0, self.cells - self.max_cells
-        while over > 0 and held:
-            over -= len(held.popleft().styles) + 1
-            evicted += 1
+        if over > 0:
+            evicted, paid = _to_evict(held, over, len(lines))
+            over -= paid
+            deque(starmap(held.popleft, repeat((), evicted)), maxlen=0)  # in C, no loop here
         self.cells, self.first = (
             self.max_cells + over if evicted else self.cells,
             self.first + evicted,
@@ -110,10 +181,21 @@ def _styles_of(style: Style, cells: int) -> tuple[Style, ...]:
     return held[1]
 
 
+def _unstyled(style: Style) -> bool:
+    """style == Style(), remembered for the last style asked about (a flood has one)."""
+    global _last_style
+    if style is not _last_style[0]:
+        _last_style = (style, style == _UNSTYLED)
+    return _last_style[1]
+
+
+_last_style: tuple[Style | None, bool] = (None, False)
+
+
 def _history_line(text: str, styles: Style | tuple[Style, ...]) -> ScrollbackLine:
     """ScrollbackLine.of for a row that ends its line: trailing blanks in the default style go."""
     if type(styles) is Style:
-        if styles == _UNSTYLED:
+        if text[-1:] == " " and _unstyled(styles):
             text = text.rstrip(" ")
         return ScrollbackLine(text, _styles_of(styles, len(text)))
     cut, floor = len(text), len(text.rstrip(" "))
@@ -125,6 +207,22 @@ def _history_line(text: str, styles: Style | tuple[Style, ...]) -> ScrollbackLin
 def _wrapped_history_line(text: str, styles: Style | tuple[Style, ...]) -> ScrollbackLine:
     """ScrollbackLine.of for a full row whose line goes on: nothing is trimmed."""
     return ScrollbackLine(text, _styles_of(styles, len(text)) if type(styles) is Style else styles)
+
+
+def _joined_history_line(parts: list[Row]) -> ScrollbackLine:
+    """The line bittty's history makes of a wrapped line's rows (ScrollbackLine.join of
+    them): the last row's trailing default blanks dropped, nothing else."""
+    *heads, (text, styles, _) = parts
+    last = _history_line(text, styles)
+    joined = "".join(head[0] for head in heads) + last.text
+    first_style = heads[0][1]
+    if type(first_style) is Style and all(head[1] is first_style for head in heads) and (
+        last.styles == () or last.styles[0] is first_style
+    ):
+        return ScrollbackLine(joined, _styles_of(first_style, len(joined)))
+    pieces = [_styles_of(head[1], len(head[0])) if type(head[1]) is Style else head[1]
+              for head in heads]
+    return ScrollbackLine(joined, tuple(chain.from_iterable([*pieces, last.styles])))
 
 
 def _carries_text(line: bytes) -> bool:
@@ -176,7 +274,7 @@ class LineRuns:
             and not printer.auto_print
             and not printer._byte_pending
             and printer._decoder.getstate()[0] == b""
-            and blitter.grapheme_clustering
+            and not blitter.grapheme_clustering
             and not blitter.right_to_left
             and not blitter.status_active
             and not blitter.in_alt_screen
@@ -363,23 +461,29 @@ class LineRuns:
         board.blitter.last_printed_char = None  # as the parser leaves it after CR LF
 
     def _to_history(self, rows: list[Row]) -> None:
-        history = self._history
+        """Rows that scroll off, as the lines bittty's history would make of them one by one:
+        a wrapped line's rows joined, and the rows of a line going on on the screen held open."""
         batch: list[ScrollbackLine] = []
         cells = 0
+        parts: list[Row] = []  # the rows of a wrapped line so far
         for _, run in groupby(rows, key=id):  # the same row again: `yes`, blank lines
             same = list(run)
             text, styles, wrapped = same[0]
-            repeats = len(same)
-            if wrapped:
-                self._flush(batch, cells)
-                batch, cells = [], 0
-                for _ in range(repeats):
-                    history.append(_wrapped_history_line(text, styles), True)
+            if not parts and not wrapped:
+                line = _history_line(text, styles)
+                batch.extend([line] * len(same))
+                cells += (len(line.styles) + 1) * len(same)
                 continue
-            line = _history_line(text, styles)
-            batch.extend([line] * repeats)
-            cells += (len(line.styles) + 1) * repeats
+            for row in same:
+                parts.append(row)
+                if not row[2]:
+                    line = _joined_history_line(parts)
+                    batch.append(line)
+                    cells += len(line.styles) + 1
+                    parts = []
         self._flush(batch, cells)
+        for text, styles, _ in parts:
+            self._history.append(_wrapped_history_line(text, styles), True)
 
     def _flush(self, batch: list[ScrollbackLine], cells: int) -> None:
         history = self._history

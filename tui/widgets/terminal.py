@@ -13,34 +13,38 @@ lines skip bittty's per-line work (tui/widgets/fastpath.py) and end in the same 
 from __future__ import annotations
 
 import re
-import unicodedata
 from asyncio import Event, sleep
 from collections.abc import Callable, Sequence
-from functools import lru_cache
+from contextlib import contextmanager
 from time import perf_counter
 
 from bittty import XTERM, Board
-from bittty.constants import ERASE_ALL
 from bittty.operations import Operation
 from bittty.style import Color as CellColor
 from bittty.style import Style as CellStyle
 from bittty.terminals import Terminal
+from bittty.terminals.scrollback import rows_of
 from bittty.video import CONTINUATION, Cell, WideHead
-from rich.cells import cell_len
 from rich.color import Color
 from rich.segment import Segment
 from rich.style import Style
 from textual import events
+from textual.filter import ANSIToTruecolor, LineFilter
 from textual.geometry import Region
 from textual.message import Message
 from textual.strip import Strip
 from textual.widget import Widget
 
-from tui.widgets import fastpath
+from tui.rawinput import Kind, RawInputDriver, Token, replay_as_keys
+from tui.widgets import fastpath, mouse
+from tui.widgets.copymode import CopyMode, Rows
+from tui.widgets.emulation import behave_as_tmux
 from tui.widgets.fastpath import History, LineRuns
+from tui.widgets.reflow import Resizer
+from tui.widgets.widths import HOST_WIDTHS, glyph_to_paint, sanitize_text, use_host_widths
 
 LEAVE_KEY = "ctrl+right_square_bracket"
-"""The one key the pane does not swallow: the screen binds it to leave the terminal pane."""
+"""The default key that leaves a terminal pane (a screen's priority binding, remappable)."""
 
 MAX_PENDING_BYTES = 4 * 1024 * 1024
 """Hard cap on received-but-unparsed output; past it the oldest pending bytes are dropped."""
@@ -49,6 +53,12 @@ MAX_PENDING_BYTES = 4 * 1024 * 1024
 # (short scrolling lines parse at ~0.2 MB/s, plain long lines at several MB/s).
 MAX_BACKLOG_SECONDS = 0.5
 MIN_PENDING_BYTES = 128 * 1024
+# After the technician interrupts (ctrl+c, ctrl+\, ctrl+z) the output still on its way is
+# what the program wrote before it stopped: for a while only its last screenful or so is
+# kept, so the prompt shows at once instead of after a backlog nobody will read.
+INTERRUPTS = (b"\x03", b"\x1c", b"\x1a")
+CATCH_UP_SECONDS = 2.0
+CATCH_UP_BYTES = 32 * 1024
 
 # Output is parsed in turns of up to PARSE_BUDGET_SECONDS, each followed by a pause that lets
 # the event loop answer keys and paint; a key waits at most about one turn.
@@ -70,6 +80,10 @@ MAX_OPEN_SEQUENCE_CHARS = 128 * 1024
 REPLY_BUDGET_BYTES = 4096
 
 _TITLE_MAX_CHARS = 200
+_SCROLL_KEYS = {b"\x1b[5;2~": -1, b"\x1b[6;2~": 1}  # shift+PageUp, shift+PageDown, as xterm
+_SELECTED = Style(reverse=True)
+_FOUND = Style(color=Color.parse("black"), bgcolor=Color.parse("yellow"))
+_INDICATOR = Style(reverse=True, bold=True)
 
 _ANSI_NAMES = (
     "black",
@@ -189,28 +203,9 @@ def encode_key(key: str, character: str | None, *, application_cursor: bool = Fa
     return None
 
 
-def _is_unsafe_char(char: str) -> bool:
-    # Controls, format characters (bidi overrides, zero-width joiners) and lone surrogates
-    # could make the real terminal move, reorder or misjudge widths; none belong in a cell.
-    return unicodedata.category(char) in ("Cc", "Cf", "Cs")
-
-
-@lru_cache(maxsize=8192)
-def _safe_glyph(text: str, width: int) -> str:
-    """A cell's text made safe to print, and exactly `width` columns wide as Textual counts."""
-    if text.isascii() and text.isprintable() and len(text) == width:
-        return text
-    cleaned = "".join(char for char in text if not _is_unsafe_char(char))
-    if cleaned and cell_len(cleaned) == width:
-        return cleaned
-    if cleaned and cell_len(cleaned[0]) == width:
-        return cleaned[0]  # an emoji sequence Textual would measure wider: show its first part
-    return "?" * width
-
-
 def _row_text(cells: Sequence[Cell]) -> str:
     return "".join(
-        _safe_glyph(char, 2 if isinstance(char, WideHead) else 1)
+        glyph_to_paint(char, 2 if isinstance(char, WideHead) else 1)
         for _, char in cells
         if char != CONTINUATION
     )
@@ -218,8 +213,7 @@ def _row_text(cells: Sequence[Cell]) -> str:
 
 def sanitize_label(text: str) -> str:
     """Host-supplied text (a window title) reduced to printable characters on one line."""
-    cleaned = "".join(char for char in text if not _is_unsafe_char(char))
-    return cleaned[:_TITLE_MAX_CHARS]
+    return sanitize_text(text)[:_TITLE_MAX_CHARS]
 
 
 def _rich_color(color: CellColor | None) -> Color | None:
@@ -266,14 +260,29 @@ class _ReplyLine:
     def __init__(self, send: Callable[[bytes], None]) -> None:
         self._send = send
         self.budget = REPLY_BUDGET_BYTES
+        self._input = False  # what bittty writes now is the technician's input (mouse, keys)
+
+    @contextmanager
+    def technician_input(self):
+        """While this lasts, the emulator writes the technician's input: pass it unfiltered."""
+        self._input = True
+        try:
+            yield
+        finally:
+            self._input = False
 
     def write(self, data: str) -> int:
-        if _SAFE_REPLY.fullmatch(data) and len(data) <= self.budget:
+        if self._input:
+            self._send(data.encode("utf-8", "surrogateescape"))
+        elif _SAFE_REPLY.fullmatch(data) and len(data) <= self.budget:
             self.budget -= len(data)
             self._send(data.encode("ascii", "replace"))
         return len(data)
 
     def write_bytes(self, data: bytes) -> int:
+        if self._input:
+            self._send(bytes(data))
+            return len(data)
         return self.write(data.decode("latin-1"))
 
     def flush(self) -> None:
@@ -317,33 +326,6 @@ def _ignore(operation: Operation) -> None:
     pass
 
 
-def _clear_alternate_screen_on_entry(board: Board) -> None:
-    """Make entering the alternate screen start from a blank page, as xterm's mode 1049 does.
-
-    bittty 0.3.0 keeps whatever the last full-screen program left there, and programs that
-    trust the page to be blank (less) would show vim's leftovers around their own text.
-    """
-    blitter = board.blitter
-    switch = blitter.switch_screen
-
-    def switch_screen(alt: bool) -> None:
-        entering = alt and not blitter.in_alt_screen
-        switch(alt)
-        if entering:
-            page = blitter.alt_page
-            for y in range(page.height):
-                page.clear_line(y, ERASE_ALL, 0, "")
-
-    blitter.switch_screen = switch_screen
-
-
-def _keep_grapheme_clustering(board: Board) -> None:
-    """Turn grapheme clustering on for good: every later request turns it on again, at once."""
-    switch = board.blitter.set_grapheme_clustering
-    switch(True)
-    board.blitter.set_grapheme_clustering = lambda enabled: switch(True)
-
-
 class TerminalView(Widget, can_focus=True):
     """A remote shell's screen: feed it the remote's bytes, and it sends back the keys typed."""
 
@@ -351,8 +333,8 @@ class TerminalView(Widget, can_focus=True):
     TerminalView {
         width: 1fr;
         height: 1fr;
-        background: $background;
-        color: $foreground;
+        background: ansi_default;
+        color: ansi_default;
         overflow: hidden hidden;
     }
     """
@@ -368,6 +350,19 @@ class TerminalView(Widget, can_focus=True):
 
         @property
         def control(self) -> TerminalView | None:
+            return self.terminal
+
+    class Browsing(Message):
+        """The technician browses history (`text` says where and what keys do), or stopped
+        (`text` is None)."""
+
+        def __init__(self, terminal: TerminalView, text: str | None) -> None:
+            super().__init__()
+            self.terminal = terminal
+            self.text = text
+
+        @property
+        def control(self) -> TerminalView:
             return self.terminal
 
     max_pending_bytes: int = MAX_PENDING_BYTES
@@ -392,13 +387,13 @@ class TerminalView(Widget, can_focus=True):
         self.dropped_bytes = 0
         """Output discarded because the pane could not parse it as fast as it arrived."""
 
-        self._board = Board(width=self._cols, height=self._rows, model=XTERM)
-        # Without clustering bittty gives every combining mark a column of its own, so text in
-        # decomposed form (macOS file names) would drift from where the remote shell thinks
-        # the cursor is. Clustered, an accent joins its letter as it does in xterm. It stays
-        # on: a reset (RIS) or mode 2027 from the host only forgets the cluster in progress.
-        _keep_grapheme_clustering(self._board)
-        _clear_alternate_screen_on_entry(self._board)
+        self._board = Board(
+            width=self._cols, height=self._rows, model=XTERM, width_policy=HOST_WIDTHS
+        )
+        # Text lands where the remote shell thinks it does: each code point at its wcwidth,
+        # zero-width ones (an accent in a decomposed macOS file name) joining the cell before.
+        use_host_widths(self._board)
+        behave_as_tmux(self._board)
         # The host may not touch the technician's clipboard, not even the board's copy of it.
         self._board.registry["OSC_CLIPBOARD"] = _ignore
         self._replies = _ReplyLine(send)
@@ -406,6 +401,7 @@ class TerminalView(Widget, can_focus=True):
         history = History(scrollback * max(self._cols, 80)) if scrollback > 0 else None
         self._chrome = _Chrome(self._board, history, self)
         self._chrome.attach()
+        self._resizer = Resizer(self._board, history)
         self._line_runs = (
             LineRuns(self._board, history, self._chrome.on_rows_scrolled_off)
             if fastpath.AVAILABLE
@@ -425,6 +421,11 @@ class TerminalView(Widget, can_focus=True):
         self._focused = False
         self._output_queued: Event | None = None  # set while output waits for the parser
         self._painted_at = 0.0
+        self._key_modes: tuple[bool, bool, int] | None = None  # mirrored on the real terminal
+        self._copy: CopyMode | None = None  # browsing history: keys stay in the console
+        self._drained: tuple[int, Callable[[], None]] | None = None
+        self._catching_up = 0.0  # until when output is cut to its tail (after ctrl+c)
+        self._drag: CopyMode | None = None  # a mouse selection on the live screen
 
     # --- the interface the session code uses --- #
 
@@ -433,7 +434,8 @@ class TerminalView(Widget, can_focus=True):
         if not data:
             return
         self._pending += data
-        if self.pending_bytes > self._backlog_cap():
+        pending = len(self._pending) - self._pending_start
+        if pending > CATCH_UP_BYTES and pending > self._backlog_cap():  # the least cap first
             self._shed_backlog()
         if self._output_queued is not None:
             self._output_queued.set()
@@ -446,6 +448,17 @@ class TerminalView(Widget, can_focus=True):
     def size_in_cells(self) -> tuple[int, int]:
         """(cols, rows) of the emulator grid."""
         return self._cols, self._rows
+
+    def when_drained(self, below: int, callback: Callable[[], None]) -> None:
+        """Call `callback` once, as soon as fewer than `below` bytes wait to be parsed."""
+        self._drained = (below, callback)
+        self._check_drained()
+
+    def _check_drained(self) -> None:
+        if self._drained is not None and self.pending_bytes < self._drained[0]:
+            callback = self._drained[1]
+            self._drained = None
+            callback()
 
     @property
     def pending_bytes(self) -> int:
@@ -466,6 +479,8 @@ class TerminalView(Widget, can_focus=True):
         self._discontinuity = True
 
     def _backlog_cap(self) -> int:
+        if self._catching_up and perf_counter() < self._catching_up:
+            return CATCH_UP_BYTES
         by_time = int(self._parse_rate * MAX_BACKLOG_SECONDS)
         return min(self.max_pending_bytes, max(MIN_PENDING_BYTES, by_time))
 
@@ -519,22 +534,13 @@ class TerminalView(Widget, can_focus=True):
                 # The host asked to resize the grid (DECCOLM, XTWINOPS 8, DECSLPP); the pane's
                 # size is the technician's window, so put it back.
                 self._resize_grid(self._cols, self._rows)
+        self._mirror_key_modes()
         elapsed = perf_counter() - started
         if elapsed > PARSE_BUDGET_SECONDS / 2:  # a short frame says little about the rate
             self._parse_rate = 0.7 * self._parse_rate + 0.3 * parsed / elapsed
 
     def _resize_grid(self, cols: int, rows: int) -> None:
-        board = self._board
-        blitter, cursor = board.blitter, board.cursor
-        overflow = cursor.y - (rows - 1)
-        if overflow > 0 and not blitter.in_alt_screen:
-            # bittty cuts rows off the bottom when the grid shrinks, which would take the
-            # prompt with them. Like xterm, push rows off the top into history instead so the
-            # cursor's row stays on screen.
-            blitter.set_scroll_region(0, board.height - 1)
-            blitter.scroll(overflow)
-            cursor.y -= overflow
-        board.resize(cols, rows)
+        self._resizer.resize(cols, rows)
 
     async def _parse_output(self) -> None:
         """Parse output as it comes, a turn at a time, painting as it goes."""
@@ -544,6 +550,7 @@ class TerminalView(Widget, can_focus=True):
             queued.clear()
             while self.pending_bytes:
                 self._parse_pending()
+                self._check_drained()
                 now = perf_counter()
                 if not self.pending_bytes or now - self._painted_at >= BUSY_PAINT_INTERVAL:
                     self._painted_at = now
@@ -557,6 +564,10 @@ class TerminalView(Widget, can_focus=True):
         self.refresh()
 
     def _cursor_cell(self) -> tuple[int, int] | None:
+        if self._copy is not None:
+            row, column = self._copy.cursor
+            y = row - self._view_top()
+            return (column, y) if 0 <= y < self._rows else None
         if not self._focused or self._chrome.view_offset():
             return None
         cursor = self._chrome.port.cursor
@@ -628,6 +639,12 @@ class TerminalView(Widget, can_focus=True):
         cells = self._row_cells(y)
         if cells is None:
             return Strip.blank(self.size.width, self.rich_style)
+        indicator = self._indicator() if y == 0 else ""
+        if indicator:
+            cells = cells[: max(0, len(cells) - len(indicator))]
+            if cells and isinstance(cells[-1][1], WideHead):  # its second column was cut
+                cells = [*cells[:-1], (cells[-1][0], " ")]
+        marks = self._marks(y, len(cells))
         inverse_screen = bool(self._board.modes.reverse_screen)
         cursor = self._drawn_cursor
         cursor_x = cursor[0] if cursor is not None and cursor[1] == y else -1
@@ -636,23 +653,65 @@ class TerminalView(Widget, can_focus=True):
         x, count = 0, len(cells)
         while x < count:
             # A run of cells sharing one style object (the blitter reuses the current style),
-            # with the cursor's cell always a run of its own.
+            # with the cursor's cell, and any marked cell, a run of its own.
             cell_style = cells[x][0]
             end = x + 1
-            if x != cursor_x:
+            if x != cursor_x and marks is None:
                 while end < count and end != cursor_x and cells[end][0] is cell_style:
                     end += 1
+            mark = marks[x] if marks is not None else None
             style, concealed = self._cell_style(cell_style, inverse_screen != (x == cursor_x))
+            if mark is not None:
+                style += mark
             text = "".join([cell[1] for cell in cells[x:end]])
             if not (len(text) == end - x and text.isascii() and text.isprintable()):
                 text = _row_text(cells[x:end])  # wide glyphs, clusters, or characters to mask
-            width = cell_len(text) if not text.isascii() else len(text)
+            width = end - x  # every glyph is painted at exactly its cells' width
             if concealed:
                 text = " " * width
             segments.append(Segment(text, style))
             total += width
             x = end
+        if indicator:
+            segments.append(Segment(indicator, self.rich_style + _INDICATOR))
+            total += len(indicator)
         return Strip(segments, total)
+
+    def _indicator(self) -> str:
+        """tmux's copy-mode corner: [rows back/rows of history], while browsing."""
+        if self._copy is None and not self._chrome.view_offset():
+            return ""
+        history = self._history_rows()
+        return f"[{self._chrome.view_offset()}/{history}]"[: self._cols]
+
+    def _marks(self, y: int, count: int) -> list[Style | None] | None:
+        """Extra styles for the cells of row y: the selection, the search match."""
+        selection = self._copy if self._copy is not None else self._drag
+        if selection is None:
+            return None
+        row = self._view_top() + y
+        found = selection.found
+        span = selection.selection()
+        if (span is None or not span[0][0] <= row <= span[1][0]) and (
+            found is None or found[0] != row
+        ):
+            return None
+        marks: list[Style | None] = [None] * count
+        for x in range(count):
+            if selection.selected(row, x):
+                marks[x] = _SELECTED
+            elif found is not None and found[0] == row and found[1] <= x < found[2]:
+                marks[x] = _FOUND
+        return marks
+
+    def get_line_filters(self) -> Sequence[LineFilter]:
+        # The remote's 16 ANSI colours (and its default colours) reach the technician's
+        # terminal as ANSI indexes, drawn in their own palette, not Textual's fixed one.
+        return [
+            line_filter
+            for line_filter in super().get_line_filters()
+            if not isinstance(line_filter, ANSIToTruecolor)
+        ]
 
     def notify_style_update(self) -> None:
         super().notify_style_update()
@@ -685,33 +744,277 @@ class TerminalView(Widget, can_focus=True):
         self._focused = True
         self._board.set_focus(True)  # reported to the host only if it enabled mode 1004
         self._repaint()
+        self.take_keys()
 
     def on_blur(self, event: events.Blur) -> None:
         self._focused = False
         self._board.set_focus(False)
         self._repaint()
+        driver = self._raw_driver()
+        if driver is not None:
+            driver.stop_raw()
+
+    def on_unmount(self) -> None:
+        if self._focused and (driver := self._raw_driver()) is not None:
+            driver.stop_raw()
 
     # --- input --- #
 
+    def _raw_driver(self) -> RawInputDriver | None:
+        driver = getattr(self.app, "_driver", None)
+        return driver if isinstance(driver, RawInputDriver) else None
+
+    def take_keys(self) -> None:
+        """Have the technician's keys come as their terminal sent them, while focused.
+
+        Only keys that a priority binding takes from the pane (its leave key) go to Textual;
+        after one of those the screen calls this again if the pane is to keep the keys.
+        """
+        driver = self._raw_driver()
+        if driver is None or not self._focused or self._copy is not None:
+            return  # Textual's key events: encoded by name (tests), or kept (browsing)
+        taken = frozenset(
+            key
+            for key, active in self.screen.active_bindings.items()
+            if active.binding.priority and active.enabled
+        )
+        driver.start_raw(self._raw_input, taken)
+        self._key_modes = None
+        self._mirror_key_modes()
+
+    def _mirror_key_modes(self) -> None:
+        """The remote program's key modes, on the technician's terminal while it types raw."""
+        modes = self._board.modes
+        wanted = (
+            bool(modes.cursor_application_mode),
+            bool(modes.application_keypad),
+            min(max(int(self._board.keyboard.modify_other_keys or 0), 0), 2),
+        )
+        if wanted != self._key_modes and self._focused:
+            driver = self._raw_driver()
+            if driver is not None and driver.raw:
+                driver.set_key_modes(*wanted)
+                self._key_modes = wanted
+
+    def _raw_input(self, tokens: list[Token]) -> None:
+        """Keys and pastes from the raw driver, in the order they were typed."""
+        if not self._focused:
+            # Typed as the focus moved away: they belong to whatever has it now.
+            replay_as_keys(self.app, b"".join(token.data for token in tokens))
+            return
+        if self._drag is not None:
+            self._drag = None
+            self._invalidate_all()
+        keys = bytearray()
+        for index, token in enumerate(tokens):
+            if token.data in _SCROLL_KEYS and not self._board.blitter.in_alt_screen:
+                # shift+PageUp/PageDown scroll history; browsing, the keys after it are local.
+                if keys:
+                    self._send_bytes(bytes(keys))
+                    keys.clear()
+                page = max(1, self._rows - 1)
+                self._scroll_history(page * _SCROLL_KEYS[token.data])
+                if self._copy is not None:
+                    replay_as_keys(self.app, b"".join(t.data for t in tokens[index + 1 :]))
+                    return
+                continue
+            if token.kind is Kind.PASTE:
+                if keys:
+                    self._send_bytes(bytes(keys))
+                    keys.clear()
+                self._paste(token.text.decode("utf-8", "replace"))
+            else:
+                keys += token.data
+        if keys:
+            self._send_bytes(bytes(keys))
+
+    # --- history: browsing, search, selection --- #
+
+    def _history_view(self):
+        history = self._chrome.scrollback
+        if history is None or self._board.blitter.in_alt_screen:
+            return None
+        return history.width(self._cols)
+
+    def _history_rows(self) -> int:
+        view = self._history_view()
+        return len(view) if view is not None else 0
+
+    def _view_top(self) -> int:
+        """The row (counted over history then the screen) at the top of the view."""
+        return self._history_rows() - self._chrome.view_offset()
+
+    def _rows_to_browse(self) -> Rows:
+        view = self._history_view()
+        above = len(view) if view is not None else 0
+        page = self._chrome.port.page
+        history = self._chrome.scrollback
+
+        def cells(row: int) -> Sequence[Cell]:
+            return view[row] if row < above else page.grid[row - above]
+
+        def wraps(row: int) -> bool:
+            if row >= above:
+                return page.wrapped_lines[row - above]
+            number, within = view.line_at(row)
+            if within + 1 < rows_of(history.line(number).width, self._cols):
+                return True
+            return row == above - 1 and bool(history._open)  # it goes on on the screen
+
+        return Rows(above + page.height, cells, wraps)
+
     def _scroll_history(self, rows: int) -> None:
-        if self._chrome.scrollback is None or self._board.blitter.in_alt_screen:
+        if self._history_view() is None:
             return
         self._chrome.scroll_view(rows)
+        if self._chrome.view_offset() and self._copy is None:
+            self.browse()
+        elif not self._chrome.view_offset() and self._copy is not None and (
+            self._copy.anchor is None and self._copy.prompt is None
+        ):
+            self.stop_browsing()
         self._invalidate_all()
         self._repaint()
 
+    def browse(self, search: bool = False) -> None:
+        """Keep the keys in the console to move through history, search, select and copy."""
+        if self._copy is None:
+            top = self._view_top()
+            cursor = self._board.cursor
+            if self._chrome.view_offset():
+                start = (top + self._rows - 1, 0)
+            else:
+                start = (top + cursor.y, min(cursor.x, self._cols - 1))
+            self._copy = CopyMode(cursor=start)
+            self._drag = None
+            driver = self._raw_driver()
+            if driver is not None:
+                driver.stop_raw()
+        if search:
+            self._copy.prompt = ""
+            self._copy.backwards = True
+        self._browsing_changed()
+
+    def stop_browsing(self) -> None:
+        """Back to the live screen; keys go to the remote again."""
+        if self._copy is None:
+            return
+        self._copy = None
+        self._chrome.scroll_to_bottom()
+        self._invalidate_all()
+        self._repaint()
+        self.post_message(self.Browsing(self, None))
+        self.take_keys()
+
+    @property
+    def browsing(self) -> bool:
+        return self._copy is not None
+
+    def _browsing_changed(self) -> None:
+        copy = self._copy
+        if copy is None:
+            return
+        self._keep_in_view(copy.cursor[0])
+        self._invalidate_all()
+        self._repaint()
+        if copy.prompt is not None:
+            way = "older" if copy.backwards else "newer"
+            text = f" search {way}: {copy.prompt}▏ · enter: find · esc: cancel"
+        else:
+            where = f"[{self._chrome.view_offset()}/{self._history_rows()}]"
+            note = f"{copy.status} · " if copy.status else ""
+            keys = "y: copy" if copy.anchor is not None else "v: select"
+            text = f" history {where} · {note}q: live · /: search · {keys}"
+        self.post_message(self.Browsing(self, text))
+
+    def _keep_in_view(self, row: int) -> None:
+        top = self._view_top()
+        if row < top:
+            self._chrome.scroll_view(row - top)
+        elif row >= top + self._rows:
+            self._chrome.scroll_view(row - (top + self._rows - 1))
+
+    def _copy_out(self, selection: CopyMode) -> None:
+        text = selection.selected_text(self._rows_to_browse())
+        if text:
+            self.app.copy_to_clipboard(text)  # OSC 52 to the technician's own terminal
+
+    def _browse_key(self, event: events.Key) -> None:
+        copy = self._copy
+        rows = self._rows_to_browse()
+        key, character = event.key, event.character
+        copy.status = ""
+        if copy.prompt is not None:
+            if key == "enter":
+                copy.query, copy.prompt = copy.prompt, None
+                copy.search(rows)
+            elif key == "escape":
+                copy.prompt = None
+            elif key == "backspace":
+                copy.prompt = copy.prompt[:-1]
+            elif character and character.isprintable() and len(copy.prompt) < 200:
+                copy.prompt += character
+            self._browsing_changed()
+            return
+        page = max(1, self._rows - 1)
+        moves = {"up": (-1, 0), "k": (-1, 0), "down": (1, 0), "j": (1, 0), "left": (0, -1),
+                 "h": (0, -1), "right": (0, 1), "l": (0, 1), "pageup": (-page, 0),
+                 "shift+pageup": (-page, 0), "pagedown": (page, 0),
+                 "shift+pagedown": (page, 0), "ctrl+b": (-page, 0), "ctrl+f": (page, 0)}
+        name = character if character in ("g", "G", "n", "N", "v", "y", "q", "0", "$", "/",
+                                          "?", "k", "j", "h", "l") else key
+        if name in ("q", "escape"):
+            self.stop_browsing()
+            return
+        if name in moves:
+            down, right = moves[name]
+            copy.move(rows, down, right)
+        elif name in ("g", "home"):
+            copy.cursor = (0, 0)
+        elif name in ("G", "end"):
+            copy.cursor = (rows.count - 1, 0)
+        elif name == "0":
+            copy.line_edge(rows, end=False)
+        elif name == "$":
+            copy.line_edge(rows, end=True)
+        elif name in ("/", "?"):
+            copy.prompt, copy.backwards = "", name == "/"
+        elif name in ("n", "N"):
+            copy.search(rows, copy.backwards if name == "n" else not copy.backwards)
+        elif name in ("v", "space"):
+            copy.anchor = None if copy.anchor is not None else copy.cursor
+        elif name in ("y", "enter"):
+            if copy.anchor is not None:
+                self._copy_out(copy)
+            self.stop_browsing()
+            return
+        self._browsing_changed()
+
     def _send_text(self, text: str) -> None:
+        self._send_bytes(text.encode("utf-8", "surrogateescape"))
+
+    def _send_bytes(self, data: bytes) -> None:
         if self._chrome.view_offset():
             self._chrome.scroll_to_bottom()
             self._invalidate_all()
             self._repaint()
-        self._send(text.encode("utf-8", "surrogateescape"))
+        self._send(data)
+        if data in INTERRUPTS:
+            self._catching_up = perf_counter() + CATCH_UP_SECONDS
+            if self.pending_bytes > self._backlog_cap():
+                self._shed_backlog()
+            self._check_drained()
 
     def on_key(self, event: events.Key) -> None:
-        if event.key == LEAVE_KEY:
-            return  # bubbles to the screen's binding that leaves the pane
+        # Keys by name: where the raw driver is not in use (tests, other platforms), or
+        # keys it handed to Textual. A priority binding (the leave key) never gets here.
         in_alt_screen = self._board.blitter.in_alt_screen
-        if event.key in ("shift+pageup", "shift+pagedown") and not in_alt_screen:
+        if self._drag is not None:
+            self._drag = None
+            self._invalidate_all()
+        if self._copy is not None:
+            self._browse_key(event)
+        elif event.key in ("shift+pageup", "shift+pagedown") and not in_alt_screen:
             page = max(1, self._rows - 1)
             self._scroll_history(-page if event.key == "shift+pageup" else page)
         else:
@@ -726,20 +1029,84 @@ class TerminalView(Widget, can_focus=True):
         event.prevent_default()
 
     def on_paste(self, event: events.Paste) -> None:
+        self._paste(event.text)
+        event.stop()
+        event.prevent_default()
+
+    def _paste(self, text: str) -> None:
         # As xterm does, line feeds become carriage returns (what Enter sends). A pasted
         # end-of-paste marker is removed so pasted text cannot escape the bracket.
-        text = event.text.replace("\r\n", "\r").replace("\n", "\r")
+        text = text.replace("\r\n", "\r").replace("\n", "\r")
         if self._board.modes.bracketed_paste:
             text = "\x1b[200~" + text.replace("\x1b[201~", "") + "\x1b[201~"
         if text:
             self._send_text(text)
+
+    # --- mouse --- #
+
+    def _report_mouse(self, event: events.MouseEvent) -> None:
+        with self._replies.technician_input():
+            mouse.report(self._board, event, self._cols, self._rows)
+
+    def on_mouse_down(self, event: events.MouseDown) -> None:
+        if mouse.remote_wants_mouse(self._board, event) and self._copy is None:
+            self.capture_mouse()  # the release and drags reach the remote even off the pane
+            self._report_mouse(event)
+        elif event.button == 1:
+            self.capture_mouse()
+            at = self._cell_at(event)
+            selection = self._copy
+            if selection is None:
+                selection = self._drag = CopyMode(cursor=at)
+            selection.cursor, selection.anchor = at, at
+            self._invalidate_all()
         event.stop()
-        event.prevent_default()
+
+    def on_mouse_up(self, event: events.MouseUp) -> None:
+        if mouse.remote_wants_mouse(self._board, event) and self._copy is None:
+            self.release_mouse()
+            self._report_mouse(event)
+        elif event.button == 1:
+            self.release_mouse()
+            selection = self._copy if self._copy is not None else self._drag
+            if selection is not None and selection.anchor is not None:
+                selection.cursor = self._cell_at(event)
+                if selection.cursor == selection.anchor:
+                    selection.anchor = None  # a click, not a drag: nothing selected
+                    self._drag = None if selection is self._drag else self._drag
+                else:
+                    self._copy_out(selection)
+                self._invalidate_all()
+                if self._copy is not None:
+                    self._browsing_changed()
+        event.stop()
+
+    def on_mouse_move(self, event: events.MouseMove) -> None:
+        if mouse.remote_wants_mouse(self._board, event) and self._copy is None:
+            self._report_mouse(event)
+        elif event.button == 1:
+            selection = self._copy if self._copy is not None else self._drag
+            if selection is not None and selection.anchor is not None:
+                selection.cursor = self._cell_at(event)
+                self._invalidate_all()
+        event.stop()
+
+    def _cell_at(self, event: events.MouseEvent) -> tuple[int, int]:
+        """The (row over history and screen, column) under the mouse, within the view."""
+        x = min(max(int(event.x), 0), self._cols - 1)
+        y = min(max(int(event.y), 0), self._rows - 1)
+        return self._view_top() + y, x
 
     def on_mouse_scroll_up(self, event: events.MouseScrollUp) -> None:
-        self._scroll_history(-3)
+        if mouse.remote_wants_wheel(self._board, event):
+            self._report_mouse(event)
+        else:
+            self._scroll_history(-3)
         event.stop()
 
     def on_mouse_scroll_down(self, event: events.MouseScrollDown) -> None:
-        self._scroll_history(3)
+        if mouse.remote_wants_wheel(self._board, event):
+            self._report_mouse(event)
+        else:
+            self._scroll_history(3)
         event.stop()

@@ -1,0 +1,1 @@
+"""Alembic's environment and revisions for the relay's database (run by relay/db/migrate.py)."""

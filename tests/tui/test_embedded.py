@@ -1,0 +1,119 @@
+"""The console's bundled relay: ports chosen once and kept (agents remember the SSH port),
+a taken port said plainly rather than moved, one relay per data dir (a second console
+attaches), every address only with a public URL, and its wheels prepared in the background."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tui.client import RelayClient
+from tui.embedded import EmbeddedError, start_embedded
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch) -> Path:
+    path = tmp_path / "console-data"
+    monkeypatch.setenv("ADHOC_CONSOLE_DATA_DIR", str(path))
+    return path
+
+
+async def test_ports_are_chosen_once_and_kept(data_dir: Path) -> None:
+    first = await start_embedded(("127.0.0.1", 0))
+    http_port, ssh_port = first.server.http_port, first.server.ssh_port
+    await first.stop()
+    again = await start_embedded()
+    try:
+        assert (again.server.http_port, again.server.ssh_port) == (http_port, ssh_port)
+        assert again.first_run_password is None and first.first_run_password
+    finally:
+        await again.stop()
+    # Someone else took the web port meanwhile: the relay says so instead of moving.
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("127.0.0.1", http_port))
+        taken.listen()
+        with pytest.raises(EmbeddedError) as refused:
+            await start_embedded()
+    assert f"cannot listen for HTTP on 127.0.0.1:{http_port}: the address is already in use" \
+        in str(refused.value)
+    assert "keeps the ports it first had" in str(refused.value)
+    # The lock went with the failed start: the next console starts normally.
+    last = await start_embedded()
+    await last.stop()
+
+
+async def test_a_second_console_on_the_same_data_dir_uses_the_running_relay(
+        data_dir: Path) -> None:
+    owner = await start_embedded(("127.0.0.1", 0))
+    try:
+        second = await start_embedded()
+        assert second.attached and second.owner_pid is not None
+        assert second.base_url == owner.base_url
+        client = RelayClient(second.base_url, second.token)
+        try:
+            assert (await client.me())["login"] == "admin"
+        finally:
+            await client.aclose()
+        await second.stop()  # an attached console leaves the relay running
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(f"{owner.base_url}/healthz")).status_code == 200
+        with pytest.raises(EmbeddedError, match=r"runs the bundled relay for .* quit it to "
+                                                r"start the relay with --listen"):
+            await start_embedded(("127.0.0.1", 0))
+    finally:
+        await owner.stop()
+
+
+async def test_an_address_this_computer_does_not_have_is_said_plainly(data_dir: Path) -> None:
+    with pytest.raises(EmbeddedError) as refused:
+        await start_embedded(("192.0.2.77", 0))
+    assert str(refused.value) == ("cannot listen on 192.0.2.77: Cannot assign requested "
+                                  "address: give --listen one of this computer's own addresses")
+
+
+async def test_listening_on_every_address_needs_the_public_url(data_dir: Path) -> None:
+    with pytest.raises(EmbeddedError, match="say how customers reach this computer with "
+                                            "--public-url"):
+        await start_embedded(("0.0.0.0", 0))
+    embedded = await start_embedded(("0.0.0.0", 0), "http://support.lan:8780")
+    try:
+        async with httpx.AsyncClient() as http:
+            info = (await http.get(f"http://127.0.0.1:{embedded.server.http_port}"
+                                   "/api/v1/relay")).json()
+        assert info["base_url"] == "http://support.lan:8780"
+        # Agents dial the public host name for SSH, not 0.0.0.0.
+        assert info["ssh"] == f"support.lan:{embedded.server.ssh_port}"
+    finally:
+        await embedded.stop()
+
+
+async def test_the_installer_says_preparing_until_the_wheels_are_built(
+        data_dir: Path) -> None:
+    embedded = await start_embedded(("127.0.0.1", 0))
+    try:
+        client = RelayClient(embedded.base_url, embedded.token)
+        try:
+            created = await client.create_session("customer@example.com", "Horse-battery-9")
+        finally:
+            await client.aclose()
+        script_url = created["join_url"] + "/install.sh"
+        async with httpx.AsyncClient(timeout=30) as http:
+            first = (await http.get(script_url)).text
+            assert "the relay is still preparing the installer" in first
+            for _ in range(1200):  # building fetches wheels with pip: allow it minutes
+                script = (await http.get(script_url)).text
+                if "preparing" not in script:
+                    break
+                await asyncio.sleep(0.25)
+        if embedded.server.service.wheels.failure:
+            pytest.skip(f"cannot build the wheels here (offline?): "
+                        f"{embedded.server.service.wheels.failure}")
+        assert "Installing the temporary Adhoc host" in script, script
+        assert (data_dir / "wheelhouse").is_dir()
+    finally:
+        await embedded.stop()

@@ -1,0 +1,112 @@
+"""The remote-control pane in the console, against a real relay and agent, driven by Pilot."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import pytest
+from textual.widgets import Static
+
+from tests.tui.helpers import console, give_password, online_session, wait_until
+from tui.screens import remote
+from tui.screens.audit import AuditModal
+from tui.screens.remote import RemoteScreen
+from tui.widgets.terminal import TerminalView
+
+
+@contextlib.asynccontextmanager
+async def shell_pane(relay, agents, tmp_path: Path, email: str, size: tuple[int, int],
+                     **options):
+    """The console with a remote shell open on a fresh online session: app, pilot, pane."""
+    _session, _agent, token = await online_session(relay, agents, tmp_path, email)
+    async with console(relay, token, size=size, **options) as (app, pilot, _table):
+        yield app, pilot, await open_shell(app, pilot)
+        await app.action_quit()
+
+
+async def open_shell(app, pilot) -> TerminalView:
+    await pilot.press("r")
+    await give_password(pilot, app)
+    await wait_until(pilot, lambda: isinstance(app.screen, RemoteScreen), timeout=30)
+    await wait_until(pilot, lambda: app.screen.channel is not None, timeout=30)
+    terminal = app.screen.query_one(TerminalView)
+    await wait_until(pilot, lambda: any(line.rstrip().endswith(("#", "$"))
+                                        for line in terminal.screen_lines()))
+    return terminal
+
+
+def shows(terminal: TerminalView, text: str) -> bool:
+    return any(text in line for line in terminal.screen_lines())
+
+
+def status(app) -> str:
+    return str(app.screen.query_one("#pane-status", Static).render())
+
+
+async def test_the_shell_starts_at_the_panes_size(relay, agents, tmp_path: Path) -> None:
+    async with shell_pane(relay, agents, tmp_path, "ida@example.com", (120, 40)) as (
+            _app, pilot, terminal):
+        await pilot.press(*"stty size", "enter")
+        await wait_until(pilot, lambda: shows(terminal, "39 120"))
+
+
+async def test_the_leave_key_twice_goes_to_the_shell(relay, agents, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    async with shell_pane(relay, agents, tmp_path, "jo@example.com", (100, 30)) as (
+            app, pilot, terminal):
+        assert status(app).endswith("^] back")
+        await pilot.press(*"cat -v", "enter")
+        monkeypatch.setattr(remote, "LEAVE_TWICE_SECONDS", 60)  # the test's pace is no matter
+        await pilot.press("ctrl+right_square_bracket")
+        assert isinstance(app.screen, RemoteScreen)
+        assert status(app).startswith(" ^] again: send ^] ·")
+        await pilot.press("ctrl+right_square_bracket", "enter")
+        await wait_until(pilot, lambda: shows(terminal, "^]"))
+        assert isinstance(app.screen, RemoteScreen) and app.focused is terminal
+        assert status(app).endswith("^] back")
+        await pilot.press("ctrl+c")
+
+        # Once, then any other key: back to the list, and the key is the list's.
+        await pilot.press("ctrl+right_square_bracket", "a")
+        await wait_until(pilot, lambda: isinstance(app.screen, AuditModal))
+        await pilot.press("escape")
+
+        # Once, and nothing else: back to the list when the wait is over.
+        await pilot.press("r")
+        await wait_until(pilot, lambda: app.focused is terminal)
+        monkeypatch.setattr(remote, "LEAVE_TWICE_SECONDS", 0.05)
+        await pilot.press("ctrl+right_square_bracket")
+        await wait_until(pilot, lambda: not isinstance(app.screen, RemoteScreen))
+
+
+async def test_history_from_the_leave_key_as_tmux_prefix(relay, agents, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    async with shell_pane(relay, agents, tmp_path, "liv@example.com", (100, 30)) as (
+            app, pilot, terminal):
+        await pilot.press(*"echo marker-$((6*7))", "enter")
+        await wait_until(pilot, lambda: shows(terminal, "marker-42"))
+        monkeypatch.setattr(remote, "LEAVE_TWICE_SECONDS", 60)
+        await pilot.press("ctrl+right_square_bracket", "slash")
+        await wait_until(pilot, lambda: status(app).startswith(" search older:"))
+        await pilot.press(*"marker-42", "enter", "v", "dollar_sign", "y")
+        await wait_until(pilot, lambda: app.clipboard == "marker-42")
+        await wait_until(pilot, lambda: status(app).endswith("^] back"))
+        assert isinstance(app.screen, RemoteScreen) and app.focused is terminal
+        await pilot.press("ctrl+right_square_bracket", "left_square_bracket")
+        await wait_until(pilot, lambda: status(app).startswith(" history ["))
+        await pilot.press("q")
+        await wait_until(pilot, lambda: status(app).endswith("^] back"))
+
+
+async def test_a_remapped_leave_key_frees_ctrl_bracket(relay, agents, tmp_path: Path) -> None:
+    async with shell_pane(relay, agents, tmp_path, "kim@example.com", (100, 30),
+                          keymap={"pane.leave": "f12"}) as (app, pilot, terminal):
+        assert status(app).endswith("f12 back")
+        await pilot.press(*"cat -v", "enter", "ctrl+right_square_bracket", "enter")
+        await wait_until(pilot, lambda: shows(terminal, "^]"))
+        assert isinstance(app.screen, RemoteScreen)
+        await pilot.press("ctrl+c", *"echo done", "enter")
+        await wait_until(pilot, lambda: shows(terminal, "done"))
+        await pilot.press("f12")
+        await wait_until(pilot, lambda: not isinstance(app.screen, RemoteScreen))
