@@ -303,6 +303,7 @@ def console_login(base_url: str, config: Path) -> dict[str, str]:
          "--password-stdin"], input=PASSWORD + "\n", text=True, capture_output=True,
         env={**os.environ, **env}, timeout=60)
     assert login.returncode == 0, login.stderr
+    assert PASSWORD not in login.stdout + login.stderr
     return env
 
 

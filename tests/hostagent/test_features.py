@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncssh
@@ -19,10 +20,10 @@ from tests.hostagent.helpers import inner_connection, read_until
 from tests.support import Api, start_session
 
 
-async def audit_events(api: Api, session_id: str, wanted: set[str],
-                       timeout: float = 15, until=lambda rows: True) -> list[dict]:
-    """The session's audit rows once every event in `wanted` is there and `until(rows)`
-    holds (the agent sends its rows in batches, so one kind may come before another)."""
+async def audit_events(api: Api, session_id: str, wanted: set[str], timeout: float = 15,
+                       until: Callable[[list[dict]], bool] = lambda _rows: True) -> list[dict]:
+    """The session's audit rows once every event in `wanted` is there and `until(rows)` holds
+    (the agent reports in batches: a second row of an event already seen comes later)."""
     async with asyncio.timeout(timeout):
         while True:
             response = await api.client.get(f"/api/v1/sessions/{session_id}/audit")

@@ -17,7 +17,7 @@ from tests.hostagent.test_customer_terminal import activate, customer_of
 from tests.hostagent.test_forwarding import echo_service, through
 from tests.openssh import make_key
 from tests.support import PASSWORD, SESSION_PASSWORD, Api, new_agent, run_cli
-from tests.tui.test_console import give_password, wait_until
+from tests.tui.helpers import give_password, wait_until
 from tui import sshconfig
 from tui.app import ConsoleApp
 from tui.client import RelayClient

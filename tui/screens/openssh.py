@@ -67,7 +67,7 @@ class OpenSSHModal(ModalScreen[ForwardRequest | None]):
             yield Button("Copy the ssh command (ctrl+y)", id="copy")
             if self.can_forward:
                 yield Label("Forward a local port to the customer's network (the customer "
-                            "is asked on their screen first):", classes="hint")
+                            "is asked on their screen first):", classes="hint", markup=False)
                 with Horizontal(classes="fields"):
                     yield Input(placeholder="local port (empty: any)", id="local",
                                 classes="port")
@@ -76,11 +76,11 @@ class OpenSSHModal(ModalScreen[ForwardRequest | None]):
                 yield Label("", id="error", classes="error", markup=False)
                 for forward in self.forwards:
                     yield Label(f"open: {forward}", classes="hint", markup=False)
-                yield Label("enter forwards · esc closes", classes="hint")
+                yield Label("enter forwards · esc closes", classes="hint", markup=False)
             else:
                 yield Label("Port forwarding is not included in this session's plan.",
-                            classes="hint")
-                yield Label("esc closes", classes="hint")
+                            classes="hint", markup=False)
+                yield Label("esc closes", classes="hint", markup=False)
 
     def on_mount(self) -> None:
         if self.can_forward:
