@@ -223,3 +223,31 @@ async def test_files_pane_opens_from_the_list(relay, agents, tmp_path: Path) -> 
         await pilot.press("f")
         await wait_until(pilot, lambda: app.screen is files)
         await app.action_quit()
+
+
+async def test_a_burst_of_keys_fills_the_new_session_form_field_by_field(relay) -> None:
+    """Keys that arrive together (typed fast, pasted, sent by a script or tmux send-keys)
+    land in the field they follow: tab and enter move on before the next key is handed out."""
+    from textual import events
+
+    from tui.screens.new_session import NewSessionModal
+
+    async with Api(relay.base_url) as api:
+        token = api.token
+    app = ConsoleApp(RelayClient(relay.base_url, token), "alice")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("n")
+        await wait_until(pilot, lambda: isinstance(app.screen, NewSessionModal)
+                         and app.screen.focused is not None)
+        burst = [*"dana@example.com", "tab", *"Secret-pass-123", "enter", *"Secret-pass-124",
+                 "shift+tab", "tab", "tab", *"a note"]
+        for key in burst:  # all in the app's queue at once, as the terminal driver puts them
+            app.post_message(events.Key(key, key if len(key) == 1 else
+                                        {"tab": "\t", "enter": "\r"}.get(key)))
+        await wait_until(pilot, lambda: app.screen.query_one("#note", Input).value == "a note",
+                         what="the note in its own field")
+        form = app.screen
+        assert form.query_one("#email", Input).value == "dana@example.com"
+        assert form.query_one("#password", Input).value == "Secret-pass-123"
+        assert form.query_one("#confirm", Input).value == "Secret-pass-124"
+        await app.action_quit()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from textual import on, work
+from textual.actions import SkipAction
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -32,7 +33,15 @@ def strength_hint(password: str) -> str:
 
 
 class NewSessionModal(ModalScreen[dict | None]):
-    BINDINGS = [Binding("escape", "cancel", "Cancel", id="modal.cancel")]
+    # Keys that move between fields are priority bindings: the app runs them before it hands
+    # on the next key, so text typed (or pasted, or sent by a script) right after tab or
+    # enter lands in the next field. As plain bindings they ran only once the key had
+    # bubbled up from the field, after the field had already taken the keys that followed.
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="modal.cancel"),
+                Binding("tab", "app.focus_next", show=False, priority=True),
+                Binding("shift+tab", "app.focus_previous", show=False, priority=True),
+                Binding("enter", "next_field", show=False, priority=True)]
+    FIELDS = ("email", "password", "confirm", "note")
 
     def __init__(self, client: RelayClient) -> None:
         super().__init__()
@@ -62,14 +71,18 @@ class NewSessionModal(ModalScreen[dict | None]):
         if not self.creating:
             self.query_one("#error", Label).update("")
 
+    def action_next_field(self) -> None:
+        """Enter in a field but the last moves on at once; elsewhere enter goes its usual way
+        (in the last field after the keys before it, so the values read are whole)."""
+        current = self.focused.id if isinstance(self.focused, Input) else None
+        if current not in self.FIELDS[:-1]:
+            raise SkipAction()
+        # set_focus, not focus(): focus() is deferred, and the next key must find the field.
+        self.set_focus(self.query_one(f"#{self.FIELDS[self.FIELDS.index(current) + 1]}", Input))
+
     @on(Input.Submitted)
-    def _next(self, event: Input.Submitted) -> None:
-        order = ["email", "password", "confirm", "note"]
-        current = event.input.id or ""
-        if current != "note" and current in order:
-            self.query_one(f"#{order[order.index(current) + 1]}", Input).focus()
-        else:
-            self._submit()
+    def _submitted(self) -> None:
+        self._submit()
 
     @on(Button.Pressed, "#create")
     def _pressed(self) -> None:
