@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import asyncssh
 import httpx
 
 from common.proxy import ProxySettingError, proxy_for
@@ -116,6 +117,19 @@ class Activation:
     password_verifier: str
     company: str
     technician: str
+    technician_key: str | None = None  # may log in as `technician` (OpenSSH public key)
+
+
+def _public_key(data: dict) -> str | None:
+    """The technician's key from an activation answer, if it sent one that parses."""
+    line = data.get("technician_key")
+    if not isinstance(line, str) or not line:
+        return None
+    try:
+        asyncssh.import_public_key(line)
+    except (asyncssh.KeyImportError, ValueError):
+        return None
+    return line
 
 
 def _error_from(response: httpx.Response) -> JoinError:
@@ -202,7 +216,7 @@ async def activate(link: JoinLink, code: Secret, host_key: str) -> Activation:
             ssh=ssh or None, relay_host_key=data["relay_host_key"],
             expires_at=data["expires_at"], features=tuple(data["features"]),
             password_verifier=data["password_verifier"], company=data["company"],
-            technician=data["technician"])
+            technician=data["technician"], technician_key=_public_key(data))
     except (ValueError, KeyError, TypeError, AttributeError):
         raise _not_understood(link) from None
 

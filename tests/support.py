@@ -180,9 +180,13 @@ class Api:
         await self.client.aclose()
 
     async def create_session(self, email: str = "customer@example.com",
-                             password: str = SESSION_PASSWORD) -> dict:
-        response = await self.client.post(
-            "/api/v1/sessions", json={"customer_email": email, "password": password})
+                             password: str = SESSION_PASSWORD,
+                             technician_key: str | None = None) -> dict:
+        """A new session; `technician_key` (an OpenSSH public key line) logs in to the host."""
+        body = {"customer_email": email, "password": password}
+        if technician_key is not None:
+            body["technician_key"] = technician_key
+        response = await self.client.post("/api/v1/sessions", json=body)
         assert response.status_code == 201, response.text
         return response.json()
 

@@ -18,6 +18,7 @@ from textual.screen import Screen
 from textual.worker import WorkerFailed, active_worker
 
 from common.secret import Secret
+from tui import sshconfig
 from tui.client import CONNECTED, HostConnector, RelayClient, RelayError, retry_delay
 from tui.config import embedded_data_dir
 from tui.failures import explain
@@ -33,6 +34,7 @@ from tui.screens.first_run import FirstRunModal
 from tui.screens.help import HelpModal, keys_of
 from tui.screens.modals import ConfirmModal, PasswordModal
 from tui.screens.new_session import NewSessionModal
+from tui.screens.openssh import OpenSSHModal
 from tui.screens.pane import PaneScreen
 from tui.screens.remote import RemoteScreen
 from tui.screens.sessions import SessionsScreen
@@ -143,6 +145,9 @@ class ConsoleApp(App):
                                 self.action_details)
             yield SystemCommand("New security code", "For a session still waiting for it",
                                 self.action_reissue_code)
+            yield SystemCommand("OpenSSH and port forwards",
+                                "The ssh command to copy; forward a local port to the "
+                                "customer's network", self.action_openssh)
         elif isinstance(screen, PaneScreen):
             yield SystemCommand("Back to sessions", "Leave this pane (it keeps running)",
                                 screen.action_leave)
@@ -292,6 +297,16 @@ class ConsoleApp(App):
             self.notify("Select a session first (n creates one).", severity="warning")
         return view
 
+    def _selected_active(self) -> dict | None:
+        """The selected session if it is active; else None, having said why."""
+        view = self._selected()
+        if view is not None and view["state"] != "active":
+            self.notify("The customer has not activated this session yet."
+                        if view["state"] == "pending" else "This session has ended.",
+                        severity="warning")
+            return None
+        return view
+
     def action_new_session(self) -> None:
         def created(result: dict | None) -> None:
             if result:
@@ -317,13 +332,8 @@ class ConsoleApp(App):
         self._open_pane("files")
 
     def _open_pane(self, kind: str) -> None:
-        view = self._selected()
+        view = self._selected_active()
         if view is None:
-            return
-        if view["state"] != "active":
-            self.notify("The customer has not activated this session yet."
-                        if view["state"] == "pending" else "This session has ended.",
-                        severity="warning")
             return
         feature = PANE_FEATURES[kind]
         if feature not in (view.get("features") or []):
@@ -431,6 +441,47 @@ class ConsoleApp(App):
         view = self._selected()
         if view is not None:
             self.push_screen(DetailModal(view, self.login, self.relay_ssh))
+
+    @work(group="openssh")
+    async def action_openssh(self) -> None:
+        """The ssh command for the selected session, and `-L`-style forwards (key o)."""
+        view = self._selected_active()
+        if view is None:
+            return
+        try:
+            relay = sshconfig.relay_from(await self.client.relay_info(), self.login)
+        except sshconfig.ConfigError as exc:
+            self.notify(str(exc), severity="error", markup=False)
+            return
+        commands = [("With OpenSSH (pins nothing: compare the key with the customer):",
+                     sshconfig.ssh_command(relay, view["id"])),
+                    ("After `adhoc-console ssh-config --write` (keys pinned):",
+                     f"ssh {view['id']}")]
+        request = await self.push_screen_wait(OpenSSHModal(
+            f"{clean(view['customer_email'])} ({view['id']})", commands,
+            self.connector.open_forwards(view["id"]),
+            "forward" in (view.get("features") or [])))
+        if request is None:
+            return
+        password = self.passwords.get(view["id"])
+        if password is None:
+            password = await self.push_screen_wait(PasswordModal(view))
+            if not password:
+                return
+        full = await self.client.session(view["id"])
+        try:
+            local = await self.connector.forward_local_port(full, password, request.local_port,
+                                                            request.host, request.port)
+        except RelayError as exc:
+            if exc.code == "wrong_password":
+                self.forget_password(view["id"])
+            raise
+        self.passwords[view["id"]] = password
+        where = f"[{request.host}]:{request.port}" if ":" in request.host \
+            else f"{request.host}:{request.port}"
+        self.notify(f"Forwarding {local} to {clean(where, 260)} on the customer's side; the "
+                    "customer is asked on their screen at the first connection.",
+                    markup=False, timeout=10)
 
     def action_help(self) -> None:
         if isinstance(self.screen, HelpModal):

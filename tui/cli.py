@@ -8,11 +8,15 @@ import difflib
 import getpass
 import ipaddress
 import sys
+from pathlib import Path
 from urllib.parse import urlsplit
+
+import asyncssh
 
 from common.secret import Secret
 from common.transport import tune_allocator
 from relay.config import parse_hostport
+from tui import sshconfig
 from tui.app import ConsoleApp
 from tui.client import RelayClient, RelayError
 from tui.config import ConsoleConfig, embedded_data_dir
@@ -51,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--relay", metavar="URL",
                         help="the relay to use (default: the one you logged in to, else the "
                              "bundled relay on this computer)")
+    parser.add_argument("--session-key", metavar="FILE",
+                        help="an SSH public key (e.g. ~/.ssh/id_ed25519.pub) sent with every "
+                             "session you create: it logs in to the host as you, for scripts "
+                             "(sftp -b, cron)")
     parser.add_argument("--listen", metavar="HOST:PORT",
                         help="where the bundled relay listens (default 127.0.0.1, ports "
                              "8780 and 8722 or free ones, kept once chosen); another "
@@ -66,6 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
     login.add_argument("--password-stdin", action="store_true",
                        help="read the password from standard input")
     sub.add_parser("logout", help="forget the stored relay and token")
+    config = sub.add_parser(
+        "ssh-config", help="OpenSSH config for your company's live sessions (ssh, scp, sftp, "
+                           "rsync and sshfs by session id)",
+        description="Print a Host block per live session (ProxyJump through the relay, "
+                    "HostKeyAlias, keepalive) and the keys to pin; with --write, put them in "
+                    "~/.ssh/adhoc/config and ~/.ssh/adhoc/known_hosts and include that from "
+                    "~/.ssh/config, so `ssh SESSION` works.")
+    config.add_argument("session", nargs="?", metavar="SESSION",
+                        help="only this session (its id, or the customer's email)")
+    config.add_argument("--write", action="store_true",
+                        help="write every live session to ~/.ssh/adhoc/ (run it again when "
+                             "sessions change)")
     tunnel = sub.add_parser(
         "tunnel", help="carry OpenSSH to the relay: use as ProxyCommand (see docs/CONSOLE.md)")
     tunnel.add_argument("url", metavar="URL", nargs="?",
@@ -140,6 +160,20 @@ async def _store_login(url: str, name: str, password: Secret) -> int:
     return 0
 
 
+def _session_key(path: str | None) -> str | None:
+    """The public key of --session-key, one OpenSSH line; SystemExit with a sentence."""
+    if path is None:
+        return None
+    try:
+        key = asyncssh.import_public_key(Path(path).expanduser().read_bytes())
+    except OSError as exc:
+        raise SystemExit(f"adhoc-console: cannot read {path}: {exc.strerror or exc}") from None
+    except (asyncssh.KeyImportError, ValueError):
+        raise SystemExit(f"adhoc-console: {path} is not an SSH public key: give the .pub "
+                         "file (ssh-keygen -t ed25519 makes one)") from None
+    return key.export_public_key("openssh").decode().strip()
+
+
 def _embedded_notice(embedded) -> str:
     if embedded.attached:
         return (f"Using the bundled relay that another console (process {embedded.owner_pid}) "
@@ -153,6 +187,7 @@ def _embedded_notice(embedded) -> str:
 
 
 async def _run(args: argparse.Namespace, config: ConsoleConfig) -> int:
+    session_key = _session_key(args.session_key)
     embedded = None
     first_run = notice = None
     url = relay_url(args.relay) if args.relay else config.relay_url
@@ -180,7 +215,7 @@ async def _run(args: argparse.Namespace, config: ConsoleConfig) -> int:
         if not config.token or url != config.relay_url:
             raise Refused(f"not logged in to {url}: run `{PROG} login {url}` first")
         token, login = config.token, config.login or ""
-    client = RelayClient(url, token)
+    client = RelayClient(url, token, session_key=session_key)
     try:
         if embedded is None:
             try:
@@ -200,6 +235,48 @@ async def _run(args: argparse.Namespace, config: ConsoleConfig) -> int:
     return 0
 
 
+async def _ssh_config(args: argparse.Namespace, config: ConsoleConfig) -> int:
+    url = args.relay or config.relay_url
+    if url is None or not config.token or url.rstrip("/") != config.relay_url:
+        print("adhoc-console: ssh-config needs a relay you logged in to: run `adhoc-console "
+              "login URL` first", file=sys.stderr)
+        return 2
+    client = RelayClient(url, config.token)
+    try:
+        me, info, body = await client.me(), await client.relay_info(), await client.sessions()
+    except RelayError as exc:
+        print(f"adhoc-console: {exc.detail}", file=sys.stderr)
+        return 1
+    finally:
+        await client.aclose()
+    try:
+        relay = sshconfig.relay_from(info, me.get("login") or config.login or "")
+        chosen, notes = sshconfig.entries(body["sessions"])
+    except sshconfig.ConfigError as exc:
+        print(f"adhoc-console: {exc}", file=sys.stderr)
+        return 1
+    if args.session:
+        wanted = [e for e in chosen if args.session in (e.session_id, e.customer, e.alias)]
+        if not wanted:
+            print(f"adhoc-console: no active session {args.session!r}: `adhoc-console "
+                  "ssh-config` lists every one", file=sys.stderr)
+            return 1
+    else:
+        wanted = chosen
+    if args.write:
+        for line in sshconfig.write(relay, chosen, notes):
+            print(line)
+        for entry in wanted:
+            print(f"ssh {entry.alias or entry.session_id}    # {entry.customer}")
+        return 0
+    known = Path.home() / ".ssh" / "adhoc" / "known_hosts"
+    print(sshconfig.render(relay, wanted, [] if args.session else notes, str(known)), end="")
+    print(f"\n# Keys to pin in {known} (--write does it):")
+    for line in sshconfig.known_hosts_lines(relay, wanted).splitlines():
+        print(f"#   {line}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     Parser.argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(Parser.argv)
@@ -207,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "login":
             return _login(args)
         config = ConsoleConfig.load()
+        if args.command == "ssh-config":
+            return asyncio.run(_ssh_config(args, config))
         if args.command == "tunnel":
             from tui.tunnel import run
 

@@ -99,10 +99,14 @@ KEEPALIVE_EXPIRY = 2.0
 
 class RelayClient:
     def __init__(self, base_url: str, token: str | Secret | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None, *,
+                 session_key: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = Secret(token) if token is not None else None
         self._transport = transport
+        # An SSH public key sent with every session created, to log in to its host as this
+        # technician (scripts: sftp -b, cron); `adhoc-console --session-key FILE`.
+        self.session_key = session_key
         try:
             self._http = self._new_http()
         except ProxySettingError as exc:
@@ -178,8 +182,10 @@ class RelayClient:
         if problem:  # the relay's own check and words, without sending the password anywhere
             raise RelayError(422, "invalid", problem + ".")
         verifier = await asyncio.to_thread(hash_password, reveal(password))
-        return await self._call("POST", "/sessions", json={
-            "customer_email": customer_email, "password_verifier": verifier, "note": note})
+        body = {"customer_email": customer_email, "password_verifier": verifier, "note": note}
+        if self.session_key:
+            body["technician_key"] = self.session_key
+        return await self._call("POST", "/sessions", json=body)
 
     async def end_session(self, session_id: str) -> dict:
         return await self._call("POST", f"/sessions/{session_id}/end", idempotent=True)
@@ -404,6 +410,8 @@ class HostConnector:
         self._relay: asyncssh.SSHClientConnection | None = None
         self._hosts: dict[str, asyncssh.SSHClientConnection] = {}
         self._lock = asyncio.Lock()
+        # session id -> ("127.0.0.1:8080", "192.168.1.1:80", listener) of its open forwards
+        self.forwards: dict[str, list[tuple[str, str, asyncssh.SSHListener]]] = {}
         self.route: Route | None = None  # how the SSH connection to the relay goes
 
     async def _relay_conn(self) -> asyncssh.SSHClientConnection:
@@ -443,9 +451,34 @@ class HostConnector:
             return conn
 
     def forget(self, session_id: str) -> None:
+        self.forwards.pop(session_id, None)  # they close with the connection
         conn = self._hosts.pop(session_id, None)
         if conn is not None:
             conn.close()
+
+    async def forward_local_port(self, session: dict, password: Secret, local_port: int,
+                                 host: str, port: int) -> str:
+        """Listen on 127.0.0.1:local_port (0: any free one) and carry each connection to
+        host:port through the session's host (`ssh -L`); the local address. The customer is
+        asked on their screen when a connection first goes to a destination."""
+        conn = await self.host(session, password)
+        try:
+            listener = await conn.forward_local_port("127.0.0.1", local_port, host, port)
+        except OSError as exc:
+            raise RelayError(0, "local_port", f"cannot listen on 127.0.0.1:{local_port}: "
+                             f"{exc.strerror or exc}; choose another local port") from None
+        local = f"127.0.0.1:{listener.get_port()}"
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.forwards.setdefault(session["id"], []).append((local, where, listener))
+        return local
+
+    def open_forwards(self, session_id: str) -> list[str]:
+        """"127.0.0.1:8080 → 192.168.1.1:80" for each forward still open to the session."""
+        conn = self._hosts.get(session_id)
+        if conn is None or conn.is_closed():
+            self.forwards.pop(session_id, None)
+            return []
+        return [f"{local} → {where}" for local, where, _ in self.forwards.get(session_id, [])]
 
     async def open_shell(self, session: dict, password: Secret, *, cols: int, rows: int,
                          shell_id: str, on_output: Callable[[bytes], None],

@@ -108,5 +108,6 @@ class CustomerCases(ServiceBase):
             "session_id": row.id, "agent_secret": agent_secret, "ssh": self.ssh_address,
             "relay_host_key": self.relay_host_key, "expires_at": iso(row.expires_at),
             "features": features, "password_verifier": row.password_verifier,
+            "technician_key": row.technician_key,
             "company": company.name, "technician": tech.login,
         }

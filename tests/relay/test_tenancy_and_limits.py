@@ -84,11 +84,12 @@ async def test_features_follow_the_plan(relay) -> None:
         session = (await create(ben)).json()
         granted = (await activate(relay.base_url, session)).json()["features"]
         assert "files" not in granted and "dashboard" not in granted and "shell" in granted
+        assert "forward" not in granted
         assert (await ben.session(session["id"]))["features"] == granted
     async with Api(relay.base_url, "carol") as carol:
         session = (await create(carol)).json()
         granted = (await activate(relay.base_url, session)).json()["features"]
-        assert {"files", "dashboard", "shell"} <= set(granted)
+        assert {"files", "dashboard", "shell", "forward"} <= set(granted)
 
 
 async def test_limit_errors_say_which_limit_and_what_to_do(relay) -> None:

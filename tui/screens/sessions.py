@@ -145,6 +145,8 @@ class SessionsScreen(Screen):
                 tooltip="a new security code for a session still waiting for one"),
         Binding("a", "app.audit", "Audit", show=False, id="sessions.audit",
                 tooltip="audit trail: who did what (enter opens a row)"),
+        Binding("o", "app.openssh", "OpenSSH", show=False, id="sessions.openssh",
+                tooltip="OpenSSH: the ssh command to copy, and forwarding a local port"),
         Binding("slash", "filter", "Filter", id="sessions.filter",
                 tooltip="filter by customer, host, state or id (esc clears)"),
         Binding("s", "cycle_sort", "Sort", show=False, id="sessions.sort",
