@@ -449,7 +449,8 @@ class ConsoleApp(App):
         if view is None:
             return
         try:
-            relay = sshconfig.relay_from(await self.client.relay_info(), self.login)
+            relay = sshconfig.relay_from(await self.client.relay_info(), self.login,
+                                         self.client.base_url)
         except sshconfig.ConfigError as exc:
             self.notify(str(exc), severity="error", markup=False)
             return

@@ -250,7 +250,7 @@ async def _ssh_config(args: argparse.Namespace, config: ConsoleConfig) -> int:
     finally:
         await client.aclose()
     try:
-        relay = sshconfig.relay_from(info, me.get("login") or config.login or "")
+        relay = sshconfig.relay_from(info, me.get("login") or config.login or "", url)
         chosen, notes = sshconfig.entries(body["sessions"])
     except sshconfig.ConfigError as exc:
         print(f"adhoc-console: {exc}", file=sys.stderr)

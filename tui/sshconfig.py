@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
+import shutil
+import sys
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
@@ -22,6 +25,10 @@ from common.transport import INNER_USER
 SESSION_ID = re.compile(r"^[a-z2-7]{16}$")
 LOGIN = re.compile(r"^[a-z0-9._-]{1,64}$")
 HOST = re.compile(r"^[A-Za-z0-9.-]{1,253}$|^[0-9A-Fa-f:]{2,39}$")
+# A relay URL that may go into a ProxyCommand: no space, quote, % (ssh's token character) or
+# anything a shell would read.
+RELAY_URL = re.compile(r"^(https?)://([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:]{2,39}\])"
+                       r"(?::([0-9]{1,5}))?(/[A-Za-z0-9._~/-]*)?$")
 KEY = re.compile(r"^(ssh-ed25519|ecdsa-sha2-nistp(256|384|521)|rsa-sha2-(256|512)|ssh-rsa|"
                  r"sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com) "
                  r"[A-Za-z0-9+/]+={0,3}$")
@@ -40,26 +47,44 @@ class Relay:
     port: int
     login: str
     host_key: str  # "ssh-ed25519 AAAA..."
+    tunnel: str | None = None  # the relay's URL, when SSH reaches it only through its web port
 
     @property
     def key_alias(self) -> str:
         return f"adhoc-relay-{self.host}-{self.port}"
 
 
-def relay_from(info: dict, login: str) -> Relay:
-    """The relay as GET /api/v1/relay describes it, checked."""
+def relay_from(info: dict, login: str, url: str | None = None) -> Relay:
+    """The relay as GET /api/v1/relay describes it, checked. A relay without an SSH port
+    (`serve --ssh off`) is reached through `adhoc-console tunnel URL`: `url` is the relay's."""
+    if not LOGIN.match(login):
+        raise ConfigError(f"the login {login!r} cannot be written into an OpenSSH config")
+    key = _key(info.get("host_key"), "the relay")
     if info.get("ssh") is None:
-        raise ConfigError("the relay has no SSH port (it serves SSH over its web address "
-                          "only): reach it with `ProxyCommand adhoc-console tunnel`, as "
-                          "docs/CONSOLE.md shows")
+        match = RELAY_URL.match((url or "").rstrip("/"))
+        if match is None:
+            raise ConfigError("the relay has no SSH port (it serves SSH over its web address "
+                              "only) and its URL cannot go into a ProxyCommand: reach it with "
+                              "`ProxyCommand adhoc-console tunnel URL`, as docs/CONSOLE.md shows")
+        scheme, host, port, _path = match.groups()
+        return Relay(host.strip("[]"), int(port or (443 if scheme == "https" else 80)), login,
+                     key, tunnel=match.group(0))
     host, _, port = str(info.get("ssh", "")).rpartition(":")
     host = host.strip("[]")
     if not HOST.match(host) or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"the relay's SSH address {info.get('ssh')!r} cannot be written into "
                           "an OpenSSH config: ask your administrator to check --public-url")
-    if not LOGIN.match(login):
-        raise ConfigError(f"the login {login!r} cannot be written into an OpenSSH config")
-    return Relay(host, int(port), login, _key(info.get("host_key"), "the relay"))
+    return Relay(host, int(port), login, key)
+
+
+def tunnel_command(url: str) -> str:
+    """`adhoc-console tunnel URL` as a ProxyCommand: this installation's adhoc-console by
+    its full path (ssh runs the command with the user's shell and PATH), quoted for the
+    shell, with ssh's `%` doubled."""
+    beside = Path(sys.executable).parent / "adhoc-console"
+    found = str(beside) if beside.exists() else shutil.which("adhoc-console")
+    words = [found] if found else [sys.executable, "-m", "tui.cli"]
+    return shlex.join([*words, "tunnel", url]).replace("%", "%%")
 
 
 def _key(line: object, whose: str) -> str:
@@ -124,7 +149,8 @@ def render(relay: Relay, chosen: list[Entry], notes: list[str], known_hosts: str
     out = [f"# Adhoc sessions of {relay.login} on {relay.host}:{relay.port}, written by "
            "`adhoc-console ssh-config`; run it again when sessions change.\n",
            f"Host {RELAY_ALIAS}\n  HostName {relay.host}\n  Port {relay.port}\n"
-           f"  User {relay.login}\n  HostKeyAlias {relay.key_alias}\n"
+           + (f"  ProxyCommand {tunnel_command(relay.tunnel)}\n" if relay.tunnel else "")
+           + f"  User {relay.login}\n  HostKeyAlias {relay.key_alias}\n"
            f"  UserKnownHostsFile {known_hosts}\n  StrictHostKeyChecking yes\n{KEEPALIVE}"]
     for entry in chosen:
         names = " ".join(filter(None, (entry.session_id, entry.alias)))
@@ -149,6 +175,10 @@ def known_hosts_lines(relay: Relay, chosen: list[Entry]) -> str:
 def ssh_command(relay: Relay, session_id: str) -> str:
     """The one line that works without any config (the keys are asked to be confirmed)."""
     host = f"[{relay.host}]" if ":" in relay.host else relay.host
+    if relay.tunnel:  # no SSH port: the jump itself goes through the tunnel
+        jump = (f"ssh -o ProxyCommand={shlex.quote(tunnel_command(relay.tunnel))} "
+                f"-W %h:%p {relay.login}@{host}")
+        return f"ssh -o ProxyCommand={shlex.quote(jump)} {INNER_USER}@{session_id}"
     return f"ssh -J {relay.login}@{host}:{relay.port} {INNER_USER}@{session_id}"
 
 

@@ -16,7 +16,14 @@ from textual.widgets import DataTable, Input, Label
 from tests.hostagent.test_customer_terminal import activate, customer_of
 from tests.hostagent.test_forwarding import echo_service, through
 from tests.openssh import make_key
-from tests.support import PASSWORD, SESSION_PASSWORD, Api, new_agent, run_cli
+from tests.support import (
+    PASSWORD,
+    SESSION_PASSWORD,
+    Api,
+    RelayProcess,
+    new_agent,
+    run_cli,
+)
 from tests.tui.helpers import give_password, wait_until
 from tui import sshconfig
 from tui.app import ConsoleApp
@@ -100,6 +107,41 @@ async def test_write_then_ssh_scp_rsync_by_id_and_name(relay, agents, tmp_path: 
     assert (tmp_path / "back.txt").read_text() == "pinned both ways\n"
 
 
+async def test_with_the_ssh_port_off_the_written_config_goes_through_the_tunnel(
+        data_dir: Path, agents, tmp_path: Path) -> None:
+    """A relay behind one HTTPS port (`serve --ssh off`): `ssh-config --write` makes the relay
+    hop a ProxyCommand of this console's `tunnel`, and stock ssh and scp work by name."""
+    relay = RelayProcess(data_dir, ("--ssh", "off"))
+    relay.start()
+    try:
+        home = tmp_path / "home"
+        (home / ".ssh").mkdir(parents=True)
+        key = make_key(home / ".ssh" / "id_ed25519")
+        run_cli(relay.data_dir, "technician", "add-key", "alice", f"{key}.pub")
+        (home / ".ssh" / "config").write_text(f"Host *\n  IdentityFile {key}\n")
+        async with Api(relay.base_url) as api:
+            session = await api.create_session("dana@example.com")
+            new_agent(agents, tmp_path, session).start()
+            view = await api.wait_for(session["id"], lambda v: v["online"])
+        login = await asyncio.to_thread(console, home, "login", relay.base_url, "--login",
+                                        "alice", "--password-stdin", stdin=PASSWORD + "\n")
+        assert login.returncode == 0, login.stderr
+        written = await asyncio.to_thread(console, home, "ssh-config", "--write")
+        assert written.returncode == 0, written.stderr
+        config = (home / ".ssh" / "adhoc" / "config").read_text()
+        assert f" tunnel {relay.base_url}\n" in config
+        ran = await asyncio.to_thread(openssh, home, "ssh", "adhoc-dana", "echo via-$((40+2))")
+        assert (ran.returncode, ran.stdout) == (0, "via-42\n"), ran.stderr
+        payload = tmp_path / "payload.txt"
+        payload.write_text("one port\n")
+        copied = await asyncio.to_thread(openssh, home, "scp", str(payload),
+                                         f"{view['id']}:{tmp_path}/copied.txt")
+        assert copied.returncode == 0, copied.stderr
+        assert (tmp_path / "copied.txt").read_text() == "one port\n"
+    finally:
+        relay.stop()
+
+
 def test_names_from_the_relay_never_become_directives() -> None:
     relay = sshconfig.relay_from({"ssh": "relay.example:8722",
                                   "host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB"},
@@ -122,11 +164,19 @@ def test_names_from_the_relay_never_become_directives() -> None:
     assert "Host *" not in text
 
 
-def test_a_relay_without_an_ssh_port_points_to_the_tunnel() -> None:
-    """`serve --ssh off`: GET /relay says ssh null; ssh-config says what to use instead."""
-    with pytest.raises(sshconfig.ConfigError, match="ProxyCommand adhoc-console tunnel"):
-        sshconfig.relay_from({"ssh": None, "host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB"},
-                             "alice")
+def test_a_relay_without_an_ssh_port_is_reached_through_the_tunnel() -> None:
+    """`serve --ssh off`: GET /relay says ssh null; the relay's block carries OpenSSH through
+    `adhoc-console tunnel URL`; a URL that could smuggle shell or ssh tokens is refused."""
+    info = {"ssh": None, "host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB"}
+    relay = sshconfig.relay_from(info, "alice", "https://support.example.com/")
+    assert (relay.host, relay.port) == ("support.example.com", 443)
+    text = sshconfig.render(relay, [], [], "/k")
+    assert "tunnel https://support.example.com\n" in text
+    assert sshconfig.ssh_command(relay, "a" * 16).count("ProxyCommand") == 2
+    for url in (None, "https://x.example/$(touch /tmp/p)", "https://x.example/%h",
+                "https://x.example/ a", "http://x.example;sh"):
+        with pytest.raises(sshconfig.ConfigError, match="ProxyCommand adhoc-console tunnel"):
+            sshconfig.relay_from(info, "alice", url)
 
 
 async def test_the_console_sends_its_session_key(relay, tmp_path: Path) -> None:
