@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import getpass
 import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -36,6 +34,7 @@ from bench.launch import (
     skip_ignore_packets,
 )
 from common.transport import INNER_USER, pinned, tune_allocator
+from tests.openssh import Sshd, sshd_server
 from tests.support import (
     PASSWORD,
     SESSION_PASSWORD,
@@ -116,12 +115,6 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def scratch_dir(prefix: str) -> Path:
     """A scratch folder in RAM where there is one, so disks do not flavour the numbers."""
     base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
@@ -146,6 +139,8 @@ class Levers:
     uvloop: bool = False  # uvloop in the relay and the agent
     relay_uvloop: bool = False  # uvloop in the relay only (the agent's PTY shells break on it)
     no_ignore: bool = False  # no SSH_MSG_IGNORE before each packet, in every asyncssh process
+    server_ciphers: tuple[str, ...] = ()  # what the relay and the agent's server offer
+    lazy_pipes: bool = False  # the agent's command output paused only past 1 MiB unsent
     label: str = "as shipped"
 
     def env(self) -> dict[str, str]:
@@ -249,9 +244,10 @@ def start_agent(session: dict, workdir: Path, levers: Levers) -> subprocess.Pope
 
 
 @contextlib.asynccontextmanager
-async def deployment(levers: Levers = SHIPPED, ssh_key: Path | None = None
-                     ) -> AsyncIterator[Deployment]:
-    """A real relay and a real `adhoc-host join` agent on loopback, both with `levers`."""
+async def deployment(levers: Levers = SHIPPED, ssh_key: Path | None = None,
+                     technician_key: str | None = None) -> AsyncIterator[Deployment]:
+    """A real relay and a real `adhoc-host join` agent on loopback, both with `levers`;
+    `ssh_key` logs the technician in to the relay, `technician_key` to the host (item 9)."""
     workdir = Path(tempfile.mkdtemp(prefix="adhoc-bench-"))
     provision_relay(workdir / "relay", ssh_key=ssh_key)
     relay = BenchRelay(workdir / "relay", levers=levers)
@@ -259,7 +255,7 @@ async def deployment(levers: Levers = SHIPPED, ssh_key: Path | None = None
     agent: subprocess.Popen | None = None
     try:
         async with Api(relay.base_url) as api:
-            session = await api.create_session()
+            session = await api.create_session(technician_key=technician_key)
             agent = start_agent(session, workdir, levers)
             view = await api.wait_for(session["id"], lambda v: v.get("online"), timeout=60)
             info = await api.relay_info()
@@ -358,75 +354,9 @@ async def direct_connection(server: DirectServer, levers: Levers = SHIPPED
 # --- the OpenSSH anchor: a throwaway sshd on loopback ----------------------------------------
 
 
-@dataclass
-class OpenSSH:
-    """A throwaway sshd on a free loopback port with its own host key and a throwaway user key."""
-
-    folder: Path
-    port: int = 0
-    user: str = field(default_factory=getpass.getuser)
-    proc: subprocess.Popen | None = None
-
-    @property
-    def key(self) -> Path:
-        return self.folder / "user_key"
-
-    @property
-    def known_hosts(self) -> Path:
-        return self.folder / "known_hosts"
-
-    @property
-    def host_public_key(self) -> str:
-        return (self.folder / "host_key.pub").read_text().strip()
-
-    def client_args(self) -> list[str]:
-        """Options for ssh/sftp: this key only, this host key only, nothing from ~/.ssh."""
-        return ["-F", "/dev/null", "-o", f"Port={self.port}", "-i", str(self.key),
-                "-o", "IdentitiesOnly=yes",
-                "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes",
-                "-o", "BatchMode=yes", "-o", "LogLevel=ERROR"]
-
-    def start(self) -> None:
-        sshd = shutil.which("sshd") or "/usr/sbin/sshd"
-        if not os.path.exists(sshd):
-            raise RuntimeError("OpenSSH's sshd is missing: apt-get install openssh-server")
-        self.folder.mkdir(parents=True, exist_ok=True)
-        for name in ("host_key", "user_key"):
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
-                            str(self.folder / name)], check=True)
-        shutil.copy(self.folder / "user_key.pub", self.folder / "authorized_keys")
-        self.port = free_port()
-        host_pub = " ".join(self.host_public_key.split()[:2])
-        self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {host_pub}\n")
-        sftp_server = next((p for p in ("/usr/lib/openssh/sftp-server",
-                                        "/usr/libexec/openssh/sftp-server") if os.path.exists(p)),
-                           "internal-sftp")
-        config = self.folder / "sshd_config"
-        config.write_text(
-            f"Port {self.port}\nListenAddress 127.0.0.1\n"
-            f"HostKey {self.folder / 'host_key'}\nPidFile {self.folder / 'sshd.pid'}\n"
-            f"AuthorizedKeysFile {self.folder / 'authorized_keys'}\n"
-            "StrictModes no\nUsePAM no\nPasswordAuthentication no\n"
-            "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
-            f"Subsystem sftp {sftp_server}\nLogLevel ERROR\n")
-        if os.geteuid() == 0:
-            os.makedirs("/run/sshd", exist_ok=True)
-        self.proc = subprocess.Popen([sshd, "-f", str(config), "-D", "-e"],
-                                     stdout=subprocess.DEVNULL,
-                                     stderr=(self.folder / "sshd.log").open("wb"))
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(
-                    ("127.0.0.1", self.port), timeout=1) as sock:
-                if sock.recv(4).startswith(b"SSH-"):
-                    return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise RuntimeError(f"sshd did not start: {(self.folder / 'sshd.log').read_text()}")
-
-    def stop(self) -> None:
-        stop_process(self.proc)
+class OpenSSH(Sshd):
+    """tests.openssh.Sshd (a throwaway sshd on loopback), which the bench also reaches with
+    asyncssh."""
 
     async def asyncssh_connection(self, levers: Levers = SHIPPED) -> asyncssh.SSHClientConnection:
         with technician_ciphers(levers):
@@ -436,15 +366,8 @@ class OpenSSH:
                 compression_algs=None)
 
 
-@contextlib.contextmanager
-def openssh_server():
-    server = OpenSSH(Path(tempfile.mkdtemp(prefix="adhoc-bench-sshd-")))
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(server.folder, ignore_errors=True)
+def openssh_server(*, jump: bool = False) -> contextlib.AbstractContextManager[OpenSSH]:
+    return sshd_server(jump=jump, kind=OpenSSH)
 
 
 def run_async(main) -> None:

@@ -42,11 +42,11 @@ import psutil
 from bench.common import (
     ROOT,
     BenchRelay,
-    free_port,
     header,
     table,
     verdict,
 )
+from tests.openssh import free_port
 
 READY_TIMEOUT = 60
 

@@ -3,13 +3,13 @@ the host online.
 
 Run: python -m bench.join [--rounds 10]
 
-DESIGN.md §6: the agent joins (link to active) in ≤ 3 s once installed. Each round the
-technician creates a session through the API, as the console does; then the customer's agent
-starts as a real process with the program already installed (`adhoc-host join <link> --yes`,
-the code in ADHOC_JOIN_CODE, through bench.launch with no levers: the product as shipped), and
-the relay's API is polled every 20 ms until the session is active (the code was accepted) and
-until the host is online (its tunnel is up: the technician can open a shell). The anchor, in
-the same round:
+The target (docs/BENCHMARKS.md, Targets): the agent joins (link to active) in ≤ 3 s once
+installed. Each round the technician creates a session through the API, as the console does;
+then the customer's agent starts as a real process with the program already installed
+(`adhoc-host join <link> --yes`, the code in ADHOC_JOIN_CODE, through bench.launch with no
+levers: the product as shipped), and the relay's API is polled every 20 ms until the session
+is active (the code was accepted) and until the host is online (its tunnel is up: the
+technician can open a shell). The anchor, in the same round:
 OpenSSH `ssh` logging in to a throwaway local sshd and running `true`, from process start to
 exit, the set-up users compare a connection to. Between rounds the session is ended, and the
 agent exits and removes itself as after any session.

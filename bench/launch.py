@@ -66,6 +66,27 @@ def restore_ignore_packets(original) -> None:
     SSHConnection.send_packet = original  # type: ignore[method-assign]
 
 
+def lazy_command_pipes(limit: int = 1024 * 1024) -> None:
+    """The agent's command output (hostagent/command.py) paused only when its channel holds
+    more than `limit` unsent, instead of after every read from the pipe."""
+    from hostagent.command import _Pipes
+
+    original = _Pipes.pipe_data_received
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        sink = self._sinks[fd]
+        if sink.channel.get_write_buffer_size() >= limit:
+            original(self, fd, data)
+            return
+        self.last_output = asyncio.get_running_loop().time()
+        try:
+            sink.write(data)
+        except (OSError, asyncssh.Error):
+            self.channel_gone.set()
+
+    _Pipes.pipe_data_received = pipe_data_received  # type: ignore[method-assign]
+
+
 def apply(levers: dict) -> None:
     """Apply the levers that concern this process (each process ignores the others')."""
     if levers.get("gcm"):
@@ -84,6 +105,13 @@ def apply(levers: dict) -> None:
             levers["agent_window"], levers.get("agent_packet") or 32768)
     if levers.get("no_ignore"):
         skip_ignore_packets()
+    if levers.get("server_ciphers"):
+        from common.transport import SERVER_ALGORITHMS
+
+        # The one dict both relay/sshd.py and hostagent/server.py spread into their options.
+        SERVER_ALGORITHMS["encryption_algs"] = tuple(levers["server_ciphers"])
+    if levers.get("lazy_pipes"):
+        lazy_command_pipes()
     if levers.get("uvloop"):
         import uvloop
 

@@ -1,6 +1,7 @@
 """SFTP get and put of one large file: relayed vs the same server direct vs OpenSSH sftp.
 
 Run: python -m bench.transfer [--mib 256] [--rounds 2] [--levers shipped,tuned,...]
+     python -m bench.transfer --tools sftp,scp,rsync [--mib 256] [--rounds 3] [--levers ...]
 
 Contenders, interleaved round by round so background load hits them all alike:
 - relayed: asyncssh client -> real relay process -> real `adhoc-host join` agent (its SFTP);
@@ -12,6 +13,14 @@ Contenders, interleaved round by round so background load hits them all alike:
 asyncssh transfers use asyncssh's default SFTP block size and request count. The time of an
 OpenSSH transfer is the `sftp -b` run minus an empty `sftp -b` session in the same round (so
 connection set-up is left out for every contender). Files live in /dev/shm when it exists.
+
+With --tools: stock OpenSSH `sftp`, `scp` (its default SFTP mode) and `rsync -e ssh`, default
+settings, each way, through the relay to the agent against the same tools through an OpenSSH
+jump host (a throwaway sshd allowing forwarding, `ProxyJump`) to a throwaway sshd target: the
+tool a technician would pick instead. Both paths log in with keys (the relay: the technician's
+key; the host: the key sent with the session). Each transfer's time is its run minus the same
+tool moving a one-byte file in the same round; anchor and contender alternate which goes
+first, round by round.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from bench.common import (
     header,
     median,
     openssh_server,
+    openssh_version,
     relayed_connection,
     run_async,
     scratch_dir,
@@ -69,6 +79,18 @@ VARIANTS: dict[str, Levers] = {
                            agent_packet=256 * 1024, tech_window=8 * MIB,
                            tech_packet=256 * 1024, uvloop=True,
                            label="gcm + inner 2 MiB + 8 MiB legs + uvloop"),
+    "chacha": Levers(server_ciphers=("aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
+                                     "chacha20-poly1305@openssh.com", "aes128-ctr",
+                                     "aes256-ctr"),
+                     label="as before issue 15: relay and agent also offer chacha20 and "
+                           "AES-CTR (OpenSSH clients take chacha20)"),
+    "pipes": Levers(lazy_pipes=True,
+                    label="agent: a command's output paused only past 1 MiB unsent, not after "
+                          "every pipe read (rsync's exec channel)"),
+    "ctr": Levers(server_ciphers=("aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
+                                  "aes128-ctr", "aes256-ctr"),
+                  label="AES-GCM and AES-CTR offered (OpenSSH clients take aes128-ctr with "
+                        "hmac-sha2-256-etm)"),
 }
 
 
@@ -210,16 +232,134 @@ def _report(name: str, levers: Levers, results: dict[str, list[tuple]], size: in
           f"(worse direction {kept:.2f}x the same-relay path)\n")
 
 
+# --- stock OpenSSH tools: through the relay vs through an OpenSSH jump host -------------------
+
+TOOLS = ("sftp", "scp", "rsync")
+
+
+def _jump_config(folder: Path, jump: OpenSSH, target: OpenSSH) -> Path:
+    """ssh_config reaching `target` as host "h" through `jump` (ProxyJump), keys pinned."""
+    known = folder / "jump_anchor_known_hosts"
+    known.write_text(f"[127.0.0.1]:{jump.port} {jump.host_public_key}\n"
+                     f"[127.0.0.1]:{target.port} {target.host_public_key}\n")
+    config = folder / "jump_anchor_config"
+    config.write_text(
+        f"Host jump\n  HostName 127.0.0.1\n  Port {jump.port}\n  User {jump.user}\n"
+        f"  IdentityFile {jump.key}\n"
+        f"Host h\n  HostName 127.0.0.1\n  Port {target.port}\n  User {target.user}\n"
+        f"  IdentityFile {target.key}\n  ProxyJump jump\n"
+        f"Host *\n  IdentitiesOnly yes\n  BatchMode yes\n  UserKnownHostsFile {known}\n"
+        "  StrictHostKeyChecking yes\n  LogLevel ERROR\n")
+    return config
+
+
+def _tool_command(tool: str, config: Path, direction: str, source: Path, dest: Path) -> tuple:
+    """(argv, stdin) of `tool` moving `source` to `dest` ("get": from h, "put": to h)."""
+    if tool == "sftp":
+        verb = "get" if direction == "get" else "put"
+        return ["sftp", "-q", "-F", str(config), "-b", "-", "h"], f'{verb} "{source}" "{dest}"\n'
+    remote_source = f"h:{source}" if direction == "get" else str(source)
+    remote_dest = str(dest) if direction == "get" else f"h:{dest}"
+    if tool == "scp":
+        return ["scp", "-q", "-F", str(config), remote_source, remote_dest], None
+    return ["rsync", "-e", f"ssh -F {config}", remote_source, remote_dest], None
+
+
+def tool_seconds(tool: str, config: Path, direction: str, source: Path, work: Path,
+                 size: int, tiny: Path) -> float:
+    """Seconds `tool` takes to move `source` one way, less its run with a one-byte file."""
+    times = []
+    for src, expected in ((tiny, 1), (source, size)):
+        dest = work / f"{tool}-{direction}.bin"
+        argv, stdin = _tool_command(tool, config, direction, src, dest)
+        start = time.perf_counter()
+        subprocess.run(argv, input=stdin, text=True, check=True, timeout=TIMEOUT,
+                       stdout=subprocess.DEVNULL)
+        times.append(time.perf_counter() - start)
+        _check(dest, expected)
+        dest.unlink()
+    return times[1] - times[0]
+
+
+async def run_tools(variants: dict[str, Levers], tools: list[str], src: Path, work: Path,
+                    size: int, rounds: int) -> dict[tuple[str, str, str], list[float]]:
+    """Every tool, both ways, through the jump-host anchor and through a relay per variant
+    (all running at once), interleaved within each round; seconds by (tool, direction,
+    path)."""
+    from tests.openssh import RelayPath, make_key
+
+    keys = work / "keys"
+    keys.mkdir()
+    inner_key = make_key(keys / "inner_key")
+    tiny = work / "tiny.bin"
+    tiny.write_bytes(b"x")
+    results: dict[tuple[str, str, str], list[float]] = {}
+    async with contextlib.AsyncExitStack() as stack:
+        jump = stack.enter_context(openssh_server(jump=True))
+        target = stack.enter_context(openssh_server())
+        paths = {ANCHOR: _jump_config(keys, jump, target)}
+        for name, levers in variants.items():
+            dep = await stack.enter_async_context(deployment(
+                levers, technician_key=Path(f"{inner_key}.pub").read_text()))
+            paths[name] = RelayPath(keys / name, dep.relay, dep.api.login_name, dep.session,
+                                    " ".join(dep.relay_host_key.split()[:2]),
+                                    inner_key=inner_key).config
+        names = list(paths)
+        for round_no in range(rounds):
+            order = names[round_no % len(names):] + names[:round_no % len(names)]
+            for tool in tools:
+                for direction in ("get", "put"):
+                    for path in order:
+                        seconds = await asyncio.to_thread(
+                            tool_seconds, tool, paths[path], direction, src, work, size, tiny)
+                        results.setdefault((tool, direction, path), []).append(seconds)
+    _report_tools(variants, tools, results, size)
+    return results
+
+
+ANCHOR = "OpenSSH jump host"
+
+
+def _report_tools(variants: dict[str, Levers], tools: list[str],
+                  results: dict[tuple[str, str, str], list[float]], size: int) -> None:
+    runs = len(next(iter(results.values())))
+    for name, levers in variants.items():
+        print(f"-- {name}: {levers.label}")
+    print(f"median of {runs} interleaved rounds, MB = 10^6 B; ratio = via relay / via jump host")
+    rows = []
+    worst = {name: float("inf") for name in variants}
+    for tool in tools:
+        for direction in ("get", "put"):
+            anchor = size / median(results[(tool, direction, ANCHOR)]) / 1e6
+            row = [f"{tool} {direction}", f"{anchor:.0f}"]
+            for name in variants:
+                ours = size / median(results[(tool, direction, name)]) / 1e6
+                worst[name] = min(worst[name], ours / anchor)
+                row += [f"{ours:.0f}", f"{ours / anchor:.2f}x"]
+            rows.append(row)
+    columns = ["tool", f"{ANCHOR} MB/s"]
+    for name in variants:
+        columns += [f"{name} MB/s", f"{name} ratio"]
+    table(columns, rows)
+    for name in variants:
+        print(f"{name}: target stock tools via relay >= 1.0x via jump host (every row): "
+              f"{verdict(worst[name] >= 1.0)} (worst row {worst[name]:.2f}x)")
+    print()
+
+
 async def main_async(args: argparse.Namespace) -> None:
     header(f"SFTP transfer of {args.mib} MiB: technician -> relay -> agent vs anchors",
            "asyncssh", "cryptography")
-    from bench.common import openssh_version
-
     print(f"OpenSSH: {openssh_version()} (client and sshd, their default ciphers)\n")
     size = args.mib * MIB
     work = scratch_dir("adhoc-bench-transfer-")
     try:
         src = make_source(work, size)
+        if args.tools:
+            await run_tools({name: VARIANTS[name] for name in args.levers.split(",")},
+                            args.tools.split(","), src, work, size, args.rounds)
+            print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+            return
         with openssh_server() as sshd:
             for name in args.levers.split(","):
                 with technician_process(VARIANTS[name]):
@@ -235,7 +375,13 @@ def main() -> None:
     parser.add_argument("--mib", type=int, default=256, help="file size in MiB (default 256)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (default 2)")
     parser.add_argument("--no-jump", action="store_true", help="skip OpenSSH sftp -J via relay")
-    run_async(main_async(parse_with_levers(parser)))
+    parser.add_argument("--tools", metavar="LIST",
+                        help=f"instead: stock OpenSSH tools ({','.join(TOOLS)}) via the relay "
+                             "against the same tools via an OpenSSH jump host")
+    args = parse_with_levers(parser)
+    if args.tools and not set(args.tools.split(",")) <= set(TOOLS):
+        parser.error(f"--tools takes a comma-separated list of {', '.join(TOOLS)}")
+    run_async(main_async(args))
 
 
 def parse_with_levers(parser: argparse.ArgumentParser) -> argparse.Namespace:

@@ -45,7 +45,8 @@ class AgentEvent(StrEnum):
 
 # event -> what it records and with which fields (docs/PROTOCOL.md lists the same)
 AGENT_EVENTS: dict[str, str] = {
-    AgentEvent.TECHNICIAN_CONNECTED: "a technician logged in to the host",
+    AgentEvent.TECHNICIAN_CONNECTED: "a technician logged in to the host (field: method, "
+                                      "password or publickey)",
     AgentEvent.TECHNICIAN_DISCONNECTED: "that technician's connection to the host ended",
     AgentEvent.SESSION_PASSWORD: "a wrong session password (outcome wrong; field: failures, "
                                  "in the session)",

@@ -22,8 +22,15 @@ ENCRYPTION = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
 # nothing weaker: hybrid post-quantum and X25519 key exchange only (no SHA-1, no finite-field
 # groups, whose large exponentiations let an unauthenticated client stall the event loop),
 # MACs only encrypt-then-MAC with SHA-2 (AEAD ciphers need none), signatures only SHA-2 (no
-# ssh-rsa with SHA-1, no DSA), no compression. OpenSSH clients take the first cipher of their
-# own list that the server offers, so ENCRYPTION's order matters only to Adhoc's clients.
+# ssh-rsa with SHA-1, no DSA), no compression.
+# Ciphers: AES-GCM only. OpenSSH clients take the first cipher of *their own* list that the
+# server offers (chacha20-poly1305, then AES-CTR, then AES-GCM): offered chacha20 they took
+# it, the slowest in Python; stock sftp/scp downloads through the relay ran at 0.51-0.52x of
+# an OpenSSH jump host, 0.66-0.76x with AES-GCM only (docs/BENCHMARKS.md, Stock OpenSSH
+# tools). A client without AES-GCM (OpenSSH before 6.2, PuTTY before 0.76, Dropbear builds
+# without it) is refused with "no matching cipher". ENCRYPTION, the order Adhoc's own clients
+# ask for, keeps the others for servers that lack AES-GCM.
+SERVER_ENCRYPTION = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 _KEX_WANTED = ("mlkem768x25519-sha256", "sntrup761x25519-sha512",
                "sntrup761x25519-sha512@openssh.com", "curve25519-sha256",
                "curve25519-sha256@libssh.org")
@@ -42,7 +49,8 @@ def _offered(wanted: tuple[str, ...]) -> tuple[str, ...]:
 
 
 KEX_ALGS = _offered(_KEX_WANTED)
-SERVER_ALGORITHMS = {"kex_algs": KEX_ALGS, "encryption_algs": ENCRYPTION, "mac_algs": MAC_ALGS,
+SERVER_ALGORITHMS = {"kex_algs": KEX_ALGS, "encryption_algs": SERVER_ENCRYPTION,
+                     "mac_algs": MAC_ALGS,
                      "signature_algs": SIGNATURE_ALGS, "compression_algs": None}
 OUTER_WINDOW = 8 * 1024 * 1024
 OUTER_PACKET = 256 * 1024
@@ -60,6 +68,21 @@ LISTEN_BACKLOG = 65535
 # (<session-id>, INNER_PORT), and the one user its inner SSH server knows.
 INNER_PORT = 22
 INNER_USER = "support"
+
+
+def sha2_signatures_only(key: asyncssh.SSHKey) -> asyncssh.SSHKey:
+    """`key`, allowed to verify a client's signature only with SIGNATURE_ALGS: asyncssh checks
+    a login's signature with the key object a server accepted, and an RSA key would otherwise
+    also take ssh-rsa (SHA-1) signatures."""
+    key.all_sig_algorithms = {alg.encode() for alg in SIGNATURE_ALGS} \
+        & set(key.all_sig_algorithms)
+    return key
+
+
+def same_key(key: asyncssh.SSHKey, openssh_line: str) -> bool:
+    """Whether `key` is the public key of an OpenSSH line ("ssh-ed25519 AAAA... comment")."""
+    return key.export_public_key("openssh").split()[:2] == \
+        [part.encode() for part in openssh_line.split()[:2]]
 
 
 def pinned(public_key: str) -> tuple[list, list, list]:

@@ -160,7 +160,9 @@ class Agent:
         self.audit.start()
         self.state = AgentState(activation.password_verifier, activation.features,
                                 self.notices, self.audit.add,
-                                detached_timeout=self.options.detached_timeout)
+                                detached_timeout=self.options.detached_timeout,
+                                technician=activation.technician,
+                                technician_key=activation.technician_key)
         self.notices.state = self.state
         self.notices.time_left = clock.remaining
         routes = cluster_routes(relay_routes(activation.ssh, self.link.base_url,
@@ -185,7 +187,12 @@ class Agent:
                 keys.stop()
             ticker.cancel()
             self.notices.finish()  # lines only from here: no status line for what is over
-            # Whatever ended it: no shell, command or process of the session outlives this.
+            # Connected technicians are told why first (over the tunnel, while it is up)...
+            self.state.goodbye("the customer ended it" if end_task.done() else
+                               "its time is over" if expiry_task.done() else
+                               "the customer's computer stopped it")
+            # ...then, whatever ended it: no shell, command or process of the session
+            # outlives this.
             self.state.kill_all()
         if end_task in done:
             return await self._end_by_customer(activation, tunnel_task, expiry_task)

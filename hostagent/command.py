@@ -123,10 +123,11 @@ def _signal_group(pgid: int, sig: int) -> None:
 
 
 async def run_command(process: asyncssh.SSHServerProcess, command: str,
-                      reaper: Reaper | None = None) -> int:
-    """Run `command` in the login shell for this channel; its exit status."""
+                      reaper: Reaper | None = None, env: dict[str, str] | None = None) -> int:
+    """Run `command` in the login shell for this channel, with `env` added to the login
+    environment; its exit status."""
     loop = asyncio.get_running_loop()
-    env = shell_environment("dumb")
+    env = shell_environment("dumb", env)
     try:
         transport, pipes = await loop.subprocess_exec(
             lambda: _Pipes(process), login_shell(), "-c", command,

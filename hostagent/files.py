@@ -11,6 +11,7 @@ technician left there, or what they took away), in a thread so the event loop st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import stat
@@ -84,7 +85,18 @@ def _attribute_changes(attrs: asyncssh.SFTPAttrs) -> tuple[dict, list[str]]:
 def make_sftp_factory(state: AgentState, who_of: Callable[[asyncssh.SSHServerChannel], str]):
     """SFTP only when the plan grants files; every session is noticed and audited."""
     if not state.allows("files"):
-        return None
+
+        async def refuse(chan: asyncssh.SSHServerChannel) -> asyncssh.SFTPServer:
+            """The subsystem is accepted only to say why it ends (exit status 1): a refused
+            request would leave OpenSSH users with "subsystem request failed"."""
+            with contextlib.suppress(OSError, asyncssh.Error):
+                chan.write_stderr(state.refusal(who_of(chan), "file transfer (SFTP)"))
+                chan.exit(1)
+            # No SFTP server follows: asyncssh ends a channel's task quietly on cancellation
+            # (any other exception here would close the technician's whole connection).
+            raise asyncio.CancelledError
+
+        return refuse
 
     class AuditedSFTP(asyncssh.SFTPServer):
         def __init__(self, chan: asyncssh.SSHServerChannel) -> None:
@@ -101,6 +113,10 @@ def make_sftp_factory(state: AgentState, who_of: Callable[[asyncssh.SSHServerCha
             self._activity.close()
             self._doing.__exit__(None, None, None)
             super().exit()
+            # Like sftp-server under sshd: the subsystem ends with an exit status, which
+            # `scp` (in its default SFTP mode) waits for and reads as its own.
+            with contextlib.suppress(OSError, asyncssh.Error):
+                self.channel.exit(0)
 
         # --- transfers ---------------------------------------------------------------------
 

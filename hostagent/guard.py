@@ -36,6 +36,8 @@ LOCKED_MESSAGE = ("Adhoc: this computer stopped accepting the session password a
 PENDING_LIMIT = 64
 WRONG_MESSAGE = ("Adhoc: wrong session password; after {left} more wrong {tries} this "
                  "computer stops accepting it.")
+WRONG_USER_MESSAGE = ("Adhoc: there is no user {user} here: log in as {inner} "
+                      "({inner}@<session-id>) with the session password.")
 BUSY_MESSAGE = ("Adhoc: too many logins are waiting for their password check on this "
                 "computer; try again in a minute.")
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import asyncssh
 import httpx
 
 from common.proxy import ProxySettingError, proxy_for
@@ -119,6 +120,19 @@ class Activation:
     # Every relay of the cluster, as the relay listed them ([{"ssh", "http"}]): where the
     # agent goes when its relay dies (common/reach.py cluster_routes reads them).
     relays: tuple = ()
+    technician_key: str | None = None  # may log in as `technician` (OpenSSH public key)
+
+
+def _public_key(data: dict) -> str | None:
+    """The technician's key from an activation answer, if it sent one that parses."""
+    line = data.get("technician_key")
+    if not isinstance(line, str) or not line:
+        return None
+    try:
+        asyncssh.import_public_key(line)
+    except (asyncssh.KeyImportError, ValueError):
+        return None
+    return line
 
 
 def _error_from(response: httpx.Response) -> JoinError:
@@ -205,7 +219,7 @@ async def activate(link: JoinLink, code: Secret, host_key: str) -> Activation:
             ssh=ssh or None, relay_host_key=data["relay_host_key"],
             expires_at=data["expires_at"], features=tuple(data["features"]),
             password_verifier=data["password_verifier"], company=data["company"],
-            technician=data["technician"],
+            technician=data["technician"], technician_key=_public_key(data),
             relays=tuple(data["relays"]) if isinstance(data.get("relays"), list) else ())
     except (ValueError, KeyError, TypeError, AttributeError):
         raise _not_understood(link) from None

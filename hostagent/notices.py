@@ -10,6 +10,8 @@ commands:
     s   show the status again
     u   allow logins again after too many wrong session passwords
     ?   show these keys
+    y/n/a  answer a technician's request to reach a host and port through this computer
+           (yes / no / all for the rest of the session)
 
 Every string that came from elsewhere (names from the relay, the technician's login, chat) is
 made printable first (hostagent/text.py). An outage of the relay is one line when it starts
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import collections
 import contextlib
 import logging
 import os
@@ -28,8 +31,10 @@ import sys
 import time
 import unicodedata
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TextIO
 
+from hostagent.forwards import ALL, NO, NO_ANSWER, UNATTENDED, YES
 from hostagent.state import AgentState, Notices
 from hostagent.text import format_left, local_time, printable
 
@@ -37,6 +42,18 @@ log = logging.getLogger("adhoc.host")
 
 KEYS_HELP = "Keys: e end the session, c chat with the technician, s status, ? help"
 STATUS_REFRESH = 30.0
+
+
+@dataclass
+class ForwardQuestion:
+    """A technician's request to reach a destination, waiting for the customer's answer."""
+
+    who: str  # printable
+    where: str  # printable host:port
+    answer: asyncio.Future[str]
+
+    def prompt(self) -> str:
+        return f"Allow {self.who} to reach {self.where}? [y]es / [n]o / [a]ll this session "
 
 
 class LineNotices(Notices):
@@ -55,6 +72,9 @@ class LineNotices(Notices):
         self.outage_since: float | None = None  # fixed for the whole of one outage
         self.problem: str | None = None  # why the relay cannot be reached, said once each
         self.prompt: str | None = None  # replaces the status line while the customer types
+        # Forwards waiting for the customer's y/n/a, oldest first: the first is the prompt
+        # whenever the customer is not typing something else.
+        self.questions: collections.deque[ForwardQuestion] = collections.deque()
         self._drawn = 0
 
     # --- drawing ---------------------------------------------------------------------------
@@ -81,7 +101,9 @@ class LineNotices(Notices):
             return
         self._clear_status()
         width = self._width()
-        text = self.prompt[-width:] if self.prompt is not None else self.status_text(width)
+        prompt = self.prompt if self.prompt is not None else \
+            self.questions[0].prompt() if self.questions else None
+        text = prompt[-width:] if prompt is not None else self.status_text(width)
         self._write(text)
         self._drawn = len(text)
 
@@ -186,6 +208,40 @@ class LineNotices(Notices):
     def changed(self) -> None:
         self.redraw()
 
+    def ask_forward(self, who: str, where: str) -> asyncio.Future[str]:
+        answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        if not self.interactive:
+            answer.set_result(UNATTENDED)  # nobody to ask: refused
+            return answer
+        question = ForwardQuestion(printable(who, 64), where, answer)
+        self.questions.append(question)
+        answer.add_done_callback(lambda _: self._answered(question))
+        self.say(f"Technician {question.who} wants to reach {where} through your computer: "
+                 "press y to allow it, n to refuse, a to allow everything this session.")
+        self._write("\a")  # a bell, so a customer looking elsewhere notices
+        return answer
+
+    def answer(self, choice: str) -> None:
+        """The customer's y/n/a for the oldest question."""
+        if self.questions and not self.questions[0].answer.done():
+            self.questions[0].answer.set_result(choice)
+
+    def _answered(self, question: ForwardQuestion) -> None:
+        with contextlib.suppress(ValueError):
+            self.questions.remove(question)
+        result = question.answer.result()
+        who, where = question.who, question.where
+        said = {YES: f"You allowed {who} to reach {where}.",
+                ALL: f"You allowed {who} to reach anything this computer can reach, for the "
+                     "rest of the session.",
+                NO: f"You refused: {who} cannot reach {where}.",
+                NO_ANSWER: f"No answer in time: {who} cannot reach {where}."}.get(result)
+        if said is not None and not (result == NO and self.state is not None
+                                     and self.state.ended):
+            self.say(said)
+        else:
+            self.redraw()
+
     def connection(self, state: str, detail: str) -> None:
         """The tunnel's state: "connecting", "connected" or "reconnecting" (with a detail
         for the log). One line when an outage starts and one when it ends."""
@@ -289,6 +345,8 @@ class KeyReader:
                 self.on_end()
             else:
                 self.notices.say("The session goes on.")
+        elif self.notices.questions and ch in ("y", "Y", "n", "N", "a", "A", "\x1b"):
+            self.notices.answer({"y": YES, "a": ALL}.get(ch.lower(), NO))
         elif ch in ("e", "E", "\x05"):
             self._mode = "confirm-end"
             self.notices.prompt = ("End the session now? The technician is disconnected and "
@@ -305,8 +363,9 @@ class KeyReader:
             if not self.on_unlock():
                 self.notices.say("Logins are not stopped: nothing to allow.")
         elif ch in ("?", "h", "H"):
-            self.notices.say(KEYS_HELP + ", u allow logins after too many wrong passwords "
-                             "(ctrl+c also ends the session).")
+            self.notices.say(KEYS_HELP + ", u allow logins after too many wrong passwords, "
+                             "y/n/a answer a request to reach a host and port through this "
+                             "computer (ctrl+c also ends the session).")
 
     def _chat_prompt(self) -> None:
         self.notices.prompt = f"Message (Enter sends, Esc cancels): {self._typed}"

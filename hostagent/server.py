@@ -9,30 +9,70 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 
 import asyncssh
-from asyncssh import DISC_NO_MORE_AUTH_METHODS_AVAILABLE
+from asyncssh import DISC_NO_MORE_AUTH_METHODS_AVAILABLE, DISC_SERVICE_NOT_AVAILABLE
 
 from common.secret import Secret
-from common.transport import INNER_PACKET, INNER_USER, SERVER_ALGORITHMS
+from common.transport import (
+    INNER_PACKET,
+    INNER_PORT,
+    INNER_USER,
+    SERVER_ALGORITHMS,
+    same_key,
+    sha2_signatures_only,
+)
 from hostagent.audit import Event
 from hostagent.chat import serve_chat
 from hostagent.command import run_command
 from hostagent.dashboard import serve_dashboard
 from hostagent.files import make_sftp_factory
-from hostagent.guard import BUSY_MESSAGE, LOCKED_MESSAGE, WRONG_MESSAGE, Verdict
+from hostagent.guard import (
+    BUSY_MESSAGE,
+    LOCKED_MESSAGE,
+    WRONG_MESSAGE,
+    WRONG_USER_MESSAGE,
+    Verdict,
+)
+from hostagent.shell import accepted_env
 from hostagent.shells import SHELL_ID_ENV, SHELL_ID_RE, Attachment, ShellLimit
 from hostagent.state import AgentState
-from hostagent.text import audited_command, shown_command
+from hostagent.text import audited_command, printable, shown_command
 
 log = logging.getLogger("adhoc.host")
+
+REMOTE_FORWARD_REFUSED = ("Adhoc: remote forwarding (-R, port {port}) is not available: "
+                          "nothing on the customer's computer may connect back to you. "
+                          "Use -L or -D to reach what it can reach.")
 
 # The window this server grants limits what the technician can send it (keys, uploads); it
 # does not slow ctrl+c on a flood of output, which the console's own window bounds. Uploads
 # cross three hops, so the window is what keeps SFTP writes in flight: 2 MiB held relayed puts
 # to ~90 MB/s, 8 MiB and 256 KiB packets reach ~120 (bench/transfer.py, docs/BENCHMARKS.md).
 INNER_WINDOW = 8 * 1024 * 1024
+
+
+def connection_env(conn: asyncssh.SSHServerConnection) -> dict[str, str]:
+    """SSH_CONNECTION and SSH_CLIENT as sshd sets them, from where this computer sees the
+    technician's connection come from: the relay's address and port on the agent's connection
+    to it, then this computer's address on that connection, and port 22."""
+    outer = conn.get_extra_info("connection")  # the relay connection this one is tunnelled in
+    source = outer if outer is not None else conn
+    relay = source.get_extra_info("peername") or ("127.0.0.1", 0)
+    local = source.get_extra_info("sockname") or ("127.0.0.1", INNER_PORT)
+    client = _address(relay[0])
+    port = relay[1] if isinstance(relay[1], int) else 0
+    return {"SSH_CONNECTION": f"{client} {port} {_address(local[0])} {INNER_PORT}",
+            "SSH_CLIENT": f"{client} {port} {INNER_PORT}"}
+
+
+def _address(value: object) -> str:
+    try:
+        return str(ipaddress.ip_address(str(value).split("%")[0]))
+    except ValueError:
+        return "127.0.0.1"  # a tunnel's name, not an address
 
 
 class InnerServer(asyncssh.SSHServer):
@@ -42,6 +82,13 @@ class InnerServer(asyncssh.SSHServer):
         self.authenticated = False
         self._admitted = False
         self._conn: asyncssh.SSHServerConnection | None = None
+        self.env: dict[str, str] = {}
+        # A client that asks again with the password just refused (OpenSSH with an askpass
+        # program, or a script) is not guessing: refused at once, not counted again.
+        self._refused: Secret | None = None
+        self._processes: set[asyncssh.SSHServerProcess] = set()
+        self._notes: list[str] = []  # said on the next session channel's stderr
+        self._method = "password"  # how the login that completes was made
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
@@ -49,17 +96,30 @@ class InnerServer(asyncssh.SSHServer):
         peer = conn.get_extra_info("remote_peername")
         if peer and isinstance(peer[0], str) and peer[0]:
             self.who = peer[0][:64]
+        self.env = connection_env(conn)
         self._admitted = self.state.guard.admit()
         if not self._admitted:
             asyncio.get_running_loop().call_soon(conn.close)  # too many not logged in yet
 
-    def auth_completed(self) -> None:
+    def _settle(self) -> None:
         if self._admitted:
             self._admitted = False
             self.state.guard.settled()
 
+    def auth_completed(self) -> None:
+        """Logged in, by password or key: only now is the technician counted, shown to the
+        customer and audited (a key is also asked about before it is used)."""
+        self._settle()
+        self.authenticated = True
+        self.state.connections.add(self)
+        self.state.connected[self.who] += 1
+        self.state.notices.technician_connected(self.who)
+        self.state.notices.changed()
+        self.state.audit(Event.TECHNICIAN_CONNECTED, self.who, {"method": self._method})
+
     def connection_lost(self, exc: Exception | None) -> None:
-        self.auth_completed()
+        self._settle()
+        self.state.connections.discard(self)
         if self.authenticated:
             self.state.connected[self.who] -= 1
             self.state.notices.technician_disconnected(self.who)
@@ -67,29 +127,47 @@ class InnerServer(asyncssh.SSHServer):
             self.state.audit(Event.TECHNICIAN_DISCONNECTED, self.who, {})
 
     def begin_auth(self, username: str) -> bool:
-        if self.state.guard.locked:
+        if username != INNER_USER:
+            # Not a wrong password: no try is spent, and the client is told what to type.
+            self._turn_away(WRONG_USER_MESSAGE.format(user=printable(username, 64),
+                                                      inner=INNER_USER))
+        elif self.state.guard.locked and not self.public_key_auth_supported():
             self._turn_away(LOCKED_MESSAGE.format(count=self.state.guard.lock_after))
         return True
 
     def password_auth_supported(self) -> bool:
         return not self.state.ended
 
+    def public_key_auth_supported(self) -> bool:
+        return self.state.technician_key is not None and not self.state.ended
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        """The key the session's technician sent with it at create time, for that technician
+        only (by the relay's word, as for everything about who connects): their scripts log
+        in without the password. Guessing does not apply, so a lockout does not stop it."""
+        if self.state.ended or username != INNER_USER or self.state.technician_key is None \
+                or self.who != self.state.technician \
+                or not same_key(key, self.state.technician_key):
+            return False
+        sha2_signatures_only(key)
+        self._method = "publickey"
+        return True
+
     async def validate_password(self, username: str, password: str) -> bool:
         if self.state.ended:
             return False
         secret = Secret(password)
         if username != INNER_USER:
+            return False  # turned away in begin_auth already
+        if self._refused is not None and secret == self._refused:
             return False
         verdict = await self.state.guard.check(secret)
         if verdict is Verdict.RIGHT:
-            self.authenticated = True
-            self.state.connected[self.who] += 1
-            self.state.notices.technician_connected(self.who)
-            self.state.notices.changed()
-            self.state.audit(Event.TECHNICIAN_CONNECTED, self.who, {})
-            return True
+            self._method = "password"
+            return True  # auth_completed follows
         guard = self.state.guard
         if verdict is Verdict.WRONG:
+            self._refused = secret
             self.state.notices.auth_failed(self.who, guard.total_failures)
             self.state.audit(Event.SESSION_PASSWORD, self.who,
                              {"outcome": "wrong", "failures": guard.total_failures})
@@ -122,8 +200,32 @@ class InnerServer(asyncssh.SSHServer):
             return
         conn.disconnect(DISC_NO_MORE_AUTH_METHODS_AVAILABLE, message)
 
+    # --- forwarding ------------------------------------------------------------------------
+
+    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
+                             orig_port: int):
+        """`ssh -L`, `-D`, `-W`: to what the customer's computer can reach, once the customer
+        allowed it (hostagent/forwards.py); refusals say why in the channel-open failure."""
+        if not self.authenticated:
+            return False
+        return self.state.forwards.open(self.who, dest_host, dest_port)
+
+    def server_requested(self, listen_host: str, listen_port: int) -> bool:
+        """`ssh -R`: refused. A global request's refusal carries no words (OpenSSH prints
+        "remote port forwarding failed"), so the next session channel's stderr says why."""
+        if self.authenticated:
+            self.state.audit(Event.REFUSED, self.who,
+                             {"what": "remote forwarding", "outcome": "refused"})
+        self._notes.append(REMOTE_FORWARD_REFUSED.format(port=listen_port))
+        return False
+
     async def run_process(self, process: asyncssh.SSHServerProcess) -> None:
         """Serve one session channel: a PTY shell, a command, or a subsystem."""
+        self._processes.add(process)
+        notes, self._notes = self._notes, []
+        for note in notes:
+            with contextlib.suppress(OSError, asyncssh.Error):
+                process.stderr.write(f"{note}\r\n".encode())
         try:
             if self.state.ended:
                 process.exit(1)
@@ -132,10 +234,24 @@ class InnerServer(asyncssh.SSHServer):
         except (asyncssh.BreakReceived, asyncssh.SignalReceived, asyncssh.TerminalSizeChanged,
                 BrokenPipeError, ConnectionError, asyncssh.DisconnectError):
             process.exit(255)
+        finally:
+            self._processes.discard(process)
+
+    def goodbye(self, why: str) -> None:
+        """The session is ending while this technician is connected: say so on every open
+        channel's stderr (what an OpenSSH user reads) and in the reason of the disconnect
+        (what the console reads), before the shells are killed under them."""
+        text = f"Adhoc: the session ended: {why}."
+        for process in list(self._processes):
+            with contextlib.suppress(OSError, asyncssh.Error):
+                process.stderr.write(f"\r\n{text}\r\n".encode())
+                process.exit(255)  # what sshd's client reports for a connection cut
+        if self._conn is not None:
+            with contextlib.suppress(OSError, asyncssh.Error):
+                self._conn.disconnect(DISC_SERVICE_NOT_AVAILABLE, text)
 
     def _refuse(self, process: asyncssh.SSHServerProcess, what: str) -> None:
-        self.state.audit(Event.REFUSED, self.who, {"what": what, "outcome": "refused"})
-        process.stderr.write(f"{what} is not included in this session's plan\r\n".encode())
+        process.stderr.write(self.state.refusal(self.who, what))
         process.exit(1)
 
     async def _serve(self, process: asyncssh.SSHServerProcess) -> None:
@@ -156,8 +272,7 @@ class InnerServer(asyncssh.SSHServer):
             with self.state.doing(self.who, "chat"):
                 await serve_chat(process, self.state.chat, self.who)
             return
-        if subsystem:
-            # Without "files" asyncssh refuses the sftp subsystem request before we see it.
+        if subsystem:  # sftp is files.py's, granted or refused there
             self._refuse(process, subsystem[:64])
             return
         if not self.state.allows("shell"):
@@ -195,7 +310,8 @@ class InnerServer(asyncssh.SSHServer):
                          detail)
         if shell is None:
             try:
-                shell = await shells.start(shell_id, term, cols, rows, process.command)
+                shell = await shells.start(shell_id, term, cols, rows, process.command,
+                                           self._session_env(process))
             except ShellLimit as exc:
                 process.stderr.write(f"{exc}\r\n".encode())
                 process.exit(1)
@@ -222,17 +338,18 @@ class InnerServer(asyncssh.SSHServer):
                     shell.resize(change.width, change.height)
                     continue
                 if not data:
-                    return
+                    return  # end of input is not the end of a terminal session (as in sshd)
                 await shell.pty.write(data)
 
         typing = asyncio.create_task(pump_input())
         exited = asyncio.create_task(shell.exited.wait())
         taken = asyncio.create_task(attachment.taken.wait())
+        gone = asyncio.create_task(process.channel.wait_closed())
         try:
             with self.state.doing(self.who, "shell"):
-                await asyncio.wait({typing, exited, taken}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({exited, taken, gone}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (typing, exited, taken):
+            for task in (typing, exited, taken, gone):
                 task.cancel()
             shell.detach(attachment, shells.detached_timeout)
         if taken.done() and not taken.cancelled():
@@ -254,8 +371,14 @@ class InnerServer(asyncssh.SSHServer):
         self.state.notices.activity(self.who, f"runs: {shown_command(command)}")
         self.state.audit(Event.COMMAND, self.who, audited_command(command))
         with self.state.doing(self.who, "shell"):
-            status = await run_command(process, command, self.state.reaper)
+            status = await run_command(process, command, self.state.reaper,
+                                       self._session_env(process))
         process.exit(status)
+
+    def _session_env(self, process: asyncssh.SSHServerProcess) -> dict[str, str]:
+        """What a shell or command gets from this channel: the variables the client sent that
+        are accepted, and SSH_CONNECTION / SSH_CLIENT."""
+        return {**accepted_env(process.env), **self.env}
 
 
 def _env(process: asyncssh.SSHServerProcess, name: str) -> str | None:
@@ -285,7 +408,7 @@ def server_options(state: AgentState, host_key: asyncssh.SSHKey) -> dict:
         "server_factory": lambda: InnerServer(state),
         "process_factory": _process_factory,
         "server_host_keys": [host_key],
-        "sftp_factory": sftp if sftp is not None else False,
+        "sftp_factory": sftp,
         "allow_scp": False,
         **SERVER_ALGORITHMS,  # the algorithm lists (kex, ciphers, MACs, signatures, no zlib)
         "line_editor": False,
@@ -295,6 +418,9 @@ def server_options(state: AgentState, host_key: asyncssh.SSHKey) -> dict:
         "keepalive_interval": 15,
         "keepalive_count_max": 3,
         "login_timeout": 60,
+        # Password only: keyboard-interactive would be the same password asked again, and
+        # OpenSSH tries each method in turn (one mistyped password spent six tries).
+        "kbdint_auth": False,
         "agent_forwarding": False,
         "x11_forwarding": False,
         "gss_host": None,  # no GSS: also spares a look-up of this host's FQDN per connection

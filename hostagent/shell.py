@@ -8,15 +8,20 @@ import fcntl
 import os
 import pty
 import pwd
+import re
 import signal
 import struct
 import termios
+from collections.abc import Mapping
 
 READ_CHUNK = 64 * 1024
 OUTPUT_QUEUE = 16
-# Once the shell itself has exited, output ends when the PTY has been quiet this long, even if
-# a background program (setsid, nohup) still holds the terminal open.
-QUIET_AFTER_EXIT = 0.25
+# Once the shell itself has exited, its last output is read until the PTY has been quiet this
+# long, and never for longer than LINGER_AFTER_EXIT: a job it left running in the background
+# (`job &`, nohup, setsid) may hold the terminal and print on, and must not keep the channel
+# open (sshd closes it when the shell exits; the job is left to its hang-up).
+QUIET_AFTER_EXIT = 0.1
+LINGER_AFTER_EXIT = 0.5
 
 
 def login_shell() -> str:
@@ -36,7 +41,27 @@ def login_shell() -> str:
     return "/bin/sh"
 
 
-def shell_environment(term: str) -> dict[str, str]:
+# What a client may set with SendEnv/SetEnv, as sshd's AcceptEnv commonly allows: the locale,
+# the terminal's type and colours, the time zone. Anything else is ignored, like sshd does.
+ACCEPTED_ENV = re.compile(r"^(LANG|LC_[A-Z_]{1,32}|TERM|COLORTERM|TZ)$")
+ACCEPTED_VALUE = re.compile(r"^[\x20-\x7e]{0,256}$")
+
+
+def accepted_env(sent: Mapping[str | bytes, str | bytes] | None) -> dict[str, str]:
+    """The variables of `sent` (a channel's env requests) that a shell gets: accepted names
+    with short printable values; the rest is dropped without a word, as sshd does."""
+    taken: dict[str, str] = {}
+    for key, value in (sent or {}).items():
+        name = key.decode(errors="replace") if isinstance(key, bytes) else str(key)
+        text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+        if ACCEPTED_ENV.match(name) and ACCEPTED_VALUE.match(text):
+            taken[name] = text
+    return taken
+
+
+def shell_environment(term: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A login environment for the agent's user; `extra` (the client's accepted variables,
+    SSH_CONNECTION...) is applied last, as sshd applies what the client sent after TERM."""
     try:
         entry = pwd.getpwuid(os.getuid())
         home, user = entry.pw_dir, entry.pw_name
@@ -49,6 +74,7 @@ def shell_environment(term: str) -> dict[str, str]:
                                        "/sbin:/bin"),
         "ADHOC_SESSION": "1",
     }
+    env.update(extra or {})
     return env
 
 
@@ -64,10 +90,12 @@ def _make_controlling_tty() -> None:  # runs in the child between fork and exec
 class PtyShell:
     """A login shell on a PTY. Output goes to whatever `on_output` is set to."""
 
-    def __init__(self, term: str, cols: int, rows: int, command: str | None = None) -> None:
+    def __init__(self, term: str, cols: int, rows: int, command: str | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
         self.term = term
         self.cols, self.rows = cols, rows
         self.command = command
+        self.env = dict(env or {})
         self.process: asyncio.subprocess.Process | None = None
         self._master = -1
         # Unbounded so close() can always post the end; reading pauses at OUTPUT_QUEUE chunks.
@@ -82,10 +110,11 @@ class PtyShell:
         _set_winsize(slave, self.cols, self.rows)
         argv = [login_shell()]
         argv += ["-c", self.command] if self.command else ["-l"]
+        env = shell_environment(self.term, {**self.env, "SSH_TTY": os.ttyname(slave)})
         try:
             self.process = await asyncio.create_subprocess_exec(
-                *argv, stdin=slave, stdout=slave, stderr=slave, env=shell_environment(self.term),
-                cwd=shell_environment(self.term)["HOME"], preexec_fn=_make_controlling_tty)
+                *argv, stdin=slave, stdout=slave, stderr=slave, env=env, cwd=env["HOME"],
+                preexec_fn=_make_controlling_tty)
         except BaseException:
             os.close(master)
             raise
@@ -97,18 +126,24 @@ class PtyShell:
         self._watch = asyncio.get_running_loop().create_task(self._end_when_quiet())
 
     async def _end_when_quiet(self) -> None:
-        """After the shell exits, end the output once the PTY is quiet: a background program
-        that still holds the terminal must not keep the channel open forever."""
+        """After the shell exits, end the output once what it printed last was read: when the
+        PTY is quiet, or LINGER_AFTER_EXIT after the exit if a program it left behind prints
+        on. What was read by then is still delivered; a slow reader only delays the end."""
         assert self.process is not None
         await self.process.wait()
         loop = asyncio.get_running_loop()
+        exited_at = loop.time()
         while not self._ended:
-            quiet = loop.time() - self._last_output
-            if self._reading and self._output.empty() and quiet >= QUIET_AFTER_EXIT:
+            now = loop.time()
+            # Counted from the exit at the earliest: what the shell wrote just before it
+            # exited may take a moment to reach this side of the PTY.
+            quiet = now - max(self._last_output, exited_at)
+            if self._output.empty() and ((self._reading and quiet >= QUIET_AFTER_EXIT)
+                                         or now - exited_at >= LINGER_AFTER_EXIT):
                 self._pause_reading()
                 self._end_output()
                 return
-            await asyncio.sleep(max(QUIET_AFTER_EXIT - quiet, 0.05))
+            await asyncio.sleep(min(max(QUIET_AFTER_EXIT - quiet, 0.01), QUIET_AFTER_EXIT))
 
     def _resume_reading(self) -> None:
         if not self._reading and self._master >= 0:

@@ -253,10 +253,10 @@ class ShellRegistry:
         return shell
 
     async def start(self, shell_id: str | None, term: str, cols: int, rows: int,
-                    command: str | None) -> ManagedShell:
+                    command: str | None, env: dict[str, str] | None = None) -> ManagedShell:
         if len(self.all) >= MAX_SHELLS:
             raise ShellLimit(f"too many shells open ({MAX_SHELLS}): close one first")
-        pty = PtyShell(term, cols, rows, command)
+        pty = PtyShell(term, cols, rows, command, env)
         await pty.start()
         if self.reaper is not None and pty.process is not None:
             self.reaper.started(pty.process.pid)

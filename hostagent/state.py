@@ -4,18 +4,27 @@ does what, and what the customer is told (the Notices interface the terminal fro
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 from collections import Counter
 from collections.abc import Callable
+from typing import Protocol
 
 from hostagent.audit import Event
 from hostagent.chat import ChatHub
+from hostagent.forwards import UNATTENDED, Forwards
 from hostagent.guard import PasswordGuard
 from hostagent.reaper import Reaper
 from hostagent.shells import DETACHED_TIMEOUT, ShellRegistry
 
 Audit = Callable[[Event, str, dict], None]
+
+
+class Goodbye(Protocol):
+    """A technician's inner connection, told when the session ends under it."""
+
+    def goodbye(self, why: str) -> None: ...
 
 
 class Notices:
@@ -31,27 +40,47 @@ class Notices:
     def chat(self, message: dict) -> None: ...
     def changed(self) -> None: ...
 
+    def ask_forward(self, who: str, where: str) -> asyncio.Future[str]:
+        """Ask the customer whether `who` may reach `where` (host:port, printable) through
+        this computer: "yes", "no" or "all" (everything, for this technician and session);
+        "unattended" at once when nobody can answer, as here."""
+        answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        answer.set_result(UNATTENDED)
+        return answer
+
 
 class AgentState:
     """What every inner connection shares: the grant, the verifier, the shells, who does what."""
 
     def __init__(self, password_verifier: str, features: tuple[str, ...], notices: Notices,
                  audit: Audit | None = None, *,
-                 detached_timeout: float = DETACHED_TIMEOUT) -> None:
+                 detached_timeout: float = DETACHED_TIMEOUT,
+                 technician: str | None = None, technician_key: str | None = None) -> None:
         self.features = features
+        # Who created the session, and the public key they sent with it (may log in as them).
+        self.technician = technician
+        self.technician_key = technician_key
         self.notices = notices
         self.audit: Audit = audit or (lambda event, who, detail: None)
         self.guard = PasswordGuard(password_verifier)
         self.reaper = Reaper()
         self.shells = ShellRegistry(detached_timeout, self.reaper)
         self.chat = ChatHub(notices.chat)
+        self.forwards = Forwards(self)
         self.connected: Counter[str] = Counter()
+        self.connections: set[Goodbye] = set()  # logged-in inner connections
         self._doing: dict[int, tuple[str, str]] = {}
         self._ids = itertools.count()
         self.ended = False
 
     def allows(self, feature: str) -> bool:
         return feature in self.features
+
+    def refusal(self, who: str, what: str) -> bytes:
+        """Audit that `who` asked for `what` the plan does not include; what their client
+        shows them (on stderr, where OpenSSH users read it)."""
+        self.audit(Event.REFUSED, who, {"what": what, "outcome": "refused"})
+        return f"{what} is not included in this session's plan\r\n".encode()
 
     @contextlib.contextmanager
     def doing(self, who: str, what: str):
@@ -83,9 +112,17 @@ class AgentState:
         self.audit(Event.LOGINS_UNLOCKED, "customer", {"refused": refused})
         return True
 
+    def goodbye(self, why: str) -> None:
+        """Tell every connected technician that the session ended and why ("the customer
+        ended it"), then disconnect them."""
+        for conn in list(self.connections):
+            conn.goodbye(why)
+        self.connections.clear()
+
     def kill_all(self) -> int:
         """End every shell, command and process the session started; how many processes."""
         self.ended = True
+        self.forwards.close_all()
         self.shells.kill_all()
         self.guard.close()
         return self.reaper.end_all()

@@ -135,13 +135,20 @@ class CreateSessionRequest(Strict):
         description="the session password itself (the relay checks and hashes it); 12+ "
                     "characters or mixed classes")
     note: str = Field(default="", max_length=500)
+    technician_key: Annotated[str | None, WithJsonSchema(
+        {"type": "string", "maxLength": 16384})] = Field(
+        default=None, max_length=16384,
+        description="an OpenSSH public key (ssh-ed25519 AAAA...) that may log in to the "
+                    "host as the technician creating the session, besides the session "
+                    "password: for scripts (sftp -b, cron). Ed25519, ECDSA or RSA of 2048 "
+                    "bits or more")
 
     @field_validator("customer_email")
     @classmethod
     def _email(cls, value: str) -> str:
         return check_email(value)
 
-    @field_validator("password_verifier", "password", mode="before")
+    @field_validator("password_verifier", "password", "technician_key", mode="before")
     @classmethod
     def _not_null(cls, value: object) -> object:
         if value is None:
@@ -353,7 +360,8 @@ def create_app(service: RelayService) -> FastAPI:
     async def create_session(body: CreateSessionRequest, tech: Tech) -> dict:
         """Invite a customer: the security code and join link are in this answer only."""
         created = await service.create_session(tech, body.customer_email, body.password,
-                                               body.note, verifier=body.password_verifier)
+                                               body.note, verifier=body.password_verifier,
+                                               technician_key=body.technician_key)
         view = service.session_view(created.row, tech.login)
         view.update(security_code=created.security_code, join_url=created.join_url,
                     install_command=service.install_command(created.join_token))

@@ -22,6 +22,9 @@ class AgentLink:
     since: float
     forward_registered: bool = False
     on_close: list[Callable[[], None]] = field(default_factory=list)
+    # Set just before the relay disconnects the agent because its session ended (the reason
+    # code), so that technicians spliced to it can be told why their channel goes.
+    end_reason: str | None = None
 
 
 class AgentRegistry:

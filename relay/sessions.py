@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 
 MAX_CODE_ATTEMPTS = 5
@@ -41,6 +42,26 @@ class EndReason(StrEnum):
     ADMIN = "ended_by_admin"
 
 
+# How an ended session's reason reads in a sentence, for people outside the console (OpenSSH
+# users see it in a channel-open failure or a disconnect message).
+END_WORDS: dict[str, str] = {
+    EndReason.TECHNICIAN: "ended by a technician",
+    EndReason.CUSTOMER: "ended by the customer",
+    EndReason.EXPIRED: "its time was over",
+    EndReason.INVITE_EXPIRED: "the invitation expired before the customer joined",
+    EndReason.CODE_ATTEMPTS: "too many wrong security codes were tried",
+    EndReason.ADMIN: "ended by an administrator",
+}
+
+
+def describe_end(reason: str | None, ended_at: float | None) -> str:
+    """"ended by the customer at 2026-03-01 14:02 UTC" (reason and time as far as known)."""
+    words = END_WORDS.get(reason or "", f"ended ({reason})" if reason else "ended")
+    if ended_at is None:
+        return words
+    return f"{words} at {datetime.fromtimestamp(ended_at, UTC).strftime('%Y-%m-%d %H:%M')} UTC"
+
+
 class Plan(StrEnum):
     TRIAL = "trial"
     BASE = "base"
@@ -53,13 +74,16 @@ class Feature(StrEnum):
     FILES = "files"
     DASHBOARD = "dashboard"
     CHAT = "chat"
+    FORWARD = "forward"  # port forwarding to what the customer's computer can reach
 
 
 PLAN_FEATURES: dict[Plan, tuple[Feature, ...]] = {
     Plan.TRIAL: (),
     Plan.BASE: (Feature.SHELL, Feature.CHAT),
-    Plan.PLUS: (Feature.SHELL, Feature.CHAT, Feature.FILES, Feature.DASHBOARD),
-    Plan.PREMIER: (Feature.SHELL, Feature.CHAT, Feature.FILES, Feature.DASHBOARD),
+    Plan.PLUS: (Feature.SHELL, Feature.CHAT, Feature.FILES, Feature.DASHBOARD,
+                Feature.FORWARD),
+    Plan.PREMIER: (Feature.SHELL, Feature.CHAT, Feature.FILES, Feature.DASHBOARD,
+                   Feature.FORWARD),
 }
 
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncssh
+from asyncssh.constants import MSG_DISCONNECT
+from asyncssh.packet import String, UInt32
 
 from common.protocol import RELAYS_HOST
 from common.transport import (
@@ -31,16 +33,18 @@ from common.transport import (
     OUTER_PACKET,
     OUTER_WINDOW,
     SERVER_ALGORITHMS,
-    SIGNATURE_ALGS,
     coalescing_protocol,
+    same_key,
+    sha2_signatures_only,
 )
+from relay import sessions as rules
 from relay.cluster.nodes import NODE_STALE, RelayListSession
-from relay.cluster.peers import PEER_USER, PeerUnreachable, same_key
+from relay.cluster.peers import PEER_USER, PeerUnreachable, same_public_key
 from relay.registry import AgentLink
 from relay.service import RelayService, ServiceError
 from relay.sshkeys import key_weakness, load_or_create_key
 from relay.stats import Stats
-from relay.store import Technician
+from relay.store import SessionRow, Technician
 
 log = logging.getLogger("adhoc.relay.ssh")
 
@@ -94,6 +98,9 @@ class _SpliceEnd(asyncssh.SSHTCPSession):
         self._eof_pending = False
         self._pause_pending = False
         self._closed = False
+        # Instead of closing this end's channel: True if the whole connection was closed with
+        # a reason instead (the technician's end, when the session ended under it).
+        self.farewell: Callable[[], bool] = lambda: False
 
     def connection_made(self, chan: asyncssh.SSHTCPChannel) -> None:
         self.chan = chan
@@ -169,7 +176,7 @@ class _SpliceEnd(asyncssh.SSHTCPSession):
         self._closed = True
         if self.on_close is not None:
             self.on_close()
-        if self.chan is not None:
+        if self.chan is not None and not self.farewell():
             with contextlib.suppress(OSError, asyncssh.Error, RuntimeError):
                 self.chan.close()
         if self.peer is not None:
@@ -487,6 +494,7 @@ class RelaySSHServer(asyncssh.SSHServer):
         self._attempt = 0
         # (user name, "agent" or "technician", session id or Technician) of the last attempt
         self._candidate: tuple[str, str, object] | None = None
+        self._splices: set[_SpliceEnd] = set()  # a technician's channels to agents
 
     # --- connection and authentication -----------------------------------------------------
 
@@ -564,22 +572,18 @@ class RelaySSHServer(asyncssh.SSHServer):
         if self.peer_only or username == PEER_USER:
             # Another relay of the cluster: the cluster key, for that one user only.
             ours = self.service.cluster_key
-            if username == PEER_USER and ours is not None and same_key(key, ours):
+            if username == PEER_USER and ours is not None and same_public_key(key, ours):
                 return self._propose(attempt, username, "peer", None)
             return False
-        # asyncssh checks the signature with this very key object: let it take SHA-2 only
-        # (an RSA key would otherwise also verify ssh-rsa, SHA-1, signatures).
-        key.all_sig_algorithms = {alg.encode() for alg in SIGNATURE_ALGS} \
-            & set(key.all_sig_algorithms)
+        sha2_signatures_only(key)
         try:
             tech = await self.service.store.technician_by_login(username)
         except Exception:
             return False
         if tech.disabled or (await self.service.store.company(tech.company_id)).disabled:
             return False
-        offered = key.export_public_key("openssh").split()[:2]
         for line in await self.service.store.ssh_keys(tech.id):
-            if line.split()[:2] == [part.decode() for part in offered]:
+            if same_key(key, line):
                 return self._propose(attempt, username, "technician", tech)
         return False
 
@@ -666,21 +670,22 @@ class RelaySSHServer(asyncssh.SSHServer):
         except ServiceError as exc:
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
                                             exc.detail) from None
-        link = self.service.agents.get(session_id) if row is not None else None
-        if row is not None and link is None:
+        active = row is not None and row.state == rules.State.ACTIVE
+        link = self.service.agents.get(session_id) if active else None
+        if active and link is None:  # held by another relay of the cluster?
             routed = await self._route_to_holder(session_id, tech.login, orig_port)
             if routed is not None:
                 await self.service.audit_event(session_id, f"technician:{tech.login}",
                                                "tunnel", "ok", ip=self.peer_ip)
                 return routed
         if row is None or link is None:
-            outcome = "not_found" if row is None else "offline"
+            outcome = "not_found" if row is None else "offline" \
+                if row.state == rules.State.ACTIVE else "not_active"
             if row is not None:
                 await self.service.audit_event(session_id, f"technician:{tech.login}",
                                                "tunnel", outcome, ip=self.peer_ip)
-            raise asyncssh.ChannelOpenError(
-                asyncssh.OPEN_CONNECT_FAILED,
-                "no such session" if row is None else "the customer's computer is offline")
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED,
+                                            unreachable(session_id, row))
         technician_end = await self._splice_to_agent(link, session_id, tech.login, orig_port)
         await self.service.audit_event(session_id, f"technician:{tech.login}", "tunnel", "ok",
                                        ip=self.peer_ip)
@@ -689,11 +694,13 @@ class RelaySSHServer(asyncssh.SSHServer):
     async def _splice_to_agent(self, link: AgentLink, session_id: str, login: str,
                                orig_port: int) -> _SpliceEnd:
         technician_end, agent_end = splice_pair(self.service.stats)
+        technician_end.farewell = lambda: self._session_ended_under(session_id, link)
         await link.conn.create_connection(
             lambda: agent_end, session_id, INNER_PORT, login, orig_port,
             window=CHANNEL_WINDOW, max_pktsize=CHANNEL_PACKET)
         self.service.stats.tunnel_opened()
-        technician_end.on_close = self.service.stats.tunnel_closed
+        self._splices.add(technician_end)
+        technician_end.on_close = lambda: self._splice_closed(technician_end)
         return technician_end
 
     # --- the cluster -----------------------------------------------------------------------
@@ -730,6 +737,44 @@ class RelaySSHServer(asyncssh.SSHServer):
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED,
                                             "the agent is not connected to this relay")
         return await self._splice_to_agent(link, session_id, login, orig_port)
+    def _splice_closed(self, technician_end: _SpliceEnd) -> None:
+        self._splices.discard(technician_end)
+        self.service.stats.tunnel_closed()
+
+    def _session_ended_under(self, session_id: str, link: AgentLink) -> bool:
+        """The session of a channel ended while it was open: when that was all this
+        technician's connection carried (`ssh -J` opens one per host), close the connection
+        with the reason, which OpenSSH prints; otherwise just the channel goes."""
+        if link.end_reason is None or self._splices or self.conn is None or self.peer:
+            return False  # a peer relay's connection carries others' channels: never hung up
+        say_and_hang_up(self.conn, f"Adhoc: session {session_id} has ended "
+                        f"({rules.describe_end(link.end_reason, self.service.clock())})")
+        return True
+
+
+def say_and_hang_up(conn: asyncssh.SSHServerConnection, reason: str) -> None:
+    """Disconnect with `reason` before any channel closes. asyncssh's disconnect() closes the
+    channels first, and OpenSSH's `ssh -W` (a ProxyJump) exits on its channel's close without
+    reading the disconnect message queued right behind it."""
+    conn.send_packet(MSG_DISCONNECT, UInt32(asyncssh.DISC_SERVICE_NOT_AVAILABLE),
+                     String(reason), String("en-US"))
+    conn.abort()
+
+
+def unreachable(session_id: str, row: SessionRow | None) -> str:
+    """Why a technician's channel to a session cannot open: the sentence OpenSSH users read
+    ("channel 0: open failed: connect failed: ...")."""
+    if row is None:
+        return (f"Adhoc: no such session ({session_id}) in your company: check the id in the "
+                "console")
+    if row.state == rules.State.PENDING:
+        return (f"Adhoc: session {session_id} is not active yet: the customer has not "
+                "entered the security code")
+    if row.state == rules.State.ENDED:
+        return (f"Adhoc: session {session_id} has ended "
+                f"({rules.describe_end(row.ended_reason, row.ended_at)}): create a new one")
+    return (f"Adhoc: the customer's computer for session {session_id} is offline: it comes "
+            "back by itself when its network does")
 
 
 def load_or_create_host_key(path: Path) -> asyncssh.SSHKey:

@@ -135,6 +135,7 @@ class SessionRow:
     features: str
     mail_status: str
     mail_detail: str | None
+    technician_key: str | None = None  # OpenSSH public key; handed to the agent at activation
 
     @property
     def is_live(self) -> bool:

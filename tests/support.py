@@ -180,9 +180,13 @@ class Api:
         await self.client.aclose()
 
     async def create_session(self, email: str = "customer@example.com",
-                             password: str = SESSION_PASSWORD) -> dict:
-        response = await self.client.post(
-            "/api/v1/sessions", json={"customer_email": email, "password": password})
+                             password: str = SESSION_PASSWORD,
+                             technician_key: str | None = None) -> dict:
+        """A new session; `technician_key` (an OpenSSH public key line) logs in to the host."""
+        body = {"customer_email": email, "password": password}
+        if technician_key is not None:
+            body["technician_key"] = technician_key
+        response = await self.client.post("/api/v1/sessions", json=body)
         assert response.status_code == 201, response.text
         return response.json()
 
@@ -299,6 +303,7 @@ def console_login(base_url: str, config: Path) -> dict[str, str]:
          "--password-stdin"], input=PASSWORD + "\n", text=True, capture_output=True,
         env={**os.environ, **env}, timeout=60)
     assert login.returncode == 0, login.stderr
+    assert PASSWORD not in login.stdout + login.stderr
     return env
 
 

@@ -42,5 +42,16 @@ class Tmux:
             time.sleep(0.2)
         raise AssertionError(f"never saw {pattern!r} on the console:\n{self.screen()}")
 
+    def wait_buffer(self, needle: str, timeout: float = 15) -> str:
+        """tmux's newest paste buffer once it holds `needle` (what OSC 52 put there)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            buffer = subprocess.run([*self.base, "show-buffer"], capture_output=True,
+                                    text=True).stdout
+            if needle in buffer:
+                return buffer
+            time.sleep(0.2)
+        raise AssertionError(f"the paste buffer never held {needle!r}")
+
     def kill(self) -> None:
         subprocess.run([*self.base, "kill-server"], capture_output=True)

@@ -4,25 +4,37 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 
+import rich
+from rich.segment import Segments
+from rich.traceback import Traceback
 from textual import on, work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.message import Message
 from textual.screen import Screen
-from textual.worker import Worker, WorkerState
+from textual.worker import WorkerFailed, active_worker
 
+from common.secret import Secret
+from tui import sshconfig
 from tui.client import CONNECTED, HostConnector, RelayClient, RelayError, retry_delay
+from tui.config import embedded_data_dir
+from tui.failures import explain
 from tui.rawinput import raw_driver_for
-from tui.sanitize import clean
+from tui.sanitize import clean, clean_lines
 from tui.screens.audit import AuditModal
 from tui.screens.chat import ChatScreen
 from tui.screens.created import CreatedModal
 from tui.screens.dashboard import DashboardScreen
+from tui.screens.detail import DetailModal
 from tui.screens.files import FilesScreen
+from tui.screens.first_run import FirstRunModal
+from tui.screens.help import HelpModal, keys_of
 from tui.screens.modals import ConfirmModal, PasswordModal
 from tui.screens.new_session import NewSessionModal
+from tui.screens.openssh import OpenSSHModal
 from tui.screens.pane import PaneScreen
 from tui.screens.remote import RemoteScreen
 from tui.screens.sessions import SessionsScreen
@@ -34,6 +46,11 @@ PANES: dict[str, type[Screen]] = {"shell": RemoteScreen, "dashboard": DashboardS
                                   "chat": ChatScreen, "files": FilesScreen}
 # Panes that keep running while the technician is elsewhere (a shell, a chat, a copy).
 KEPT_PANES = {"shell", "chat", "files"}
+ENDED_WORDS = {"ended_by_technician": "ended by a technician",
+               "ended_by_customer": "ended by the customer", "expired": "its 24 hours are up",
+               "invite_expired": "the invitation expired",
+               "code_attempts": "too many wrong security codes",
+               "ended_by_admin": "ended by an admin"}
 PANE_FEATURES = {"shell": "shell", "dashboard": "dashboard", "chat": "chat", "files": "files"}
 
 
@@ -52,26 +69,32 @@ class ConsoleApp(App):
     CSS_PATH = "app.tcss"
     TITLE = "Adhoc"
     BINDINGS = [
-        Binding("ctrl+q", "quit", "Quit", priority=True, id="app.quit"),
+        Binding("ctrl+q", "quit", "Quit", priority=True, show=False, id="app.quit"),
     ]
 
     def __init__(self, client: RelayClient, login: str, *, notice: str | None = None,
                  clock: Callable[[], float] = time.time,
-                 keymap: dict[str, str] | None = None, runs_relay: bool = False) -> None:
+                 keymap: dict[str, str] | None = None, runs_relay: bool = False,
+                 first_run_password: Secret | None = None) -> None:
         super().__init__()
         self.client = client
         self.runs_relay = runs_relay  # quitting stops the bundled relay (the embedded default)
         self._asking_to_quit = False
         self.login = login
         self.notice = notice
+        self.first_run_password = first_run_password
         self.clock = clock
         self.connector = HostConnector(client, login)
-        self.passwords: dict[str, str] = {}  # session passwords: memory only, never saved
+        self.passwords: dict[str, Secret] = {}  # session passwords: memory only, never saved
         self.panes: dict[tuple[str, str], Screen] = {}
+        self.retired: dict[str, Screen] = {}  # panes of ended sessions, to remove
         self.views: dict[str, dict] = {}
         self.limits: dict | None = None
         self.last_event_id: int | None = None
+        self.relay_ssh: str | None = None  # the relay's SSH address, for the ssh -J line
         self.relay_lost = False
+        self.notices: deque[tuple[str, str]] = deque(maxlen=200)  # (severity, text) shown
+        self.unexpected: list[BaseException] = []  # failures that were bugs of ours
         self._route_told: str | None = None
         if keymap:
             self.set_keymap(keymap)
@@ -87,10 +110,20 @@ class ConsoleApp(App):
     def on_mount(self) -> None:
         self._sessions = SessionsScreen(self.clock)
         self.push_screen(self._sessions)
-        if self.notice:
-            self.notify(self.notice, title="Welcome to Adhoc", timeout=30)
+        if self.first_run_password is not None:
+            # The welcome toast waits for the dialog: over it, it would hide half of it.
+            self.push_screen(FirstRunModal(self.login, self.first_run_password,
+                                           str(embedded_data_dir())),
+                             lambda _noted: self._welcome())
+            self.first_run_password = None  # the dialog holds the only copy
+        else:
+            self._welcome()
         self.refresh_sessions()
         self.follow_events()
+
+    def _welcome(self) -> None:
+        if self.notice:
+            self.notify(self.notice, title="Welcome to Adhoc", timeout=30)
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         """The palette offers what makes sense where the technician is."""
@@ -108,8 +141,13 @@ class ConsoleApp(App):
                                 self.action_end_session)
             yield SystemCommand("Audit trail", "Who did what in the selected session",
                                 self.action_audit)
+            yield SystemCommand("Session details", "Host, host key fingerprint, times, ssh -J",
+                                self.action_details)
             yield SystemCommand("New security code", "For a session still waiting for it",
                                 self.action_reissue_code)
+            yield SystemCommand("OpenSSH and port forwards",
+                                "The ssh command to copy; forward a local port to the "
+                                "customer's network", self.action_openssh)
         elif isinstance(screen, PaneScreen):
             yield SystemCommand("Back to sessions", "Leave this pane (it keeps running)",
                                 screen.action_leave)
@@ -119,11 +157,52 @@ class ConsoleApp(App):
             return False
         return True
 
+    # --- what the technician is told -------------------------------------------------------
+
+    def notify(self, message: str, *, title: str = "", severity="information",
+               timeout: float | None = None, markup: bool = True) -> None:
+        """Every toast, from any screen, is text: never markup, never an escape sequence
+        (its words often carry a host's file name or the relay's detail)."""
+        text = clean_lines(message, 2000)
+        self.notices.append((severity, text))
+        super().notify(text, title=clean_lines(title, 200), severity=severity,
+                       timeout=timeout, markup=False)
+
+    def report_failure(self, error: BaseException, group: str = "") -> None:
+        """The one place where a failed background call becomes something the user sees."""
+        if isinstance(error, RelayError) and error.status == 0 and group == "refresh":
+            self._lost_relay(error)
+            return
+        explained = explain(error)
+        if not explained.expected:
+            self.unexpected.append(error)
+        self.notify(explained.text, severity="error", timeout=10)
+
+    def _handle_exception(self, error: Exception) -> None:
+        """A background task that failed is told to the user; the console keeps running.
+        Anything else is a bug that leaves the app (Textual stops the widget it hit)."""
+        if isinstance(error, WorkerFailed) and self.is_running:
+            worker = active_worker.get(None)
+            self.report_failure(error.error, worker.group if worker is not None else "")
+            return
+        super()._handle_exception(error)
+
+    def _fatal_error(self) -> None:
+        """Textual's crash report without local variables: a session password or a token in
+        a local would otherwise be printed in clear on the technician's terminal."""
+        self.bell()
+        report = Traceback(show_locals=False, width=None, suppress=[rich])
+        self._exit_renderables.append(Segments(self.console.render(report,
+                                                                   self.console.options)))
+        self._close_messages_no_wait()
+
     # --- loading and live updates ----------------------------------------------------------
 
     @work(exclusive=True, group="refresh")
     async def refresh_sessions(self) -> None:
         body = await self.client.sessions()
+        if self.relay_ssh is None:
+            self.relay_ssh = str((await self.client.relay_info()).get("ssh") or "") or None
         self.post_message(SessionsChanged(body["sessions"], body.get("limits")))
 
     @on(SessionsChanged)
@@ -135,10 +214,44 @@ class ConsoleApp(App):
             view = self.views.get(self.screen.created["id"])
             if view:
                 self.screen.update_from(view)
+        ended = set()
         for (_kind, session_id), screen in self.panes.items():
             view = self.views.get(session_id)
             if view:
                 screen.session.update({k: v for k, v in view.items() if k != "host_key"})
+                if view["state"] == "ended":
+                    ended.add(session_id)
+        for session_id in ended:
+            view = self.views[session_id]
+            self._session_over(view)
+            self.notify(f"The session with {clean(view['customer_email'])} ended: "
+                        f"{ended_reason(view)}. Its panes have stopped.", severity="warning",
+                        timeout=15)
+
+    def _session_over(self, view: dict) -> None:
+        """The session ended (the customer, the technician, expiry): its panes stop trying
+        and say why, and its password is forgotten."""
+        why = ended_reason(view)
+        for kind in PANES:
+            screen = self.panes.pop((kind, view["id"]), None)
+            if screen is None:
+                continue
+            if isinstance(screen, RemoteScreen):
+                screen.close_shell()
+            screen.end(why)
+            self.retired[_pane_name(kind, view["id"])] = screen
+        self.retire_panes()
+        self.forget_password(view["id"])
+
+    @on(SessionsScreen.Back)
+    def retire_panes(self) -> None:
+        """Remove the panes of ended sessions that the technician is no longer looking at
+        (one still on screen says why it stopped until they leave it)."""
+        for name, screen in list(self.retired.items()):
+            if not any(screen in stack for stack in self._screen_stacks.values()):
+                del self.retired[name]
+                self.uninstall_screen(name)
+                screen.remove()
 
     @work(exclusive=True, group="events")
     async def follow_events(self) -> None:
@@ -158,34 +271,22 @@ class ConsoleApp(App):
                     self.last_event_id = 0
             except RelayError as exc:
                 if exc.status == 401:
-                    self._sessions.set_banner(f"{exc.detail} (adhoc-console login URL)")
+                    self._sessions.set_banner(explain(exc).text)
                     return
                 if not self.relay_lost:
-                    self.relay_lost = True
-                    self._sessions.set_banner(
-                        f"Lost the relay: {clean(exc.detail, 120)} — reconnecting…")
+                    self._lost_relay(exc)
             await asyncio.sleep(retry_delay(attempt))
             attempt += 1
+
+    def _lost_relay(self, error: RelayError) -> None:
+        self.relay_lost = True
+        self._sessions.set_banner(f"Lost the relay. {explain(error).text} The console "
+                                  "reconnects by itself.")
 
     def _relay_back(self) -> None:
         self.relay_lost = False
         self._sessions.set_banner(None)
         self.refresh_sessions()
-
-    @on(Worker.StateChanged)
-    def _worker_failed(self, event: Worker.StateChanged) -> None:
-        """The one place where a failed background call becomes something the user sees."""
-        if event.state != WorkerState.ERROR:
-            return
-        error = event.worker.error
-        if isinstance(error, RelayError):
-            if error.status == 0 and event.worker.group == "refresh":
-                self._sessions.set_banner(f"Lost the relay: {clean(error.detail, 120)}")
-                self.relay_lost = True
-                return
-            self.notify(clean(error.detail, 300), severity="error", timeout=8)
-        else:
-            self.notify(f"Unexpected error: {clean(error, 300)}", severity="error", timeout=10)
 
     # --- actions on the selected session ---------------------------------------------------
 
@@ -196,13 +297,26 @@ class ConsoleApp(App):
             self.notify("Select a session first (n creates one).", severity="warning")
         return view
 
+    def _selected_active(self) -> dict | None:
+        """The selected session if it is active; else None, having said why."""
+        view = self._selected()
+        if view is not None and view["state"] != "active":
+            self.notify("The customer has not activated this session yet."
+                        if view["state"] == "pending" else "This session has ended.",
+                        severity="warning")
+            return None
+        return view
+
     def action_new_session(self) -> None:
         def created(result: dict | None) -> None:
             if result:
                 self.views[result["id"]] = result
+                self._sessions.select(result["id"])  # what c or e do next is for this one
                 self.refresh_sessions()
                 self.push_screen(CreatedModal(result))
 
+        # Toasts said what they had to; at 80x24 one would hide the code and the link.
+        self.clear_notifications()
         self.push_screen(NewSessionModal(self.client), created)
 
     def action_remote(self) -> None:
@@ -218,13 +332,8 @@ class ConsoleApp(App):
         self._open_pane("files")
 
     def _open_pane(self, kind: str) -> None:
-        view = self._selected()
+        view = self._selected_active()
         if view is None:
-            return
-        if view["state"] != "active":
-            self.notify("The customer has not activated this session yet."
-                        if view["state"] == "pending" else "This session has ended.",
-                        severity="warning")
             return
         feature = PANE_FEATURES[kind]
         if feature not in (view.get("features") or []):
@@ -241,21 +350,26 @@ class ConsoleApp(App):
             self.open_pane(view, kind, password)
 
     def _ask_password(self, view: dict, kind: str, error: str | None = None) -> None:
-        def got(password: str | None) -> None:
+        def got(password: Secret | None) -> None:
             if password:
                 self.open_pane(view, kind, password)
 
-        self.push_screen(PasswordModal(f"{view['customer_email']} ({view['id']})", error), got)
+        self.push_screen(PasswordModal(view, error), got)
 
     @work(exclusive=True, group="open-pane")
-    async def open_pane(self, view: dict, kind: str, password: str) -> None:
+    async def open_pane(self, view: dict, kind: str, password: Secret) -> None:
         full = await self.client.session(view["id"])  # host key as the relay reports it now
+        if full["state"] != "active":
+            self.notify(f"The session with {clean(full['customer_email'])} is "
+                        f"{'over' if full['state'] == 'ended' else 'not active yet'}: "
+                        "nothing to connect to.", severity="warning")
+            return
         try:
             await self.connector.host(full, password)
         except RelayError as exc:
             if exc.code == "wrong_password":
                 self.forget_password(view["id"])
-                self._ask_password(view, kind, exc.detail)
+                self._ask_password(full, kind, exc.detail)
                 return
             raise
         self.passwords[view["id"]] = password
@@ -275,8 +389,7 @@ class ConsoleApp(App):
         route = self.connector.route
         if route is not None and str(route) != self._route_told:
             self._route_told = str(route)
-            self.notify(f"Connected to the relay: {clean(route, 300)}.", markup=False,
-                        timeout=6)
+            self.notify(f"Connected to the relay: {route}.", timeout=6)
 
     def forget_password(self, session_id: str) -> None:
         self.passwords.pop(session_id, None)
@@ -297,15 +410,10 @@ class ConsoleApp(App):
 
     @work(group="end")
     async def _end(self, session_id: str) -> None:
-        await self.client.end_session(session_id)
-        for kind in PANES:
-            screen = self.panes.pop((kind, session_id), None)
-            if isinstance(screen, RemoteScreen):
-                screen.close_shell()
-            if screen is not None and not screen.is_current:
-                self.uninstall_screen(_pane_name(kind, session_id))
-        self.forget_password(session_id)
-        self.notify("Session ended.")
+        ended = await self.client.end_session(session_id)
+        self.views[session_id] = ended
+        self._session_over(ended)
+        self.notify(f"Ended the session with {clean(ended['customer_email'])}.")
         self.refresh_sessions()
 
     @work(group="code")
@@ -318,8 +426,7 @@ class ConsoleApp(App):
                         severity="warning")
             return
         created = await self.client.reissue_code(view["id"])
-        merged = {**view, **created}
-        merged.setdefault("join_url", view.get("join_url", ""))
+        merged = {**view, **created, "join_url": "", "install_command": ""}
         await self.push_screen(CreatedModal(merged))
 
     @work(group="audit")
@@ -328,13 +435,60 @@ class ConsoleApp(App):
         if view is None:
             return
         rows = await self.client.audit(view["id"])
-        await self.push_screen(AuditModal(view["id"], rows))
+        await self.push_screen(AuditModal(view, rows))
+
+    def action_details(self) -> None:
+        view = self._selected()
+        if view is not None:
+            self.push_screen(DetailModal(view, self.login, self.relay_ssh))
+
+    @work(group="openssh")
+    async def action_openssh(self) -> None:
+        """The ssh command for the selected session, and `-L`-style forwards (key o)."""
+        view = self._selected_active()
+        if view is None:
+            return
+        try:
+            relay = sshconfig.relay_from(await self.client.relay_info(), self.login,
+                                         self.client.base_url)
+        except sshconfig.ConfigError as exc:
+            self.notify(str(exc), severity="error", markup=False)
+            return
+        commands = [("With OpenSSH (pins nothing: compare the key with the customer):",
+                     sshconfig.ssh_command(relay, view["id"])),
+                    ("After `adhoc-console ssh-config --write` (keys pinned):",
+                     f"ssh {view['id']}")]
+        request = await self.push_screen_wait(OpenSSHModal(
+            f"{clean(view['customer_email'])} ({view['id']})", commands,
+            self.connector.open_forwards(view["id"]),
+            "forward" in (view.get("features") or [])))
+        if request is None:
+            return
+        password = self.passwords.get(view["id"])
+        if password is None:
+            password = await self.push_screen_wait(PasswordModal(view))
+            if not password:
+                return
+        full = await self.client.session(view["id"])
+        try:
+            local = await self.connector.forward_local_port(full, password, request.local_port,
+                                                            request.host, request.port)
+        except RelayError as exc:
+            if exc.code == "wrong_password":
+                self.forget_password(view["id"])
+            raise
+        self.passwords[view["id"]] = password
+        where = f"[{request.host}]:{request.port}" if ":" in request.host \
+            else f"{request.host}:{request.port}"
+        self.notify(f"Forwarding {local} to {clean(where, 260)} on the customer's side; the "
+                    "customer is asked on their screen at the first connection.",
+                    markup=False, timeout=10)
 
     def action_help(self) -> None:
-        if self.screen.query("HelpPanel"):
-            self.action_hide_help_panel()
+        if isinstance(self.screen, HelpModal):
+            self.screen.dismiss(None)
         else:
-            self.action_show_help_panel()
+            self.push_screen(HelpModal(keys_of(self, self.screen)))
 
     async def on_unmount(self) -> None:
         await self.connector.close()
@@ -376,3 +530,9 @@ class ConsoleApp(App):
                 screen.close_shell()
         await self.connector.close()
         self.exit()
+
+
+def ended_reason(view: dict) -> str:
+    """Why a session ended, in words (the relay keeps a code)."""
+    reason = view.get("ended_reason") or ""
+    return ENDED_WORDS.get(reason, clean(reason.replace("_", " "), 40) or "ended")

@@ -4,22 +4,61 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import getpass
+import ipaddress
 import sys
+from pathlib import Path
 from urllib.parse import urlsplit
 
+import asyncssh
+
+from common.secret import Secret
 from common.transport import tune_allocator
 from relay.config import parse_hostport
+from tui import sshconfig
 from tui.app import ConsoleApp
 from tui.client import RelayClient, RelayError
 from tui.config import ConsoleConfig, embedded_data_dir
+from tui.failures import explain
+
+PROG = "adhoc-console"
+
+
+class Refused(Exception):
+    """Something the user gave or did that the console cannot go on with: one sentence;
+    `status` is the exit status (2: a command line that cannot work)."""
+
+    def __init__(self, sentence: str, *, status: int = 1) -> None:
+        super().__init__(sentence)
+        self.status = status
+
+
+class Parser(argparse.ArgumentParser):
+    argv: list[str] = []  # the words being parsed, for the error below
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        """argparse's words, or for a mistyped option (--realy) the option it resembles."""
+        hint = ""
+        for word in Parser.argv:
+            if word.startswith("--") and word.split("=", 1)[0] not in self._option_string_actions:
+                options = [o for o in self._option_string_actions if o.startswith("--")]
+                close = difflib.get_close_matches(word.split("=", 1)[0], options, n=1)
+                hint = f"unknown option {word.split('=', 1)[0]}" + (
+                    f" (did you mean {close[0]}?)" if close else "")
+                break
+        self.exit(2, f"{self.prog}: {hint or message}; see {PROG} --help\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="adhoc-console", description=__doc__)
+    parser = Parser(prog=PROG, description=__doc__)
     parser.add_argument("--relay", metavar="URL",
                         help="the relay to use (default: the one you logged in to, else the "
                              "bundled relay on this computer)")
+    parser.add_argument("--session-key", metavar="FILE",
+                        help="an SSH public key (e.g. ~/.ssh/id_ed25519.pub) sent with every "
+                             "session you create: it logs in to the host as you, for scripts "
+                             "(sftp -b, cron)")
     parser.add_argument("--listen", metavar="HOST:PORT",
                         help="where the bundled relay listens (default 127.0.0.1, ports "
                              "8780 and 8722 or free ones, kept once chosen); another "
@@ -27,13 +66,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--public-url", metavar="URL",
                         help="the address customers' computers reach the bundled relay at, "
                              "for their links (default http://<--listen>)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     login = sub.add_parser("login", help="log in to a relay and remember it")
-    login.add_argument("url", metavar="URL", help="the relay's URL, e.g. https://relay.example")
+    login.add_argument("url", metavar="URL",
+                       help="the relay's URL, e.g. https://relay.example or 127.0.0.1:8780")
     login.add_argument("--login", help="your login name (asked for when missing)")
     login.add_argument("--password-stdin", action="store_true",
                        help="read the password from standard input")
     sub.add_parser("logout", help="forget the stored relay and token")
+    config = sub.add_parser(
+        "ssh-config", help="OpenSSH config for your company's live sessions (ssh, scp, sftp, "
+                           "rsync and sshfs by session id)",
+        description="Print a Host block per live session (ProxyJump through the relay, "
+                    "HostKeyAlias, keepalive) and the keys to pin; with --write, put them in "
+                    "~/.ssh/adhoc/config and ~/.ssh/adhoc/known_hosts and include that from "
+                    "~/.ssh/config, so `ssh SESSION` works.")
+    config.add_argument("session", nargs="?", metavar="SESSION",
+                        help="only this session (its id, or the customer's email)")
+    config.add_argument("--write", action="store_true",
+                        help="write every live session to ~/.ssh/adhoc/ (run it again when "
+                             "sessions change)")
     tunnel = sub.add_parser(
         "tunnel", help="carry OpenSSH to the relay: use as ProxyCommand (see docs/CONSOLE.md)")
     tunnel.add_argument("url", metavar="URL", nargs="?",
@@ -45,27 +97,81 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def relay_url(text: str) -> str:
+    """The relay's base URL from what a person typed: `127.0.0.1:8780` means http:// on a
+    loopback address (https:// elsewhere), and a path such as /api/v1 is dropped."""
+    text = text.strip()
+    if "://" not in text:
+        host = urlsplit(f"//{text}").hostname or ""
+        text = ("http://" if _is_local(host) else "https://") + text
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise Refused(f"{text} is not a relay's address: give one like https://relay.example "
+                      "or 127.0.0.1:8780")
+    try:
+        parts.port  # noqa: B018 - a port that is not a number raises here
+    except ValueError:
+        raise Refused(f"{text} has a port that is not a number") from None
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _is_local(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback or ipaddress.ip_address(host).is_private
+    except ValueError:
+        return False
+
+
+def _ask(prompt: str, *, secret: bool = False) -> str:
+    """A line from the person at the keyboard; ctrl+c or end of input stops the command."""
+    try:
+        return getpass.getpass(prompt) if secret else input(prompt)
+    except (EOFError, KeyboardInterrupt):
+        print(file=sys.stderr)
+        raise Refused("stopped: nothing was changed") from None
+
+
 def _login(args: argparse.Namespace) -> int:
-    name = args.login or input("Login: ").strip()
-    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else \
-        getpass.getpass("Password: ")
-    return asyncio.run(_store_login(args.url, name, password))
+    url = relay_url(args.url)
+    name = (args.login or _ask("Login: ")).strip()
+    if not name:
+        raise Refused("no login name given: nothing was changed")
+    if args.password_stdin:
+        password = Secret(sys.stdin.readline().rstrip("\n"))
+    else:
+        password = Secret(_ask("Password: ", secret=True))
+    return asyncio.run(_store_login(url, name, password))
 
 
-async def _store_login(url: str, name: str, password: str) -> int:
+async def _store_login(url: str, name: str, password: Secret) -> int:
     client = RelayClient(url)
     try:
-        body = await client.login(name, password)
+        await client.login(name, password)
     except RelayError as exc:
-        print(f"adhoc-console: {exc.detail}", file=sys.stderr)
-        return 1
+        raise Refused(explain(exc).text) from None
     finally:
         await client.aclose()
     config = ConsoleConfig.load()
-    config.relay_url, config.login, config.token = url.rstrip("/"), name, body["token"]
+    config.relay_url, config.login, config.token = url, name, client.token
     config.save()
     print(f"logged in to {config.relay_url} as {name}; token stored in {config.path}")
     return 0
+
+
+def _session_key(path: str | None) -> str | None:
+    """The public key of --session-key, one OpenSSH line; SystemExit with a sentence."""
+    if path is None:
+        return None
+    try:
+        key = asyncssh.import_public_key(Path(path).expanduser().read_bytes())
+    except OSError as exc:
+        raise SystemExit(f"adhoc-console: cannot read {path}: {exc.strerror or exc}") from None
+    except (asyncssh.KeyImportError, ValueError):
+        raise SystemExit(f"adhoc-console: {path} is not an SSH public key: give the .pub "
+                         "file (ssh-keygen -t ed25519 makes one)") from None
+    return key.export_public_key("openssh").decode().strip()
 
 
 def _embedded_notice(embedded) -> str:
@@ -77,17 +183,14 @@ def _embedded_notice(embedded) -> str:
         notice += (" Only this computer can join its links: to let a customer's computer in, "
                    "start with --listen ADDRESS:PORT (this computer's address on their "
                    "network) and, behind NAT, --public-url.")
-    if embedded.first_run_password:
-        notice += (f" First run: created company 'Local' and admin '{embedded.login}' with "
-                   f"password {embedded.first_run_password} — note it now, it is shown only "
-                   "once.")
-    return notice
+    return notice  # a first run's password is shown in its own dialog (FirstRunModal)
 
 
 async def _run(args: argparse.Namespace, config: ConsoleConfig) -> int:
+    session_key = _session_key(args.session_key)
     embedded = None
-    notice = None
-    url = args.relay or config.relay_url
+    first_run = notice = None
+    url = relay_url(args.relay) if args.relay else config.relay_url
     if url is None:
         from tui.embedded import EmbeddedError, start_embedded
 
@@ -97,31 +200,34 @@ async def _run(args: argparse.Namespace, config: ConsoleConfig) -> int:
                 parse_hostport(listen) if listen else None,
                 args.public_url or config.public_url)
         except (EmbeddedError, ValueError) as exc:
-            print(f"adhoc-console: {exc}", file=sys.stderr)
-            return 1
+            raise Refused(str(exc)) from None
+        except OSError as exc:
+            raise Refused(f"cannot start the bundled relay ({exc.strerror or exc}); check "
+                          f"that {embedded_data_dir()} is writable, or log in to a relay "
+                          f"with {PROG} login URL") from None
         url, token, login = embedded.base_url, embedded.token, embedded.login
+        first_run = embedded.first_run_password
         notice = _embedded_notice(embedded)
     else:
         if args.listen or args.public_url:
-            print("adhoc-console: --listen and --public-url are for the bundled relay, not "
-                  f"for {url}", file=sys.stderr)
-            return 2
-        if not config.token or (args.relay and args.relay.rstrip("/") != config.relay_url):
-            print(f"adhoc-console: not logged in to {url}: run `adhoc-console login {url}` "
-                  "first", file=sys.stderr)
-            return 2
+            raise Refused(f"--listen and --public-url are for the bundled relay, not for {url}",
+                          status=2)
+        if not config.token or url != config.relay_url:
+            raise Refused(f"not logged in to {url}: run `{PROG} login {url}` first")
         token, login = config.token, config.login or ""
-    client = RelayClient(url, token)
+    client = RelayClient(url, token, session_key=session_key)
     try:
         if embedded is None:
             try:
                 await client.me()
             except RelayError as exc:
-                print(f"adhoc-console: {exc.detail}", file=sys.stderr)
-                return 1
+                raise Refused(explain(exc).text) from None
         app = ConsoleApp(client, login, notice=notice, keymap=config.keymap,
-                         runs_relay=embedded is not None and not embedded.attached)
+                         runs_relay=embedded is not None and not embedded.attached,
+                         first_run_password=first_run)
         await app.run_async()
+        if app.return_code:
+            return app.return_code
     finally:
         await client.aclose()
         if embedded is not None:
@@ -129,27 +235,77 @@ async def _run(args: argparse.Namespace, config: ConsoleConfig) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "login":
-        return _login(args)
-    config = ConsoleConfig.load()
-    if args.command == "tunnel":
-        from tui.tunnel import run
-
-        url = args.url or config.relay_url
-        if not url:
-            print("adhoc-console tunnel: name the relay's URL (or log in to one first)",
-                  file=sys.stderr)
-            return 2
-        return asyncio.run(run(url, websocket_only=args.websocket, verbose=args.verbose))
-    if args.command == "logout":
-        config.relay_url = config.login = config.token = None
-        config.save()
-        print("logged out")
+async def _ssh_config(args: argparse.Namespace, config: ConsoleConfig) -> int:
+    url = args.relay or config.relay_url
+    if url is None or not config.token or url.rstrip("/") != config.relay_url:
+        print("adhoc-console: ssh-config needs a relay you logged in to: run `adhoc-console "
+              "login URL` first", file=sys.stderr)
+        return 2
+    client = RelayClient(url, config.token)
+    try:
+        me, info, body = await client.me(), await client.relay_info(), await client.sessions()
+    except RelayError as exc:
+        print(f"adhoc-console: {exc.detail}", file=sys.stderr)
+        return 1
+    finally:
+        await client.aclose()
+    try:
+        relay = sshconfig.relay_from(info, me.get("login") or config.login or "", url)
+        chosen, notes = sshconfig.entries(body["sessions"])
+    except sshconfig.ConfigError as exc:
+        print(f"adhoc-console: {exc}", file=sys.stderr)
+        return 1
+    if args.session:
+        wanted = [e for e in chosen if args.session in (e.session_id, e.customer, e.alias)]
+        if not wanted:
+            print(f"adhoc-console: no active session {args.session!r}: `adhoc-console "
+                  "ssh-config` lists every one", file=sys.stderr)
+            return 1
+    else:
+        wanted = chosen
+    if args.write:
+        for line in sshconfig.write(relay, chosen, notes):
+            print(line)
+        for entry in wanted:
+            print(f"ssh {entry.alias or entry.session_id}    # {entry.customer}")
         return 0
-    tune_allocator()
-    return asyncio.run(_run(args, config))
+    known = Path.home() / ".ssh" / "adhoc" / "known_hosts"
+    print(sshconfig.render(relay, wanted, [] if args.session else notes, str(known)), end="")
+    print(f"\n# Keys to pin in {known} (--write does it):")
+    for line in sshconfig.known_hosts_lines(relay, wanted).splitlines():
+        print(f"#   {line}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    Parser.argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(Parser.argv)
+    try:
+        if args.command == "login":
+            return _login(args)
+        config = ConsoleConfig.load()
+        if args.command == "ssh-config":
+            return asyncio.run(_ssh_config(args, config))
+        if args.command == "tunnel":
+            from tui.tunnel import run
+
+            url = relay_url(args.url) if args.url else config.relay_url
+            if not url:
+                raise Refused("name the relay's URL (or log in to one first)", status=2)
+            return asyncio.run(run(url, websocket_only=args.websocket, verbose=args.verbose))
+        if args.command == "logout":
+            config.relay_url = config.login = config.token = None
+            config.save()
+            print("logged out")
+            return 0
+        tune_allocator()
+        return asyncio.run(_run(args, config))
+    except Refused as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return exc.status
+    except KeyboardInterrupt:
+        print(f"{PROG}: stopped", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

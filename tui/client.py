@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ from common.reach import (
     origin,
     relay_routes,
 )
+from common.secret import Secret, reveal
 from common.transport import (
     INNER_PORT,
     INNER_USER,
@@ -37,7 +39,7 @@ from common.transport import (
 )
 
 API = "/api/v1"
-# Small windows so ctrl+c stops a flood quickly (DESIGN §6, issue 5).
+# Small windows so ctrl+c stops a flood quickly (docs/BENCHMARKS.md, Targets; issue 5).
 SHELL_WINDOW = 256 * 1024
 
 
@@ -68,11 +70,14 @@ class RelayError(Exception):
 def _error(response: httpx.Response) -> RelayError:
     try:
         body = response.json()
-        return RelayError(response.status_code, body.get("error", "error"),
-                          body.get("detail", response.text))
     except ValueError:
+        body = None
+    if not isinstance(body, dict) or not isinstance(body.get("detail"), str):
+        where = f"{response.url.scheme}://{response.url.netloc.decode(errors='replace')}"
         return RelayError(response.status_code, "error",
-                          f"the relay answered HTTP {response.status_code}")
+                          f"{where} answered HTTP {response.status_code}, not as an Adhoc "
+                          "relay does: check the URL, and that the relay behind it is running")
+    return RelayError(response.status_code, str(body.get("error", "error")), body["detail"])
 
 
 @dataclass(frozen=True)
@@ -85,23 +90,42 @@ class RelayEvent:
 CONNECTED = "stream-connected"  # not from the relay: the stream (re)opened
 
 
+# Methods that may be sent twice: a read, or the idempotent end of a session.
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+# Errors that mean the connection died under the request (a pooled connection the relay had
+# closed: "Server disconnected without sending a response"), not that the relay is down.
+STALE_CONNECTION = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+# Idle pooled connections are dropped well before the relay's own keep-alive timeout (5 s in
+# uvicorn), so the console seldom reuses one the relay is closing at that moment.
+KEEPALIVE_EXPIRY = 2.0
+
+
 class RelayClient:
-    def __init__(self, base_url: str, token: str | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, base_url: str, token: str | Secret | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None, *,
+                 session_key: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
-        self.token = token
+        self.token = Secret(token) if token is not None else None
         self._transport = transport
+        # An SSH public key sent with every session created, to log in to its host as this
+        # technician (scripts: sftp -b, cron); `adhoc-console --session-key FILE`.
+        self.session_key = session_key
         # The other relays of the cluster (their URLs, as the relay listed them): where the
         # console goes when its relay cannot be reached. A token is good on every one.
         self.relays: list[str] = []
         self._http = self._client_for(self.base_url)
 
     def _client_for(self, base_url: str) -> httpx.AsyncClient:
+        """A client with the proxy and TLS rules of common/reach.py."""
         try:
             return http_client(base_url, base_url=base_url, timeout=httpx.Timeout(20.0),
-                               transport=self._transport)
+                               transport=self._transport,
+                               limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY))
         except ProxySettingError as exc:
             raise RelayError(0, "proxy", f"{exc}, then start the console again") from None
+
+    def _new_http(self) -> httpx.AsyncClient:
+        return self._client_for(self.base_url)
 
     async def _fail_over(self) -> bool:
         """Move to another relay of the cluster that answers; False if none does."""
@@ -133,12 +157,23 @@ class RelayClient:
         return host, port, proxy_for(scheme, host, port)
 
     def _headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        return {"Authorization": f"Bearer {self.token.reveal()}"} if self.token else {}
 
-    async def _call(self, method: str, path: str, **kwargs) -> dict:
+    async def _call(self, method: str, path: str, *, idempotent: bool | None = None,
+                    **kwargs) -> dict:
+        """One request; a request that may be sent twice is sent again once, on a fresh
+        connection, when the pooled connection it went out on was closed by the relay."""
+        again = method in IDEMPOTENT if idempotent is None else idempotent
         try:
-            response = await self._http.request(method, API + path, headers=self._headers(),
-                                                **kwargs)
+            try:
+                response = await self._http.request(method, API + path,
+                                                    headers=self._headers(), **kwargs)
+            except STALE_CONNECTION:
+                if not again:
+                    raise
+                async with self._new_http() as fresh:
+                    response = await fresh.request(method, API + path,
+                                                   headers=self._headers(), **kwargs)
         except httpx.HTTPError as exc:
             problem = (f"cannot reach the relay at {self.base_url}: "
                        f"{explain(exc, *self._origin())}")
@@ -153,11 +188,17 @@ class RelayClient:
                     from None
         if response.status_code >= 400:
             raise _error(response)
-        return response.json()
+        try:
+            return response.json()
+        except ValueError:
+            raise RelayError(response.status_code, "unreachable",
+                             f"{self.base_url} answered, but not as an Adhoc relay does "
+                             "(check the URL)") from None
 
-    async def login(self, login: str, password: str) -> dict:
-        body = await self._call("POST", "/login", json={"login": login, "password": password})
-        self.token = body["token"]
+    async def login(self, login: str, password: str | Secret) -> dict:
+        body = await self._call("POST", "/login", json={
+            "login": login, "password": reveal(password)})
+        self.token = Secret(body.pop("token"))
         return body
 
     async def me(self) -> dict:
@@ -177,18 +218,21 @@ class RelayClient:
     async def session(self, session_id: str) -> dict:
         return await self._call("GET", f"/sessions/{session_id}")
 
-    async def create_session(self, customer_email: str, password: str, note: str = "") -> dict:
+    async def create_session(self, customer_email: str, password: str | Secret,
+                             note: str = "") -> dict:
         """Create a session; the session password never leaves the console: the relay gets
         its argon2id verifier, made here, and hands it to the customer's agent."""
-        problem = session_password_problem(password)
+        problem = session_password_problem(reveal(password))
         if problem:  # the relay's own check and words, without sending the password anywhere
             raise RelayError(422, "invalid", problem + ".")
-        verifier = await asyncio.to_thread(hash_password, password)
-        return await self._call("POST", "/sessions", json={
-            "customer_email": customer_email, "password_verifier": verifier, "note": note})
+        verifier = await asyncio.to_thread(hash_password, reveal(password))
+        body = {"customer_email": customer_email, "password_verifier": verifier, "note": note}
+        if self.session_key:
+            body["technician_key"] = self.session_key
+        return await self._call("POST", "/sessions", json=body)
 
     async def end_session(self, session_id: str) -> dict:
-        return await self._call("POST", f"/sessions/{session_id}/end")
+        return await self._call("POST", f"/sessions/{session_id}/end", idempotent=True)
 
     async def reissue_code(self, session_id: str) -> dict:
         return await self._call("POST", f"/sessions/{session_id}/code")
@@ -216,19 +260,44 @@ class RelayClient:
                 event_id, kind, data = None, "message", []
                 async for line in response.aiter_lines():
                     if line.startswith("id:"):
-                        event_id = int(line[3:].strip())
+                        value = line[3:].strip()
+                        event_id = int(value) if value.isdigit() else None
                     elif line.startswith("event:"):
                         kind = line[6:].strip()
                     elif line.startswith("data:"):
                         data.append(line[5:].strip())
                     elif line == "" and data:
-                        yield RelayEvent(event_id or 0, kind, json.loads("\n".join(data)))
+                        event = _event(event_id, kind, data)
+                        if event is not None:
+                            yield event
                         event_id, kind, data = None, "message", []
         except httpx.HTTPError as exc:
             # The relay is gone: the next try goes to another relay of the cluster, if any.
             if isinstance(exc, httpx.ConnectError):
                 await self._fail_over()
-            raise RelayError(0, "unreachable", f"lost the relay's event stream: {exc}") from None
+            raise RelayError(0, "unreachable",
+                             f"lost the relay's event stream ({exc or type(exc).__name__})"
+                             ) from None
+
+
+def _event(event_id: int | None, kind: str, data: list[str]) -> RelayEvent | None:
+    """One event as the stream sent it, or None for one that is not an object of JSON."""
+    try:
+        value = json.loads("\n".join(data))
+    except ValueError:
+        return None
+    return RelayEvent(event_id or 0, kind, value) if isinstance(value, dict) else None
+
+
+def host_key_fingerprint(host_key: str | None) -> str | None:
+    """The host key's fingerprint as OpenSSH prints it (SHA256:…), for the technician to
+    compare with the one on the customer's screen; None when there is no valid key."""
+    if not host_key:
+        return None
+    try:
+        return asyncssh.import_public_key(host_key).get_fingerprint("sha256")
+    except (asyncssh.KeyImportError, ValueError):
+        return None
 
 
 class ShellSession(asyncssh.SSHClientSession):
@@ -281,14 +350,24 @@ class JsonLines:
     MAX_LINE = 1024 * 1024
 
     def __init__(self, writer: asyncssh.SSHWriter, reader: asyncssh.SSHReader,
-                 errors: asyncssh.SSHReader) -> None:
+                 errors: asyncssh.SSHReader,
+                 conn: asyncssh.SSHClientConnection | None = None) -> None:
         self._writer, self._reader, self._errors = writer, reader, errors
+        self._conn = conn
+        self.lost: str | None = None  # why the connection under the channel died, if it did
 
     async def read(self) -> dict | None:
-        """The next object, or None when the host closed the channel."""
+        """The next object, or None when the channel ended: the host closed it, or the
+        connection under it was lost (then `lost` says why)."""
         while True:
-            line = await self._reader.readline()
+            try:
+                line = await self._reader.readline()
+            except (asyncssh.Error, OSError) as exc:
+                self.lost = str(getattr(exc, "reason", "") or exc or "connection lost")
+                return None
             if not line:
+                if self._conn is not None and self._conn.is_closed():
+                    self.lost = "connection lost"
                 return None
             if len(line) > self.MAX_LINE:
                 continue
@@ -315,23 +394,26 @@ class JsonLines:
 
 
 def technician_options(*, outer: bool = False, sock=None, **options) -> dict:
-    """The console's asyncssh client settings; `options` override them."""
+    """The console's asyncssh client settings; `options` override them. Keepalive on every
+    leg, 15 s x 3; ADHOC_CONSOLE_KEEPALIVE (seconds) lets fault tests see a dead link in
+    seconds, as ADHOC_HOST_KEEPALIVE and ADHOC_RELAY_KEEPALIVE do."""
+    keepalive = float(os.environ.get("ADHOC_CONSOLE_KEEPALIVE", "15"))
     return {"client_keys": None, "agent_path": None, "config": None,
-            "preferred_auth": "password", "keepalive_interval": 15, "keepalive_count_max": 3,
-            **client_options(outer=outer, sock=sock), **options}
+            "preferred_auth": "password", "keepalive_interval": keepalive,
+            "keepalive_count_max": 3, **client_options(outer=outer, sock=sock), **options}
 
 
-async def connect_relay(host: str, port: int, login: str, token: str, relay_key: str,
+async def connect_relay(host: str, port: int, login: str, token: str | Secret, relay_key: str,
                         sock=None, **options) -> asyncssh.SSHClientConnection:
     """The technician's SSH connection to the relay, pinned to its key, with the console's
     transport settings; `options` override them (the bench tries levers this way). Over
     `sock` when it is already connected (a route, common/reach.py)."""
-    return await asyncssh.connect(host, port, username=login, password=token,
+    return await asyncssh.connect(host, port, username=login, password=reveal(token),
                                   known_hosts=pinned(relay_key),
                                   **technician_options(outer=True, sock=sock, **options))
 
 
-async def open_relay(routes: list[Route], login: str, token: str, relay_key: str,
+async def open_relay(routes: list[Route], login: str, token: str | Secret, relay_key: str,
                      **options) -> tuple[asyncssh.SSHClientConnection, Route]:
     """The technician's SSH connection to the relay on the first route that works (its SSH
     port, then SSH over WebSocket), and that route. Raises RelayError saying why each route
@@ -348,9 +430,9 @@ async def open_relay(routes: list[Route], login: str, token: str, relay_key: str
             conn = await connect_relay(route.host, route.port, login, token, relay_key,
                                        sock=sock, **options)
         except (asyncssh.PermissionDenied, asyncssh.HostKeyNotVerifiable) as exc:
-            sock.close()
-            raise RelayError(0, "refused", f"the relay refused the SSH login ({route}): "
-                             f"{exc.reason}; log in again") from None
+            sock.close()  # revoked, expired or another key: no retry helps (tui/failures.py)
+            raise RelayError(401, "unauthorized", f"the relay refused the SSH login ({route}): "
+                             f"{exc.reason}") from None
         except (OSError, asyncssh.Error, TimeoutError) as exc:
             sock.close()
             failures.append(failure(exc, route))
@@ -361,11 +443,11 @@ async def open_relay(routes: list[Route], login: str, token: str, relay_key: str
 
 
 async def connect_host(relay: asyncssh.SSHClientConnection, session_id: str, host_key: str,
-                       password: str, **options) -> asyncssh.SSHClientConnection:
+                       password: str | Secret, **options) -> asyncssh.SSHClientConnection:
     """The technician's inner connection to a session's host, through `relay`, pinned to the
     host key the relay reported at activation."""
     return await asyncssh.connect(session_id, INNER_PORT, tunnel=WideTunnel(relay),
-                                  username=INNER_USER, password=password,
+                                  username=INNER_USER, password=reveal(password),
                                   known_hosts=pinned(host_key), **technician_options(**options))
 
 
@@ -378,6 +460,8 @@ class HostConnector:
         self._relay: asyncssh.SSHClientConnection | None = None
         self._hosts: dict[str, asyncssh.SSHClientConnection] = {}
         self._lock = asyncio.Lock()
+        # session id -> ("127.0.0.1:8080", "192.168.1.1:80", listener) of its open forwards
+        self.forwards: dict[str, list[tuple[str, str, asyncssh.SSHListener]]] = {}
         self.route: Route | None = None  # how the SSH connection to the relay goes
 
     async def _relay_conn(self) -> asyncssh.SSHClientConnection:
@@ -394,7 +478,7 @@ class HostConnector:
                                                    info["host_key"])
         return self._relay
 
-    async def host(self, session: dict, password: str) -> asyncssh.SSHClientConnection:
+    async def host(self, session: dict, password: Secret) -> asyncssh.SSHClientConnection:
         """The inner connection to a session's host, pinned to the key the relay reported."""
         async with self._lock:
             conn = self._hosts.get(session["id"])
@@ -417,11 +501,36 @@ class HostConnector:
             return conn
 
     def forget(self, session_id: str) -> None:
+        self.forwards.pop(session_id, None)  # they close with the connection
         conn = self._hosts.pop(session_id, None)
         if conn is not None:
             conn.close()
 
-    async def open_shell(self, session: dict, password: str, *, cols: int, rows: int,
+    async def forward_local_port(self, session: dict, password: Secret, local_port: int,
+                                 host: str, port: int) -> str:
+        """Listen on 127.0.0.1:local_port (0: any free one) and carry each connection to
+        host:port through the session's host (`ssh -L`); the local address. The customer is
+        asked on their screen when a connection first goes to a destination."""
+        conn = await self.host(session, password)
+        try:
+            listener = await conn.forward_local_port("127.0.0.1", local_port, host, port)
+        except OSError as exc:
+            raise RelayError(0, "local_port", f"cannot listen on 127.0.0.1:{local_port}: "
+                             f"{exc.strerror or exc}; choose another local port") from None
+        local = f"127.0.0.1:{listener.get_port()}"
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.forwards.setdefault(session["id"], []).append((local, where, listener))
+        return local
+
+    def open_forwards(self, session_id: str) -> list[str]:
+        """"127.0.0.1:8080 → 192.168.1.1:80" for each forward still open to the session."""
+        conn = self._hosts.get(session_id)
+        if conn is None or conn.is_closed():
+            self.forwards.pop(session_id, None)
+            return []
+        return [f"{local} → {where}" for local, where, _ in self.forwards.get(session_id, [])]
+
+    async def open_shell(self, session: dict, password: Secret, *, cols: int, rows: int,
                          shell_id: str, on_output: Callable[[bytes], None],
                          on_closed: Callable[[str], None]) -> ShellChannel:
         conn = await self.host(session, password)
@@ -430,20 +539,22 @@ class HostConnector:
                 lambda: ShellSession(on_output, on_closed), term_type="xterm-256color",
                 term_size=(cols, rows), env={"ADHOC_SHELL_ID": shell_id}, encoding=None,
                 window=SHELL_WINDOW)
-        except asyncssh.ChannelOpenError as exc:
+        except (asyncssh.Error, OSError) as exc:
             self.forget(session["id"])
-            raise RelayError(0, "offline", f"cannot open a shell: {exc.reason}") from None
+            raise RelayError(0, "offline", f"cannot open a shell "
+                             f"({getattr(exc, 'reason', '') or exc})") from None
         return ShellChannel(chan, shell)
 
-    async def open_lines(self, session: dict, password: str, subsystem: str) -> JsonLines:
+    async def open_lines(self, session: dict, password: Secret, subsystem: str) -> JsonLines:
         conn = await self.host(session, password)
         try:
             writer, reader, errors = await conn.open_session(subsystem=subsystem,
                                                              encoding="utf-8", errors="replace")
-        except asyncssh.ChannelOpenError as exc:
+        except (asyncssh.Error, OSError) as exc:
             self.forget(session["id"])
-            raise RelayError(0, "offline", f"cannot open the {subsystem}: {exc.reason}") from None
-        return JsonLines(writer, reader, errors)
+            raise RelayError(0, "offline", f"cannot open the {subsystem} "
+                             f"({getattr(exc, 'reason', '') or exc})") from None
+        return JsonLines(writer, reader, errors, conn)
 
     async def close(self) -> None:
         for conn in self._hosts.values():

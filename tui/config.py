@@ -12,6 +12,8 @@ from pathlib import Path
 
 import platformdirs
 
+from common.secret import Secret, reveal
+
 
 def config_dir() -> Path:
     override = os.environ.get("ADHOC_CONSOLE_CONFIG_DIR")
@@ -29,7 +31,7 @@ def embedded_data_dir() -> Path:
 class ConsoleConfig:
     relay_url: str | None = None
     login: str | None = None
-    token: str | None = None
+    token: Secret | None = None
     keymap: dict[str, str] = field(default_factory=dict)
     # [embedded]: where the bundled relay listens and the address customers use (the
     # command line's --listen and --public-url win)
@@ -53,7 +55,8 @@ class ConsoleConfig:
         relay = data.get("relay", {})
         config.relay_url = relay.get("url")
         config.login = relay.get("login")
-        config.token = relay.get("token")
+        token = relay.get("token")
+        config.token = Secret(token) if isinstance(token, str) and token else None
         config.keymap = {str(k): str(v) for k, v in data.get("keys", {}).items()}
         embedded = data.get("embedded", {})
         config.listen = embedded.get("listen")
@@ -67,7 +70,7 @@ class ConsoleConfig:
             value = getattr(self, key)
             if value:
                 name = "url" if key == "relay_url" else key
-                lines.append(f"{name} = {_quote(value)}")
+                lines.append(f"{name} = {_quote(reveal(value))}")
         embedded = [f"{key} = {_quote(value)}" for key, value in
                     (("listen", self.listen), ("public_url", self.public_url)) if value]
         if embedded:

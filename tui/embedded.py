@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.passwords import hash_password
+from common.secret import Secret
 from relay.config import WILDCARDS, RelaySettings, format_hostport
 from relay.server import RelayServer, StartError
 from relay.store import NotFound, Store
@@ -49,9 +50,9 @@ class EmbeddedError(Exception):
 @dataclass
 class Embedded:
     base_url: str
-    token: str
+    token: Secret
     login: str
-    first_run_password: str | None
+    first_run_password: Secret | None
     server: RelayServer | None = None  # None: attached to another console's relay
     owner_pid: int | None = None  # the console running the relay, when attached
     _lock: int | None = field(default=None, repr=False)
@@ -184,7 +185,7 @@ async def _start(data_dir: Path, lock: int, listen: tuple[str, int] | None,
     try:
         addresses.save(data_dir, base_url=service.base_url, pid=os.getpid())
         tech, password = await _local_admin(service.store)
-        token = await service.issue_token(tech)
+        token = Secret(await service.issue_token(tech))
     except BaseException:
         await server.stop()
         raise
@@ -193,7 +194,7 @@ async def _start(data_dir: Path, lock: int, listen: tuple[str, int] | None,
 
 async def _local_admin(store: Store):
     """The local admin, made with the company `Local` on the first run (with a password shown
-    once); returns (technician, that password or None)."""
+    once); returns (technician, that password as a Secret, or None)."""
     try:
         return await store.technician_by_login(LOCAL_ADMIN), None
     except NotFound:
@@ -203,10 +204,10 @@ async def _local_admin(store: Store):
         company = await store.company_by_name(LOCAL_COMPANY)
     except NotFound:
         company = await store.add_company(LOCAL_COMPANY, "premier", 5, now)
-    password = secrets.token_urlsafe(12)
+    password = Secret(secrets.token_urlsafe(12))
     tech = await store.add_technician(
         company.id, LOCAL_ADMIN, "admin@localhost",
-        await asyncio.to_thread(hash_password, password), True, now, actor="console")
+        await asyncio.to_thread(hash_password, password.reveal()), True, now, actor="console")
     return tech, password
 
 
@@ -229,7 +230,7 @@ async def _attach(data_dir: Path, listen: tuple[str, int] | None,
     store = await Store.open(data_dir / "relay.db")
     try:
         tech, _ = await _local_admin(store)
-        token = await issue_token(store, tech, time.time())
+        token = Secret(await issue_token(store, tech, time.time()))
     finally:
         await store.close()
     return Embedded(base_url, token, tech.login, None, None, pid)

@@ -34,7 +34,7 @@ def load_or_create_cluster_key(path: Path) -> asyncssh.SSHKey:
     return load_or_create_key(path)
 
 
-def same_key(offered: asyncssh.SSHKey, ours: asyncssh.SSHKey) -> bool:
+def same_public_key(offered: asyncssh.SSHKey, ours: asyncssh.SSHKey) -> bool:
     return offered.public_data == ours.public_data
 
 

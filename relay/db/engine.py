@@ -116,7 +116,8 @@ class SQLiteDatabase(Database):
                 return operation(conn)
 
     async def dispose(self) -> None:
-        if self._disposed:  # closing twice is harmless
+        """Close every connection and the threads; a second call does nothing."""
+        if self._disposed:
             return
         self._disposed = True
         loop = asyncio.get_running_loop()

@@ -130,6 +130,8 @@ sessions = Table(
     Column("features", StoredText, nullable=False, server_default=text("'[]'")),
     Column("mail_status", StoredText, nullable=False, server_default=text("'queued'")),
     Column("mail_detail", StoredText),
+    # An SSH public key the creating technician may log in to the host with (issue 15).
+    Column("technician_key", StoredText),
 )
 # The limits' backstop: a technician has one live session, a computer takes part in one.
 _LIVE = text(LIVE_STATES_SQL)

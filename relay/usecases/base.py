@@ -143,6 +143,7 @@ class ServiceBase:
         conns = set(self.connections.of_session(session_id))
         link = self.agents.get(session_id)
         if link is not None:
+            link.end_reason = reason
             conns.add(link.conn)
         for conn in conns:
             # Not 11 ("by application"): asyncssh hides the reason of that code from the

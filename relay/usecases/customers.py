@@ -109,5 +109,6 @@ class CustomerCases(ServiceBase):
             "relays": self.relay_addresses(),
             "relay_host_key": self.relay_host_key, "expires_at": iso(row.expires_at),
             "features": features, "password_verifier": row.password_verifier,
+            "technician_key": row.technician_key,
             "company": company.name, "technician": tech.login,
         }

@@ -15,6 +15,7 @@ from email.parser import BytesParser
 
 from common.passwords import hash_password, session_secret_problem
 from relay import sessions as rules
+from relay.sshkeys import read_public_key
 from relay.store import SessionRow, Technician
 from relay.usecases.base import ServiceBase
 from relay.usecases.shared import RECENT_ENDED, ServiceError, iso
@@ -41,13 +42,20 @@ class CreatedSession:
 
 class SessionCases(ServiceBase):
     async def create_session(self, tech: Technician, customer_email: str, password: str | None,
-                             note: str, *, verifier: str | None = None) -> CreatedSession:
+                             note: str, *, verifier: str | None = None,
+                             technician_key: str | None = None) -> CreatedSession:
         """A pending session with the session password (which the relay checks and hashes) or
         with its argon2id verifier (what the console sends: the relay never sees the password
-        and the create costs only the database write)."""
+        and the create costs only the database write); with `technician_key`, an SSH public
+        key that may also log in to the host as this technician (for scripts)."""
         problem = session_secret_problem(password, verifier)
         if problem:
             raise ServiceError(422, "invalid", problem + ".")
+        if technician_key is not None:
+            try:
+                technician_key = read_public_key(technician_key)
+            except ValueError as exc:
+                raise ServiceError(422, "invalid", f"technician_key: {exc}.") from None
         # One create at a time per technician: the rest then meet the technician limit in the
         # cheap check below instead of each hashing a password first.
         entry = self._create_locks.setdefault(tech.id, [asyncio.Lock(), 0])
@@ -55,14 +63,15 @@ class SessionCases(ServiceBase):
         try:
             async with entry[0]:
                 return await self._create_session(tech, customer_email, password, note,
-                                                  verifier)
+                                                  verifier, technician_key)
         finally:
             entry[1] -= 1
             if not entry[1]:
                 del self._create_locks[tech.id]
 
     async def _create_session(self, tech: Technician, customer_email: str, password: str | None,
-                              note: str, verifier: str | None) -> CreatedSession:
+                              note: str, verifier: str | None,
+                              technician_key: str | None) -> CreatedSession:
         # Refuse early when a limit is already reached, before spending an argon2 hash on it;
         # the store checks again atomically when it inserts.
         try:
@@ -85,7 +94,7 @@ class SessionCases(ServiceBase):
             invite_expires_at=now + self.settings.invite_ttl.total_seconds(), activated_at=None,
             expires_at=None, ended_at=None, agent_secret_hash=None, host_key=None, hostname=None,
             os=None, os_user=None, ip=None, machine_fp=None, features="[]",
-            mail_status="queued", mail_detail=None)
+            mail_status="queued", mail_detail=None, technician_key=technician_key)
         try:
             row = await self.store.create_session(row)
         except rules.LimitError as exc:
@@ -189,6 +198,7 @@ class SessionCases(ServiceBase):
             "code_attempts": row.code_attempts,
             "code_attempts_left": max(0, rules.MAX_CODE_ATTEMPTS - row.code_attempts),
             "host_key_fingerprint": fingerprint(row.host_key),
+            "technician_key_fingerprint": fingerprint(row.technician_key),
             "host_problem": self._host_problem(row.id, online),
         }
 

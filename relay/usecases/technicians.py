@@ -101,17 +101,16 @@ class TechnicianCases(ServiceBase):
         return None if now.disabled or company.disabled else now
 
     async def may_tunnel(self, tech: Technician, session_id: str) -> SessionRow | None:
-        """The session if the technician may open a channel to its agent now, else None;
-        ServiceError "revoked" if they or their company were disabled since they logged in
-        (re-read at every channel open)."""
+        """The session, in whatever state, if it is one of the technician's company (a channel
+        opens to its agent only while it is active), else None; ServiceError "revoked" if they
+        or their company were disabled since they logged in (re-read at every channel open)."""
         if await self.still_allowed(tech) is None:
             raise ServiceError(403, "revoked", "your access was revoked: ask your "
                                                "administrator")
         try:
-            row = await self.session_for(tech, session_id)
+            return await self.session_for(tech, session_id)
         except ServiceError:
             return None
-        return row if row.state == rules.State.ACTIVE else None
 
     async def limits_for(self, tech: Technician) -> dict:
         company = await self.store.company(tech.company_id)

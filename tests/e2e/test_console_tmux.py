@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,6 +24,8 @@ async def test_console_in_tmux_end_to_end(relay, agents, tmp_path: Path) -> None
 
     tmux = Tmux("adhoc", tmp_path / "tmux.sock")
     tmux.start(f"{sys.executable} -m tui.cli", env)
+    # Let the console's OSC 52 (the copy keys) reach tmux's paste buffer.
+    subprocess.run([*tmux.base, "set-option", "-g", "set-clipboard", "on"], check=True)
     try:
         tmux.wait_for(r"live sessions 0/")
         tmux.keys("n")
@@ -36,6 +39,12 @@ async def test_console_in_tmux_end_to_end(relay, agents, tmp_path: Path) -> None
             time.sleep(0.3)
         code = tmux.wait_for(r"code (\d{6})").group(1)
         join_url = tmux.wait_for(r"(http://\S+/join/\S+)").group(1)
+        # The link and the one-liner are each one line, copied whole by a key (OSC 52).
+        tmux.keys("l")
+        tmux.wait_buffer(join_url)
+        tmux.keys("y")
+        one_liner = tmux.wait_buffer(f"{join_url}/install.sh")
+        assert one_liner.startswith("curl ") and one_liner.count("\n") == 0
 
         workdir = tmp_path / "agent"
         workdir.mkdir()

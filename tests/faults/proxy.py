@@ -87,3 +87,65 @@ class DeadLinkProxy:
                 await sink.drain()
         except (ConnectionError, OSError):
             sink.close()
+
+
+class StaleKeepAliveProxy:
+    """An HTTP/1.1 front of a real relay that answers one request per connection, then closes
+    the connection the moment the next request arrives on it, without a response: what a
+    server does when its keep-alive timer fires just as a client reuses the connection
+    ("Server disconnected without sending a response")."""
+
+    def __init__(self, upstream_url: str) -> None:
+        host, _, port = upstream_url.split("://", 1)[1].rstrip("/").rpartition(":")
+        self.upstream = (host, int(port))
+        self.port = 0
+        self.dropped = 0  # requests met with a closed connection
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> StaleKeepAliveProxy:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.create_task(self._serve(reader, writer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        answered = asyncio.Event()
+
+        async def back() -> None:
+            with contextlib.suppress(ConnectionError, OSError):
+                while data := await up_reader.read(65536):
+                    answered.set()
+                    writer.write(data)
+                    await writer.drain()
+
+        answers = asyncio.create_task(back())
+        try:
+            while data := await reader.read(65536):
+                if answered.is_set():  # a second request on this connection: hang up
+                    self.dropped += 1
+                    break
+                up_writer.write(data)
+                await up_writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            answers.cancel()
+            for end in (writer, up_writer):
+                end.close()

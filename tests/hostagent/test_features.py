@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncssh
@@ -19,14 +20,15 @@ from tests.hostagent.helpers import inner_connection, read_until
 from tests.support import Api, start_session
 
 
-async def audit_events(api: Api, session_id: str, wanted: set[str],
-                       timeout: float = 15) -> list[dict]:
-    """The session's audit rows once every event in `wanted` is there."""
+async def audit_events(api: Api, session_id: str, wanted: set[str], timeout: float = 15,
+                       until: Callable[[list[dict]], bool] = lambda _rows: True) -> list[dict]:
+    """The session's audit rows once every event in `wanted` is there and `until(rows)` holds
+    (the agent reports in batches: a second row of an event already seen comes later)."""
     async with asyncio.timeout(timeout):
         while True:
             response = await api.client.get(f"/api/v1/sessions/{session_id}/audit")
             rows = response.json()["audit"]
-            if wanted <= {row["event"] for row in rows}:
+            if wanted <= {row["event"] for row in rows} and until(rows):
                 return rows
             await asyncio.sleep(0.2)
 

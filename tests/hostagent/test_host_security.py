@@ -117,7 +117,9 @@ async def test_attribute_changes_and_links_are_shown_and_audited(start_relay, ag
                      f"wrote {target / 'v6.txt'}"):
             await agent.wait_for_line(text)
         rows = await audit_events(api, view["id"], {
-            "file_attributes_changed", "symlink_created", "hardlink_created", "file_written"})
+            "file_attributes_changed", "symlink_created", "hardlink_created", "file_written"},
+            until=lambda rows: any(r["event"] == "file_written" and r["detail"]["agent"]["path"]
+                                   == str(target / "v6.txt") for r in rows))
     changes = [r["detail"]["agent"] for r in rows if r["event"] == "file_attributes_changed"]
     assert has(changes, path=str(tool), follow_links=True, permissions="4755", setuid=True)
     assert has(changes, path=str(tool), follow_links=True, size=10)

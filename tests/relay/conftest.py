@@ -61,7 +61,19 @@ def postgres_template(postgres: pg.PostgresCluster | None,
     return name
 
 
-@pytest.fixture(params=ENGINES)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests of what the store decides (limits, codes, expiry, revocation, the CLI, the
+    database itself) run on both engines: their modules say `ON_BOTH_ENGINES = True`. The
+    rest, whose SQL is the same store calls, run on SQLite only, to keep the suite short;
+    ADHOC_TEST_ENGINES=all runs every one of them on PostgreSQL too."""
+    if "engine" not in metafunc.fixturenames:
+        return
+    both = (getattr(metafunc.module, "ON_BOTH_ENGINES", False)
+            or os.environ.get("ADHOC_TEST_ENGINES") == "all")
+    metafunc.parametrize("engine", ENGINES if both else ENGINES[:1], indirect=True)
+
+
+@pytest.fixture
 def engine(request: pytest.FixtureRequest) -> str:
     """The database engine this run of the test uses."""
     return request.param

@@ -15,6 +15,8 @@ from common.transport import pinned
 from tests.relay.conftest import activate, agent_connection, create, db_write, wait_closed
 from tests.support import Api, run_cli
 
+ON_BOTH_ENGINES = True  # what this module tests is decided by the store
+
 NEW_PASSWORD = "Another-long-pass-9"
 
 

@@ -11,6 +11,8 @@ import pytest
 from tests.relay.conftest import create, db_rows
 from tests.support import PASSWORD, Api, run_cli
 
+ON_BOTH_ENGINES = True  # what this module tests is decided by the store
+
 NEW_PASSWORD = "a-brand-new-password-7"
 
 

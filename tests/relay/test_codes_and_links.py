@@ -143,7 +143,8 @@ async def test_activation_hands_the_agent_its_features_and_secret(relay) -> None
     body = result.json()
     assert set(body) >= {"session_id", "agent_secret", "ssh", "relay_host_key", "expires_at",
                          "features", "password_verifier"}
-    assert set(body["features"]) == {"shell", "chat", "files", "dashboard"}  # Acme is on plus
+    # Acme is on plus
+    assert set(body["features"]) == {"shell", "chat", "files", "dashboard", "forward"}
     assert body["password_verifier"].startswith("$argon2id$")
     async with agent_connection(relay, body):
         async with Api(relay.base_url) as api:

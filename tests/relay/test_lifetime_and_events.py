@@ -24,6 +24,8 @@ from tests.relay.conftest import (
 )
 from tests.support import Api
 
+ON_BOTH_ENGINES = True  # what this module tests is decided by the store
+
 
 async def test_technician_end_tells_the_agent_and_is_idempotent(relay) -> None:
     async with Api(relay.base_url) as api:

@@ -18,6 +18,8 @@ from relay.store import Store, Tx
 from tests.relay.conftest import activate, create, db_rows
 from tests.support import PASSWORD, Api, provision_store
 
+ON_BOTH_ENGINES = True  # what this module tests is decided by the store
+
 OPEN_STORE = """
 import asyncio, sys
 from relay.store import Store, Tx

@@ -19,6 +19,8 @@ from common.transport import pinned
 from tests.relay.conftest import activate, create, db_rows, join_token
 from tests.support import PASSWORD, Api, run_cli
 
+ON_BOTH_ENGINES = True  # what this module tests is decided by the store
+
 
 async def test_another_companys_ids_are_not_found_in_every_route(relay) -> None:
     async with Api(relay.base_url, "alice") as alice, Api(relay.base_url, "carol") as carol:
@@ -82,11 +84,12 @@ async def test_features_follow_the_plan(relay) -> None:
         session = (await create(ben)).json()
         granted = (await activate(relay.base_url, session)).json()["features"]
         assert "files" not in granted and "dashboard" not in granted and "shell" in granted
+        assert "forward" not in granted
         assert (await ben.session(session["id"]))["features"] == granted
     async with Api(relay.base_url, "carol") as carol:
         session = (await create(carol)).json()
         granted = (await activate(relay.base_url, session)).json()["features"]
-        assert {"files", "dashboard", "shell"} <= set(granted)
+        assert {"files", "dashboard", "shell", "forward"} <= set(granted)
 
 
 async def test_limit_errors_say_which_limit_and_what_to_do(relay) -> None:

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 
 from textual.widgets import DataTable, Input
 
-from tests.support import SESSION_PASSWORD, Api, new_agent
+from common.secret import Secret
+from tests.support import SESSION_PASSWORD, Api
+from tests.tui.helpers import (
+    cell_texts,
+    console,
+    online_session,
+    open_pane,
+    pending_session,
+    wait_until,
+)
 from tui.app import ConsoleApp
 from tui.client import RelayClient
 from tui.screens.created import CreatedModal
@@ -17,43 +25,17 @@ from tui.screens.remote import RemoteScreen
 from tui.widgets.terminal import TerminalView
 
 
-async def wait_until(pilot, predicate, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("the console never showed what the test waited for")
-        await pilot.pause(0.05)
-
-
-async def online_session(relay, agents, tmp_path: Path, email: str):
-    """A session activated by a real agent and online; returns it, the agent and a token."""
-    async with Api(relay.base_url) as api:
-        session = await api.create_session(email)
-        agent = new_agent(agents, tmp_path, session)
-        agent.start()
-        await agent.wait_for_line("Connected to the relay")
-        await api.wait_for(session["id"], lambda v: v["online"])
-        return session, agent, api.token
-
-
-async def give_password(pilot, app, password: str = SESSION_PASSWORD) -> None:
-    await wait_until(pilot, lambda: isinstance(app.screen, PasswordModal))
-    app.screen.query_one(Input).value = password
-    await pilot.press("enter")
-
-
-@contextlib.asynccontextmanager
-async def console(relay, token: str, *, size: tuple[int, int], **options):
-    """The console app against the relay, once its list shows the one session there is."""
-    app = ConsoleApp(RelayClient(relay.base_url, token), "alice", **options)
-    async with app.run_test(size=size) as pilot:
-        table = app.screen.query_one("#sessions", DataTable)
-        await wait_until(pilot, lambda: table.row_count == 1)
-        yield app, pilot, table
-
-
-def cell_texts(table: DataTable) -> list[list[str]]:
-    return [[str(cell) for cell in table.get_row_at(i)] for i in range(table.row_count)]
+def attributes_shown(obj: object) -> str:
+    """What a debugger or a crash report with locals would print of `obj`'s attributes, one
+    by one (Textual's WorkerManager cannot repr itself while its workers are in mixed
+    states, so the whole dict would not do)."""
+    shown = []
+    for name, value in vars(obj).items():
+        try:
+            shown.append(f"{name}={value!r}")
+        except TypeError:
+            shown.append(f"{name}=<{type(value).__name__}>")
+    return "\n".join(shown)
 
 
 async def test_list_countdown_and_remote_shell(relay, agents, tmp_path: Path) -> None:
@@ -81,8 +63,12 @@ async def test_list_countdown_and_remote_shell(relay, agents, tmp_path: Path) ->
         app.screen.query_one(Input).value = SESSION_PASSWORD
         await pilot.press("enter")
         await wait_until(pilot, lambda: isinstance(app.screen, RemoteScreen), timeout=30)
+        # Held as secrets, which no repr, log line or crash report can show.
+        for held in (app.passwords[_session["id"]], app.screen.password, app.client.token):
+            assert isinstance(held, Secret)
+        assert SESSION_PASSWORD not in attributes_shown(app) + attributes_shown(app.screen)
         # It says how SSH reaches the relay (the relay's SSH port, here).
-        assert [n.message for n in app._notifications] == [
+        assert [text for _severity, text in app.notices] == [
             f"Connected to the relay: SSH to 127.0.0.1:{relay.ssh_port}."]
         terminal = app.screen.query_one(TerminalView)
         await wait_until(pilot, lambda: app.screen.channel is not None)
@@ -129,7 +115,9 @@ async def test_create_session_from_console_shows_code_once(relay) -> None:
         app.screen.query_one("#password", Input).value = SESSION_PASSWORD
         app.screen.query_one("#confirm", Input).value = SESSION_PASSWORD
         app.screen.query_one("#create").press()
-        await wait_until(pilot, lambda: isinstance(app.screen, CreatedModal))
+        # The dialog is pushed, then composed: wait for what is checked, the code itself.
+        await wait_until(pilot, lambda: isinstance(app.screen, CreatedModal)
+                         and app.screen.query("#code"))
         code = app.screen.created["security_code"]
         assert len(code) == 6
         assert app.screen.query_one("#code").value == code
@@ -152,10 +140,7 @@ async def test_dashboard_and_chat_panes(relay, agents, tmp_path: Path) -> None:
 
     _session, agent, token = await online_session(relay, agents, tmp_path, "fay@example.com")
     async with console(relay, token, size=(120, 40)) as (app, pilot, _table):
-        await pilot.press("d")
-        await give_password(pilot, app)
-        await wait_until(pilot, lambda: isinstance(app.screen, DashboardScreen), timeout=30)
-        view = app.screen.query_one(DashboardView)
+        view = (await open_pane(pilot, app, "d", DashboardScreen)).query_one(DashboardView)
         await wait_until(pilot, lambda: view.last_sample is not None, timeout=30)
         assert view.last_sample["hostname"]
         assert view.query_one("#dash-processes", DataTable).row_count > 0
@@ -171,6 +156,12 @@ async def test_dashboard_and_chat_panes(relay, agents, tmp_path: Path) -> None:
         await agent.wait_for_line("hello from alice")
         await wait_until(pilot, lambda: any(line.get("text") == "hello from alice"
                                             for line in chat.lines))
+        # A host that floods the chat costs a bounded amount of memory.
+        for n in range(3000):
+            chat.post_message(chat.Received({"from": "customer", "text": f"flood {n}"}))
+        await wait_until(pilot, lambda: chat.lines[-1].get("text") == "flood 2999")
+        assert len(chat.lines) == 1000
+        assert len(chat.query_one("#chat-log").lines) <= 1000
         await pilot.press("ctrl+right_square_bracket")
         await app.action_quit()
 
@@ -178,9 +169,7 @@ async def test_dashboard_and_chat_panes(relay, agents, tmp_path: Path) -> None:
 async def test_lost_relay_shows_banner_and_reconnects(relay) -> None:
     from textual.widgets import Static
 
-    async with Api(relay.base_url) as api:
-        await api.create_session("gil@example.com")
-        token = api.token
+    _created, token = await pending_session(relay, "gil@example.com")
     async with console(relay, token, size=(100, 30)) as (app, pilot, table):
         banner = app.screen.query_one("#banner", Static)
         assert not banner.display
@@ -205,12 +194,12 @@ async def test_keys_remap_from_config_and_palette_knows_the_screen(relay) -> Non
     async with Api(relay.base_url) as api:
         token = api.token
     client = RelayClient(relay.base_url, token)
-    app = ConsoleApp(client, "alice", keymap={"sessions.new": "i"})
+    app = ConsoleApp(client, "alice", keymap={"sessions.new": "o"})
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.press("n")
         await pilot.pause()  # let the key's handlers run: n is no longer bound
         assert not isinstance(app.screen, NewSessionModal)
-        await pilot.press("i")
+        await pilot.press("o")
         await wait_until(pilot, lambda: isinstance(app.screen, NewSessionModal))
         await pilot.press("escape")
         await wait_until(pilot, lambda: not isinstance(app.screen, NewSessionModal))
@@ -228,12 +217,37 @@ async def test_files_pane_opens_from_the_list(relay, agents, tmp_path: Path) -> 
 
     _session, _agent, token = await online_session(relay, agents, tmp_path, "hal@example.com")
     async with console(relay, token, size=(120, 40)) as (app, pilot, _table):
-        await pilot.press("f")
-        await give_password(pilot, app)
-        await wait_until(pilot, lambda: isinstance(app.screen, FilesScreen), timeout=30)
-        files = app.screen
+        files = await open_pane(pilot, app, "f", FilesScreen)
         await pilot.press("escape")
         await wait_until(pilot, lambda: not isinstance(app.screen, FilesScreen))
         await pilot.press("f")
         await wait_until(pilot, lambda: app.screen is files)
+        await app.action_quit()
+
+
+async def test_a_burst_of_keys_fills_the_new_session_form_field_by_field(relay) -> None:
+    """Keys that arrive together (typed fast, pasted, sent by a script or tmux send-keys)
+    land in the field they follow: tab and enter move on before the next key is handed out."""
+    from textual import events
+
+    from tui.screens.new_session import NewSessionModal
+
+    async with Api(relay.base_url) as api:
+        token = api.token
+    app = ConsoleApp(RelayClient(relay.base_url, token), "alice")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("n")
+        await wait_until(pilot, lambda: isinstance(app.screen, NewSessionModal)
+                         and app.screen.focused is not None)
+        burst = [*"dana@example.com", "tab", *"Secret-pass-123", "enter", *"Secret-pass-124",
+                 "shift+tab", "tab", "tab", *"a note"]
+        for key in burst:  # all in the app's queue at once, as the terminal driver puts them
+            app.post_message(events.Key(key, key if len(key) == 1 else
+                                        {"tab": "\t", "enter": "\r"}.get(key)))
+        await wait_until(pilot, lambda: app.screen.query_one("#note", Input).value == "a note",
+                         what="the note in its own field")
+        form = app.screen
+        assert form.query_one("#email", Input).value == "dana@example.com"
+        assert form.query_one("#password", Input).value == "Secret-pass-123"
+        assert form.query_one("#confirm", Input).value == "Secret-pass-124"
         await app.action_quit()

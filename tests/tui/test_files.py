@@ -4,26 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 from pathlib import Path
 
 from textual.widgets import Input, Static
 
 from tests.support import SESSION_PASSWORD, Api, RelayProcess, new_agent, provision
+from tests.tui.helpers import open_files, wait_until
 from tui.app import ConsoleApp
 from tui.client import RelayClient
 from tui.screens.files import FilesScreen
 from tui.screens.modals import ConfirmModal
 from tui.screens.overwrite import OverwriteModal
 from tui.widgets.files import FilePane
-
-
-async def wait_until(pilot, predicate, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("the file manager never showed what the test waited for")
-        await pilot.pause(0.05)
 
 
 async def active_session(relay: RelayProcess, agents, tmp_path: Path,
@@ -173,3 +165,47 @@ async def test_base_plan_shows_why_files_are_unavailable(agents, tmp_path) -> No
         await client.aclose()
     finally:
         relay.stop()
+
+
+async def test_panes_at_80x24_keep_their_columns_and_count_only_what_they_show(
+        relay, agents, tmp_path) -> None:
+    view, token = await active_session(relay, agents, tmp_path)
+    host, local = tmp_path / "host", tmp_path / "local"
+    long = host / "long"
+    for folder in (host, local, long):
+        folder.mkdir()
+    for n in range(3):
+        (long / (f"{n}-" + "very-long-file-name-" * 10)).write_text("x" * 1234)
+    (host / "short.txt").write_text("hi")
+    for name in (".profile", ".cache", ".ssh"):
+        (host / name).write_text("")
+
+    client = RelayClient(relay.base_url, token)
+    app = ConsoleApp(client, "alice")
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await open_files(pilot, app, view, local, host)
+        remote = screen.remote
+        remote.table.focus()
+        await pilot.pause()
+        # Two entries shown, three hidden: the count says so, not "5 entries".
+        assert remote.count_text() == "2 entries, 3 hidden (. shows them)"
+        details = str(remote.query_one(".pane-details", Static).render())
+        assert details == "2 entries, 3 hidden (. shows them)"
+        # Into a folder of long names and back: the size column stays on screen.
+        highlight(remote, "long")
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: remote.path.endswith("/long"))
+        await pilot.pause(0.2)
+        header = remote.table.render_line(0).text
+        assert "size" in header, header
+        row = remote.table.render_line(2).text
+        assert "1.2K" in row, row  # the long name is cut, its size is not
+        await pilot.press("backspace")
+        await wait_until(pilot, lambda: not remote.path.endswith("/long"))
+        await pilot.pause(0.2)
+        assert "size" in remote.table.render_line(0).text
+        await pilot.press("full_stop")
+        await pilot.pause()
+        assert remote.count_text() == "5 entries"
+        await app.action_quit()
+    await client.aclose()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import Static
 
-from tests.tui.test_console import console, give_password, online_session, wait_until
+from tests.tui.helpers import console, give_password, online_session, wait_until
 from tui.screens import remote
 from tui.screens.audit import AuditModal
 from tui.screens.remote import RemoteScreen

@@ -101,3 +101,22 @@ def test_new_session_modal(snap_compare, fixed_relay, size) -> None:
         await pilot.pause()
 
     assert snap_compare(_app(relay, token), terminal_size=size, run_before=open_modal)
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+async def test_the_list_shows_every_id_and_no_stray_glyph(fixed_relay, size) -> None:
+    """The session id (for ssh -J) is visible at 80 and at 120 columns, without scrolling
+    sideways, and nothing but text and the vertical scroll bar is drawn."""
+    from tests.tui.helpers import screen_text
+
+    relay, token = fixed_relay
+    app = _app(relay, token)
+    async with app.run_test(size=size) as pilot:
+        await _loaded(pilot)
+        drawn = screen_text(app)
+        for session_id in ("activeaaaaaaaaaa", "pendingbbbbbbbbb", "endedccccccccccc"):
+            assert session_id in drawn
+        table = app.screen.query_one("#sessions", DataTable)
+        assert table.virtual_size.width <= table.scrollable_content_region.width
+        assert "▏" not in drawn and "▋" not in drawn
+        await app.action_quit()

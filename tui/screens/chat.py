@@ -2,36 +2,32 @@
 
 from __future__ import annotations
 
+from collections import deque
+
 from rich.text import Text
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.message import Message
 from textual.widgets import Input, RichLog
 
-from tui.client import JsonLines, RelayError
 from tui.sanitize import clean
 from tui.screens.pane import PaneScreen
 
-
-class ChatLine(Message):
-    def __init__(self, line: dict) -> None:
-        super().__init__()
-        self.line = line
+KEPT_LINES = 1000
 
 
 class ChatScreen(PaneScreen):
     kind = "chat"
+    subsystem = "chat"
     BINDINGS = [*PaneScreen.BINDINGS, Binding("escape", "leave", "Back", id="chat.back")]
 
     def __init__(self, session, connector, password) -> None:
         super().__init__(session, connector, password)
-        self.channel: JsonLines | None = None
-        self.lines: list[dict] = []
+        self.lines: deque[dict] = deque(maxlen=KEPT_LINES)  # a flooding host costs little
 
     def compose(self) -> ComposeResult:
         yield self.status_bar()
-        yield RichLog(id="chat-log", wrap=True, markup=False)
+        yield RichLog(id="chat-log", wrap=True, markup=False, max_lines=KEPT_LINES)
         yield Input(placeholder="message to the customer (enter sends)", id="chat-input",
                     max_length=2000)
 
@@ -39,22 +35,7 @@ class ChatScreen(PaneScreen):
         self.query_one("#chat-input", Input).focus()
         self.follow()
 
-    @work(exclusive=True, group="chat")
-    async def follow(self) -> None:
-        try:
-            self.channel = await self.connector.open_lines(self.session, self.password, "chat")
-        except RelayError as exc:
-            self.set_state(clean(exc.detail, 120))
-            return
-        self.set_state("connected")
-        while (line := await self.channel.read()) is not None:
-            self.post_message(ChatLine(line))
-        refusal = await self.channel.refusal()
-        self.set_state(clean(refusal, 120) or "chat closed by the host")
-        self.channel = None
-
-    def on_chat_line(self, message: ChatLine) -> None:
-        line = message.line
+    def received(self, line: dict) -> None:
         self.lines.append(line)
         text = Text()
         text.append(f"{clean(line.get('at'), 25)[11:19]} ", style="dim")
@@ -69,11 +50,9 @@ class ChatScreen(PaneScreen):
         if not event.value.strip():
             return
         if self.channel is None:
-            self.notify("Chat is not connected.", severity="warning")
+            self.notify(f"Chat is not connected ({self.state}): your message is still in the "
+                        "box; send it again once the line above says connected.",
+                        severity="warning")
             return
         self.channel.send({"text": event.value})
         event.input.value = ""
-
-    def on_unmount(self) -> None:
-        if self.channel is not None:
-            self.channel.close()

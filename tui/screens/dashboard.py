@@ -1,71 +1,63 @@
-"""The dashboard pane: the host streams a sample at its own pace; the pane shows each one."""
+"""The dashboard pane: the host streams a sample at its own pace; the pane shows each one,
+in tabs picked with 1 to 4 (overview, processes, disks and network, log)."""
 
 from __future__ import annotations
 
-from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.message import Message
 from textual.widgets import Footer
 
-from tui.client import JsonLines, RelayError
-from tui.sanitize import clean
 from tui.screens.pane import PaneScreen
 from tui.widgets.dashboard import DashboardView
 
 INTERVAL_STEPS = (1, 2, 5, 10, 30)
 
 
-class Sample(Message):
-    def __init__(self, sample: dict) -> None:
-        super().__init__()
-        self.sample = sample
-
-
 class DashboardScreen(PaneScreen):
     kind = "dashboard"
+    subsystem = "dashboard"
     BINDINGS = [
         *PaneScreen.BINDINGS,
         Binding("escape,q", "leave", "Back", id="dashboard.back"),
-        Binding("s", "sort", "Sort processes", id="dashboard.sort"),
+        Binding("1", "tab('overview')", "Overview", show=False, id="dashboard.overview"),
+        Binding("2", "tab('processes')", "Processes", show=False, id="dashboard.processes"),
+        Binding("3", "tab('storage')", "Disks", show=False, id="dashboard.storage"),
+        Binding("4", "tab('log')", "Log", show=False, id="dashboard.log"),
+        Binding("s", "sort", "Sort", id="dashboard.sort"),
         Binding("plus,equals_sign", "slower", "Slower", id="dashboard.slower"),
         Binding("minus", "faster", "Faster", id="dashboard.faster"),
     ]
 
     def __init__(self, session, connector, password) -> None:
         super().__init__(session, connector, password)
-        self.channel: JsonLines | None = None
         self.interval = 2
 
     def compose(self) -> ComposeResult:
         yield self.status_bar()
         yield DashboardView(id="dashboard")
-        yield Footer()
+        yield Footer(show_command_palette=False)  # ctrl+p still opens it
 
     def on_mount(self) -> None:
         self.follow()
 
-    @work(exclusive=True, group="dashboard")
-    async def follow(self) -> None:
-        try:
-            self.channel = await self.connector.open_lines(self.session, self.password,
-                                                           "dashboard")
-        except RelayError as exc:
-            self.set_state(clean(exc.detail, 120))
-            return
+    def connected(self) -> None:
+        if self.interval != 2 and self.channel is not None:  # a reopened channel: our pace
+            self.channel.send({"interval": self.interval})
         self.set_state(f"live, every {self.interval}s")
-        while (sample := await self.channel.read()) is not None:
-            self.post_message(Sample(sample))
-        refusal = await self.channel.refusal()
-        self.set_state(clean(refusal, 120) or "the host closed the dashboard")
 
-    def on_sample(self, message: Sample) -> None:
+    def received(self, sample: dict) -> None:
         for view in self.query(DashboardView).results(DashboardView):  # none once closing
-            view.show(message.sample)
+            view.show(sample)
+
+    def action_tab(self, tab: str) -> None:
+        self.query_one(DashboardView).show_tab(tab)
 
     def action_sort(self) -> None:
-        key = self.query_one(DashboardView).cycle_process_sort()
-        self.notify(f"processes sorted by {key}", timeout=2)
+        """Sort the processes, and show them: a sort of a table out of sight helps no one."""
+        view = self.query_one(DashboardView)
+        view.show_tab("processes")
+        key = view.cycle_process_sort()
+        self.notify(f"Processes sorted by {key}.", timeout=2)
 
     def _set_interval(self, step: int) -> None:
         index = INTERVAL_STEPS.index(self.interval) if self.interval in INTERVAL_STEPS else 1
@@ -79,7 +71,3 @@ class DashboardScreen(PaneScreen):
 
     def action_faster(self) -> None:
         self._set_interval(-1)
-
-    def on_unmount(self) -> None:
-        if self.channel is not None:
-            self.channel.close()

@@ -23,7 +23,8 @@ from textual.widgets import Footer, Input, ProgressBar, Static
 from textual.worker import Worker, WorkerState
 
 from tui.client import HostConnector, RelayError
-from tui.sanitize import clean
+from tui.failures import connection_lost, explain, reason
+from tui.sanitize import clean, plain
 from tui.screens.modals import ConfirmModal
 from tui.screens.overwrite import OverwriteModal
 from tui.transfers import (
@@ -44,7 +45,8 @@ LEAVE_KEY = "ctrl+right_square_bracket"
 REFUSAL_WAIT = 5.0
 SHOWN_PROBLEMS = 3
 REFUSED = ("the customer's computer refused the file manager: it is not included in this "
-           "session's plan (it needs plus or premier)")
+           "session's plan (ask your company's admin for plus or premier)")
+RECONNECT = "press ctrl+r to connect again once the host is back"
 
 HELP = (
     "tab other pane · ↑↓ j k move · enter open · backspace up · space mark\n"
@@ -62,9 +64,10 @@ class RemoteReady(Message):
 
 
 class RemoteUnavailable(Message):
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, retry: bool) -> None:
         super().__init__()
         self.reason = reason
+        self.retry = retry  # whether connecting again may help
 
 
 class PlanReady(Message):
@@ -110,16 +113,6 @@ def _problems(items: list[str]) -> str:
     return text
 
 
-def _error_text(error: BaseException) -> str:
-    if isinstance(error, RelayError):
-        return error.detail
-    if isinstance(error, asyncssh.SFTPError):
-        return str(error.reason) or "the host refused"
-    if isinstance(error, OSError):
-        return error.strerror or str(error)
-    return str(error) or type(error).__name__
-
-
 class FilesScreen(Screen):
     BINDINGS = [
         Binding("escape", "leave", "Back", id="files.leave"),
@@ -151,6 +144,8 @@ class FilesScreen(Screen):
         self.local_fs = LocalFiles()
         self.active_id = "local-pane"
         self.prompt_mode: str | None = None
+        self.prompt_original = ""  # what the prompt started with, as the host spelt it
+        self.ended: str | None = None  # why the session ended, once it has
         self.transfer: Worker | None = None
         self.last_outcome: Outcome | None = None
 
@@ -170,7 +165,7 @@ class FilesScreen(Screen):
             yield Static("", id="transfer-rate", markup=False)
         yield Static(HELP, id="files-help", markup=False)
         yield Input(id="files-prompt")
-        yield Footer()
+        yield Footer(show_command_palette=False)  # ctrl+p still opens it
 
     def pane(self, pane_id: str) -> FilePane:
         return self.query_one(f"#{pane_id}", FilePane)
@@ -200,6 +195,19 @@ class FilesScreen(Screen):
         self.local.table.focus()
         self.connect()
 
+    def end(self, why: str) -> None:
+        """The session ended: stop the copy and the connection, and say so."""
+        self.ended = why
+        if self.transfer is not None:
+            self.transfer.cancel()
+        self.workers.cancel_group(self, "connect")
+        if self.sftp is not None:
+            self.sftp.exit()
+            self.sftp = None
+        self.remote_fs = None
+        self.remote.fs = None
+        self.remote.show_message(f"the session ended ({why})")
+
     def on_screen_resume(self) -> None:
         self.active.table.focus()
 
@@ -221,17 +229,22 @@ class FilesScreen(Screen):
         try:
             conn = await self.connector.host(self.session, self.password)
         except RelayError as exc:
-            self.post_message(RemoteUnavailable(exc.detail))
+            self.post_message(RemoteUnavailable(exc.detail, exc.code != "wrong_password"))
             return
         self.conn = conn
         try:
             sftp = await conn.start_sftp_client(path_errors="surrogateescape")
         except (asyncssh.Error, OSError) as exc:
-            reason = await self._refusal(conn)
-            if not reason and isinstance(exc, asyncssh.ChannelOpenError):
+            planned = "files" in (self.session.get("features") or [])
+            if conn.is_closed() or (connection_lost(exc) and planned):
+                # The connection went (a network drop): not a refusal, whatever it looks like.
+                self.post_message(RemoteUnavailable(reason(exc), True))
+                return
+            refusal = await self._refusal(conn)
+            if not refusal and isinstance(exc, asyncssh.ChannelOpenError):
                 # The agent refuses the sftp subsystem outright when the plan lacks "files".
-                reason = REFUSED
-            self.post_message(RemoteUnavailable(reason or _error_text(exc)))
+                refusal = REFUSED
+            self.post_message(RemoteUnavailable(refusal or reason(exc), not refusal))
             return
         try:
             home = self.remote_path or await sftp.realpath(".")
@@ -262,9 +275,11 @@ class FilesScreen(Screen):
 
     @on(RemoteUnavailable)
     def _remote_unavailable(self, message: RemoteUnavailable) -> None:
-        reason = clean(message.reason, 200)
-        self.remote.show_message(f"unavailable: {reason}")
-        self.notify(f"The customer's files are unavailable: {reason}", severity="error",
+        why = clean(message.reason, 200).rstrip(".")
+        self.remote.show_message(f"unavailable: {why}" + (f"; {RECONNECT}" if message.retry
+                                                          else ""))
+        self.notify(f"The customer's files are unavailable: {why}"
+                    + (f"; {RECONNECT}." if message.retry else "."), severity="error",
                     timeout=10)
 
     # --- the one place failures become visible ----------------------------------------------
@@ -285,10 +300,9 @@ class FilesScreen(Screen):
             self.local.reload()
             self.remote.reload()
         if event.state == WorkerState.ERROR and worker.error is not None:
-            text = _error_text(worker.error)
             if worker.group == "transfer":
-                self._bar_result(f"Copy failed: {clean(text, 100)}")
-            self.notify(f"{clean(text, 300)}", severity="error", timeout=10)
+                self._bar_result(f"Copy failed: {explain(worker.error).text}")
+            self.app.report_failure(worker.error)  # the app's one place for failures
 
     # --- panes and prompts --------------------------------------------------------------------
 
@@ -306,6 +320,10 @@ class FilesScreen(Screen):
         self.notify(f"Sorted by {key}.", timeout=2)
 
     def action_reload(self) -> None:
+        if self.ended is not None and self.active is self.remote:
+            self.notify(f"The session ended ({self.ended}): the customer's files are gone "
+                        "from here.", severity="warning")
+            return
         lost = self.conn is None or self.conn.is_closed()
         if self.active is self.remote and lost and self.transfer is None:
             # The host dropped (network, agent restart): connect again, then list.
@@ -321,11 +339,15 @@ class FilesScreen(Screen):
         help_text.display = not help_text.display
 
     def _ask(self, mode: str, label: str, value: str = "") -> None:
+        """Ask for a name or path. A host's name that the prompt starts with is shown
+        cleaned (an Input draws its value as it is); given back unchanged, it means the
+        name itself."""
         self.prompt_mode = mode
+        self.prompt_original = value
         prompt = self.query_one("#files-prompt", Input)
-        prompt.placeholder = label
-        prompt.border_title = label
-        prompt.value = value
+        prompt.placeholder = clean(label, 200)
+        prompt.border_title = plain(label, 200)
+        prompt.value = clean(value, 4096)
         prompt.display = True
         prompt.focus()
 
@@ -355,6 +377,8 @@ class FilesScreen(Screen):
     def _prompt_submitted(self, event: Input.Submitted) -> None:
         event.stop()
         mode, value, pane = self.prompt_mode, event.value.strip(), self.active
+        if value == clean(self.prompt_original, 4096).strip():
+            value = self.prompt_original.strip()
         self._close_prompt()
         if not value or pane.fs is None:
             return
@@ -380,10 +404,11 @@ class FilesScreen(Screen):
         chosen = pane.chosen()
         if pane.fs is None or not chosen:
             return
-        names = ", ".join(clean(e.name, 40) for e in chosen[:SHOWN_PROBLEMS])
+        names = ", ".join(clean(e.name, 120) for e in chosen[:SHOWN_PROBLEMS])
         if len(chosen) > SHOWN_PROBLEMS:
             names += f" and {len(chosen) - SHOWN_PROBLEMS} more"
-        where = "the customer's computer" if pane is self.remote else "this computer"
+        where = (f"the computer of {clean(self.session.get('customer_email'), 120)}"
+                 if pane is self.remote else "this computer")
         question = f"Delete {names} from {where}? Folders are deleted with everything in them."
 
         def confirmed(yes: bool | None) -> None:

@@ -8,6 +8,10 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label
 
+from common.secret import Secret
+from tui.client import host_key_fingerprint
+from tui.sanitize import clean
+
 
 class ConfirmModal(ModalScreen[bool]):
     BINDINGS = [
@@ -38,27 +42,36 @@ class ConfirmModal(ModalScreen[bool]):
         self.dismiss(False)
 
 
-class PasswordModal(ModalScreen[str | None]):
-    """The session password, asked on first connect to a session and kept in memory only."""
+class PasswordModal(ModalScreen[Secret | None]):
+    """The session password, asked on first connect to a session and kept in memory only.
+    It shows the host key's fingerprint, for the technician to compare with the one on the
+    customer's screen (the relay vouches for the key; the customer can confirm it)."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel", id="modal.cancel")]
 
-    def __init__(self, session_label: str, error: str | None = None) -> None:
+    def __init__(self, view: dict, error: str | None = None) -> None:
         super().__init__()
-        self.session_label = session_label
+        self.view = view
         self.error = error
 
     def compose(self) -> ComposeResult:
+        fingerprint = host_key_fingerprint(self.view.get("host_key"))
         with Vertical(classes="dialog"):
-            yield Label(f"Session password for {self.session_label}", markup=False)
+            yield Label(f"Session password for {clean(self.view.get('customer_email'), 120)} "
+                        f"(session {clean(self.view.get('id'), 40)})", markup=False)
+            if fingerprint:
+                yield Label(f"Host key {fingerprint}: ask the customer to read theirs; "
+                            "they must match.", id="fingerprint", classes="hint", markup=False)
             if self.error:
-                yield Label(self.error, classes="error", markup=False)
+                yield Label(clean(self.error, 300), classes="error", markup=False)
             yield Input(password=True, placeholder="session password", id="password")
-            yield Label("enter to connect · esc to cancel", classes="hint")
+            yield Label("enter to connect · esc to cancel", classes="hint", markup=False)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.value:
-            self.dismiss(event.value)
+            password = Secret(event.value)
+            event.input.value = ""  # the widget keeps no copy
+            self.dismiss(password)
 
     def action_cancel(self) -> None:
         self.dismiss(None)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from textual import on, work
+from textual.actions import SkipAction
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label
 
+from common.secret import Secret
 from tui.client import RelayClient, RelayError
+from tui.failures import explain
 
 
 def strength_hint(password: str) -> str:
@@ -30,46 +33,67 @@ def strength_hint(password: str) -> str:
 
 
 class NewSessionModal(ModalScreen[dict | None]):
-    BINDINGS = [Binding("escape", "cancel", "Cancel", id="modal.cancel")]
+    # Keys that move between fields are priority bindings: the app runs them before it hands
+    # on the next key, so text typed (or pasted, or sent by a script) right after tab or
+    # enter lands in the next field. As plain bindings they ran only once the key had
+    # bubbled up from the field, after the field had already taken the keys that followed.
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="modal.cancel"),
+                Binding("tab", "app.focus_next", show=False, priority=True),
+                Binding("shift+tab", "app.focus_previous", show=False, priority=True),
+                Binding("enter", "next_field", show=False, priority=True)]
+    FIELDS = ("email", "password", "confirm", "note")
 
     def __init__(self, client: RelayClient) -> None:
         super().__init__()
         self.client = client
+        self.creating = False
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog wide"):
-            yield Label("Invite a customer", classes="title")
+            yield Label("Invite a customer", classes="title", markup=False)
             yield Input(placeholder="customer@example.com", id="email", compact=True)
             yield Input(password=True, placeholder="session password", id="password",
                         compact=True)
             yield Input(password=True, placeholder="session password again", id="confirm",
                         compact=True)
-            yield Label(strength_hint(""), id="hint", classes="hint")
+            yield Label(strength_hint(""), id="hint", classes="hint", markup=False)
             yield Input(placeholder="note (optional)", id="note", max_length=500, compact=True)
-            yield Label("", id="error", classes="error")
+            yield Label("", id="error", classes="error", markup=False)
             yield Button("Create and send invitation", variant="primary", id="create")
 
     @on(Input.Changed, "#password")
     def _hint(self, event: Input.Changed) -> None:
         self.query_one("#hint", Label).update(strength_hint(event.value))
 
+    @on(Input.Changed)
+    def _edited(self) -> None:
+        """An error said about the old values is stale once any of them changes."""
+        if not self.creating:
+            self.query_one("#error", Label).update("")
+
+    def action_next_field(self) -> None:
+        """Enter in a field but the last moves on at once; elsewhere enter goes its usual way
+        (in the last field after the keys before it, so the values read are whole)."""
+        current = self.focused.id if isinstance(self.focused, Input) else None
+        if current not in self.FIELDS[:-1]:
+            raise SkipAction()
+        # set_focus, not focus(): focus() is deferred, and the next key must find the field.
+        self.set_focus(self.query_one(f"#{self.FIELDS[self.FIELDS.index(current) + 1]}", Input))
+
     @on(Input.Submitted)
-    def _next(self, event: Input.Submitted) -> None:
-        order = ["email", "password", "confirm", "note"]
-        current = event.input.id or ""
-        if current != "note" and current in order:
-            self.query_one(f"#{order[order.index(current) + 1]}", Input).focus()
-        else:
-            self._submit()
+    def _submitted(self) -> None:
+        self._submit()
 
     @on(Button.Pressed, "#create")
     def _pressed(self) -> None:
         self._submit()
 
     def _submit(self) -> None:
+        if self.creating:
+            return
         email = self.query_one("#email", Input).value.strip()
-        password = self.query_one("#password", Input).value
-        confirm = self.query_one("#confirm", Input).value
+        password = Secret(self.query_one("#password", Input).value)
+        confirm = Secret(self.query_one("#confirm", Input).value)
         error = self.query_one("#error", Label)
         if not email:
             error.update("Enter the customer's email address.")
@@ -78,15 +102,20 @@ class NewSessionModal(ModalScreen[dict | None]):
             error.update("The two passwords differ: type the same password twice.")
             return
         error.update("Creating…")
+        self.creating = True
         self._create(email, password, self.query_one("#note", Input).value)
 
     @work(exclusive=True, group="create-session")
-    async def _create(self, email: str, password: str, note: str) -> None:
+    async def _create(self, email: str, password: Secret, note: str) -> None:
         try:
             created = await self.client.create_session(email, password, note)
-        except RelayError as exc:
-            self.query_one("#error", Label).update(exc.detail)
+        except Exception as exc:
+            self.query_one("#error", Label).update(explain(exc).text)
+            if not isinstance(exc, RelayError):
+                raise  # a bug of ours: the app reports it as well
             return
+        finally:
+            self.creating = False
         self.dismiss(created)
 
     def action_cancel(self) -> None:

@@ -14,6 +14,7 @@ from textual import events, on, work
 from textual.app import ComposeResult
 from textual.timer import Timer
 
+from common.secret import Secret
 from tui.client import HostConnector, RelayError, ShellChannel, retry_delay
 from tui.sanitize import clean
 from tui.screens.pane import PaneScreen
@@ -31,7 +32,7 @@ LEAVE_TWICE_SECONDS = 0.4
 class RemoteScreen(PaneScreen):
     kind = "shell"
 
-    def __init__(self, session: dict, connector: HostConnector, password: str) -> None:
+    def __init__(self, session: dict, connector: HostConnector, password: Secret) -> None:
         super().__init__(session, connector, password)
         self.shell_id = f"console-{secrets.token_hex(8)}"
         self.channel: ShellChannel | None = None

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from textual.widgets import DataTable
 from textual.widgets.data_table import CellType, ColumnKey, RowKey
 
+from tui.widgets.texttable import TextTable
 
-class CellCachedTable(DataTable):
+
+class CellCachedTable(TextTable):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # (row key, column key) -> {look of the cell -> rendered lines}; set first, as
         # DataTable's constructor already clears caches.

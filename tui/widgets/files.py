@@ -16,12 +16,22 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import DataTable, Static
+from textual.widgets.data_table import ColumnKey
 
+from tui.failures import connection_lost, reason
 from tui.sanitize import clean, plain
-from tui.transfers import DIR, LINK, Entry, LocalFiles, RemoteFiles, TransferError
+from tui.transfers import DIR, LINK, Entry, LocalFiles, RemoteFiles
+from tui.widgets.texttable import TextTable
 
 SORTS = ("name", "size", "time")
 UP = ".."
+# Fixed widths for every column but the name, which takes the rest of the pane: a folder of
+# long names must not push size, mode, owner and time out of sight. A narrow pane keeps them
+# in KEEP order while the name keeps MIN_NAME; the details line under the table shows all
+# of them for the highlighted entry anyway.
+FIXED_COLUMNS = (("size", 7), ("mode", 10), ("owner", 8), ("modified", 16))
+KEEP = ("size", "modified", "mode", "owner")
+MIN_NAME = 20
 
 
 def human_size(size: int) -> str:
@@ -70,7 +80,7 @@ class PathLine(Static):
         return Text(value, no_wrap=True, overflow="crop")
 
 
-class FileTable(DataTable):
+class FileTable(TextTable):
     """The listing itself; the pane around it knows the folder."""
 
     BINDINGS = [
@@ -115,10 +125,10 @@ class FilePane(Vertical):
             self.select = select
 
     class ListFailed(Message):
-        def __init__(self, path: str, reason: str) -> None:
+        def __init__(self, path: str, error: BaseException) -> None:
             super().__init__()
             self.path = path
-            self.reason = reason
+            self.error = error
 
     def __init__(self, title: str, fs: LocalFiles | RemoteFiles | None = None, *,
                  id: str | None = None) -> None:
@@ -137,12 +147,40 @@ class FilePane(Vertical):
     def compose(self) -> ComposeResult:
         yield PathLine(classes="pane-path")
         table = FileTable(cursor_type="row", zebra_stripes=False, classes="file-table")
-        table.add_columns("name", "size", "mode", "owner", "modified")
+        table.add_column("name", key="name", width=MIN_NAME)
+        for label, width in FIXED_COLUMNS:
+            table.add_column(label, key=label, width=width)
         yield table
         yield Static("", classes="pane-details", markup=False)
 
     def on_mount(self) -> None:
-        self.border_title = self.title
+        self.border_title = plain(self.title)
+
+    def on_resize(self) -> None:
+        self.call_after_refresh(self._fit_columns)
+
+    def _fit_columns(self) -> None:
+        """The name column takes what the fixed ones leave; the columns the pane cannot
+        hold at all (a narrow pane at 80 columns) go, from the right, time first."""
+        table = self.table
+        width = table.size.width - 1  # the scroll bar
+        if width <= 0:
+            return
+        name_width = width - 2 * (1 + len(FIXED_COLUMNS))  # every cell's padding
+        widths = dict(FIXED_COLUMNS)
+        for label in KEEP:
+            column = table.columns[ColumnKey(label)]
+            fits = name_width - widths[label] >= MIN_NAME
+            column.width = widths[label] if fits else 0
+            column.auto_width = False
+            if fits:
+                name_width -= widths[label]
+        name = table.columns[ColumnKey("name")]
+        name.auto_width = False
+        name.width = max(MIN_NAME, name_width)
+        table._require_update_dimensions = True
+        table._clear_caches()
+        table.refresh()
 
     @property
     def table(self) -> FileTable:
@@ -173,13 +211,8 @@ class FilePane(Vertical):
         try:
             resolved = await self.fs.resolve(path)
             entries = await self.fs.list(resolved)
-        except (OSError, TransferError) as exc:
-            self.post_message(self.ListFailed(path, exc.strerror if isinstance(exc, OSError)
-                                              and exc.strerror else str(exc)))
-            return
-        except Exception as exc:  # SFTP errors and a dropped connection
-            self.post_message(self.ListFailed(path, getattr(exc, "reason", None) or str(exc)
-                                              or type(exc).__name__))
+        except Exception as exc:  # local and SFTP errors, a dropped connection
+            self.post_message(self.ListFailed(path, exc))
             return
         self.post_message(self.Listed(resolved, entries, select))
 
@@ -198,8 +231,12 @@ class FilePane(Vertical):
     @on(ListFailed)
     def _list_failed(self, message: ListFailed) -> None:
         message.stop()
-        self.app.notify(f"Cannot open {clean(message.path, 120)}: {clean(message.reason, 200)}",
-                        severity="error")
+        if connection_lost(message.error):
+            step = "press ctrl+r to connect again once the host is back"
+        else:
+            step = "check the path (g goes to another)"
+        self.app.notify(f"Cannot open {clean(message.path, 120)}: {reason(message.error)}; "
+                        f"{step}.", severity="error")
         if not self.path:
             self.show_message(f"cannot open {clean(message.path, 120)}")
 
@@ -230,6 +267,7 @@ class FilePane(Vertical):
         if entry.name in self.marked:
             style = f"{style} reverse".strip()
         name = Text(mark) + plain(entry.name, 120, style=style) + Text(suffix)
+        name.no_wrap, name.overflow = True, "ellipsis"  # a cut name shows that it is cut
         size = Text("<dir>" if entry.kind == DIR else human_size(entry.size), justify="right")
         return (name, size, stat.filemode(entry.mode) if entry.mode else "?",
                 plain(entry.owner, 16), format_time(entry.mtime))
@@ -259,11 +297,18 @@ class FilePane(Vertical):
         event.stop()
         self._show_details()
 
+    def count_text(self) -> str:
+        """How many entries are listed, and how many hidden ones are not (. shows them)."""
+        shown = sum(1 for e in self.rows if e is not None)
+        hidden = 0 if self.show_hidden else sum(1 for e in self.entries if e.hidden)
+        text = f"{shown} entr{'y' if shown == 1 else 'ies'}" if shown else "(empty)"
+        return text + (f", {hidden} hidden (. shows them)" if hidden else "")
+
     def _show_details(self) -> None:
         entry = self.highlighted()
         details = self.query_one(".pane-details", Static)
         if entry is None:
-            details.update(f"{len(self.entries)} entries" if self.rows else "(empty)")
+            details.update(self.count_text())
             return
         what = {DIR: "folder", LINK: "symlink"}.get(entry.kind, "")
         size = "" if entry.kind == DIR else human_size(entry.size)

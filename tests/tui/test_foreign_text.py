@@ -1,0 +1,203 @@
+"""Foreign text is shown as text (issue 12.3, 12.12): names, hostnames, emails and the relay's
+details that carry markup (`[a=:]x`, `[@click=app.quit]`, `[blink reverse]`), escape
+sequences and bidi overrides are drawn literally (markup) or escaped (control characters)
+everywhere: the file manager against a real agent, toasts, dialogs, the sessions list and
+the audit view. And structurally: no widget the console makes reads markup."""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import sqlite3
+from pathlib import Path
+
+from textual.widgets import DataTable, Input
+
+from tests.support import Api
+from tests.tui.helpers import console, online_session, open_files, screen_text, wait_until
+from tui.app import ConsoleApp
+from tui.client import RelayClient, RelayError
+from tui.sanitize import clean
+from tui.screens.audit import AuditModal
+from tui.screens.detail import DetailModal
+from tui.screens.modals import ConfirmModal, PasswordModal
+
+ROOT = Path(__file__).resolve().parents[2]
+MARKUP = ("[a=:]x", "[@click=app.quit]q", "[blink reverse]b", "[bold red]r")
+ESCAPES = ("\x1b]52;c;aGk=\x07clip", "\x1b]0;pwned\x07title", "\x1bc-reset", "\u202eexe.txt")
+FORBIDDEN = ("\x1b", "\x07", "\x9b", "\u202e")
+# Widgets that would read a str as markup unless told not to.
+TEXT_WIDGETS = {"Static", "Label"}
+
+
+def _calls(path: Path):
+    tree = ast.parse(path.read_text(), str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+            yield name, node
+        elif isinstance(node, ast.Assign):
+            for target in node.targets:
+                if isinstance(target, ast.Attribute) and target.attr == "border_title":
+                    yield "border_title", node
+
+
+def test_no_widget_the_console_makes_reads_markup() -> None:
+    """Every Static and Label is made with markup=False, every table is a TextTable (its
+    str cells are text), and a border title is given as Text."""
+    wrong = []
+    for path in sorted((ROOT / "tui").rglob("*.py")):
+        where = path.relative_to(ROOT)
+        for name, node in _calls(path):
+            if name in TEXT_WIDGETS:
+                markup = [k for k in node.keywords if k.arg == "markup"]
+                if not markup or not (isinstance(markup[0].value, ast.Constant)
+                                      and markup[0].value.value is False):
+                    wrong.append(f"{where}:{node.lineno} {name} without markup=False")
+            elif name == "DataTable" and path.name != "texttable.py":
+                wrong.append(f"{where}:{node.lineno} a DataTable (use TextTable)")
+            elif name == "border_title" and not (
+                    isinstance(node.value, ast.Call)
+                    and getattr(node.value.func, "id", "") in ("plain", "Text")):
+                wrong.append(f"{where}:{node.lineno} a border title that is not Text")
+    assert not wrong, "\n".join(wrong)
+
+
+def assert_shown_as_text(app, *names: str) -> None:
+    """Each markup name is on screen literally; no control byte reaches the terminal."""
+    drawn = screen_text(app)
+    for name in names:
+        if any(c in name for c in FORBIDDEN):
+            continue
+        assert name in drawn, f"{name!r} is not shown literally:\n{drawn}"
+    for forbidden in FORBIDDEN:
+        assert forbidden not in drawn
+    assert app.is_running and app.title == "Adhoc"
+    assert not app.unexpected
+
+
+async def test_hostile_names_in_the_file_manager_against_a_real_agent(
+        relay, agents, tmp_path: Path) -> None:
+    host = tmp_path / "host"
+    host.mkdir()
+    for name in (*MARKUP, *ESCAPES):
+        (host / name).write_text("x")
+    (host / "[bold]folder").mkdir()
+    view, _agent, token = await online_session(relay, agents, tmp_path, "fm@example.com")
+    local = tmp_path / "local"
+    local.mkdir()
+    async with console(relay, token, size=(120, 40)) as (app, pilot, _table):
+        screen = await open_files(pilot, app, view, local, host)
+        screen.remote.table.focus()
+        await pilot.pause()
+        for name in (*MARKUP, *ESCAPES):
+            index = screen.remote.names().index(name) + 1  # after the ".." row
+            screen.remote.table.move_cursor(row=index)
+            await pilot.pause()
+            assert_shown_as_text(app, name)  # in the listing and the details line
+            await pilot.press("g")  # go to it: "Cannot open …/name: …" as a toast
+            await wait_until(pilot, lambda: screen.prompt_mode == "goto")
+            screen.query_one("#files-prompt", Input).value = name
+            await pilot.press("enter")
+            await wait_until(pilot, lambda n=name: any(
+                "Cannot open" in text and clean(n) in text for _s, text in app.notices))
+            await pilot.pause(0.2)
+            assert_shown_as_text(app, name)
+            await pilot.press("r")  # the rename prompt names it in its title
+            await wait_until(pilot, lambda: screen.prompt_mode == "rename")
+            await pilot.pause()
+            assert_shown_as_text(app, name)
+            await pilot.press("escape")
+            await wait_until(pilot, lambda: screen.prompt_mode is None)
+            await pilot.press("d")  # the delete question names it
+            await wait_until(pilot, lambda: isinstance(app.screen, ConfirmModal))
+            assert_shown_as_text(app, name)
+            await pilot.press("n")
+            await wait_until(pilot, lambda: app.screen is screen)
+        # Copied to this computer: progress, result and toasts name them; the files arrive.
+        for name in MARKUP:
+            screen.remote.marked.add(name)
+        await pilot.press("c")
+        await wait_until(pilot, lambda: all((local / n).exists() for n in MARKUP),
+                         timeout=30)
+        await wait_until(pilot, lambda: screen.transfer is None)
+        assert_shown_as_text(app)
+        # The audit view lists what was copied, names as they are.
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: app.screen is app.sessions_screen)
+        await pilot.press("a")
+        await wait_until(pilot, lambda: isinstance(app.screen, AuditModal)
+                         and app.screen.query(DataTable))
+        await pilot.pause()
+        audit = app.screen
+        row = next(i for i, r in enumerate(audit.rows) if "[a=:]x" in str(r["detail"]))
+        audit.query_one(DataTable).move_cursor(row=row)
+        await pilot.press("enter")  # the row in full
+        await wait_until(pilot, lambda: app.screen is not audit and app.screen.query("Static"))
+        await pilot.pause()
+        assert_shown_as_text(app, "[a=:]x")
+        await pilot.press("escape")
+        await pilot.press("escape")
+        await app.action_quit()
+
+
+def _seed_hostile_session(data_dir: Path, email: str, hostname: str) -> None:
+    """A session whose customer email and host were written by someone hostile (an older
+    relay let ESC into emails; a host chooses its own name), straight into the relay's
+    SQLite database, past every check the relay makes now."""
+    with contextlib.closing(sqlite3.connect(data_dir / "relay.db", timeout=10)) as db, db:
+        db.execute("UPDATE sessions SET customer_email = ?, hostname = ?, os = ?",
+                   (email, hostname, hostname))
+
+
+HOSTILE_EMAIL = "[blink reverse]x\x1bc\u202e@example.com"
+HOSTILE_HOST = "[@click=app.quit]evil\x1b]0;pwned\x07"
+
+
+async def test_a_hostile_email_and_host_in_the_list_dialogs_and_toasts(
+        relay, agents, tmp_path: Path) -> None:
+    await online_session(relay, agents, tmp_path, "plain@example.com")
+    _seed_hostile_session(relay.data_dir, HOSTILE_EMAIL, HOSTILE_HOST)
+    async with Api(relay.base_url) as api:
+        token = api.token
+    async with console(relay, token, size=(120, 40)) as (app, pilot, _table):
+        await wait_until(pilot, lambda: "[@click=app.quit" in screen_text(app))
+        assert_shown_as_text(app, "[blink reverse]x", "[@click=app.quit")
+        await pilot.press("i")  # the details show the host in full
+        await wait_until(pilot, lambda: isinstance(app.screen, DetailModal)
+                         and app.screen.query("#detail-text"))
+        await pilot.pause()
+        assert_shown_as_text(app, "[@click=app.quit]evil")
+        assert "[@click=app.quit]evil\\x1b]0;pwned\\x07" in screen_text(app)
+        await pilot.press("escape")
+        await pilot.press("r")  # the password prompt (12.12)
+        await wait_until(pilot, lambda: isinstance(app.screen, PasswordModal)
+                         and app.screen.query(Input))
+        await pilot.pause()
+        assert_shown_as_text(app, "[blink reverse]x")
+        drawn = screen_text(app)
+        assert "reverse]x\\x1bc\\u202e@example.com" in drawn, drawn
+        await pilot.press("escape")
+        await pilot.press("e")  # the end question names the customer
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmModal))
+        assert_shown_as_text(app, "[blink reverse]x")
+        await pilot.press("y")
+        await wait_until(pilot, lambda: any("Ended the session" in t for _s, t in app.notices))
+        await pilot.pause()
+        assert_shown_as_text(app, "[blink reverse]x")
+        await app.action_quit()
+
+
+async def test_the_relay_detail_is_text(relay) -> None:
+    """A relay's `detail` (here: the answer to a bad request, through the console's own
+    client) with markup is shown as it is, in a toast."""
+    async with Api(relay.base_url) as api:
+        token = api.token
+    app = ConsoleApp(RelayClient(relay.base_url, token), "alice")
+    async with app.run_test(size=(100, 30), notifications=True) as pilot:
+        await wait_until(pilot, lambda: app.screen.query("#sessions"))
+        app.report_failure(RelayError(409, "limit", "[@click=app.quit]limit[/] [blink]x"))
+        await pilot.pause()
+        assert_shown_as_text(app, "[@click=app.quit]limit[/] [blink]x")
+        await app.action_quit()
+
