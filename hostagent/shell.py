@@ -16,6 +16,10 @@ from collections.abc import Mapping
 
 READ_CHUNK = 64 * 1024
 OUTPUT_QUEUE = 16
+# During a flood a PTY read gives a couple of KiB (find: 1.9 KiB on average); chunks already
+# queued are handed on together, up to this much, so a flood costs a packet per 32 KiB on both
+# SSH layers instead of one per read (an idle shell's output still goes at once, alone).
+COALESCE = 32 * 1024
 # Once the shell itself has exited, its last output is read until the PTY has been quiet this
 # long, and never for longer than LINGER_AFTER_EXIT: a job it left running in the background
 # (`job &`, nohup, setsid) may hold the terminal and print on, and must not keep the channel
@@ -102,6 +106,7 @@ class PtyShell:
         self._output: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._reading = False
         self._ended = False
+        self._end_read = False  # read() has taken the end marker with the last output
         self._last_output = 0.0
         self._watch: asyncio.Task | None = None
 
@@ -177,11 +182,26 @@ class PtyShell:
             self._output.put_nowait(None)
 
     async def read(self) -> bytes | None:
-        """The next chunk of output, or None once the shell has exited."""
+        """The output read since the last call (at least one chunk, what is queued with it up
+        to COALESCE), or None once the shell has exited."""
+        if self._end_read:
+            return None
+        chunks: list[bytes] = []
+        size = 0
         data = await self._output.get()
-        if data is not None and not self._ended and self._output.qsize() < OUTPUT_QUEUE:
+        while data is not None:
+            chunks.append(data)
+            size += len(data)
+            if size >= COALESCE or self._output.empty():
+                break
+            data = self._output.get_nowait()
+        else:
+            self._end_read = True
+        if not chunks:
+            return None
+        if not self._ended and self._output.qsize() < OUTPUT_QUEUE:
             self._resume_reading()
-        return data
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     @property
     def master_fd(self) -> int:

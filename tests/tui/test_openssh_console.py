@@ -49,6 +49,19 @@ def openssh(home: Path, tool: str, *args: str) -> subprocess.CompletedProcess:
                           stdin=subprocess.DEVNULL)
 
 
+async def ssh_and_scp(home: Path, tmp_path: Path, ssh_name: str, scp_name: str,
+                      text: str) -> None:
+    """Stock ssh runs a command, and scp copies a file, through the written config."""
+    ran = await asyncio.to_thread(openssh, home, "ssh", ssh_name, "echo via-$((40+2))")
+    assert (ran.returncode, ran.stdout) == (0, "via-42\n"), ran.stderr
+    payload = tmp_path / "payload.txt"
+    payload.write_text(text)
+    copied = await asyncio.to_thread(openssh, home, "scp", str(payload),
+                                     f"{scp_name}:{tmp_path}/copied.txt")
+    assert copied.returncode == 0, copied.stderr
+    assert (tmp_path / "copied.txt").read_text() == text
+
+
 async def test_write_then_ssh_scp_rsync_by_id_and_name(relay, agents, tmp_path: Path) -> None:
     home = tmp_path / "home"
     (home / ".ssh").mkdir(parents=True)
@@ -89,14 +102,7 @@ async def test_write_then_ssh_scp_rsync_by_id_and_name(relay, agents, tmp_path: 
     config = (home / ".ssh" / "adhoc" / "config").read_text()
     assert f"{pending['id']}: waiting for the customer's security code" in config
 
-    for name in (session["id"], "adhoc-dana.smith"):
-        ran = await asyncio.to_thread(openssh, home, "ssh", name, "echo via-$((40+2))")
-        assert (ran.returncode, ran.stdout) == (0, "via-42\n"), ran.stderr
-    payload = tmp_path / "payload.txt"
-    payload.write_text("pinned both ways\n")
-    copied = await asyncio.to_thread(openssh, home, "scp", str(payload),
-                                     f"adhoc-dana.smith:{tmp_path}/copied.txt")
-    assert copied.returncode == 0, copied.stderr
+    await ssh_and_scp(home, tmp_path, session["id"], "adhoc-dana.smith", "pinned both ways\n")
     synced = await asyncio.to_thread(
         subprocess.run, ["rsync", "-e", f"ssh -F {home / '.ssh' / 'config'}",
                          f"{session['id']}:{tmp_path}/copied.txt", str(tmp_path / "back.txt")],
@@ -130,14 +136,7 @@ async def test_with_the_ssh_port_off_the_written_config_goes_through_the_tunnel(
         assert written.returncode == 0, written.stderr
         config = (home / ".ssh" / "adhoc" / "config").read_text()
         assert f" tunnel {relay.base_url}\n" in config
-        ran = await asyncio.to_thread(openssh, home, "ssh", "adhoc-dana", "echo via-$((40+2))")
-        assert (ran.returncode, ran.stdout) == (0, "via-42\n"), ran.stderr
-        payload = tmp_path / "payload.txt"
-        payload.write_text("one port\n")
-        copied = await asyncio.to_thread(openssh, home, "scp", str(payload),
-                                         f"{view['id']}:{tmp_path}/copied.txt")
-        assert copied.returncode == 0, copied.stderr
-        assert (tmp_path / "copied.txt").read_text() == "one port\n"
+        await ssh_and_scp(home, tmp_path, "adhoc-dana", view["id"], "one port\n")
     finally:
         relay.stop()
 
