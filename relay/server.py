@@ -95,6 +95,19 @@ async def initialise(settings: RelaySettings) -> None:
     load_or_create_cluster_key(settings.cluster_key_path)
 
 
+class _RequestsCutAtStop(logging.Filter):
+    """Stopping the relay cancels the requests still being served (event streams above all);
+    uvicorn logs each as "Exception in ASGI application" with a traceback. Expected, so not
+    logged: an operator's log shows tracebacks only for what went wrong."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, asyncio.CancelledError)
+
+
+logging.getLogger("uvicorn.error").addFilter(_RequestsCutAtStop())
+
+
 class _QuietUvicorn(uvicorn.Server):
     """uvicorn without its signal handlers: the process (or the console) owns signals."""
 

@@ -478,8 +478,11 @@ class Chaos:
             for secret in [*self.world.secrets(), *self.world.codes]:
                 if secret and secret in written:
                     problems.append("a secret is in the relay's log or the agent's output")
-            if "Traceback" in self.world.relay.log_path.read_text(errors="replace"):
-                problems.append("the relay's log holds a traceback")
+            relay_log = self.world.relay.log_path.read_text(errors="replace")
+            if "Traceback" in relay_log:
+                at = relay_log.index("Traceback")
+                problems.append("the relay's log holds a traceback:\n"
+                                + relay_log[at:at + 12000][-2500:])
         if problems:
             raise ChaosFailure(f"chaos seed {report.seed} (replay: ADHOC_CHAOS_SEED="
                                f"{report.seed}) failed after step {report.steps}: "
