@@ -71,7 +71,9 @@ ENV = {"ADHOC_HOST_BACKOFF_CAP": "2", "ADHOC_HOST_SHELL": "/bin/sh",
 
 def seed_from_env() -> int:
     value = os.environ.get("ADHOC_CHAOS_SEED")
-    return int(value) if value else random.SystemRandom().randrange(1, 2**31)
+    if value and value != "random":
+        return int(value)
+    return random.SystemRandom().randrange(1, 2**31)
 
 
 class Agent(AgentProcess):

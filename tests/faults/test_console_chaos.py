@@ -10,11 +10,15 @@ from pathlib import Path
 from tests.faults import chaos
 
 STEPS = int(os.environ.get("ADHOC_CHAOS_STEPS", "250"))
-SECONDS = float(os.environ.get("ADHOC_CHAOS_SECONDS", "150"))
+SECONDS = float(os.environ.get("ADHOC_CHAOS_SECONDS", "90"))
+# The suite replays one seed, so a red run is a regression and not a new draw; new seeds are
+# for `python -m bench.console_soak` and ADHOC_CHAOS_SEED=random (each prints its seed).
+SUITE_SEED = 1076414052
 
 
 async def test_the_console_survives_seeded_chaos(tmp_path: Path) -> None:
-    report = await chaos.run(tmp_path / "chaos", seed=chaos.seed_from_env(), steps=STEPS,
+    seed = SUITE_SEED if not os.environ.get("ADHOC_CHAOS_SEED") else chaos.seed_from_env()
+    report = await chaos.run(tmp_path / "chaos", seed=seed, steps=STEPS,
                              seconds=SECONDS)
     print(report.summary())
     assert report.steps >= min(STEPS, 100), report.summary()  # enough ran to mean something

@@ -96,9 +96,9 @@ async def test_detached_shell_closes_after_the_timeout(start_relay, agents, tmp_
             assert await shell_pid(await open_shell(inner, "short")) != pid
 
 
-async def test_a_flood_is_handed_on_in_few_large_pieces_and_whole() -> None:
-    """A PTY read during a flood gives a few KiB; what queued up while the technician's side
-    was busy goes on together (fewer SSH packets on both layers), nothing lost or reordered."""
+async def test_a_flood_queued_while_the_technician_was_busy_goes_on_whole() -> None:
+    """Output queued up while the technician's side was busy goes on together (fewer SSH
+    packets on both layers), with nothing lost or reordered, and the end after it."""
     from hostagent.shell import PtyShell
 
     shell = PtyShell("xterm", 80, 24, command="seq 1 200000")
@@ -109,6 +109,6 @@ async def test_a_flood_is_handed_on_in_few_large_pieces_and_whole() -> None:
         pieces.append(data)
     out = b"".join(pieces).replace(b"\r\n", b"\n")
     assert out == b"".join(b"%d\n" % n for n in range(1, 200001))
-    # The backlog went on in large pieces (one PTY read gives at most 4 KiB on Linux).
-    assert max(map(len, pieces)) >= 32 * 1024
+    # What it gains is measured in bench.flood (docs/BENCHMARKS.md): a PTY read's size
+    # depends on the kernel's buffering, so no piece size is asserted here.
     assert await shell.read() is None  # and the end stays the end
