@@ -253,6 +253,8 @@ async def main_async(args: argparse.Namespace) -> None:
                          f"{max(values):.3f}", verdict(percentile(values, 95) <= 0.5)
                          if name == "console pane" else ""))
     table(("terminal", "p50 s", "p95 s", "max s", "target p95 <= 0.5 s"), rows_out)
+    for name, values in stops.items():
+        print(f"  {name}, sorted: " + " ".join(f"{value:.3f}" for value in sorted(values)))
     print(f"\nconsole peak RSS over the run: {peak.peak / 2**20:.0f} MiB")
 
 

@@ -8,8 +8,10 @@ screen. A shell left detached for `detached_timeout` seconds is closed.
 The screen is kept by a server-side emulator (pyte). Feeding it every byte would cap the
 shell's throughput at the emulator's speed, so output is only appended to a bounded tail and
 fed to the emulator when the shell goes quiet or a repaint is needed: the cost is bounded by
-the tail, not by how much the shell prints. Full-screen programs also get a SIGWINCH on
-reattach, so they redraw themselves whatever the emulator missed.
+the tail, not by how much the shell prints. A quiet shell's tail is fed a slice at a time, so
+the agent keeps answering keys meanwhile: 256 KiB of `yes` costs pyte ~0.8 s, and fed at once
+it held a ctrl+c typed just after a flood for that long. Full-screen programs also get a
+SIGWINCH on reattach, so they redraw themselves whatever the emulator missed.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ SHELL_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 DETACHED_TIMEOUT = 15 * 60.0
 TAIL_LIMIT = 256 * 1024  # output kept for the emulator between syncs
 QUIET_SYNC_DELAY = 0.25  # feed the emulator once the shell has been quiet this long
+SYNC_SLICE = 4096  # bytes fed to the emulator per turn of the event loop (~10 ms at worst)
 MAX_SHELLS = 32
 
 # pyte keeps private modes shifted by 5 bits.
@@ -128,6 +131,8 @@ class ManagedShell:
         self._stream = pyte.ByteStream(self.screen)
         self._tail = bytearray()
         self._sync_handle: asyncio.TimerHandle | None = None
+        self._feeding: asyncio.Task | None = None  # feeding the tail in slices while quiet
+        self._draining = False  # waiting for the technician's side to take output
         self._expiry: asyncio.TimerHandle | None = None
         self.attachment: Attachment | None = None
         self.exited = asyncio.Event()
@@ -146,10 +151,13 @@ class ManagedShell:
                     continue
                 try:
                     sink.write(data)
+                    self._draining = True
                     await sink.drain()  # back-pressure: a slow technician slows the shell
                 except (OSError, asyncssh.Error):
                     if self.attachment is sink:
                         self.attachment = None
+                finally:
+                    self._draining = False
         finally:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 self.status = await asyncio.wait_for(self.pty.wait(), 5)
@@ -159,16 +167,43 @@ class ManagedShell:
             self._on_gone(self)
 
     def _remember(self, data: bytes) -> None:
+        self._stop_feeding()  # output again: the emulator waits for the next quiet
         self._tail += data
         if len(self._tail) > TAIL_LIMIT:
             del self._tail[:len(self._tail) - TAIL_LIMIT]
+        self._arm_sync()
+
+    def _arm_sync(self) -> None:
         if self._sync_handle is not None:
             self._sync_handle.cancel()
-        self._sync_handle = asyncio.get_running_loop().call_later(QUIET_SYNC_DELAY, self.sync)
+        self._sync_handle = asyncio.get_running_loop().call_later(QUIET_SYNC_DELAY, self._quiet)
+
+    def _quiet(self) -> None:
+        self._sync_handle = None
+        if self._draining:  # held up by a slow reader, not quiet: the flood goes on
+            self._arm_sync()
+        elif self._tail and self._feeding is None:
+            self._feeding = asyncio.get_running_loop().create_task(self._feed_slices())
+
+    async def _feed_slices(self) -> None:
+        try:
+            while self._tail:
+                data = bytes(self._tail[:SYNC_SLICE])
+                del self._tail[:SYNC_SLICE]
+                self._stream.feed(data)
+                await asyncio.sleep(0)
+        finally:
+            if self._feeding is asyncio.current_task():
+                self._feeding = None
+
+    def _stop_feeding(self) -> None:
+        if self._feeding is not None:
+            self._feeding.cancel()
+            self._feeding = None
 
     def sync(self) -> None:
-        """Feed the emulator what the shell printed since the last sync."""
-        self._sync_handle = None
+        """Feed the emulator what the shell printed since the last sync, all of it now."""
+        self._stop_feeding()
         if self._tail:
             data = bytes(self._tail)
             self._tail.clear()
@@ -216,6 +251,7 @@ class ManagedShell:
         self.close()
 
     def _cancel_timers(self) -> None:
+        self._stop_feeding()
         for handle in (self._sync_handle, self._expiry):
             if handle is not None:
                 handle.cancel()

@@ -112,3 +112,41 @@ async def test_a_flood_queued_while_the_technician_was_busy_goes_on_whole() -> N
     # What it gains is measured in bench.flood (docs/BENCHMARKS.md): a PTY read's size
     # depends on the kernel's buffering, so no piece size is asserted here.
     assert await shell.read() is None  # and the end stays the end
+
+
+async def test_a_quiet_shell_catches_its_screen_up_a_slice_at_a_time() -> None:
+    """The screen kept for reattaching is brought up to date in small slices once the shell
+    is quiet, never while a slow technician holds the flood up: fed in one go, the 256 KiB
+    tail of a `yes` took pyte ~0.8 s, and a ctrl+c typed then waited as long."""
+    from hostagent.shell import PtyShell
+    from hostagent.shells import TAIL_LIMIT, Attachment, ManagedShell
+
+    pty = PtyShell("xterm", 80, 24, command=f"yes | head -c {2 * TAIL_LIMIT}; sleep 30")
+    await pty.start()
+    shell = ManagedShell("flood", pty, lambda _shell: None)
+    fed: list[int] = []
+    feed = shell._stream.feed
+    shell._stream.feed = lambda data: (fed.append(len(data)), feed(data))[1]
+    taken = bytearray()
+    held = asyncio.Event()
+    shown = 2 * TAIL_LIMIT * 3 // 2  # "y\n" leaves the PTY as "y\r\n"
+
+    async def drain() -> None:
+        await held.wait()
+
+    shell.attach(Attachment(taken.extend, drain))
+    shell.start_pump()
+    try:
+        await asyncio.sleep(1.0)  # the technician's side holds the flood up: not quiet
+        assert fed == []
+        held.set()
+        for _ in range(200):
+            if len(taken) >= shown and sum(fed) >= TAIL_LIMIT:
+                break
+            await asyncio.sleep(0.05)
+        assert len(taken) == shown  # all of it went to the technician
+        assert sum(fed) == TAIL_LIMIT  # the screen caught up with the tail...
+        assert max(fed) <= 16 * 1024  # ...a slice at a time (pyte: ~0.8 s per 256 KiB)
+        assert shell.screen.display[-2].rstrip() == "y"
+    finally:
+        shell.kill()
