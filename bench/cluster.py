@@ -28,8 +28,9 @@ from pathlib import Path
 
 import psutil
 
-from bench.common import BenchRelay, free_port, header, table, verdict
+from bench.common import BenchRelay, header, table, verdict
 from bench.fanin import Workers, agent_arguments, seed
+from tests.openssh import free_port
 
 KEY_FILES = ("ssh_host_ed25519_key", "secret.key", "cluster_ed25519_key")
 

@@ -201,6 +201,8 @@ async def main_async(args: argparse.Namespace) -> None:
                 size = int(args.mb * 1e6)
                 programs = {f"yes | head -c {size}": f"yes | head -c {size}",
                             "find /usr /lib /etc": "find /usr /lib /etc 2>/dev/null"}
+                programs = {label: program for label, program in programs.items()
+                            if label.split()[0] in args.floods.split(",")}
                 floods: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
                 runs = 0
                 for round_ in range(0 if args.interrupts_only else args.rounds):
@@ -265,6 +267,7 @@ def main() -> None:
     parser.add_argument("--interrupts", type=int, default=20, help="ctrl+c trials each")
     parser.add_argument("--size", default="80x24", help="the tmux windows' size")
     parser.add_argument("--interrupts-only", action="store_true", help="skip the floods")
+    parser.add_argument("--floods", default="yes,find", help="which floods: yes, find or both")
     run_async(main_async(parser.parse_args()))
 
 
