@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+NOT_BENCHES = ("__init__", "__main__", "common", "launch")  # launch starts a bench's relay
 BENCHES = sorted(path.stem for path in (ROOT / "bench").glob("*.py")
-                 if path.stem not in ("__init__", "__main__", "common", "launch"))  # launch: a helper
+                 if path.stem not in NOT_BENCHES)
 
 
 @pytest.mark.parametrize("name", BENCHES)
