@@ -30,10 +30,9 @@ from bench.launch import (
     LEVERS_ENV,
     prefer_aes_gcm,
     restore_encryption,
-    restore_ignore_packets,
-    skip_ignore_packets,
+    send_ignores,
 )
-from common.transport import INNER_USER, pinned, tune_allocator
+from common.transport import INNER_USER, pinned, skip_needless_ignores, tune_process
 from tests.openssh import Sshd, sshd_server
 from tests.support import (
     PASSWORD,
@@ -138,9 +137,10 @@ class Levers:
     tech_packet: int = 0
     uvloop: bool = False  # uvloop in the relay and the agent
     relay_uvloop: bool = False  # uvloop in the relay only (the agent's PTY shells break on it)
-    no_ignore: bool = False  # no SSH_MSG_IGNORE before each packet, in every asyncssh process
+    ignores: bool = False  # asyncssh's SSH_MSG_IGNORE before each packet, as it comes
     server_ciphers: tuple[str, ...] = ()  # what the relay and the agent's server offer
     lazy_pipes: bool = False  # the agent's command output paused only past 1 MiB unsent
+    pairs_only: bool = False  # writes joined only as IGNORE + packet (before bulk joining)
     label: str = "as shipped"
 
     def env(self) -> dict[str, str]:
@@ -162,14 +162,14 @@ SHIPPED = Levers()
 def technician_process(levers: Levers):
     """The bench process plays the technician: apply the levers that concern its whole
     process (not only connection set-up) while a variant runs."""
-    if not levers.no_ignore:
+    if not levers.ignores:
         yield
         return
-    original = skip_ignore_packets()
+    send_ignores()
     try:
         yield
     finally:
-        restore_ignore_packets(original)
+        skip_needless_ignores()
 
 
 @contextlib.contextmanager
@@ -372,5 +372,5 @@ def openssh_server(*, jump: bool = False) -> contextlib.AbstractContextManager[O
 
 def run_async(main) -> None:
     # The bench plays the technician's console, which tunes its allocator at start.
-    tune_allocator()
+    tune_process()
     asyncio.run(main)

@@ -42,28 +42,13 @@ def _with_channel_defaults(window: int, packet: int):
     return create_connection
 
 
-def skip_ignore_packets():
-    """asyncssh sends an empty SSH_MSG_IGNORE before every packet once encrypting (a defence
-    for CBC ciphers, which Adhoc never negotiates): drop those in this process. Returns the
-    original method (for restore_ignore_packets)."""
-    from asyncssh.connection import MSG_IGNORE, SSHConnection
-
-    original = SSHConnection.send_packet
-    empty = b"\0\0\0\0"
-
-    def send_packet(self, pkttype: int, *args: bytes, handler=None) -> None:
-        if pkttype == MSG_IGNORE and args == (empty,) and handler is None:
-            return
-        original(self, pkttype, *args, handler=handler)
-
-    SSHConnection.send_packet = send_packet  # type: ignore[method-assign]
-    return original
-
-
-def restore_ignore_packets(original) -> None:
+def send_ignores() -> None:
+    """asyncssh as it comes: an empty SSH_MSG_IGNORE before every packet once encrypting,
+    which Adhoc's programs skip on AES-GCM (common/transport.py skip_needless_ignores)."""
     from asyncssh.connection import SSHConnection
 
-    SSHConnection.send_packet = original  # type: ignore[method-assign]
+    SSHConnection.send_packet = getattr(  # type: ignore[method-assign]
+        SSHConnection.send_packet, "original", SSHConnection.send_packet)
 
 
 def lazy_command_pipes(limit: int = 1024 * 1024) -> None:
@@ -103,8 +88,8 @@ def apply(levers: dict) -> None:
     if levers.get("agent_window"):
         asyncssh.create_connection = _with_channel_defaults(
             levers["agent_window"], levers.get("agent_packet") or 32768)
-    if levers.get("no_ignore"):
-        skip_ignore_packets()
+    if levers.get("ignores"):
+        send_ignores()
     if levers.get("server_ciphers"):
         from common.transport import SERVER_ALGORITHMS
 
@@ -112,6 +97,12 @@ def apply(levers: dict) -> None:
         SERVER_ALGORITHMS["encryption_algs"] = tuple(levers["server_ciphers"])
     if levers.get("lazy_pipes"):
         lazy_command_pipes()
+    if levers.get("pairs_only"):
+        import common.transport
+
+        # Every write counts as small: a packet goes with its IGNORE at once, a splice
+        # writes what it receives at once, as before bulk writes were joined per turn.
+        common.transport.BULK_WRITE = 1 << 62
     if levers.get("uvloop"):
         import uvloop
 
@@ -155,9 +146,9 @@ def main() -> int:
 
         return host_main(args)
     if kind == "direct":
-        from common.transport import tune_allocator
+        from common.transport import tune_process
 
-        tune_allocator()  # as the agent's own command does
+        tune_process()  # as the agent's own command does
         asyncio.run(_serve_direct(args[0]))
         return 0
     raise SystemExit(f"unknown kind {kind!r}: relay, host or direct")

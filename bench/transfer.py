@@ -71,7 +71,8 @@ VARIANTS: dict[str, Levers] = {
     "wide32": Levers(relay_window=32 * MIB, inner_window=32 * MIB, agent_window=32 * MIB,
                      agent_packet=256 * 1024, tech_window=32 * MIB, tech_packet=256 * 1024,
                      label="32 MiB windows on every leg"),
-    "no-ignore": Levers(no_ignore=True, label="no SSH_MSG_IGNORE before each packet"),
+    "ignores": Levers(ignores=True, label="asyncssh's SSH_MSG_IGNORE before each packet, as "
+                                          "before (shipped skips it on AES-GCM)"),
     "tuned": Levers(gcm=True, inner_window=2 * MIB, agent_window=8 * MIB,
                     agent_packet=256 * 1024, tech_window=8 * MIB, tech_packet=256 * 1024,
                     label="gcm + inner 2 MiB + 8 MiB legs"),
@@ -87,6 +88,9 @@ VARIANTS: dict[str, Levers] = {
     "pipes": Levers(lazy_pipes=True,
                     label="agent: a command's output paused only past 1 MiB unsent, not after "
                           "every pipe read (rsync's exec channel)"),
+    "pairs-only": Levers(pairs_only=True,
+                         label="writes joined only as IGNORE + packet, a splice writing each "
+                               "piece at once (before bulk writes were joined per turn)"),
     "ctr": Levers(server_ciphers=("aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
                                   "aes128-ctr", "aes256-ctr"),
                   label="AES-GCM and AES-CTR offered (OpenSSH clients take aes128-ctr with "

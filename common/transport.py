@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import inspect
 import ipaddress
 import socket
 import sys
@@ -55,7 +56,7 @@ SERVER_ALGORITHMS = {"kex_algs": KEX_ALGS, "encryption_algs": SERVER_ENCRYPTION,
 OUTER_WINDOW = 8 * 1024 * 1024
 OUTER_PACKET = 256 * 1024
 # The inner connection (console to agent) crosses the relay as data on an outer channel, one
-# outer write per inner packet and the IGNORE before it (_CoalescingTransport). An inner packet
+# outer write per inner packet and the IGNORE before it (CoalescingWriter). An inner packet
 # of OUTER_PACKET bytes of data would not fit one outer packet with its header, MAC and that
 # IGNORE: each would cross as a full outer packet and a ~100-byte one, twice the per-packet
 # work on every hop (relayed SFTP 15 % slower, docs/BENCHMARKS.md). Leave room.
@@ -160,6 +161,44 @@ async def wait_for_banner(sock: socket.socket, seconds: float) -> None:
         loop.remove_reader(sock.fileno())
 
 
+def skip_needless_ignores() -> bool:
+    """Stop asyncssh sending an empty SSH_MSG_IGNORE before every packet on connections whose
+    cipher is AEAD (AES-GCM, chacha20-poly1305), in this process. Returns whether it took.
+
+    The IGNORE is a defence for CBC ciphers (a predictable IV), which Adhoc never negotiates:
+    with AES-GCM it only doubles the packets every leg encrypts, sends and decrypts. Dropping it
+    raised stock sftp/scp downloads through the relay from 0.64x/0.61x to 0.77x/0.82x of an
+    OpenSSH jump host in one run (docs/BENCHMARKS.md, Stock OpenSSH tools). asyncssh has no
+    option for it, so its SSHConnection.send_packet is wrapped, only where it has the shape
+    this was written against; elsewhere nothing changes.
+    """
+    from asyncssh.connection import MSG_IGNORE, SSHConnection
+    from asyncssh.encryption import ChachaEncryption, GCMEncryption
+
+    original = SSHConnection.send_packet
+    if getattr(original, "skips_needless_ignores", False):
+        return True
+    try:
+        params = list(inspect.signature(original).parameters)
+    except (TypeError, ValueError):
+        return False
+    if params != ["self", "pkttype", "args", "handler"]:
+        return False
+    empty = b"\0\0\0\0"  # String(b"")
+    aead = (GCMEncryption, ChachaEncryption)
+
+    def send_packet(self, pkttype: int, *args: bytes, handler=None) -> None:
+        if (pkttype == MSG_IGNORE and args == (empty,) and handler is None
+                and isinstance(getattr(self, "_send_encryption", None), aead)):
+            return
+        original(self, pkttype, *args, handler=handler)
+
+    send_packet.skips_needless_ignores = True  # type: ignore[attr-defined]
+    send_packet.original = original  # type: ignore[attr-defined]  # bench/ compares with it
+    SSHConnection.send_packet = send_packet  # type: ignore[method-assign]
+    return True
+
+
 # glibc's mallopt parameters. By default buffers of 128 KiB and up are mmap'd and unmapped
 # one by one, and the top of the heap is trimmed eagerly; an SSH leg moving 256 KiB packets
 # then pays a page fault for every 4 KiB it copies: the relay took ~2,700 faults and 11 ms of
@@ -188,28 +227,52 @@ def tune_allocator() -> bool:
         bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
-class _CoalescingTransport:
-    """A connection's transport that sends a packet and the IGNORE before it as one write.
+def tune_process() -> None:
+    """What every Adhoc program that moves SSH traffic (relay, agent, console) sets up once
+    at start: the allocator, and no needless IGNORE packets."""
+    tune_allocator()
+    skip_needless_ignores()
 
-    asyncssh writes an SSH_MSG_IGNORE before every packet it sends, each as a write of its
-    own: on a tunnel channel each became an outer packet (a keystroke crossed the relay as
-    four outer packets each way), on a socket each a send() and a TCP segment. A write is held
-    until the next one, and both go together at once; one left alone (no IGNORE came before
-    it, as during key exchange) goes at the end of the event loop's turn. Holding every write
-    until the end of the turn instead cost a keystroke one extra loop turn per hop: the
-    relayed round trip was 7 % slower (docs/BENCHMARKS.md).
+
+# Writes of at least this much are bulk (a file, a flood): they are held until the end of the
+# event loop's turn and go out joined with the turn's others, in full packets, at most
+# HOLD_LIMIT at a time. Smaller ones (keys, echoes, replies) are never held longer than the
+# write after them.
+BULK_WRITE = 4096
+HOLD_LIMIT = OUTER_PACKET
+
+
+class CoalescingWriter:
+    """Joins the writes of one event loop turn to a channel (or socket transport), so a
+    stream crosses in as few packets as the receiver's packet size allows.
+
+    asyncssh sends a packet per write, and no write is ever joined with the next: an SFTP
+    reply of 32 KiB and its 13-byte header crossed as two packets on every hop, and the
+    32,781 bytes, written on to an OpenSSH client that takes 32 KiB packets, as three
+    (docs/BENCHMARKS.md, Stock OpenSSH tools). Bulk writes are therefore held until the end
+    of the turn (or HOLD_LIMIT). Small ones keep their latency: with `prompt` a small write
+    with nothing held goes at once (a spliced keystroke); without it (a connection's own
+    transport, where asyncssh writes an SSH_MSG_IGNORE before every packet) it waits for the
+    write that follows, and both go together. Holding every write until the end of the turn
+    cost a keystroke one extra loop turn per hop: the relayed round trip was 7 % slower.
     """
 
-    def __init__(self, chan) -> None:
+    def __init__(self, chan, *, prompt: bool = False) -> None:
         self._chan = chan
+        self._prompt = prompt
         self._pending: list[bytes] = []
+        self._held = 0
         self._flush_scheduled = False
         self._loop = asyncio.get_running_loop()
 
     def write(self, data: bytes) -> None:
+        if self._prompt and not self._pending and len(data) < BULK_WRITE:
+            self._send(data)
+            return
         self._pending.append(data)
-        if len(self._pending) > 1:
-            self._flush()  # the packet after an IGNORE: both go now, not a loop turn later
+        self._held += len(data)
+        if self._held >= HOLD_LIMIT or (len(self._pending) > 1 and self._held < BULK_WRITE):
+            self._flush()  # a full packet's worth, or a small packet after its IGNORE
         elif not self._flush_scheduled:  # one end-of-turn flush serves a whole turn's writes
             self._flush_scheduled = True
             self._loop.call_soon(self._end_of_turn)
@@ -223,6 +286,10 @@ class _CoalescingTransport:
             return
         data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
         self._pending.clear()
+        self._held = 0
+        self._send(data)
+
+    def _send(self, data: bytes) -> None:
         try:
             self._chan.write(data)
         except ConnectionError:
@@ -251,7 +318,7 @@ class _CoalescedSession:
         self.conn = conn
 
     def connection_made(self, chan: asyncssh.SSHTCPChannel) -> None:
-        self.conn.connection_made(_CoalescingTransport(chan))
+        self.conn.connection_made(CoalescingWriter(chan))
 
     def __getattr__(self, name: str):
         return getattr(self.conn, name)
@@ -264,7 +331,7 @@ class WideTunnel:
     (2 MiB window, 32 KiB packets) whatever the connection was made with; the inner SSH
     connection then crosses the relay in 32 KiB pieces. asyncssh accepts any object with these
     two methods as a tunnel. The inner connection's writes are also coalesced (see
-    _CoalescingTransport).
+    CoalescingWriter).
     """
 
     def __init__(self, conn: asyncssh.SSHClientConnection) -> None:
@@ -289,7 +356,7 @@ def coalescing_protocol(session_factory):
 
 class CoalescingTcp:
     """asyncssh's `tunnel=` for a plain TCP connection whose SSH connection coalesces its
-    writes (see _CoalescingTransport): the console's and the agent's connections to the relay.
+    writes (see CoalescingWriter): the console's and the agent's connections to the relay.
     The relay's listener does the same through coalescing_protocol (relay/sshd.py)."""
 
     def __init__(self, sock: socket.socket | None = None) -> None:

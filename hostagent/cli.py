@@ -11,7 +11,7 @@ import sys
 import threading
 
 from common.secret import Secret
-from common.transport import tune_allocator
+from common.transport import tune_process
 from hostagent import join
 from hostagent.agent import Agent, AgentOptions, install_dir
 from hostagent.lifetime import AlreadyRunning, LockUnsafe, check_interval, remove_install_dir
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         detached_timeout=_env_seconds("ADHOC_HOST_SHELL_DETACH_TIMEOUT", DETACHED_TIMEOUT),
         keys=interactive, ask_again=given is None)
     agent = Agent(link, LineNotices(), ask_code=ask_code, confirm=confirm, options=options)
-    tune_allocator()
+    tune_process()
     try:
         return asyncio.run(agent.run())
     except (join.JoinError, AlreadyRunning, LockUnsafe) as exc:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from common.passwords import hash_password, technician_password_problem
-from common.transport import tune_allocator
+from common.transport import tune_process
 from relay import wheelhouse
 from relay.config import (
     RelaySettings,
@@ -566,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             from relay.server import StartError
 
-            tune_allocator()
+            tune_process()
             if args.workers > 1:
                 return _serve_workers(settings, args.workers)
             try:

@@ -33,6 +33,7 @@ from common.transport import (
     OUTER_PACKET,
     OUTER_WINDOW,
     SERVER_ALGORITHMS,
+    CoalescingWriter,
     coalescing_protocol,
     same_key,
     sha2_signatures_only,
@@ -91,6 +92,7 @@ class _SpliceEnd(asyncssh.SSHTCPSession):
 
     def __init__(self, stats: Stats | None = None) -> None:
         self.chan: asyncssh.SSHTCPChannel | None = None
+        self._out: CoalescingWriter | None = None  # writes to chan, joined per loop turn
         self.peer: _SpliceEnd | None = None
         self.stats = stats  # bytes relayed, for the metrics
         self.on_close: Callable[[], None] | None = None
@@ -104,15 +106,18 @@ class _SpliceEnd(asyncssh.SSHTCPSession):
 
     def connection_made(self, chan: asyncssh.SSHTCPChannel) -> None:
         self.chan = chan
+        # What the peer receives in one turn goes on in full packets of this channel's size,
+        # not one packet (or two) per packet received; a lone keystroke still goes at once.
+        self._out = CoalescingWriter(chan, prompt=True)
         if self._pause_pending:
             chan.pause_reading()
         for data in self._pending:
-            chan.write(data)
+            self._out.write(data)
         self._pending.clear()
         if self._eof_pending:
-            chan.write_eof()
+            self._out.write_eof()
         if self._closed:
-            chan.close()
+            self._out.close()
 
     # These run inside the *other* connection's callbacks: an exception escaping here would
     # make asyncssh drop that whole connection (an agent's, with every technician on it)
@@ -122,13 +127,13 @@ class _SpliceEnd(asyncssh.SSHTCPSession):
         if self.chan is None:
             self._pending.append(data)
         elif not self._closed:
-            self._guard(self.chan.write, data)
+            self._guard(self._out.write, data)
 
     def write_eof(self) -> None:
         if self.chan is None:
             self._eof_pending = True
         elif not self._closed:
-            self._guard(self.chan.write_eof)
+            self._guard(self._out.write_eof)
 
     def pause_reading(self) -> None:
         if self.chan is None:
@@ -178,7 +183,7 @@ class _SpliceEnd(asyncssh.SSHTCPSession):
             self.on_close()
         if self.chan is not None and not self.farewell():
             with contextlib.suppress(OSError, asyncssh.Error, RuntimeError):
-                self.chan.close()
+                self._out.close()  # what it holds first, as a write before close would go
         if self.peer is not None:
             self.peer.close()
 

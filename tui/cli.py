@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import asyncssh
 
 from common.secret import Secret
-from common.transport import tune_allocator
+from common.transport import tune_process
 from relay.config import parse_hostport
 from tui import sshconfig
 from tui.app import ConsoleApp
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             config.save()
             print("logged out")
             return 0
-        tune_allocator()
+        tune_process()
         return asyncio.run(_run(args, config))
     except Refused as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
