@@ -140,7 +140,7 @@ class Levers:
     ignores: bool = False  # asyncssh's SSH_MSG_IGNORE before each packet, as it comes
     server_ciphers: tuple[str, ...] = ()  # what the relay and the agent's server offer
     lazy_pipes: bool = False  # the agent's command output paused only past 1 MiB unsent
-    pairs_only: bool = False  # writes joined only as IGNORE + packet (before bulk joining)
+    write_at_once: bool = False  # every write sent at once (before bulk writes were joined)
     label: str = "as shipped"
 
     def env(self) -> dict[str, str]:

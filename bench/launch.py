@@ -97,11 +97,10 @@ def apply(levers: dict) -> None:
         SERVER_ALGORITHMS["encryption_algs"] = tuple(levers["server_ciphers"])
     if levers.get("lazy_pipes"):
         lazy_command_pipes()
-    if levers.get("pairs_only"):
+    if levers.get("write_at_once"):
         import common.transport
 
-        # Every write counts as small: a packet goes with its IGNORE at once, a splice
-        # writes what it receives at once, as before bulk writes were joined per turn.
+        # Every write counts as small and goes at once, as before bulk writes were joined.
         common.transport.BULK_WRITE = 1 << 62
     if levers.get("uvloop"):
         import uvloop

@@ -88,9 +88,8 @@ VARIANTS: dict[str, Levers] = {
     "pipes": Levers(lazy_pipes=True,
                     label="agent: a command's output paused only past 1 MiB unsent, not after "
                           "every pipe read (rsync's exec channel)"),
-    "pairs-only": Levers(pairs_only=True,
-                         label="writes joined only as IGNORE + packet, a splice writing each "
-                               "piece at once (before bulk writes were joined per turn)"),
+    "at-once": Levers(write_at_once=True,
+                      label="every write sent at once (before bulk writes were joined per turn)"),
     "ctr": Levers(server_ciphers=("aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
                                   "aes128-ctr", "aes256-ctr"),
                   label="AES-GCM and AES-CTR offered (OpenSSH clients take aes128-ctr with "

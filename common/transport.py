@@ -236,43 +236,39 @@ def tune_process() -> None:
 
 # Writes of at least this much are bulk (a file, a flood): they are held until the end of the
 # event loop's turn and go out joined with the turn's others, in full packets, at most
-# HOLD_LIMIT at a time. Smaller ones (keys, echoes, replies) are never held longer than the
-# write after them.
+# HOLD_LIMIT at a time. A smaller write goes at once unless bulk is held before it.
 BULK_WRITE = 4096
 HOLD_LIMIT = OUTER_PACKET
 
 
 class CoalescingWriter:
-    """Joins the writes of one event loop turn to a channel (or socket transport), so a
+    """Joins the bulk writes of one event loop turn to a channel (or socket transport), so a
     stream crosses in as few packets as the receiver's packet size allows.
 
     asyncssh sends a packet per write, and no write is ever joined with the next: an SFTP
     reply of 32 KiB and its 13-byte header crossed as two packets on every hop, and the
     32,781 bytes, written on to an OpenSSH client that takes 32 KiB packets, as three
     (docs/BENCHMARKS.md, Stock OpenSSH tools). Bulk writes are therefore held until the end
-    of the turn (or HOLD_LIMIT). Small ones keep their latency: with `prompt` a small write
-    with nothing held goes at once (a spliced keystroke); without it (a connection's own
-    transport, where asyncssh writes an SSH_MSG_IGNORE before every packet) it waits for the
-    write that follows, and both go together. Holding every write until the end of the turn
-    cost a keystroke one extra loop turn per hop: the relayed round trip was 7 % slower.
+    of the turn (or HOLD_LIMIT). Small ones (keys, echoes, replies) go at once, in order: held
+    until the end of the turn, a keystroke paid an extra loop turn per hop and the relayed
+    round trip was 7 % slower (docs/BENCHMARKS.md).
     """
 
-    def __init__(self, chan, *, prompt: bool = False) -> None:
+    def __init__(self, chan) -> None:
         self._chan = chan
-        self._prompt = prompt
         self._pending: list[bytes] = []
         self._held = 0
         self._flush_scheduled = False
         self._loop = asyncio.get_running_loop()
 
     def write(self, data: bytes) -> None:
-        if self._prompt and not self._pending and len(data) < BULK_WRITE:
+        if not self._pending and len(data) < BULK_WRITE:
             self._send(data)
             return
         self._pending.append(data)
         self._held += len(data)
-        if self._held >= HOLD_LIMIT or (len(self._pending) > 1 and self._held < BULK_WRITE):
-            self._flush()  # a full packet's worth, or a small packet after its IGNORE
+        if self._held >= HOLD_LIMIT:
+            self._flush()
         elif not self._flush_scheduled:  # one end-of-turn flush serves a whole turn's writes
             self._flush_scheduled = True
             self._loop.call_soon(self._end_of_turn)

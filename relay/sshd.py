@@ -108,7 +108,7 @@ class _SpliceEnd(asyncssh.SSHTCPSession):
         self.chan = chan
         # What the peer receives in one turn goes on in full packets of this channel's size,
         # not one packet (or two) per packet received; a lone keystroke still goes at once.
-        self._out = CoalescingWriter(chan, prompt=True)
+        self._out = CoalescingWriter(chan)
         if self._pause_pending:
             chan.pause_reading()
         for data in self._pending:

@@ -1,9 +1,7 @@
 """Writes joined per event loop turn (common/transport.py CoalescingWriter).
 
-Every Adhoc SSH connection sends a packet and the IGNORE asyncssh puts before it as one write:
-one outer packet, one send(), per packet on every hop, sent at once rather than a turn of the
-event loop later. Bulk writes (a download) go joined at the end of the turn, in full packets;
-the relay's splice sends a lone keystroke at once."""
+A small write (a keystroke) goes at once rather than a turn of the event loop later; bulk
+writes (a download, a flood) go joined at the end of the turn, in full packets."""
 
 from __future__ import annotations
 
@@ -26,36 +24,34 @@ class Recorder:
         self.eof = True
 
 
-async def test_a_packet_and_the_ignore_before_it_go_together_at_once() -> None:
+async def test_a_small_write_goes_at_once_and_bulk_at_the_end_of_the_turn() -> None:
     below = Recorder()
-    transport = CoalescingWriter(below)
-    transport.write(b"ignore")
-    assert below.writes == [], "held for the packet that follows"
-    transport.write(b"keystroke")
-    assert below.writes == [b"ignorekeystroke"], "sent before the event loop turns"
+    writer = CoalescingWriter(below)
+    writer.write(b"keystroke")
+    assert below.writes == [b"keystroke"], "sent before the event loop turns"
+    writer.write(b"d" * 32768)
+    writer.write(b"k")  # behind held bulk: it waits its turn, in order
+    assert below.writes == [b"keystroke"]
     await asyncio.sleep(0)
-    assert below.writes == [b"ignorekeystroke"], "nothing sent twice"
+    assert below.writes == [b"keystroke", b"d" * 32768 + b"k"], "nothing sent twice"
 
 
-async def test_a_lone_write_goes_at_the_end_of_the_turn_and_before_eof() -> None:
+async def test_what_is_held_goes_before_eof() -> None:
     below = Recorder()
-    transport = CoalescingWriter(below)
-    transport.write(b"kexinit")  # key exchange packets come with no IGNORE
-    await asyncio.sleep(0)
-    assert below.writes == [b"kexinit"]
-    transport.write(b"last words")
-    transport.write_eof()
-    assert below.writes == [b"kexinit", b"last words"] and below.eof
+    writer = CoalescingWriter(below)
+    writer.write(b"last words" * 1000)
+    writer.write_eof()
+    assert below.writes == [b"last words" * 1000] and below.eof
 
 
 async def test_a_turns_bulk_writes_go_joined_at_its_end() -> None:
-    """An SFTP reply of 32 KiB crosses as a packet of 32 KiB and one of its 13-byte rest, each
-    after an IGNORE: written on one by one, that was a packet per piece on every hop."""
+    """An SFTP reply of 32 KiB crosses as a packet of 32 KiB and one of its 13-byte rest:
+    written on one by one, that was a packet per piece on every hop."""
     below = Recorder()
-    transport = CoalescingWriter(below)
-    pieces = [b"i", b"d" * 32768, b"i", b"rest" * 3, b"i", b"d" * 32768, b"i", b"rest" * 3]
+    writer = CoalescingWriter(below)
+    pieces = [b"d" * 32768, b"rest" * 3, b"d" * 32768, b"rest" * 3]
     for piece in pieces:
-        transport.write(piece)
+        writer.write(piece)
     assert below.writes == [], "held until the turn ends"
     await asyncio.sleep(0)
     assert below.writes == [b"".join(pieces)]
@@ -63,21 +59,9 @@ async def test_a_turns_bulk_writes_go_joined_at_its_end() -> None:
 
 async def test_bulk_is_held_no_further_than_a_packet() -> None:
     below = Recorder()
-    transport = CoalescingWriter(below)
+    writer = CoalescingWriter(below)
     for _ in range(HOLD_LIMIT // 32768 + 1):
-        transport.write(b"d" * 32768)
+        writer.write(b"d" * 32768)
     assert [len(write) for write in below.writes] == [HOLD_LIMIT]
     await asyncio.sleep(0)
     assert [len(write) for write in below.writes] == [HOLD_LIMIT, 32768]
-
-
-async def test_a_splice_sends_a_lone_keystroke_at_once_and_keeps_the_order() -> None:
-    below = Recorder()
-    splice = CoalescingWriter(below, prompt=True)
-    splice.write(b"k")
-    assert below.writes == [b"k"], "a keystroke waits for nothing"
-    splice.write(b"d" * 32768)
-    splice.write(b"k")  # behind held bulk: it waits its turn
-    assert below.writes == [b"k"]
-    await asyncio.sleep(0)
-    assert below.writes == [b"k", b"d" * 32768 + b"k"]
