@@ -1,7 +1,7 @@
 """Cluster: idle agents on `serve --workers 2` beside one relay process, a worker or a relay
 killed, and how fast its agents are back.
 
-Run: python -m bench.cluster [--agents 2000] [--workers 4] [--budget 120]
+Run: python -m bench.cluster [--agents 2000] [--cluster-agents N] [--workers 4] [--budget 120]
 
 Side by side in one run, on sessions seeded as bench/fanin.py seeds them (its agents, many
 per process, run the agent's own tunnel loop):
@@ -147,6 +147,8 @@ def three_relays(count: int, sessions, data_dir: Path, host_key: str, args) -> d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agents", type=int, default=2000, help="idle agents (default 2000)")
+    parser.add_argument("--cluster-agents", type=int, default=0,
+                        help="idle agents on the 3-relay cluster (default: --agents)")
     agent_arguments(parser, 120)
     args = parser.parse_args()
     # Every bench agent dials from 127.0.0.1 (bench/fanin.py says why this is lifted).
@@ -161,7 +163,8 @@ def main() -> None:
         sessions, host_key = asyncio.run(seed(folder / "relay", args.agents))
         results = [one_relay(args.agents, sessions, folder / "relay", host_key, args, 1),
                    one_relay(args.agents, sessions, folder / "relay", host_key, args, 2),
-                   three_relays(args.agents, sessions, folder / "relay", host_key, args)]
+                   three_relays(args.cluster_agents or args.agents, sessions, folder / "relay",
+                                host_key, args)]
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

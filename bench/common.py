@@ -140,6 +140,7 @@ class Levers:
     ignores: bool = False  # asyncssh's SSH_MSG_IGNORE before each packet, as it comes
     server_ciphers: tuple[str, ...] = ()  # what the relay and the agent's server offer
     lazy_pipes: bool = False  # the agent's command output paused only past 1 MiB unsent
+    shell_window: int = 0  # tui/client.py SHELL_WINDOW (the console's remote pane)
     write_at_once: bool = False  # every write sent at once (before bulk writes were joined)
     label: str = "as shipped"
 

@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import shlex
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import psutil
@@ -41,7 +44,8 @@ from bench.common import (
     table,
     verdict,
 )
-from bench.transfer import JumpConfig
+from bench.launch import LEVERS_ENV
+from bench.transfer import VARIANTS, JumpConfig
 from tests.support import PASSWORD, SESSION_PASSWORD
 
 PROMPT = "flood$"
@@ -55,7 +59,7 @@ class Window:
                  cols: int, rows: int) -> None:
         self.base = ["tmux", "-f", "/dev/null", "-S", str(socket)]
         self.name = name
-        exports = " ".join(f"{key}='{value}'" for key, value in env.items())
+        exports = " ".join(f"{key}={shlex.quote(value)}" for key, value in env.items())
         subprocess.run([*self.base, "new-session", "-d", "-s", name, "-x", str(cols), "-y",
                         str(rows), f"env -u COLUMNS -u LINES {exports} {command}"], check=True,
                        cwd=ROOT)
@@ -167,10 +171,12 @@ async def main_async(args: argparse.Namespace) -> None:
     print(f"OpenSSH: {openssh_version()}; tmux: "
           f"{subprocess.run(['tmux', '-V'], capture_output=True, text=True).stdout.strip()}")
     cols, rows = map(int, args.size.split("x"))
+    levers = VARIANTS[args.levers]
+    print(f"levers on the relay, the agent and the console: {args.levers} ({levers.label})")
     work = scratch_dir("adhoc-bench-flood-")
     os.environ["ADHOC_HOST_SHELL"] = "/bin/sh"  # the agent's shells: quick to start, no rc
     with openssh_server() as sshd:
-        async with deployment(ssh_key=Path(f"{sshd.key}.pub")) as dep:
+        async with deployment(levers, ssh_key=Path(f"{sshd.key}.pub")) as dep:
             config = work / "console"
             login = subprocess.run(
                 [sys.executable, "-m", "tui.cli", "login", dep.relay.base_url, "--login",
@@ -180,9 +186,10 @@ async def main_async(args: argparse.Namespace) -> None:
             if login.returncode:
                 raise RuntimeError(login.stderr)
             jump = JumpConfig(work, sshd, dep)
-            console = Window(work / "console.sock", "console", f"{sys.executable} -m tui.cli",
-                             {"ADHOC_CONSOLE_CONFIG_DIR": str(config), "TERM": "xterm-256color"},
-                             cols, rows)
+            console = Window(work / "console.sock", "console",
+                             f"{sys.executable} -m bench.launch console",
+                             {"ADHOC_CONSOLE_CONFIG_DIR": str(config), "TERM": "xterm-256color",
+                              LEVERS_ENV: json.dumps(asdict(levers))}, cols, rows)
             ssh_env = {key: jump.env[key] for key in ("SSH_ASKPASS", "SSH_ASKPASS_REQUIRE",
                                                       "DISPLAY")}
             ssh = Window(work / "ssh.sock", "ssh",
@@ -268,6 +275,8 @@ def main() -> None:
     parser.add_argument("--size", default="80x24", help="the tmux windows' size")
     parser.add_argument("--interrupts-only", action="store_true", help="skip the floods")
     parser.add_argument("--floods", default="yes,find", help="which floods: yes, find or both")
+    parser.add_argument("--levers", default="shipped", choices=sorted(VARIANTS),
+                        help="bench.transfer's levers, on the relay, the agent and the console")
     run_async(main_async(parser.parse_args()))
 
 

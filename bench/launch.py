@@ -1,7 +1,7 @@
 """Starts a relay, a host agent or a bare inner SSH server with benchmark levers applied.
 
 The levers are monkeypatches the benchmarks try before anyone changes the product's code:
-`python -m bench.launch relay|host|direct ARGS...` with ADHOC_BENCH_LEVERS (JSON of
+`python -m bench.launch relay|host|console|direct ARGS...` with ADHOC_BENCH_LEVERS (JSON of
 bench.common.Levers) in the environment. With no levers it runs the product exactly as shipped.
 """
 
@@ -47,8 +47,12 @@ def send_ignores() -> None:
     which Adhoc's programs skip on AES-GCM (common/transport.py skip_needless_ignores)."""
     from asyncssh.connection import SSHConnection
 
+    import common.transport
+
     SSHConnection.send_packet = getattr(  # type: ignore[method-assign]
         SSHConnection.send_packet, "original", SSHConnection.send_packet)
+    # The programs skip them at start (tune_process): not in this process.
+    common.transport.skip_needless_ignores = lambda: False
 
 
 def lazy_command_pipes(limit: int = 1024 * 1024) -> None:
@@ -97,6 +101,10 @@ def apply(levers: dict) -> None:
         SERVER_ALGORITHMS["encryption_algs"] = tuple(levers["server_ciphers"])
     if levers.get("lazy_pipes"):
         lazy_command_pipes()
+    if levers.get("shell_window"):
+        import tui.client
+
+        tui.client.SHELL_WINDOW = levers["shell_window"]
     if levers.get("write_at_once"):
         import common.transport
 
@@ -144,13 +152,17 @@ def main() -> int:
         from hostagent.cli import main as host_main
 
         return host_main(args)
+    if kind == "console":
+        from tui.cli import main as console_main
+
+        return console_main(args)
     if kind == "direct":
         from common.transport import tune_process
 
         tune_process()  # as the agent's own command does
         asyncio.run(_serve_direct(args[0]))
         return 0
-    raise SystemExit(f"unknown kind {kind!r}: relay, host or direct")
+    raise SystemExit(f"unknown kind {kind!r}: relay, host, console or direct")
 
 
 if __name__ == "__main__":

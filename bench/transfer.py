@@ -88,6 +88,9 @@ VARIANTS: dict[str, Levers] = {
     "pipes": Levers(lazy_pipes=True,
                     label="agent: a command's output paused only past 1 MiB unsent, not after "
                           "every pipe read (rsync's exec channel)"),
+    "shell1m": Levers(shell_window=MIB, label="the console's shell window 1 MiB (SHELL_WINDOW)"),
+    "shell2m": Levers(shell_window=2 * MIB,
+                      label="the console's shell window 2 MiB (SHELL_WINDOW)"),
     "at-once": Levers(write_at_once=True,
                       label="every write sent at once (before bulk writes were joined per turn)"),
     "ctr": Levers(server_ciphers=("aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
