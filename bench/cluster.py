@@ -60,8 +60,10 @@ def all_back(agents: Workers, count: int, killed_at: float, budget: float) -> di
     again (None past `budget`), and how many are."""
     agents.wait_for(lambda n: n < count, 10)
     back = agents.wait_for(lambda n: n >= count, budget)
+    attempts, failures = agents.tally()
     return {"back_s": None if back is None else time.monotonic() - killed_at,
-            "back": agents.connected}
+            "back": agents.connected, "attempts": attempts,
+            "failures": dict(failures.most_common(4))}
 
 
 def one_relay(count: int, sessions, data_dir: Path, host_key: str, args, workers: int) -> dict:
@@ -147,6 +149,8 @@ def three_relays(count: int, sessions, data_dir: Path, host_key: str, args) -> d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agents", type=int, default=2000, help="idle agents (default 2000)")
+    parser.add_argument("--modes", default="one,workers,three",
+                        help="which set-ups: one (process), workers (2), three (relays)")
     parser.add_argument("--cluster-agents", type=int, default=0,
                         help="idle agents on the 3-relay cluster (default: --agents)")
     agent_arguments(parser, 120)
@@ -161,10 +165,15 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="adhoc-bench-cluster-"))
     try:
         sessions, host_key = asyncio.run(seed(folder / "relay", args.agents))
-        results = [one_relay(args.agents, sessions, folder / "relay", host_key, args, 1),
-                   one_relay(args.agents, sessions, folder / "relay", host_key, args, 2),
-                   three_relays(args.cluster_agents or args.agents, sessions, folder / "relay",
-                                host_key, args)]
+        modes = args.modes.split(",")
+        results = []
+        if "one" in modes:
+            results.append(one_relay(args.agents, sessions, folder / "relay", host_key, args, 1))
+        if "workers" in modes:
+            results.append(one_relay(args.agents, sessions, folder / "relay", host_key, args, 2))
+        if "three" in modes:
+            results.append(three_relays(args.cluster_agents or args.agents, sessions,
+                                        folder / "relay", host_key, args))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -176,8 +185,11 @@ def main() -> None:
           [(r["mode"], r["agents"], r["connected"], f"{r['rss_mib']:.0f}",
             f"{r['kib_per_agent']:.1f}", r["on_victim"], fmt(r["back_s"]), r["back"])
            for r in results])
-    single = results[0]["back_s"]
-    for r in results[1:]:
+    for r in results:
+        print(f"{r['mode']}: {r['attempts']} connection attempts by the agents in all, "
+              f"failures by kind: {r['failures'] or 'none'}")
+    single = results[0]["back_s"] if "one" in modes else None
+    for r in results[1:] if "one" in modes else results:
         ratio = "n/a" if not (single and r["back_s"]) else f"{r['back_s'] / single:.2f}×"
         print(f"{r['mode']}: back {fmt(r['back_s'])} s, {ratio} one process's restart; "
               f"within 30 s {verdict(r['back_s'] is not None and r['back_s'] <= 30)}")

@@ -69,7 +69,8 @@ class Peers:
                     host, port, username=PEER_USER, client_keys=[self._key],
                     known_hosts=self._known_hosts, agent_path=None, config=None,
                     preferred_auth="publickey", keepalive_interval=PEER_KEEPALIVE,
-                    keepalive_count_max=3, **client_options()), PEER_CONNECT_TIMEOUT)
+                    keepalive_count_max=3, **client_options(outer=True)),
+                    PEER_CONNECT_TIMEOUT)  # outer: to another relay, writes joined as the console's
             except (OSError, asyncssh.Error, TimeoutError) as exc:
                 raise PeerUnreachable(f"{address}: {exc or 'timed out'}") from None
             self._conns[address] = conn
