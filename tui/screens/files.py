@@ -147,7 +147,6 @@ class FilesScreen(Screen):
         self.prompt_original = ""  # what the prompt started with, as the host spelt it
         self.ended: str | None = None  # why the session ended, once it has
         self.transfer: Worker | None = None
-        self.last_outcome: Outcome | None = None
 
     # --- layout ------------------------------------------------------------------------------
 
@@ -544,7 +543,7 @@ class FilesScreen(Screen):
     @on(TransferDone)
     def _done(self, message: TransferDone) -> None:
         self.transfer = None
-        self.last_outcome = outcome = message.outcome
+        outcome = message.outcome
         count = len(outcome.copied)
         text = f"Copied {count} file{'s' if count != 1 else ''}, SHA-256 verified"
         if outcome.resumed:
