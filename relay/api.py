@@ -363,8 +363,9 @@ def create_app(service: RelayService) -> FastAPI:
                                                body.note, verifier=body.password_verifier,
                                                technician_key=body.technician_key)
         view = service.session_view(created.row, tech.login)
-        view.update(security_code=created.security_code, join_url=created.join_url,
-                    install_command=service.install_command(created.join_token))
+        view.update(security_code=created.security_code.reveal(),
+                    join_url=created.join_url.reveal(),
+                    install_command=service.install_command(created.join_token.reveal()))
         return view
 
     @app.get(f"{API}/sessions/{{session_id}}", responses=_errors(401, 404))

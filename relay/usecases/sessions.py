@@ -14,6 +14,7 @@ from email import policy as email_policy
 from email.parser import BytesParser
 
 from common.passwords import hash_password, session_secret_problem
+from common.secret import Secret
 from relay import sessions as rules
 from relay.sshkeys import read_public_key
 from relay.store import SessionRow, Technician
@@ -34,10 +35,12 @@ def fingerprint(public_key: str | None) -> str | None:
 
 @dataclass(frozen=True)
 class CreatedSession:
+    """A new session and what only its creator is told (the relay keeps hashes of them)."""
+
     row: SessionRow
-    security_code: str
-    join_token: str
-    join_url: str
+    security_code: Secret
+    join_token: Secret
+    join_url: Secret  # it holds the token
 
 
 class SessionCases(ServiceBase):
@@ -100,7 +103,8 @@ class SessionCases(ServiceBase):
         except rules.LimitError as exc:
             raise ServiceError(exc.status, exc.code, exc.detail) from None
         self._changed()
-        created = CreatedSession(row, code, join_token, self.join_url(join_token))
+        created = CreatedSession(row, Secret(code), Secret(join_token),
+                                 Secret(self.join_url(join_token)))
         if self.mailer is not None:
             self.spawn(self._send_invitation(tech, created))
         return created
@@ -111,8 +115,8 @@ class SessionCases(ServiceBase):
         company = await self.store.company(tech.company_id)
         invitation = Invitation(
             to=created.row.customer_email, company=company.name, technician=tech.login,
-            technician_email=tech.email, join_url=created.join_url,
-            install_command=self.install_command(created.join_token),
+            technician_email=tech.email, join_url=created.join_url.reveal(),
+            install_command=self.install_command(created.join_token.reveal()),
             invite_expires_at=datetime.fromtimestamp(created.row.invite_expires_at, UTC),
             session_hours=round(self.settings.session_lifetime.total_seconds() / 3600))
         async def on_status(status: str, detail: str | None) -> None:

@@ -10,7 +10,11 @@ from pathlib import Path
 import asyncssh
 import httpx
 
+from common.secret import reveal
 from common.transport import pinned
+from relay.config import RelaySettings
+from relay.service import RelayService
+from relay.store import Store
 from tests.relay.conftest import (
     activate,
     agent_connection,
@@ -19,7 +23,7 @@ from tests.relay.conftest import (
     join_token,
     stored,
 )
-from tests.support import PASSWORD, SESSION_PASSWORD, Api
+from tests.support import PASSWORD, SESSION_PASSWORD, Api, provision_store
 
 
 async def test_bad_input_is_refused_with_a_clear_422(relay) -> None:
@@ -281,3 +285,21 @@ async def test_nul_characters_are_stored_as_text_not_a_server_error(relay) -> No
         assert view["host"]["hostname"] == "pc\ufffd\u001b]52;evil"
     actors = db_rows(relay.data_dir, "SELECT actor FROM audit WHERE event = 'login'")
     assert ("login:ev\ufffdil@127.0.0.1",) in actors
+
+
+async def test_a_new_sessions_code_and_link_never_show_in_its_repr(tmp_path: Path) -> None:
+    """What create hands back (to the API, to a log line or a crash report by mistake) names
+    the code, the join token and the link only when revealed."""
+    await provision_store(tmp_path, [("Acme", "plus", 3, ["alice"])])
+    store = await Store.open(tmp_path / "relay.db")
+    service = RelayService(RelaySettings(data_dir=tmp_path), store, b"k" * 32, "ssh-ed25519 A")
+    try:
+        tech = await store.technician_by_login("alice")
+        created = await service.create_session(tech, "c@example.com", SESSION_PASSWORD, "")
+        shown = repr(created) + str(created) + f"{created}"
+        for secret in (created.security_code, created.join_token, created.join_url):
+            assert reveal(secret) and reveal(secret) not in shown
+        assert reveal(created.join_token) in reveal(created.join_url)
+    finally:
+        await service.close()
+        await store.close()
