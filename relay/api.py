@@ -386,7 +386,7 @@ def create_app(service: RelayService) -> FastAPI:
         """A new security code for a pending session; the old one stops working. Wrong codes
         already tried on the link still count."""
         row, code = await service.reissue_code(tech, session_id)
-        return {"id": row.id, "security_code": code, "code_attempts": row.code_attempts,
+        return {"id": row.id, "security_code": code.reveal(), "code_attempts": row.code_attempts,
                 "attempts_left": max(0, rules.MAX_CODE_ATTEMPTS - row.code_attempts)}
 
     @app.get(f"{API}/sessions/{{session_id}}/invitation", responses=_errors(401, 404, 409))

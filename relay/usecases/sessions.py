@@ -140,7 +140,7 @@ class SessionCases(ServiceBase):
         row = await self.session_for(tech, session_id)
         return await self._end(row.id, rules.EndReason.TECHNICIAN, f"technician:{tech.login}")
 
-    async def reissue_code(self, tech: Technician, session_id: str) -> tuple[SessionRow, str]:
+    async def reissue_code(self, tech: Technician, session_id: str) -> tuple[SessionRow, Secret]:
         """A new security code for a pending session (the old one stops working); the count
         of wrong codes on the link is kept, so re-issuing never buys more guesses."""
         row = await self.session_for(tech, session_id)
@@ -155,7 +155,7 @@ class SessionCases(ServiceBase):
                                "ended): create a new session to invite the customer again") \
                 from None
         self._changed()
-        return row, code
+        return row, Secret(code)
 
     async def invitation(self, tech: Technician, session_id: str) -> dict:
         """The invitation as it was written to the outbox, so the technician can copy the link
