@@ -270,7 +270,7 @@ async def _ssh_config(args: argparse.Namespace, config: ConsoleConfig) -> int:
             print(f"ssh {entry.alias or entry.session_id}    # {entry.customer}")
         return 0
     known = Path.home() / ".ssh" / "adhoc" / "known_hosts"
-    print(sshconfig.render(relay, wanted, [] if args.session else notes, str(known)), end="")
+    print(sshconfig.render(relay, wanted, [] if args.session else notes, known), end="")
     print(f"\n# Keys to pin in {known} (--write does it):")
     for line in sshconfig.known_hosts_lines(relay, wanted).splitlines():
         print(f"#   {line}")
