@@ -264,7 +264,12 @@ async def _ssh_config(args: argparse.Namespace, config: ConsoleConfig) -> int:
     else:
         wanted = chosen
     if args.write:
-        for line in sshconfig.write(relay, chosen, notes):
+        try:
+            done = sshconfig.write(relay, chosen, notes)
+        except sshconfig.ConfigError as exc:
+            print(f"adhoc-console: {exc}", file=sys.stderr)
+            return 1
+        for line in done:
             print(line)
         for entry in wanted:
             print(f"ssh {entry.alias or entry.session_id}    # {entry.customer}")

@@ -213,24 +213,36 @@ def _write_private(path: Path, text: str) -> None:
 def write(relay: Relay, chosen: list[Entry], notes: list[str],
           ssh_dir: Path | None = None) -> list[str]:
     """Write ~/.ssh/adhoc/config and known_hosts, and include them from ~/.ssh/config; what
-    was done, one sentence each."""
+    was done, one sentence each. ConfigError says what could not be written."""
     ssh_dir = ssh_dir or Path.home() / ".ssh"
     folder = ssh_dir / "adhoc"
     known = folder / "known_hosts"
-    _write_private(known, known_hosts_lines(relay, chosen))
-    _write_private(folder / "config", render(relay, chosen, notes, known))
+    try:
+        _write_private(known, known_hosts_lines(relay, chosen))
+        _write_private(folder / "config", render(relay, chosen, notes, known))
+    except OSError as exc:
+        raise ConfigError(f"cannot write the sessions to {folder} ({exc.strerror or exc}): "
+                          "check that you may write there, or run ssh-config without "
+                          "--write and place what it prints yourself") from None
     done = [f"wrote {len(chosen)} session(s) to {folder / 'config'} and their keys to {known}"]
     main = ssh_dir / "config"
     # An absolute path: OpenSSH reads a relative one from the home directory of the password
     # database, whatever HOME says.
     include = f"Include {config_path(folder / 'config')}"
     try:
-        current = main.read_text()
-    except FileNotFoundError:
-        current = None
-    if current is not None and any(line.strip() == include for line in current.splitlines()):
-        return done
-    # Include goes first: after a Host line it would apply only to that host.
-    _write_private(main, f"{include}\n" + ("\n" + current if current else ""))
+        try:
+            current = main.read_text()
+        except FileNotFoundError:
+            current = None
+        if current is not None and any(line.strip() == include
+                                       for line in current.splitlines()):
+            return done
+        # Include goes first: after a Host line it would apply only to that host.
+        _write_private(main, f"{include}\n" + ("\n" + current if current else ""))
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not text"
+        raise ConfigError(f"wrote the sessions to {folder / 'config'}, but cannot change "
+                          f"{main} ({why}): put the line `{include}` at its top yourself") \
+            from None
     done.append(f"added `{include}` at the top of {main}")
     return done

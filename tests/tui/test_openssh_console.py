@@ -190,6 +190,28 @@ def test_a_home_with_a_space_in_its_path_is_read_by_openssh_as_written(tmp_path:
         assert options["userknownhostsfile"] == str(known)
 
 
+def test_a_config_it_cannot_write_is_a_sentence_that_says_what_to_do(tmp_path: Path) -> None:
+    """~/.ssh/config kept read-only elsewhere (dotfiles in a read-only store; here /proc, which
+    root cannot write either), or ~/.ssh/adhoc taken by a file: a sentence, not a traceback."""
+    relay = sshconfig.relay_from({"ssh": "relay.example:8722",
+                                  "host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB"},
+                                 "alice")
+    linked = tmp_path / "linked" / ".ssh"
+    linked.mkdir(parents=True)
+    (linked / "config").symlink_to("/proc/version")
+    with pytest.raises(sshconfig.ConfigError) as refused:
+        sshconfig.write(relay, [], [], linked)
+    assert (linked / "adhoc" / "config").exists()
+    assert str(refused.value).endswith(f"put the line `Include {linked / 'adhoc' / 'config'}` "
+                                       "at its top yourself")
+    taken = tmp_path / "taken" / ".ssh"
+    taken.mkdir(parents=True)
+    (taken / "adhoc").write_text("not a folder")
+    with pytest.raises(sshconfig.ConfigError, match=r"cannot write the sessions to .* run "
+                                                    r"ssh-config without --write"):
+        sshconfig.write(relay, [], [], taken)
+
+
 def test_a_relay_without_an_ssh_port_is_reached_through_the_tunnel() -> None:
     """`serve --ssh off`: GET /relay says ssh null; the relay's block carries OpenSSH through
     `adhoc-console tunnel URL`; a URL that could smuggle shell or ssh tokens is refused."""
