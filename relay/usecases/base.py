@@ -20,7 +20,12 @@ from relay.presence import PresenceLog
 from relay.registry import AgentRegistry, Connections
 from relay.stats import Stats
 from relay.store import NotFound, SessionRow, Store, Technician
-from relay.usecases.shared import DISC_SERVICE_NOT_AVAILABLE, RateLimiter, not_found
+from relay.usecases.shared import (
+    DISC_SERVICE_NOT_AVAILABLE,
+    KeyedLocks,
+    RateLimiter,
+    not_found,
+)
 from relay.wheelhouse import Preparation
 
 log = logging.getLogger("adhoc.relay")
@@ -58,7 +63,7 @@ class ServiceBase:
         self.cluster_online: set[str] = set()
         self._background: set[asyncio.Task] = set()
         self._expiry_wakeup = asyncio.Event()
-        self._create_locks: dict[int, list] = {}  # technician id -> [lock, users]
+        self._create_locks = KeyedLocks()  # by technician id
         self.login_limiter = RateLimiter(settings.login_rate)
         self.activate_limiter = RateLimiter(settings.activate_rate)
 

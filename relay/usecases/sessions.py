@@ -61,16 +61,9 @@ class SessionCases(ServiceBase):
                 raise ServiceError(422, "invalid", f"technician_key: {exc}.") from None
         # One create at a time per technician: the rest then meet the technician limit in the
         # cheap check below instead of each hashing a password first.
-        entry = self._create_locks.setdefault(tech.id, [asyncio.Lock(), 0])
-        entry[1] += 1
-        try:
-            async with entry[0]:
-                return await self._create_session(tech, customer_email, password, note,
-                                                  verifier, technician_key)
-        finally:
-            entry[1] -= 1
-            if not entry[1]:
-                del self._create_locks[tech.id]
+        async with self._create_locks.hold(tech.id):
+            return await self._create_session(tech, customer_email, password, note, verifier,
+                                              technician_key)
 
     async def _create_session(self, tech: Technician, customer_email: str, password: str | None,
                               note: str, verifier: str | None,
