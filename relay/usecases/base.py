@@ -143,8 +143,10 @@ class ServiceBase:
         return row
 
     def disconnect_agent(self, session_id: str, reason: str) -> None:
-        """Close every connection authenticated for the session: the one holding its forward,
-        and any that logged in with its secret but never registered one."""
+        """The session ended: close every connection authenticated for it (the one holding
+        its forward, and any that logged in with its secret but never registered one), and
+        forget what its agent last said about its network."""
+        self.host_problems.pop(session_id, None)
         conns = set(self.connections.of_session(session_id))
         link = self.agents.get(session_id)
         if link is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import time
 from pathlib import Path
 
 import asyncssh
@@ -23,7 +24,13 @@ from tests.relay.conftest import (
     join_token,
     stored,
 )
-from tests.support import PASSWORD, SESSION_PASSWORD, Api, provision_store
+from tests.support import (
+    PASSWORD,
+    SESSION_PASSWORD,
+    Api,
+    add_active_session,
+    provision_store,
+)
 
 
 async def test_bad_input_is_refused_with_a_clear_422(relay) -> None:
@@ -300,6 +307,32 @@ async def test_a_new_sessions_code_and_link_never_show_in_its_repr(tmp_path: Pat
         for secret in (created.security_code, created.join_token, created.join_url):
             assert reveal(secret) and reveal(secret) not in shown
         assert reveal(created.join_token) in reveal(created.join_url)
+    finally:
+        await service.close()
+        await store.close()
+
+
+async def test_an_ended_sessions_host_problem_is_forgotten(tmp_path: Path) -> None:
+    """What an offline agent said about its network is kept in memory until it comes online
+    or its session ends: a relay that runs for months does not keep one per ended session."""
+    logins = ["alice", "bob", "carol"]  # one live session each
+    await provision_store(tmp_path, [("Acme", "plus", 3, logins)])
+    store = await Store.open(tmp_path / "relay.db")
+    service = RelayService(RelaySettings(data_dir=tmp_path), store, b"k" * 32, "ssh-ed25519 A")
+    try:
+        techs = [await store.technician_by_login(login) for login in logins]
+        ids = [await add_active_session(store, tech, f"secret-{n}")
+               for n, tech in enumerate(techs)]
+        for n, session_id in enumerate(ids):
+            answer = await service.agent_problem(f"{session_id}:secret-{n}", "name not found")
+            assert answer == {"recorded": True}
+        view = service.session_view(await store.session(ids[0]))
+        assert view["host_problem"]["text"] == "name not found"  # shown while it matters
+        await service.end_session(techs[0], ids[0])  # by the technician
+        await service.agent_ends(f"{ids[1]}:secret-1")  # by the customer
+        await store.end_session(ids[2], "expired", time.time(), "relay")  # by another relay
+        service.disconnect_agent(ids[2], "expired")  # (relay/cluster/nodes.py follows it)
+        assert service.host_problems == {}
     finally:
         await service.close()
         await store.close()
