@@ -9,7 +9,7 @@ from relay import sessions as rules
 from relay.config import format_duration
 from relay.store import Conflict, NotFound, SessionRow
 from relay.usecases.base import ServiceBase
-from relay.usecases.shared import KeyedLocks, ServiceError, iso, rate_limited
+from relay.usecases.shared import LINK_USED, KeyedLocks, ServiceError, iso, rate_limited
 
 
 class CustomerCases(ServiceBase):
@@ -57,9 +57,7 @@ class CustomerCases(ServiceBase):
         now = self.clock()
         if row.state != rules.State.PENDING:
             await self.store.record_refused_code(row.id, now, source, f"session is {row.state}")
-            raise ServiceError(410, "link_used",
-                               "this link was already used, has expired or was ended: ask your "
-                               "technician for a new invitation")
+            raise ServiceError(410, "link_used", LINK_USED)
         if not rules.code_matches(self.secret_key, row.join_token_hash, code, row.code_hmac):
             row = await self.store.record_wrong_code(row.id, now, source)
             self._changed()

@@ -27,6 +27,11 @@ EMAIL_RE = re.compile(r"^[^@\s<>\"',;]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-
                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)+$")
 
 
+# What a customer is told of a link that no longer works (the join page, install.sh, the agent).
+LINK_USED = ("this link was already used, has expired or was ended: ask your technician for a "
+             "new invitation")
+
+
 class ServiceError(Exception):
     def __init__(self, status: int, code: str, detail: str, *,
                  retry_after: float | None = None) -> None:
