@@ -268,6 +268,8 @@ async def test_kill_9_during_writes_loses_nothing_acknowledged(start_relay, data
     rows = dict(db_rows(data_dir, "SELECT id, state FROM sessions"))
     assert set(acknowledged) <= set(rows)
     assert acknowledged, "no write was acknowledged before the kills"
+    # Every acknowledged end stayed an end (the listing above only saw recent sessions).
+    assert all(rows[i] == "ended" for i, a in acknowledged.items() if a["state"] == "ended")
     assert db_rows(data_dir, "SELECT name, plan, seats FROM companies ORDER BY name") == [
         ("Acme", "plus", 3), ("Basic", "base", 2), ("Beta", "premier", 3), ("Trial Co", "trial", 2)]
 
