@@ -68,8 +68,8 @@ async def run(relay_url: str, *, websocket_only: bool = False, verbose: bool = F
             sink.write(data)
             await sink.drain()
 
-    tasks = [asyncio.ensure_future(copy(stdin, writer)), asyncio.ensure_future(copy(reader,
-                                                                                  stdout))]
+    tasks = [asyncio.ensure_future(copy(stdin, writer)),
+             asyncio.ensure_future(copy(reader, stdout))]
     await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     for task in tasks:
         task.cancel()

@@ -290,7 +290,7 @@ class FilesScreen(Screen):
             return
         worker = event.worker
         if worker is self.transfer and event.state in (WorkerState.CANCELLED,
-                                                        WorkerState.ERROR):
+                                                       WorkerState.ERROR):
             self.transfer = None
             if event.state == WorkerState.CANCELLED:
                 self._bar_result("Copy stopped; copy the same files again to resume.")
