@@ -63,7 +63,7 @@ class Proxy:
 
     @property
     def url(self) -> str:
-        """The proxy's URL with its credentials, for a library that takes one (httpx)."""
+        """The proxy's URL without its credentials (httpx takes those apart, as `auth`)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 

@@ -61,7 +61,6 @@ class TunnelEnd:
     """Why the tunnel stopped for good."""
 
     reason: str
-    by_relay: bool
     code: str | None = None  # the relay's reason code ("ended_by_technician", "expired")
 
 
@@ -98,7 +97,6 @@ class Tunnel:
         the relay certificate's pin, for the WebSocket routes to other relays."""
         self.session_id = session_id
         self._secret = Secret(secret)
-        self.host, self.port = host, port
         self.routes = list(routes) if routes else [Route("ssh", host, port)]
         self.route: Route | None = None  # the route in use
         self.problem: str | None = None  # why the last attempt reached no route, if it did
@@ -178,10 +176,9 @@ class Tunnel:
             try:
                 conn, client = await self._connect()
             except asyncssh.PermissionDenied:
-                return TunnelEnd("the relay no longer accepts this session (ended or expired)",
-                                 by_relay=True)
+                return TunnelEnd("the relay no longer accepts this session (ended or expired)")
             except asyncssh.HostKeyNotVerifiable:
-                return TunnelEnd("the relay's identity changed: refusing to connect", False)
+                return TunnelEnd("the relay's identity changed: refusing to connect")
             except (OSError, asyncssh.Error, TimeoutError) as exc:
                 delay = backoff_delay(attempt, cap=self._backoff_cap)
                 attempt += 1
@@ -212,10 +209,10 @@ class Tunnel:
             if isinstance(lost, asyncssh.DisconnectError) and \
                     lost.reason.startswith("session ended"):
                 code = lost.reason.removeprefix("session ended").lstrip(": ").strip()
-                return TunnelEnd(lost.reason, by_relay=True, code=code or None)
+                return TunnelEnd(lost.reason, code=code or None)
             if self._stopping:
                 break
             self._on_state("reconnecting", f"connection lost: {lost or 'closed by the relay'}")
             await asyncio.sleep(backoff_delay(attempt, cap=self._backoff_cap))
             attempt += 1
-        return TunnelEnd("stopped", by_relay=False)
+        return TunnelEnd("stopped")

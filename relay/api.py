@@ -363,8 +363,9 @@ def create_app(service: RelayService) -> FastAPI:
                                                body.note, verifier=body.password_verifier,
                                                technician_key=body.technician_key)
         view = service.session_view(created.row, tech.login)
-        view.update(security_code=created.security_code, join_url=created.join_url,
-                    install_command=service.install_command(created.join_token))
+        view.update(security_code=created.security_code.reveal(),
+                    join_url=created.join_url.reveal(),
+                    install_command=service.install_command(created.join_token.reveal()))
         return view
 
     @app.get(f"{API}/sessions/{{session_id}}", responses=_errors(401, 404))
@@ -385,7 +386,7 @@ def create_app(service: RelayService) -> FastAPI:
         """A new security code for a pending session; the old one stops working. Wrong codes
         already tried on the link still count."""
         row, code = await service.reissue_code(tech, session_id)
-        return {"id": row.id, "security_code": code, "code_attempts": row.code_attempts,
+        return {"id": row.id, "security_code": code.reveal(), "code_attempts": row.code_attempts,
                 "attempts_left": max(0, rules.MAX_CODE_ATTEMPTS - row.code_attempts)}
 
     @app.get(f"{API}/sessions/{{session_id}}/invitation", responses=_errors(401, 404, 409))

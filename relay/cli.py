@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from common.passwords import hash_password, technician_password_problem
+from common.secret import Secret
 from common.transport import tune_process
 from relay import wheelhouse
 from relay.config import (
@@ -289,7 +290,7 @@ class _Subcommands:
         return self._action.add_parser(name, parents=[self._parent], **kwargs)
 
 
-def _read_password(from_stdin: bool) -> str:
+def _read_password(from_stdin: bool) -> Secret:
     if from_stdin:
         password = sys.stdin.readline().rstrip("\n")
     else:
@@ -302,7 +303,7 @@ def _read_password(from_stdin: bool) -> str:
     problem = technician_password_problem(password)
     if problem:
         raise UsageError(f"{problem}, then run the command again")
-    return password
+    return Secret(password)
 
 
 def _read_public_key(path: Path) -> str:
@@ -411,9 +412,9 @@ async def _technician(store: Store, args: argparse.Namespace, now: float) -> int
         email = check_email(args.email)
         company = await store.company_by_name(args.company)
         keys = args.keys
-        password = args.password
         tech = await store.add_technician(company.id, args.login, email,
-                                          await asyncio.to_thread(hash_password, password),
+                                          await asyncio.to_thread(hash_password,
+                                                                  args.password.reveal()),
                                           args.admin, now)
         for key in keys:
             await store.add_ssh_key(tech.id, key, now)
@@ -438,7 +439,8 @@ async def _technician(store: Store, args: argparse.Namespace, now: float) -> int
             await store.add_ssh_key(tech.id, _read_public_key(args.key_file), now)
         elif args.action == "reset-password":
             await store.update_technician(tech.id, now, "admin", password_hash=await
-                                          asyncio.to_thread(hash_password, args.password))
+                                          asyncio.to_thread(hash_password,
+                                                            args.password.reveal()))
         else:
             await store.update_technician(tech.id, now, "admin",
                                           disabled=int(args.action == "disable"))

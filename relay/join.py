@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
 
 from relay.service import RelayService, ServiceError
+from relay.usecases.shared import LINK_USED
 from relay.wheelhouse import HOST_DIST, wheelhouse_dir
 
 WHEEL_NAME = re.compile(r"^[A-Za-z0-9_.+-]{1,200}\.whl$")
@@ -219,11 +220,9 @@ def add_routes(app: FastAPI, service: RelayService) -> None:
             return HTMLResponse(_page("Link not valid", f"<p>{html.escape(exc.detail)}</p>"),
                                 status_code=exc.status)
         if info["state"] != "pending":
-            detail = ("this link was already used, has expired or was ended: ask your "
-                      "technician for a new invitation")
             if _wants_text(request):
-                return PlainTextResponse(detail + "\n", status_code=410)
-            return HTMLResponse(_page("Link no longer valid", f"<p>{detail}</p>"),
+                return PlainTextResponse(LINK_USED + "\n", status_code=410)
+            return HTMLResponse(_page("Link no longer valid", f"<p>{LINK_USED}</p>"),
                                 status_code=410)
         text = join_text(info, service.join_url(token), service.install_command(token))
         if _wants_text(request):
@@ -241,9 +240,7 @@ def add_install_routes(app: FastAPI, service: RelayService) -> None:
     async def pending(token: str) -> None:
         info = await service.join_info(token)
         if info["state"] != "pending":
-            raise ServiceError(410, "link_used", "this link was already used, has expired or "
-                                                 "was ended: ask your technician for a new "
-                                                 "invitation")
+            raise ServiceError(410, "link_used", LINK_USED)
 
     @app.get("/join/{token}/install.sh", include_in_schema=False)
     async def install(token: str) -> Response:

@@ -508,12 +508,12 @@ class Store:
         def work(tx: Tx) -> Company:
             try:
                 row = tx.one(ADD_COMPANY, {"name": name, "plan": plan, "seats": seats,
-                                                 "created_at": now})
+                                           "created_at": now})
             except exc.IntegrityError:
                 raise Conflict(f"a company named {name!r} already exists") from None
             company = Company(*row)
             tx.audit(now, "admin", "company_added", "ok", company_id=company.id,
-                           plan=plan, seats=seats)
+                     plan=plan, seats=seats)
             return company
         return await self._write(work)
 
@@ -538,7 +538,7 @@ class Store:
 
         def work(tx: Tx) -> None:
             count = tx.run(update(companies).where(companies.c.id == company_id)
-                                 .values(**changes))
+                           .values(**changes))
             if not count:
                 raise NotFound(f"no company with id {company_id}")
             if changes.get("disabled"):  # a disabled company's consoles are logged out
@@ -561,7 +561,7 @@ class Store:
             except exc.IntegrityError:
                 raise Conflict(f"a technician with login {login!r} already exists") from None
             tx.audit(now, actor, "technician_added", "ok", company_id=company_id,
-                           login=login, admin=is_admin)
+                     login=login, admin=is_admin)
             return Technician(*row)
         return await self._write(work)
 
@@ -591,7 +591,7 @@ class Store:
 
         def work(tx: Tx) -> None:
             count = tx.run(update(technicians).where(technicians.c.id == technician_id)
-                                 .values(**changes))
+                           .values(**changes))
             if not count:
                 raise NotFound(f"no technician with id {technician_id}")
             if "password_hash" in changes or changes.get("disabled"):
@@ -600,7 +600,7 @@ class Store:
             if "password_hash" in changes:
                 shown["password"] = "reset"
             tx.audit(now, actor, "technician_changed", "ok", technician_id=technician_id,
-                           **shown)
+                     **shown)
         await self._write(work)
 
     async def add_ssh_key(self, technician_id: int, public_key: str, now: float) -> None:
@@ -617,7 +617,7 @@ class Store:
         def work(tx: Tx) -> None:
             tx.run(DROP_EXPIRED_TOKENS, {"now": now})
             tx.run(ADD_TOKEN, {"token_hash": token_hash, "technician_id": technician_id,
-                                     "created_at": now, "expires_at": expires_at})
+                               "created_at": now, "expires_at": expires_at})
         await self._write(work)
 
     async def technician_for_token(self, token_hash: str, now: float) -> Technician | None:
@@ -654,12 +654,12 @@ class Store:
             except rules.LimitError as refusal:
                 # The refusal is audited (and committed) even though no session is created.
                 tx.audit(row.created_at, actor, "session_create", "refused",
-                               company_id=row.company_id, reason=refusal.code)
+                         company_id=row.company_id, reason=refusal.code)
                 return refusal
             tx.run(ADD_SESSION, {f.name: getattr(row, f.name) for f in fields(SessionRow)})
             tx.audit(row.created_at, actor, "session_created", "ok",
-                           company_id=row.company_id, session_id=row.id,
-                           customer_email=row.customer_email)
+                     company_id=row.company_id, session_id=row.id,
+                     customer_email=row.customer_email)
             tx.event(row.created_at, row.company_id, "created", row.id)
             return None
 
@@ -724,11 +724,11 @@ class Store:
                 raise NotFound("no such session")
             row = SessionRow(*counted)
             tx.audit(now, f"agent@{source}", "code_attempt", "wrong_code",
-                           company_id=row.company_id, session_id=session_id,
-                           attempts=row.code_attempts)
+                     company_id=row.company_id, session_id=session_id,
+                     attempts=row.code_attempts)
             if row.code_attempts >= rules.MAX_CODE_ATTEMPTS and row.state == rules.State.PENDING:
                 row = self._end(tx, row.id, rules.EndReason.CODE_ATTEMPTS, now,
-                                      "relay") or row
+                                "relay") or row
             return row
         return await self._write(work)
 
@@ -738,8 +738,8 @@ class Store:
         def work(tx: Tx) -> None:
             company_id = tx.one(COMPANY_OF_SESSION, {"session_id": session_id})
             tx.audit(now, f"agent@{source}", "code_attempt", "refused",
-                           company_id=company_id[0] if company_id else None,
-                           session_id=session_id, reason=reason)
+                     company_id=company_id[0] if company_id else None,
+                     session_id=session_id, reason=reason)
         await self._write(work)
 
     async def activate(self, session_id: str, now: float, expires_at: float, *,
@@ -776,18 +776,18 @@ class Store:
         def work(tx: Tx) -> tuple[SessionRow | None, bool]:
             try:
                 changed = tx.one(CHANGE_PENDING,
-                                       {"session_id": session_id, "now": now, **values})
+                                 {"session_id": session_id, "now": now, **values})
             except exc.IntegrityError:  # the one live session a computer may take part in
                 raise Conflict("this computer already runs an Adhoc session") from None
             if changed is None:
                 row = tx.session(session_id)
                 if row is not None:
                     tx.audit(now, actor, refused, "refused", company_id=row.company_id,
-                                   session_id=session_id, reason=f"session is {row.state}")
+                             session_id=session_id, reason=f"session is {row.state}")
                 return row, False
             row = SessionRow(*changed)
             tx.audit(now, actor, done, "ok", company_id=row.company_id,
-                           session_id=session_id, **audited(row))
+                     session_id=session_id, **audited(row))
             tx.event(now, row.company_id, done, session_id, **told(row))
             return row, True
 
@@ -813,7 +813,7 @@ class Store:
         return row, changed
 
     def _end(self, tx: Tx, session_id: str, reason: str, now: float,
-                   actor: str) -> SessionRow | None:
+             actor: str) -> SessionRow | None:
         """End the session if it is live (the row as ended), else None: of two racing ends,
         in this process or another, exactly one gets the row."""
         ended = tx.one(END_LIVE, {"session_id": session_id, "reason": reason, "now": now})
@@ -824,7 +824,7 @@ class Store:
         return row
 
     def _record_ends(self, tx: Tx, rows: list[SessionRow], now: float,
-                           actor: str) -> None:
+                     actor: str) -> None:
         tx.ended.extend(row.id for row in rows)
         self._forget(tx.ended)
         tx.run(ADD_AUDIT, [
@@ -858,11 +858,11 @@ class Store:
                               now: float) -> None:
         def work(tx: Tx) -> None:
             row = tx.one(SET_MAIL_STATUS, {"session_id": session_id, "status": status,
-                                                 "detail": detail})
+                                           "detail": detail})
             if row is None:
                 return
             tx.audit(now, "relay", "mail", status, company_id=row[0],
-                           session_id=session_id, detail=detail)
+                     session_id=session_id, detail=detail)
             tx.event(now, row[0], "mail", session_id, status=status, detail=detail)
         await self._write(work)
 

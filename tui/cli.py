@@ -264,13 +264,18 @@ async def _ssh_config(args: argparse.Namespace, config: ConsoleConfig) -> int:
     else:
         wanted = chosen
     if args.write:
-        for line in sshconfig.write(relay, chosen, notes):
+        try:
+            done = sshconfig.write(relay, chosen, notes)
+        except sshconfig.ConfigError as exc:
+            print(f"adhoc-console: {exc}", file=sys.stderr)
+            return 1
+        for line in done:
             print(line)
         for entry in wanted:
             print(f"ssh {entry.alias or entry.session_id}    # {entry.customer}")
         return 0
     known = Path.home() / ".ssh" / "adhoc" / "known_hosts"
-    print(sshconfig.render(relay, wanted, [] if args.session else notes, str(known)), end="")
+    print(sshconfig.render(relay, wanted, [] if args.session else notes, known), end="")
     print(f"\n# Keys to pin in {known} (--write does it):")
     for line in sshconfig.known_hosts_lines(relay, wanted).splitlines():
         print(f"#   {line}")

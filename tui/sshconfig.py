@@ -87,6 +87,13 @@ def tunnel_command(url: str) -> str:
     return shlex.join([*words, "tunnel", url]).replace("%", "%%")
 
 
+def config_path(path: Path | str) -> str:
+    """A local path as one ssh_config argument: in double quotes when it has a space (a home
+    directory such as "/home/Dana Smith"), which OpenSSH would otherwise read as two files."""
+    text = str(path)
+    return f'"{text}"' if any(ch.isspace() for ch in text) else text
+
+
 def _key(line: object, whose: str) -> str:
     parts = str(line or "").split()
     key = " ".join(parts[:2])
@@ -144,20 +151,21 @@ def _comment(text: str) -> str:
     return "".join(ch if 32 <= ord(ch) < 127 else "?" for ch in text)[:120]
 
 
-def render(relay: Relay, chosen: list[Entry], notes: list[str], known_hosts: str) -> str:
+def render(relay: Relay, chosen: list[Entry], notes: list[str], known_hosts: Path) -> str:
     """The config text: the relay's block, then one block per session."""
+    known = config_path(known_hosts)
     out = [f"# Adhoc sessions of {relay.login} on {relay.host}:{relay.port}, written by "
            "`adhoc-console ssh-config`; run it again when sessions change.\n",
            f"Host {RELAY_ALIAS}\n  HostName {relay.host}\n  Port {relay.port}\n"
            + (f"  ProxyCommand {tunnel_command(relay.tunnel)}\n" if relay.tunnel else "")
            + f"  User {relay.login}\n  HostKeyAlias {relay.key_alias}\n"
-           f"  UserKnownHostsFile {known_hosts}\n  StrictHostKeyChecking yes\n{KEEPALIVE}"]
+           f"  UserKnownHostsFile {known}\n  StrictHostKeyChecking yes\n{KEEPALIVE}"]
     for entry in chosen:
         names = " ".join(filter(None, (entry.session_id, entry.alias)))
         out.append(
             f"\n# {entry.customer}\nHost {names}\n  HostName {entry.session_id}\n"
             f"  User {INNER_USER}\n  ProxyJump {RELAY_ALIAS}\n"
-            f"  HostKeyAlias adhoc-{entry.session_id}\n  UserKnownHostsFile {known_hosts}\n"
+            f"  HostKeyAlias adhoc-{entry.session_id}\n  UserKnownHostsFile {known}\n"
             f"  StrictHostKeyChecking yes\n{KEEPALIVE}"
             + ("" if entry.key_login else "  PreferredAuthentications password\n")
             + "  # A shell you can come back to after a drop: ssh -t with\n"
@@ -205,24 +213,36 @@ def _write_private(path: Path, text: str) -> None:
 def write(relay: Relay, chosen: list[Entry], notes: list[str],
           ssh_dir: Path | None = None) -> list[str]:
     """Write ~/.ssh/adhoc/config and known_hosts, and include them from ~/.ssh/config; what
-    was done, one sentence each."""
+    was done, one sentence each. ConfigError says what could not be written."""
     ssh_dir = ssh_dir or Path.home() / ".ssh"
     folder = ssh_dir / "adhoc"
     known = folder / "known_hosts"
-    _write_private(known, known_hosts_lines(relay, chosen))
-    _write_private(folder / "config", render(relay, chosen, notes, str(known)))
+    try:
+        _write_private(known, known_hosts_lines(relay, chosen))
+        _write_private(folder / "config", render(relay, chosen, notes, known))
+    except OSError as exc:
+        raise ConfigError(f"cannot write the sessions to {folder} ({exc.strerror or exc}): "
+                          "check that you may write there, or run ssh-config without "
+                          "--write and place what it prints yourself") from None
     done = [f"wrote {len(chosen)} session(s) to {folder / 'config'} and their keys to {known}"]
     main = ssh_dir / "config"
     # An absolute path: OpenSSH reads a relative one from the home directory of the password
     # database, whatever HOME says.
-    include = f"Include {folder / 'config'}"
+    include = f"Include {config_path(folder / 'config')}"
     try:
-        current = main.read_text()
-    except FileNotFoundError:
-        current = None
-    if current is not None and any(line.strip() == include for line in current.splitlines()):
-        return done
-    # Include goes first: after a Host line it would apply only to that host.
-    _write_private(main, f"{include}\n" + ("\n" + current if current else ""))
+        try:
+            current = main.read_text()
+        except FileNotFoundError:
+            current = None
+        if current is not None and any(line.strip() == include
+                                       for line in current.splitlines()):
+            return done
+        # Include goes first: after a Host line it would apply only to that host.
+        _write_private(main, f"{include}\n" + ("\n" + current if current else ""))
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not text"
+        raise ConfigError(f"wrote the sessions to {folder / 'config'}, but cannot change "
+                          f"{main} ({why}): put the line `{include}` at its top yourself") \
+            from None
     done.append(f"added `{include}` at the top of {main}")
     return done

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shlex
 import sys
 
 from common.proxy import ProxySettingError
@@ -23,11 +22,6 @@ from common.reach import SEPARATOR, Route, failure, open_route, relay_routes
 from tui.client import ROUTE_TIMEOUT, RelayClient, RelayError
 
 CHUNK = 256 * 1024
-
-
-def proxy_command(relay_url: str, program: str = "adhoc-console") -> str:
-    """The ProxyCommand line for a relay (for ssh_config; `%` is OpenSSH's escape)."""
-    return f"{program} tunnel {shlex.quote(relay_url)}".replace("%", "%%")
 
 
 async def open_tunnel(relay_url: str, *, websocket_only: bool = False) -> tuple[object, Route]:
@@ -74,8 +68,8 @@ async def run(relay_url: str, *, websocket_only: bool = False, verbose: bool = F
             sink.write(data)
             await sink.drain()
 
-    tasks = [asyncio.ensure_future(copy(stdin, writer)), asyncio.ensure_future(copy(reader,
-                                                                                  stdout))]
+    tasks = [asyncio.ensure_future(copy(stdin, writer)),
+             asyncio.ensure_future(copy(reader, stdout))]
     await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     for task in tasks:
         task.cancel()

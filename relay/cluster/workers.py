@@ -79,7 +79,6 @@ class Supervisor:
         self._started: dict[int, float] = {}  # worker number -> when it last started
         self._deaths: dict[int, int] = {}  # worker number -> deaths in a row
         self._stopping = False
-        self.restarts = 0
 
     def _fork(self, number: int) -> tuple[int, int]:
         """Start worker `number`; (its pid, a pipe end that becomes readable when it is
@@ -170,7 +169,6 @@ class Supervisor:
         if not self._stopping:
             _pid, ready = self._fork(number)
             os.close(ready)
-            self.restarts += 1
 
     def stop(self) -> None:
         """SIGTERM to every worker, then SIGKILL to any still running after STOP_TIMEOUT."""

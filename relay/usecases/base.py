@@ -20,7 +20,12 @@ from relay.presence import PresenceLog
 from relay.registry import AgentRegistry, Connections
 from relay.stats import Stats
 from relay.store import NotFound, SessionRow, Store, Technician
-from relay.usecases.shared import DISC_SERVICE_NOT_AVAILABLE, RateLimiter, not_found
+from relay.usecases.shared import (
+    DISC_SERVICE_NOT_AVAILABLE,
+    KeyedLocks,
+    RateLimiter,
+    not_found,
+)
 from relay.wheelhouse import Preparation
 
 log = logging.getLogger("adhoc.relay")
@@ -58,7 +63,7 @@ class ServiceBase:
         self.cluster_online: set[str] = set()
         self._background: set[asyncio.Task] = set()
         self._expiry_wakeup = asyncio.Event()
-        self._create_locks: dict[int, list] = {}  # technician id -> [lock, users]
+        self._create_locks = KeyedLocks()  # by technician id
         self.login_limiter = RateLimiter(settings.login_rate)
         self.activate_limiter = RateLimiter(settings.activate_rate)
 
@@ -138,8 +143,10 @@ class ServiceBase:
         return row
 
     def disconnect_agent(self, session_id: str, reason: str) -> None:
-        """Close every connection authenticated for the session: the one holding its forward,
-        and any that logged in with its secret but never registered one."""
+        """The session ended: close every connection authenticated for it (the one holding
+        its forward, and any that logged in with its secret but never registered one), and
+        forget what its agent last said about its network."""
+        self.host_problems.pop(session_id, None)
         conns = set(self.connections.of_session(session_id))
         link = self.agents.get(session_id)
         if link is not None:

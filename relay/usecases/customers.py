@@ -3,20 +3,19 @@ it), and activation with the security code."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 
 from relay import sessions as rules
 from relay.config import format_duration
 from relay.store import Conflict, NotFound, SessionRow
 from relay.usecases.base import ServiceBase
-from relay.usecases.shared import ServiceError, iso, rate_limited
+from relay.usecases.shared import LINK_USED, KeyedLocks, ServiceError, iso, rate_limited
 
 
 class CustomerCases(ServiceBase):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._link_locks: dict[str, list] = {}  # join token hash -> [lock, users]
+        self._link_locks = KeyedLocks()  # by join token hash
 
     async def _session_for_link(self, join_token: str) -> SessionRow:
         await self.expire_due()
@@ -48,18 +47,9 @@ class CustomerCases(ServiceBase):
             raise rate_limited(wait, "activation")
         # One attempt at a time per link: each is judged on the count the one before left,
         # so 60 wrong codes at once are 5 judged and 55 refused, not 60 judged.
-        key = rules.token_hash(join_token)
-        entry = self._link_locks.setdefault(key, [asyncio.Lock(), 0])
-        entry[1] += 1
-        try:
-            async with entry[0]:
-                return await self._activate(join_token, code, host_key=host_key,
-                                            hostname=hostname, os=os, user=user,
-                                            machine_id=machine_id, source=source)
-        finally:
-            entry[1] -= 1
-            if not entry[1]:
-                del self._link_locks[key]
+        async with self._link_locks.hold(rules.token_hash(join_token)):
+            return await self._activate(join_token, code, host_key=host_key, hostname=hostname,
+                                        os=os, user=user, machine_id=machine_id, source=source)
 
     async def _activate(self, join_token: str, code: str, *, host_key: str, hostname: str,
                         os: str, user: str, machine_id: str | None, source: str) -> dict:
@@ -67,9 +57,7 @@ class CustomerCases(ServiceBase):
         now = self.clock()
         if row.state != rules.State.PENDING:
             await self.store.record_refused_code(row.id, now, source, f"session is {row.state}")
-            raise ServiceError(410, "link_used",
-                               "this link was already used, has expired or was ended: ask your "
-                               "technician for a new invitation")
+            raise ServiceError(410, "link_used", LINK_USED)
         if not rules.code_matches(self.secret_key, row.join_token_hash, code, row.code_hmac):
             row = await self.store.record_wrong_code(row.id, now, source)
             self._changed()

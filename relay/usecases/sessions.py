@@ -14,6 +14,7 @@ from email import policy as email_policy
 from email.parser import BytesParser
 
 from common.passwords import hash_password, session_secret_problem
+from common.secret import Secret
 from relay import sessions as rules
 from relay.sshkeys import read_public_key
 from relay.store import SessionRow, Technician
@@ -34,10 +35,12 @@ def fingerprint(public_key: str | None) -> str | None:
 
 @dataclass(frozen=True)
 class CreatedSession:
+    """A new session and what only its creator is told (the relay keeps hashes of them)."""
+
     row: SessionRow
-    security_code: str
-    join_token: str
-    join_url: str
+    security_code: Secret
+    join_token: Secret
+    join_url: Secret  # it holds the token
 
 
 class SessionCases(ServiceBase):
@@ -58,16 +61,9 @@ class SessionCases(ServiceBase):
                 raise ServiceError(422, "invalid", f"technician_key: {exc}.") from None
         # One create at a time per technician: the rest then meet the technician limit in the
         # cheap check below instead of each hashing a password first.
-        entry = self._create_locks.setdefault(tech.id, [asyncio.Lock(), 0])
-        entry[1] += 1
-        try:
-            async with entry[0]:
-                return await self._create_session(tech, customer_email, password, note,
-                                                  verifier, technician_key)
-        finally:
-            entry[1] -= 1
-            if not entry[1]:
-                del self._create_locks[tech.id]
+        async with self._create_locks.hold(tech.id):
+            return await self._create_session(tech, customer_email, password, note, verifier,
+                                              technician_key)
 
     async def _create_session(self, tech: Technician, customer_email: str, password: str | None,
                               note: str, verifier: str | None,
@@ -100,7 +96,8 @@ class SessionCases(ServiceBase):
         except rules.LimitError as exc:
             raise ServiceError(exc.status, exc.code, exc.detail) from None
         self._changed()
-        created = CreatedSession(row, code, join_token, self.join_url(join_token))
+        created = CreatedSession(row, Secret(code), Secret(join_token),
+                                 Secret(self.join_url(join_token)))
         if self.mailer is not None:
             self.spawn(self._send_invitation(tech, created))
         return created
@@ -111,8 +108,8 @@ class SessionCases(ServiceBase):
         company = await self.store.company(tech.company_id)
         invitation = Invitation(
             to=created.row.customer_email, company=company.name, technician=tech.login,
-            technician_email=tech.email, join_url=created.join_url,
-            install_command=self.install_command(created.join_token),
+            technician_email=tech.email, join_url=created.join_url.reveal(),
+            install_command=self.install_command(created.join_token.reveal()),
             invite_expires_at=datetime.fromtimestamp(created.row.invite_expires_at, UTC),
             session_hours=round(self.settings.session_lifetime.total_seconds() / 3600))
         async def on_status(status: str, detail: str | None) -> None:
@@ -136,7 +133,7 @@ class SessionCases(ServiceBase):
         row = await self.session_for(tech, session_id)
         return await self._end(row.id, rules.EndReason.TECHNICIAN, f"technician:{tech.login}")
 
-    async def reissue_code(self, tech: Technician, session_id: str) -> tuple[SessionRow, str]:
+    async def reissue_code(self, tech: Technician, session_id: str) -> tuple[SessionRow, Secret]:
         """A new security code for a pending session (the old one stops working); the count
         of wrong codes on the link is kept, so re-issuing never buys more guesses."""
         row = await self.session_for(tech, session_id)
@@ -151,7 +148,7 @@ class SessionCases(ServiceBase):
                                "ended): create a new session to invite the customer again") \
                 from None
         self._changed()
-        return row, code
+        return row, Secret(code)
 
     async def invitation(self, tech: Technician, session_id: str) -> dict:
         """The invitation as it was written to the outbox, so the technician can copy the link

@@ -6,12 +6,14 @@ next; the HTTP API and the SSH endpoint turn it into their own wire form.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import re
 import time
 import unicodedata
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Hashable
 from datetime import UTC, datetime
 
 from relay.config import Rate
@@ -25,6 +27,11 @@ EMAIL_RE = re.compile(r"^[^@\s<>\"',;]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-
                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)+$")
 
 
+# What a customer is told of a link that no longer works (the join page, install.sh, the agent).
+LINK_USED = ("this link was already used, has expired or was ended: ask your technician for a "
+             "new invitation")
+
+
 class ServiceError(Exception):
     def __init__(self, status: int, code: str, detail: str, *,
                  retry_after: float | None = None) -> None:
@@ -33,6 +40,29 @@ class ServiceError(Exception):
         self.code = code
         self.detail = detail
         self.retry_after = retry_after
+
+
+class KeyedLocks:
+    """One lock per key (a technician, a join link), kept only while someone holds it or
+    waits for it, so the map never grows with keys no longer in use."""
+
+    def __init__(self) -> None:
+        self._locks: dict[Hashable, tuple[asyncio.Lock, list[int]]] = {}  # key -> lock, [users]
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: Hashable) -> AsyncIterator[None]:
+        lock, users = self._locks.setdefault(key, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._locks[key]
+
+    def __len__(self) -> int:
+        return len(self._locks)
 
 
 class RateLimiter:

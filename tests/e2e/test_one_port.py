@@ -22,6 +22,7 @@ from tests.support import (
     Api,
     OpenSSH,
     RelayProcess,
+    free_port,
     new_agent,
     provision,
     start_session,
@@ -45,12 +46,6 @@ def start(tmp_path: Path):
     yield start
     for relay in started:
         relay.stop()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]  # nothing listens here once it closes
 
 
 @pytest.mark.skipif(shutil.which("ssh") is None, reason="OpenSSH client is not installed")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import email
 import email.policy
 import re
-import socket
 from collections.abc import Iterator
 
 import httpx
@@ -14,7 +13,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from tests.relay.conftest import activate, create
-from tests.support import Api
+from tests.support import Api, free_port
 
 
 class Inbox:
@@ -24,12 +23,6 @@ class Inbox:
     async def handle_DATA(self, server, session, envelope):
         self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
         return "250 Message accepted for delivery"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -5,12 +5,17 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import time
 from pathlib import Path
 
 import asyncssh
 import httpx
 
+from common.secret import reveal
 from common.transport import pinned
+from relay.config import RelaySettings
+from relay.service import RelayService
+from relay.store import Store
 from tests.relay.conftest import (
     activate,
     agent_connection,
@@ -19,7 +24,13 @@ from tests.relay.conftest import (
     join_token,
     stored,
 )
-from tests.support import PASSWORD, SESSION_PASSWORD, Api
+from tests.support import (
+    PASSWORD,
+    SESSION_PASSWORD,
+    Api,
+    add_active_session,
+    provision_store,
+)
 
 
 async def test_bad_input_is_refused_with_a_clear_422(relay) -> None:
@@ -257,6 +268,8 @@ async def test_kill_9_during_writes_loses_nothing_acknowledged(start_relay, data
     rows = dict(db_rows(data_dir, "SELECT id, state FROM sessions"))
     assert set(acknowledged) <= set(rows)
     assert acknowledged, "no write was acknowledged before the kills"
+    # Every acknowledged end stayed an end (the listing above only saw recent sessions).
+    assert all(rows[i] == "ended" for i, a in acknowledged.items() if a["state"] == "ended")
     assert db_rows(data_dir, "SELECT name, plan, seats FROM companies ORDER BY name") == [
         ("Acme", "plus", 3), ("Basic", "base", 2), ("Beta", "premier", 3), ("Trial Co", "trial", 2)]
 
@@ -281,3 +294,47 @@ async def test_nul_characters_are_stored_as_text_not_a_server_error(relay) -> No
         assert view["host"]["hostname"] == "pc\ufffd\u001b]52;evil"
     actors = db_rows(relay.data_dir, "SELECT actor FROM audit WHERE event = 'login'")
     assert ("login:ev\ufffdil@127.0.0.1",) in actors
+
+
+async def test_a_new_sessions_code_and_link_never_show_in_its_repr(tmp_path: Path) -> None:
+    """What create hands back (to the API, to a log line or a crash report by mistake) names
+    the code, the join token and the link only when revealed."""
+    await provision_store(tmp_path, [("Acme", "plus", 3, ["alice"])])
+    store = await Store.open(tmp_path / "relay.db")
+    service = RelayService(RelaySettings(data_dir=tmp_path), store, b"k" * 32, "ssh-ed25519 A")
+    try:
+        tech = await store.technician_by_login("alice")
+        created = await service.create_session(tech, "c@example.com", SESSION_PASSWORD, "")
+        shown = repr(created) + str(created) + f"{created}"
+        for secret in (created.security_code, created.join_token, created.join_url):
+            assert reveal(secret) and reveal(secret) not in shown
+        assert reveal(created.join_token) in reveal(created.join_url)
+    finally:
+        await service.close()
+        await store.close()
+
+
+async def test_an_ended_sessions_host_problem_is_forgotten(tmp_path: Path) -> None:
+    """What an offline agent said about its network is kept in memory until it comes online
+    or its session ends: a relay that runs for months does not keep one per ended session."""
+    logins = ["alice", "bob", "carol"]  # one live session each
+    await provision_store(tmp_path, [("Acme", "plus", 3, logins)])
+    store = await Store.open(tmp_path / "relay.db")
+    service = RelayService(RelaySettings(data_dir=tmp_path), store, b"k" * 32, "ssh-ed25519 A")
+    try:
+        techs = [await store.technician_by_login(login) for login in logins]
+        ids = [await add_active_session(store, tech, f"secret-{n}")
+               for n, tech in enumerate(techs)]
+        for n, session_id in enumerate(ids):
+            answer = await service.agent_problem(f"{session_id}:secret-{n}", "name not found")
+            assert answer == {"recorded": True}
+        view = service.session_view(await store.session(ids[0]))
+        assert view["host_problem"]["text"] == "name not found"  # shown while it matters
+        await service.end_session(techs[0], ids[0])  # by the technician
+        await service.agent_ends(f"{ids[1]}:secret-1")  # by the customer
+        await store.end_session(ids[2], "expired", time.time(), "relay")  # by another relay
+        service.disconnect_agent(ids[2], "expired")  # (relay/cluster/nodes.py follows it)
+        assert service.host_problems == {}
+    finally:
+        await service.close()
+        await store.close()

@@ -62,7 +62,8 @@ async def test_list_countdown_and_remote_shell(relay, agents, tmp_path: Path) ->
                          and app.screen.error is not None, timeout=30)
         app.screen.query_one(Input).value = SESSION_PASSWORD
         await pilot.press("enter")
-        await wait_until(pilot, lambda: isinstance(app.screen, RemoteScreen), timeout=30)
+        await wait_until(pilot, lambda: isinstance(app.screen, RemoteScreen)
+                         and app.screen.query(TerminalView), timeout=30)  # composed, too
         # Held as secrets, which no repr, log line or crash report can show.
         for held in (app.passwords[_session["id"]], app.screen.password, app.client.token):
             assert isinstance(held, Secret)

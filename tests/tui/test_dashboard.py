@@ -28,31 +28,31 @@ def test_a_graph_of_a_small_percentage_stays_small() -> None:
     assert percent_rows([100.0, 50.0], width=2, height=2) == ["█ ", "██"]
 
 
+async def shows(pilot, *words: str) -> None:
+    """Wait until the screen shows every one of `words` (it repaints on the app's next turns)."""
+    await wait_until(pilot, lambda: all(w in screen_text(pilot.app) for w in words),
+                     what=f"the words {words}")
+
+
 async def test_every_section_is_reachable_at_80x24_against_a_real_agent(
         relay, agents, tmp_path: Path) -> None:
     _view, _agent, token = await online_session(relay, agents, tmp_path, "dash@example.com")
     async with console(relay, token, size=(80, 24)) as (app, pilot, _table):
         view = (await open_pane(pilot, app, "d", DashboardScreen)).query_one(DashboardView)
         await wait_until(pilot, lambda: view.last_sample is not None, timeout=30)
-        await pilot.pause(0.2)
-        overview = screen_text(app)
-        assert "CPU" in overview and "memory" in overview and "100%" in overview
-        assert "load" in overview and "up " in overview
+        await shows(pilot, "CPU", "memory", "100%", "load", "up ")
         await pilot.press("2")
         await wait_until(pilot, lambda: view.tab == "processes")
-        await pilot.pause(0.2)
-        assert "pid" in screen_text(app)
+        await shows(pilot, "pid")
         names = [str(view.query_one("#dash-processes", DataTable).get_row_at(0)[4])]
-        assert names[0] and names[0] in screen_text(app)
+        assert names[0]
+        await shows(pilot, names[0])
         await pilot.press("3")
         await wait_until(pilot, lambda: view.tab == "storage")
-        await pilot.pause(0.2)
-        storage = screen_text(app)
-        assert "Disks" in storage and "Network" in storage and "mount" in storage
+        await shows(pilot, "Disks", "Network", "mount")
         await pilot.press("4")
         await wait_until(pilot, lambda: view.tab == "log")
-        await pilot.pause(0.2)
-        assert "Failed units" in screen_text(app)
+        await shows(pilot, "Failed units")
         # s sorts the processes, and shows them.
         await pilot.press("s")
         await wait_until(pilot, lambda: view.tab == "processes")

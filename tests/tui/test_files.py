@@ -194,15 +194,15 @@ async def test_panes_at_80x24_keep_their_columns_and_count_only_what_they_show(
         # Into a folder of long names and back: the size column stays on screen.
         highlight(remote, "long")
         await pilot.press("enter")
-        await wait_until(pilot, lambda: remote.path.endswith("/long"))
-        await pilot.pause(0.2)
+        await wait_until(pilot, lambda: remote.path.endswith("/long")
+                         and "1.2K" in remote.table.render_line(2).text,
+                         what="(the long name's row, with its size)")
         header = remote.table.render_line(0).text
-        assert "size" in header, header
-        row = remote.table.render_line(2).text
-        assert "1.2K" in row, row  # the long name is cut, its size is not
+        assert "size" in header, header  # the long name is cut, its size is not
         await pilot.press("backspace")
-        await wait_until(pilot, lambda: not remote.path.endswith("/long"))
-        await pilot.pause(0.2)
+        await wait_until(pilot, lambda: not remote.path.endswith("/long")
+                         and "long" in remote.table.render_line(2).text,
+                         what="(the listing above, redrawn)")
         assert "size" in remote.table.render_line(0).text
         await pilot.press("full_stop")
         await pilot.pause()

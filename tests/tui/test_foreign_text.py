@@ -101,7 +101,9 @@ async def test_hostile_names_in_the_file_manager_against_a_real_agent(
             await pilot.press("enter")
             await wait_until(pilot, lambda n=name: any(
                 "Cannot open" in text and clean(n) in text for _s, text in app.notices))
-            await pilot.pause(0.2)
+            await wait_until(pilot, lambda n=name: any(
+                clean(n) in str(toast.render()) for toast in app.screen.query("Toast")),
+                             what="(the toast, drawn)")
             assert_shown_as_text(app, name)
             await pilot.press("r")  # the rename prompt names it in its title
             await wait_until(pilot, lambda: screen.prompt_mode == "rename")

@@ -92,10 +92,9 @@ async def test_dialogs_and_status_lines_wrap_at_80_columns(relay, agents, tmp_pa
 
         # The banner that says the relay is gone, and what to check.
         banner = app.sessions_screen.query_one("#banner", Static)
-        await wait_until(pilot, lambda: banner.display, timeout=30)
-        await pilot.pause(0.3)
-        text = rendered(banner)
-        assert "check" in text and in_full(app, text), screen_text(app)
+        await wait_until(pilot, lambda: banner.display and in_full(app, rendered(banner)),
+                         timeout=30, what="(the relay-gone banner, whole)")
+        assert "check" in rendered(banner), screen_text(app)
         await app.action_quit()
 
 

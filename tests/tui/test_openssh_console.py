@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -161,6 +162,54 @@ def test_names_from_the_relay_never_become_directives() -> None:
                                            if not line.lstrip().startswith("#"))
     assert all(line.startswith(("#", "Host ", "  ")) or not line for line in text.splitlines())
     assert "Host *" not in text
+
+
+@pytest.mark.skipif(shutil.which("ssh") is None, reason="OpenSSH client is not installed")
+def test_a_home_with_a_space_in_its_path_is_read_by_openssh_as_written(tmp_path: Path) -> None:
+    """~/.ssh of "Dana Smith": the Include and the pinned keys' file are each one path to
+    OpenSSH (`ssh -G` prints the options it would use), not two."""
+    relay = sshconfig.relay_from({"ssh": "relay.example:8722",
+                                  "host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB"},
+                                 "alice")
+    chosen, notes = sshconfig.entries([{"id": "a" * 16, "state": "active",
+                                        "host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA",
+                                        "customer_email": "dana@example.com"}])
+    ssh_dir = tmp_path / "Dana Smith" / ".ssh"
+    for _ in range(2):  # the quoted Include is recognised: added once
+        sshconfig.write(relay, chosen, notes, ssh_dir)
+    assert (ssh_dir / "config").read_text().count("Include") == 1
+    known = ssh_dir / "adhoc" / "known_hosts"
+    for host, alias in (("a" * 16, "adhoc-" + "a" * 16),
+                        (sshconfig.RELAY_ALIAS, relay.key_alias)):
+        used = subprocess.run(["ssh", "-F", str(ssh_dir / "config"), "-G", host],
+                              capture_output=True, text=True, timeout=30,
+                              stdin=subprocess.DEVNULL)
+        assert used.returncode == 0, used.stderr
+        options = dict(line.split(" ", 1) for line in used.stdout.splitlines() if " " in line)
+        assert options["hostkeyalias"] == alias
+        assert options["userknownhostsfile"] == str(known)
+
+
+def test_a_config_it_cannot_write_is_a_sentence_that_says_what_to_do(tmp_path: Path) -> None:
+    """~/.ssh/config kept read-only elsewhere (dotfiles in a read-only store; here /proc, which
+    root cannot write either), or ~/.ssh/adhoc taken by a file: a sentence, not a traceback."""
+    relay = sshconfig.relay_from({"ssh": "relay.example:8722",
+                                  "host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB"},
+                                 "alice")
+    linked = tmp_path / "linked" / ".ssh"
+    linked.mkdir(parents=True)
+    (linked / "config").symlink_to("/proc/version")
+    with pytest.raises(sshconfig.ConfigError) as refused:
+        sshconfig.write(relay, [], [], linked)
+    assert (linked / "adhoc" / "config").exists()
+    assert str(refused.value).endswith(f"put the line `Include {linked / 'adhoc' / 'config'}` "
+                                       "at its top yourself")
+    taken = tmp_path / "taken" / ".ssh"
+    taken.mkdir(parents=True)
+    (taken / "adhoc").write_text("not a folder")
+    with pytest.raises(sshconfig.ConfigError, match=r"cannot write the sessions to .* run "
+                                                    r"ssh-config without --write"):
+        sshconfig.write(relay, [], [], taken)
 
 
 def test_a_relay_without_an_ssh_port_is_reached_through_the_tunnel() -> None:

@@ -149,6 +149,31 @@ async def test_refresh_redraws_the_changed_row_and_keeps_the_cursor(rendered) ->
         assert "new@example.com" in lines(table)[1]
 
 
+async def test_a_filter_that_hides_the_selected_session_and_a_wanted_one_not_yet_listed(
+        ) -> None:
+    sessions = views(10)
+    app = ListApp(sessions)
+    async with app.run_test(size=(120, 40)) as pilot:
+        table = app.list.table
+        await pilot.pause()
+        await pilot.press("j", "j")
+        assert app.list.selected_id() == "s000000000000002"
+        # Filtered out: the list shows what matches, the cursor on its first row.
+        app.list.filter_text = "customer7@"
+        app.list.rebuild()
+        await pilot.pause()
+        assert table.row_count == 1 and app.list.selected_id() == "s000000000000007"
+        app.list.filter_text = ""
+        app.list.rebuild()
+        # Wanted before the relay lists it (just created): selected as soon as it is.
+        app.list.select("snew00000000000")
+        assert app.list.wanted == "snew00000000000"
+        newest = views(1)[0] | {"id": "snew00000000000", "customer_email": "new@example.com"}
+        app.list.show([*sessions, newest], None)
+        await pilot.pause()
+        assert app.list.selected_id() == "snew00000000000" and app.list.wanted is None
+
+
 async def test_cursor_focus_and_theme_still_redraw_rows() -> None:
     app = ListApp(views(30))
     async with app.run_test(size=(120, 40)) as pilot:

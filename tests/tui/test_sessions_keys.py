@@ -23,7 +23,7 @@ from tests.tui.helpers import (
 )
 from tui.screens.audit import AuditModal, AuditRowModal
 from tui.screens.created import CreatedModal
-from tui.screens.detail import DetailModal
+from tui.screens.detail import DetailModal, detail_lines
 from tui.screens.help import HelpModal
 from tui.screens.modals import ConfirmModal, PasswordModal
 
@@ -159,3 +159,15 @@ async def test_audit_rows_open_and_name_technicians_by_login(relay) -> None:
         await pilot.press("escape")
         await pilot.press("escape")
         await app.action_quit()
+
+
+def test_the_details_count_wrong_codes_as_the_relay_does() -> None:
+    """How many tries are left is the relay's number (its limit), not one the console
+    assumes."""
+    view = {"id": "a" * 16, "state": "pending", "customer_email": "c@example.com",
+            "code_attempts": 2, "code_attempts_left": 1}
+    lines = dict(detail_lines(view, "alice", None))
+    assert lines["wrong codes"] == "2 tried, 1 left before the link stops working"
+    hostile = dict(detail_lines(view | {"code_attempts": "x", "code_attempts_left": -3},
+                                "alice", None))
+    assert hostile["wrong codes"].startswith("0 tried, 0 left")

@@ -31,7 +31,9 @@ def detail_lines(view: dict, login: str, relay_ssh: str | None) -> list[tuple[st
     ]
     if view.get("state") == "pending":
         lines.append(("invitation until", local_time(view.get("invite_expires_at"))))
-        lines.append(("wrong codes", f"{int(view.get('code_attempts') or 0)} of 5 tried"))
+        tried, left = (_count(view.get(key)) for key in ("code_attempts", "code_attempts_left"))
+        lines.append(("wrong codes", f"{tried} tried, {left} left before the link stops "
+                                     "working"))
     for label, key in (("activated", "activated_at"), ("ends at", "expires_at"),
                        ("ended", "ended_at"), ("online since", "online_since")):
         if view.get(key):
@@ -53,6 +55,10 @@ def detail_lines(view: dict, login: str, relay_ssh: str | None) -> list[tuple[st
         lines.append(("OpenSSH", f"ssh -J {clean(login, 64)}@{clean(relay_ssh, 100)} "
                                  f"support@{clean(view.get('id'), 40)}"))
     return lines
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and value >= 0 else 0
 
 
 class DetailModal(ModalScreen[None]):

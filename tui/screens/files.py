@@ -147,7 +147,6 @@ class FilesScreen(Screen):
         self.prompt_original = ""  # what the prompt started with, as the host spelt it
         self.ended: str | None = None  # why the session ended, once it has
         self.transfer: Worker | None = None
-        self.last_outcome: Outcome | None = None
 
     # --- layout ------------------------------------------------------------------------------
 
@@ -291,7 +290,7 @@ class FilesScreen(Screen):
             return
         worker = event.worker
         if worker is self.transfer and event.state in (WorkerState.CANCELLED,
-                                                        WorkerState.ERROR):
+                                                       WorkerState.ERROR):
             self.transfer = None
             if event.state == WorkerState.CANCELLED:
                 self._bar_result("Copy stopped; copy the same files again to resume.")
@@ -544,7 +543,7 @@ class FilesScreen(Screen):
     @on(TransferDone)
     def _done(self, message: TransferDone) -> None:
         self.transfer = None
-        self.last_outcome = outcome = message.outcome
+        outcome = message.outcome
         count = len(outcome.copied)
         text = f"Copied {count} file{'s' if count != 1 else ''}, SHA-256 verified"
         if outcome.resumed:

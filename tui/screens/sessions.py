@@ -12,6 +12,7 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
+from textual.widgets.data_table import RowDoesNotExist
 
 from common.reach import summary
 from tui.sanitize import clean, plain
@@ -239,7 +240,7 @@ class SessionsScreen(Screen):
             return
         try:
             row = self.table.get_row_index(self.wanted)
-        except Exception:  # not listed yet (or filtered out)
+        except RowDoesNotExist:  # not listed yet (or filtered out)
             return
         self.table.move_cursor(row=row)
         self.wanted = None
@@ -304,11 +305,8 @@ class SessionsScreen(Screen):
             cells = row_cells(view, now, keys)
             self._looks[view["id"]] = {k: look(c) for k, c in zip(keys, cells, strict=True)}
             table.add_row(*cells, key=view["id"])
-        if selected is not None and selected in self.views:
-            try:
-                table.move_cursor(row=table.get_row_index(selected))
-            except Exception:
-                pass
+        if selected is not None and selected in self._looks:  # still shown (not filtered out)
+            table.move_cursor(row=table.get_row_index(selected))
         self._select_wanted()
 
     def _set_cell(self, session_id: str, key: str, cell: Text) -> None:
