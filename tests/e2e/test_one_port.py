@@ -17,6 +17,7 @@ from websockets.asyncio.client import connect as websocket_connect
 
 from common.reach import relay_routes, websocket_route
 from common.wsbridge import bridge
+from tests.ports import free_port
 from tests.support import (
     SESSION_PASSWORD,
     Api,
@@ -45,12 +46,6 @@ def start(tmp_path: Path):
     yield start
     for relay in started:
         relay.stop()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]  # nothing listens here once it closes
 
 
 @pytest.mark.skipif(shutil.which("ssh") is None, reason="OpenSSH client is not installed")

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.certs import Authority, ServerCert, bundle
+from tests.ports import free_port
 from tests.support import (
     Api,
     OpenSSH,
@@ -47,12 +48,6 @@ def doc_block(language: str) -> str:
 def replace(text: str, old: str, new: str) -> str:
     assert old in text, f"docs/ADMIN.md's config no longer contains {old!r}"
     return text.replace(old, new)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_listening(port: int, proc: subprocess.Popen, log: Path) -> None:

@@ -6,13 +6,13 @@ from __future__ import annotations
 import email
 import email.policy
 import re
-import socket
 from collections.abc import Iterator
 
 import httpx
 import pytest
 from aiosmtpd.controller import Controller
 
+from tests.ports import free_port
 from tests.relay.conftest import activate, create
 from tests.support import Api
 
@@ -24,12 +24,6 @@ class Inbox:
     async def handle_DATA(self, server, session, envelope):
         self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
         return "250 Message accepted for delivery"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import email
 import email.policy
 import ipaddress
 import re
-import socket
 import ssl
 import stat
 from email.message import EmailMessage
@@ -24,6 +23,7 @@ from cryptography.x509.oid import NameOID
 
 from relay import mailer as mailer_mod
 from relay.mailer import Invitation, Mailer, SmtpTarget, render_invitation
+from tests.ports import free_port
 
 SENDER = "Adhoc Relay <noreply@relay.example>"
 JOIN_URL = "https://relay.example/join/TOKENabcDEF_xyz-ghiJKLmno"
@@ -35,12 +35,6 @@ SMTP_PASSWORD = "p@ss"
 # ---------------------------------------------------------------------------
 # fixtures and helpers
 # ---------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Collector:
