@@ -30,7 +30,7 @@ import psutil
 
 from bench.common import BenchRelay, header, table, verdict
 from bench.fanin import Workers, agent_arguments, seed
-from tests.openssh import free_port
+from tests.ports import free_port
 
 KEY_FILES = ("ssh_host_ed25519_key", "secret.key", "cluster_ed25519_key")
 

@@ -46,7 +46,7 @@ from bench.common import (
     table,
     verdict,
 )
-from tests.openssh import free_port
+from tests.ports import free_port
 
 READY_TIMEOUT = 60
 

@@ -16,6 +16,8 @@ import random
 import subprocess
 from dataclasses import dataclass, field
 
+from tests.workers import share
+
 
 def _ip(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
@@ -36,8 +38,10 @@ def available() -> str | None:
 def _free_subnet() -> ipaddress.IPv4Network:
     used = _ip("-4", "-o", "addr").stdout
     for _ in range(100):
-        net = ipaddress.ip_network(f"10.199.{random.randrange(256)}.{random.randrange(64) * 4}"
-                                   "/30")
+        # The third byte from this worker's share: a namespace made beside this one (by
+        # another worker) cannot pick the same subnet before either is up.
+        third = random.choice(share(range(256)))
+        net = ipaddress.ip_network(f"10.199.{third}.{random.randrange(64) * 4}/30")
         if not any(f"inet {address}/" in used for address in net):
             return net
     raise RuntimeError("no free 10.199.x.y/30 for a test namespace")

@@ -19,7 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support import SESSION_PASSWORD, free_port, run_cli, stop_process
+from tests.ports import free_port
+from tests.support import SESSION_PASSWORD, run_cli, stop_process
 
 TIMEOUT = 120
 

@@ -11,7 +11,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -69,13 +68,6 @@ def wait_for_ready(proc: subprocess.Popen, log_path: Path,
     """Read `adhoc-relay serve`'s ready line: (base URL, SSH host, SSH port)."""
     ready = read_ready(proc, log_path, timeout)
     return ready.base_url, ready.ssh_host, ready.ssh_port
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (the kernel's pick for :0, closed again)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_cli(data_dir: Path, *args: str, stdin: str | None = None,

@@ -17,12 +17,12 @@ from websockets.asyncio.client import connect as websocket_connect
 
 from common.reach import relay_routes, websocket_route
 from common.wsbridge import bridge
+from tests.ports import free_port
 from tests.support import (
     SESSION_PASSWORD,
     Api,
     OpenSSH,
     RelayProcess,
-    free_port,
     new_agent,
     provision,
     start_session,

@@ -18,6 +18,7 @@ import pytest
 
 from common.reach import summary
 from tests import netns
+from tests.ports import free_port
 from tests.support import Api, OpenSSH, RelayProcess, new_agent, provision
 
 REASON = netns.available()
@@ -33,9 +34,7 @@ USER, PASSWORD = "office", "proxy-pass-1"
 def tinyproxy(folder: Path, listen: str, connect_ports: tuple[int, ...]):
     """tinyproxy on listen:<free port> with basic auth; CONNECT only to `connect_ports`
     (none: CONNECT refused everywhere, plain HTTP still forwarded)."""
-    with socket.socket() as probe:
-        probe.bind((listen, 0))
-        port = probe.getsockname()[1]
+    port = free_port(listen)
     config = folder / "tinyproxy.conf"
     log = folder / "tinyproxy.log"
     lines = [f"Port {port}", f"Listen {listen}", "Timeout 600", f'LogFile "{log}"',

@@ -23,11 +23,11 @@ from pathlib import Path
 import pytest
 
 from tests.certs import Authority, ServerCert, bundle
+from tests.ports import free_port
 from tests.support import (
     Api,
     OpenSSH,
     RelayProcess,
-    free_port,
     new_agent,
     provision,
     stop_process,

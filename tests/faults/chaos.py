@@ -35,8 +35,8 @@ from pathlib import Path
 
 from textual.widgets import DataTable, Input
 
-from tests.faults.conftest import free_port
 from tests.faults.proxy import DeadLinkProxy
+from tests.ports import free_port
 from tests.support import (
     PASSWORD,
     SESSION_PASSWORD,

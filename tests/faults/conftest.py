@@ -8,14 +8,13 @@ tests/relay/test_admin.py); every relay here is still a real `adhoc-relay serve`
 from __future__ import annotations
 
 import asyncio
-import random
 import shutil
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.ports import free_port
 from tests.support import RelayProcess, provision_store
 
 
@@ -24,25 +23,6 @@ def faults_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("faults-template") / "relay"
     asyncio.run(provision_store(path, [("Acme", "plus", 5, ["alice", "bob"])]))
     return path
-
-
-def free_port() -> int:
-    """A free loopback port below the ephemeral range.
-
-    A relay restarted "on the same port" must get that port back. A port the kernel handed
-    out for `:0` lies in the ephemeral range, where clients retrying against the dead relay
-    can take it as their own source port (even connect to themselves), and the restart would
-    fail with "address in use"."""
-    low, _ = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
-    for _ in range(200):
-        port = random.randrange(max(1024, low - 12000), low - 1)
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise AssertionError("no free loopback port below the ephemeral range")
 
 
 @pytest.fixture

@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from tests.faults import chaos
 
 STEPS = int(os.environ.get("ADHOC_CHAOS_STEPS", "250"))
@@ -16,6 +18,9 @@ SECONDS = float(os.environ.get("ADHOC_CHAOS_SECONDS", "90"))
 SUITE_SEED = 1076414052
 
 
+# Alone: its steps are bounded in time (SECONDS) and it must get through enough of them; with
+# other tests beside it on two cores, it got through 65 of 100.
+@pytest.mark.serial
 async def test_the_console_survives_seeded_chaos(tmp_path: Path) -> None:
     seed = SUITE_SEED if not os.environ.get("ADHOC_CHAOS_SEED") else chaos.seed_from_env()
     report = await chaos.run(tmp_path / "chaos", seed=seed, steps=STEPS,

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from textual.widgets import Static
 
-from tests.faults.conftest import free_port, restart
+from tests.faults.conftest import restart
 from tests.faults.proxy import DeadLinkProxy, StaleKeepAliveProxy
+from tests.ports import free_port
 from tests.support import PASSWORD, Api
 from tests.tui.helpers import console, give_password, online_session, open_pane, wait_until
 from tui.client import RelayClient

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.conftest import free_port
 from tests.faults.proxy import DeadLinkProxy
 from tests.hostagent.helpers import wait_for_count
+from tests.ports import free_port
 from tests.support import Api, new_agent
 
 

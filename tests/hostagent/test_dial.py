@@ -12,6 +12,7 @@ import pytest
 from common.secret import Secret
 from common.transport import dial
 from hostagent.tunnel import Tunnel
+from tests.ports import free_port
 
 
 def _has_ipv6_loopback() -> bool:
@@ -45,9 +46,7 @@ async def test_dial_reaches_a_listener_by_address_or_name(host: str) -> None:
 
 
 async def test_a_relay_that_is_down_is_retried_without_ssh_set_up(monkeypatch) -> None:
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]  # nothing listens here once the socket closes
+    port = free_port()  # nothing listens here
 
     prepared = []
     real_init = asyncssh.SSHClientConnectionOptions.__init__

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from tests.hostagent.test_customer_terminal import activate, customer_of, end_with_the_key
 from tests.hostagent.test_features import audit_events
-from tests.openssh import RelayPath, free_port
+from tests.openssh import RelayPath
+from tests.ports import free_port
 from tests.support import Api, start_session
 
 

@@ -220,8 +220,8 @@ def _sleepers(marks: list[str]) -> dict[str, list[int]]:
 async def test_processes_the_technician_started_die_with_the_session(start_relay, agents,
                                                                      tmp_path: Path) -> None:
     relay = start_relay()
-    tag = f"{os.getpid() % 1000}"
-    marks = [f"100{i}.{tag}" for i in range(7)]
+    # Marks no other test's sleep carries, even one running beside this (another worker's pid).
+    marks = [f"100{i}.{os.getpid()}" for i in range(7)]
     async with Api(relay.base_url) as api:
         view, agent = await start_session(api, agents, tmp_path)
         async with inner_connection(relay, api, view) as inner:

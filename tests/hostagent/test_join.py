@@ -8,13 +8,13 @@ from __future__ import annotations
 import asyncio
 import http.server
 import os
-import socket
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
 from tests.hostagent.test_customer_terminal import wrong_code
+from tests.ports import free_port
 from tests.support import AgentProcess, Api, technician_ssh
 
 
@@ -126,9 +126,7 @@ class _NotARelay(http.server.BaseHTTPRequestHandler):
 def test_a_link_that_leads_nowhere_is_a_sentence(tmp_path: Path) -> None:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotARelay)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        nobody = closed.getsockname()[1]
+    nobody = free_port()
     base = f"http://127.0.0.1:{server.server_address[1]}"
     try:
         for n, (link, said) in enumerate([

@@ -150,3 +150,6 @@ async def test_a_quiet_shell_catches_its_screen_up_a_slice_at_a_time() -> None:
         assert shell.screen.display[-2].rstrip() == "y"
     finally:
         shell.kill()
+        # Reaped here: a killed shell left unawaited warns "still running" when collected,
+        # which fails whichever test happens to run then.
+        await asyncio.wait_for(pty.wait(), 10)

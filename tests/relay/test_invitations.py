@@ -12,8 +12,9 @@ import httpx
 import pytest
 from aiosmtpd.controller import Controller
 
+from tests.ports import free_port
 from tests.relay.conftest import activate, create
-from tests.support import Api, free_port
+from tests.support import Api
 
 
 class Inbox:

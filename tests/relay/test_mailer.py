@@ -23,7 +23,7 @@ from cryptography.x509.oid import NameOID
 
 from relay import mailer as mailer_mod
 from relay.mailer import Invitation, Mailer, SmtpTarget, render_invitation
-from tests.support import free_port
+from tests.ports import free_port
 
 SENDER = "Adhoc Relay <noreply@relay.example>"
 JOIN_URL = "https://relay.example/join/TOKENabcDEF_xyz-ghiJKLmno"

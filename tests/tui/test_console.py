@@ -71,8 +71,9 @@ async def test_list_countdown_and_remote_shell(relay, agents, tmp_path: Path) ->
         # It says how SSH reaches the relay (the relay's SSH port, here).
         assert [text for _severity, text in app.notices] == [
             f"Connected to the relay: SSH to 127.0.0.1:{relay.ssh_port}."]
-        terminal = app.screen.query_one(TerminalView)
+        # The screen is up before its pane is mounted; the shell opens once the pane is.
         await wait_until(pilot, lambda: app.screen.channel is not None)
+        terminal = app.screen.query_one(TerminalView)
         await pilot.press(*"echo hi-$((40+2))", "enter")
         await wait_until(pilot, lambda: any(line.strip() == "hi-42"
                                             for line in terminal.screen_lines()))

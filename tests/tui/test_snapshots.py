@@ -94,8 +94,10 @@ def test_new_session_modal(snap_compare, fixed_relay, size) -> None:
     async def open_modal(pilot) -> None:
         await _loaded(pilot)
         await pilot.press("n")
-        for _ in range(100):
-            if pilot.app.screen.query("#email"):
+        # Until the email field has the focus (its cursor is in the picture): the modal is
+        # mounted first and focuses the field after, which a busy machine shows apart.
+        for _ in range(200):
+            if pilot.app.focused is not None and pilot.app.focused.id == "email":
                 break
             await pilot.pause(0.05)
         await pilot.pause()
