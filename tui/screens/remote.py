@@ -27,6 +27,8 @@ HIGH_WATER = 512 * 1024
 LOW_WATER = 192 * 1024
 # A second press of the leave key within this time sends the key to the shell instead.
 LEAVE_TWICE_SECONDS = 0.4
+# Keys typed as the pane is shown again wait for its new size at most this long.
+SIZE_WAIT_SECONDS = 2.0
 
 
 class RemoteScreen(PaneScreen):
@@ -41,6 +43,7 @@ class RemoteScreen(PaneScreen):
         self._shell_requested = False
         self._leaving: Timer | None = None  # the leave key was pressed once: waiting for twice
         self._browsing: str | None = None  # what the status bar says while history is browsed
+        self._held_keys: list[bytes] | None = None  # typed while shown again, before the size
 
     def compose(self) -> ComposeResult:
         yield self.status_bar()
@@ -110,13 +113,29 @@ class RemoteScreen(PaneScreen):
 
     def on_screen_resume(self) -> None:
         self.terminal.focus()
-        # Shown again (back from the list, or reattached): the remote PTY may have been sized
-        # by another attachment meanwhile, so tell it the pane's size again.
-        if self.channel is not None:
-            self.channel.resize(*self.terminal.size_in_cells)
+        # Shown again (back from the list, or reattached): the window may have changed size
+        # meanwhile, or another attachment resized the remote PTY. Keys typed before the pane
+        # is laid out again wait, so the shell has the pane's size before the first of them
+        # (a quick `stty size` said the old size).
+        if self.channel is not None and self._held_keys is None:
+            self._held_keys = []
+            self.call_after_refresh(self._send_size_then_keys)
+            self.set_timer(SIZE_WAIT_SECONDS, self._send_size_then_keys)
+
+    def _send_size_then_keys(self) -> None:
+        held, self._held_keys = self._held_keys, None
+        if held is None:
+            return
+        width, height = self.terminal.size
+        if self.channel is not None and width > 0 and height > 0:
+            self.channel.resize(width, height)
+        for data in held:
+            self._send(data)
 
     def _send(self, data: bytes) -> None:
-        if self.channel is not None:
+        if self._held_keys is not None:
+            self._held_keys.append(data)
+        elif self.channel is not None:
             self.channel.send(data)
 
     def _on_output(self, data: bytes) -> None:
