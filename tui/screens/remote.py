@@ -44,6 +44,7 @@ class RemoteScreen(PaneScreen):
         self._leaving: Timer | None = None  # the leave key was pressed once: waiting for twice
         self._browsing: str | None = None  # what the status bar says while history is browsed
         self._held_keys: list[bytes] | None = None  # typed while shown again, before the size
+        self._size_wait: Timer | None = None  # the most the held keys wait
 
     def compose(self) -> ComposeResult:
         yield self.status_bar()
@@ -120,12 +121,15 @@ class RemoteScreen(PaneScreen):
         if self.channel is not None and self._held_keys is None:
             self._held_keys = []
             self.call_after_refresh(self._send_size_then_keys)
-            self.set_timer(SIZE_WAIT_SECONDS, self._send_size_then_keys)
+            self._size_wait = self.set_timer(SIZE_WAIT_SECONDS, self._send_size_then_keys)
 
     def _send_size_then_keys(self) -> None:
         held, self._held_keys = self._held_keys, None
         if held is None:
             return
+        if self._size_wait is not None:  # or it would let a later resume's keys go early
+            self._size_wait.stop()
+            self._size_wait = None
         width, height = self.terminal.size
         if self.channel is not None and width > 0 and height > 0:
             self.channel.resize(width, height)
