@@ -255,6 +255,9 @@ async def main_async(args: argparse.Namespace) -> None:
     table(("flood", "pane host s", "ssh -J host s", "speed vs ssh -J", "pane on screen s",
            "ssh -J on screen s", "on screen vs ssh -J", "pane CPU s", "ssh -J+tmux CPU s",
            "target >= 1x"), rows_out)
+    if not any(stops.values()):  # --interrupts 0
+        print(f"\nconsole peak RSS over the run: {peak.peak / 2**20:.0f} MiB")
+        return
     print(f"\nctrl+c on `yes` to the prompt, one CPU busy with a burner, {args.interrupts} each")
     rows_out = []
     for name, values in stops.items():

@@ -60,6 +60,10 @@ _STYLES = attrgetter("styles")
 # A row laid out: its characters, their style (one Style for the whole row, or one per
 # character), and whether its line goes on in the next row (an automatic wrap).
 Row = tuple[str, Style | tuple[Style, ...], bool]
+# A line laid out whole, before it is cut into rows: its characters and their style (one
+# Style, or one per character). Only the lines that end on the page are cut into rows; the
+# rest go to history as lines, which is what history keeps of them anyway.
+Laid = tuple[str, Style | tuple[Style, ...]]
 
 
 def _to_evict(held: deque, over: int, guess: int) -> tuple[int, int]:
@@ -192,16 +196,63 @@ def _unstyled(style: Style) -> bool:
 _last_style: tuple[Style | None, bool] = (None, False)
 
 
-def _history_line(text: str, styles: Style | tuple[Style, ...]) -> ScrollbackLine:
-    """ScrollbackLine.of for a row that ends its line: trailing blanks in the default style go."""
+def _history_line(text: str, styles: Style | tuple[Style, ...], width: int) -> ScrollbackLine:
+    """The history line bittty makes of a whole line that wraps at `width`: its rows joined,
+    the last row's trailing blanks in the default style dropped (and nothing else)."""
+    if len(text) > width:
+        floor = max(len(text.rstrip(" ")), (rows_of(len(text), width) - 1) * width)
+    else:
+        floor = len(text.rstrip(" ")) if text[-1:] == " " else len(text)
     if type(styles) is Style:
-        if text[-1:] == " " and _unstyled(styles):
-            text = text.rstrip(" ")
+        if floor < len(text) and _unstyled(styles):
+            text = text[:floor]
         return ScrollbackLine(text, _styles_of(styles, len(text)))
-    cut, floor = len(text), len(text.rstrip(" "))
+    cut = len(text)
     while cut > floor and styles[cut - 1] == _UNSTYLED:
         cut -= 1
     return ScrollbackLine(text[:cut], styles[:cut])
+
+
+def _history_lines(laid: Sequence[Laid], width: int) -> tuple[list[ScrollbackLine], int]:
+    """History lines for whole lines, and their cost (each line's cells plus one). A line
+    repeated (`yes`, blank lines) is one shared object."""
+    lines: list[ScrollbackLine] = []
+    append = lines.append
+    cells = 0
+    last_text: str | None = None
+    last_styles: object = None
+    line = _EMPTY_LINE
+    cost = 0
+    one_style = trim = False
+    by_length: dict[int, tuple[Style, ...]] = {}
+    for text, styles in laid:
+        if text == last_text and styles is last_styles:
+            append(line)
+            cells += cost
+            continue
+        if styles is not last_styles:
+            one_style = type(styles) is Style
+            trim = one_style and _unstyled(styles)
+            by_length = {}
+        last_text, last_styles = text, styles
+        if one_style and len(text) <= width:  # most lines: one row in one style, inline
+            if trim and text[-1:] == " ":
+                text = text.rstrip(" ")
+            length = len(text)
+            shared = by_length.get(length)
+            if shared is None:
+                shared = by_length[length] = _styles_of(styles, length)
+            line = ScrollbackLine(text, shared)
+            cost = length + 1
+        else:
+            line = _history_line(text, styles, width)
+            cost = len(line.styles) + 1
+        append(line)
+        cells += cost
+    return lines, cells
+
+
+_EMPTY_LINE = ScrollbackLine("", ())
 
 
 def _wrapped_history_line(text: str, styles: Style | tuple[Style, ...]) -> ScrollbackLine:
@@ -209,20 +260,17 @@ def _wrapped_history_line(text: str, styles: Style | tuple[Style, ...]) -> Scrol
     return ScrollbackLine(text, _styles_of(styles, len(text)) if type(styles) is Style else styles)
 
 
-def _joined_history_line(parts: list[Row]) -> ScrollbackLine:
-    """The line bittty's history makes of a wrapped line's rows (ScrollbackLine.join of
-    them): the last row's trailing default blanks dropped, nothing else."""
-    *heads, (text, styles, _) = parts
-    last = _history_line(text, styles)
-    joined = "".join(head[0] for head in heads) + last.text
-    first_style = heads[0][1]
-    if type(first_style) is Style and all(head[1] is first_style for head in heads) and (
-        last.styles == () or last.styles[0] is first_style
-    ):
-        return ScrollbackLine(joined, _styles_of(first_style, len(joined)))
-    pieces = [_styles_of(head[1], len(head[0])) if type(head[1]) is Style else head[1]
-              for head in heads]
-    return ScrollbackLine(joined, tuple(chain.from_iterable([*pieces, last.styles])))
+def _rows(text: str, styles: Style | tuple[Style, ...], width: int) -> list[Row]:
+    """A whole line cut into the rows it takes at `width`."""
+    if len(text) <= width:
+        return [(text, styles, False)]
+    last = rows_of(len(text), width) - 1
+    if type(styles) is Style:
+        return [(text[n * width : (n + 1) * width], styles, n < last) for n in range(last + 1)]
+    return [
+        (text[n * width : (n + 1) * width], styles[n * width : (n + 1) * width], n < last)
+        for n in range(last + 1)
+    ]
 
 
 def _carries_text(line: bytes) -> bool:
@@ -337,52 +385,51 @@ class LineRuns:
         before = style.current
         end = _bulk_end(lines, len(lines))
         while end > 0:
-            rows, laid = self._layout(lines, end)
-            if laid == end:
+            laid, done = self._layout(lines, end, data)
+            if done == end:
                 break
             style.current = before  # a line it cannot lay out: stop short of it
-            end = _bulk_end(lines, laid)
+            end = _bulk_end(lines, done)
         if end <= 0:
             style.current = before
             return 0
-        self._commit(rows)
+        self._commit(laid)
         return sum(map(len, lines[:end])) + 2 * end
 
-    def _layout(self, lines: list[bytes], end: int) -> tuple[list[Row], int]:
-        """The rows lines[:end] make, and how many of them that is, applying their SGRs.
+    def _layout(self, lines: list[bytes], end: int, data: bytes) -> tuple[list[Laid], int]:
+        """The whole lines lines[:end] make, and how many of them that is, applying their
+        SGRs (`data` is the bytes they came from).
 
         Stops before a line that would scroll with a background colour set: bittty then
         fills the new row with that colour, which is left to it.
         """
         board = self._board
+        used = sum(map(len, lines[:end])) + 2 * end
+        if data.find(b"\x1b", 0, used) < 0:
+            # No SGR at all (`find`, `yes`, a log): one style, decoded and split in C.
+            texts = data[:used].decode("ascii").split("\r\n")
+            texts.pop()
+            return list(zip(texts, repeat(board.style.current))), end
         width = board.width
-        rows: list[Row] = []
-        laid = 0
-        # Runs of one line (`yes`, blank lines) are laid out once.
+        laid: list[Laid] = []
+        done = 0
+        # Runs of one line (`yes`, blank lines) are decoded once.
         for line, run in groupby(lines[:end]):
             repeats = len(list(run))
             if b"\x1b" in line:
                 for _ in range(repeats):
                     styled = self._layout_styled(line, width)
                     if styled is None:
-                        return rows, laid
-                    rows.extend(styled)
-                    laid += 1
+                        return laid, done
+                    laid.append(styled)
+                    done += 1
                 continue
-            laid += repeats
-            style = board.style.current  # no background: a styled line would have stopped
-            text = line.decode("ascii")
-            if len(text) <= width:
-                rows.extend([(text, style, False)] * repeats)
-                continue
-            last = rows_of(len(text), width) - 1
-            wrapped = [
-                (text[n * width : (n + 1) * width], style, n < last) for n in range(last + 1)
-            ]
-            rows.extend(wrapped * repeats)
-        return rows, laid
+            done += repeats
+            # No background: a styled line would have stopped.
+            laid.extend([(line.decode("ascii"), board.style.current)] * repeats)
+        return laid, done
 
-    def _layout_styled(self, line: bytes, width: int) -> list[Row] | None:
+    def _layout_styled(self, line: bytes, width: int) -> Laid | None:
         style_of = self._board.style
         chars: list[str] = []
         styles: list[Style] = []
@@ -397,16 +444,7 @@ class LineRuns:
             styles[x].bg is not None for x in range(width, len(styles), width)
         ):
             return None
-        text = "".join(chars)
-        last = rows_of(len(text), width) - 1
-        return [
-            (
-                text[n * width : (n + 1) * width],
-                tuple(styles[n * width : (n + 1) * width]),
-                n < last,
-            )
-            for n in range(last + 1)
-        ]
+        return "".join(chars), tuple(styles)
 
     def _apply_sgr(self, raw: bytes) -> None:
         entry = self._sgr.get(raw)
@@ -417,20 +455,29 @@ class LineRuns:
                 self._sgr[raw] = entry
         entry[0](entry[1])
 
-    def _commit(self, rows: list[Row]) -> None:
-        """Scroll `rows` through the bottom of the page, as CR LF and wraps would one by one."""
+    def _commit(self, laid: list[Laid]) -> None:
+        """Scroll the rows of `laid` through the bottom of the page, as CR LF and wraps would
+        one by one."""
         board = self._board
         page, cursor = board.blitter.current_page, board.cursor
         keep = page.height - 1  # rows above the cursor's, which stays a fresh blank row
         width = page.width
-        count = len(rows)
+        # Only the newest lines end on the page: cut those into rows, from the newest back.
+        first_shown, count = len(laid), 0
+        while first_shown and count < keep:
+            first_shown -= 1
+            count += rows_of(len(laid[first_shown][0]), width)
+        rows = list(chain.from_iterable(
+            _rows(text, styles, width) for text, styles in islice(laid, first_shown, None)))
+        spill = max(0, count - keep)  # rows of the oldest of those that scroll off at once
         old_out = min(count, keep)
         if self._history is not None:
             if old_out:
                 self._scrolled_off(tuple(page.line(y) for y in range(old_out)))
-            self._to_history(rows[: max(0, count - keep)])
+            self._to_history(laid[:first_shown], rows[:spill], width)
         empty = page._empty_cell
-        shown = rows[max(0, count - keep) :]
+        shown = rows[spill:]
+        count = len(shown) + first_shown + spill  # more than keep when anything went to history
         grid: list[list] = page.grid[old_out:keep]
         for index, (text, styles, _) in enumerate(shown):
             if type(styles) is Style:
@@ -460,29 +507,12 @@ class LineRuns:
         cursor._wrap_pending = False  # as the last CR left it
         board.blitter.last_printed_char = None  # as the parser leaves it after CR LF
 
-    def _to_history(self, rows: list[Row]) -> None:
-        """Rows that scroll off, as the lines bittty's history would make of them one by one:
-        a wrapped line's rows joined, and the rows of a line going on on the screen held open."""
-        batch: list[ScrollbackLine] = []
-        cells = 0
-        parts: list[Row] = []  # the rows of a wrapped line so far
-        for _, run in groupby(rows, key=id):  # the same row again: `yes`, blank lines
-            same = list(run)
-            text, styles, wrapped = same[0]
-            if not parts and not wrapped:
-                line = _history_line(text, styles)
-                batch.extend([line] * len(same))
-                cells += (len(line.styles) + 1) * len(same)
-                continue
-            for row in same:
-                parts.append(row)
-                if not row[2]:
-                    line = _joined_history_line(parts)
-                    batch.append(line)
-                    cells += len(line.styles) + 1
-                    parts = []
+    def _to_history(self, laid: list[Laid], open_rows: list[Row], width: int) -> None:
+        """Lines that scroll off whole, as the lines bittty's history would make of them row by
+        row; then the first rows of a line going on on the screen, held open."""
+        batch, cells = _history_lines(laid, width)
         self._flush(batch, cells)
-        for text, styles, _ in parts:
+        for text, styles, _ in open_rows:
             self._history.append(_wrapped_history_line(text, styles), True)
 
     def _flush(self, batch: list[ScrollbackLine], cells: int) -> None:
