@@ -276,6 +276,32 @@ async def test_a_flood_neither_blocks_keys_nor_grows_memory() -> None:
         assert app.focused is view
 
 
+async def test_a_flood_in_small_pieces_is_parsed_in_big_turns_and_its_end_shown() -> None:
+    # The SSH client hands a flood (`find /`) over some 16 KiB at a time. Parsed, and painted,
+    # a piece at a time, every turn paid its fixed cost (the page's rows moved to history, the
+    # page rebuilt, a repaint) hundreds of times a second; a flood's turns now gather pieces.
+    async with pane() as (_app, pilot, view):
+        turns = 0
+        parse = view._parse_pending
+
+        def counted() -> int:
+            nonlocal turns
+            turns += 1
+            return parse()
+
+        view._parse_pending = counted
+        piece = b"".join(b"/usr/share/doc/package-%05d/changelog.Debian.gz\r\n" % n
+                         for n in range(320))  # 16 KiB
+        for _ in range(64):  # a piece a millisecond or so, as a flood arrives
+            view.feed(piece)
+            await asyncio.sleep(0.001)
+        view.feed(b"$ ")
+        await drain(pilot, view)
+        assert turns <= 40, f"{turns} turns for 64 pieces"
+        painted = ["".join(s.text for s in view.render_line(y)).rstrip() for y in range(24)]
+        assert painted[-2:] == ["/usr/share/doc/package-00319/changelog.Debian.gz", "$"]
+
+
 async def test_ctrl_c_stops_a_yes_flood() -> None:
     # `yes` at full speed: ctrl+c goes out at once, memory stays bounded, and once the remote
     # stops, the screen shows the end of the output and the prompt.

@@ -60,10 +60,11 @@ _STYLES = attrgetter("styles")
 # A row laid out: its characters, their style (one Style for the whole row, or one per
 # character), and whether its line goes on in the next row (an automatic wrap).
 Row = tuple[str, Style | tuple[Style, ...], bool]
-# A line laid out whole, before it is cut into rows: its characters and their style (one
-# Style, or one per character). Only the lines that end on the page are cut into rows; the
-# rest go to history as lines, which is what history keeps of them anyway.
-Laid = tuple[str, Style | tuple[Style, ...]]
+# A run of one line laid out whole, before it is cut into rows: its characters, their style
+# (one Style, or one per character), and how many times in a row it came (`yes`, blank
+# lines). Only the lines that end on the page are cut into rows; the rest go to history as
+# lines, which is what history keeps of them anyway.
+Laid = tuple[str, Style | tuple[Style, ...], int]
 
 
 def _to_evict(held: deque, over: int, guess: int) -> tuple[int, int]:
@@ -214,27 +215,20 @@ def _history_line(text: str, styles: Style | tuple[Style, ...], width: int) -> S
 
 
 def _history_lines(laid: Sequence[Laid], width: int) -> tuple[list[ScrollbackLine], int]:
-    """History lines for whole lines, and their cost (each line's cells plus one). A line
-    repeated (`yes`, blank lines) is one shared object."""
+    """History lines for runs of whole lines, and their cost (each line's cells plus one). A
+    run's lines are one shared object."""
     lines: list[ScrollbackLine] = []
     append = lines.append
     cells = 0
-    last_text: str | None = None
     last_styles: object = None
-    line = _EMPTY_LINE
-    cost = 0
     one_style = trim = False
     by_length: dict[int, tuple[Style, ...]] = {}
-    for text, styles in laid:
-        if text == last_text and styles is last_styles:
-            append(line)
-            cells += cost
-            continue
+    for text, styles, repeats in laid:
         if styles is not last_styles:
+            last_styles = styles
             one_style = type(styles) is Style
             trim = one_style and _unstyled(styles)
             by_length = {}
-        last_text, last_styles = text, styles
         if one_style and len(text) <= width:  # most lines: one row in one style, inline
             if trim and text[-1:] == " ":
                 text = text.rstrip(" ")
@@ -243,12 +237,15 @@ def _history_lines(laid: Sequence[Laid], width: int) -> tuple[list[ScrollbackLin
             if shared is None:
                 shared = by_length[length] = _styles_of(styles, length)
             line = ScrollbackLine(text, shared)
-            cost = length + 1
         else:
             line = _history_line(text, styles, width)
-            cost = len(line.styles) + 1
-        append(line)
-        cells += cost
+            length = len(line.styles)
+        if repeats == 1:
+            append(line)
+            cells += length + 1
+        else:
+            lines.extend([line] * repeats)
+            cells += (length + 1) * repeats
     return lines, cells
 
 
@@ -385,7 +382,8 @@ class LineRuns:
         before = style.current
         end = _bulk_end(lines, len(lines))
         while end > 0:
-            laid, done = self._layout(lines, end, data)
+            used = sum(map(len, lines[:end])) + 2 * end
+            laid, done = self._layout(lines, end, data[:used])
             if done == end:
                 break
             style.current = before  # a line it cannot lay out: stop short of it
@@ -394,26 +392,25 @@ class LineRuns:
             style.current = before
             return 0
         self._commit(laid)
-        return sum(map(len, lines[:end])) + 2 * end
+        return used
 
     def _layout(self, lines: list[bytes], end: int, data: bytes) -> tuple[list[Laid], int]:
         """The whole lines lines[:end] make, and how many of them that is, applying their
-        SGRs (`data` is the bytes they came from).
+        SGRs (`data` is the bytes they are).
 
         Stops before a line that would scroll with a background colour set: bittty then
         fills the new row with that colour, which is left to it.
         """
         board = self._board
-        used = sum(map(len, lines[:end])) + 2 * end
-        if data.find(b"\x1b", 0, used) < 0:
+        if b"\x1b" not in data:
             # No SGR at all (`find`, `yes`, a log): one style, decoded and split in C.
-            texts = data[:used].decode("ascii").split("\r\n")
+            texts = data.decode("ascii").split("\r\n")
             texts.pop()
-            return list(zip(texts, repeat(board.style.current))), end
+            style = board.style.current
+            return [(text, style, len(list(run))) for text, run in groupby(texts)], end
         width = board.width
         laid: list[Laid] = []
         done = 0
-        # Runs of one line (`yes`, blank lines) are decoded once.
         for line, run in groupby(lines[:end]):
             repeats = len(list(run))
             if b"\x1b" in line:
@@ -426,7 +423,7 @@ class LineRuns:
                 continue
             done += repeats
             # No background: a styled line would have stopped.
-            laid.extend([(line.decode("ascii"), board.style.current)] * repeats)
+            laid.append((line.decode("ascii"), board.style.current, repeats))
         return laid, done
 
     def _layout_styled(self, line: bytes, width: int) -> Laid | None:
@@ -444,7 +441,7 @@ class LineRuns:
             styles[x].bg is not None for x in range(width, len(styles), width)
         ):
             return None
-        return "".join(chars), tuple(styles)
+        return "".join(chars), tuple(styles), 1
 
     def _apply_sgr(self, raw: bytes) -> None:
         entry = self._sgr.get(raw)
@@ -463,12 +460,22 @@ class LineRuns:
         keep = page.height - 1  # rows above the cursor's, which stays a fresh blank row
         width = page.width
         # Only the newest lines end on the page: cut those into rows, from the newest back.
+        laid = list(laid)
         first_shown, count = len(laid), 0
         while first_shown and count < keep:
             first_shown -= 1
-            count += rows_of(len(laid[first_shown][0]), width)
+            text, styles, repeats = laid[first_shown]
+            each = rows_of(len(text), width)
+            needed = -(-(keep - count) // each)
+            if needed < repeats:  # the run's older lines go to history: split it
+                laid[first_shown : first_shown + 1] = [
+                    (text, styles, repeats - needed), (text, styles, needed)]
+                first_shown += 1
+                repeats = needed
+            count += each * repeats
         rows = list(chain.from_iterable(
-            _rows(text, styles, width) for text, styles in islice(laid, first_shown, None)))
+            _rows(text, styles, width) * repeats
+            for text, styles, repeats in islice(laid, first_shown, None)))
         spill = max(0, count - keep)  # rows of the oldest of those that scroll off at once
         old_out = min(count, keep)
         if self._history is not None:
@@ -477,7 +484,8 @@ class LineRuns:
             self._to_history(laid[:first_shown], rows[:spill], width)
         empty = page._empty_cell
         shown = rows[spill:]
-        count = len(shown) + first_shown + spill  # more than keep when anything went to history
+        if first_shown:  # and more rows than those went to history
+            count += 1
         grid: list[list] = page.grid[old_out:keep]
         for index, (text, styles, _) in enumerate(shown):
             if type(styles) is Style:

@@ -13,7 +13,7 @@ lines skip bittty's per-line work (tui/widgets/fastpath.py) and end in the same 
 from __future__ import annotations
 
 import re
-from asyncio import Event, sleep
+from asyncio import Event, sleep, wait_for
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from time import perf_counter
@@ -72,6 +72,13 @@ BUSY_PAINT_INTERVAL = 1 / 20
 PARSE_SLICE_BYTES = 2048
 # How far ahead a run of plain lines is looked for and laid out in one step.
 LINE_RUN_BYTES = 64 * 1024
+# A turn that parses this much is part of a flood (no typing echoes that much at once). Then
+# the next turn waits for up to GATHER_SECONDS, or until LINE_RUN_BYTES have come: every turn
+# has a fixed cost (the page's rows moved to history, the page rebuilt) that a flood arriving
+# in the SSH client's small pieces paid hundreds of times a second; and the screen is painted
+# at BUSY_PAINT_INTERVAL, as when behind, not after every turn.
+FLOOD_TURN_BYTES = 8 * 1024
+GATHER_SECONDS = 0.015
 # An escape sequence still open after this much input is hostile or broken: the parser would
 # otherwise buffer (and rescan) it without bound, so it is abandoned.
 MAX_OPEN_SEQUENCE_CHARS = 128 * 1024
@@ -420,6 +427,7 @@ class TerminalView(Widget, can_focus=True):
         self._posted_size: tuple[int, int] | None = None
         self._focused = False
         self._output_queued: Event | None = None  # set while output waits for the parser
+        self._gathered: Event | None = None  # set once a flood's next turn has enough to parse
         self._painted_at = 0.0
         self._key_modes: tuple[bool, bool, int] | None = None  # mirrored on the real terminal
         self._copy: CopyMode | None = None  # browsing history: keys stay in the console
@@ -439,6 +447,8 @@ class TerminalView(Widget, can_focus=True):
             self._shed_backlog()
         if self._output_queued is not None:
             self._output_queued.set()
+        if self._gathered is not None and pending >= LINE_RUN_BYTES:
+            self._gathered.set()
 
     def screen_lines(self) -> list[str]:
         """The rows on view as plain text (sanitised as painted), trailing spaces stripped."""
@@ -514,7 +524,8 @@ class TerminalView(Widget, can_focus=True):
         self._board.feed_host_data(piece)
         return len(piece)
 
-    def _parse_pending(self) -> None:
+    def _parse_pending(self) -> int:
+        """Parse for up to PARSE_BUDGET_SECONDS; returns the bytes used."""
         board = self._board
         parser = board.parser
         self._replies.budget = REPLY_BUDGET_BYTES
@@ -538,6 +549,7 @@ class TerminalView(Widget, can_focus=True):
         elapsed = perf_counter() - started
         if elapsed > PARSE_BUDGET_SECONDS / 2:  # a short frame says little about the rate
             self._parse_rate = 0.7 * self._parse_rate + 0.3 * parsed / elapsed
+        return parsed
 
     def _resize_grid(self, cols: int, rows: int) -> None:
         self._resizer.resize(cols, rows)
@@ -549,13 +561,30 @@ class TerminalView(Widget, can_focus=True):
             await queued.wait()
             queued.clear()
             while self.pending_bytes:
-                self._parse_pending()
+                flooding = self._parse_pending() >= FLOOD_TURN_BYTES
                 self._check_drained()
                 now = perf_counter()
-                if not self.pending_bytes or now - self._painted_at >= BUSY_PAINT_INTERVAL:
+                if now - self._painted_at >= BUSY_PAINT_INTERVAL or not (
+                    flooding or self.pending_bytes
+                ):
                     self._painted_at = now
                     self._repaint()
                 await sleep(PARSE_PAUSE_SECONDS)
+                if flooding and self.pending_bytes < LINE_RUN_BYTES:
+                    await self._gather()
+                    if not self.pending_bytes:  # the flood is over: show its end now
+                        self._painted_at = perf_counter()
+                        self._repaint()
+
+    async def _gather(self) -> None:
+        """Wait up to GATHER_SECONDS for LINE_RUN_BYTES of output to be pending."""
+        self._gathered = gathered = Event()
+        try:
+            await wait_for(gathered.wait(), GATHER_SECONDS)
+        except TimeoutError:
+            pass
+        finally:
+            self._gathered = None
 
     # --- painting --- #
 
