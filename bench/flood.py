@@ -4,7 +4,8 @@ Run: python -m bench.flood [--mb 50] [--rounds 3] [--interrupts 20] [--size 80x2
 
 Both contenders are real and side by side in one tmux server, at the same size, on the same
 agent through the same relay: the console (`adhoc-console` with its remote pane open) and
-OpenSSH's `ssh -J` (the anchor). Rounds alternate between them.
+OpenSSH's `ssh -J` (the anchor). Rounds alternate between them, who goes first alternating
+too, after one uncounted warm-up run of each program in each.
 - Throughput: `yes | head -c N` and `find /usr /lib /etc` on the host. The host times its
   own command (`date` before and after), so the figure is how fast the terminal lets the
   program run; "on screen" is from Enter to the line after the flood showing in tmux.
@@ -212,9 +213,21 @@ async def main_async(args: argparse.Namespace) -> None:
                             if label.split()[0] in args.floods.split(",")}
                 floods: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
                 runs = 0
+                if not args.interrupts_only:
+                    # One uncounted run of each program in each window first: the first run
+                    # after start-up (file system caches, the console's first history) was
+                    # always the slowest, and the console's came first.
+                    for program in programs.values():
+                        for name, window in contenders.items():
+                            runs += 1
+                            await asyncio.to_thread(run_flood, window, work, program,
+                                                    f"{runs}-warm-{name.split()[0]}")
+                    print("  (one warm-up run of each, not counted)", flush=True)
                 for round_ in range(0 if args.interrupts_only else args.rounds):
                     for label, program in programs.items():
-                        for name, window in contenders.items():
+                        # Who goes first alternates from round to round.
+                        order = list(contenders.items())[:: -1 if round_ % 2 else 1]
+                        for name, window in order:
                             runs += 1
                             tag = f"{runs}-{name.split()[0]}"
                             result = await asyncio.to_thread(run_flood, window, work, program,

@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from itertools import accumulate, chain, groupby, islice, repeat, starmap
-from operator import add, attrgetter
+from operator import add, attrgetter, floordiv
 
 from bittty import Board
 from bittty.constants import LINE_SINGLE
@@ -131,30 +131,27 @@ class History(MemoryScrollback):
         taken.reverse()
         return taken
 
-    def extend(self, lines: Sequence[ScrollbackLine], cells: int) -> None:
+    def extend(self, lines: Sequence[ScrollbackLine], cells: int,
+               runs: list[tuple[ScrollbackLine, int]] | None = None) -> None:
         """Append complete lines, with the same end state as `append(line)` for each in turn;
-        `cells` is their cost, each line's cells plus one (see MemoryScrollback)."""
+        `cells` is their cost, each line's cells plus one (see MemoryScrollback); `runs`, if
+        given, is `lines` as (line, times in a row), saving their count here."""
         if not lines:
             return
         if self._open:  # the rows of a line still arriving: the first line completes it
             self.append(lines[0])
             cells -= len(lines[0].styles) + 1
             lines = lines[1:]
+            if runs is not None:
+                runs = [(runs[0][0], runs[0][1] - 1), *runs[1:]] if runs[0][1] > 1 else runs[1:]
         # Evicting from the front once at the end keeps the same newest lines as evicting
         # after every append: the longest run of newest lines that fits the budget.
         held = self._lines
         held.extend(lines)
         self.cells += cells
         self._joined = None
-        # Row counts per width kept, a run of one line (`yes`, blank lines) at a time: one
-        # range per run rather than a step per line.
-        runs = [(run[0], len(run)) for run in (list(group) for _, group in groupby(lines, key=id))]
-        for columns, rows in self._rows.items():
-            total = rows[-1]
-            for line, count in runs:
-                step = rows_of(line.width, columns)
-                rows.extend(range(total + step, total + step * count + 1, step))
-                total += step * count
+        if self._rows:
+            self._count_rows(lines, runs)
         evicted, over = 0, self.cells - self.max_cells
         if over > 0:
             evicted, paid = _to_evict(held, over, len(lines))
@@ -165,6 +162,31 @@ class History(MemoryScrollback):
             self.first + evicted,
         )
         self._evict()  # drops the row counts of evicted lines
+
+
+    def _count_rows(self, lines: Sequence[ScrollbackLine],
+                    runs: list[tuple[ScrollbackLine, int]] | None) -> None:
+        """Row counts per width kept, for lines just appended."""
+        if runs is None:
+            runs = [(run[0], len(run))
+                    for run in (list(group) for _, group in groupby(lines, key=id))]
+        if len(runs) == len(lines):
+            # Every line different (`find`, a log): counted in C. A line of single-width
+            # cells (all the bulk path makes) is as wide as its cells, and rows_of(width,
+            # columns) is max(1, (width + columns - 1) // columns).
+            widths = list(map(len, map(_STYLES, lines)))
+            for columns, rows in self._rows.items():
+                steps = map(max, map(floordiv, map(add, widths, repeat(columns - 1)),
+                                     repeat(columns)), repeat(1))
+                rows.extend(islice(accumulate(steps, initial=rows[-1]), 1, None))
+            return
+        # Runs of one line (`yes`, blank lines): one range per run rather than a step per line.
+        for columns, rows in self._rows.items():
+            total = rows[-1]
+            for line, count in runs:
+                step = rows_of(line.width, columns)
+                rows.extend(range(total + step, total + step * count + 1, step))
+                total += step * count
 
 
 # One styles tuple per (style, length) for rows in one style, shared by the history lines
@@ -214,11 +236,15 @@ def _history_line(text: str, styles: Style | tuple[Style, ...], width: int) -> S
     return ScrollbackLine(text[:cut], styles[:cut])
 
 
-def _history_lines(laid: Sequence[Laid], width: int) -> tuple[list[ScrollbackLine], int]:
-    """History lines for runs of whole lines, and their cost (each line's cells plus one). A
-    run's lines are one shared object."""
+def _history_lines(
+    laid: Sequence[Laid], width: int
+) -> tuple[list[ScrollbackLine], int, list[tuple[ScrollbackLine, int]]]:
+    """History lines for runs of whole lines, their cost (each line's cells plus one), and
+    their runs (line, times in a row). A run's lines are one shared object."""
     lines: list[ScrollbackLine] = []
     append = lines.append
+    runs: list[tuple[ScrollbackLine, int]] = []
+    run = runs.append
     cells = 0
     last_styles: object = None
     one_style = trim = False
@@ -240,13 +266,14 @@ def _history_lines(laid: Sequence[Laid], width: int) -> tuple[list[ScrollbackLin
         else:
             line = _history_line(text, styles, width)
             length = len(line.styles)
+        run((line, repeats))
         if repeats == 1:
             append(line)
             cells += length + 1
         else:
             lines.extend([line] * repeats)
             cells += (length + 1) * repeats
-    return lines, cells
+    return lines, cells, runs
 
 
 _EMPTY_LINE = ScrollbackLine("", ())
@@ -518,15 +545,12 @@ class LineRuns:
     def _to_history(self, laid: list[Laid], open_rows: list[Row], width: int) -> None:
         """Lines that scroll off whole, as the lines bittty's history would make of them row by
         row; then the first rows of a line going on on the screen, held open."""
-        batch, cells = _history_lines(laid, width)
-        self._flush(batch, cells)
-        for text, styles, _ in open_rows:
-            self._history.append(_wrapped_history_line(text, styles), True)
-
-    def _flush(self, batch: list[ScrollbackLine], cells: int) -> None:
+        batch, cells, runs = _history_lines(laid, width)
         history = self._history
         if isinstance(history, History):
-            history.extend(batch, cells)
+            history.extend(batch, cells, runs)
         else:
             for line in batch:
                 history.append(line)
+        for text, styles, _ in open_rows:
+            self._history.append(_wrapped_history_line(text, styles), True)
