@@ -20,6 +20,13 @@ OUTPUT_QUEUE = 16
 # queued are handed on together, up to this much, so a flood costs a packet per 32 KiB on both
 # SSH layers instead of one per read (an idle shell's output still goes at once, alone).
 COALESCE = 32 * 1024
+# A read that brings at least GATHER_FROM is a flood's (an echo or a prompt is far smaller):
+# then what comes within GATHER_SECONDS more goes with it, up to COALESCE, for chunks rarely
+# queue up on their own (an agent that keeps up read find's output a chunk at a time, and both
+# SSH layers paid a packet per chunk, the console the most). Output that is not a flood still
+# goes at once.
+GATHER_FROM = 1024
+GATHER_SECONDS = 0.003
 # Once the shell itself has exited, its last output is read until the PTY has been quiet this
 # long, and never for longer than LINGER_AFTER_EXIT: a job it left running in the background
 # (`job &`, nohup, setsid) may hold the terminal and print on, and must not keep the channel
@@ -189,11 +196,19 @@ class PtyShell:
         chunks: list[bytes] = []
         size = 0
         data = await self._output.get()
+        gathered = False
         while data is not None:
             chunks.append(data)
             size += len(data)
-            if size >= COALESCE or self._output.empty():
+            if size >= COALESCE:
                 break
+            if self._output.empty():
+                if gathered or size < GATHER_FROM or self._ended:
+                    break
+                gathered = True
+                await asyncio.sleep(GATHER_SECONDS)
+                if self._output.empty():
+                    break
             data = self._output.get_nowait()
         else:
             self._end_read = True

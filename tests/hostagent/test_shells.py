@@ -114,6 +114,21 @@ async def test_a_flood_queued_while_the_technician_was_busy_goes_on_whole() -> N
     assert await shell.read() is None  # and the end stays the end
 
 
+async def test_a_flood_read_as_it_comes_goes_on_in_pieces_of_many_reads() -> None:
+    """A flood read as fast as it comes (the technician keeps up) is still handed on in
+    pieces of many PTY reads: a read gives a couple of KiB, and each piece costs a packet on
+    both SSH layers (the console paid the most, bench.flood's `find`)."""
+    from hostagent.shell import PtyShell
+
+    shell = PtyShell("xterm", 80, 24, command="seq 1 300000")
+    await shell.start()
+    pieces: list[int] = []
+    while (data := await shell.read()) is not None:
+        pieces.append(len(data))
+    assert sum(pieces) == sum(len(b"%d\r\n" % n) for n in range(1, 300001))
+    assert sum(pieces) / len(pieces) >= 8 * 1024, f"{len(pieces)} pieces"
+
+
 async def test_a_quiet_shell_catches_its_screen_up_a_slice_at_a_time() -> None:
     """The screen kept for reattaching is brought up to date in small slices once the shell
     is quiet, never while a slow technician holds the flood up: fed in one go, the 256 KiB
