@@ -187,18 +187,25 @@ class Tunnel:
                 self._on_state("reconnecting", self.problem)
                 await asyncio.sleep(delay)
                 continue
-            attempt = 0
             self.problem = None
             self._conn = conn
             try:
                 server = await asyncssh.listen(self.session_id, INNER_PORT, tunnel=WideTunnel(conn),
                                                **self._inner_options)
-            except (asyncssh.Error, OSError) as exc:
+            except (asyncssh.ChannelListenError, asyncssh.Error, OSError) as exc:
                 conn.close()
                 await conn.wait_closed()
-                self._on_state("reconnecting", f"the relay refused the forward: {exc}")
-                await asyncio.sleep(backoff_delay(attempt, cap=self._backoff_cap))
+                self._conn = None
+                # Connected but not reachable: this backs off like a relay that is down (the
+                # backoff starts again only once a forward is accepted).
+                delay = backoff_delay(attempt, cap=self._backoff_cap)
+                attempt += 1
+                problem = f"the relay refused the forward: {exc}"
+                log.info("%s; next try in %.1f s", problem, delay)
+                self._on_state("reconnecting", problem)
+                await asyncio.sleep(delay)
                 continue
+            attempt = 0  # the relay took the forward: the host is reachable again
             self._on_state("connected", str(self.route))
             learning = asyncio.create_task(self._learn_relays(conn))
             await conn.wait_closed()

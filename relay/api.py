@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from common.passwords import VERIFIER_MAX_CHARS, technician_password_problem
+from common.secret import Secret
 from relay import join
 from relay import sessions as rules
 from relay.db.engine import DatabaseUnavailable
@@ -71,6 +72,12 @@ class AgentProblem(Strict):
     problem: str | None = Field(max_length=2000)
 
 
+def held(fields: str):
+    """A validator that holds a password or code as a Secret from the moment it is valid
+    (its length checked): the model's repr, a log line or a crash report shows no value."""
+    return field_validator(fields)(lambda value: Secret(value))
+
+
 class TechnicianPassword(Strict):
     password: str = Field(min_length=8, max_length=1024,
                           description="the technician's new password: 12+ characters, or 8+ "
@@ -78,11 +85,11 @@ class TechnicianPassword(Strict):
 
     @field_validator("password")
     @classmethod
-    def _strong(cls, value: str) -> str:
+    def _strong(cls, value: str) -> Secret:
         problem = technician_password_problem(value)
         if problem:
             raise ValueError(problem)
-        return value
+        return Secret(value)
 
 
 class AddTechnicianRequest(TechnicianPassword):
@@ -112,6 +119,7 @@ class AddTechnicianRequest(TechnicianPassword):
 class LoginRequest(Strict):
     login: str = Field(min_length=1, max_length=64)
     password: str = Field(min_length=1, max_length=1024)
+    _held = held("password")
 
 
 class CreateSessionRequest(Strict):
@@ -143,6 +151,8 @@ class CreateSessionRequest(Strict):
                     "password: for scripts (sftp -b, cron). Ed25519, ECDSA or RSA of 2048 "
                     "bits or more")
 
+    _held = held("password")
+
     @field_validator("customer_email")
     @classmethod
     def _email(cls, value: str) -> str:
@@ -158,6 +168,7 @@ class CreateSessionRequest(Strict):
 
 class ActivateRequest(Strict):
     code: str = Field(max_length=32)
+    _held = held("code")
     host_key: str = Field(min_length=1, max_length=4096)
     hostname: str = Field(default="", max_length=255)
     os: str = Field(default="", max_length=255)
@@ -317,7 +328,7 @@ def create_app(service: RelayService) -> FastAPI:
         if scheme.lower() != "bearer" or not token.strip():
             raise ServiceError(401, "unauthorized",
                                "log in first: send Authorization: Bearer <token>")
-        return await service.technician_for_token(token.strip())
+        return await service.technician_for_token(Secret(token.strip()))
 
     Tech = Annotated[Technician, Depends(technician)]
 
@@ -466,13 +477,13 @@ def create_app(service: RelayService) -> FastAPI:
             token, body.code, host_key=body.host_key, hostname=body.hostname, os=body.os,
             user=body.user, machine_id=body.machine_id, source=_source(request))
 
-    def agent_bearer(authorization: Annotated[str | None, Header()] = None) -> str:
+    def agent_bearer(authorization: Annotated[str | None, Header()] = None) -> Secret:
         scheme, _, credential = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not credential.strip():
             raise ServiceError(401, "unauthorized", "the agent must send its session credential")
-        return credential.strip()
+        return Secret(credential.strip())
 
-    AgentBearer = Annotated[str, Depends(agent_bearer)]
+    AgentBearer = Annotated[Secret, Depends(agent_bearer)]
 
     @app.post(f"{API}/agent/audit", responses=_errors(401))
     async def agent_audit(body: AgentReports, bearer: AgentBearer) -> dict:

@@ -23,6 +23,7 @@ from relay.api import create_app
 from relay.cluster.nodes import ClusterNode, default_node_name
 from relay.cluster.peers import Peers, load_or_create_cluster_key
 from relay.config import RelaySettings, format_hostport
+from relay.db.url import without_password
 from relay.mailer import Mailer
 from relay.metrics import RelayMetrics, add_health_routes, metrics_app
 from relay.service import RelayService
@@ -44,6 +45,7 @@ HEADER_TIMEOUT = float(os.environ.get("ADHOC_RELAY_HEADER_TIMEOUT", "10"))
 WS_MAX_MESSAGE = 1024 * 1024
 # Seconds /readyz waits for the database before it says it is not ready.
 READY_TIMEOUT = 2.0
+DATABASE_UNAVAILABLE = "database unavailable"  # all /readyz says of any database failure
 # Draining (`adhoc-relay drain`): agents are told to move this many at a time, and the relay
 # stops when all have gone or after DRAIN_TIMEOUT seconds.
 DRAIN_BATCH = 200
@@ -245,6 +247,7 @@ class RelayServer:
         self._serving: list[asyncio.Task] = []  # the HTTP servers'
         self._tasks: list[asyncio.Task] = []  # background work, cancelled at stop
         self.metrics_port: int | None = None
+        self._database_problem: str | None = None  # what readiness last logged of it
 
     @property
     def http_port(self) -> int:
@@ -409,10 +412,22 @@ class RelayServer:
         problems = []
         if self.service is None:
             return ["starting"]
+        store = self.service.store
         try:
-            await asyncio.wait_for(self.service.store.last_event_id(), READY_TIMEOUT)
-        except Exception as exc:  # any failure means not ready; the reason is the answer
-            problems.append(f"database: {exc or 'no answer'}")
+            await asyncio.wait_for(store.last_event_id(), READY_TIMEOUT)
+        except Exception as exc:  # any failure means not ready
+            # Whoever probes gets a fixed sentence: an error's words can name tables, paths or
+            # the database's address. The operator finds them in the log, once per change.
+            problems.append(DATABASE_UNAVAILABLE)
+            detail = without_password(f"{type(exc).__name__}: {exc or 'no answer'}", store.url)
+            if detail != self._database_problem:
+                log.warning("readiness: the database %s does not answer: %s",
+                            store.describe(), detail)
+            self._database_problem = detail
+        else:
+            if self._database_problem is not None:
+                log.info("readiness: the database %s answers again", store.describe())
+            self._database_problem = None
         if any(not server.started or server.should_exit for server in self._servers):
             problems.append("HTTP listener stopped")
         if self._ssh is None or self._ssh.gate.closed:

@@ -27,6 +27,7 @@ from asyncssh.constants import MSG_DISCONNECT
 from asyncssh.packet import String, UInt32
 
 from common.protocol import RELAYS_HOST
+from common.secret import Secret
 from common.transport import (
     INNER_PORT,
     LISTEN_BACKLOG,
@@ -556,8 +557,9 @@ class RelaySSHServer(asyncssh.SSHServer):
     def public_key_auth_supported(self) -> bool:
         return True
 
-    async def validate_password(self, username: str, password: str) -> bool:
+    async def validate_password(self, username: str, typed: str) -> bool:
         attempt = self._new_attempt()
+        password = Secret(typed)  # an agent secret, a technician's password or API token
         if self.peer_only or username == PEER_USER:
             return False
         if SESSION_ID_RE.match(username):

@@ -451,15 +451,16 @@ class ConsoleApp(App):
         try:
             relay = sshconfig.relay_from(await self.client.relay_info(), self.login,
                                          self.client.base_url)
+            command = sshconfig.ssh_command(relay, view["id"])
         except sshconfig.ConfigError as exc:
             self.notify(str(exc), severity="error", markup=False)
             return
         commands = [("With OpenSSH (pins nothing: compare the key with the customer):",
-                     sshconfig.ssh_command(relay, view["id"])),
+                     command),
                     ("After `adhoc-console ssh-config --write` (keys pinned):",
-                     f"ssh {view['id']}")]
+                     f"ssh {view['id']}")]  # a session id, as ssh_command checked
         request = await self.push_screen_wait(OpenSSHModal(
-            f"{clean(view['customer_email'])} ({view['id']})", commands,
+            f"{clean(view['customer_email'])} ({clean(view['id'], 40)})", commands,
             self.connector.open_forwards(view["id"]),
             "forward" in (view.get("features") or [])))
         if request is None:

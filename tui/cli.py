@@ -245,7 +245,7 @@ async def _ssh_config(args: argparse.Namespace, config: ConsoleConfig) -> int:
     try:
         me, info, body = await client.me(), await client.relay_info(), await client.sessions()
     except RelayError as exc:
-        print(f"adhoc-console: {exc.detail}", file=sys.stderr)
+        print(f"adhoc-console: {explain(exc).text}", file=sys.stderr)
         return 1
     finally:
         await client.aclose()

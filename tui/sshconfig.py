@@ -182,6 +182,9 @@ def known_hosts_lines(relay: Relay, chosen: list[Entry]) -> str:
 
 def ssh_command(relay: Relay, session_id: str) -> str:
     """The one line that works without any config (the keys are asked to be confirmed)."""
+    if not SESSION_ID.match(session_id):  # it goes into a command the technician pastes
+        raise ConfigError("the relay sent a session id that is not one (16 of a-z and 2-7): "
+                          "no ssh command for it; tell the relay's administrator")
     host = f"[{relay.host}]" if ":" in relay.host else relay.host
     if relay.tunnel:  # no SSH port: the jump itself goes through the tunnel
         jump = (f"ssh -o ProxyCommand={shlex.quote(tunnel_command(relay.tunnel))} "

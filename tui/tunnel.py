@@ -20,6 +20,7 @@ import sys
 from common.proxy import ProxySettingError
 from common.reach import SEPARATOR, Route, failure, open_route, relay_routes
 from tui.client import ROUTE_TIMEOUT, RelayClient, RelayError
+from tui.sanitize import clean
 
 CHUNK = 256 * 1024
 
@@ -49,7 +50,7 @@ async def run(relay_url: str, *, websocket_only: bool = False, verbose: bool = F
     try:
         sock, route = await open_tunnel(relay_url, websocket_only=websocket_only)
     except RelayError as exc:
-        print(f"adhoc-console tunnel: {exc.detail}", file=sys.stderr)
+        print(f"adhoc-console tunnel: {clean(exc.detail, 400)}", file=sys.stderr)
         return 1
     if verbose:
         print(f"adhoc-console tunnel: {route}", file=sys.stderr)

@@ -7,6 +7,7 @@ database. A URL is only ever shown through `describe()`, with its password as **
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import quote
 
 from sqlalchemy import URL, exc, make_url
 
@@ -65,6 +66,16 @@ def describe(url: URL) -> str:
     """The URL for messages and logs, as an operator writes it: no driver name, and the
     password, if any, as ***."""
     return url.set(drivername=backend(url)).render_as_string(hide_password=True)
+
+
+def without_password(text: str, url: URL) -> str:
+    """`text` (an error's words, for a log) with the URL's password, as it is and as a URL
+    spells it, replaced by ***."""
+    password = url.password
+    if password:
+        for form in {str(password), quote(str(password), safe="")}:
+            text = text.replace(form, "***")
+    return text
 
 
 def sqlite_path(url: URL) -> Path:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from common.passwords import hash_password
+from common.secret import Secret
 from relay.store import Conflict, NotFound, Technician
 from relay.usecases.revocation import RevocationCases
 from relay.usecases.shared import ServiceError, forbidden, iso, not_found
@@ -54,10 +55,10 @@ class AdminCases(RevocationCases):
             raise not_found("technician")
         return other
 
-    async def add_technician(self, admin: Technician, login: str, email: str, password: str,
+    async def add_technician(self, admin: Technician, login: str, email: str, password: Secret,
                              is_admin: bool, ssh_keys: list[str]) -> dict:
         self.require_admin(admin)
-        verifier = await asyncio.to_thread(hash_password, password)
+        verifier = await asyncio.to_thread(hash_password, password.reveal())
         now = self.clock()
         try:
             tech = await self.store.add_technician(admin.company_id, login, email, verifier,
@@ -82,9 +83,9 @@ class AdminCases(RevocationCases):
         return self.technician_view(await self.store.technician(other.id))
 
     async def reset_technician_password(self, admin: Technician, login: str,
-                                        password: str) -> dict:
+                                        password: Secret) -> dict:
         other = await self._colleague(admin, login)
-        verifier = await asyncio.to_thread(hash_password, password)
+        verifier = await asyncio.to_thread(hash_password, password.reveal())
         await self.store.update_technician(other.id, self.clock(), f"technician:{admin.login}",
                                            password_hash=verifier)
         self.cut_technician(other.id, "your password was reset")

@@ -16,6 +16,7 @@ from common.protocol import (
     AGENT_FIELDS_MAX,
     AGENT_OUTCOMES,
 )
+from common.secret import Secret
 from relay import sessions as rules
 from relay.config import Rate
 from relay.store import Presence, SessionRow
@@ -73,7 +74,7 @@ class AgentCases(ServiceBase):
         self._agent_report_counts: dict[str, int] = {}  # session id -> rows recorded
         self.problem_limiter = RateLimiter(PROBLEM_RATE)
 
-    async def agent_may_connect(self, session_id: str, secret: str) -> bool:
+    async def agent_may_connect(self, session_id: str, secret: Secret) -> bool:
         """Whether an agent's credential opens an active session that has not run out."""
         credential = await self.store.agent_credential(session_id)
         if credential is None:
@@ -85,30 +86,31 @@ class AgentCases(ServiceBase):
             # reconnect storm would queue one transaction per agent.
             self._expiry_wakeup.set()
             return False
-        return hmac.compare_digest(secret_hash, rules.token_hash(secret))
+        return hmac.compare_digest(secret_hash, rules.token_hash(secret.reveal()))
 
     async def agent_session_active(self, session_id: str) -> bool:
         """Whether the session is active and not run out (an agent may hold its forward)."""
         credential = await self.store.agent_credential(session_id)
         return credential is not None and credential[1] > self.clock()
 
-    async def agent_for_secret(self, session_id: str, secret: str) -> SessionRow | None:
+    async def agent_for_secret(self, session_id: str, secret: Secret) -> SessionRow | None:
         """The active session an agent may connect for, or None (ended, expired, wrong)."""
         if not await self.agent_may_connect(session_id, secret):
             return None
         row = await self.store.session(session_id)
         return row if row.state == rules.State.ACTIVE else None
 
-    async def agent_for_bearer(self, bearer: str) -> SessionRow:
+    async def agent_for_bearer(self, bearer: Secret) -> SessionRow:
         """The agent's HTTP credential is "<session-id>:<agent-secret>"."""
-        session_id, _, secret = bearer.partition(":")
-        row = await self.agent_for_secret(session_id.lower(), secret) if secret else None
+        session_id, _, secret = bearer.reveal().partition(":")
+        row = await self.agent_for_secret(session_id.lower(), Secret(secret)) if secret \
+            else None
         if row is None:
             raise ServiceError(401, "unauthorized",
                                "this session is no longer active: the agent can remove itself")
         return row
 
-    async def agent_reports(self, bearer: str, events: list[dict]) -> dict:
+    async def agent_reports(self, bearer: Secret, events: list[dict]) -> dict:
         """Technician actions the agent saw inside the tunnel, for the audit log.
 
         Only AGENT_EVENTS are recorded, as rows of the actor "agent-report" with every field
@@ -152,7 +154,7 @@ class AgentCases(ServiceBase):
         while len(self._agent_report_counts) > 10_000:
             self._agent_report_counts.pop(next(iter(self._agent_report_counts)))
 
-    async def agent_ends(self, bearer: str) -> SessionRow:
+    async def agent_ends(self, bearer: Secret) -> SessionRow:
         """The customer ended the session from the agent's window."""
         row = await self.agent_for_bearer(bearer)
         return await self._end(row.id, rules.EndReason.CUSTOMER, "customer")
@@ -162,7 +164,7 @@ class AgentCases(ServiceBase):
             self.host_problems.pop(session_id, None)
         self.presence.record(Presence(session_id, online, self.clock(), ip))
 
-    async def agent_problem(self, bearer: str, problem: str | None) -> dict:
+    async def agent_problem(self, bearer: Secret, problem: str | None) -> dict:
         """The agent cannot connect over SSH (or can again: None) and says why over HTTP; the
         technician's console shows it on the session's row. One audit row and event per
         change, at most PROBLEM_RATE."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 
+from common.secret import Secret
 from relay import sessions as rules
 from relay.config import format_duration
 from relay.store import Conflict, NotFound, SessionRow
@@ -37,7 +38,7 @@ class CustomerCases(ServiceBase):
             "session_lifetime": format_duration(self.settings.session_lifetime),
         }
 
-    async def activate(self, join_token: str, code: str, *, host_key: str, hostname: str,
+    async def activate(self, join_token: str, code: Secret, *, host_key: str, hostname: str,
                        os: str, user: str, machine_id: str | None, source: str) -> dict:
         wait, first_refusal = self.activate_limiter.take(source)
         if wait:
@@ -51,14 +52,15 @@ class CustomerCases(ServiceBase):
             return await self._activate(join_token, code, host_key=host_key, hostname=hostname,
                                         os=os, user=user, machine_id=machine_id, source=source)
 
-    async def _activate(self, join_token: str, code: str, *, host_key: str, hostname: str,
+    async def _activate(self, join_token: str, code: Secret, *, host_key: str, hostname: str,
                         os: str, user: str, machine_id: str | None, source: str) -> dict:
         row = await self._session_for_link(join_token)
         now = self.clock()
         if row.state != rules.State.PENDING:
             await self.store.record_refused_code(row.id, now, source, f"session is {row.state}")
             raise ServiceError(410, "link_used", LINK_USED)
-        if not rules.code_matches(self.secret_key, row.join_token_hash, code, row.code_hmac):
+        if not rules.code_matches(self.secret_key, row.join_token_hash, code.reveal(),
+                                  row.code_hmac):
             row = await self.store.record_wrong_code(row.id, now, source)
             self._changed()
             left = max(0, rules.MAX_CODE_ATTEMPTS - row.code_attempts)

@@ -44,14 +44,15 @@ class CreatedSession:
 
 
 class SessionCases(ServiceBase):
-    async def create_session(self, tech: Technician, customer_email: str, password: str | None,
+    async def create_session(self, tech: Technician, customer_email: str,
+                             password: Secret | None,
                              note: str, *, verifier: str | None = None,
                              technician_key: str | None = None) -> CreatedSession:
         """A pending session with the session password (which the relay checks and hashes) or
         with its argon2id verifier (what the console sends: the relay never sees the password
         and the create costs only the database write); with `technician_key`, an SSH public
         key that may also log in to the host as this technician (for scripts)."""
-        problem = session_secret_problem(password, verifier)
+        problem = session_secret_problem(password and password.reveal(), verifier)
         if problem:
             raise ServiceError(422, "invalid", problem + ".")
         if technician_key is not None:
@@ -65,7 +66,8 @@ class SessionCases(ServiceBase):
             return await self._create_session(tech, customer_email, password, note, verifier,
                                               technician_key)
 
-    async def _create_session(self, tech: Technician, customer_email: str, password: str | None,
+    async def _create_session(self, tech: Technician, customer_email: str,
+                              password: Secret | None,
                               note: str, verifier: str | None,
                               technician_key: str | None) -> CreatedSession:
         # Refuse early when a limit is already reached, before spending an argon2 hash on it;
@@ -77,7 +79,8 @@ class SessionCases(ServiceBase):
                                    "refused", company_id=tech.company_id, reason=exc.code)
             raise ServiceError(exc.status, exc.code, exc.detail) from None
         if verifier is None:
-            verifier = await asyncio.to_thread(hash_password, password)
+            assert password is not None  # session_secret_problem: one of the two
+            verifier = await asyncio.to_thread(hash_password, password.reveal())
         now = self.clock()
         code = rules.new_security_code()
         join_token = rules.new_token()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from common.passwords import dummy_hash, verify_password
+from common.secret import Secret
 from relay import sessions as rules
 from relay.store import NotFound, SessionRow, Store, Technician
 from relay.usecases.base import ServiceBase
@@ -20,7 +21,7 @@ async def issue_token(store: Store, tech: Technician, now: float) -> str:
 
 
 class TechnicianCases(ServiceBase):
-    async def login(self, login: str, password: str, source: str) -> tuple[str, Technician]:
+    async def login(self, login: str, password: Secret, source: str) -> tuple[str, Technician]:
         now = self.clock()
         wait, first_refusal = self.login_limiter.take(source)
         if wait:
@@ -33,7 +34,8 @@ class TechnicianCases(ServiceBase):
         except NotFound:
             tech = None
         ok = await asyncio.to_thread(verify_password,
-                                     tech.password_hash if tech else dummy_hash(), password)
+                                     tech.password_hash if tech else dummy_hash(),
+                                     password.reveal())
         if tech is not None and ok and not tech.disabled:
             company = await self.store.company(tech.company_id)
             ok = not company.disabled
@@ -52,14 +54,15 @@ class TechnicianCases(ServiceBase):
         """A token for a technician the caller already trusts (the console's embedded relay)."""
         return await issue_token(self.store, tech, self.clock())
 
-    async def technician_for_token(self, token: str) -> Technician:
-        tech = await self.store.technician_for_token(rules.token_hash(token), self.clock())
+    async def technician_for_token(self, token: Secret) -> Technician:
+        tech = await self.store.technician_for_token(rules.token_hash(token.reveal()),
+                                                     self.clock())
         if tech is None:
             raise ServiceError(401, "unauthorized",
                                "your login has expired or was revoked: log in again")
         return tech
 
-    async def technician_for_ssh_password(self, login: str, password: str,
+    async def technician_for_ssh_password(self, login: str, password: Secret,
                                           source: str = "unknown") -> Technician | None:
         """SSH to the relay accepts an API token (the console) or the account password.
 
@@ -75,17 +78,19 @@ class TechnicianCases(ServiceBase):
             self.login_limiter.refund(source)
         return tech
 
-    async def _technician_for_ssh_password(self, login: str, password: str) -> Technician | None:
+    async def _technician_for_ssh_password(self, login: str,
+                                           password: Secret) -> Technician | None:
         try:
             tech = await self.store.technician_by_login(login)
         except NotFound:
-            await asyncio.to_thread(verify_password, dummy_hash(), password)
+            await asyncio.to_thread(verify_password, dummy_hash(), password.reveal())
             return None
-        by_token = await self.store.technician_for_token(rules.token_hash(password), self.clock())
+        by_token = await self.store.technician_for_token(rules.token_hash(password.reveal()),
+                                                         self.clock())
         if by_token is not None and by_token.id == tech.id:
             return tech
         if tech.disabled or not await asyncio.to_thread(verify_password, tech.password_hash,
-                                                        password):
+                                                        password.reveal()):
             return None
         company = await self.store.company(tech.company_id)
         return None if company.disabled else tech

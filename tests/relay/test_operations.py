@@ -4,8 +4,12 @@ public port."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
+import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +18,9 @@ import httpx
 import pytest
 
 from relay.config import RelaySettings
+from relay.db.url import parse_database_url, without_password
 from relay.server import RelayServer
+from tests import postgres as pg
 from tests.support import (
     Api,
     RelayProcess,
@@ -115,8 +121,73 @@ async def test_readiness_fails_when_the_database_is_gone(tmp_path: Path) -> None
             await service.store.close()  # the database stops answering
             answer = await http.get("/readyz")
             assert answer.status_code == 503
-            assert answer.json()["status"] == "not ready"
-            assert answer.json()["problems"][0].startswith("database: ")
+            assert answer.json() == {"status": "not ready", "problems": ["database unavailable"]}
             assert (await http.get("/healthz")).status_code == 200
     finally:
         await server.stop()
+
+
+async def _readiness_hides_the_error(server: RelayServer, break_it, caplog,
+                                     hidden: tuple[str, ...], logged: str,
+                                     secret: str | None = None) -> None:
+    """/readyz answers 200, then (once `break_it` broke the database) 503 with the fixed
+    sentence and none of `hidden` nor the detail `logged`, which the log has, once; `secret`
+    is in neither."""
+    caplog.set_level(logging.INFO, logger="adhoc.relay")
+    service = await server.start()
+    try:
+        async with httpx.AsyncClient(base_url=service.base_url) as http:
+            assert (await http.get("/readyz")).status_code == 200
+            break_it()
+            answers = [await http.get("/readyz") for _ in range(3)]
+    finally:
+        await server.stop()
+    for answer in answers:
+        assert answer.status_code == 503
+        assert answer.json() == {"status": "not ready", "problems": ["database unavailable"]}
+        for text in (*hidden, logged, *filter(None, [secret])):
+            assert text not in answer.text
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("readiness")]
+    assert len(said) == 1 and logged in said[0], said  # once, not at every probe
+    if secret:
+        assert secret not in caplog.text
+
+
+async def test_readiness_shows_no_database_error_text(tmp_path: Path, caplog) -> None:
+    """A database that answers with an error (a table dropped behind the relay's back), not
+    one that is gone: whoever probes /readyz learns nothing of it but that it is unavailable."""
+    data_dir = tmp_path / "relay"
+    provision(data_dir)
+
+    def drop_events() -> None:
+        with contextlib.closing(sqlite3.connect(data_dir / "relay.db", timeout=10)) as db:
+            db.execute("DROP TABLE events")
+            db.commit()
+
+    server = RelayServer(RelaySettings(data_dir=data_dir, http_port=0, ssh_port=0))
+    await _readiness_hides_the_error(server, drop_events, caplog,
+                                     (str(data_dir), "relay.db"), "no such table: events")
+
+
+async def test_readiness_on_postgresql_logs_no_password(postgres, postgres_template,
+                                                        template_dir: Path, tmp_path: Path,
+                                                        caplog) -> None:
+    data_dir = tmp_path / "relay"
+    shutil.copytree(template_dir, data_dir)
+    name = postgres.new_database(postgres_template)
+    url = parse_database_url(postgres.url(name))
+    assert url.password == pg.RELAY_PASSWORD
+    server = RelayServer(RelaySettings(data_dir=data_dir, http_port=0, ssh_port=0,
+                                       database=url))
+    await _readiness_hides_the_error(
+        server, lambda: postgres.admin("DROP TABLE events CASCADE", name), caplog,
+        (str(postgres.socket_dir), name), 'relation "events" does not exist',
+        secret=pg.RELAY_PASSWORD)
+
+
+def test_a_password_is_taken_out_of_a_database_error() -> None:
+    url = parse_database_url("postgresql://adhoc:p%40ss%2Fw0rd-long@db.example/adhoc")
+    text = f"cannot connect to {url.render_as_string(hide_password=False)} as p@ss/w0rd-long"
+    scrubbed = without_password(text, url)
+    assert "p@ss/w0rd-long" not in scrubbed and "p%40ss%2Fw0rd-long" not in scrubbed
+    assert scrubbed == "cannot connect to postgresql+asyncpg://adhoc:***@db.example/adhoc as ***"

@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncssh
 import httpx
 
-from common.secret import reveal
+from common.secret import Secret, reveal
 from common.transport import pinned
 from relay.config import RelaySettings
 from relay.service import RelayService
@@ -304,7 +304,8 @@ async def test_a_new_sessions_code_and_link_never_show_in_its_repr(tmp_path: Pat
     service = RelayService(RelaySettings(data_dir=tmp_path), store, b"k" * 32, "ssh-ed25519 A")
     try:
         tech = await store.technician_by_login("alice")
-        created = await service.create_session(tech, "c@example.com", SESSION_PASSWORD, "")
+        created = await service.create_session(tech, "c@example.com", Secret(SESSION_PASSWORD),
+                                               "")
         shown = repr(created) + str(created) + f"{created}"
         for secret in (created.security_code, created.join_token, created.join_url):
             assert reveal(secret) and reveal(secret) not in shown
@@ -326,12 +327,13 @@ async def test_an_ended_sessions_host_problem_is_forgotten(tmp_path: Path) -> No
         ids = [await add_active_session(store, tech, f"secret-{n}")
                for n, tech in enumerate(techs)]
         for n, session_id in enumerate(ids):
-            answer = await service.agent_problem(f"{session_id}:secret-{n}", "name not found")
+            answer = await service.agent_problem(Secret(f"{session_id}:secret-{n}"),
+                                                 "name not found")
             assert answer == {"recorded": True}
         view = service.session_view(await store.session(ids[0]))
         assert view["host_problem"]["text"] == "name not found"  # shown while it matters
         await service.end_session(techs[0], ids[0])  # by the technician
-        await service.agent_ends(f"{ids[1]}:secret-1")  # by the customer
+        await service.agent_ends(Secret(f"{ids[1]}:secret-1"))  # by the customer
         await store.end_session(ids[2], "expired", time.time(), "relay")  # by another relay
         service.disconnect_agent(ids[2], "expired")  # (relay/cluster/nodes.py follows it)
         assert service.host_problems == {}

@@ -5,6 +5,7 @@ reached each end in one line that says what to do, a non-zero status and no trac
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import shutil
 import subprocess
@@ -172,3 +173,38 @@ async def _embedded_console() -> bool:
             return True
     finally:
         await embedded.stop()
+
+
+class _HostileRelay(http.server.BaseHTTPRequestHandler):
+    """A relay (or something posing as one) whose refusals carry an escape sequence."""
+
+    DETAIL = "[red]no[/]\x1b]0;pwned\x07\x1b[2J cleared"
+
+    def do_GET(self) -> None:
+        body = json.dumps({"error": "conflict", "detail": self.DETAIL}).encode()
+        self.send_response(409)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.mark.parametrize("command", ["ssh-config", "tunnel"])
+def test_a_relay_detail_reaches_the_terminal_as_text(tmp_path: Path, command: str) -> None:
+    server = http.server.HTTPServer(("127.0.0.1", 0), _HostileRelay)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "console.toml").write_text(
+        f'[relay]\nurl = "{url}"\nlogin = "alice"\ntoken = "some-token"\n')
+    try:
+        line = one_line_error(console_cli(tmp_path, command))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "\x1b" not in line and "\x07" not in line
+    assert "[red]no[/]\\x1b]0;pwned\\x07\\x1b[2J cleared" in line

@@ -13,14 +13,18 @@ from pathlib import Path
 
 from textual.widgets import DataTable, Input
 
-from tests.support import Api
+from common.secret import Secret
+from tests.support import SESSION_PASSWORD, Api
 from tests.tui.helpers import console, online_session, open_files, screen_text, wait_until
-from tui.app import ConsoleApp
+from tui.app import ConsoleApp, SessionsChanged
 from tui.client import RelayClient, RelayError
 from tui.sanitize import clean
 from tui.screens.audit import AuditModal
 from tui.screens.detail import DetailModal
+from tui.screens.files import FilesScreen
 from tui.screens.modals import ConfirmModal, PasswordModal
+from tui.screens.openssh import OpenSSHModal
+from tui.screens.remote import RemoteScreen
 
 ROOT = Path(__file__).resolve().parents[2]
 MARKUP = ("[a=:]x", "[@click=app.quit]q", "[blink reverse]b", "[bold red]r")
@@ -203,3 +207,53 @@ async def test_the_relay_detail_is_text(relay) -> None:
         assert_shown_as_text(app, "[@click=app.quit]limit[/] [blink]x")
         await app.action_quit()
 
+
+
+HOSTILE_ID = "[red]x[/]\x1b]0;pwned\x07id"
+
+
+async def test_a_hostile_session_id_is_shown_as_text(relay, agents, tmp_path: Path) -> None:
+    """A session id the relay sends (here: written into its database) with markup and an
+    escape sequence: the list, the pane status bars and the OpenSSH dialog show it as text,
+    and no ssh command is offered for an id that is not one."""
+    view, _agent, token = await online_session(relay, agents, tmp_path, "id@example.com")
+    with contextlib.closing(sqlite3.connect(relay.data_dir / "relay.db", timeout=10)) as db, db:
+        db.execute("UPDATE sessions SET id = ? WHERE id = ?", (HOSTILE_ID, view["id"]))
+    async with console(relay, token, size=(120, 40)) as (app, pilot, _table):
+        await wait_until(pilot, lambda: "[red]x[/]" in screen_text(app))
+        assert_shown_as_text(app, "[red]x[/]")
+        await pilot.press("o")  # the OpenSSH dialog would paste the id into a command
+        await wait_until(pilot, lambda: any("not one" in t for _s, t in app.notices))
+        assert not isinstance(app.screen, OpenSSHModal)
+        assert_shown_as_text(app, "[red]x[/]")
+        hostile = {**view, "id": HOSTILE_ID}
+        for screen in (FilesScreen(hostile, app.connector, Secret(SESSION_PASSWORD)),
+                       RemoteScreen(hostile, app.connector, Secret(SESSION_PASSWORD))):
+            await app.push_screen(screen)
+            await wait_until(pilot, lambda s=screen: app.screen is s
+                             and s.query("#files-status, #pane-status"))
+            await pilot.pause()
+            assert_shown_as_text(app, "[red]x[/]")
+            assert "session [red]x[/]\\x1b]0;pwned\\x07id" in screen_text(app)
+            app.pop_screen()
+            await pilot.pause()
+        await app.action_quit()
+
+
+async def test_hostile_numbers_and_states_in_the_list_are_text(relay) -> None:
+    """The relay's limits and a session's state, as a hostile relay could send them (strings
+    with escape sequences where numbers belong), are drawn as text, and nothing fails."""
+    async with Api(relay.base_url) as api:
+        token = api.token
+        await api.create_session("list@example.com")
+    async with console(relay, token, size=(140, 30)) as (app, pilot, _table):
+        views = [{**view, "state": "[b]\x07"} for view in app.views.values()]
+        limits = {"company": "Acme", "plan": "plus", "seats": "\x1b[2J[red]3",
+                  "live_for_company": "\x1b[31m1", "max_live_per_company": 5,
+                  "live_for_technician": 1, "max_live_per_technician": "\x9b2J"}
+        app.post_message(SessionsChanged(views, limits))
+        await wait_until(pilot, lambda: "[red]3" in screen_text(app))
+        assert_shown_as_text(app, "[red]3")
+        drawn = screen_text(app)
+        assert "seats \\x1b[2J[red]3" in drawn and "[b]\\x07" in drawn, drawn
+        await app.action_quit()

@@ -153,7 +153,7 @@ class FilesScreen(Screen):
     def compose(self) -> ComposeResult:
         host = self.session.get("host") or {}
         who = f"{clean(host.get('user'), 32)}@{clean(host.get('hostname'), 64)}"
-        yield Static(f" Files · {who} · session {self.session['id']} · ? for keys",
+        yield Static(f" Files · {who} · session {clean(self.session['id'], 40)} · ? for keys",
                      id="files-status", markup=False)
         with Horizontal(id="files-panes"):
             yield FilePane("local", self.local_fs, id="local-pane")

@@ -54,7 +54,7 @@ class PaneScreen(Screen):
     def status_text(self) -> str:
         host = self.session.get("host") or {}
         who = f"{clean(host.get('user'), 32)}@{clean(host.get('hostname'), 64)}"
-        return (f" {self.kind} · {who} · session {self.session['id']} · {self.state} · "
+        return (f" {self.kind} · {who} · session {clean(self.session['id'], 40)} · {self.state} · "
                 f"{self.leave_key()} back")
 
     def status_bar(self) -> Static:

@@ -112,7 +112,7 @@ def row_cells(view: dict, now: float, keys: tuple[str, ...] | list[str]) -> list
 
 def state_text(view: dict) -> Text:
     style = {"active": "bold", "ended": "dim"}.get(view["state"], "")
-    return Text(view["state"], style=style)
+    return Text(clean(view["state"], 20), style=style)
 
 
 def mail_text(view: dict) -> Text:
@@ -121,6 +121,19 @@ def mail_text(view: dict) -> Text:
         return plain(f"failed ({clean(view.get('mail_detail'), 60)})", style="red")
     return Text(status)
 
+
+def limits_text(limits: dict) -> str:
+    """The company's and technician's numbers as the relay gives them, each shown as text."""
+    def number(key: str, default: int = 0) -> int | str:
+        value = limits.get(key, default)
+        return value if isinstance(value, int) else clean(value, 12)
+
+    seats, most = number("seats"), number("max_live_per_company", 5)
+    shown = min(seats, most) if isinstance(seats, int) and isinstance(most, int) else seats
+    return (f"{clean(limits.get('company'))} · plan {clean(limits.get('plan'))} · "
+            f"live sessions {number('live_for_company')}/{shown} (seats {seats}, company max "
+            f"{most}) · yours {number('live_for_technician')}/"
+            f"{number('max_live_per_technician')}")
 
 class SessionsScreen(Screen):
     # The columns are laid out for the width there is (layout() counts this scroll bar).
@@ -258,13 +271,7 @@ class SessionsScreen(Screen):
     def show(self, views: list[dict], limits: dict | None) -> None:
         self.views = {v["id"]: v for v in views}
         if limits:
-            self.query_one("#limits", Static).update(
-                f"{clean(limits.get('company'))} · plan {clean(limits.get('plan'))} · "
-                f"live sessions {limits.get('live_for_company')}/"
-                f"{min(limits.get('seats', 0), limits.get('max_live_per_company', 5))} "
-                f"(seats {limits.get('seats')}, company max "
-                f"{limits.get('max_live_per_company')}) · yours "
-                f"{limits.get('live_for_technician')}/{limits.get('max_live_per_technician')}")
+            self.query_one("#limits", Static).update(limits_text(limits))
         self.rebuild()
 
     def _visible(self) -> list[dict]:
