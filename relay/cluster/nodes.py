@@ -104,7 +104,9 @@ class ClusterNode:
         """Beat and follow until cancelled."""
         loop = asyncio.get_running_loop()
         next_beat = 0.0
+        failing = False  # said once, with its traceback, until the database answers again
         while True:
+            interval = FOLLOW if self._stop_listening is None else FOLLOW_NOTIFIED
             try:
                 if loop.time() >= next_beat:
                     next_beat = loop.time() + HEARTBEAT
@@ -113,8 +115,17 @@ class ClusterNode:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("cluster: following the database failed; trying again shortly")
-            interval = FOLLOW if self._stop_listening is None else FOLLOW_NOTIFIED
+                if failing:
+                    log.debug("cluster: following the database failed again", exc_info=True)
+                else:
+                    failing = True
+                    log.exception("cluster: following the database failed; trying again every "
+                                  "%.2g s (said again only once it works)",
+                                  min(interval, HEARTBEAT))
+            else:
+                if failing:
+                    failing = False
+                    log.warning("cluster: following the database works again")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), min(interval, HEARTBEAT))
             self._wake.clear()

@@ -4,6 +4,7 @@ public port."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
@@ -167,6 +168,34 @@ async def test_readiness_shows_no_database_error_text(tmp_path: Path, caplog) ->
     server = RelayServer(RelaySettings(data_dir=data_dir, http_port=0, ssh_port=0))
     await _readiness_hides_the_error(server, drop_events, caplog,
                                      (str(data_dir), "relay.db"), "no such table: events")
+
+
+async def test_a_failing_database_is_logged_once_not_at_every_try(tmp_path: Path,
+                                                                    caplog) -> None:
+    """The relay follows the database for live events a few times a second: a database that
+    fails (a table dropped behind its back) is said once, with its traceback, not at every try
+    (the log grew by a traceback every 250 ms)."""
+    data_dir = tmp_path / "relay"
+    provision(data_dir)
+    caplog.set_level(logging.DEBUG, logger="adhoc.relay.cluster")
+    server = RelayServer(RelaySettings(data_dir=data_dir, http_port=0, ssh_port=0))
+    await server.start()
+    try:
+        with contextlib.closing(sqlite3.connect(data_dir / "relay.db", timeout=10)) as db:
+            db.execute("DROP TABLE events")
+            db.commit()
+
+        def tries() -> list[logging.LogRecord]:
+            return [r for r in caplog.records
+                    if r.getMessage().startswith("cluster: following the database failed")]
+
+        async with asyncio.timeout(30):
+            while len(tries()) < 4:  # the follower tried (and failed) four times
+                await asyncio.sleep(0.05)
+    finally:
+        await server.stop()
+    loud = [r for r in tries() if r.levelno >= logging.WARNING]
+    assert len(loud) == 1 and loud[0].exc_info, [r.getMessage() for r in loud]
 
 
 async def test_readiness_on_postgresql_logs_no_password(postgres, postgres_template,
