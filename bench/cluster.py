@@ -28,7 +28,7 @@ from pathlib import Path
 
 import psutil
 
-from bench.common import BenchRelay, header, table, verdict
+from bench.common import BenchRelay, header, lift_open_files, table, verdict
 from bench.fanin import Workers, agent_arguments, seed
 from tests.ports import free_port
 
@@ -162,6 +162,7 @@ def main() -> None:
                           os.environ.get("ADHOC_RELAY_MAX_QUEUED", "16384"))
     header("Cluster: --workers 2 beside one process, and a 3-relay cluster losing a relay",
            "asyncssh", "psutil")
+    lift_open_files()
     folder = Path(tempfile.mkdtemp(prefix="adhoc-bench-cluster-"))
     try:
         sessions, host_key = asyncio.run(seed(folder / "relay", args.agents))

@@ -84,6 +84,26 @@ def header(title: str, *packages: str) -> None:
     print()
 
 
+def lift_open_files(wanted: int = 1 << 20) -> int:
+    """Raise this process's open-file limit, hard and soft, to `wanted` where allowed (as
+    root, as a relay's `LimitNOFILE=1048576` does under systemd, docs/ADMIN.md), for the
+    relays and agents it starts; returns the soft limit now in force. Tens of thousands of
+    agents need as many descriptors: at this box's 20,000 a relay holding them all could
+    accept no more, which is a set-up limit, not the relay's."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < min(hard, wanted):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, wanted), hard))
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    print(f"open-file limit for the relays and agents: {soft}")
+    return soft
+
+
 def percentile(values: Sequence[float], pct: float) -> float:
     """Nearest-rank percentile (p50 is the median of an odd count)."""
     ordered = sorted(values)

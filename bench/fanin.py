@@ -43,6 +43,7 @@ from bench.common import (
     ROOT,
     BenchRelay,
     header,
+    lift_open_files,
     table,
     verdict,
 )
@@ -348,6 +349,7 @@ def main() -> None:
     os.environ.setdefault("ADHOC_RELAY_MAX_QUEUED_PER_SOURCE",
                           os.environ.get("ADHOC_RELAY_MAX_QUEUED", "16384"))
     header("Fan-in: idle agents on one relay, and a relay restart", "asyncssh", "psutil")
+    lift_open_files()
     print(f"{args.workers} agent processes, {args.concurrency} set-ups in flight each; "
           f"sessions seeded through relay.store.Store in a bench-only data dir (see --help)\n")
     folder = Path(tempfile.mkdtemp(prefix="adhoc-bench-fanin-"))
