@@ -5,7 +5,8 @@ Run: python -m bench.flood [--mb 50] [--rounds 3] [--interrupts 20] [--size 80x2
 Both contenders are real and side by side in one tmux server, at the same size, on the same
 agent through the same relay: the console (`adhoc-console` with its remote pane open) and
 OpenSSH's `ssh -J` (the anchor). Rounds alternate between them, who goes first alternating
-too, after one uncounted warm-up run of each program in each.
+too, after one uncounted warm-up run of each program in each; before each run the machine is
+left to go quiet.
 - Throughput: `yes | head -c N` and `find /usr /lib /etc` on the host. The host times its
   own command (`date` before and after), so the figure is how fast the terminal lets the
   program run; "on screen" is from Enter to the line after the flood showing in tmux.
@@ -146,6 +147,18 @@ def run_flood(window: Window, work: Path, program: str, tag: str
     return end - begin, seen, window.cpu() - cpu
 
 
+def settle(busy: float = 0.15, window: float = 0.25, limit: float = 15.0) -> float:
+    """Wait until the machine's CPUs were busy under `busy` of `window` seconds (all of them
+    together), at most `limit` seconds; returns the seconds waited. After a flood, work goes
+    on past its end on screen (the agent bringing its reattach emulator up to date, ~0.8 s of
+    CPU for `yes`'s tail; the kernel, the terminals) and slowed whichever run came next."""
+    start = time.monotonic()
+    while time.monotonic() - start < limit:
+        if psutil.cpu_percent(interval=window) < busy * 100:
+            break
+    return time.monotonic() - start
+
+
 def interrupt(window: Window) -> float:
     """Seconds from ctrl+c on a running `yes` to the prompt on screen."""
     window.line("yes")
@@ -229,6 +242,7 @@ async def main_async(args: argparse.Namespace) -> None:
                         order = list(contenders.items())[:: -1 if round_ % 2 else 1]
                         for name, window in order:
                             runs += 1
+                            settle()
                             tag = f"{runs}-{name.split()[0]}"
                             result = await asyncio.to_thread(run_flood, window, work, program,
                                                              tag)
