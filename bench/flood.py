@@ -6,7 +6,7 @@ Both contenders are real and side by side in one tmux server, at the same size, 
 agent through the same relay: the console (`adhoc-console` with its remote pane open) and
 OpenSSH's `ssh -J` (the anchor). Rounds alternate between them, who goes first alternating
 too, after one uncounted warm-up run of each program in each; before each run the machine is
-left to go quiet.
+left quiet for three seconds.
 - Throughput: `yes | head -c N` and `find /usr /lib /etc` on the host. The host times its
   own command (`date` before and after), so the figure is how fast the terminal lets the
   program run; "on screen" is from Enter to the line after the flood showing in tmux.
@@ -147,15 +147,25 @@ def run_flood(window: Window, work: Path, program: str, tag: str
     return end - begin, seen, window.cpu() - cpu
 
 
-def settle(busy: float = 0.15, window: float = 0.25, limit: float = 15.0) -> float:
-    """Wait until the machine's CPUs were busy under `busy` of `window` seconds (all of them
-    together), at most `limit` seconds; returns the seconds waited. After a flood, work goes
-    on past its end on screen (the agent bringing its reattach emulator up to date, ~0.8 s of
-    CPU for `yes`'s tail; the kernel, the terminals) and slowed whichever run came next."""
+def settle(calm: float = 3.0, busy: float = 0.15, window: float = 0.25,
+           limit: float = 20.0) -> float:
+    """Wait until the machine's CPUs have been busy under `busy` (all of them together) for
+    `calm` seconds in a row, at most `limit` seconds; returns the seconds waited. After a
+    flood, work goes on past its end on screen (the agent bringing its reattach emulator up
+    to date, ~0.8 s of CPU for `yes`'s tail; the kernel, the terminals), and for a while after
+    a long burst on both CPUs this virtual machine runs slower (a loop took 1.2-1.6x as long
+    in the first half second; tested by hand): whichever run came next paid for it, the pane
+    (which needs more CPU) the most."""
     start = time.monotonic()
+    quiet_since = None
     while time.monotonic() - start < limit:
+        now = time.monotonic()
         if psutil.cpu_percent(interval=window) < busy * 100:
-            break
+            quiet_since = now if quiet_since is None else quiet_since
+            if time.monotonic() - quiet_since >= calm:
+                break
+        else:
+            quiet_since = None
     return time.monotonic() - start
 
 
