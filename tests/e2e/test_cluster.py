@@ -63,10 +63,13 @@ async def connected_agent(api: Api, agents, tmp_path: Path):
 
 
 async def eventually(attempt: Callable[[], Awaitable[T]], what: str,
-                     failures: tuple[type[BaseException], ...] = (OSError, asyncssh.Error),
+                     failures: tuple[type[BaseException], ...] = (OSError, asyncssh.Error,
+                                                                  RelayError),
                      timeout: float = 30) -> T:
     """`attempt`'s result once it stops failing with `failures`; fails saying `what` did not
-    happen within `timeout` seconds."""
+    happen within `timeout` seconds. A technician's connection that reaches no relay at all
+    (RelayError, every route tried) is among them: while a worker or relay starts again, a
+    connection the kernel hands to it can be lost, and the console retries too."""
     deadline = time.monotonic() + timeout
     while True:
         try:
