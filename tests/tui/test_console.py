@@ -54,12 +54,15 @@ async def test_list_countdown_and_remote_shell(relay, agents, tmp_path: Path) ->
         await wait_until(pilot, lambda: cell_texts(table)[0][2].startswith("22:59:"))
 
         await pilot.press("r")
-        await wait_until(pilot, lambda: isinstance(app.screen, PasswordModal))
+        await wait_until(pilot, lambda: isinstance(app.screen, PasswordModal)
+                         and app.screen.query(Input))  # composed, too
         app.screen.query_one(Input).value = "wrong-password"
         await pilot.press("enter")
-        # A wrong session password asks again, with the reason.
+        # A wrong session password asks again, with the reason (a new prompt: wait for its
+        # field, which a busy machine composes a turn later).
         await wait_until(pilot, lambda: isinstance(app.screen, PasswordModal)
-                         and app.screen.error is not None, timeout=30)
+                         and app.screen.error is not None and app.screen.query(Input),
+                         timeout=30)
         app.screen.query_one(Input).value = SESSION_PASSWORD
         await pilot.press("enter")
         await wait_until(pilot, lambda: isinstance(app.screen, RemoteScreen)
