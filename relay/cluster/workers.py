@@ -62,6 +62,14 @@ def worker_settings(settings: RelaySettings, number: int, machine_node: str) -> 
                                peer_address=settings.peer_address or ("127.0.0.1", 0))
 
 
+def _say_ready(write_end: int) -> None:
+    """A worker tells its parent it accepts connections. A parent that no longer listens
+    (it is stopping) is no reason for the worker to fail."""
+    with contextlib.suppress(BrokenPipeError):
+        os.write(write_end, b"r")
+    os.close(write_end)
+
+
 class Supervisor:
     """Starts `count` workers by forking `serve` (which runs one relay until SIGTERM and calls
     its `ready` once it accepts connections), and keeps them running."""
@@ -78,6 +86,8 @@ class Supervisor:
         self._pids: dict[int, int] = {}  # pid -> worker number
         self._started: dict[int, float] = {}  # worker number -> when it last started
         self._deaths: dict[int, int] = {}  # worker number -> deaths in a row
+        # a restarted worker's ready pipe -> (its number, when it was started)
+        self._restarting: dict[int, tuple[int, float]] = {}
         self._stopping = False
 
     def _fork(self, number: int) -> tuple[int, int]:
@@ -91,7 +101,7 @@ class Supervisor:
             try:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us
                 code = self._serve(worker_settings(self.settings, number, self._machine_node),
-                                   lambda: os.write(write_end, b"r"))
+                                   lambda: _say_ready(write_end))
             except BaseException:  # never let a worker return into the parent's loop
                 logging.getLogger("adhoc.relay").exception("worker %d failed", number)
             finally:
@@ -138,7 +148,7 @@ class Supervisor:
             except ChildProcessError:
                 break
             if pid == 0:
-                time.sleep(0.1)
+                self._hear_restarted(0.1)
                 continue
             number = self._pids.pop(pid, None)
             if number is None or self._stopping:
@@ -168,10 +178,30 @@ class Supervisor:
         time.sleep(delay)
         if not self._stopping:
             _pid, ready = self._fork(number)
-            os.close(ready)
+            # Kept open until the worker says it is ready: a worker writing to a pipe nobody
+            # reads would fail its start (EPIPE) and be restarted again, and again.
+            self._restarting[ready] = (number, time.monotonic())
+
+    def _hear_restarted(self, timeout: float) -> None:
+        """Wait up to `timeout` for a restarted worker to say it is ready (or to die), and log
+        which did."""
+        if not self._restarting:
+            time.sleep(timeout)
+            return
+        readable, _, _ = select.select(list(self._restarting), [], [], timeout)
+        for fd in readable:
+            number, since = self._restarting.pop(fd)
+            said = os.read(fd, 1)
+            os.close(fd)
+            if said == b"r":
+                log.warning("worker %d is serving again (ready %.1f s after its start)", number,
+                            time.monotonic() - since)
 
     def stop(self) -> None:
         """SIGTERM to every worker, then SIGKILL to any still running after STOP_TIMEOUT."""
+        for fd in self._restarting:
+            os.close(fd)
+        self._restarting.clear()
         for pid in list(self._pids):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)

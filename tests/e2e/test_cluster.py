@@ -307,9 +307,14 @@ async def test_workers_share_the_ports_and_a_dead_worker_comes_back(agents,
             holder.kill()
             holder.wait(10)
             deadline = time.monotonic() + 30
-            while len([w for w in parent.children() if w.pid != holder.pid]) < 2:
+            while len(workers := {w.pid for w in parent.children()} - {holder.pid}) < 2:
                 assert time.monotonic() < deadline, "the dead worker was not started again"
                 await asyncio.sleep(0.1)
+            # The new worker stays up (it once failed its own start, again and again).
+            await asyncio.sleep(4)
+            assert {w.pid for w in parent.children()} == workers
+            log = relay.log_path.read_text()
+            assert "is serving again" in log and "failed" not in log
             # The agent is back (on either worker) and reachable through any.
             await eventually(lambda: reach(2), "the agent did not come back")
     finally:
