@@ -26,6 +26,7 @@ from relay.config import RelaySettings, format_hostport
 from relay.db.url import without_password
 from relay.mailer import Mailer
 from relay.metrics import RelayMetrics, add_health_routes, metrics_app
+from relay.openfiles import quiet_accept_failures, raise_open_file_limit
 from relay.service import RelayService
 from relay.sshd import SSHEntrance, load_or_create_host_key, start_ssh_server
 from relay.store import Store
@@ -33,10 +34,6 @@ from relay.websocket import add_route
 
 log = logging.getLogger("adhoc.relay")
 
-# Each agent holds one connection, so one open file. Many systems start processes with a soft
-# limit of 1,024 (systemd's default for services) under a far higher hard limit: lift it.
-OPEN_FILES_WANTED = 1 << 20
-OPEN_FILES_ENOUGH = 16384
 # Seconds a client has to send a request's headers (see _HeaderDeadline).
 HEADER_TIMEOUT = float(os.environ.get("ADHOC_RELAY_HEADER_TIMEOUT", "10"))
 # The largest WebSocket message the relay takes: Adhoc's clients send SSH in pieces of at most
@@ -51,27 +48,6 @@ DATABASE_UNAVAILABLE = "database unavailable"  # all /readyz says of any databas
 DRAIN_BATCH = 200
 DRAIN_TIMEOUT = float(os.environ.get("ADHOC_RELAY_DRAIN_TIMEOUT", "120"))
 DISC_BY_APPLICATION = 11
-
-
-def raise_open_file_limit(wanted: int = OPEN_FILES_WANTED) -> int | None:
-    """Lift this process's soft limit on open files as far as its hard limit allows, up to
-    `wanted`; returns the limit now in force (None where there is no such limit)."""
-    try:
-        import resource
-    except ImportError:  # not a POSIX system
-        return None
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError) as exc:
-            log.warning("relay: could not raise the open-file limit from %d: %s", soft, exc)
-    if soft != resource.RLIM_INFINITY and soft < OPEN_FILES_ENOUGH:
-        log.warning("relay: open-file limit %d holds fewer than %d agents; raise it "
-                    "(LimitNOFILE= under systemd, ulimit -n otherwise)", soft, soft - 100)
-    return soft
 
 
 def load_or_create_secret(path: Path) -> bytes:
@@ -273,6 +249,7 @@ class RelayServer:
         _check_tls(settings)
         pin = _certificate_pin(settings)
         raise_open_file_limit()
+        quiet_accept_failures(asyncio.get_running_loop())
         await initialise(settings)
         self._store = store = await Store.open(settings.database_url)
         host_key = load_or_create_host_key(settings.host_key_path)

@@ -42,6 +42,7 @@ from common.transport import (
 from relay import sessions as rules
 from relay.cluster.nodes import NODE_STALE, RelayListSession
 from relay.cluster.peers import PEER_USER, PeerUnreachable, same_public_key
+from relay.openfiles import OUT_OF_FILES, OpenFiles
 from relay.registry import AgentLink
 from relay.service import RelayService, ServiceError
 from relay.sshkeys import key_weakness, load_or_create_key
@@ -374,6 +375,7 @@ class _GatedServer:
         self._loop = asyncio.get_running_loop()
         self._starting: set[asyncio.Task] = set()
         self._closed = False
+        self.open_files = OpenFiles()
         startups.on_room = self._start_waiting
         self._task = self._loop.create_task(self._accept_forever()) if sock else None
 
@@ -382,9 +384,18 @@ class _GatedServer:
         while True:
             try:
                 conn, addr = await self._loop.sock_accept(sock)
-            except OSError as exc:  # out of file descriptors, say: wait, do not spin
-                log.warning("ssh: accept failed: %s", exc)
-                await asyncio.sleep(0.1)
+            except OSError as exc:
+                if exc.errno in OUT_OF_FILES:
+                    # At the limit: close what waits (its client tries again, maybe on
+                    # another worker or relay) rather than leave it waiting for a banner.
+                    while self.open_files.shed_one(sock):
+                        pass
+                else:
+                    log.warning("ssh: accept failed: %s", exc)
+                await asyncio.sleep(0.1)  # wait, do not spin
+                continue
+            if self.open_files.too_many(conn):
+                conn.close()
                 continue
             if self._startups.offer(addr[0], (conn, None)):
                 self._start_waiting()
@@ -398,7 +409,8 @@ class _GatedServer:
     def adopt(self, conn: socket.socket, peer: tuple[str, int]) -> bool:
         """Take a connection that arrived another way (a WebSocket's end of a socket pair)
         from `peer`; False if the gate turns it away (the caller closes it)."""
-        if self._closed or not self._startups.offer(peer[0], (conn, peer)):
+        if self._closed or self.open_files.too_many(conn) or \
+                not self._startups.offer(peer[0], (conn, peer)):
             return False
         self._start_waiting()
         return True
@@ -429,6 +441,7 @@ class _GatedServer:
         self._startups.on_room = lambda: None
         for _, (conn, _peer) in self._startups.drain():
             conn.close()
+        self.open_files.close()
 
     async def wait_closed(self) -> None:
         if self._task is not None:

@@ -37,7 +37,11 @@ def add_route(app: FastAPI, entrance: SSHEntrance) -> None:
         client = websocket.client
         peer = (client.host, client.port) if client else ("unknown", 0)
         await websocket.accept()
-        mine, theirs = socket.socketpair()
+        try:
+            mine, theirs = socket.socketpair()
+        except OSError:  # out of open files: the SSH entrance turns it away (relay/openfiles.py)
+            await websocket.close(TRY_AGAIN_LATER, "the relay is busy: try again shortly")
+            return
         if not entrance.adopt(theirs, peer):
             theirs.close()
             mine.close()

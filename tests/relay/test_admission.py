@@ -5,13 +5,18 @@ address cannot take every place."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import resource
 
 import asyncssh
 import psutil
 import pytest
+from websockets.asyncio.client import connect as websocket_connect
+from websockets.exceptions import ConnectionClosed
 
+from common.reach import websocket_route
 from common.transport import pinned
+from relay.openfiles import quiet_accept_failures
 from relay.sshd import Startups, source_of
 from tests.support import Api
 
@@ -179,3 +184,59 @@ async def test_a_connection_that_never_finishes_its_key_exchange_is_dropped(
         assert reader.at_eof()
     finally:
         writer.close()
+
+
+async def test_at_its_open_file_limit_the_relay_turns_connections_away_at_once(
+        start_relay, monkeypatch) -> None:
+    """Past its open-file limit a relay once left new connections in the kernel's queue (their
+    clients waited for a banner that could not come) and logged a traceback for each failed
+    accept, thousands a second. Now it keeps a reserve: what comes past it is closed at once
+    (the client tries again, on another worker or relay), and the HTTP API still answers."""
+    monkeypatch.setenv("ADHOC_RELAY_MAX_STARTUPS", "1000")
+    monkeypatch.setenv("ADHOC_RELAY_MAX_STARTUPS_PER_SOURCE", "1000")
+    relay = start_relay()
+    limit = 300
+    psutil.Process(relay.proc.pid).rlimit(resource.RLIMIT_NOFILE, (limit, limit))
+    connections = [await asyncio.open_connection(relay.ssh_host, relay.ssh_port)
+                   for _ in range(limit + 60)]
+    try:
+        answers = await asyncio.gather(
+            *(asyncio.wait_for(reader.readline(), 5) for reader, _ in connections),
+            return_exceptions=True)
+        hanging = sum(isinstance(a, TimeoutError) for a in answers)
+        banners = sum(isinstance(a, bytes) and a.startswith(b"SSH-2.0-") for a in answers)
+        closed = sum(a == b"" or isinstance(a, ConnectionError) for a in answers)
+        assert hanging == 0, f"{hanging} connections left waiting for nothing"
+        assert banners > 100 and closed > 100
+        async with Api(relay.base_url) as api:
+            assert (await api.client.get("/healthz")).status_code == 200
+        # SSH over WebSocket comes through the same entrance: "try again later" (1013).
+        async with websocket_connect(websocket_route(relay.base_url).url, proxy=None) as ws:
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 10)
+        assert closed.value.rcvd.code == 1013
+    finally:
+        for _, writer in connections:
+            writer.close()
+    assert relay.log_path.read_text().count("Traceback") == 0
+    assert "new connections are turned away" in relay.log_path.read_text()
+
+
+async def test_failed_accepts_at_the_limit_are_said_in_one_line_not_a_traceback_each(
+        caplog) -> None:
+    loop = asyncio.get_running_loop()
+    before = loop.get_exception_handler()
+    others: list[dict] = []
+    loop.set_exception_handler(lambda _loop, context: others.append(context))
+    try:
+        quiet_accept_failures(loop)
+        for _ in range(2048):  # asyncio says it up to the listener's backlog each second
+            loop.call_exception_handler({
+                "message": "socket.accept() out of system resource",
+                "exception": OSError(errno.EMFILE, "Too many open files")})
+        loop.call_exception_handler({"message": "something else"})
+    finally:
+        loop.set_exception_handler(before)
+    said = [r for r in caplog.records if "could not accept" in r.getMessage()]
+    assert len(said) == 1 and said[0].exc_info is None
+    assert [c["message"] for c in others] == ["something else"]
