@@ -485,10 +485,12 @@ def settings_from_args(args: argparse.Namespace) -> RelaySettings:
 
 
 async def _serve(settings: RelaySettings, ready: Callable[[], object] | None = None) -> int:
+    from relay.collector import freeze_startup
     from relay.server import RelayServer
 
     server = RelayServer(settings)
     service = await server.start()
+    freeze_startup()
     if ready is not None:  # a worker: its parent says when all are ready
         ready()
     else:

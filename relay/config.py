@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -120,8 +121,10 @@ class RelaySettings:
     # where the other relays reach it (None: its SSH address; HOST:0 picks a free port).
     node: str | None = None
     peer_address: tuple[str, int] | None = None
-    # With `--workers N`: N relay processes sharing the listening ports (SO_REUSEPORT).
+    # With `--workers N`: N relay processes sharing the listening ports (SO_REUSEPORT), and
+    # the SSH listening socket the parent keeps for this worker (relay/cluster/workers.py).
     reuse_port: bool = False
+    ssh_socket: socket.socket | None = None
 
     @property
     def db_path(self) -> Path:

@@ -22,6 +22,7 @@ from common.tls import spki_pin
 from relay.api import create_app
 from relay.cluster.nodes import ClusterNode, default_node_name
 from relay.cluster.peers import Peers, load_or_create_cluster_key
+from relay.collector import Collector
 from relay.config import RelaySettings, format_hostport
 from relay.db.url import without_password
 from relay.mailer import Mailer
@@ -222,6 +223,7 @@ class RelayServer:
         self.drained = False
         self._serving: list[asyncio.Task] = []  # the HTTP servers'
         self._tasks: list[asyncio.Task] = []  # background work, cancelled at stop
+        self.collector: Collector | None = None
         self.metrics_port: int | None = None
         self._database_problem: str | None = None  # what readiness last logged of it
 
@@ -273,7 +275,8 @@ class RelayServer:
         try:
             self._ssh = await start_ssh_server(service, settings.ssh_host, settings.ssh_port,
                                                host_key, listen=settings.ssh_listen,
-                                               reuse_port=settings.reuse_port)
+                                               reuse_port=settings.reuse_port,
+                                               sock=settings.ssh_socket)
         except OSError as exc:
             raise _listen_error("SSH", settings.ssh_host, settings.ssh_port, "--ssh",
                                 exc) from None
@@ -286,6 +289,9 @@ class RelayServer:
                                 exc) from None
         service.http_port = sock.getsockname()[1]
         self.metrics = RelayMetrics(service, self._ssh.startups)
+        startups = self._ssh.startups
+        self.collector = Collector(lambda: startups.in_flight + startups.waiting)
+        self.collector.start()
         app = create_app(service)
         add_route(app, self._ssh)
         add_health_routes(app, self.readiness_problems)
@@ -412,6 +418,9 @@ class RelayServer:
         return problems
 
     async def stop(self) -> None:
+        if self.collector is not None:
+            await self.collector.stop()
+            self.collector = None
         for server in self._servers:
             server.should_exit = True
             server.force_exit = True

@@ -454,15 +454,19 @@ class _GatedListener:
     socket on `listen_host:listen_port`, or none when `listen` is off."""
 
     def __init__(self, startups: Startups, listen: bool = True,
-                 reuse_port: bool = False) -> None:
+                 reuse_port: bool = False, sock: socket.socket | None = None) -> None:
         self._startups = startups
         self._listen = listen
         self._reuse_port = reuse_port  # shared with the other workers (--workers)
+        self._sock = sock  # already listening (a worker's, kept by its parent)
         self.server: _GatedServer | None = None
 
     async def create_server(self, session_factory, listen_host: str, listen_port: int):
         sock = None
-        if self._listen:
+        if self._sock is not None:
+            sock = self._sock
+            sock.setblocking(False)
+        elif self._listen:
             family = socket.AF_INET6 if ":" in (listen_host or "") else socket.AF_INET
             sock = socket.create_server((listen_host or "", listen_port), family=family,
                                         backlog=LISTEN_BACKLOG,
@@ -826,12 +830,13 @@ class SSHEntrance:
 
 async def start_ssh_server(service: RelayService, host: str, port: int,
                            host_key: asyncssh.SSHKey, *, listen: bool = True,
-                           peer_only: bool = False, reuse_port: bool = False) -> SSHEntrance:
+                           peer_only: bool = False, reuse_port: bool = False,
+                           sock: socket.socket | None = None) -> SSHEntrance:
     """The relay's SSH server, listening on host:port unless `listen` is off (then it takes
-    connections over WebSocket only); with `peer_only`, for the other relays of the cluster
-    only."""
+    connections over WebSocket only), or on `sock` (listening already); with `peer_only`, for
+    the other relays of the cluster only."""
     startups = Startups()
-    listener = _GatedListener(startups, listen, reuse_port)
+    listener = _GatedListener(startups, listen, reuse_port, sock)
     acceptor = await asyncssh.create_server(
         lambda: RelaySSHServer(service, startups, peer_only), host, port, tunnel=listener,
         server_host_keys=[host_key],

@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from common.transport import LISTEN_BACKLOG
 from relay.config import RelaySettings
 
 log = logging.getLogger("adhoc.relay.workers")
@@ -55,11 +56,20 @@ def reserve_ports(settings: RelaySettings) -> list[socket.socket]:
     return held
 
 
-def worker_settings(settings: RelaySettings, number: int, machine_node: str) -> RelaySettings:
-    """The settings of worker `number`: the shared ports, a node name and peer port of its
-    own."""
+def worker_settings(settings: RelaySettings, number: int, machine_node: str,
+                    ssh_socket: socket.socket | None = None) -> RelaySettings:
+    """The settings of worker `number`: the shared ports (its SSH listening socket, if the
+    parent keeps one), a node name and peer port of its own."""
     return dataclasses.replace(settings, node=f"{machine_node}/w{number}", reuse_port=True,
-                               peer_address=settings.peer_address or ("127.0.0.1", 0))
+                               peer_address=settings.peer_address or ("127.0.0.1", 0),
+                               ssh_socket=ssh_socket)
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """One worker's SSH listening socket on the shared port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG,
+                                reuse_port=True)
 
 
 def _say_ready(write_end: int) -> None:
@@ -88,19 +98,29 @@ class Supervisor:
         self._deaths: dict[int, int] = {}  # worker number -> deaths in a row
         # a restarted worker's ready pipe -> (its number, when it was started)
         self._restarting: dict[int, tuple[int, float]] = {}
+        # worker number -> its SSH listening socket. The parent keeps it across a restart:
+        # the kernel spreads new connections over the port's sockets when they arrive, so
+        # while a dead worker's socket stays open, its share of the agents dialling again
+        # waits there for its replacement instead of all going to the survivors.
+        self._ssh_sockets: dict[int, socket.socket] = {}
         self._stopping = False
 
     def _fork(self, number: int) -> tuple[int, int]:
         """Start worker `number`; (its pid, a pipe end that becomes readable when it is
         ready or gone)."""
+        ssh_socket = self._ssh_socket(number)
         read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:  # the worker
             os.close(read_end)
+            for other, sock in self._ssh_sockets.items():
+                if other != number:  # only the parent may keep another worker's open
+                    sock.close()
             code = 1
             try:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us
-                code = self._serve(worker_settings(self.settings, number, self._machine_node),
+                code = self._serve(worker_settings(self.settings, number, self._machine_node,
+                                                   ssh_socket),
                                    lambda: _say_ready(write_end))
             except BaseException:  # never let a worker return into the parent's loop
                 logging.getLogger("adhoc.relay").exception("worker %d failed", number)
@@ -112,6 +132,22 @@ class Supervisor:
         self._pids[pid] = number
         self._started[number] = time.monotonic()
         return pid, read_end
+
+    def _ssh_socket(self, number: int) -> socket.socket | None:
+        """Worker `number`'s SSH listening socket, made if it has none (None if the relay
+        has no SSH port, or the socket cannot be made: the worker then says why)."""
+        settings = self.settings
+        if number not in self._ssh_sockets and settings.ssh_listen:
+            with contextlib.suppress(OSError):
+                self._ssh_sockets[number] = listening_socket(settings.ssh_host,
+                                                             settings.ssh_port)
+        return self._ssh_sockets.get(number)
+
+    def _let_go(self, number: int) -> None:
+        """Close worker `number`'s SSH socket: connections no longer wait for it."""
+        sock = self._ssh_sockets.pop(number, None)
+        if sock is not None:
+            sock.close()
 
     def start(self) -> None:
         """Start every worker and wait until all accept connections."""
@@ -155,6 +191,7 @@ class Supervisor:
                 continue
             if os.WIFEXITED(status) and os.WEXITSTATUS(status) == self._drained_status:
                 log.warning("worker %d drained and stopped", number)
+                self._let_go(number)
                 if not self._pids:
                     print("adhoc-relay: every worker drained; stopped", file=sys.stderr,
                           flush=True)
@@ -169,6 +206,8 @@ class Supervisor:
         deaths = 0 if ran >= STABLE_SECONDS else self._deaths.get(number, 0)
         delay = RESTART_DELAYS[min(deaths, len(RESTART_DELAYS) - 1)]
         self._deaths[number] = deaths + 1
+        if delay >= 1.0:  # dying again and again: let its share go to the others meanwhile
+            self._let_go(number)
         why = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) \
             else f"exit status {os.waitstatus_to_exitcode(status)}"
         log.warning("worker %d stopped (%s) after %.0f s; starting it again in %.1f s", number,
@@ -202,6 +241,8 @@ class Supervisor:
         for fd in self._restarting:
             os.close(fd)
         self._restarting.clear()
+        for number in list(self._ssh_sockets):
+            self._let_go(number)
         for pid in list(self._pids):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)

@@ -321,6 +321,47 @@ async def test_workers_share_the_ports_and_a_dead_worker_comes_back(agents,
         relay.stop()
 
 
+async def test_agents_dialling_while_a_worker_restarts_wait_for_it_not_all_on_the_other(
+        tmp_path: Path, monkeypatch) -> None:
+    """The kernel spreads new connections over the port's listening sockets when they
+    arrive. A dead worker's agents all dial again within a second, before its replacement
+    listens: if its socket died with it, every one of them went to the surviving worker
+    (which then took 40 s over 10,000 handshakes while the new one idled). The parent keeps
+    the socket, so about half wait there for the replacement."""
+    import psutil
+
+    # All from 127.0.0.1 here, where agents come from many addresses: no per-source share.
+    monkeypatch.setenv("ADHOC_RELAY_MAX_STARTUPS_PER_SOURCE", "128")
+    data = tmp_path / "relay"
+    provision(data)
+    relay = RelayProcess(data, ("--workers", "2"))
+    relay.start()
+    try:
+        parent = psutil.Process(relay.proc.pid)
+        victim = parent.children()[0]
+        victim.kill()
+        victim.wait(10)
+        # The agents of the dead worker dial again at once (its replacement starts ~1 s on).
+        connections = [await asyncio.open_connection(relay.ssh_host, relay.ssh_port)
+                       for _ in range(40)]
+        try:
+            lines = await asyncio.wait_for(
+                asyncio.gather(*(reader.readline() for reader, _ in connections)), 30)
+            assert all(line.startswith(b"SSH-2.0-") for line in lines)
+            ports = {writer.get_extra_info("sockname")[1] for _, writer in connections}
+            held = {w.pid: sum(1 for c in w.net_connections("tcp")
+                               if c.laddr.port == relay.ssh_port and c.raddr
+                               and c.raddr.port in ports)
+                    for w in parent.children()}
+            assert victim.pid not in held and len(held) == 2
+            assert min(held.values()) >= 5, f"one worker took (nearly) all: {held}"
+        finally:
+            for _, writer in connections:
+                writer.close()
+    finally:
+        relay.stop()
+
+
 async def test_a_drained_relay_moves_its_agents_and_stops(cluster, agents,
                                                           tmp_path: Path) -> None:
     relay_a, relay_b = cluster("a"), cluster("b")
