@@ -162,8 +162,11 @@ class Tunnel:
             finally:
                 writer.close()
             relays = json.loads(data)["relays"]
-        except (OSError, asyncssh.Error, TimeoutError, ValueError, KeyError, TypeError) as exc:
-            log.debug("the relay did not list its cluster: %s", exc)
+        except (OSError, asyncssh.Error, TimeoutError, ValueError, KeyError, TypeError,
+                AssertionError) as exc:
+            # AssertionError: asyncssh's own, when the connection closed under the request
+            # (seen when a busy relay dropped agents just connected).
+            log.debug("the relay did not list its cluster: %r", exc)
             return
         before = len(self.routes)
         self.routes = cluster_routes(self.routes, relays, pin=self._pin)

@@ -71,3 +71,19 @@ async def test_a_relay_that_refuses_the_forward_is_retried_with_backoff() -> Non
     refused = [detail for state, detail in states if state == "reconnecting"]
     assert refused and all("refused the forward" in detail for detail in refused), states
     assert not [state for state, _ in states if state == "connected"], states
+
+
+async def test_a_connection_lost_while_asking_for_the_relays_list_is_no_error() -> None:
+    """asyncssh asserts (AssertionError) when the connection goes while a channel it just
+    opened is being set up; a busy relay turning agents away made it happen by the
+    thousand, each a 'Task exception was never retrieved' traceback in the agent's output."""
+
+    class Lost:
+        async def open_connection(self, host: str, port: int):
+            raise AssertionError()
+
+    key = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
+    tunnel = Tunnel("sid", Secret("secret"), "127.0.0.1", 22, key, {})
+    before = list(tunnel.routes)
+    await tunnel._learn_relays(Lost())  # type: ignore[arg-type]
+    assert tunnel.routes == before
