@@ -176,7 +176,10 @@ def main() -> None:
             results.append(three_relays(args.cluster_agents or args.agents, sessions,
                                         folder / "relay", host_key, args))
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        if os.environ.get("ADHOC_BENCH_KEEP"):
+            print(f"kept: {folder}")
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def fmt(value) -> str:
         return "timeout" if value is None else f"{value:.1f}"

@@ -136,11 +136,31 @@ async def _serve_direct(port_file: str) -> None:
     await server.wait_closed()
 
 
+def _log_long_collections() -> None:
+    import gc
+    import time
+
+    started = [0.0]
+
+    def timed(phase: str, info: dict) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            started[0] = time.perf_counter()
+        elif (took := time.perf_counter() - started[0]) > 0.2:
+            print(f"gc: {time.strftime('%H:%M:%S')} pid {os.getpid()} full collection "
+                  f"{took:.2f} s, {info['collected']} collected", file=sys.stderr, flush=True)
+
+    gc.callbacks.append(timed)
+
+
 def main() -> int:
     kind, args = sys.argv[1], sys.argv[2:]
     levers = json.loads(os.environ.get(LEVERS_ENV) or "{}")
     apply(levers)
     if kind == "relay":
+        if os.environ.get("ADHOC_BENCH_GC_LOG"):  # full collections over 0.2 s, to stderr
+            _log_long_collections()
         if levers.get("relay_uvloop"):
             import uvloop
 
