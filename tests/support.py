@@ -293,6 +293,18 @@ async def technician_ssh(relay: RelayProcess, api: Api, session: dict,
         await outer.wait_closed()
 
 
+async def raw_connections(host: str, port: int, count: int) -> list[tuple[
+        asyncio.StreamReader, asyncio.StreamWriter]]:
+    """`count` TCP connections to host:port, opened one after the other."""
+    return [await asyncio.open_connection(host, port) for _ in range(count)]
+
+
+async def first_lines(connections, timeout: float) -> list[bytes]:
+    """The first line each connection receives (an SSH server's version line)."""
+    return await asyncio.wait_for(
+        asyncio.gather(*(reader.readline() for reader, _ in connections)), timeout)
+
+
 def console_login(base_url: str, config: Path) -> dict[str, str]:
     """Log the console in to the relay as alice (`adhoc-console login`), its settings in
     `config`; the environment that runs that console."""

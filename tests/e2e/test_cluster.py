@@ -28,9 +28,11 @@ from tests.support import (
     Api,
     OpenSSH,
     RelayProcess,
+    first_lines,
     new_agent,
     provision,
     provision_store,
+    raw_connections,
     run_cli,
     technician_ssh,
 )
@@ -275,14 +277,20 @@ async def test_relay_killed_mid_shell_the_agent_and_the_console_move_to_another(
         await client.aclose()
 
 
-async def test_workers_share_the_ports_and_a_dead_worker_comes_back(agents,
-                                                                    tmp_path: Path) -> None:
-    import psutil
-
+def two_workers(tmp_path: Path) -> RelayProcess:
+    """A provisioned relay running `serve --workers 2`, started (the caller stops it)."""
     data = tmp_path / "relay"
     provision(data)
     relay = RelayProcess(data, ("--workers", "2"))
     relay.start()
+    return relay
+
+
+async def test_workers_share_the_ports_and_a_dead_worker_comes_back(agents,
+                                                                    tmp_path: Path) -> None:
+    import psutil
+
+    relay = two_workers(tmp_path)
     try:
         parent = psutil.Process(relay.proc.pid)
         assert len(parent.children()) == 2
@@ -332,21 +340,16 @@ async def test_agents_dialling_while_a_worker_restarts_wait_for_it_not_all_on_th
 
     # All from 127.0.0.1 here, where agents come from many addresses: no per-source share.
     monkeypatch.setenv("ADHOC_RELAY_MAX_STARTUPS_PER_SOURCE", "128")
-    data = tmp_path / "relay"
-    provision(data)
-    relay = RelayProcess(data, ("--workers", "2"))
-    relay.start()
+    relay = two_workers(tmp_path)
     try:
         parent = psutil.Process(relay.proc.pid)
         victim = parent.children()[0]
         victim.kill()
         victim.wait(10)
         # The agents of the dead worker dial again at once (its replacement starts ~1 s on).
-        connections = [await asyncio.open_connection(relay.ssh_host, relay.ssh_port)
-                       for _ in range(40)]
+        connections = await raw_connections(relay.ssh_host, relay.ssh_port, 40)
         try:
-            lines = await asyncio.wait_for(
-                asyncio.gather(*(reader.readline() for reader, _ in connections)), 30)
+            lines = await first_lines(connections, 30)
             assert all(line.startswith(b"SSH-2.0-") for line in lines)
             ports = {writer.get_extra_info("sockname")[1] for _, writer in connections}
             held = {w.pid: sum(1 for c in w.net_connections("tcp")

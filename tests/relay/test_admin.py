@@ -150,7 +150,18 @@ def _prompted(data, *args: str, keys: bytes) -> tuple[int, str]:
         if not typed and b"Password:" in output:
             os.write(fd, keys)
             typed = True
-    _, status = os.waitpid(pid, 0)
+    done, status = 0, 0
+    for _ in range(100):  # its terminal closed: it is exiting (a moment at most)
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.1)
+    if not done:  # still running a minute on: say so (with what it printed), do not hang
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        os.close(fd)
+        pytest.fail(f"adhoc-relay still ran 60 s after {keys!r} (typed: {typed}); it printed "
+                    f"{output.decode(errors='replace')!r}")
     os.close(fd)
     return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
 

@@ -18,7 +18,7 @@ from common.reach import websocket_route
 from common.transport import pinned
 from relay.openfiles import quiet_accept_failures
 from relay.sshd import Startups, source_of
-from tests.support import Api
+from tests.support import Api, first_lines, raw_connections
 
 
 def test_handshakes_start_by_turns_within_the_limits() -> None:
@@ -136,11 +136,9 @@ async def test_the_relay_lifts_a_low_open_file_limit_to_hold_many_agents(
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert psutil.Process(relay.proc.pid).rlimit(resource.RLIMIT_NOFILE)[0] > 256
-    connections = [await asyncio.open_connection(relay.ssh_host, relay.ssh_port)
-                   for _ in range(400)]
+    connections = await raw_connections(relay.ssh_host, relay.ssh_port, 400)
     try:
-        lines = await asyncio.wait_for(
-            asyncio.gather(*(reader.readline() for reader, _ in connections)), 30)
+        lines = await first_lines(connections, 30)
         assert all(line.startswith(b"SSH-2.0-") for line in lines)
     finally:
         for _, writer in connections:
@@ -197,8 +195,7 @@ async def test_at_its_open_file_limit_the_relay_turns_connections_away_at_once(
     relay = start_relay()
     limit = 300
     psutil.Process(relay.proc.pid).rlimit(resource.RLIMIT_NOFILE, (limit, limit))
-    connections = [await asyncio.open_connection(relay.ssh_host, relay.ssh_port)
-                   for _ in range(limit + 60)]
+    connections = await raw_connections(relay.ssh_host, relay.ssh_port, limit + 60)
     try:
         answers = await asyncio.gather(
             *(asyncio.wait_for(reader.readline(), 5) for reader, _ in connections),
