@@ -119,6 +119,10 @@ class Supervisor:
             code = 1
             try:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us
+                # A worker forked by supervise() holds the parent's SIGTERM handler (which
+                # only marks the parent stopping) until its relay sets its own, once ready:
+                # stopped while starting, it went on and outlived its parent.
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 code = self._serve(worker_settings(self.settings, number, self._machine_node,
                                                    ssh_socket),
                                    lambda: _say_ready(write_end))

@@ -361,6 +361,16 @@ async def test_agents_dialling_while_a_worker_restarts_wait_for_it_not_all_on_th
         finally:
             for _, writer in connections:
                 writer.close()
+        # Stopped while a worker is starting again: no worker outlives the relay.
+        before = parent.children()
+        before[0].kill()
+        deadline = time.monotonic() + 10
+        while not set(workers := parent.children()) - set(before):  # its replacement
+            assert time.monotonic() < deadline, "the dead worker was not started again"
+            await asyncio.sleep(0.01)
+        relay.stop()
+        gone, alive = psutil.wait_procs(workers, timeout=5)
+        assert not alive, f"workers outlived their relay: {alive}"
     finally:
         relay.stop()
 
