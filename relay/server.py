@@ -25,6 +25,7 @@ from relay.cluster.peers import Peers, load_or_create_cluster_key
 from relay.collector import Collector
 from relay.config import RelaySettings, format_hostport
 from relay.db.url import without_password
+from relay.listeners import listening_socket
 from relay.mailer import Mailer
 from relay.metrics import RelayMetrics, add_health_routes, metrics_app
 from relay.openfiles import quiet_accept_failures, raise_open_file_limit
@@ -189,25 +190,6 @@ def _certificate_pin(settings: RelaySettings) -> str | None:
                          "certificate file") from None
 
 
-def _listening_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections only when the
-    # socket says it is TCP; without it every response waited ~40 ms for a delayed ACK.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:  # shared with the other workers (--workers)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind((host, port))
-        sock.listen(512)
-    except OSError:
-        sock.close()
-        raise
-    sock.setblocking(False)
-    return sock
-
-
 class RelayServer:
     def __init__(self, settings: RelaySettings) -> None:
         self.settings = settings
@@ -282,8 +264,8 @@ class RelayServer:
                                 exc) from None
         service.ssh_port = self._ssh.port
         try:
-            sock = _listening_socket(settings.http_host, settings.http_port,
-                                     settings.reuse_port)
+            sock = listening_socket(settings.http_host, settings.http_port,
+                                    reuse_port=settings.reuse_port, backlog=512)
         except OSError as exc:
             raise _listen_error("HTTP", settings.http_host, settings.http_port, "--http",
                                 exc) from None
@@ -305,7 +287,8 @@ class RelayServer:
                           ws_max_size=WS_MAX_MESSAGE, **tls)
         if settings.metrics_port is not None:
             try:
-                metrics_sock = _listening_socket(settings.metrics_host, settings.metrics_port)
+                metrics_sock = listening_socket(settings.metrics_host, settings.metrics_port,
+                                                backlog=512)
             except OSError as exc:
                 raise _listen_error("metrics", settings.metrics_host, settings.metrics_port,
                                     "--metrics", exc) from None

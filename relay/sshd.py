@@ -30,7 +30,6 @@ from common.protocol import RELAYS_HOST
 from common.secret import Secret
 from common.transport import (
     INNER_PORT,
-    LISTEN_BACKLOG,
     OUTER_PACKET,
     OUTER_WINDOW,
     SERVER_ALGORITHMS,
@@ -42,6 +41,7 @@ from common.transport import (
 from relay import sessions as rules
 from relay.cluster.nodes import NODE_STALE, RelayListSession
 from relay.cluster.peers import PEER_USER, PeerUnreachable, same_public_key
+from relay.listeners import listening_socket
 from relay.openfiles import OUT_OF_FILES, OpenFiles
 from relay.registry import AgentLink
 from relay.service import RelayService, ServiceError
@@ -467,11 +467,7 @@ class _GatedListener:
             sock = self._sock
             sock.setblocking(False)
         elif self._listen:
-            family = socket.AF_INET6 if ":" in (listen_host or "") else socket.AF_INET
-            sock = socket.create_server((listen_host or "", listen_port), family=family,
-                                        backlog=LISTEN_BACKLOG,
-                                        reuse_port=self._reuse_port)
-            sock.setblocking(False)
+            sock = listening_socket(listen_host or "", listen_port, reuse_port=self._reuse_port)
         self.server = _GatedServer(sock, self._startups,
                                    coalescing_protocol(lambda: _without_config_reload(
                                        session_factory("", 0))))

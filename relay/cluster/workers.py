@@ -22,8 +22,8 @@ import sys
 import time
 from collections.abc import Callable
 
-from common.transport import LISTEN_BACKLOG
 from relay.config import RelaySettings
+from relay.listeners import listening_socket
 
 log = logging.getLogger("adhoc.relay.workers")
 
@@ -63,13 +63,6 @@ def worker_settings(settings: RelaySettings, number: int, machine_node: str,
     return dataclasses.replace(settings, node=f"{machine_node}/w{number}", reuse_port=True,
                                peer_address=settings.peer_address or ("127.0.0.1", 0),
                                ssh_socket=ssh_socket)
-
-
-def listening_socket(host: str, port: int) -> socket.socket:
-    """One worker's SSH listening socket on the shared port."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG,
-                                reuse_port=True)
 
 
 def _say_ready(write_end: int) -> None:
@@ -144,7 +137,8 @@ class Supervisor:
         if number not in self._ssh_sockets and settings.ssh_listen:
             with contextlib.suppress(OSError):
                 self._ssh_sockets[number] = listening_socket(settings.ssh_host,
-                                                             settings.ssh_port)
+                                                             settings.ssh_port,
+                                                             reuse_port=True)
         return self._ssh_sockets.get(number)
 
     def _let_go(self, number: int) -> None:

@@ -369,7 +369,7 @@ async def test_agents_dialling_while_a_worker_restarts_wait_for_it_not_all_on_th
             assert time.monotonic() < deadline, "the dead worker was not started again"
             await asyncio.sleep(0.01)
         relay.stop()
-        gone, alive = psutil.wait_procs(workers, timeout=5)
+        _gone, alive = psutil.wait_procs(workers, timeout=5)
         assert not alive, f"workers outlived their relay: {alive}"
     finally:
         relay.stop()
