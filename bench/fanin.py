@@ -50,6 +50,7 @@ from bench.common import (
     table,
     verdict,
 )
+from common.transport import tune_process
 from tests.ports import free_port
 
 READY_TIMEOUT = 60
@@ -382,6 +383,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         config = json.loads(Path(args.worker).read_text())
+        tune_process()  # as the agent's own command does at start
         asyncio.run(worker(config))
         return
     counts = [int(x) for x in args.agents.split(",")]

@@ -17,6 +17,8 @@ import sys
 
 import asyncssh
 
+from common.handshake import cheaper_handshakes
+
 ENCRYPTION = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
               "chacha20-poly1305@openssh.com", "aes128-ctr", "aes256-ctr")
 # What every SSH server Adhoc runs (the relay's endpoint, the host's inner server) offers, and
@@ -229,9 +231,10 @@ def tune_allocator() -> bool:
 
 def tune_process() -> None:
     """What every Adhoc program that moves SSH traffic (relay, agent, console) sets up once
-    at start: the allocator, and no needless IGNORE packets."""
+    at start: the allocator, no needless IGNORE packets, no needless handshake work."""
     tune_allocator()
     skip_needless_ignores()
+    cheaper_handshakes()
 
 
 # Writes of at least this much are bulk (a file, a flood): they are held until the end of the
