@@ -14,6 +14,7 @@ import inspect
 import ipaddress
 import socket
 import sys
+from collections.abc import Callable
 
 import asyncssh
 
@@ -257,15 +258,19 @@ class CoalescingWriter:
     round trip was 7 % slower (docs/BENCHMARKS.md).
     """
 
-    def __init__(self, chan) -> None:
+    def __init__(self, chan, handshaking: Callable[[], bool] | None = None) -> None:
         self._chan = chan
         self._pending: list[bytes] = []
         self._held = 0
         self._flush_scheduled = False
         self._loop = asyncio.get_running_loop()
+        # While this says True, small writes are held to the end of the turn too: nobody
+        # types during an SSH handshake, and the packets it sends in one turn (the key
+        # exchange reply, NEWKEYS, EXT_INFO) then cross in one write instead of one each.
+        self._handshaking = handshaking
 
     def write(self, data: bytes) -> None:
-        if not self._pending and len(data) < BULK_WRITE:
+        if not self._pending and len(data) < BULK_WRITE and not self._in_handshake():
             self._send(data)
             return
         self._pending.append(data)
@@ -275,6 +280,14 @@ class CoalescingWriter:
         elif not self._flush_scheduled:  # one end-of-turn flush serves a whole turn's writes
             self._flush_scheduled = True
             self._loop.call_soon(self._end_of_turn)
+
+    def _in_handshake(self) -> bool:
+        if self._handshaking is None:
+            return False
+        if self._handshaking():
+            return True
+        self._handshaking = None  # for good
+        return False
 
     def _end_of_turn(self) -> None:
         self._flush_scheduled = False
@@ -317,7 +330,11 @@ class _CoalescedSession:
         self.conn = conn
 
     def connection_made(self, chan: asyncssh.SSHTCPChannel) -> None:
-        self.conn.connection_made(CoalescingWriter(chan))
+        self.conn.connection_made(CoalescingWriter(chan, self._handshaking))
+
+    def _handshaking(self) -> bool:
+        """Until the connection has authenticated (asyncssh's own flag; without it, never)."""
+        return not getattr(self.conn, "_auth_complete", True)
 
     def __getattr__(self, name: str):
         return getattr(self.conn, name)

@@ -6,8 +6,18 @@ writes (a download, a flood) go joined at the end of the turn, in full packets."
 from __future__ import annotations
 
 import asyncio
+from asyncio import selector_events
 
-from common.transport import HOLD_LIMIT, CoalescingWriter
+import asyncssh
+
+from common.transport import (
+    HOLD_LIMIT,
+    KEX_ALGS,
+    CoalescingTcp,
+    CoalescingWriter,
+    _CoalescedSession,
+    coalescing_protocol,
+)
 
 
 class Recorder:
@@ -65,3 +75,66 @@ async def test_bulk_is_held_no_further_than_a_packet() -> None:
     assert [len(write) for write in below.writes] == [HOLD_LIMIT]
     await asyncio.sleep(0)
     assert [len(write) for write in below.writes] == [HOLD_LIMIT, 32768]
+
+
+async def test_during_the_handshake_small_writes_go_joined_and_at_once_after_it() -> None:
+    below = Recorder()
+    handshaking = [True]
+    writer = CoalescingWriter(below, lambda: handshaking[0])
+    for packet in (b"kex reply", b"newkeys", b"ext info"):
+        writer.write(packet)
+    assert below.writes == [], "held until the turn ends"
+    await asyncio.sleep(0)
+    assert below.writes == [b"kex replynewkeysext info"]
+    handshaking[0] = False
+    writer.write(b"keystroke")
+    assert below.writes[-1] == b"keystroke", "after the handshake a keystroke goes at once"
+
+
+async def test_a_real_handshake_crosses_in_fewer_writes(monkeypatch) -> None:
+    """An asyncssh login over the coalescing transport, the socket writes counted on both
+    ends: with the handshake's packets of a turn joined, fewer than one write per packet."""
+    class Server(asyncssh.SSHServer):
+        def begin_auth(self, username: str) -> bool:
+            return True
+
+        def password_auth_supported(self) -> bool:
+            return True
+
+        def validate_password(self, username: str, password: str) -> bool:
+            return password == "right"
+
+    writes = [0]
+    original = selector_events._SelectorSocketTransport.write
+
+    def counted(self, data) -> None:
+        writes[0] += 1
+        original(self, data)
+
+    monkeypatch.setattr(selector_events._SelectorSocketTransport, "write", counted)
+    key = asyncssh.generate_private_key("ssh-ed25519")
+
+    class Listen:  # as the relay listens (relay/sshd.py): a coalescing protocol per connection
+        async def create_server(self, session_factory, host: str, port: int):
+            return await asyncio.get_running_loop().create_server(
+                coalescing_protocol(lambda: session_factory("", 0)), host, port)
+
+    async def login() -> int:
+        server = await asyncssh.create_server(Server, "127.0.0.1", 0, tunnel=Listen(),
+                                              server_host_keys=[key], kex_algs=KEX_ALGS)
+        port = server.sockets[0].getsockname()[1]
+        writes[0] = 0
+        try:
+            async with asyncssh.connect("127.0.0.1", port, tunnel=CoalescingTcp(),
+                                        known_hosts=None, username="support",
+                                        password="right", client_keys=None):
+                pass
+        finally:
+            server.close()
+            await server.wait_closed()
+        return writes[0]
+
+    joined = await login()
+    monkeypatch.setattr(_CoalescedSession, "_handshaking", lambda self: False)
+    one_by_one = await login()
+    assert joined < one_by_one, (joined, one_by_one)
