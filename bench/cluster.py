@@ -29,7 +29,7 @@ from pathlib import Path
 import psutil
 
 from bench.common import BenchRelay, header, lift_open_files, table, verdict
-from bench.fanin import Workers, agent_arguments, seed
+from bench.fanin import Workers, agent_arguments, cpu_seconds, seed
 from tests.ports import free_port
 
 KEY_FILES = ("ssh_host_ed25519_key", "secret.key", "cluster_ed25519_key")
@@ -46,6 +46,18 @@ def rss(process: psutil.Process) -> int:
     return total
 
 
+def cpu(processes) -> float:
+    """CPU seconds the given processes (and their children) have used so far."""
+    total = 0.0
+    for process in processes:
+        for each in [process, *process.children()]:
+            try:
+                total += cpu_seconds(each)
+            except psutil.NoSuchProcess:
+                pass
+    return total
+
+
 def held_by(process: psutil.Process, ssh_port: int) -> int:
     """How many agents' connections a relay process holds."""
     try:
@@ -55,15 +67,19 @@ def held_by(process: psutil.Process, ssh_port: int) -> int:
         return 0
 
 
-def all_back(agents: Workers, count: int, killed_at: float, budget: float) -> dict:
+def all_back(agents: Workers, count: int, killed_at: float, budget: float,
+             relays=lambda: [], relay_cpu: float = 0.0, agents_cpu: float = 0.0) -> dict:
     """Once the agents have noticed the kill: seconds from it until all `count` are connected
-    again (None past `budget`), and how many are."""
+    again (None past `budget`), and how many are; the CPU seconds the relays still running
+    (`relays()`, which had used `relay_cpu` at the kill) and the agents spent meanwhile."""
     agents.wait_for(lambda n: n < count, 10)
     back = agents.wait_for(lambda n: n >= count, budget)
     attempts, failures = agents.tally()
     return {"back_s": None if back is None else time.monotonic() - killed_at,
             "back": agents.connected, "attempts": attempts,
-            "failures": dict(failures.most_common(4))}
+            "failures": dict(failures.most_common(4)),
+            "relay_cpu_s": cpu(relays()) - relay_cpu,
+            "agents_cpu_s": agents.cpu_seconds() - agents_cpu}
 
 
 def one_relay(count: int, sessions, data_dir: Path, host_key: str, args, workers: int) -> dict:
@@ -86,18 +102,23 @@ def one_relay(count: int, sessions, data_dir: Path, host_key: str, args, workers
         time.sleep(args.settle)
         result["kib_per_agent"] = (rss(parent) - rss0) / max(1, agents.connected) / 1024
         result["rss_mib"] = rss(parent) / 2**20
+        agents_cpu = agents.cpu_seconds()
         if workers > 1:
             victim = max(parent.children(), key=lambda w: held_by(w, ssh_port))
             result["on_victim"] = held_by(victim, ssh_port)
+            relay_cpu = cpu([parent]) - cpu([victim])
             killed_at = time.monotonic()
             victim.kill()
         else:
             result["on_victim"] = agents.connected
+            relay_cpu = 0.0  # a new process
             killed_at = time.monotonic()
             relay.stop(signal.SIGKILL)
             relay = BenchRelay(data_dir, extra)
             relay.start(http_port=http_port, ssh_port=ssh_port, timeout=90)
-        result.update(all_back(agents, count, killed_at, args.budget))
+            parent = psutil.Process(relay.proc.pid)
+        result.update(all_back(agents, count, killed_at, args.budget, lambda: [parent],
+                               relay_cpu, agents_cpu))
     finally:
         if agents is not None:
             agents.stop()
@@ -135,9 +156,12 @@ def three_relays(count: int, sessions, data_dir: Path, host_key: str, args) -> d
             1, agents.connected) / 1024
         victim = relays[2]
         result["on_victim"] = held_by(psutil.Process(victim.proc.pid), ports[2])
+        survivors = [psutil.Process(r.proc.pid) for r in relays[:2]]
+        relay_cpu, agents_cpu = cpu(survivors), agents.cpu_seconds()
         killed_at = time.monotonic()
         victim.stop(signal.SIGKILL)
-        result.update(all_back(agents, count, killed_at, args.budget))
+        result.update(all_back(agents, count, killed_at, args.budget, lambda: survivors,
+                               relay_cpu, agents_cpu))
     finally:
         if agents is not None:
             agents.stop()
@@ -192,6 +216,11 @@ def main() -> None:
     for r in results:
         print(f"{r['mode']}: {r['attempts']} connection attempts by the agents in all, "
               f"failures by kind: {r['failures'] or 'none'}")
+        back = max(1, r["back"] - (r["connected"] - r["on_victim"]))
+        print(f"{r['mode']}: CPU from the kill until all were back (or the budget): relays "
+              f"{r['relay_cpu_s']:.1f} s, agents {r['agents_cpu_s']:.1f} s; per agent back "
+              f"{1000 * r['relay_cpu_s'] / back:.2f} ms and {1000 * r['agents_cpu_s'] / back:.2f}"
+              " ms")
     single = results[0]["back_s"] if "one" in modes else None
     for r in results[1:] if "one" in modes else results:
         ratio = "n/a" if not (single and r["back_s"]) else f"{r['back_s'] / single:.2f}×"
