@@ -132,18 +132,17 @@ class History(MemoryScrollback):
         return taken
 
     def extend(self, lines: Sequence[ScrollbackLine], cells: int,
-               runs: list[tuple[ScrollbackLine, int]] | None = None) -> None:
+               runs: list[tuple[ScrollbackLine, int]]) -> None:
         """Append complete lines, with the same end state as `append(line)` for each in turn;
-        `cells` is their cost, each line's cells plus one (see MemoryScrollback); `runs`, if
-        given, is `lines` as (line, times in a row), saving their count here."""
+        `cells` is their cost, each line's cells plus one (see MemoryScrollback); `runs` is
+        `lines` as (line, times in a row)."""
         if not lines:
             return
         if self._open:  # the rows of a line still arriving: the first line completes it
             self.append(lines[0])
             cells -= len(lines[0].styles) + 1
             lines = lines[1:]
-            if runs is not None:
-                runs = [(runs[0][0], runs[0][1] - 1), *runs[1:]] if runs[0][1] > 1 else runs[1:]
+            runs = [(runs[0][0], runs[0][1] - 1), *runs[1:]] if runs[0][1] > 1 else runs[1:]
         # Evicting from the front once at the end keeps the same newest lines as evicting
         # after every append: the longest run of newest lines that fits the budget.
         held = self._lines
@@ -165,11 +164,8 @@ class History(MemoryScrollback):
 
 
     def _count_rows(self, lines: Sequence[ScrollbackLine],
-                    runs: list[tuple[ScrollbackLine, int]] | None) -> None:
+                    runs: list[tuple[ScrollbackLine, int]]) -> None:
         """Row counts per width kept, for lines just appended."""
-        if runs is None:
-            runs = [(run[0], len(run))
-                    for run in (list(group) for _, group in groupby(lines, key=id))]
         if len(runs) == len(lines):
             # Every line different (`find`, a log): counted in C. A line of single-width
             # cells (all the bulk path makes) is as wide as its cells, and rows_of(width,
