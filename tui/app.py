@@ -165,6 +165,12 @@ class ConsoleApp(App):
         (its words often carry a host's file name or the relay's detail)."""
         text = clean_lines(message, 2000)
         self.notices.append((severity, text))
+        on_status_line = getattr(self.screen_stack[-1] if self.screen_stack else None,
+                                 "show_notice", None)
+        if on_status_line is not None:  # a terminal pane: a toast would hide the remote screen
+            shown = f"{clean(title, 200)}: {text}" if title else text
+            on_status_line(severity, shown, timeout or self.NOTIFICATION_TIMEOUT)
+            return
         super().notify(text, title=clean_lines(title, 200), severity=severity,
                        timeout=timeout, markup=False)
 

@@ -110,3 +110,26 @@ async def test_a_remapped_leave_key_frees_ctrl_bracket(relay, agents, tmp_path: 
         await wait_until(pilot, lambda: shows(terminal, "done"))
         await pilot.press("f12")
         await wait_until(pilot, lambda: not isinstance(app.screen, RemoteScreen))
+
+
+async def test_messages_in_the_shell_go_on_the_status_line_not_over_the_screen(
+        relay, agents, tmp_path: Path) -> None:
+    """A toast covered the remote screen's bottom right (vim's ruler, a prompt) at 80x24;
+    in the shell the console says things on the status line, for a while, on one line."""
+    async with shell_pane(relay, agents, tmp_path, "nia@example.com", (80, 24)) as (
+            app, pilot, terminal):
+        before = status(app)
+        app.notify("The relay is slow to answer: the session list may be out of date. "
+                   "It refreshes again in 10 s.\nSecond line", severity="error", timeout=1.5)
+        await pilot.pause()
+        assert not list(app.screen.query("Toast")), "a toast over the remote screen"
+        assert not app._notifications, "the list's toasts went when the shell was shown"
+        bar = app.screen.query_one("#pane-status", Static)
+        shown = status(app)
+        assert shown.startswith(" ! The relay is slow to answer") and shown.endswith("^] back")
+        assert len(shown) <= 78 and "\n" not in shown and "…" in shown
+        assert bar.has_class("-error") and bar.size.height == 1
+        assert terminal.size.height == 23, "the terminal keeps its rows"
+        assert app.notices[-1][1].endswith("Second line"), "kept whole for the record"
+        await wait_until(pilot, lambda: status(app) == before, timeout=5)
+        assert not bar.has_class("-error")

@@ -45,6 +45,10 @@ class RemoteScreen(PaneScreen):
         self._browsing: str | None = None  # what the status bar says while history is browsed
         self._held_keys: list[bytes] | None = None  # typed while shown again, before the size
         self._size_wait: Timer | None = None  # the most the held keys wait
+        # What the console has to say while the terminal is shown: on the status line, for
+        # a while, instead of a toast over the remote screen's bottom right.
+        self._notice: tuple[str, str] | None = None  # (severity, one line of text)
+        self._notice_timer: Timer | None = None
 
     def compose(self) -> ComposeResult:
         yield self.status_bar()
@@ -56,6 +60,7 @@ class RemoteScreen(PaneScreen):
 
     def on_mount(self) -> None:
         self.terminal.focus()
+        self.app.clear_notifications()  # toasts from the list would cover the remote screen
         # The shell is opened once the pane has been laid out and knows its size in cells
         # (its first TerminalView.Resized): a PTY opened before that would start at the
         # widget's placeholder 80x24 and full-screen programs would draw for the wrong size.
@@ -64,9 +69,37 @@ class RemoteScreen(PaneScreen):
         key = self.leave_key()
         if self._leaving is not None:
             return f" {key} again: send {key} · [: history · /: search · other keys: back"
+        if self._notice is not None:
+            severity, text = self._notice
+            suffix = f" · {key} back"
+            mark = "! " if severity in ("error", "warning") else ""
+            room = max(10, self.size.width - 3 - len(mark) - len(suffix))
+            shown = text if len(text) <= room else text[:room - 1] + "…"
+            return f" {mark}{shown}{suffix}"
         if self._browsing is not None:
             return self._browsing
         return super().status_text()
+
+    def show_notice(self, severity: str, text: str, timeout: float) -> None:
+        """Say `text` (already clean) on the status line for `timeout` seconds, where it
+        hides none of the remote screen; the newest notice replaces the one before."""
+        self._notice = (severity, " ".join(text.split()))
+        if self._notice_timer is not None:
+            self._notice_timer.stop()
+        self._notice_timer = self.set_timer(timeout, self._notice_done)
+        self._show_severity(severity)
+        self.set_state(self.state)
+
+    def _notice_done(self) -> None:
+        self._notice = None
+        self._notice_timer = None
+        self._show_severity(None)
+        self.set_state(self.state)
+
+    def _show_severity(self, severity: str | None) -> None:
+        for bar in self.query("#pane-status"):
+            bar.set_class(severity == "error", "-error")
+            bar.set_class(severity == "warning", "-warning")
 
     @on(TerminalView.Browsing)
     def _browsing_changed(self, event: TerminalView.Browsing) -> None:
@@ -114,6 +147,7 @@ class RemoteScreen(PaneScreen):
 
     def on_screen_resume(self) -> None:
         self.terminal.focus()
+        self.app.clear_notifications()
         # Shown again (back from the list, or reattached): the window may have changed size
         # meanwhile, or another attachment resized the remote PTY. Keys typed before the pane
         # is laid out again wait, so the shell has the pane's size before the first of them
