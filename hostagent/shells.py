@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import inspect
 import logging
 import os
 import re
@@ -121,13 +123,42 @@ class Attachment:
         self.taken = asyncio.Event()
 
 
+def _ignoring_private(method: Callable) -> Callable:
+    """`method` (a pyte Screen's CSI handler) for a CSI that may come as a private `CSI ?`
+    form it does not take: that form is ignored, as terminals ignore what they do not
+    know. pyte passed it on and the handler raised (vim's `CSI ? 4 m`, its query of
+    modifyOtherKeys, failed the emulator's feeding, with a traceback on the customer's
+    screen and the rest of that output lost from the repaint)."""
+    @functools.wraps(method)
+    def handler(self, *params, private: bool = False):
+        if private:
+            return None
+        return method(self, *params)
+    return handler
+
+
+def _takes_private(method: Callable) -> bool:
+    parameters = inspect.signature(method).parameters.values()
+    return any(p.name == "private" or p.kind is p.VAR_KEYWORD for p in parameters)
+
+
+class _Screen(pyte.Screen):
+    """pyte's screen, with every CSI handler safe from private forms it does not know."""
+
+
+for _name in set(pyte.Stream.csi.values()):
+    _method = getattr(pyte.Screen, _name)
+    if not _takes_private(_method):
+        setattr(_Screen, _name, _ignoring_private(_method))
+
+
 class ManagedShell:
     def __init__(self, shell_id: str | None, pty: PtyShell,
                  on_gone: Callable[[ManagedShell], None]) -> None:
         self.id = shell_id
         self.pty = pty
         self._on_gone = on_gone
-        self.screen = pyte.Screen(pty.cols, pty.rows)
+        self.screen = _Screen(pty.cols, pty.rows)
         self._stream = pyte.ByteStream(self.screen)
         self._tail = bytearray()
         self._sync_handle: asyncio.TimerHandle | None = None
@@ -190,7 +221,7 @@ class ManagedShell:
             while self._tail:
                 data = bytes(self._tail[:SYNC_SLICE])
                 del self._tail[:SYNC_SLICE]
-                self._stream.feed(data)
+                self._feed(data)
                 await asyncio.sleep(0)
         finally:
             if self._feeding is asyncio.current_task():
@@ -207,7 +238,17 @@ class ManagedShell:
         if self._tail:
             data = bytes(self._tail)
             self._tail.clear()
+            self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        """Feed the emulator. Whatever output pyte fails on only makes the repaint less
+        exact (a full-screen program redraws itself on reattach, nudged); it never fails
+        the shell, its reattach or the customer's screen."""
+        try:
             self._stream.feed(data)
+        except Exception as exc:  # pyte's own failure on odd output
+            log.info("shell %s: the screen copy for reattaching skipped output it could "
+                     "not follow (%s)", self.id, type(exc).__name__)
 
     def repaint(self) -> bytes:
         self.sync()

@@ -168,3 +168,36 @@ async def test_a_quiet_shell_catches_its_screen_up_a_slice_at_a_time() -> None:
         # Reaped here: a killed shell left unawaited warns "still running" when collected,
         # which fails whichever test happens to run then.
         await asyncio.wait_for(pty.wait(), 10)
+
+
+@pytest.mark.parametrize("odd", [b"\x1b[?4m", b"\x1b[?2A", b"\x1b[?5r", b"\x1b[?1;2H"])
+async def test_output_the_screen_copy_cannot_follow_never_breaks_the_repaint(odd: bytes) -> None:
+    """vim queries modifyOtherKeys with CSI ? 4 m: pyte handed that to a handler that does
+    not take private forms, which raised; the reattach's repaint failed with it, and the
+    quiet-time feeding printed a traceback on the customer's screen. Private forms a
+    handler does not know are ignored now, as terminals do."""
+    from hostagent.shell import PtyShell
+    from hostagent.shells import ManagedShell
+
+    text = "before" + odd.decode() + "\x1b[31mafter\x1b[0m"
+    pty = PtyShell("xterm", 80, 24, command=f"printf '%s' '{text}'; sleep 30")
+    await pty.start()
+    shell = ManagedShell("odd", pty, lambda _shell: None)
+    failures: list[dict] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: failures.append(context))
+    shell.start_pump()
+    try:
+        for _ in range(100):  # the quiet-time feeding runs, a slice at a time
+            if "after" in "".join(shell.screen.display) and shell._feeding is None:
+                break
+            await asyncio.sleep(0.05)
+        painted = shell.repaint()
+        assert b"before" in painted and b"after" in painted
+        assert shell.screen.display[0].startswith("beforeafter")  # the odd form did nothing
+        assert shell.screen.buffer[0][6].fg == "red"  # and what came after it still took
+        assert failures == []
+    finally:
+        loop.set_exception_handler(None)
+        shell.kill()
+        await asyncio.wait_for(pty.wait(), 10)
