@@ -37,6 +37,14 @@ AUDIT_FLUSH = 3.0
 CODE_PROMPT = "Security code (6 digits, read to you by the technician): "
 
 
+def _background_failure(_loop: asyncio.AbstractEventLoop, context: dict) -> None:
+    """A background task failed where nothing awaited it: said in the log (with -v, and
+    its traceback), never as a traceback in the middle of the customer's window."""
+    error = context.get("exception")
+    log.info("a background step failed: %s%s", context.get("message", ""),
+             f" ({type(error).__name__})" if error else "", exc_info=error)
+
+
 @dataclass
 class AgentOptions:
     backoff_cap: float = BACKOFF_CAP
@@ -79,6 +87,7 @@ class Agent:
         assert main is not None
         for sig in self.options.end_signals:
             loop.add_signal_handler(sig, self._signalled, main)
+        loop.set_exception_handler(_background_failure)
         try:
             return await self._run()
         except asyncio.CancelledError:

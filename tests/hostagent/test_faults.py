@@ -100,3 +100,29 @@ async def test_wrong_codes_and_a_second_instance(start_relay, agents, tmp_path: 
         assert (await api.session(second_session["id"]))["state"] == "pending"
     await asyncio.sleep(0)
     assert first.proc is not None and first.proc.poll() is None  # the first one goes on
+
+
+def test_a_failed_background_task_is_logged_not_printed_on_the_customers_window(caplog) -> None:
+    """asyncio's default prints "Task exception was never retrieved" and the traceback on
+    stderr, the customer's window; the agent logs it, shown with -v only."""
+    import gc
+    import logging
+
+    from hostagent.agent import _background_failure
+
+    async def fails() -> None:
+        raise TypeError("an internal step")
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(_background_failure)
+        task = asyncio.get_running_loop().create_task(fails())
+        await asyncio.sleep(0.01)
+        del task
+        gc.collect()  # the unretrieved exception is reported as the task goes
+
+    caplog.set_level(logging.DEBUG)
+    asyncio.run(main())
+    shown = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    said = [r for r in caplog.records if "background step failed" in r.getMessage()]
+    assert not shown and len(said) == 1 and said[0].levelno == logging.INFO
+    assert said[0].exc_info and said[0].exc_info[0] is TypeError
