@@ -171,3 +171,30 @@ def test_the_details_count_wrong_codes_as_the_relay_does() -> None:
     hostile = dict(detail_lines(view | {"code_attempts": "x", "code_attempts_left": -3},
                                 "alice", None))
     assert hostile["wrong codes"].startswith("0 tried, 0 left")
+
+
+async def test_home_and_end_go_to_the_first_and_last_row() -> None:
+    """Every table is a TextTable; DataTable gave Home and End to scrolling sideways, so
+    End in the file manager did nothing and F5 then copied the wrong row."""
+    from textual.app import App
+
+    from tui.widgets.texttable import TextTable
+
+    class Tables(App):
+        def compose(self):
+            yield TextTable(cursor_type="row")
+
+        def on_mount(self) -> None:
+            table = self.query_one(TextTable)
+            table.add_column("name")
+            for n in range(50):
+                table.add_row(f"file-{n}")
+            table.focus()
+
+    app = Tables()
+    async with app.run_test(size=(40, 12)) as pilot:
+        table = app.query_one(TextTable)
+        await pilot.press("end")
+        assert table.cursor_row == 49
+        await pilot.press("home")
+        assert table.cursor_row == 0

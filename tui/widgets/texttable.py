@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.text import Text
+from textual.binding import Binding
 from textual.widgets import DataTable
 from textual.widgets.data_table import CellType, ColumnKey, RowKey
 
@@ -23,6 +24,13 @@ def as_text(value: Any) -> Any:
 
 
 class TextTable(DataTable):
+    # Home and End go to the first and last row, as in mc and every list; DataTable gives
+    # them to scrolling sideways, which these tables of rows never need.
+    BINDINGS = [
+        Binding("home", "scroll_top", "First row", show=False, id="table.first"),
+        Binding("end", "scroll_bottom", "Last row", show=False, id="table.last"),
+    ]
+
     def add_column(self, label: Any, *, width: int | None = None, key: str | None = None,
                    default: CellType | None = None) -> ColumnKey:
         return super().add_column(as_text(label), width=width, key=key,
