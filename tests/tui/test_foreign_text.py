@@ -257,4 +257,3 @@ async def test_hostile_numbers_and_states_in_the_list_are_text(relay) -> None:
         drawn = screen_text(app)
         assert "seats \\x1b[2J[red]3" in drawn and "[b]\\x07" in drawn, drawn
         await app.action_quit()
-
