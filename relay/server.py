@@ -295,6 +295,7 @@ class RelayServer:
             self.metrics_port = metrics_sock.getsockname()[1]
             await self._serve(metrics_app(self.metrics, self.readiness_problems), metrics_sock,
                               http=_HeaderDeadline)
+        service.wheels.refresh()
         if settings.prepare_wheels:
             service.wheels.start()
         await self._join_cluster(service, host_key)

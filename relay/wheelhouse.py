@@ -22,6 +22,7 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -94,6 +95,31 @@ def build_host_wheel(dest: Path) -> Path:
     return wheel
 
 
+def refresh_host_wheel(data_dir: Path) -> bool:
+    """Make the wheelhouse's host wheel the one this relay's own code builds, when there is a
+    wheelhouse and its host wheel is another (Adhoc was upgraded since it was built): the
+    customer then installs the host of the relay they join, fixes included, not whatever
+    was current when the wheelhouse was first made. The dependency wheels stay. Returns
+    whether it was replaced."""
+    target = wheelhouse_dir(data_dir)
+    current = sorted(target.glob("adhoc_host-*.whl"))
+    if not current:
+        return False  # no wheelhouse yet: `adhoc-relay wheelhouse` or the console makes it
+    staging = Path(tempfile.mkdtemp(prefix=".host-wheel-", dir=data_dir))
+    try:
+        fresh = build_host_wheel(staging)
+        dest = target / fresh.name
+        if current == [dest] and dest.read_bytes() == fresh.read_bytes():
+            return False
+        os.replace(fresh, dest)  # atomic: a download in progress gets one or the other
+        for old in current:
+            if old != dest:
+                old.unlink(missing_ok=True)
+        return True
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def download_dependencies(dest: Path, python_versions: list[str], platforms: list[str]) -> None:
     """Binary wheels of the host's dependencies, for each target asked for."""
     targets = [(v, p) for v in python_versions or [None] for p in platforms or [None]]
@@ -148,6 +174,17 @@ class Preparation:
         self.failure: str | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._task: asyncio.Task | None = None
+
+    def refresh(self) -> None:
+        """At the relay's start: the host wheel from this relay's code (refresh_host_wheel)."""
+        try:
+            if refresh_host_wheel(self.data_dir):
+                log.info("the host's wheel was rebuilt from this relay's code (Adhoc "
+                         "changed since the wheelhouse was made)")
+        except (OSError, RuntimeError) as exc:
+            log.warning("could not rebuild the host's wheel from this relay's code: %s; "
+                        "customers get the one built before (adhoc-relay wheelhouse "
+                        "rebuilds it)", exc)
 
     def start(self) -> None:
         if has_host_wheel(self.data_dir) or self._task is not None:

@@ -8,7 +8,8 @@ import sys
 import zipfile
 from pathlib import Path
 
-from relay.wheelhouse import build_host_wheel
+from relay.wheelhouse import build_host_wheel, refresh_host_wheel, wheelhouse_dir
+from tests.support import RelayProcess, provision
 
 
 def test_host_wheel_imports_alone(tmp_path: Path) -> None:
@@ -37,3 +38,45 @@ def test_host_wheel_imports_alone(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=tmp_path, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def _stale_wheelhouse(data_dir: Path) -> tuple[Path, Path]:
+    """A wheelhouse as an earlier Adhoc left it: its host wheel of other code, and a
+    dependency wheel beside it."""
+    wheels = wheelhouse_dir(data_dir)
+    wheels.mkdir(parents=True)
+    stale = wheels / "adhoc_host-0.0.1-py3-none-any.whl"
+    with zipfile.ZipFile(stale, "w") as zf:
+        zf.writestr("hostagent/shells.py", "# the code before the fix\n")
+    dependency = wheels / "pyte-0.8.2-py3-none-any.whl"
+    dependency.write_bytes(b"a dependency's wheel")
+    return stale, dependency
+
+
+def test_the_host_wheel_is_rebuilt_from_the_relays_code_after_an_upgrade(
+        tmp_path: Path) -> None:
+    stale, dependency = _stale_wheelhouse(tmp_path)
+    assert refresh_host_wheel(tmp_path)
+    wheels = sorted(wheelhouse_dir(tmp_path).glob("*.whl"))
+    fresh = build_host_wheel(tmp_path)  # deterministic: the same bytes from the same code
+    assert [w.name for w in wheels] == sorted([fresh.name, dependency.name])
+    assert (wheelhouse_dir(tmp_path) / fresh.name).read_bytes() == fresh.read_bytes()
+    assert dependency.read_bytes() == b"a dependency's wheel" and not stale.exists()
+    assert not refresh_host_wheel(tmp_path), "already the relay's own: left as it is"
+    assert not list(tmp_path.glob(".host-wheel-*"))
+    assert not refresh_host_wheel(tmp_path / "no-wheelhouse")
+
+
+def test_a_relay_starting_on_a_stale_wheelhouse_serves_its_own_host(tmp_path: Path) -> None:
+    data = tmp_path / "relay"
+    provision(data)
+    stale, _ = _stale_wheelhouse(data)
+    relay = RelayProcess(data)
+    relay.start()
+    try:
+        hosts = list(wheelhouse_dir(data).glob("adhoc_host-*.whl"))
+        assert len(hosts) == 1 and not stale.exists()
+        with zipfile.ZipFile(hosts[0]) as zf:
+            assert "hostagent/cli.py" in zf.namelist()
+    finally:
+        relay.stop()
