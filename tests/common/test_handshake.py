@@ -9,6 +9,7 @@ from cryptography.hazmat.primitives.asymmetric import mlkem
 
 from common.handshake import cheaper_handshakes
 from common.transport import KEX_ALGS
+from tests.sshserver import PasswordServer
 
 pytestmark = pytest.mark.skipif(not hasattr(mlkem, "MLKEM768PrivateKey"),
                                 reason="this cryptography has no ML-KEM")
@@ -16,24 +17,9 @@ pytestmark = pytest.mark.skipif(not hasattr(mlkem, "MLKEM768PrivateKey"),
 PASSWORD = "3f9c-pass word~!"
 
 
-class _Server(asyncssh.SSHServer):
-    def __init__(self, seen: list) -> None:
-        self.seen = seen
-
-    def begin_auth(self, username: str) -> bool:
-        return True
-
-    def password_auth_supported(self) -> bool:
-        return True
-
-    def validate_password(self, username: str, password: str) -> bool:
-        self.seen.append((username, password))
-        return password == PASSWORD
-
-
-async def _login(username: str, password: str, seen: list) -> None:
+async def _login(username: str, password: str, logins: list) -> None:
     key = asyncssh.generate_private_key("ssh-ed25519")
-    server = await asyncssh.create_server(lambda: _Server(seen), "127.0.0.1", 0,
+    server = await asyncssh.create_server(lambda: PasswordServer(PASSWORD, logins), "127.0.0.1", 0,
                                           server_host_keys=[key], kex_algs=KEX_ALGS)
     port = server.sockets[0].getsockname()[1]
     try:
@@ -60,11 +46,11 @@ async def test_the_server_makes_no_ml_kem_key_and_the_exchange_still_agrees(monk
     monkeypatch.setitem(pq._pyca_pq_alg_classes, b"mlkem768",
                         (type("Counted", (), {"generate": staticmethod(counted)}),
                          mlkem.MLKEM768PublicKey))
-    seen: list = []
-    await _login("support", PASSWORD, seen)
+    logins: list = []
+    await _login("support", PASSWORD, logins)
     # One key pair in all, the client's: the server only encapsulated to it.
     assert len(made) == 1
-    assert seen == [("support", PASSWORD)]
+    assert logins == [("support", PASSWORD)]
 
 
 @pytest.mark.parametrize("text", ["s4bc7d9e2f1a0b3c", "alice", "pa ss~word!", "",
@@ -93,7 +79,7 @@ def test_control_characters_are_still_refused(text: str) -> None:
 
 async def test_a_non_ascii_password_still_logs_in_as_saslprep_maps_it() -> None:
     cheaper_handshakes()
-    seen: list = []
+    logins: list = []
     # U+00AD (soft hyphen) maps to nothing: the server sees the password without it.
-    await _login("support", PASSWORD[:4] + "\u00ad" + PASSWORD[4:], seen)
-    assert seen == [("support", PASSWORD)]
+    await _login("support", PASSWORD[:4] + "\u00ad" + PASSWORD[4:], logins)
+    assert logins == [("support", PASSWORD)]

@@ -9,6 +9,7 @@ import asyncssh
 
 from common.secret import Secret
 from hostagent.tunnel import Tunnel
+from tests.sshserver import PasswordServer
 
 WINDOW = 4.0  # seconds of attempts counted
 # With the backoff (0.5 s, 1 s, 2 s, ... full jitter) more than 7 attempts in 4 s happen about
@@ -16,24 +17,12 @@ WINDOW = 4.0  # seconds of attempts counted
 MOST_ATTEMPTS = 7
 
 
-class _RefusesForwards(asyncssh.SSHServer):
+class _RefusesForwards(PasswordServer):
     """A relay that knows the agent's credentials and refuses every forward it asks for."""
 
-    def __init__(self, attempts: list[int], forwards: list[tuple[str, int]]) -> None:
-        self.attempts = attempts
+    def __init__(self, logins: list[tuple[str, str]], forwards: list[tuple[str, int]]) -> None:
+        super().__init__("agent-secret", logins, username="s-refused")
         self.forwards = forwards
-
-    def begin_auth(self, username: str) -> bool:
-        return True
-
-    def password_auth_supported(self) -> bool:
-        return True
-
-    def validate_password(self, username: str, password: str) -> bool:
-        ok = (username, password) == ("s-refused", "agent-secret")
-        if ok:
-            self.attempts.append(1)
-        return ok
 
     def server_requested(self, listen_host: str, listen_port: int) -> bool:
         self.forwards.append((listen_host, listen_port))
@@ -43,7 +32,7 @@ class _RefusesForwards(asyncssh.SSHServer):
 async def test_a_relay_that_refuses_the_forward_is_retried_with_backoff() -> None:
     relay_key = asyncssh.generate_private_key("ssh-ed25519")
     inner_key = asyncssh.generate_private_key("ssh-ed25519")
-    attempts: list[int] = []
+    attempts: list[tuple[str, str]] = []  # the logins it let in
     forwards: list[tuple[str, int]] = []
     server = await asyncssh.listen("127.0.0.1", 0, server_host_keys=[relay_key],
                                    server_factory=lambda: _RefusesForwards(attempts, forwards))

@@ -18,6 +18,7 @@ from common.transport import (
     _CoalescedSession,
     coalescing_protocol,
 )
+from tests.sshserver import PasswordServer
 
 
 class Recorder:
@@ -94,16 +95,6 @@ async def test_during_the_handshake_small_writes_go_joined_and_at_once_after_it(
 async def test_a_real_handshake_crosses_in_fewer_writes(monkeypatch) -> None:
     """An asyncssh login over the coalescing transport, the socket writes counted on both
     ends: with the handshake's packets of a turn joined, fewer than one write per packet."""
-    class Server(asyncssh.SSHServer):
-        def begin_auth(self, username: str) -> bool:
-            return True
-
-        def password_auth_supported(self) -> bool:
-            return True
-
-        def validate_password(self, username: str, password: str) -> bool:
-            return password == "right"
-
     writes = [0]
     original = selector_events._SelectorSocketTransport.write
 
@@ -120,8 +111,9 @@ async def test_a_real_handshake_crosses_in_fewer_writes(monkeypatch) -> None:
                 coalescing_protocol(lambda: session_factory("", 0)), host, port)
 
     async def login() -> int:
-        server = await asyncssh.create_server(Server, "127.0.0.1", 0, tunnel=Listen(),
-                                              server_host_keys=[key], kex_algs=KEX_ALGS)
+        server = await asyncssh.create_server(lambda: PasswordServer("right"), "127.0.0.1", 0,
+                                              tunnel=Listen(), server_host_keys=[key],
+                                              kex_algs=KEX_ALGS)
         port = server.sockets[0].getsockname()[1]
         writes[0] = 0
         try:
