@@ -35,27 +35,26 @@ from tests.ports import free_port
 KEY_FILES = ("ssh_host_ed25519_key", "secret.key", "cluster_ed25519_key")
 
 
-def rss(process: psutil.Process) -> int:
-    """RSS of a relay: the process and its workers."""
-    total = process.memory_info().rss
-    for child in process.children():
-        try:
-            total += child.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
-def cpu(processes) -> float:
-    """CPU seconds the given processes (and their children) have used so far."""
+def _over_tree(processes, measure) -> float:
+    """`measure` summed over the processes and their children (gone ones count nothing)."""
     total = 0.0
     for process in processes:
         for each in [process, *process.children()]:
             try:
-                total += cpu_seconds(each)
+                total += measure(each)
             except psutil.NoSuchProcess:
                 pass
     return total
+
+
+def rss(process: psutil.Process) -> int:
+    """RSS of a relay: the process and its workers."""
+    return int(_over_tree([process], lambda p: p.memory_info().rss))
+
+
+def cpu(processes) -> float:
+    """CPU seconds the given processes (and their children) have used so far."""
+    return _over_tree(processes, cpu_seconds)
 
 
 def held_by(process: psutil.Process, ssh_port: int) -> int:
