@@ -38,11 +38,14 @@ CODE_PROMPT = "Security code (6 digits, read to you by the technician): "
 
 
 def _background_failure(_loop: asyncio.AbstractEventLoop, context: dict) -> None:
-    """A background task failed where nothing awaited it: said in the log (with -v, and
-    its traceback), never as a traceback in the middle of the customer's window."""
+    """A background task failed where nothing awaited it: said in one line of the log
+    (shown with -v; its traceback only at debug level, as main() does, since an error's
+    text may carry what the customer's window must not show), never as a traceback in the
+    middle of the customer's window."""
     error = context.get("exception")
     log.info("a background step failed: %s%s", context.get("message", ""),
-             f" ({type(error).__name__})" if error else "", exc_info=error)
+             f" ({type(error).__name__})" if error else "")
+    log.debug("the background step's failure", exc_info=error)
 
 
 @dataclass
