@@ -19,7 +19,7 @@ from common.protocol import (
 from common.secret import Secret
 from relay import sessions as rules
 from relay.config import Rate
-from relay.store import Presence, SessionRow
+from relay.store import NotFound, Presence, SessionRow
 from relay.usecases.base import ServiceBase
 from relay.usecases.shared import LOGIN_RE, RateLimiter, ServiceError
 
@@ -33,6 +33,9 @@ AGENT_ACTORS = ("customer", "agent")  # the other actors an agent event may name
 FIELD_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 # An agent's connection problem: this much text, and a change at most every few seconds.
 PROBLEM_CHARS = 500
+# How long after its session ended an agent's last reports are still recorded: what it saw
+# while the session ended (a digest cut short, a transfer closed in the last second).
+REPORT_GRACE = float(os.environ.get("ADHOC_RELAY_AGENT_REPORT_GRACE", "300"))
 PROBLEM_RATE = Rate(5, timedelta(minutes=1))
 
 
@@ -110,13 +113,32 @@ class AgentCases(ServiceBase):
                                "this session is no longer active: the agent can remove itself")
         return row
 
+    async def agent_reporting(self, bearer: Secret) -> SessionRow:
+        """The session an agent may report for: active, or ended within REPORT_GRACE."""
+        try:
+            return await self.agent_for_bearer(bearer)
+        except ServiceError:
+            session_id, _, secret = bearer.reveal().partition(":")
+            try:
+                row = await self.store.session(session_id.lower())
+            except NotFound:
+                row = None
+            if not secret or row is None or row.agent_secret_hash is None \
+                    or row.ended_at is None \
+                    or self.clock() - row.ended_at > REPORT_GRACE \
+                    or not hmac.compare_digest(row.agent_secret_hash,
+                                               rules.token_hash(secret)):
+                raise
+            return row
+
     async def agent_reports(self, bearer: Secret, events: list[dict]) -> dict:
         """Technician actions the agent saw inside the tunnel, for the audit log.
 
         Only AGENT_EVENTS are recorded, as rows of the actor "agent-report" with every field
         the agent sent under the one key "agent"; others are refused one by one. A session's
-        agent may report AGENT_REPORT_RATE events and AGENT_REPORTS_PER_SESSION in all."""
-        row = await self.agent_for_bearer(bearer)
+        agent may report AGENT_REPORT_RATE events and AGENT_REPORTS_PER_SESSION in all, until
+        REPORT_GRACE after its session ended."""
+        row = await self.agent_reporting(bearer)
         wait, _ = self.agent_report_limiter.take(row.id, cost=max(1, len(events)))
         if wait:
             raise ServiceError(429, "rate_limited",

@@ -93,6 +93,32 @@ async def test_agent_reports_are_capped_per_session_with_a_clear_429(start_relay
         assert [r["event"] for r in rows].count("audit_capped") == 1
 
 
+async def test_an_agent_reports_its_last_events_shortly_after_the_session_ended(
+        start_relay, monkeypatch) -> None:
+    """What the agent saw as the session ended (a digest cut short) still reaches the audit;
+    a wrong secret never does, and nothing does once the grace is over."""
+    monkeypatch.setenv("ADHOC_RELAY_AGENT_REPORT_GRACE", "2")
+    relay = start_relay()
+    last = {"events": [{"event": "file_read", "actor": "alice", "path": "/etc/shadow",
+                        "error": "the session ended before the digest was taken"}]}
+    async with Api(relay.base_url) as api, httpx.AsyncClient(base_url=relay.base_url) as client:
+        session, bearer = await _agent(relay, api)
+        ended = await api.client.post(f"/api/v1/sessions/{session['id']}/end")
+        assert ended.status_code == 200
+        wrong = {"Authorization": f"Bearer {session['id']}:not-the-secret"}
+        assert (await client.post("/api/v1/agent/audit", headers=wrong, json=last)
+                ).status_code == 401
+        response = await client.post("/api/v1/agent/audit", headers=bearer, json=last)
+        assert response.status_code == 200 and response.json()["recorded"] == 1
+        rows = (await _audit(api, session["id"]))["audit"]
+        assert [r["detail"]["agent"]["path"] for r in rows if r["event"] == "file_read"] == \
+            ["/etc/shadow"]
+        await asyncio.sleep(2.5)
+        late = await client.post("/api/v1/agent/audit", headers=bearer, json=last)
+        assert late.status_code == 401
+        assert "no longer active" in late.json()["detail"]
+
+
 async def test_the_session_audit_is_read_a_page_at_a_time(relay) -> None:
     async with Api(relay.base_url) as api, httpx.AsyncClient(base_url=relay.base_url) as client:
         session, bearer = await _agent(relay, api)
