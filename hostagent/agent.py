@@ -34,6 +34,7 @@ from hostagent.tunnel import BACKOFF_CAP, Tunnel
 log = logging.getLogger("adhoc.host")
 
 AUDIT_FLUSH = 3.0
+DIGESTS_SETTLE = 2.0
 CODE_PROMPT = "Security code (6 digits, read to you by the technician): "
 
 
@@ -220,6 +221,8 @@ class Agent:
         end_task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await asyncio.wait_for(tunnel_task, 5)
+        # Digests still being taken stopped with kill_all: their reports go with the rest.
+        await self.state.digests.settle(DIGESTS_SETTLE)
         if not (expiry_task in done and self.notices.link != "connected"):
             await self.audit.flush(AUDIT_FLUSH)
         await self.audit.stop()

@@ -67,7 +67,9 @@ class AuditQueue:
         if len(self._pending) == self._pending.maxlen:
             self._dropped += 1
         item = {key: _bounded(value) for key, value in detail.items()}
-        item.update(event=str(event), actor=actor[:64], seen_at=_now(),
+        # `seen_at` in the detail: when it happened, for an event reported later (a digest).
+        item.update(event=str(event), actor=actor[:64],
+                    seen_at=detail.get("seen_at") or timestamp(),
                     outcome=str(detail.get("outcome", "ok")))
         self._pending.append(item)
         self._drained.clear()
@@ -102,7 +104,7 @@ class AuditQueue:
             used += size
         if self._dropped and len(batch) < BATCH:
             batch.append({"event": str(Event.AUDIT_LOST), "actor": "agent", "outcome": "lost",
-                          "seen_at": _now(), "count": self._dropped})
+                          "seen_at": timestamp(), "count": self._dropped})
         return batch
 
     async def _send_batch(self, client: httpx.AsyncClient) -> bool:
@@ -144,5 +146,6 @@ class AuditQueue:
                 await self._task
 
 
-def _now() -> str:
+def timestamp() -> str:
+    """Now, as the audit writes times (UTC, milliseconds)."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -3,44 +3,26 @@
 Every operation that changes or takes something is audited and shown to the customer: file
 transfers (with path, size and SHA-256), removals, renames, folders, attribute changes
 (truncate, chmod including setuid, chown, times) and links, whichever protocol version or
-extension the client uses. SFTP clients read and write at many offsets in parallel, so a
-transfer's digest is taken from the file on disk when the technician's handle closes (what the
-technician left there, or what they took away), in a thread so the event loop stays free.
+extension the client uses. A transfer's digest is taken from the file on disk when the
+technician's handle closes (what they left there, or what they took away), after the client has
+its reply (hostagent/digests.py); the customer is told at the close, in the order things happen.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import stat
 from collections.abc import Callable
 
 import asyncssh
 
-from hostagent.audit import Event
+from hostagent.audit import Event, timestamp
 from hostagent.file_activity import FileActivity, describe_mode, shown_path, special_bits
 from hostagent.state import AgentState
 
-HASH_CHUNK = 1024 * 1024
 _WRITE_ACCESS = asyncssh.ACE4_WRITE_DATA | asyncssh.ACE4_APPEND_DATA
-
-
-class DigestStopped(Exception):
-    pass
-
-
-def file_digest(path: bytes, keep_going: Callable[[], bool] = lambda: True) -> tuple[int, str]:
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(HASH_CHUNK):
-            if not keep_going():
-                raise DigestStopped  # the session ended: nobody waits for this any more
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
 
 
 def _text(path: bytes) -> str:
@@ -171,20 +153,17 @@ def make_sftp_factory(state: AgentState, who_of: Callable[[asyncssh.SSHServerCha
                 detail["permissions"] = f"{stat.S_IMODE(handle.mode):04o}"
                 for bit in special_bits(handle.mode):
                     detail[bit] = True
-            try:
-                size, sha256 = await asyncio.to_thread(file_digest, handle.path,
-                                                       lambda: not state.ended)
-                detail.update(size=size, sha256=sha256)
-            except OSError as exc:
-                detail["error"] = exc.strerror or str(exc)
-            except DigestStopped:
-                detail["error"] = "the session ended before the digest was taken"
             if handle.writing:
                 self._activity.written(path, handle.mode)
             else:
                 self._activity.read(path)
-            state.audit(Event.FILE_WRITTEN if handle.writing else Event.FILE_READ, self.who,
-                        detail)
+            event = Event.FILE_WRITTEN if handle.writing else Event.FILE_READ
+            detail["seen_at"] = timestamp()  # the close, not the digest's end
+
+            def report(outcome: dict) -> None:
+                state.audit(event, self.who, {**detail, **outcome})
+
+            await state.digests.take(handle.path, report)
 
         # --- attributes and links ----------------------------------------------------------
 

@@ -13,6 +13,7 @@ from typing import Protocol
 
 from hostagent.audit import Event
 from hostagent.chat import ChatHub
+from hostagent.digests import Digests
 from hostagent.forwards import UNATTENDED, Forwards
 from hostagent.guard import PasswordGuard
 from hostagent.reaper import Reaper
@@ -72,6 +73,7 @@ class AgentState:
         self._doing: dict[int, tuple[str, str]] = {}
         self._ids = itertools.count()
         self.ended = False
+        self.digests = Digests(lambda: not self.ended)
 
     def allows(self, feature: str) -> bool:
         return feature in self.features
