@@ -25,6 +25,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import asyncssh
+import psutil
 
 from bench.launch import (
     LEVERS_ENV,
@@ -134,6 +135,28 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
 
+def settle(calm: float = 3.0, busy: float = 0.15, window: float = 0.25,
+           limit: float = 20.0) -> float:
+    """Wait until the machine's CPUs have been busy under `busy` (all of them together) for
+    `calm` seconds in a row, at most `limit` seconds; returns the seconds waited. So no
+    contender pays for work another left running: the agent's digest of a file it sent; after
+    a flood, the agent bringing its reattach emulator up to date (~0.8 s of CPU for `yes`'s
+    tail), the kernel, the terminals. And for a while after a long burst on both CPUs this
+    virtual machine runs slower (a loop took 1.2-1.6x as long in the first half second; tested
+    by hand): whichever run came next paid for it."""
+    start = time.monotonic()
+    quiet_since = None
+    while time.monotonic() - start < limit:
+        now = time.monotonic()
+        if psutil.cpu_percent(interval=window) < busy * 100:
+            quiet_since = now if quiet_since is None else quiet_since
+            if time.monotonic() - quiet_since >= calm:
+                break
+        else:
+            quiet_since = None
+    return time.monotonic() - start
+
+
 def scratch_dir(prefix: str) -> Path:
     """A scratch folder in RAM where there is one, so disks do not flavour the numbers."""
     base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
@@ -162,6 +185,7 @@ class Levers:
     lazy_pipes: bool = False  # the agent's command output paused only past 1 MiB unsent
     shell_window: int = 0  # tui/client.py SHELL_WINDOW (the console's remote pane)
     write_at_once: bool = False  # every write sent at once (before bulk writes were joined)
+    digest_wait: bool = False  # the agent's SFTP close waits for the file's digest (before)
     label: str = "as shipped"
 
     def env(self) -> dict[str, str]:

@@ -43,6 +43,7 @@ from bench.common import (
     percentile,
     run_async,
     scratch_dir,
+    settle,
     table,
     verdict,
 )
@@ -145,28 +146,6 @@ def run_flood(window: Window, work: Path, program: str, tag: str
     begin, end = map(float, stamp.read_text().split())
     window.wait_for(window.at_prompt)
     return end - begin, seen, window.cpu() - cpu
-
-
-def settle(calm: float = 3.0, busy: float = 0.15, window: float = 0.25,
-           limit: float = 20.0) -> float:
-    """Wait until the machine's CPUs have been busy under `busy` (all of them together) for
-    `calm` seconds in a row, at most `limit` seconds; returns the seconds waited. After a
-    flood, work goes on past its end on screen (the agent bringing its reattach emulator up
-    to date, ~0.8 s of CPU for `yes`'s tail; the kernel, the terminals), and for a while after
-    a long burst on both CPUs this virtual machine runs slower (a loop took 1.2-1.6x as long
-    in the first half second; tested by hand): whichever run came next paid for it, the pane
-    (which needs more CPU) the most."""
-    start = time.monotonic()
-    quiet_since = None
-    while time.monotonic() - start < limit:
-        now = time.monotonic()
-        if psutil.cpu_percent(interval=window) < busy * 100:
-            quiet_since = now if quiet_since is None else quiet_since
-            if time.monotonic() - quiet_since >= calm:
-                break
-        else:
-            quiet_since = None
-    return time.monotonic() - start
 
 
 def interrupt(window: Window) -> float:

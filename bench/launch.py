@@ -76,6 +76,19 @@ def lazy_command_pipes(limit: int = 1024 * 1024) -> None:
     _Pipes.pipe_data_received = pipe_data_received  # type: ignore[method-assign]
 
 
+def wait_for_digests() -> None:
+    """The agent's SFTP close waits for its file's SHA-256, as before hostagent/digests.py."""
+    from hostagent.digests import Digests
+
+    take = Digests.take
+
+    async def waiting(self, path: bytes, report) -> None:
+        await take(self, path, report)
+        await self.settle(3600)
+
+    Digests.take = waiting  # type: ignore[method-assign]
+
+
 def apply(levers: dict) -> None:
     """Apply the levers that concern this process (each process ignores the others')."""
     if levers.get("gcm"):
@@ -101,6 +114,8 @@ def apply(levers: dict) -> None:
         SERVER_ALGORITHMS["encryption_algs"] = tuple(levers["server_ciphers"])
     if levers.get("lazy_pipes"):
         lazy_command_pipes()
+    if levers.get("digest_wait"):
+        wait_for_digests()
     if levers.get("shell_window"):
         import tui.client
 

@@ -51,12 +51,15 @@ from bench.common import (
     relayed_connection,
     run_async,
     scratch_dir,
+    settle,
     table,
     technician_process,
     verdict,
 )
 
 MIB = 1024 * 1024
+# Seconds of a quiet machine before each transfer: none pays for what the last left running.
+SETTLE = 1.0
 TIMEOUT = 300  # per transfer: a stuck transfer fails the run instead of hanging it
 
 VARIANTS: dict[str, Levers] = {
@@ -97,6 +100,8 @@ VARIANTS: dict[str, Levers] = {
                                   "aes128-ctr", "aes256-ctr"),
                   label="AES-GCM and AES-CTR offered (OpenSSH clients take aes128-ctr with "
                         "hmac-sha2-256-etm)"),
+    "digest-wait": Levers(digest_wait=True,
+                          label="the agent's SFTP close waits for the file's SHA-256 (before)"),
 }
 
 
@@ -316,6 +321,7 @@ async def run_tools(variants: dict[str, Levers], tools: list[str], src: Path, wo
             for tool in tools:
                 for direction in ("get", "put"):
                     for path in order:
+                        await asyncio.to_thread(settle, SETTLE)
                         seconds = await asyncio.to_thread(
                             tool_seconds, tool, paths[path], direction, src, work, size, tiny)
                         results.setdefault((tool, direction, path), []).append(seconds)
