@@ -99,10 +99,6 @@ class Digests:
             self._places.release()
         report(outcome)
 
-    @property
-    def in_progress(self) -> int:
-        return len(self._tasks)
-
     async def settle(self, within: float) -> None:
         """Wait, at most `within` seconds, until every digest taken so far is reported."""
         if not self._tasks:
