@@ -7,10 +7,13 @@ thread while the technician's client already has its reply: waiting for the dige
 `sftp get`, `scp` and console copy for the time of a second read of the whole file (a quarter
 of a 256 MiB download here, docs/BENCHMARKS.md).
 
-At most PENDING digests wait or run per session; a close past that waits for a place, so a
-client closing handles faster than files can be read is slowed, not queued without bound.
-When the session ends, digests still running stop at their next chunk and are reported as
-not taken; `settle` waits for those reports so the audit has them before it is flushed.
+A download that took only part of a file (an interrupted copy, a few bytes of a disk image)
+gets no digest: it would not describe what was taken, and would cost the customer's computer
+a read of the whole file. At most PENDING digests wait or run per session; a close past that
+waits for a place, so a client closing handles faster than files can be read is slowed, not
+queued without bound. When the session ends, digests still running stop at their next chunk
+and are reported as not taken; `settle` waits for those reports so the audit has them before
+it is flushed.
 """
 
 from __future__ import annotations
@@ -60,9 +63,11 @@ class Digests:
         self._places = asyncio.Semaphore(pending)
         self._tasks: set[asyncio.Task] = set()
 
-    async def take(self, path: bytes, report: Callable[[Outcome], None]) -> None:
-        """Open `path` now and hash it in the background; `report` gets the outcome. Returns
-        once the digest has a place (at once unless PENDING are in progress)."""
+    async def take(self, path: bytes, report: Callable[[Outcome], None], *,
+                   read: int | None = None) -> None:
+        """Open `path` now and hash it in the background; `report` gets the outcome. `read`:
+        for a download, how many bytes the technician read. Returns once the digest has a
+        place (at once unless PENDING are in progress)."""
         try:
             # O_NONBLOCK: a FIFO put where the file was must not stop the agent at open.
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -71,14 +76,20 @@ class Digests:
             return
         file = io.FileIO(fd, "rb")
         try:
-            regular = stat.S_ISREG(os.fstat(fd).st_mode)
+            status = os.fstat(fd)
         except OSError as exc:
             file.close()
             report(_failure(exc))
             return
-        if not regular:  # a device or pipe may never end (/dev/zero): nothing to hash
+        if not stat.S_ISREG(status.st_mode):  # a device or pipe may never end (/dev/zero)
             file.close()
             report({"error": "not a regular file: no digest"})
+            return
+        if read is not None and read < status.st_size:
+            file.close()
+            report({"size": status.st_size,
+                    "error": f"part of the file was read ({read} of {status.st_size} bytes): "
+                             "no digest"})
             return
         await self._places.acquire()
         task = asyncio.get_running_loop().create_task(self._run(file, report))

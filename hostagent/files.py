@@ -163,7 +163,8 @@ def make_sftp_factory(state: AgentState, who_of: Callable[[asyncssh.SSHServerCha
             def report(outcome: dict) -> None:
                 state.audit(event, self.who, {**detail, **outcome})
 
-            await state.digests.take(handle.path, report)
+            await state.digests.take(handle.path, report,
+                                     read=None if handle.writing else handle.bytes)
 
         # --- attributes and links ----------------------------------------------------------
 

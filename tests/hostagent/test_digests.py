@@ -1,8 +1,8 @@
 """A transfer's SHA-256 is taken after the technician's client has its reply.
 
 Real relay, real agent, asyncssh's SFTP client: closing a file never waits for the agent to
-read the whole file again, a file that never ends (a device) is not hashed at all, and a digest
-cut short by the session's end is still in the audit.
+read the whole file again, a file that never ends (a device) or of which only a part was read
+is not hashed at all, and a digest cut short by the session's end is still in the audit.
 """
 
 from __future__ import annotations
@@ -40,6 +40,11 @@ async def test_closing_a_download_does_not_wait_for_its_digest(start_relay, agen
                 async with asyncio.timeout(15):
                     await remote.close()
             await agent.wait_for_line(f"copied {huge} to their computer")
+            # A write is hashed whatever its size: this one still is when the session ends.
+            remote = await sftp.open(str(huge), "r+b")
+            await remote.write(b"boot")
+            async with asyncio.timeout(15):
+                await remote.close()
             # What is hashed is what the close left, even renamed at once.
             await sftp.get(str(small), str(tmp_path / "back.txt"))
             await sftp.rename(str(small), str(tmp_path / "moved.txt"))
@@ -47,13 +52,18 @@ async def test_closing_a_download_does_not_wait_for_its_digest(start_relay, agen
         assert ended.status_code == 200
         assert await asyncio.to_thread(agent.wait_exit, 30) == 0
         rows = await audit_events(
-            api, view["id"], {"file_read"},
+            api, view["id"], {"file_read", "file_written"},
             until=lambda rows: sum(r["event"] == "file_read" for r in rows) == 3)
     reads = {r["detail"]["agent"]["path"]: r["detail"]["agent"] for r in rows
              if r["event"] == "file_read"}
-    assert reads[str(huge)]["error"] == "the session ended before the digest was taken"
+    # A few bytes of a disk image: no digest (it would read the terabyte for nothing).
+    assert reads[str(huge)]["error"] == \
+        f"part of the file was read (4096 of {HUGE} bytes): no digest"
     assert reads[str(huge)]["transferred"] == 4096
     assert reads["/dev/zero"]["error"] == "not a regular file: no digest"
     assert reads[str(small)]["sha256"] == hashlib.sha256(
         (tmp_path / "moved.txt").read_bytes()).hexdigest()
     assert reads[str(small)]["size"] == os.path.getsize(tmp_path / "moved.txt")
+    written = next(r["detail"]["agent"] for r in rows if r["event"] == "file_written")
+    assert (written["path"], written["transferred"]) == (str(huge), 4)
+    assert written["error"] == "the session ended before the digest was taken"
