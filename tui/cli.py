@@ -235,13 +235,35 @@ async def _run(args: argparse.Namespace, config: ConsoleConfig) -> int:
     return 0
 
 
-async def _ssh_config(args: argparse.Namespace, config: ConsoleConfig) -> int:
+async def _relay_for_ssh_config(args: argparse.Namespace, config: ConsoleConfig
+                                ) -> tuple[str, Secret, str | None] | None:
+    """(URL, token, login) of the relay to ask: the one logged in to, else the bundled relay
+    a console runs now; None when neither (the message is printed)."""
     url = args.relay or config.relay_url
-    if url is None or not config.token or url.rstrip("/") != config.relay_url:
-        print("adhoc-console: ssh-config needs a relay you logged in to: run `adhoc-console "
-              "login URL` first", file=sys.stderr)
+    if url is not None and config.token and url.rstrip("/") == config.relay_url:
+        return url, config.token, config.login
+    if args.relay is None:
+        from tui.embedded import EmbeddedError, running_embedded
+
+        try:
+            embedded = await running_embedded()
+        except EmbeddedError as exc:
+            print(f"adhoc-console: {exc}", file=sys.stderr)
+            return None
+        if embedded is not None:
+            return embedded.base_url, embedded.token, embedded.login
+    print("adhoc-console: ssh-config needs a relay: start `adhoc-console` (its bundled relay "
+          "runs while it does) and run this again in another terminal, or log in to a relay "
+          "of your own with `adhoc-console login URL`", file=sys.stderr)
+    return None
+
+
+async def _ssh_config(args: argparse.Namespace, config: ConsoleConfig) -> int:
+    found = await _relay_for_ssh_config(args, config)
+    if found is None:
         return 2
-    client = RelayClient(url, config.token)
+    url, token, login = found
+    client = RelayClient(url, token)
     try:
         me, info, body = await client.me(), await client.relay_info(), await client.sessions()
     except RelayError as exc:
@@ -250,7 +272,7 @@ async def _ssh_config(args: argparse.Namespace, config: ConsoleConfig) -> int:
     finally:
         await client.aclose()
     try:
-        relay = sshconfig.relay_from(info, me.get("login") or config.login or "", url)
+        relay = sshconfig.relay_from(info, me.get("login") or login or "", url)
         chosen, notes = sshconfig.entries(body["sessions"])
     except sshconfig.ConfigError as exc:
         print(f"adhoc-console: {exc}", file=sys.stderr)

@@ -168,6 +168,19 @@ async def start_embedded(listen: tuple[str, int] | None = None,
         raise
 
 
+async def running_embedded() -> Embedded | None:
+    """The bundled relay a console runs now on this user's data dir, attached to (for
+    `ssh-config`); None when no console runs it."""
+    data_dir = embedded_data_dir()
+    if not (data_dir / "relay.db").exists():
+        return None  # never started here
+    lock = _lock(data_dir)
+    if lock is not None:
+        os.close(lock)  # nobody held it: no console runs the relay
+        return None
+    return await _attach(data_dir, None, None)
+
+
 async def _start(data_dir: Path, lock: int, listen: tuple[str, int] | None,
                  public_url: str | None) -> Embedded:
     addresses = plan(data_dir, listen, public_url)

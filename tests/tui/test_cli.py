@@ -175,6 +175,28 @@ async def _embedded_console() -> bool:
         await embedded.stop()
 
 
+async def test_ssh_config_uses_the_bundled_relay_a_console_runs(tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    """On the embedded default nobody ran `adhoc-console login`: ssh-config in a second
+    terminal uses the relay the running console bundles (it said "log in first", to a relay
+    whose URL and admin password a new user had no reason to know), and says to start the
+    console when none runs."""
+    import asyncio
+
+    from tui.embedded import start_embedded
+
+    monkeypatch.setenv("ADHOC_CONSOLE_DATA_DIR", str(tmp_path / "data"))
+    embedded = await start_embedded(("127.0.0.1", 0))
+    try:
+        shown = await asyncio.to_thread(console_cli, tmp_path, "ssh-config")
+        assert shown.returncode == 0, shown.stderr
+        assert "Host adhoc-relay" in shown.stdout and "User admin" in shown.stdout
+    finally:
+        await embedded.stop()
+    line = one_line_error(await asyncio.to_thread(console_cli, tmp_path, "ssh-config"))
+    assert "start `adhoc-console`" in line and "adhoc-console login URL" in line
+
+
 class _HostileRelay(http.server.BaseHTTPRequestHandler):
     """A relay (or something posing as one) whose refusals carry an escape sequence."""
 
