@@ -95,3 +95,7 @@ AGENT_OUTCOMES = ("ok", "refused", "wrong", "locked", "lost", "failed")
 # The relay stores at most this many fields of this many characters per agent event.
 AGENT_FIELDS_MAX = 32
 AGENT_FIELD_CHARS_MAX = 8192
+# What the host writes on a shell channel's stderr just before it closes the channel because
+# another connection took the shell (the same ADHOC_SHELL_ID): a console that reads it stops
+# reconnecting, or two consoles would take the shell from each other in turn.
+SHELL_TAKEN_OVER = b"[this shell was taken over by another connection]"

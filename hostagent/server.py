@@ -15,6 +15,7 @@ import logging
 import asyncssh
 from asyncssh import DISC_NO_MORE_AUTH_METHODS_AVAILABLE, DISC_SERVICE_NOT_AVAILABLE
 
+from common.protocol import SHELL_TAKEN_OVER
 from common.secret import Secret
 from common.transport import (
     INNER_PACKET,
@@ -353,7 +354,7 @@ class InnerServer(asyncssh.SSHServer):
                 task.cancel()
             shell.detach(attachment, shells.detached_timeout)
         if taken.done() and not taken.cancelled():
-            process.stderr.write(b"\r\n[this shell was taken over by another connection]\r\n")
+            process.stderr.write(b"\r\n" + SHELL_TAKEN_OVER + b"\r\n")
             process.exit(0)
         elif shell.exited.is_set():
             status = shell.status if shell.status is not None else 255

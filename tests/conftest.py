@@ -22,6 +22,14 @@ from tests.postgres import PostgresCluster, postgres_cluster
 from tests.support import AgentProcess, RelayProcess, provision
 
 
+@pytest.fixture(autouse=True)
+def _console_config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The console's files (its login, its shells' names) in the test's own folder, never in
+    the home of whoever runs the tests; a test that names one keeps its own."""
+    if "ADHOC_CONSOLE_CONFIG_DIR" not in os.environ:
+        monkeypatch.setenv("ADHOC_CONSOLE_CONFIG_DIR", str(tmp_path / "console-config"))
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresCluster | None]:
     """One cluster for the whole run (None when PostgreSQL is not installed)."""

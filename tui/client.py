@@ -16,7 +16,7 @@ import asyncssh
 import httpx
 
 from common.passwords import hash_password, session_password_problem
-from common.protocol import RELAYS_MAX
+from common.protocol import RELAYS_MAX, SHELL_TAKEN_OVER
 from common.proxy import Proxy, ProxySettingError, proxy_for
 from common.reach import (
     SEPARATOR,
@@ -300,6 +300,10 @@ def host_key_fingerprint(host_key: str | None) -> str | None:
         return None
 
 
+# Why a shell channel closed, when another connection (another console) took the shell.
+SHELL_TAKEN = "taken over by another connection"
+
+
 class ShellSession(asyncssh.SSHClientSession):
     """A remote PTY channel whose output goes to a callback (the terminal pane)."""
 
@@ -307,15 +311,18 @@ class ShellSession(asyncssh.SSHClientSession):
         self._on_output = on_output
         self._on_closed = on_closed
         self.chan: asyncssh.SSHClientChannel | None = None
+        self._taken = False
 
     def connection_made(self, chan: asyncssh.SSHClientChannel) -> None:
         self.chan = chan
 
     def data_received(self, data: bytes, datatype) -> None:
+        if datatype == asyncssh.EXTENDED_DATA_STDERR and SHELL_TAKEN_OVER in data:
+            self._taken = True
         self._on_output(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._on_closed(str(exc) if exc else "the shell ended")
+        self._on_closed(str(exc) if exc else SHELL_TAKEN if self._taken else "the shell ended")
 
 
 class ShellChannel:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from pathlib import Path
 
@@ -133,3 +134,55 @@ async def test_messages_in_the_shell_go_on_the_status_line_not_over_the_screen(
         assert app.notices[-1][1].endswith("Second line"), "kept whole for the record"
         await wait_until(pilot, lambda: status(app) == before, timeout=5)
         assert not bar.has_class("-error")
+
+
+async def test_r_after_a_console_restart_reattaches_to_the_shell_left_running(
+        relay, agents, tmp_path: Path) -> None:
+    """The technician's own connection drops and takes the console with it: started again,
+    `r` finds the shell they left (its variables, what it printed), not a new one."""
+    _session, _agent, token = await online_session(relay, agents, tmp_path, "kim@example.com")
+    async with console(relay, token, size=(100, 30)) as (app, pilot, _table):
+        terminal = await open_shell(app, pilot)
+        await pilot.press(*"export LEFT=running-$((40+2))", "enter")
+        await wait_until(pilot, lambda: shows(terminal, "running-$((40+2))"))
+        await app.action_quit()
+    async with console(relay, token, size=(100, 30)) as (app, pilot, _table):
+        terminal = await open_shell(app, pilot)
+        await pilot.press(*"echo still-$LEFT", "enter")
+        await wait_until(pilot, lambda: shows(terminal, "still-running-42"))
+        await app.action_quit()
+
+
+async def test_a_shell_taken_by_another_console_is_not_taken_back_by_itself(
+        relay, agents, tmp_path: Path) -> None:
+    """Two consoles of one technician on one shell: the one that lost it says so and waits
+    (taking it back at once, each would take it from the other in turn), and takes it back
+    when the technician comes back to it."""
+    from tests.support import Api, technician_ssh
+
+    session, _agent, token = await online_session(relay, agents, tmp_path, "lee@example.com")
+    async with console(relay, token, size=(100, 30)) as (app, pilot, _table):
+        terminal = await open_shell(app, pilot)
+        shell_id = app.screen.shell_id
+        async with Api(relay.base_url) as api, technician_ssh(relay, api, session) as other:
+            taker = await other.create_process(term_type="xterm", term_size=(80, 24),
+                                               env={"ADHOC_SHELL_ID": shell_id},
+                                               encoding=None)
+            await wait_until(pilot, lambda: "opened in another console" in status(app))
+            assert app.screen.channel is None
+            await pilot.pause(3)  # it does not reconnect: the other keeps the shell
+            taker.stdin.write(b"echo kept-$((6*7))\r")
+            seen = b""
+            async with asyncio.timeout(20):
+                while b"kept-42" not in seen:
+                    seen += await taker.stdout.read(4096)
+            assert app.screen.channel is None
+            await pilot.press("ctrl+right_square_bracket")
+            await wait_until(pilot, lambda: not isinstance(app.screen, RemoteScreen))
+            await pilot.press("r")
+            await wait_until(pilot, lambda: isinstance(app.screen, RemoteScreen)
+                             and app.screen.channel is not None, timeout=30)
+            await taker.wait_closed()  # taken back from it
+            await pilot.press(*"echo back-$((2*21))", "enter")
+            await wait_until(pilot, lambda: shows(terminal, "back-42"))
+        await app.action_quit()

@@ -2,22 +2,24 @@
 
 Every key goes to the remote shell except the leave key (ctrl+] unless remapped): pressed
 once it returns to the list, pressed twice in quick succession it is sent to the shell. The
-pane asks for a shell with a stable id, so reconnecting after a drop reattaches to it.
+pane asks for a shell with a stable id, kept across console restarts (tui/shellids.py), so
+reconnecting after a drop, or `r` after the console itself was restarted, reattaches to it.
+When another console takes the shell, this one says so and waits until it is shown again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import secrets
 
 from textual import events, on, work
 from textual.app import ComposeResult
 from textual.timer import Timer
 
 from common.secret import Secret
-from tui.client import HostConnector, RelayError, ShellChannel, retry_delay
+from tui.client import SHELL_TAKEN, HostConnector, RelayError, ShellChannel, retry_delay
 from tui.sanitize import clean
 from tui.screens.pane import PaneScreen
+from tui.shellids import shell_id_for
 from tui.widgets.terminal import TerminalView, encode_key
 
 # Pause the SSH channel while the pane has this much output waiting to be parsed, so a flood
@@ -36,7 +38,9 @@ class RemoteScreen(PaneScreen):
 
     def __init__(self, session: dict, connector: HostConnector, password: Secret) -> None:
         super().__init__(session, connector, password)
-        self.shell_id = f"console-{secrets.token_hex(8)}"
+        # Kept across console restarts: `r` after a restart reattaches to the same shell.
+        self.shell_id = shell_id_for(session["id"])
+        self._taken = False  # another console took the shell: wait to be shown again
         self.channel: ShellChannel | None = None
         self.closed_by_user = False
         self._paused = False
@@ -148,6 +152,12 @@ class RemoteScreen(PaneScreen):
     def on_screen_resume(self) -> None:
         self.terminal.focus()
         self.app.clear_notifications()
+        if self._taken and self.channel is None and self.ended is None \
+                and not self.closed_by_user:
+            self._taken = False
+            self.set_state("taking the shell back")
+            self.connect()
+            return
         # Shown again (back from the list, or reattached): the window may have changed size
         # meanwhile, or another attachment resized the remote PTY. Keys typed before the pane
         # is laid out again wait, so the shell has the pane's size before the first of them
@@ -191,6 +201,13 @@ class RemoteScreen(PaneScreen):
 
     def _on_closed(self, reason: str) -> None:
         self.channel = None
+        if reason == SHELL_TAKEN and not self.closed_by_user:
+            # Taking it back at once would take it from the other console, which would take
+            # it back in turn: it is taken back when the technician comes back to this pane.
+            self._taken = True
+            self.set_state(f"opened in another console; {self.leave_key()} then r takes "
+                           "it back")
+            return
         if self.closed_by_user or not self.is_attached:
             return
         self.set_state(f"disconnected ({clean(reason, 80)}), reconnecting")
