@@ -55,6 +55,17 @@ def _failure(exc: OSError) -> Outcome:
     return {"error": exc.strerror or str(exc)}
 
 
+def _why_not(status: os.stat_result, read: int | None) -> Outcome | None:
+    """Why a file gets no digest, or None when it gets one."""
+    if not stat.S_ISREG(status.st_mode):  # a device or pipe may never end (/dev/zero)
+        return {"error": "not a regular file: no digest"}
+    if read is not None and read < status.st_size:
+        return {"size": status.st_size,
+                "error": f"part of the file was read ({read} of {status.st_size} bytes): "
+                         "no digest"}
+    return None
+
+
 class Digests:
     """One session's digests: taken in threads, reported through a callback each."""
 
@@ -76,20 +87,12 @@ class Digests:
             return
         file = io.FileIO(fd, "rb")
         try:
-            status = os.fstat(fd)
+            refused = _why_not(os.fstat(fd), read)
         except OSError as exc:
+            refused = _failure(exc)
+        if refused is not None:
             file.close()
-            report(_failure(exc))
-            return
-        if not stat.S_ISREG(status.st_mode):  # a device or pipe may never end (/dev/zero)
-            file.close()
-            report({"error": "not a regular file: no digest"})
-            return
-        if read is not None and read < status.st_size:
-            file.close()
-            report({"size": status.st_size,
-                    "error": f"part of the file was read ({read} of {status.st_size} bytes): "
-                             "no digest"})
+            report(refused)
             return
         await self._places.acquire()
         task = asyncio.get_running_loop().create_task(self._run(file, report))

@@ -33,10 +33,26 @@ AGENT_ACTORS = ("customer", "agent")  # the other actors an agent event may name
 FIELD_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 # An agent's connection problem: this much text, and a change at most every few seconds.
 PROBLEM_CHARS = 500
+PROBLEM_RATE = Rate(5, timedelta(minutes=1))
 # How long after its session ended an agent's last reports are still recorded: what it saw
 # while the session ended (a digest cut short, a transfer closed in the last second).
 REPORT_GRACE = float(os.environ.get("ADHOC_RELAY_AGENT_REPORT_GRACE", "300"))
-PROBLEM_RATE = Rate(5, timedelta(minutes=1))
+
+
+def _credential(bearer: Secret) -> tuple[str, Secret | None]:
+    """(session id, agent secret) of the agent's HTTP credential "<session-id>:<secret>"."""
+    session_id, _, secret = bearer.reveal().partition(":")
+    return session_id.lower(), Secret(secret) if secret else None
+
+
+def _no_longer_active() -> ServiceError:
+    return ServiceError(401, "unauthorized",
+                        "this session is no longer active: the agent can remove itself")
+
+
+def _secret_matches(secret_hash: str | None, secret: Secret) -> bool:
+    return secret_hash is not None and \
+        hmac.compare_digest(secret_hash, rules.token_hash(secret.reveal()))
 
 
 def agent_event(item: dict) -> tuple[str | None, tuple[str, str, dict] | None]:
@@ -89,7 +105,7 @@ class AgentCases(ServiceBase):
             # reconnect storm would queue one transaction per agent.
             self._expiry_wakeup.set()
             return False
-        return hmac.compare_digest(secret_hash, rules.token_hash(secret.reveal()))
+        return _secret_matches(secret_hash, secret)
 
     async def agent_session_active(self, session_id: str) -> bool:
         """Whether the session is active and not run out (an agent may hold its forward)."""
@@ -104,13 +120,11 @@ class AgentCases(ServiceBase):
         return row if row.state == rules.State.ACTIVE else None
 
     async def agent_for_bearer(self, bearer: Secret) -> SessionRow:
-        """The agent's HTTP credential is "<session-id>:<agent-secret>"."""
-        session_id, _, secret = bearer.reveal().partition(":")
-        row = await self.agent_for_secret(session_id.lower(), Secret(secret)) if secret \
-            else None
+        """The active session of an agent's HTTP credential (401 otherwise)."""
+        session_id, secret = _credential(bearer)
+        row = await self.agent_for_secret(session_id, secret) if secret else None
         if row is None:
-            raise ServiceError(401, "unauthorized",
-                               "this session is no longer active: the agent can remove itself")
+            raise _no_longer_active()
         return row
 
     async def agent_reporting(self, bearer: Secret) -> SessionRow:
@@ -118,16 +132,14 @@ class AgentCases(ServiceBase):
         try:
             return await self.agent_for_bearer(bearer)
         except ServiceError:
-            session_id, _, secret = bearer.reveal().partition(":")
+            session_id, secret = _credential(bearer)
             try:
-                row = await self.store.session(session_id.lower())
+                row = await self.store.session(session_id)
             except NotFound:
-                row = None
-            if not secret or row is None or row.agent_secret_hash is None \
-                    or row.ended_at is None \
+                raise _no_longer_active() from None
+            if secret is None or row.ended_at is None \
                     or self.clock() - row.ended_at > REPORT_GRACE \
-                    or not hmac.compare_digest(row.agent_secret_hash,
-                                               rules.token_hash(secret)):
+                    or not _secret_matches(row.agent_secret_hash, secret):
                 raise
             return row
 

@@ -4,6 +4,7 @@ reached each end in one line that says what to do, a non-zero status and no trac
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import json
 import os
@@ -181,8 +182,6 @@ async def test_ssh_config_uses_the_bundled_relay_a_console_runs(tmp_path: Path,
     terminal uses the relay the running console bundles (it said "log in first", to a relay
     whose URL and admin password a new user had no reason to know), and says to start the
     console when none runs."""
-    import asyncio
-
     from tui.embedded import start_embedded
 
     monkeypatch.setenv("ADHOC_CONSOLE_DATA_DIR", str(tmp_path / "data"))
