@@ -29,11 +29,12 @@ import psutil
 
 from bench.launch import (
     LEVERS_ENV,
+    packet_copies,
     prefer_aes_gcm,
     restore_encryption,
     send_ignores,
 )
-from common.transport import INNER_USER, pinned, skip_needless_ignores, tune_process
+from common.transport import INNER_USER, pinned, tune_process
 from tests.openssh import Sshd, sshd_server
 from tests.support import (
     PASSWORD,
@@ -186,6 +187,7 @@ class Levers:
     shell_window: int = 0  # tui/client.py SHELL_WINDOW (the console's remote pane)
     write_at_once: bool = False  # every write sent at once (before bulk writes were joined)
     digest_wait: bool = False  # the agent's SFTP close waits for the file's digest (before)
+    packet_copies: bool = False  # asyncssh's own packet path (before common/packets.py)
     label: str = "as shipped"
 
     def env(self) -> dict[str, str]:
@@ -207,14 +209,26 @@ SHIPPED = Levers()
 def technician_process(levers: Levers):
     """The bench process plays the technician: apply the levers that concern its whole
     process (not only connection set-up) while a variant runs."""
-    if not levers.ignores:
+    if not (levers.ignores or levers.packet_copies):
         yield
         return
-    send_ignores()
+    from asyncssh.channel import SSHChannel
+    from asyncssh.connection import SSHConnection
+    from asyncssh.encryption import GCMEncryption
+
+    import common.transport
+
+    saved = (SSHConnection.send_packet, GCMEncryption.decrypt_packet, SSHChannel.send_packet,
+             common.transport.skip_needless_ignores, common.transport.faster_gcm_packets)
+    if levers.ignores:
+        send_ignores()
+    if levers.packet_copies:
+        packet_copies()
     try:
         yield
     finally:
-        skip_needless_ignores()
+        (SSHConnection.send_packet, GCMEncryption.decrypt_packet, SSHChannel.send_packet,
+         common.transport.skip_needless_ignores, common.transport.faster_gcm_packets) = saved
 
 
 @contextlib.contextmanager

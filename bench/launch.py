@@ -55,6 +55,27 @@ def send_ignores() -> None:
     common.transport.skip_needless_ignores = lambda: False
 
 
+def packet_copies() -> None:
+    """asyncssh's own packet path: every copy, a new AES-GCM context per packet (before
+    common/packets.py)."""
+    from asyncssh.channel import SSHChannel
+    from asyncssh.connection import SSHConnection
+    from asyncssh.encryption import GCMEncryption
+
+    import common.transport
+
+    send = SSHConnection.send_packet
+    if hasattr(send, "slower"):
+        SSHConnection.send_packet = send.slower  # type: ignore[method-assign]
+    decrypt = GCMEncryption.decrypt_packet
+    GCMEncryption.decrypt_packet = getattr(  # type: ignore[method-assign]
+        decrypt, "slower", decrypt)
+    channel = SSHChannel.send_packet
+    SSHChannel.send_packet = getattr(channel, "slower", channel)  # type: ignore[method-assign]
+    # The programs take the cheaper path at start (tune_process): not in this process.
+    common.transport.faster_gcm_packets = lambda: False
+
+
 def lazy_command_pipes(limit: int = 1024 * 1024) -> None:
     """The agent's command output (hostagent/command.py) paused only when its channel holds
     more than `limit` unsent, instead of after every read from the pipe."""
@@ -107,6 +128,8 @@ def apply(levers: dict) -> None:
             levers["agent_window"], levers.get("agent_packet") or 32768)
     if levers.get("ignores"):
         send_ignores()
+    if levers.get("packet_copies"):
+        packet_copies()
     if levers.get("server_ciphers"):
         from common.transport import SERVER_ALGORITHMS
 

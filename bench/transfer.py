@@ -102,6 +102,9 @@ VARIANTS: dict[str, Levers] = {
                         "hmac-sha2-256-etm)"),
     "digest-wait": Levers(digest_wait=True,
                           label="the agent's SFTP close waits for the file's SHA-256 (before)"),
+    "copies": Levers(packet_copies=True,
+                     label="asyncssh's own packet path: every copy, an AES-GCM context per "
+                           "packet (before common/packets.py)"),
 }
 
 
