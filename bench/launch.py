@@ -53,6 +53,7 @@ def send_ignores() -> None:
         SSHConnection.send_packet, "original", SSHConnection.send_packet)
     # The programs skip them at start (tune_process): not in this process.
     common.transport.skip_needless_ignores = lambda: False
+    packet_copies()  # asyncssh as it comes: its own packet path too
 
 
 def packet_copies() -> None:
