@@ -183,7 +183,7 @@ class Levers:
     relay_uvloop: bool = False  # uvloop in the relay only (the agent's PTY shells break on it)
     ignores: bool = False  # asyncssh's SSH_MSG_IGNORE before each packet, as it comes
     server_ciphers: tuple[str, ...] = ()  # what the relay and the agent's server offer
-    lazy_pipes: bool = False  # the agent's command output paused only past 1 MiB unsent
+    narrow_pipes: bool = False  # the agent's command pipes 64 KiB, paused after every read
     shell_window: int = 0  # tui/client.py SHELL_WINDOW (the console's remote pane)
     write_at_once: bool = False  # every write sent at once (before bulk writes were joined)
     digest_wait: bool = False  # the agent's SFTP close waits for the file's digest (before)

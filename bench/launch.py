@@ -77,25 +77,14 @@ def packet_copies() -> None:
     common.transport.faster_gcm_packets = lambda: False
 
 
-def lazy_command_pipes(limit: int = 1024 * 1024) -> None:
-    """The agent's command output (hostagent/command.py) paused only when its channel holds
-    more than `limit` unsent, instead of after every read from the pipe."""
-    from hostagent.command import _Pipes
+def narrow_command_pipes() -> None:
+    """The agent's command pipes (hostagent/command.py) as before: the system's 64 KiB, and
+    the output paused after every read from it."""
+    import hostagent.command
 
-    original = _Pipes.pipe_data_received
-
-    def pipe_data_received(self, fd: int, data: bytes) -> None:
-        sink = self._sinks[fd]
-        if sink.channel.get_write_buffer_size() >= limit:
-            original(self, fd, data)
-            return
-        self.last_output = asyncio.get_running_loop().time()
-        try:
-            sink.write(data)
-        except (OSError, asyncssh.Error):
-            self.channel_gone.set()
-
-    _Pipes.pipe_data_received = pipe_data_received  # type: ignore[method-assign]
+    hostagent.command.PIPE_SIZE = 64 * 1024  # asyncssh's own high-water mark
+    hostagent.command._widen_pipes = lambda transport: None
+    hostagent.command._Pipes.pause_past = -1
 
 
 def wait_for_digests() -> None:
@@ -136,8 +125,8 @@ def apply(levers: dict) -> None:
 
         # The one dict both relay/sshd.py and hostagent/server.py spread into their options.
         SERVER_ALGORITHMS["encryption_algs"] = tuple(levers["server_ciphers"])
-    if levers.get("lazy_pipes"):
-        lazy_command_pipes()
+    if levers.get("narrow_pipes"):
+        narrow_command_pipes()
     if levers.get("digest_wait"):
         wait_for_digests()
     if levers.get("shell_window"):

@@ -88,9 +88,9 @@ VARIANTS: dict[str, Levers] = {
                                      "aes256-ctr"),
                      label="as before issue 15: relay and agent also offer chacha20 and "
                            "AES-CTR (OpenSSH clients take chacha20)"),
-    "pipes": Levers(lazy_pipes=True,
-                    label="agent: a command's output paused only past 1 MiB unsent, not after "
-                          "every pipe read (rsync's exec channel)"),
+    "pipes": Levers(narrow_pipes=True,
+                    label="agent: a command's pipes of 64 KiB, its output paused after every "
+                          "read (before; rsync's and scp -O's exec channel)"),
     "shell1m": Levers(shell_window=MIB, label="the console's shell window 1 MiB (SHELL_WINDOW)"),
     "shell2m": Levers(shell_window=2 * MIB,
                       label="the console's shell window 2 MiB (SHELL_WINDOW)"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import signal
 
@@ -22,10 +23,19 @@ from hostagent.shell import login_shell, shell_environment
 
 QUIET_AFTER_EXIT = 0.5  # output after the command exited ends once the pipes are this quiet
 HANGUP_GRACE = 2.0  # SIGHUP to the group when the channel goes, SIGKILL this much later
+# A bulk command (`rsync --server --sender`, `scp -O -f`, `tar c`) fills a pipe of the
+# system's default 64 KiB with each write: the agent then paid a read, a pause and a resume
+# per 60 KiB it sent (docs/BENCHMARKS.md, Stock OpenSSH tools). Its stdin and stdout pipes get
+# this much instead (Linux; 256 pages each, of the 16,384 a user may have before the system
+# gives new pipes less), and reading from stdout pauses only once this much waits for the
+# channel.
+PIPE_SIZE = 1024 * 1024
 
 
 class _Pipes(asyncio.SubprocessProtocol):
     """The command's stdout and stderr to the channel, at the channel's pace."""
+
+    pause_past = PIPE_SIZE  # reading pauses once the channel holds more than this unsent
 
     def __init__(self, process: asyncssh.SSHServerProcess) -> None:
         self._sinks = {1: process.stdout, 2: process.stderr}
@@ -50,6 +60,8 @@ class _Pipes(asyncio.SubprocessProtocol):
         except (OSError, asyncssh.Error):
             self.channel_gone.set()
             return
+        if sink.channel.get_write_buffer_size() <= self.pause_past:
+            return  # the channel takes it as it comes: read on, no pause
         pipe = self.transport.get_pipe_transport(fd) if self.transport else None
         if isinstance(pipe, asyncio.ReadTransport):
             pipe.pause_reading()
@@ -117,6 +129,15 @@ async def _wait_quiet(pipes: _Pipes) -> None:
         await asyncio.sleep(max(QUIET_AFTER_EXIT - quiet, 0.05))
 
 
+def _widen_pipes(transport: asyncio.SubprocessTransport) -> None:
+    """Give the command's stdin and stdout pipes PIPE_SIZE where the system allows it."""
+    for fd in (0, 1):
+        pipe = transport.get_pipe_transport(fd)
+        end = pipe.get_extra_info("pipe") if pipe is not None else None
+        with contextlib.suppress(OSError, AttributeError, ValueError):
+            fcntl.fcntl(end.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+
+
 def _signal_group(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
@@ -136,6 +157,8 @@ async def run_command(process: asyncssh.SSHServerProcess, command: str,
     except OSError as exc:  # too long for the system (E2BIG), no shell, no home folder
         process.stderr.write(f"cannot run the command: {exc.strerror or exc}\n".encode())
         return 126
+    _widen_pipes(transport)
+    process.channel.set_write_buffer_limits(high=PIPE_SIZE)
     pid = transport.get_pid()
     if reaper is not None:
         reaper.started(pid)

@@ -164,3 +164,53 @@ async def test_openssh_clients_get_aes_gcm_on_both_legs(openssh_host) -> None:
                                         "Ciphers=chacha20-poly1305@openssh.com", "h", "true")
     assert insisting.returncode == 255
     assert b"no matching cipher found" in insisting.stderr
+
+
+WRITER = """
+import fcntl, os, sys
+print(fcntl.fcntl(1, fcntl.F_GETPIPE_SZ), file=sys.stderr, flush=True)
+written, chunk = 0, b"x" * 65536
+while written < {total}:
+    written += os.write(1, chunk[:{total} - written])
+    with open({count!r}, "w") as f:
+        f.write(str(written))
+"""
+
+
+async def test_bulk_command_output_crosses_wide_pipes_at_the_clients_pace(openssh_host,
+                                                                          tmp_path: Path) -> None:
+    """`rsync --server --sender`, `scp -O -f`, `tar c`: a command's output pipe is 1 MiB, not
+    the system's 64 KiB (the agent read, paused and resumed per 60 KiB: a fifth of its CPU in
+    a relayed rsync download), and a client that stops reading still holds the command back
+    instead of the agent buffering what it writes."""
+    host = openssh_host.path
+    total = 48 << 20
+    count = tmp_path / "written"
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER.format(total=total, count=str(count)))
+    ssh = await asyncio.create_subprocess_exec(
+        "ssh", *host.args(), "h", f"python3 {script}", stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=host.env)
+    assert ssh.stdout is not None and ssh.stderr is not None
+    try:
+        pipe_size = await asyncio.wait_for(ssh.stderr.readline(), 30)
+        assert pipe_size.strip() == b"1048576"
+        # Nobody reads ssh's output: the command must stall, the windows and pipes full.
+        seen, still = -1, 0
+        for _ in range(300):
+            await asyncio.sleep(0.1)
+            now = int(count.read_text() or 0) if count.exists() else 0
+            still = still + 1 if now == seen else 0
+            seen = now
+            if still >= 15:
+                break
+        assert still >= 15 and seen < 16 << 20, f"the command wrote {seen} bytes unread"
+        received = 0
+        while chunk := await asyncio.wait_for(ssh.stdout.read(1 << 20), 30):
+            received += len(chunk)
+        assert received == total
+        assert await asyncio.wait_for(ssh.wait(), 30) == 0
+    finally:
+        if ssh.returncode is None:
+            ssh.kill()
+            await ssh.wait()
