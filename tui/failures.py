@@ -80,8 +80,16 @@ def reason(error: BaseException) -> str:
     return clean(getattr(error, "reason", "") or str(error) or type(error).__name__, 300)
 
 
+# The relay names a refused field as its API does (`customer_email: ...`); the console's forms
+# call them this.
+FORM_FIELDS = {"customer_email": "customer email", "note": "note"}
+
+
 def _relay_sentence(error: RelayError) -> str:
     detail = error.detail.rstrip(". ")
+    field, colon, rest = detail.partition(": ")
+    if colon and field in FORM_FIELDS:
+        detail = f"{FORM_FIELDS[field]}: {rest}"
     key = "unauthorized" if error.status == 401 else error.code
     step = NEXT_STEP.get(key)
     if step and step not in detail:

@@ -110,6 +110,16 @@ async def test_create_session_from_console_shows_code_once(relay) -> None:
         app.screen.query_one("#confirm", Input).value = SESSION_PASSWORD + "x"
         app.screen.query_one("#create").press()
         await wait_until(pilot, lambda: "differ" in str(app.screen.query_one("#error").render()))
+        # An address the relay refuses: said in the form's words, every field kept.
+        app.screen.query_one("#email", Input).value = "not-an-email"
+        app.screen.query_one("#confirm", Input).value = SESSION_PASSWORD
+        app.screen.query_one("#create").press()
+        await wait_until(pilot, lambda: "not an email" in str(app.screen.query_one("#error")
+                                                                  .render()))
+        assert str(app.screen.query_one("#error").render()).startswith(
+            "Customer email: 'not-an-email' is not an email address")
+        assert app.screen.query_one("#password", Input).value == SESSION_PASSWORD
+        app.screen.query_one("#email", Input).value = "erin@example.com"
         # A weak password is refused with the relay's words (checked in the console, which
         # sends the relay only the password's verifier).
         for field in ("#password", "#confirm"):
