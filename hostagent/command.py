@@ -49,6 +49,7 @@ class _Pipes(asyncio.SubprocessProtocol):
         self.writable = asyncio.Event()
         self.writable.set()
         self.refused = False  # the client takes no more output (see output_refused)
+        self._close_on_exit = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.SubprocessTransport)
@@ -105,6 +106,14 @@ class _Pipes(asyncio.SubprocessProtocol):
 
     def process_exited(self) -> None:
         self.exited.set()
+        if self._close_on_exit and self.transport is not None:
+            self.transport.close()
+
+    def close_when_exited(self) -> None:
+        """Close the transport now if the command has exited, else when it does."""
+        self._close_on_exit = True
+        if self.exited.is_set() and self.transport is not None:
+            self.transport.close()
 
     def done_printing(self) -> bool:
         return all(event.is_set() for event in self.closed.values())
@@ -215,8 +224,14 @@ async def run_command(process: asyncssh.SSHServerProcess, command: str,
             if task is not None:
                 task.cancel()
         # Closing our ends of the pipes is all that is left: nothing waits for whoever else
-        # holds them.
-        transport.close()
+        # holds them. The transport itself closes once the command has exited: closed
+        # before, asyncio reaps a command that just died of the hang-up under its own
+        # watcher, which then logs "Unknown child process" on the customer's terminal.
+        for fd in (0, 1, 2):
+            pipe = transport.get_pipe_transport(fd)
+            if pipe is not None:
+                pipe.close()
+        pipes.close_when_exited()
         if reaper is not None and pipes.exited.is_set():
             reaper.exited(pid)
     status = transport.get_returncode()

@@ -244,3 +244,30 @@ async def test_a_command_whose_output_nobody_reads_any_more_ends(sshd, openssh_h
             os.kill(pid, 9)
             raise AssertionError(f"{side}: the command still runs")
     assert results["relay"] == results["sshd"], results
+
+
+async def test_a_command_left_running_by_a_dropped_client_ends_without_a_word_to_the_customer(
+        openssh_host) -> None:
+    """The technician's ssh dies while `yes` runs: the host hangs the command up, and the
+    customer's terminal shows only that the technician left (it showed asyncio's "Unknown
+    child process pid ..., will report returncode 255" too: the transport's close reaped
+    the command under asyncio's own wait for it)."""
+    host, agent = openssh_host.path, openssh_host.agent
+    said = []
+    for _ in range(3):
+        ssh = await asyncio.create_subprocess_exec(
+            "ssh", *host.args(), "h", "yes", stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=host.env)
+        await agent.wait_for_line("runs: yes")
+        await asyncio.sleep(0.5)
+        ssh.kill()
+        await ssh.wait()
+        await agent.wait_for_line("disconnected")
+        said += agent.output  # later rounds look only at what comes after
+        agent.output.clear()
+    await asyncio.sleep(1)
+    marked = await asyncio.to_thread(host.run, "ssh", "h", "echo after-the-drops")
+    assert marked.returncode == 0, marked.stderr
+    await agent.wait_for_line("runs: echo after-the-drops")
+    shown = "".join(said + agent.output)
+    assert "Unknown child" not in shown and "WARNING" not in shown, shown
