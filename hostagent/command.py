@@ -5,8 +5,7 @@ The command runs in a session of its own (`sh -c`, start_new_session). When it e
 printed is passed on until the pipes are closed or quiet: a background program it left behind
 (`nohup x &`, `setsid x &`) may hold them open for as long as it runs, and must not keep the
 channel -- or, at the end of the session, the agent -- waiting. Such programs end with the
-session (hostagent/reaper.py). A client that takes no more output (`ssh host cmd | head`)
-closes the command's stdout, as sshd does.
+session (hostagent/reaper.py).
 """
 
 from __future__ import annotations
@@ -48,7 +47,6 @@ class _Pipes(asyncio.SubprocessProtocol):
         self.draining = 0
         self.writable = asyncio.Event()
         self.writable.set()
-        self.refused = False  # the client takes no more output (see output_refused)
         self._close_on_exit = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -56,9 +54,6 @@ class _Pipes(asyncio.SubprocessProtocol):
         self.transport = transport
 
     def pipe_data_received(self, fd: int, data: bytes) -> None:
-        if fd == 1 and self.refused:  # said before the pipes were all set up
-            self.output_refused()
-            return
         self.last_output = asyncio.get_running_loop().time()
         sink = self._sinks[fd]
         try:
@@ -83,16 +78,6 @@ class _Pipes(asyncio.SubprocessProtocol):
             self.draining -= 1
             if not pipe.is_closing():
                 pipe.resume_reading()
-
-    def output_refused(self) -> None:
-        """The client can take no more of the output (OpenSSH's eow@openssh.com, sent when
-        `ssh host cmd | head` finds its own stdout closed). As sshd does, our end of the
-        command's stdout closes: its next write fails (SIGPIPE) and it ends, instead of
-        writing on forever into a channel whose client throws it all away."""
-        self.refused = True
-        pipe = self.transport.get_pipe_transport(1) if self.transport else None
-        if pipe is not None and not pipe.is_closing():
-            pipe.close()
 
     def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
         if fd in self.closed:
@@ -153,22 +138,6 @@ async def _wait_quiet(pipes: _Pipes) -> None:
         await asyncio.sleep(max(QUIET_AFTER_EXIT - quiet, 0.05))
 
 
-def _process_eow_at_openssh_dot_com_request(chan: asyncssh.SSHServerChannel, packet) -> bool:
-    """OpenSSH's "end of write" channel request (asyncssh does not know it): passed to the
-    command the channel runs, if any. OpenSSH clients send it only to servers that say they
-    are OpenSSH (hostagent/server.py SERVER_VERSION)."""
-    packet.check_end()
-    refused = getattr(chan, "adhoc_output_refused", None)
-    if refused is not None:
-        refused()
-    return True
-
-
-if not hasattr(asyncssh.SSHServerChannel, _process_eow_at_openssh_dot_com_request.__name__):
-    asyncssh.SSHServerChannel._process_eow_at_openssh_dot_com_request = \
-        _process_eow_at_openssh_dot_com_request  # type: ignore[attr-defined]
-
-
 def _widen_pipes(transport: asyncio.SubprocessTransport) -> None:
     """Give the command's stdin and stdout pipes PIPE_SIZE where the system allows it."""
     for fd in (0, 1):
@@ -189,12 +158,9 @@ async def run_command(process: asyncssh.SSHServerProcess, command: str,
     environment; its exit status."""
     loop = asyncio.get_running_loop()
     env = shell_environment("dumb", env)
-    pipes = _Pipes(process)
-    # Before the command starts: it may be done with before subprocess_exec returns.
-    process.channel.adhoc_output_refused = pipes.output_refused  # type: ignore[attr-defined]
     try:
-        transport, _ = await loop.subprocess_exec(
-            lambda: pipes, login_shell(), "-c", command,
+        transport, pipes = await loop.subprocess_exec(
+            lambda: _Pipes(process), login_shell(), "-c", command,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, env=env, cwd=env["HOME"], start_new_session=True)
     except OSError as exc:  # too long for the system (E2BIG), no shell, no home folder

@@ -400,14 +400,6 @@ async def _process_factory(process: asyncssh.SSHServerProcess) -> None:
     await _owner(process.get_extra_info("connection")).run_process(process)
 
 
-# What the host's SSH server calls itself. OpenSSH clients keep some of their protocol
-# extensions for servers named OpenSSH*: among them eow@openssh.com, without which
-# `ssh host cmd | head` never ends (hostagent/command.py). It says "compatible", no version
-# (that would claim OpenSSH's bugs and fixes); the rest of OpenSSH's list of server quirks
-# matches only OpenSSH_<version> names, so no workaround is switched on.
-SERVER_VERSION = "OpenSSH_compatible Adhoc"
-
-
 def server_options(state: AgentState, host_key: asyncssh.SSHKey) -> dict:
     def who_of(chan: asyncssh.SSHServerChannel) -> str:
         return _owner(chan.get_connection()).who
@@ -417,7 +409,6 @@ def server_options(state: AgentState, host_key: asyncssh.SSHKey) -> dict:
         "server_factory": lambda: InnerServer(state),
         "process_factory": _process_factory,
         "server_host_keys": [host_key],
-        "server_version": SERVER_VERSION,
         "sftp_factory": sftp,
         "allow_scp": False,
         **SERVER_ALGORITHMS,  # the algorithm lists (kex, ciphers, MACs, signatures, no zlib)
