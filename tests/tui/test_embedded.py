@@ -11,8 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.ports import free_port
 from tui.client import RelayClient
-from tui.embedded import EmbeddedError, start_embedded
+from tui.embedded import Addresses, EmbeddedError, start_embedded
 
 
 @pytest.fixture
@@ -80,6 +81,11 @@ async def test_listening_on_every_address_needs_the_public_url(data_dir: Path) -
     with pytest.raises(EmbeddedError, match="say how customers reach this computer with "
                                             "--public-url"):
         await start_embedded(("0.0.0.0", 0))
+    # Not the default ports: a relay on every address with them would also answer for a test
+    # running beside this one on 8722 of one address (tests/e2e/test_embedded_reach.py),
+    # whenever that test's own relay is restarting, with the wrong host key.
+    data_dir.mkdir(parents=True, exist_ok=True)
+    Addresses("0.0.0.0", free_port("0.0.0.0"), free_port("0.0.0.0")).save(data_dir)
     embedded = await start_embedded(("0.0.0.0", 0), "http://support.lan:8780")
     try:
         async with httpx.AsyncClient() as http:
