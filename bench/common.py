@@ -8,6 +8,7 @@ touching the product. The OpenSSH anchor is a throwaway sshd on loopback with it
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import json
 import os
@@ -77,13 +78,41 @@ def openssh_version() -> str:
     return (result.stderr or result.stdout).strip().split(",")[0]
 
 
+def _steal_and_total() -> tuple[float, float] | None:
+    """CPU seconds so far stolen by the hypervisor (other guests of the host), and in all."""
+    times = psutil.cpu_times()
+    steal = getattr(times, "steal", None)
+    if steal is None:
+        return None
+    names = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+    return steal, sum(getattr(times, name, 0.0) for name in names)
+
+
+def _load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def _at_the_end(start: tuple[float, float] | None) -> None:
+    line = f"load average at the end: {_load_average()}"
+    end = _steal_and_total()
+    if start is not None and end is not None and end[1] > start[1]:
+        # On a virtual machine whose host is busy, both sides of every ratio lose CPU to the
+        # other guests, unevenly: a run with much stolen is not a figure to quote alone.
+        line += (f"; CPU stolen by the host during the run: "
+                 f"{100 * (end[0] - start[0]) / (end[1] - start[1]):.0f} %")
+    print(line)
+
+
 def header(title: str, *packages: str) -> None:
+    """What, where, when and how loaded; the load and the CPU stolen by the host are printed
+    again when the benchmark ends."""
     print(f"== {title}")
     print(f"date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}")
     print(f"machine: {machine()}")
     print(f"versions: {versions(*packages)}")
-    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"load average at start: {_load_average()}")
     print()
+    atexit.register(_at_the_end, _steal_and_total())
 
 
 def lift_open_files(wanted: int = 1 << 20) -> int:

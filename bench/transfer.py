@@ -373,7 +373,6 @@ async def main_async(args: argparse.Namespace) -> None:
         if args.tools:
             await run_tools({name: VARIANTS[name] for name in args.levers.split(",")},
                             args.tools.split(","), src, work, size, args.rounds)
-            print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
             return
         with openssh_server() as sshd:
             for name in args.levers.split(","):
