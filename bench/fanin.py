@@ -140,7 +140,9 @@ async def worker(config: dict) -> None:
     from hostagent.tunnel import Tunnel
 
     key = asyncssh.generate_private_key("ssh-ed25519")
-    inner = {"server_host_keys": [key]}
+    # As the agent's own inner options (hostagent/server.py): no GSS, so no look-up of this
+    # host's FQDN each time the tunnel listens again.
+    inner = {"server_host_keys": [key], "gss_host": None}
     connected: set[str] = set()
     attempts = [0]
     failures: Counter[str] = Counter()
