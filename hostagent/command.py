@@ -91,13 +91,15 @@ class _Pipes(asyncio.SubprocessProtocol):
 
     def process_exited(self) -> None:
         self.exited.set()
-        if self._close_on_exit and self.transport is not None:
-            self.transport.close()
+        self._close_if_due()
 
     def close_when_exited(self) -> None:
         """Close the transport now if the command has exited, else when it does."""
         self._close_on_exit = True
-        if self.exited.is_set() and self.transport is not None:
+        self._close_if_due()
+
+    def _close_if_due(self) -> None:
+        if self._close_on_exit and self.exited.is_set() and self.transport is not None:
             self.transport.close()
 
     def done_printing(self) -> bool:

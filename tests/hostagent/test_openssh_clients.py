@@ -227,15 +227,15 @@ async def test_a_command_left_running_by_a_dropped_client_ends_without_a_word_to
     for _ in range(3):
         ssh = await asyncio.create_subprocess_exec(
             "ssh", *host.args(), "h", "yes", stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=host.env)
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=host.env)
         await agent.wait_for_line("runs: yes")
-        await asyncio.sleep(0.5)
+        await asyncio.wait_for(ssh.stdout.readexactly(65536), 30)  # `yes` is printing
         ssh.kill()
         await ssh.wait()
         await agent.wait_for_line("disconnected")
         said += agent.output  # later rounds look only at what comes after
         agent.output.clear()
-    await asyncio.sleep(1)
+    await asyncio.sleep(1)  # what the hang-up's reaping prints would come by now
     marked = await asyncio.to_thread(host.run, "ssh", "h", "echo after-the-drops")
     assert marked.returncode == 0, marked.stderr
     await agent.wait_for_line("runs: echo after-the-drops")
