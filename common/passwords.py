@@ -56,9 +56,12 @@ def _password_problem(password: str, what: str, longest: int) -> str | None:
     return None
 
 
+SESSION_PASSWORD_MAX = 256  # characters; the console's field takes no more
+
+
 def session_password_problem(password: str) -> str | None:
     """Why a session password is too weak, or None. Shared with the console's strength hint."""
-    return _password_problem(password, "session password", 256)
+    return _password_problem(password, "session password", SESSION_PASSWORD_MAX)
 
 
 def technician_password_problem(password: str) -> str | None:

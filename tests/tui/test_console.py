@@ -266,3 +266,61 @@ async def test_a_burst_of_keys_fills_the_new_session_form_field_by_field(relay) 
         assert form.query_one("#password", Input).value == "Secret-pass-123"
         assert form.query_one("#confirm", Input).value == "Secret-pass-124"
         await app.action_quit()
+
+
+async def test_a_huge_paste_or_key_flood_into_a_form_field_is_refused_in_words(relay) -> None:
+    """100 KB pasted into the customer's email, as one paste or as keystrokes, leaves the form
+    usable: the field takes at most the relay's 254 characters and the console says why. With
+    no limit, Textual reworked the whole value at every key: a paste of 100 KB sent as keys
+    held the console at a full core for minutes while its memory grew past 1.5 GB."""
+    from textual import events
+
+    from relay.api import CreateSessionRequest
+    from tui.screens.new_session import NewSessionModal
+    from tui.widgets.bounded import EMAIL_MAX, NOTE_MAX
+
+    fields = CreateSessionRequest.model_fields  # the console's limits are the relay's
+    assert [m.max_length for m in fields["customer_email"].metadata] == [EMAIL_MAX]
+    assert [m.max_length for m in fields["note"].metadata] == [NOTE_MAX]
+    async with Api(relay.base_url) as api:
+        token = api.token
+    app = ConsoleApp(RelayClient(relay.base_url, token), "alice")
+    async with app.run_test(size=(80, 24), notifications=True) as pilot:
+        await pilot.press("n")
+        await wait_until(pilot, lambda: isinstance(app.screen, NewSessionModal)
+                         and app.screen.focused is not None)
+        form = app.screen
+        email = form.query_one("#email", Input)
+
+        def said() -> list[str]:
+            return [str(n.message) for n in app._notifications]
+
+        for _ in range(3000):  # 3,000 keys, as a terminal without bracketed paste sends them
+            app.post_message(events.Key("x", "x"))
+        await wait_until(pilot, lambda: said(), what="a word about the keys past the limit")
+        assert said() == ["The customer's email takes at most 254 characters: the rest was "
+                          "not taken."]
+        email.post_message(events.Paste("y" * 100_000 + "@example.com"))  # one paste
+        await wait_until(pilot, lambda: len(said()) == 2, what="a word about the paste")
+        assert said()[1] == ("The customer's email takes at most 254 characters: nothing of "
+                             "the 100,012 characters pasted was taken.")
+        for key in ["tab", *"Secret-pass-123"]:
+            app.post_message(events.Key(key, key if len(key) == 1 else "\t"))
+        await wait_until(pilot, lambda: form.query_one("#password", Input).value
+                         == "Secret-pass-123", what="the next field typed into")
+        assert email.value == "x" * EMAIL_MAX  # nothing lost, nothing of the paste taken
+        await app.action_quit()
+
+
+def test_every_text_field_of_the_console_has_a_limit() -> None:
+    """A field with no limit grows with whatever is pasted into it until the console stalls
+    (above): the console's fields are all BoundedInput, which needs one."""
+    import ast
+
+    tui = Path(__file__).resolve().parents[2] / "tui"
+    unbounded = [f"{path.relative_to(tui.parent)}:{node.lineno}"
+                 for path in sorted(tui.rglob("*.py"))
+                 for node in ast.walk(ast.parse(path.read_text()))
+                 if isinstance(node, ast.Call) and getattr(node.func, "id", "") in (
+                     "Input", "TextArea")]
+    assert unbounded == []

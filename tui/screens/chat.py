@@ -12,6 +12,7 @@ from textual.widgets import Input, RichLog
 
 from tui.sanitize import clean
 from tui.screens.pane import PaneScreen
+from tui.widgets.bounded import BoundedInput
 
 KEPT_LINES = 1000
 
@@ -28,8 +29,8 @@ class ChatScreen(PaneScreen):
     def compose(self) -> ComposeResult:
         yield self.status_bar()
         yield RichLog(id="chat-log", wrap=True, markup=False, max_lines=KEPT_LINES)
-        yield Input(placeholder="message to the customer (enter sends)", id="chat-input",
-                    max_length=2000)
+        yield BoundedInput(placeholder="message to the customer (enter sends)",
+                           id="chat-input", max_length=2000, what="a chat message")
 
     def on_mount(self) -> None:
         self.query_one("#chat-input", Input).focus()

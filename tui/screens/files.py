@@ -39,6 +39,7 @@ from tui.transfers import (
     check_name,
     make_plan,
 )
+from tui.widgets.bounded import PATH_MAX, BoundedInput
 from tui.widgets.files import FilePane, human_size
 
 LEAVE_KEY = "ctrl+right_square_bracket"
@@ -163,7 +164,7 @@ class FilesScreen(Screen):
             yield ProgressBar(total=100, show_eta=False, id="transfer-progress")
             yield Static("", id="transfer-rate", markup=False)
         yield Static(HELP, id="files-help", markup=False)
-        yield Input(id="files-prompt")
+        yield BoundedInput(id="files-prompt", max_length=PATH_MAX, what="a path or name")
         yield Footer(show_command_palette=False)  # ctrl+p still opens it
 
     def pane(self, pane_id: str) -> FilePane:

@@ -8,9 +8,11 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label
 
+from common.passwords import SESSION_PASSWORD_MAX
 from common.secret import Secret
 from tui.client import host_key_fingerprint
 from tui.sanitize import clean
+from tui.widgets.bounded import BoundedInput
 
 
 class ConfirmModal(ModalScreen[bool]):
@@ -64,7 +66,8 @@ class PasswordModal(ModalScreen[Secret | None]):
                             "they must match.", id="fingerprint", classes="hint", markup=False)
             if self.error:
                 yield Label(clean(self.error, 300), classes="error", markup=False)
-            yield Input(password=True, placeholder="session password", id="password")
+            yield BoundedInput(password=True, placeholder="session password", id="password",
+                               max_length=SESSION_PASSWORD_MAX, what="the session password")
             yield Label("enter to connect · esc to cancel", classes="hint", markup=False)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:

@@ -10,9 +10,11 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label
 
+from common.passwords import SESSION_PASSWORD_MAX
 from common.secret import Secret
 from tui.client import RelayClient, RelayError
 from tui.failures import explain
+from tui.widgets.bounded import EMAIL_MAX, NOTE_MAX, BoundedInput
 
 
 def strength_hint(password: str) -> str:
@@ -51,13 +53,17 @@ class NewSessionModal(ModalScreen[dict | None]):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog wide"):
             yield Label("Invite a customer", classes="title", markup=False)
-            yield Input(placeholder="customer@example.com", id="email", compact=True)
-            yield Input(password=True, placeholder="session password", id="password",
-                        compact=True)
-            yield Input(password=True, placeholder="session password again", id="confirm",
-                        compact=True)
+            yield BoundedInput(placeholder="customer@example.com", id="email", compact=True,
+                               max_length=EMAIL_MAX, what="the customer's email")
+            yield BoundedInput(password=True, placeholder="session password", id="password",
+                               compact=True, max_length=SESSION_PASSWORD_MAX,
+                               what="the session password")
+            yield BoundedInput(password=True, placeholder="session password again", id="confirm",
+                               compact=True, max_length=SESSION_PASSWORD_MAX,
+                               what="the session password")
             yield Label(strength_hint(""), id="hint", classes="hint", markup=False)
-            yield Input(placeholder="note (optional)", id="note", max_length=500, compact=True)
+            yield BoundedInput(placeholder="note (optional)", id="note", max_length=NOTE_MAX,
+                               compact=True, what="the note")
             yield Label("", id="error", classes="error", markup=False)
             yield Button("Create and send invitation", variant="primary", id="create")
 

@@ -13,6 +13,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label
 
 from tui.sanitize import clean
+from tui.widgets.bounded import BoundedInput
 
 DESTINATION = re.compile(r"^\[?([A-Za-z0-9._:-]{1,253}?)\]?:(\d{1,5})$")
 
@@ -69,9 +70,11 @@ class OpenSSHModal(ModalScreen[ForwardRequest | None]):
                 yield Label("Forward a local port to the customer's network (the customer "
                             "is asked on their screen first):", classes="hint", markup=False)
                 with Horizontal(classes="fields"):
-                    yield Input(placeholder="local port (empty: any)", id="local",
+                    yield BoundedInput(placeholder="local port (empty: any)", id="local",
+                                       max_length=5, what="a port",
                                 classes="port")
-                    yield Input(placeholder="host:port, e.g. 192.168.1.1:80",
+                    yield BoundedInput(placeholder="host:port, e.g. 192.168.1.1:80",
+                                       max_length=300, what="a destination",
                                 id="destination")
                 yield Label("", id="error", classes="error", markup=False)
                 for forward in self.forwards:

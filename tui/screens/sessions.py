@@ -17,6 +17,7 @@ from textual.widgets.data_table import RowDoesNotExist
 from common.reach import summary
 from tui.sanitize import clean, plain
 from tui.times import format_left, local_time, parse_time
+from tui.widgets.bounded import BoundedInput
 from tui.widgets.celltable import CellCachedTable
 
 # Every column: key, label, width (0: shares what the fixed ones leave, by weight).
@@ -195,7 +196,8 @@ class SessionsScreen(Screen):
         for key, label, width in self.columns:
             table.add_column(label, key=key, width=width)
         yield table
-        yield Input(placeholder="filter: customer, host, state, id (esc clears)", id="filter")
+        yield BoundedInput(placeholder="filter: customer, host, state, id (esc clears)",
+                           id="filter", max_length=200, what="the filter")
         yield Footer(show_command_palette=False)  # ctrl+p still opens it; ? says so
 
     def on_mount(self) -> None:
