@@ -42,6 +42,11 @@ class JoinError(Exception):
         self.final = final
 
 
+# What a join link ends in: the relay's token (secrets.token_urlsafe, 43 characters today).
+# Anything else, such as 100 KB pasted or a control character, is not a link worth sending.
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
 @dataclass(frozen=True)
 class JoinLink:
     base_url: str
@@ -59,7 +64,7 @@ class JoinLink:
         except ValueError:
             parts = parts._replace(netloc="")
         if parts.scheme not in ("http", "https") or not parts.netloc or len(segments) < 2 \
-                or segments[-2] != "join":
+                or segments[-2] != "join" or not _TOKEN.fullmatch(segments[-1]):
             raise JoinError("that is not an Adhoc join link: copy the whole link from the "
                             "invitation email (it looks like https://relay.example/join/...)",
                             "bad_link")
