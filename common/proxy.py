@@ -84,7 +84,11 @@ def _variable(environ: Mapping[str, str], name: str) -> tuple[str, str] | None:
 
 def parse_proxy(value: str, variable: str) -> Proxy:
     url = value if "://" in value else f"http://{value}"
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unbalanced [ or ] in the host
+        raise ProxySettingError(f"{variable} cannot be read as a URL: write it as "
+                                "http://proxy.example:3128") from None
     if parts.scheme.lower() != "http":
         raise ProxySettingError(f"{variable} names a {parts.scheme}:// proxy; Adhoc speaks to "
                                 "proxies with plain HTTP CONNECT: use an http:// proxy URL")

@@ -57,7 +57,10 @@ class JoinLink:
 
     @classmethod
     def parse(cls, url: str) -> JoinLink:
-        parts = urlsplit(url.strip())
+        try:
+            parts = urlsplit(url.strip())
+        except ValueError:  # an unbalanced [ or ] in the host
+            parts = urlsplit("")
         segments = [s for s in parts.path.split("/") if s]
         try:
             parts.port  # noqa: B018 (raises on a port that is not a number or out of range)

@@ -26,6 +26,7 @@ from relay.config import (
     default_data_dir,
     parse_duration,
     parse_hostport,
+    parse_public_url,
     parse_rate,
 )
 from relay.db.engine import DatabaseUnavailable
@@ -120,6 +121,13 @@ def _hostport(value: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _public_url(value: str):
+    try:
+        return parse_public_url(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _ssh_listen(value: str):
     """--ssh HOST:PORT, or `off` for SSH over WebSocket on the HTTP listener only."""
     if value.strip().lower() == "off":
@@ -177,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar="HOST:PORT|off",
                        help="SSH endpoint address (default 127.0.0.1:8722); `off`: SSH only "
                             "over WebSocket on the HTTP listener (one public port)")
-    serve.add_argument("--public-url", help="the URL customers and consoles use to reach "
+    serve.add_argument("--public-url", type=_public_url, help="the URL customers and consoles use to reach "
                                             "the HTTP API (default: http://<--http>)")
     serve.add_argument("--ssh-public", metavar="HOST:PORT",
                        help="the SSH address agents and technicians dial (default: --ssh)")

@@ -47,8 +47,25 @@ def parse_hostport(text: str, default_host: str = "127.0.0.1") -> tuple[str, int
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"cannot read address {text!r}: use HOST:PORT, e.g. 127.0.0.1:8780")
+    if host.startswith("[") != host.endswith("]"):
+        raise ValueError(f"cannot read address {text!r}: write an IPv6 address in brackets, "
+                         "e.g. [::1]:8780")
     host = host.strip("[]") or default_host
     return host, int(port)
+
+
+def parse_public_url(text: str) -> str:
+    """The URL customers and consoles reach a relay at (--public-url), checked: an http or
+    https URL with a host name and, if any, a numeric port; ValueError in words otherwise."""
+    example = "write it like https://support.example.com or http://192.0.2.10:8780"
+    try:
+        parts = urlsplit(text.strip())
+        parts.port  # noqa: B018 - a port that is not a number raises here
+    except ValueError:
+        raise ValueError(f"cannot read the URL {text!r}: {example}") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{text!r} is not an http:// or https:// URL with a host: {example}")
+    return text.strip().rstrip("/")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import asyncssh
 
 from common.secret import Secret
 from common.transport import tune_process
-from relay.config import parse_hostport
+from relay.config import parse_hostport, parse_public_url
 from tui import sshconfig
 from tui.app import ConsoleApp
 from tui.client import RelayClient, RelayError
@@ -101,10 +101,14 @@ def relay_url(text: str) -> str:
     """The relay's base URL from what a person typed: `127.0.0.1:8780` means http:// on a
     loopback address (https:// elsewhere), and a path such as /api/v1 is dropped."""
     text = text.strip()
-    if "://" not in text:
-        host = urlsplit(f"//{text}").hostname or ""
-        text = ("http://" if _is_local(host) else "https://") + text
-    parts = urlsplit(text)
+    try:
+        if "://" not in text:
+            host = urlsplit(f"//{text}").hostname or ""
+            text = ("http://" if _is_local(host) else "https://") + text
+        parts = urlsplit(text)
+    except ValueError:  # an unbalanced [ or ]
+        raise Refused(f"cannot read {text!r} as a relay's address: give one like "
+                      "https://relay.example or 127.0.0.1:8780") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise Refused(f"{text} is not a relay's address: give one like https://relay.example "
                       "or 127.0.0.1:8780")
@@ -195,10 +199,11 @@ async def _run(args: argparse.Namespace, config: ConsoleConfig) -> int:
         from tui.embedded import EmbeddedError, start_embedded
 
         listen = args.listen or config.listen
+        public_url = args.public_url or config.public_url
         try:
             embedded = await start_embedded(
                 parse_hostport(listen) if listen else None,
-                args.public_url or config.public_url)
+                parse_public_url(public_url) if public_url else None)
         except (EmbeddedError, ValueError) as exc:
             raise Refused(str(exc)) from None
         except OSError as exc:

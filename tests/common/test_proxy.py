@@ -61,6 +61,7 @@ def test_credentials_go_to_the_proxy_and_nowhere_else() -> None:
     ("https://proxy:3128", "names a https:// proxy"),
     ("http://proxy:notaport", "has no valid port"),
     ("http://:3128", "names no proxy host"),
+    ("http://[proxy.corp:3128", "cannot be read as a URL"),
 ])
 def test_a_proxy_setting_that_cannot_work_is_refused_in_words(value: str, words: str) -> None:
     with pytest.raises(ProxySettingError, match=words):

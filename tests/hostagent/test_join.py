@@ -136,7 +136,8 @@ def test_a_link_that_leads_nowhere_is_a_sentence(tmp_path: Path) -> None:
                 ("http://127.0.0.1:99999/join/tok", "that is not an Adhoc join link"),
                 ("https://relay.example/joni/tok", "that is not an Adhoc join link"),
                 (f"{base}/join/{'tok' * 40_000}", "that is not an Adhoc join link"),
-                (f"{base}/join/tok\x1b]0;x\x07", "that is not an Adhoc join link")]):
+                (f"{base}/join/tok\x1b]0;x\x07", "that is not an Adhoc join link"),
+                ("http://[127.0.0.1/join/tok", "that is not an Adhoc join link")]):
             result = join_command(tmp_path / f"t{n}", link, "--yes",
                                   env={"ADHOC_JOIN_CODE": "123456"}, timeout=60)
             assert result.returncode in (1, 2), result

@@ -59,6 +59,25 @@ def test_serve_on_a_taken_port_says_so_and_exits(data_dir: Path, taken: socket.s
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(("flag", "value", "words"), [
+    ("--public-url", "http://[support.example.com", "cannot read the URL"),
+    ("--public-url", "support.example.com", "is not an http:// or https:// URL with a host"),
+    ("--http", "[::1", "write an IPv6 address in brackets"),
+])
+def test_serve_with_an_address_that_cannot_be_read_says_so(data_dir: Path, flag: str,
+                                                           value: str, words: str) -> None:
+    """A --public-url that cannot be read was taken as it was: the relay started and every
+    invitation carried a link nobody could open."""
+    argv = [sys.executable, "-m", "relay.cli", "--data-dir", str(data_dir), "serve",
+            "--http", "127.0.0.1:0", "--ssh", "127.0.0.1:0", flag, value]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"adhoc-relay serve: error: argument {flag}: ") and \
+        words in lines[-1], result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def metric(text: str, name: str, **labels: str) -> float:
     wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
     pattern = re.escape(name) + (r"\{" + re.escape(wanted) + r"\}" if labels else "") + \

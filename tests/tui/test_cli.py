@@ -24,7 +24,7 @@ from tests.tmux import Tmux
 def console_cli(tmp_path: Path, *args: str, stdin: str | None = None,
                 ) -> subprocess.CompletedProcess:
     env = {**os.environ, "ADHOC_CONSOLE_CONFIG_DIR": str(tmp_path / "config"),
-           "PYTHONPATH": os.getcwd()}
+           "ADHOC_CONSOLE_DATA_DIR": str(tmp_path / "data"), "PYTHONPATH": os.getcwd()}
     return subprocess.run([sys.executable, "-m", "tui.cli", *args], input=stdin, text=True,
                           capture_output=True, env=env, timeout=60,
                           stdin=None if stdin is not None else subprocess.DEVNULL)
@@ -46,6 +46,21 @@ def stored(tmp_path: Path) -> dict:
 def test_a_mistyped_option_is_named_with_what_was_meant(tmp_path: Path) -> None:
     line = one_line_error(console_cli(tmp_path, "--realy", "http://127.0.0.1:8780"))
     assert "--realy" in line and "--relay" in line
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (("login", "http://[::1"), "cannot read 'http://[::1' as a relay's address"),
+    (("login", "[::1"), "cannot read '[::1' as a relay's address"),
+    (("--public-url", "http://[x"), "cannot read the URL 'http://[x'"),
+    (("--public-url", "ftp://x"), "is not an http:// or https:// URL with a host"),
+    (("--listen", "[::1"), "write an IPv6 address in brackets"),
+])
+def test_an_address_that_cannot_be_read_is_refused_in_words(tmp_path: Path, args: tuple,
+                                                            words: str) -> None:
+    """An unbalanced bracket (a mistyped IPv6 address) ended in a traceback."""
+    line = one_line_error(console_cli(tmp_path, *args))
+    assert words in line
+    assert not (tmp_path / "config" / "console.toml").exists()
 
 
 def test_end_of_input_at_the_login_prompt(tmp_path: Path) -> None:
