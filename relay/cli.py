@@ -185,8 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar="HOST:PORT|off",
                        help="SSH endpoint address (default 127.0.0.1:8722); `off`: SSH only "
                             "over WebSocket on the HTTP listener (one public port)")
-    serve.add_argument("--public-url", type=_public_url, help="the URL customers and consoles use to reach "
-                                            "the HTTP API (default: http://<--http>)")
+    serve.add_argument("--public-url", type=_public_url,
+                       help="the URL customers and consoles use to reach the HTTP API "
+                            "(default: http://<--http>)")
     serve.add_argument("--ssh-public", metavar="HOST:PORT",
                        help="the SSH address agents and technicians dial (default: --ssh)")
     serve.add_argument("--session-lifetime", type=_duration, default=parse_duration("24h"),
