@@ -201,9 +201,12 @@ async def _run(args: argparse.Namespace, config: ConsoleConfig) -> int:
         listen = args.listen or config.listen
         public_url = args.public_url or config.public_url
         try:
+            public_url = parse_public_url(public_url) if public_url else None
+        except ValueError as exc:
+            raise Refused(f"--public-url (or public_url in console.toml): {exc}") from None
+        try:
             embedded = await start_embedded(
-                parse_hostport(listen) if listen else None,
-                parse_public_url(public_url) if public_url else None)
+                parse_hostport(listen) if listen else None, public_url)
         except (EmbeddedError, ValueError) as exc:
             raise Refused(str(exc)) from None
         except OSError as exc:

@@ -51,7 +51,8 @@ def test_a_mistyped_option_is_named_with_what_was_meant(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("args", "words"), [
     (("login", "http://[::1"), "cannot read 'http://[::1' as a relay's address"),
     (("login", "[::1"), "cannot read '[::1' as a relay's address"),
-    (("--public-url", "http://[x"), "cannot read the URL 'http://[x'"),
+    (("--public-url", "http://[x"), "--public-url (or public_url in console.toml): cannot "
+                                     "read the URL 'http://[x'"),
     (("--public-url", "ftp://x"), "is not an http:// or https:// URL with a host"),
     (("--listen", "[::1"), "write an IPv6 address in brackets"),
 ])
