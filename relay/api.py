@@ -95,7 +95,7 @@ class TechnicianPassword(Strict):
 class AddTechnicianRequest(TechnicianPassword):
     login: str = Field(min_length=1, max_length=64,
                        description="login name, also the SSH user name ([a-z0-9._-]+)")
-    email: str = Field(max_length=254, json_schema_extra={"format": "email"})
+    email: str = Field(max_length=rules.MAX_EMAIL_CHARS, json_schema_extra={"format": "email"})
     admin: bool = False
     ssh_keys: list[str] = Field(default_factory=list, max_length=10,
                                 description="OpenSSH public keys for `ssh -J`")
@@ -127,7 +127,8 @@ class CreateSessionRequest(Strict):
 
     model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["password_verifier"]},
                                                            {"required": ["password"]}]})
-    customer_email: str = Field(max_length=254, json_schema_extra={"format": "email"})
+    customer_email: str = Field(max_length=rules.MAX_EMAIL_CHARS,
+                                json_schema_extra={"format": "email"})
     # Absent is None; an explicit null is refused (below) and the schema shows plain strings.
     # The service checks the verifier, its length too, in a sentence that says what to send.
     password_verifier: Annotated[str | None, WithJsonSchema(
@@ -142,7 +143,7 @@ class CreateSessionRequest(Strict):
         default=None, min_length=8, max_length=256,
         description="the session password itself (the relay checks and hashes it); 12+ "
                     "characters or mixed classes")
-    note: str = Field(default="", max_length=500)
+    note: str = Field(default="", max_length=rules.MAX_NOTE_CHARS)
     technician_key: Annotated[str | None, WithJsonSchema(
         {"type": "string", "maxLength": 16384})] = Field(
         default=None, max_length=16384,

@@ -16,6 +16,9 @@ from enum import StrEnum
 MAX_CODE_ATTEMPTS = 5
 MAX_LIVE_PER_TECHNICIAN = 1
 MAX_LIVE_PER_COMPANY = 5
+# What a session's customer email and note may hold (the API's and the console's limits).
+MAX_EMAIL_CHARS = 254
+MAX_NOTE_CHARS = 500
 
 
 class State(StrEnum):

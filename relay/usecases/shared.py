@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable, Hashable
 from datetime import UTC, datetime
 
 from relay.config import Rate
+from relay.sessions import MAX_EMAIL_CHARS
 
 DISC_SERVICE_NOT_AVAILABLE = 7  # RFC 4253 11.1; the same number as asyncssh's constant
 
@@ -142,6 +143,6 @@ def check_email(email: str) -> str:
         # technician's terminal they could rewrite what it displays.
         raise ValueError(f"{email!r} has control or invisible characters: type the address "
                          "again as plain text, in the form name@example.com")
-    if len(email) > 254 or not EMAIL_RE.match(email):
+    if len(email) > MAX_EMAIL_CHARS or not EMAIL_RE.match(email):
         raise ValueError(f"{email!r} is not an email address: use the form name@example.com")
     return email

@@ -276,12 +276,12 @@ async def test_a_huge_paste_or_key_flood_into_a_form_field_is_refused_in_words(r
     from textual import events
 
     from relay.api import CreateSessionRequest
+    from relay.sessions import MAX_EMAIL_CHARS, MAX_NOTE_CHARS
     from tui.screens.new_session import NewSessionModal
-    from tui.widgets.bounded import EMAIL_MAX, NOTE_MAX
 
     fields = CreateSessionRequest.model_fields  # the console's limits are the relay's
-    assert [m.max_length for m in fields["customer_email"].metadata] == [EMAIL_MAX]
-    assert [m.max_length for m in fields["note"].metadata] == [NOTE_MAX]
+    assert [m.max_length for m in fields["customer_email"].metadata] == [MAX_EMAIL_CHARS]
+    assert [m.max_length for m in fields["note"].metadata] == [MAX_NOTE_CHARS]
     async with Api(relay.base_url) as api:
         token = api.token
     app = ConsoleApp(RelayClient(relay.base_url, token), "alice")
@@ -308,7 +308,7 @@ async def test_a_huge_paste_or_key_flood_into_a_form_field_is_refused_in_words(r
             app.post_message(events.Key(key, key if len(key) == 1 else "\t"))
         await wait_until(pilot, lambda: form.query_one("#password", Input).value
                          == "Secret-pass-123", what="the next field typed into")
-        assert email.value == "x" * EMAIL_MAX  # nothing lost, nothing of the paste taken
+        assert email.value == "x" * MAX_EMAIL_CHARS  # nothing lost, nothing of the paste taken
         await app.action_quit()
 
 

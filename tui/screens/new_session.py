@@ -12,9 +12,10 @@ from textual.widgets import Button, Input, Label
 
 from common.passwords import SESSION_PASSWORD_MAX
 from common.secret import Secret
+from relay.sessions import MAX_EMAIL_CHARS, MAX_NOTE_CHARS
 from tui.client import RelayClient, RelayError
 from tui.failures import explain
-from tui.widgets.bounded import EMAIL_MAX, NOTE_MAX, BoundedInput
+from tui.widgets.bounded import BoundedInput
 
 
 def strength_hint(password: str) -> str:
@@ -54,7 +55,7 @@ class NewSessionModal(ModalScreen[dict | None]):
         with Vertical(classes="dialog wide"):
             yield Label("Invite a customer", classes="title", markup=False)
             yield BoundedInput(placeholder="customer@example.com", id="email", compact=True,
-                               max_length=EMAIL_MAX, what="the customer's email")
+                               max_length=MAX_EMAIL_CHARS, what="the customer's email")
             yield BoundedInput(password=True, placeholder="session password", id="password",
                                compact=True, max_length=SESSION_PASSWORD_MAX,
                                what="the session password")
@@ -62,7 +63,7 @@ class NewSessionModal(ModalScreen[dict | None]):
                                compact=True, max_length=SESSION_PASSWORD_MAX,
                                what="the session password")
             yield Label(strength_hint(""), id="hint", classes="hint", markup=False)
-            yield BoundedInput(placeholder="note (optional)", id="note", max_length=NOTE_MAX,
+            yield BoundedInput(placeholder="note (optional)", id="note", max_length=MAX_NOTE_CHARS,
                                compact=True, what="the note")
             yield Label("", id="error", classes="error", markup=False)
             yield Button("Create and send invitation", variant="primary", id="create")

@@ -71,11 +71,9 @@ class OpenSSHModal(ModalScreen[ForwardRequest | None]):
                             "is asked on their screen first):", classes="hint", markup=False)
                 with Horizontal(classes="fields"):
                     yield BoundedInput(placeholder="local port (empty: any)", id="local",
-                                       max_length=5, what="a port",
-                                classes="port")
+                                       classes="port", max_length=5, what="a port")
                     yield BoundedInput(placeholder="host:port, e.g. 192.168.1.1:80",
-                                       max_length=300, what="a destination",
-                                id="destination")
+                                       id="destination", max_length=300, what="a destination")
                 yield Label("", id="error", classes="error", markup=False)
                 for forward in self.forwards:
                     yield Label(f"open: {forward}", classes="hint", markup=False)
