@@ -102,6 +102,18 @@ def stop_process(proc: subprocess.Popen | None, sig: int = signal.SIGTERM) -> No
         proc.stdout.close()
 
 
+async def kill_and_reap(proc: asyncio.subprocess.Process, timeout: float = 30) -> None:
+    """Kill `proc` if it still runs and reap it, reading what is left in its pipes.
+
+    Python 3.11's `Process.wait()` returns only once the pipes have closed, and a pipe whose
+    reader stopped at its buffer limit (a chatty command nobody read to the end) never sees
+    its end: `communicate()` reads them out, so the wait cannot hang.
+    """
+    if proc.returncode is None:
+        proc.kill()
+    await asyncio.wait_for(proc.communicate(), timeout)
+
+
 @dataclass
 class RelayProcess:
     data_dir: Path

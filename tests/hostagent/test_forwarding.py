@@ -17,7 +17,7 @@ from tests.hostagent.test_customer_terminal import activate, customer_of, end_wi
 from tests.hostagent.test_features import audit_events
 from tests.openssh import RelayPath
 from tests.ports import free_port
-from tests.support import Api, start_session
+from tests.support import Api, kill_and_reap, start_session
 
 
 @contextlib.asynccontextmanager
@@ -47,9 +47,7 @@ async def openssh(host: RelayPath, *args: str) -> AsyncIterator[asyncio.subproce
     try:
         yield proc
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await kill_and_reap(proc)
 
 
 async def relay_path(relay, tmp_path: Path, api: Api, session: dict,

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.openssh import RelayPath, run_against
+from tests.support import kill_and_reap
 
 pytestmark = pytest.mark.skipif(
     shutil.which("sshd") is None and not os.path.exists("/usr/sbin/sshd"),
@@ -110,9 +111,7 @@ async def test_exit_with_a_background_job_closes_at_once(sshd, openssh_host) -> 
             ssh.stdin.write(b"exit 3\n")  # and stdin stays open: only the exit may end it
             status = await asyncio.wait_for(ssh.wait(), 30)
         finally:
-            if ssh.returncode is None:
-                ssh.kill()
-                await ssh.wait()
+            await kill_and_reap(ssh)
             if side == "sshd" and job is not None:  # sshd leaves the job running
                 os.kill(job, 15)
         assert status == 3, side
@@ -211,9 +210,7 @@ async def test_bulk_command_output_crosses_wide_pipes_at_the_clients_pace(openss
         assert received == total
         assert await asyncio.wait_for(ssh.wait(), 30) == 0
     finally:
-        if ssh.returncode is None:
-            ssh.kill()
-            await ssh.wait()
+        await kill_and_reap(ssh)
 
 
 async def test_a_command_left_running_by_a_dropped_client_ends_without_a_word_to_the_customer(
@@ -230,8 +227,7 @@ async def test_a_command_left_running_by_a_dropped_client_ends_without_a_word_to
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=host.env)
         await agent.wait_for_line("runs: yes")
         await asyncio.wait_for(ssh.stdout.readexactly(65536), 30)  # `yes` is printing
-        ssh.kill()
-        await ssh.wait()
+        await kill_and_reap(ssh)
         await agent.wait_for_line("disconnected")
         said += agent.output  # later rounds look only at what comes after
         agent.output.clear()
