@@ -100,6 +100,8 @@ def test_new_session_modal(snap_compare, fixed_relay, size) -> None:
             if pilot.app.focused is not None and pilot.app.focused.id == "email":
                 break
             await pilot.pause(0.05)
+        # The cursor blinks every 0.5 s: held on, or a slow picture catches it off.
+        pilot.app.focused.cursor_blink = False
         await pilot.pause()
 
     assert snap_compare(_app(relay, token), terminal_size=size, run_before=open_modal)
