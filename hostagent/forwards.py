@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -31,9 +33,16 @@ log = logging.getLogger("adhoc.host")
 FEATURE = "forward"
 ANSWER_TIMEOUT = 120.0  # seconds the customer has to answer before the request is refused
 CONNECT_TIMEOUT = 15.0
+# Questions of one technician on the customer's screen at a time: a browser behind `ssh -D`
+# asks for a dozen hosts at once, and the customer answers one after the other (or "all").
+MAX_QUESTIONS = 8
 
 # What the customer may answer (the Notices front end asks), "unattended" when nobody can.
 YES, NO, ALL, UNATTENDED, NO_ANSWER = "yes", "no", "all", "unattended", "no answer"
+# How a question ends without an answer of its own: the customer allowed that technician
+# everything in answer to another question, or the technician stopped waiting (their
+# connection closed), so there is nothing left to answer.
+COVERED, WITHDRAWN = "covered", "withdrawn"
 
 
 def destination(host: str, port: int) -> str:
@@ -112,6 +121,7 @@ class Forwards:
         self.allowed: set[tuple[str, str, int]] = set()  # (who, host, port)
         self.allowed_all: set[str] = set()  # technicians the customer allowed everything
         self._asking: dict[tuple[str, str, int], asyncio.Future[str]] = {}
+        self._waiting: dict[tuple[str, str, int], int] = {}  # channels waiting per question
         self.live: set[_Connection] = set()
 
     def refused(self, who: str, host: str, port: int, why: str, reason: str,
@@ -120,12 +130,15 @@ class Forwards:
                                                       "outcome": "refused"})
         return ForwardRefused(reason, code)
 
-    async def open(self, who: str, host: str, port: int) -> asyncssh.SSHForwarder:
+    async def open(self, who: str, host: str, port: int,
+                   gone: asyncio.Event | None = None) -> asyncssh.SSHForwarder:
         """The session for a technician's channel to host:port, once allowed and connected;
-        ForwardRefused (the channel-open failure the technician reads) otherwise. Any other
+        ForwardRefused (the channel-open failure the technician reads) otherwise. `gone` is
+        set when the technician's connection closes: asyncssh does not cancel a channel open
+        then, and a question nobody waits for is taken off the customer's screen. Any other
         exception here would make asyncssh close the technician's whole connection."""
         try:
-            return await self._open(who, host, port)
+            return await self._open(who, host, port, gone)
         except asyncssh.ChannelOpenError:
             raise
         except Exception:
@@ -133,7 +146,8 @@ class Forwards:
             raise ForwardRefused("the forward failed on the customer's computer",
                                  OPEN_CONNECT_FAILED) from None
 
-    async def _open(self, who: str, host: str, port: int) -> asyncssh.SSHForwarder:
+    async def _open(self, who: str, host: str, port: int,
+                    gone: asyncio.Event | None) -> asyncssh.SSHForwarder:
         where = destination(host, port)
         if not self.state.allows(FEATURE):
             raise self.refused(who, host, port, "plan",
@@ -144,11 +158,16 @@ class Forwards:
             raise self.refused(who, host, port, "invalid",
                                f"{where} is not a host and port that can be reached")
         if who not in self.allowed_all and (who, host, port) not in self.allowed:
-            answer = await self._ask(who, host, port)
+            answer = await self._ask(who, host, port, gone)
             if answer == ALL:
                 self.allowed_all.add(who)
             elif answer == YES:
                 self.allowed.add((who, host, port))
+            elif answer == COVERED:
+                pass  # allowed everything meanwhile
+            elif answer == WITHDRAWN:
+                raise self.refused(who, host, port, "withdrawn",
+                                   "the connection closed before the customer answered")
             elif answer == UNATTENDED:
                 raise self.refused(who, host, port, "unattended",
                                    f"nobody at the customer's computer can allow reaching "
@@ -163,21 +182,54 @@ class Forwards:
             raise self.refused(who, host, port, "ended", "the session is ending")
         return await self._connect(who, host, port)
 
-    async def _ask(self, who: str, host: str, port: int) -> str:
-        """The customer's answer; one question per technician and destination at a time."""
+    async def _ask(self, who: str, host: str, port: int, gone: asyncio.Event | None) -> str:
+        """The customer's answer; one question per technician and destination at a time, at
+        most MAX_QUESTIONS of a technician at once, taken back when nobody waits for it."""
         key = (who, host, port)
         asking = self._asking.get(key)
         if asking is None:
+            pending = sum(1 for (asker, _, _), question in self._asking.items()
+                          if asker == who and not question.done())
+            if pending >= MAX_QUESTIONS:
+                raise self.refused(
+                    who, host, port, "too many questions",
+                    f"the customer has {pending} questions of yours to answer already; "
+                    f"try {destination(host, port)} again once they have answered")
             self.state.audit(Event.FORWARD_REQUESTED, who, {"host": host, "port": port})
             asking = self.state.notices.ask_forward(who, destination(host, port))
             self._asking[key] = asking
-            asking.add_done_callback(lambda _: self._asking.pop(key, None))
+            asking.add_done_callback(lambda done: self._answered(key, done))
+        self._waiting[key] = self._waiting.get(key, 0) + 1
+        watch = [asyncio.ensure_future(asyncio.shield(asking))]
+        if gone is not None:
+            watch.append(asyncio.ensure_future(gone.wait()))
         try:
-            return await asyncio.wait_for(asyncio.shield(asking), ANSWER_TIMEOUT)
-        except TimeoutError:
-            if not asking.done():
-                asking.set_result(NO_ANSWER)
+            await asyncio.wait(watch, timeout=ANSWER_TIMEOUT,
+                               return_when=asyncio.FIRST_COMPLETED)
+            if asking.done():
+                return asking.result()
+            if gone is not None and gone.is_set():
+                return WITHDRAWN
+            asking.set_result(NO_ANSWER)
             return NO_ANSWER
+        finally:
+            for waiter in watch:
+                waiter.cancel()
+            self._waiting[key] -= 1
+            if not self._waiting[key]:
+                del self._waiting[key]
+                if not asking.done():  # the last one waiting went: nothing left to answer
+                    asking.set_result(WITHDRAWN)
+
+    def _answered(self, key: tuple[str, str, int], asking: asyncio.Future[str]) -> None:
+        """A question ended; "all" answers the technician's other questions with it."""
+        self._asking.pop(key, None)
+        if asking.cancelled() or asking.result() != ALL:
+            return
+        self.allowed_all.add(key[0])
+        for (who, _, _), other in list(self._asking.items()):
+            if who == key[0] and not other.done():
+                other.set_result(COVERED)
 
     async def _connect(self, who: str, host: str, port: int) -> asyncssh.SSHForwarder:
         connection = _Connection(self, who, host, port)
@@ -187,7 +239,12 @@ class Forwards:
                 loop.create_connection(lambda: _Counted(connection, inbound=True), host, port),
                 CONNECT_TIMEOUT)
         except (OSError, TimeoutError) as exc:
-            why = getattr(exc, "strerror", None) or str(exc) or "timed out"
+            # asyncio's own words name the address again ("Connect call failed (...)"):
+            # the system's for the error number read as people expect ("Connection refused").
+            errno = getattr(exc, "errno", None)
+            plain = os.strerror(errno) if isinstance(errno, int) and errno > 0 \
+                and not isinstance(exc, socket.gaierror) else None
+            why = plain or getattr(exc, "strerror", None) or str(exc) or "timed out"
             raise self.refused(who, host, port, f"unreachable: {why}"[:200],
                                f"{destination(host, port)} cannot be reached from the "
                                f"customer's computer: {printable(why, 200)}",

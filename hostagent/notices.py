@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
-from hostagent.forwards import ALL, NO, NO_ANSWER, UNATTENDED, YES
+from hostagent.forwards import ALL, NO, NO_ANSWER, UNATTENDED, WITHDRAWN, YES
 from hostagent.state import AgentState, Notices
 from hostagent.text import format_left, local_time, printable
 
@@ -235,7 +235,9 @@ class LineNotices(Notices):
                 ALL: f"You allowed {who} to reach anything this computer can reach, for the "
                      "rest of the session.",
                 NO: f"You refused: {who} cannot reach {where}.",
-                NO_ANSWER: f"No answer in time: {who} cannot reach {where}."}.get(result)
+                NO_ANSWER: f"No answer in time: {who} cannot reach {where}.",
+                WITHDRAWN: f"Technician {who} no longer waits to reach {where} (their "
+                           "connection closed): nothing to answer."}.get(result)
         if said is not None and not (result == NO and self.state is not None
                                      and self.state.ended):
             self.say(said)

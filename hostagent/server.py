@@ -89,6 +89,7 @@ class InnerServer(asyncssh.SSHServer):
         self._refused: Secret | None = None
         self._processes: set[asyncssh.SSHServerProcess] = set()
         self._notes: list[str] = []  # said on the next session channel's stderr
+        self._gone = asyncio.Event()  # set when the connection closes (forwards.py waits on it)
         self._method = "password"  # how the login that completes was made
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
@@ -119,6 +120,7 @@ class InnerServer(asyncssh.SSHServer):
         self.state.audit(Event.TECHNICIAN_CONNECTED, self.who, {"method": self._method})
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._gone.set()
         self._settle()
         self.state.connections.discard(self)
         if self.authenticated:
@@ -209,7 +211,7 @@ class InnerServer(asyncssh.SSHServer):
         allowed it (hostagent/forwards.py); refusals say why in the channel-open failure."""
         if not self.authenticated:
             return False
-        return self.state.forwards.open(self.who, dest_host, dest_port)
+        return self.state.forwards.open(self.who, dest_host, dest_port, self._gone)
 
     def server_requested(self, listen_host: str, listen_port: int) -> bool:
         """`ssh -R`: refused. A global request's refusal carries no words (OpenSSH prints

@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from hostagent.forwards import MAX_QUESTIONS
 from tests.hostagent.test_customer_terminal import activate, customer_of, end_with_the_key
 from tests.hostagent.test_features import audit_events
 from tests.openssh import RelayPath
@@ -21,8 +22,9 @@ from tests.support import Api, kill_and_reap, start_session
 
 
 @contextlib.asynccontextmanager
-async def echo_service() -> AsyncIterator[int]:
-    """A TCP service on the customer's side (loopback): answers every line in capitals."""
+async def echo_service(hosts: tuple[str, ...] = ("127.0.0.1",)) -> AsyncIterator[int]:
+    """A TCP service on the customer's side (loopback addresses `hosts`, one port): answers
+    every line in capitals."""
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError):
@@ -31,7 +33,8 @@ async def echo_service() -> AsyncIterator[int]:
                 await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = free_port() if len(hosts) > 1 else 0
+    server = await asyncio.start_server(serve, list(hosts), port)
     try:
         yield server.sockets[0].getsockname()[1]
     finally:
@@ -166,6 +169,63 @@ async def test_all_this_session_and_the_end_of_the_session(start_relay, tmp_path
                 assert await asyncio.wait_for(second.stdout.read(), 30) == b""
                 await asyncio.wait_for(second.wait(), 30)
             await asyncio.wait_for(first.wait(), 30)
+
+
+async def test_questions_nobody_waits_for_go_and_all_answers_every_one_waiting(
+        start_relay, tmp_path: Path) -> None:
+    """A question whose ssh went is taken off the customer's screen; a browser behind `-D`
+    asks for many hosts at once: at most MAX_QUESTIONS wait on the customer's screen, and
+    one "all" answers every one of them (it answered only the first, and the others waited
+    for answers of their own)."""
+    relay = start_relay()
+    hosts = tuple(f"127.0.0.{n}" for n in range(1, MAX_QUESTIONS + 2))
+    async with customer_of(relay, tmp_path) as (api, session, agent), \
+            echo_service(hosts) as port:
+        _view, host = await relay_path(relay, tmp_path, api, session, agent)
+        async with openssh(host, "-W", f"{hosts[0]}:{port}", "h") as gone:
+            await agent.wait_for(f"Allow alice to reach {hosts[0]}:{port}?")
+            await kill_and_reap(gone)
+        await agent.wait_for(f"Technician alice no longer waits to reach {hosts[0]}:{port} "
+                             "(their connection closed): nothing to answer.")
+        await agent.wait_for("| nobody connected |")  # and no question left to answer
+
+        local = [free_port() for _ in hosts]
+        forwards = [arg for there, here in zip(hosts, local, strict=True)
+                    for arg in ("-L", f"{here}:{there}:{port}")]
+        to_nothing, nothing = free_port(), free_port()  # nothing listens there
+        forwards += ["-L", f"{to_nothing}:127.0.0.1:{nothing}"]
+        async with openssh(host, "-N", *forwards, "h") as ssh:
+            await local_port_open(local[-1], ssh)
+            answers = {}
+            # One after the other, so that the one past the limit is the last.
+            for there, here in zip(hosts, local, strict=True):
+                answers[there] = asyncio.create_task(through(here, f"to {there}\n".encode()))
+                await agent.wait_for_count("wants to reach", 1 + len(answers))
+                if len(answers) == MAX_QUESTIONS:
+                    break
+            past = asyncio.create_task(through(local[-1], b"one too many\n"))
+            assert await asyncio.wait_for(past, 30) == b""  # refused at once, not asked
+            agent.type("a")
+            for there, answer in answers.items():
+                assert await answer == f"TO {there}\n".encode()
+            await agent.wait_for("You allowed alice to reach anything")
+            assert agent.screen.count("You allowed") == 1
+            assert agent.screen.count("wants to reach") == 1 + MAX_QUESTIONS
+            assert await through(local[-1], b"now\n") == b"NOW\n"  # allowed by the "all"
+            assert await through(to_nothing, b"anyone?\n") == b""
+            ssh.kill()
+            _, stderr = await ssh.communicate()
+        assert f"Adhoc: the customer has {MAX_QUESTIONS} questions of yours to answer " \
+            f"already; try {hosts[-1]}:{port} again once they have answered" in stderr.decode()
+        # In the system's words, not asyncio's ("Connect call failed ('127.0.0.1', ...)").
+        assert f"Adhoc: 127.0.0.1:{nothing} cannot be reached from the customer's computer: " \
+            "Connection refused" in stderr.decode()
+        rows = await audit_events(api, session["id"], {"forward_refused", "forward_closed"},
+                                  until=lambda rows: sum(r["event"] == "forward_refused"
+                                                         for r in rows) == 3)
+        refusals = [row["detail"]["agent"] for row in rows if row["event"] == "forward_refused"]
+        assert [f["why"] for f in refusals] == \
+            ["withdrawn", "too many questions", "unreachable: Connection refused"]
 
 
 async def test_nobody_to_ask_plans_and_other_forwarding_are_refused(
