@@ -221,6 +221,8 @@ def write(relay: Relay, chosen: list[Entry], notes: list[str],
     folder = ssh_dir / "adhoc"
     known = folder / "known_hosts"
     try:
+        # A ~/.ssh made here is private, as OpenSSH makes it (mkdir's parents get 0755).
+        ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         _write_private(known, known_hosts_lines(relay, chosen))
         _write_private(folder / "config", render(relay, chosen, notes, known))
     except OSError as exc:

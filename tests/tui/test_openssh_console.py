@@ -178,6 +178,9 @@ def test_a_home_with_a_space_in_its_path_is_read_by_openssh_as_written(tmp_path:
     for _ in range(2):  # the quoted Include is recognised: added once
         sshconfig.write(relay, chosen, notes, ssh_dir)
     assert (ssh_dir / "config").read_text().count("Include") == 1
+    # Made here, ~/.ssh is private as OpenSSH makes it, and so is what is in it.
+    assert [oct(path.stat().st_mode & 0o777) for path in
+            (ssh_dir, ssh_dir / "adhoc", ssh_dir / "config")] == ["0o700", "0o700", "0o600"]
     known = ssh_dir / "adhoc" / "known_hosts"
     for host, alias in (("a" * 16, "adhoc-" + "a" * 16),
                         (sshconfig.RELAY_ALIAS, relay.key_alias)):
