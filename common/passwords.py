@@ -64,9 +64,12 @@ def session_password_problem(password: str) -> str | None:
     return _password_problem(password, "session password", SESSION_PASSWORD_MAX)
 
 
+TECHNICIAN_PASSWORD_MAX = 1024  # characters; the relay's login takes no more
+
+
 def technician_password_problem(password: str) -> str | None:
     """Why a technician's account password is too weak, or None (the same rule)."""
-    return _password_problem(password, "password", 1024)
+    return _password_problem(password, "password", TECHNICIAN_PASSWORD_MAX)
 
 
 # A verifier the console made in place of the session password (DESIGN §5): the relay hands it

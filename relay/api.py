@@ -13,7 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validat
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from common.passwords import VERIFIER_MAX_CHARS, technician_password_problem
+from common.passwords import (
+    TECHNICIAN_PASSWORD_MAX,
+    VERIFIER_MAX_CHARS,
+    technician_password_problem,
+)
 from common.secret import Secret
 from relay import join
 from relay import sessions as rules
@@ -79,7 +83,7 @@ def held(fields: str):
 
 
 class TechnicianPassword(Strict):
-    password: str = Field(min_length=8, max_length=1024,
+    password: str = Field(min_length=8, max_length=TECHNICIAN_PASSWORD_MAX,
                           description="the technician's new password: 12+ characters, or 8+ "
                                       "mixing letters with digits or symbols; not a common one")
 
@@ -118,7 +122,7 @@ class AddTechnicianRequest(TechnicianPassword):
 
 class LoginRequest(Strict):
     login: str = Field(min_length=1, max_length=64)
-    password: str = Field(min_length=1, max_length=1024)
+    password: str = Field(min_length=1, max_length=TECHNICIAN_PASSWORD_MAX)
     _held = held("password")
 
 

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import asyncssh
 
+from common.passwords import TECHNICIAN_PASSWORD_MAX
 from common.secret import Secret
 from common.transport import tune_process
 from relay.config import parse_hostport, parse_public_url
@@ -143,7 +144,15 @@ def _login(args: argparse.Namespace) -> int:
     if not name:
         raise Refused("no login name given: nothing was changed")
     if args.password_stdin:
-        password = Secret(sys.stdin.readline().rstrip("\n"))
+        # A line at most, read no further than a password can be (a file given by mistake).
+        typed = sys.stdin.readline(TECHNICIAN_PASSWORD_MAX + 2).rstrip("\r\n")
+        if not typed:
+            raise Refused("no password on standard input (--password-stdin reads its first "
+                          "line): nothing was changed")
+        if len(typed) > TECHNICIAN_PASSWORD_MAX:
+            raise Refused(f"the first line of standard input is longer than a password can "
+                          f"be ({TECHNICIAN_PASSWORD_MAX:,} characters): nothing was changed")
+        password = Secret(typed)
     else:
         password = Secret(_ask("Password: ", secret=True))
     return asyncio.run(_store_login(url, name, password))

@@ -70,6 +70,21 @@ def test_end_of_input_at_the_login_prompt(tmp_path: Path) -> None:
     assert not (tmp_path / "config" / "console.toml").exists()
 
 
+@pytest.mark.parametrize(("stdin", "words"), [
+    ("", "no password on standard input"),
+    ("\n", "no password on standard input"),
+    ("a" * 3_000_000, "longer than a password can be (1,024 characters)"),
+], ids=["empty", "empty-line", "3MB"])
+def test_a_password_on_standard_input_that_cannot_be_one_is_refused_at_once(
+        tmp_path: Path, stdin: str, words: str) -> None:
+    """An empty pipe, or a file given by mistake, is not sent to the relay (it was, and the
+    answer spoke of the relay); port 9 would say "cannot reach" if it were contacted."""
+    line = one_line_error(console_cli(tmp_path, "login", "http://127.0.0.1:9", "--login",
+                                      "alice", "--password-stdin", stdin=stdin))
+    assert words in line and "nothing was changed" in line
+    assert "a" * 20 not in line  # what was on standard input is not repeated
+
+
 def test_an_unreachable_relay_says_what_to_check(tmp_path: Path) -> None:
     line = one_line_error(console_cli(tmp_path, "login", "http://127.0.0.1:9", "--login",
                                       "alice", "--password-stdin", stdin="x\n"))
