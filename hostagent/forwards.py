@@ -159,12 +159,10 @@ class Forwards:
                                f"{where} is not a host and port that can be reached")
         if who not in self.allowed_all and (who, host, port) not in self.allowed:
             answer = await self._ask(who, host, port, gone)
-            if answer == ALL:
-                self.allowed_all.add(who)
-            elif answer == YES:
+            if answer == YES:
                 self.allowed.add((who, host, port))
-            elif answer == COVERED:
-                pass  # allowed everything meanwhile
+            elif answer in (ALL, COVERED):
+                pass  # _answered recorded it, before any waiter resumed
             elif answer == WITHDRAWN:
                 raise self.refused(who, host, port, "withdrawn",
                                    "the connection closed before the customer answered")
