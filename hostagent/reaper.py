@@ -16,31 +16,23 @@ so they do not linger as zombies; processes asyncio started itself are left to a
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import logging
 import os
 import signal
-import sys
 import time
 
 import psutil
 
+from common.prctl import PR_SET_CHILD_SUBREAPER, prctl
+
 log = logging.getLogger("adhoc.host")
 
-PR_SET_CHILD_SUBREAPER = 36
 SWEEPS = 8  # rounds of "stop what is found, look again" before the kill
 
 
 def become_subreaper() -> bool:
     """Make orphaned descendants this process's children (Linux); whether that worked."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
+    return prctl(PR_SET_CHILD_SUBREAPER, 1)
 
 
 class Reaper:

@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from common.prctl import PR_SET_PDEATHSIG, prctl
 from relay.config import RelaySettings
 from relay.listeners import listening_socket
 
@@ -33,6 +34,7 @@ RESTART_DELAYS = (0.2, 1.0, 2.0, 5.0, 10.0)
 STABLE_SECONDS = 30.0
 READY_TIMEOUT = 120.0
 STOP_TIMEOUT = 15.0
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def reserve_ports(settings: RelaySettings) -> list[socket.socket]:
@@ -103,7 +105,16 @@ class Supervisor:
         ready or gone)."""
         ssh_socket = self._ssh_socket(number)
         read_end, write_end = os.pipe()
-        pid = os.fork()
+        parent = os.getpid()
+        # SIGTERM and SIGINT wait, blocked, until the worker has let go of the parent's
+        # handlers (which only mark the parent stopping): one that arrived in between was
+        # swallowed, and the worker went on serving after its parent had stopped.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            pid = os.fork()
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            raise
         if pid == 0:  # the worker
             os.close(read_end)
             for other, sock in self._ssh_sockets.items():
@@ -112,10 +123,15 @@ class Supervisor:
             code = 1
             try:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us
-                # A worker forked by supervise() holds the parent's SIGTERM handler (which
-                # only marks the parent stopping) until its relay sets its own, once ready:
-                # stopped while starting, it went on and outlived its parent.
+                # Stopped while starting, a worker just ends; once ready, its relay stops
+                # cleanly on SIGTERM (its agents move to the other workers at once).
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+                # A parent killed outright (kill -9, the OOM killer) cannot stop its workers:
+                # they stop themselves, and do not hold the ports for a relay started anew.
+                prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+                if os.getppid() != parent:  # it died before that was set
+                    os.kill(os.getpid(), signal.SIGTERM)
                 code = self._serve(worker_settings(self.settings, number, self._machine_node,
                                                    ssh_socket),
                                    lambda: _say_ready(write_end))
@@ -125,6 +141,7 @@ class Supervisor:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(write_end)
         self._pids[pid] = number
         self._started[number] = time.monotonic()

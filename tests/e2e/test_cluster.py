@@ -375,6 +375,23 @@ async def test_agents_dialling_while_a_worker_restarts_wait_for_it_not_all_on_th
         relay.stop()
 
 
+def test_workers_of_a_relay_killed_outright_stop_by_themselves(tmp_path: Path) -> None:
+    """kill -9 (or the OOM killer) gives the parent no chance to stop its workers: they stop
+    themselves, rather than serve on unsupervised and share the ports with the next relay."""
+    import psutil
+
+    relay = two_workers(tmp_path)
+    try:
+        workers = psutil.Process(relay.proc.pid).children()
+        relay.kill9()
+        _gone, alive = psutil.wait_procs(workers, timeout=20)
+        assert not alive, f"workers outlived their relay: {alive}"
+    finally:
+        for worker in workers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                worker.kill()
+
+
 async def test_a_drained_relay_moves_its_agents_and_stops(cluster, agents,
                                                           tmp_path: Path) -> None:
     relay_a, relay_b = cluster("a"), cluster("b")
