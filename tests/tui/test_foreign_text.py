@@ -80,6 +80,15 @@ def assert_shown_as_text(app, *names: str) -> None:
     assert not app.unexpected
 
 
+async def wait_shown_as_text(pilot, app, *names: str) -> None:
+    """assert_shown_as_text once each name is drawn: a toast or a dialog takes a frame or
+    more to appear on a busy machine (a name drawn as markup never appears)."""
+    literal = [name for name in names if not any(c in name for c in FORBIDDEN)]
+    await wait_until(pilot, lambda: all(name in screen_text(app) for name in literal),
+                     timeout=10, what=f"(drawn literally: {literal!r})")
+    assert_shown_as_text(app, *names)
+
+
 async def test_hostile_names_in_the_file_manager_against_a_real_agent(
         relay, agents, tmp_path: Path) -> None:
     host = tmp_path / "host"
@@ -97,8 +106,7 @@ async def test_hostile_names_in_the_file_manager_against_a_real_agent(
         for name in (*MARKUP, *ESCAPES):
             index = screen.remote.names().index(name) + 1  # after the ".." row
             screen.remote.table.move_cursor(row=index)
-            await pilot.pause()
-            assert_shown_as_text(app, name)  # in the listing and the details line
+            await wait_shown_as_text(pilot, app, name)  # in the listing and the details line
             await pilot.press("g")  # go to it: "Cannot open …/name: …" as a toast
             await wait_until(pilot, lambda: screen.prompt_mode == "goto")
             screen.query_one("#files-prompt", Input).value = name
@@ -111,13 +119,12 @@ async def test_hostile_names_in_the_file_manager_against_a_real_agent(
             assert_shown_as_text(app, name)
             await pilot.press("r")  # the rename prompt names it in its title
             await wait_until(pilot, lambda: screen.prompt_mode == "rename")
-            await pilot.pause()
-            assert_shown_as_text(app, name)
+            await wait_shown_as_text(pilot, app, name)
             await pilot.press("escape")
             await wait_until(pilot, lambda: screen.prompt_mode is None)
             await pilot.press("d")  # the delete question names it
             await wait_until(pilot, lambda: isinstance(app.screen, ConfirmModal))
-            assert_shown_as_text(app, name)
+            await wait_shown_as_text(pilot, app, name)
             await pilot.press("n")
             await wait_until(pilot, lambda: app.screen is screen)
         # Copied to this computer: progress, result and toasts name them; the files arrive.
@@ -140,8 +147,7 @@ async def test_hostile_names_in_the_file_manager_against_a_real_agent(
         audit.query_one(DataTable).move_cursor(row=row)
         await pilot.press("enter")  # the row in full
         await wait_until(pilot, lambda: app.screen is not audit and app.screen.query("Static"))
-        await pilot.pause()
-        assert_shown_as_text(app, "[a=:]x")
+        await wait_shown_as_text(pilot, app, "[a=:]x")
         await pilot.press("escape")
         await pilot.press("escape")
         await app.action_quit()
@@ -172,25 +178,22 @@ async def test_a_hostile_email_and_host_in_the_list_dialogs_and_toasts(
         await pilot.press("i")  # the details show the host in full
         await wait_until(pilot, lambda: isinstance(app.screen, DetailModal)
                          and app.screen.query("#detail-text"))
-        await pilot.pause()
-        assert_shown_as_text(app, "[@click=app.quit]evil")
+        await wait_shown_as_text(pilot, app, "[@click=app.quit]evil")
         assert "[@click=app.quit]evil\\x1b]0;pwned\\x07" in screen_text(app)
         await pilot.press("escape")
         await pilot.press("r")  # the password prompt (12.12)
         await wait_until(pilot, lambda: isinstance(app.screen, PasswordModal)
                          and app.screen.query(Input))
-        await pilot.pause()
-        assert_shown_as_text(app, "[blink reverse]x")
+        await wait_shown_as_text(pilot, app, "[blink reverse]x")
         drawn = screen_text(app)
         assert "reverse]x\\x1bc\\u202e@example.com" in drawn, drawn
         await pilot.press("escape")
         await pilot.press("e")  # the end question names the customer
         await wait_until(pilot, lambda: isinstance(app.screen, ConfirmModal))
-        assert_shown_as_text(app, "[blink reverse]x")
+        await wait_shown_as_text(pilot, app, "[blink reverse]x")
         await pilot.press("y")
         await wait_until(pilot, lambda: any("Ended the session" in t for _s, t in app.notices))
-        await pilot.pause()
-        assert_shown_as_text(app, "[blink reverse]x")
+        await wait_shown_as_text(pilot, app, "[blink reverse]x")
         await app.action_quit()
 
 
@@ -203,8 +206,7 @@ async def test_the_relay_detail_is_text(relay) -> None:
     async with app.run_test(size=(100, 30), notifications=True) as pilot:
         await wait_until(pilot, lambda: app.screen.query("#sessions"))
         app.report_failure(RelayError(409, "limit", "[@click=app.quit]limit[/] [blink]x"))
-        await pilot.pause()
-        assert_shown_as_text(app, "[@click=app.quit]limit[/] [blink]x")
+        await wait_shown_as_text(pilot, app, "[@click=app.quit]limit[/] [blink]x")
         await app.action_quit()
 
 
@@ -232,8 +234,7 @@ async def test_a_hostile_session_id_is_shown_as_text(relay, agents, tmp_path: Pa
             await app.push_screen(screen)
             await wait_until(pilot, lambda s=screen: app.screen is s
                              and s.query("#files-status, #pane-status"))
-            await pilot.pause()
-            assert_shown_as_text(app, "[red]x[/]")
+            await wait_shown_as_text(pilot, app, "[red]x[/]")
             assert "session [red]x[/]\\x1b]0;pwned\\x07id" in screen_text(app)
             app.pop_screen()
             await pilot.pause()
