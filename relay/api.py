@@ -513,7 +513,7 @@ def create_app(service: RelayService) -> FastAPI:
 async def _event_stream(service: RelayService, company_id: int,
                         after: int) -> AsyncIterator[bytes]:
     yield b"retry: 2000\n\n"
-    while True:
+    while not service.bus.closed:
         rows = await service.store.events_after(company_id, after)
         for row in rows:
             after = row.id

@@ -12,6 +12,12 @@ import asyncio
 class EventBus:
     def __init__(self) -> None:
         self._changed = asyncio.Event()
+        self.closed = False  # the relay is stopping: streams end rather than read on
+
+    def close(self) -> None:
+        """The relay is stopping: wake every stream, to end before the database closes."""
+        self.closed = True
+        self.notify()
 
     def notify(self) -> None:
         """New event rows were committed."""

@@ -147,22 +147,41 @@ class _HeaderDeadline(H11Protocol):
 
 
 class StartError(Exception):
-    """The relay cannot start as configured; the message says why and what to do."""
+    """The relay cannot start as configured; the message says why and what to do. A listener
+    that could not listen is named (`listener`, "HTTP" or "SSH", and the OSError's `errno`),
+    for a program that starts the relay with options of its own to say it in its words."""
+
+    def __init__(self, message: str, *, listener: str | None = None,
+                 errno: int | None = None) -> None:
+        super().__init__(message)
+        self.listener = listener
+        self.errno = errno
+
+
+def listen_problem(errno_: int | None) -> str:
+    """Why a listener could not listen, in words (what to change is the caller's to say)."""
+    if errno_ == errno.EADDRINUSE:
+        return "the address is already in use (another relay or program listens there)"
+    if errno_ == errno.EADDRNOTAVAIL:
+        return "this computer has no such address"
+    if errno_ == errno.EACCES:
+        return "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+    return os.strerror(errno_) if errno_ else "it failed"
 
 
 def _listen_error(what: str, host: str, port: int, flag: str, exc: OSError) -> StartError:
     where = format_hostport(host, port)
     if exc.errno == errno.EADDRINUSE:
-        why = (f"the address is already in use (another relay or program listens there): "
-               f"stop it, or choose another port with {flag}")
+        todo = f"stop it, or choose another port with {flag}"
     elif exc.errno == errno.EADDRNOTAVAIL:
-        why = f"this computer has no such address: choose one of its own with {flag}"
+        todo = f"choose one of its own with {flag}"
     elif exc.errno == errno.EACCES:
-        why = ("permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE): "
-               f"choose a port above 1023 with {flag}")
+        todo = f"choose a port above 1023 with {flag}"
     else:
-        why = f"{exc.strerror or exc}: check {flag}"
-    return StartError(f"cannot listen for {what} on {where}: {why}")
+        todo = f"check {flag}"
+    problem = listen_problem(exc.errno) if exc.errno else str(exc)
+    return StartError(f"cannot listen for {what} on {where}: {problem}: {todo}",
+                      listener=what, errno=exc.errno)
 
 
 def _check_tls(settings: RelaySettings) -> None:
@@ -402,6 +421,8 @@ class RelayServer:
         return problems
 
     async def stop(self) -> None:
+        if self.service is not None:
+            self.service.bus.close()  # consoles' event streams end (they reconnect elsewhere)
         if self.collector is not None:
             await self.collector.stop()
             self.collector = None
