@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import rich
 from rich.segment import Segments
@@ -75,10 +75,13 @@ class ConsoleApp(App):
     def __init__(self, client: RelayClient, login: str, *, notice: str | None = None,
                  clock: Callable[[], float] = time.time,
                  keymap: dict[str, str] | None = None, runs_relay: bool = False,
-                 first_run_password: Secret | None = None) -> None:
+                 first_run_password: Secret | None = None,
+                 take_over: Callable[[], Awaitable[bool]] | None = None) -> None:
         super().__init__()
         self.client = client
         self.runs_relay = runs_relay  # quitting stops the bundled relay (the embedded default)
+        # Attached to another console's bundled relay: run it here once that console quits.
+        self._take_over = take_over
         self._asking_to_quit = False
         self.login = login
         self.notice = notice
@@ -213,6 +216,8 @@ class ConsoleApp(App):
 
     @on(SessionsChanged)
     def _sessions_changed(self, message: SessionsChanged) -> None:
+        if self._closing_down():
+            return
         self.views = {v["id"]: v for v in message.views}
         self.limits = message.limits
         self._sessions.show(message.views, message.limits)
@@ -279,17 +284,52 @@ class ConsoleApp(App):
                 if exc.status == 401:
                     self._sessions.set_banner(explain(exc).text)
                     return
+                if exc.status == 0 and await self._took_over_relay():
+                    attempt = 0
+                    continue
                 if not self.relay_lost:
                     self._lost_relay(exc)
             await asyncio.sleep(retry_delay(attempt))
             attempt += 1
 
+    async def _took_over_relay(self) -> bool:
+        """The bundled relay this console used is gone: if the console that ran it has quit,
+        run it here (said once); whether this console runs it now."""
+        if self._take_over is None or self.runs_relay:
+            return False
+        from tui.embedded import EmbeddedError  # loaded already: the console runs embedded
+
+        try:
+            if not await self._take_over():
+                return False
+        except EmbeddedError as exc:
+            self._take_over = None  # said once; the banner says the relay is still lost
+            self.notify(f"The console that ran the bundled relay has quit, and this one cannot "
+                        f"run it: {exc}. Quit and start adhoc-console again.",
+                        severity="error", timeout=30)
+            return False
+        self.runs_relay = True
+        self.notify("The console that ran the bundled relay has quit: this console runs it "
+                    f"now, at {self.client.base_url}. Customers' computers reconnect by "
+                    "themselves; quitting this console stops it.", title="Bundled relay",
+                    timeout=30)
+        return True
+
+    def _closing_down(self) -> bool:
+        """The console is quitting: its screens are going, news from the relay is let go
+        (drawn into a screen being removed, it crashed the console on the way out)."""
+        return not self.is_running
+
     def _lost_relay(self, error: RelayError) -> None:
+        if self._closing_down():
+            return
         self.relay_lost = True
         self._sessions.set_banner(f"Lost the relay. {explain(error).text} The console "
                                   "reconnects by itself.")
 
     def _relay_back(self) -> None:
+        if self._closing_down():
+            return
         self.relay_lost = False
         self._sessions.set_banner(None)
         self.refresh_sessions()

@@ -190,7 +190,7 @@ def _session_key(path: str | None) -> str | None:
 def _embedded_notice(embedded) -> str:
     if embedded.attached:
         return (f"Using the bundled relay that another console (process {embedded.owner_pid}) "
-                f"runs at {embedded.base_url}: it stops when that console quits.")
+                f"runs at {embedded.base_url}; when that console quits, this one runs it.")
     notice = f"Running the bundled relay at {embedded.base_url} (data in {embedded_data_dir()})."
     if urlsplit(embedded.base_url).hostname in ("127.0.0.1", "localhost", "::1"):
         notice += (" Only this computer can join its links: to let a customer's computer in, "
@@ -241,7 +241,9 @@ async def _run(args: argparse.Namespace, config: ConsoleConfig) -> int:
                 raise Refused(explain(exc).text) from None
         app = ConsoleApp(client, login, notice=notice, keymap=config.keymap,
                          runs_relay=embedded is not None and not embedded.attached,
-                         first_run_password=first_run)
+                         first_run_password=first_run,
+                         take_over=embedded.take_over if embedded and embedded.attached
+                         else None)
         await app.run_async()
         if app.return_code:
             return app.return_code

@@ -10,13 +10,14 @@ The ports are chosen once and kept in the data dir (`embedded.json`): agents rem
 port they were given, and must find the relay there after a restart. A later start on a taken
 port fails with a message rather than moving. One relay per data dir: a lock; a second console
 on the same data dir attaches to the running relay instead of starting another on the same
-database.
+database, and runs the relay itself once the console that ran it has quit (take_over).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -29,7 +30,7 @@ from pathlib import Path
 from common.passwords import hash_password
 from common.secret import Secret
 from relay.config import WILDCARDS, RelaySettings, format_hostport
-from relay.server import RelayServer, StartError
+from relay.server import RelayServer, StartError, listen_problem
 from relay.store import NotFound, Store
 from relay.usecases.technicians import issue_token
 from tui.config import embedded_data_dir
@@ -60,6 +61,26 @@ class Embedded:
     @property
     def attached(self) -> bool:
         return self.server is None
+
+    async def take_over(self) -> bool:
+        """Attached, and the console that ran the relay has quit (or died): run the relay
+        here, on the addresses it kept, so customers' computers and this console find it
+        again. Whether this console runs it now; False while another console holds it.
+        EmbeddedError if it cannot start (say, something else took its port meanwhile)."""
+        if not self.attached:
+            return False
+        data_dir = embedded_data_dir()
+        lock = _lock(data_dir)
+        if lock is None:
+            return False
+        try:
+            started = await _start(data_dir, lock, None, None)
+        except BaseException:
+            os.close(lock)
+            raise
+        self.base_url, self.server, self.owner_pid, self._lock = \
+            started.base_url, started.server, None, lock
+        return True
 
     async def stop(self) -> None:
         if self.server is not None:
@@ -107,6 +128,11 @@ def _free(host: str, port: int) -> bool:
     return True
 
 
+def _not_here(host: str, errno_: int | None) -> str:
+    return (f"cannot listen on {host}: {listen_problem(errno_)}: give --listen one of this "
+            "computer's own addresses")
+
+
 def _first_port(host: str, preferred: int) -> int:
     """The preferred port if free, else one the system picks (chosen once, then kept)."""
     if _free(host, preferred):
@@ -116,8 +142,7 @@ def _first_port(host: str, preferred: int) -> int:
         try:
             sock.bind((host, 0))
         except OSError as exc:
-            raise EmbeddedError(f"cannot listen on {host}: {exc.strerror or exc}: give "
-                                "--listen one of this computer's own addresses") from None
+            raise EmbeddedError(_not_here(host, exc.errno)) from None
         return sock.getsockname()[1]
 
 
@@ -192,9 +217,7 @@ async def _start(data_dir: Path, lock: int, listen: tuple[str, int] | None,
     try:
         service = await server.start()
     except StartError as exc:
-        raise EmbeddedError(f"{exc} (the bundled relay keeps the ports it first had, so that "
-                            "customers' computers find it again; --listen HOST:PORT moves "
-                            "the web port)") from None
+        raise EmbeddedError(_cannot_listen(exc, addresses, data_dir)) from None
     try:
         addresses.save(data_dir, base_url=service.base_url, pid=os.getpid())
         tech, password = await _local_admin(service.store)
@@ -203,6 +226,26 @@ async def _start(data_dir: Path, lock: int, listen: tuple[str, int] | None,
         await server.stop()
         raise
     return Embedded(service.base_url, token, tech.login, password, server, None, lock)
+
+
+def _cannot_listen(exc: StartError, addresses: Addresses, data_dir: Path) -> str:
+    """Why the bundled relay did not start, with what the console's user can do about it
+    (the relay's own words name flags the console does not have)."""
+    kept = ("the bundled relay keeps the ports it first had, so that customers' computers "
+            "find it again")
+    if exc.listener is None:
+        return f"{exc} ({kept})"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return _not_here(addresses.host, exc.errno)
+    problem = listen_problem(exc.errno)
+    if exc.listener == "HTTP":
+        where = format_hostport(addresses.host, addresses.http_port)
+        return (f"cannot listen for HTTP on {where}: {problem}: stop it, or move the web port "
+                f"with --listen HOST:PORT ({kept})")
+    where = format_hostport(addresses.host, addresses.ssh_port)
+    return (f"cannot listen for SSH on {where}: {problem}: stop it ({kept}: to move it anyway, "
+            f"delete \"ssh_port\" from {data_dir / ADDRESSES}, and invite again the customers "
+            "whose computers joined already)")
 
 
 async def _local_admin(store: Store):

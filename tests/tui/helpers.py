@@ -10,10 +10,21 @@ from pathlib import Path
 from rich.console import Console
 from textual.widgets import DataTable, Input
 
+from tests.ports import free_port
 from tests.support import SESSION_PASSWORD, Api, new_agent
 from tui.app import ConsoleApp
 from tui.client import RelayClient
+from tui.embedded import Addresses
 from tui.screens.modals import PasswordModal
+
+
+def own_bundled_ports(data_dir: Path) -> Path:
+    """Give the bundled relay of `data_dir` ports of this test's own, kept there as a first
+    start keeps its choice: on the defaults (8780, 8722) tests running at once took each
+    other's ports between choosing and listening."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    Addresses("127.0.0.1", free_port(), free_port()).save(data_dir)
+    return data_dir
 
 
 async def wait_until(pilot, predicate, timeout: float = 20.0, what: str = "") -> None:

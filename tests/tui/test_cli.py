@@ -19,6 +19,7 @@ import pytest
 
 from tests.support import PASSWORD
 from tests.tmux import Tmux
+from tests.tui.helpers import own_bundled_ports
 
 
 def console_cli(tmp_path: Path, *args: str, stdin: str | None = None,
@@ -155,7 +156,7 @@ async def test_the_first_run_password_waits_in_a_dialog(tmp_path: Path, monkeypa
     """The bundled relay's first run shows the admin's password in a dialog that stays
     until a key says it was noted (a toast vanished after 30 s), with the command that sets
     a new one; the second run does not show it."""
-    monkeypatch.setenv("ADHOC_CONSOLE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("ADHOC_CONSOLE_DATA_DIR", str(own_bundled_ports(tmp_path / "data")))
     assert await _embedded_console()  # the first run
     assert not await _embedded_console()  # the second
 
@@ -215,7 +216,7 @@ async def test_ssh_config_uses_the_bundled_relay_a_console_runs(tmp_path: Path,
     console when none runs."""
     from tui.embedded import start_embedded
 
-    monkeypatch.setenv("ADHOC_CONSOLE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("ADHOC_CONSOLE_DATA_DIR", str(own_bundled_ports(tmp_path / "data")))
     embedded = await start_embedded(("127.0.0.1", 0))
     try:
         shown = await asyncio.to_thread(console_cli, tmp_path, "ssh-config")

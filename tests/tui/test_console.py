@@ -17,8 +17,8 @@ from tests.tui.helpers import (
     pending_session,
     wait_until,
 )
-from tui.app import ConsoleApp
-from tui.client import RelayClient
+from tui.app import ConsoleApp, SessionsChanged
+from tui.client import RelayClient, RelayError
 from tui.screens.created import CreatedModal
 from tui.screens.modals import PasswordModal
 from tui.screens.remote import RemoteScreen
@@ -199,6 +199,23 @@ async def test_lost_relay_shows_banner_and_reconnects(relay) -> None:
         await wait_until(pilot, lambda: not banner.display, timeout=40)
         assert table.row_count == 1
         await app.action_quit()
+
+
+async def test_news_from_the_relay_as_the_console_quits_is_let_go(relay) -> None:
+    """The list's refresh, or word that the relay was lost or is back, can arrive while the
+    console is closing its screens: it used to crash there ("No nodes match '#limits'") and
+    print a traceback on the technician's terminal after they had quit."""
+    _created, token = await pending_session(relay, "quit@example.com")
+    app = ConsoleApp(RelayClient(relay.base_url, token), "alice")
+    async with app.run_test(size=(80, 24)) as pilot:
+        table = app.screen.query_one("#sessions", DataTable)
+        await wait_until(pilot, lambda: table.row_count == 1)
+        views, limits = list(app.views.values()), app.limits
+        app.exit()
+        app.post_message(SessionsChanged(views, limits))
+        app.call_later(app._lost_relay, RelayError(0, "unreachable", "gone"))
+        app.call_later(app._relay_back)
+    assert app.return_code == 0 and not app._exit_renderables
 
 
 async def test_keys_remap_from_config_and_palette_knows_the_screen(relay) -> None:

@@ -1,6 +1,7 @@
 """The console's bundled relay: ports chosen once and kept (agents remember the SSH port),
 a taken port said plainly rather than moved, one relay per data dir (a second console
-attaches), every address only with a public URL, and its wheels prepared in the background."""
+attaches, and runs the relay once the first quits), every address only with a public URL,
+and its wheels prepared in the background."""
 
 from __future__ import annotations
 
@@ -10,20 +11,24 @@ from pathlib import Path
 
 import httpx
 import pytest
+from textual.widgets import DataTable
 
 from tests.ports import free_port
+from tests.tui.helpers import own_bundled_ports, wait_until
+from tui.app import ConsoleApp
 from tui.client import RelayClient
-from tui.embedded import Addresses, EmbeddedError, start_embedded
+from tui.embedded import ADDRESSES, Addresses, EmbeddedError, start_embedded
 
 
 @pytest.fixture
 def data_dir(tmp_path: Path, monkeypatch) -> Path:
-    path = tmp_path / "console-data"
+    path = own_bundled_ports(tmp_path / "console-data")
     monkeypatch.setenv("ADHOC_CONSOLE_DATA_DIR", str(path))
     return path
 
 
 async def test_ports_are_chosen_once_and_kept(data_dir: Path) -> None:
+    (data_dir / ADDRESSES).unlink()  # the one test to choose: the defaults if free
     first = await start_embedded(("127.0.0.1", 0))
     http_port, ssh_port = first.server.http_port, first.server.ssh_port
     await first.stop()
@@ -43,6 +48,19 @@ async def test_ports_are_chosen_once_and_kept(data_dir: Path) -> None:
     assert f"cannot listen for HTTP on 127.0.0.1:{http_port}: the address is already in use" \
         in str(refused.value)
     assert "keeps the ports it first had" in str(refused.value)
+    assert "--listen HOST:PORT" in str(refused.value) and "--http" not in str(refused.value)
+    # The SSH port, which customers' computers dial: said in the console's words (it has
+    # no --ssh), with the file that keeps it.
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("127.0.0.1", ssh_port))
+        taken.listen()
+        with pytest.raises(EmbeddedError) as refused:
+            await start_embedded()
+    said = str(refused.value)
+    assert f"cannot listen for SSH on 127.0.0.1:{ssh_port}: the address is already in use" \
+        in said and f'delete "ssh_port" from {data_dir / ADDRESSES}' in said, said
+    assert "--ssh" not in said
     # The lock went with the failed start: the next console starts normally.
     last = await start_embedded()
     await last.stop()
@@ -73,7 +91,7 @@ async def test_a_second_console_on_the_same_data_dir_uses_the_running_relay(
 async def test_an_address_this_computer_does_not_have_is_said_plainly(data_dir: Path) -> None:
     with pytest.raises(EmbeddedError) as refused:
         await start_embedded(("192.0.2.77", 0))
-    assert str(refused.value) == ("cannot listen on 192.0.2.77: Cannot assign requested "
+    assert str(refused.value) == ("cannot listen on 192.0.2.77: this computer has no such "
                                   "address: give --listen one of this computer's own addresses")
 
 
@@ -123,3 +141,47 @@ async def test_the_installer_says_preparing_until_the_wheels_are_built(
         assert (data_dir / "wheelhouse").is_dir()
     finally:
         await embedded.stop()
+
+
+async def test_when_the_console_running_the_relay_quits_the_attached_one_runs_it(
+        data_dir: Path, caplog) -> None:
+    """Two consoles share the bundled relay; the one that ran it quits: the other runs it
+    now, on the same addresses (customers' computers and its own panes find it again), says
+    so once, and asks before quitting like the first did."""
+    owner = await start_embedded(("127.0.0.1", 0))
+    second = await start_embedded()
+    client = RelayClient(second.base_url, second.token)
+    try:
+        await client.create_session("first@example.com", "Horse-battery-9")
+        app = ConsoleApp(client, second.login, take_over=second.take_over)
+        async with app.run_test(size=(80, 24), notifications=True) as pilot:
+            table = app.screen.query_one("#sessions", DataTable)
+            await wait_until(pilot, lambda: table.row_count == 1)
+            assert not await second.take_over()  # the first console still runs it
+            assert second.attached and not app.runs_relay
+            await owner.stop()
+            await wait_until(pilot, lambda: any("this console runs it now" in text
+                                                for _s, text in app.notices),
+                             what="(the takeover said)")
+            assert app.runs_relay and not second.attached
+            assert second.base_url == owner.base_url
+            assert (await client.me())["login"] == second.login
+            await wait_until(pilot, lambda: not app.relay_lost)
+            assert table.row_count == 1 and not app.unexpected
+            # The first relay ended this console's event stream as it stopped, rather than
+            # read on from a database it had closed.
+            assert "Exception in ASGI application" not in caplog.text
+            await app.action_quit()
+        await second.stop()  # quitting stops the relay it took over, and lets go of it
+        async with httpx.AsyncClient() as http:
+            with pytest.raises(httpx.ConnectError):
+                await http.get(f"{second.base_url}/healthz")
+        again = await start_embedded()
+        try:
+            assert not again.attached and again.base_url == owner.base_url
+        finally:
+            await again.stop()
+    finally:
+        await client.aclose()
+        await second.stop()
+        await owner.stop()
