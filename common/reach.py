@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import asyncssh
 import httpx
 
 from common.protocol import RELAYS_MAX
@@ -213,9 +214,10 @@ BLOCKED = "blocked"
 NO_NETWORK = "no network route"
 CUT = "cut off"
 PROXY_SETTING = "proxy setting"
+NOT_THE_RELAY = "not the relay"
 FAILED = "failed"
 KINDS = (NAME_NOT_FOUND, REFUSED, NO_ANSWER, TLS_FAILURE, PROXY_PASSWORD, BLOCKED, NO_NETWORK,
-         CUT, PROXY_SETTING, FAILED)
+         CUT, PROXY_SETTING, NOT_THE_RELAY, FAILED)
 # How the failures of several routes are joined into one problem.
 SEPARATOR = "; "
 
@@ -294,6 +296,10 @@ def _words(exc: BaseException, host: str, where: str,
                             "computer's network connection, or a firewall blocks it")
     if isinstance(exc, ConnectionResetError | ConnectionAbortedError):
         return CUT, f"{where} cut the connection: a firewall or proxy may block it"
+    if isinstance(exc, asyncssh.HostKeyNotVerifiable):
+        return NOT_THE_RELAY, (f"what answered at {where} has another SSH host key than the "
+                               "relay's: a network that redirects connections, or someone "
+                               "posing as the relay; nothing was sent to it")
     return None
 
 

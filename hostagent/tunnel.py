@@ -116,13 +116,16 @@ class Tunnel:
 
     async def _connect(self) -> tuple[asyncssh.SSHClientConnection, _OuterClient]:
         """The first route that gets to an authenticated SSH connection. The relay refusing
-        the credentials or showing another host key ends the attempt on any route."""
+        the credentials ends the attempt on any route. Another host key is one route's
+        failure: whatever answered is not the relay (a network that redirects connections,
+        someone posing as it) and is told nothing, and the relay may be reached by another
+        route, or later."""
         failures = []
         for route in self.routes:
             self._on_state("connecting", str(route))
             try:
                 connected = await self._connect_by(route)
-            except (asyncssh.PermissionDenied, asyncssh.HostKeyNotVerifiable):
+            except asyncssh.PermissionDenied:
                 raise
             except (OSError, asyncssh.Error, TimeoutError) as exc:
                 failures.append(failure(exc, route))
@@ -180,8 +183,6 @@ class Tunnel:
                 conn, client = await self._connect()
             except asyncssh.PermissionDenied:
                 return TunnelEnd("the relay no longer accepts this session (ended or expired)")
-            except asyncssh.HostKeyNotVerifiable:
-                return TunnelEnd("the relay's identity changed: refusing to connect")
             except (OSError, asyncssh.Error, TimeoutError) as exc:
                 delay = backoff_delay(attempt, cap=self._backoff_cap)
                 attempt += 1

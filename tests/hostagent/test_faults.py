@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import asyncssh
+
 from tests.hostagent.helpers import (
     inner_connection,
     leftovers,
@@ -40,6 +42,43 @@ async def test_relay_restart_keeps_the_shell(start_relay, agents, tmp_path: Path
             await read_until(again.stdout, b"before-42-restart")  # the same screen
             assert await shell_pid(again) == pid
         assert (await api.session(view["id"]))["state"] == "active"
+
+
+async def test_a_server_posing_as_the_relay_is_told_nothing_and_ends_nothing(
+        start_relay, agents, tmp_path: Path, quick_agent) -> None:
+    """While the relay is down, something else answers SSH at its address with another host
+    key (a network that redirects connections, or someone posing as the relay): the host
+    says so, sends it nothing, and keeps trying; the session goes on once the relay is
+    back. It used to end the session and remove itself at the first such answer."""
+    relay = start_relay()
+    async with Api(relay.base_url) as api:
+        view, agent = await start_session(api, agents, tmp_path)
+        http_port, ssh_port = int(relay.base_url.rsplit(":", 1)[1]), relay.ssh_port
+        relay.stop()
+        await agent.wait_for_line("reconnecting")
+        logins = []
+
+        class Impostor(asyncssh.SSHServer):
+            def begin_auth(self, username: str) -> bool:
+                logins.append(username)
+                return True
+
+        impostor = await asyncssh.create_server(
+            Impostor, "127.0.0.1", ssh_port, reuse_address=True,
+            server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")])
+        try:
+            line = await agent.wait_for_line("another SSH host key than the relay's")
+            assert "nothing was sent to it" in line
+        finally:
+            impostor.close()
+            await impostor.wait_closed()
+        assert logins == []  # not even the session's name
+        relay.start(http_port=http_port, ssh_port=ssh_port)
+        await wait_for_count(agent, "Connected to the relay", 2)
+        await api.wait_for(view["id"], lambda v: v["online"])
+        assert (await api.session(view["id"]))["state"] == "active"
+        assert agent.proc.poll() is None
+    assert not any("removed itself" in line for line in agent.output)
 
 
 async def test_offline_host_removes_itself_at_expiry(start_relay, agents, tmp_path: Path,
