@@ -424,7 +424,8 @@ async def open_relay(routes: list[Route], login: str, token: str | Secret, relay
                      **options) -> tuple[asyncssh.SSHClientConnection, Route]:
     """The technician's SSH connection to the relay on the first route that works (its SSH
     port, then SSH over WebSocket), and that route. Raises RelayError saying why each route
-    failed; a refused login or another host key ends the attempt at once."""
+    failed; a refused login ends the attempt at once. Another host key is one route's
+    failure ("not the relay"): what answered is told nothing, and the pane keeps trying."""
     failures = []
     for route in routes:
         try:
@@ -436,8 +437,8 @@ async def open_relay(routes: list[Route], login: str, token: str | Secret, relay
             await wait_for_banner(sock, BANNER_TIMEOUT)
             conn = await connect_relay(route.host, route.port, login, token, relay_key,
                                        sock=sock, **options)
-        except (asyncssh.PermissionDenied, asyncssh.HostKeyNotVerifiable) as exc:
-            sock.close()  # revoked, expired or another key: no retry helps (tui/failures.py)
+        except asyncssh.PermissionDenied as exc:
+            sock.close()  # revoked or expired: no retry helps (tui/failures.py)
             raise RelayError(401, "unauthorized", f"the relay refused the SSH login ({route}): "
                              f"{exc.reason}") from None
         except (OSError, asyncssh.Error, TimeoutError) as exc:

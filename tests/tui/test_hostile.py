@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import time
 
+import asyncssh
 import httpx
+import pytest
 from textual.widgets import DataTable
 
+from common.reach import relay_routes
+from common.secret import Secret
+from tests.ports import free_port
 from tests.support import Api
 from tui.app import ConsoleApp
-from tui.client import RelayClient
+from tui.client import RelayClient, RelayError, open_relay
 
 HOSTILE = "evil\x1b]52;c;aGVsbG8=\x07\x1b]0;pwned\x07\x1b[2J\x9b31m\u202eexe.txt"
 FORBIDDEN = ("\x1b", "\x07", "\x9b", "\u202e")
@@ -53,3 +58,33 @@ async def test_hostile_host_strings_are_escaped(relay) -> None:
         assert app.title == "Adhoc"
         await app.action_quit()
     await client.aclose()
+
+
+async def test_a_server_posing_as_the_relay_is_told_nothing_and_stops_nothing() -> None:
+    """What answers SSH at the relay's address with another host key (a network that
+    redirects connections, someone posing as the relay) is not the relay: the console sends
+    it no login, and says so as a failure to reach the relay, which its panes retry, rather
+    than as a refused login ("log in again"), which they did not."""
+    logins = []
+
+    class Impostor(asyncssh.SSHServer):
+        def begin_auth(self, username: str) -> bool:
+            logins.append(username)
+            return True
+
+    impostor = await asyncssh.create_server(
+        Impostor, "127.0.0.1", 0,
+        server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")])
+    port = impostor.sockets[0].getsockname()[1]
+    relay_key = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
+    try:
+        with pytest.raises(RelayError) as failed:
+            await open_relay(relay_routes(f"127.0.0.1:{port}", f"http://127.0.0.1:{free_port()}"),
+                             "alice", Secret("token-of-alice"), relay_key)
+    finally:
+        impostor.close()
+        await impostor.wait_closed()
+    assert failed.value.status == 0 and failed.value.code == "unreachable"
+    assert f"not the relay: what answered at 127.0.0.1:{port} has another SSH host key" \
+        in failed.value.detail and "nothing was sent to it" in failed.value.detail
+    assert logins == []
