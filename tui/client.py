@@ -445,6 +445,9 @@ async def open_relay(routes: list[Route], login: str, token: str | Secret, relay
             sock.close()
             failures.append(failure(exc, route))
             continue
+        except BaseException:  # cancelled (the pane closed, the console quit) mid-attempt
+            sock.close()
+            raise
         return conn, route
     raise RelayError(0, "unreachable",
                      "cannot open SSH to the relay: " + SEPARATOR.join(failures))

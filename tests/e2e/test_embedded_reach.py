@@ -71,6 +71,7 @@ async def test_a_customer_on_another_network_joins_the_consoles_bundled_relay(
             tmux.wait_for(r"far@example\.com\s+active")
             tmux.keys("q")
             tmux.wait_for(r"1 customer in a live\s+session")
+            tmux.wait_for(r"still end on time\. Quit")  # the whole question, keys bound
             tmux.keys("y")
             await customer.wait_for_line("Connection to the relay lost",
                                          timeout=30)

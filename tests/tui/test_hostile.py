@@ -7,7 +7,10 @@ bidi override; the console must show them escaped and emit none of those bytes.
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import time
+import warnings
 
 import asyncssh
 import httpx
@@ -88,3 +91,43 @@ async def test_a_server_posing_as_the_relay_is_told_nothing_and_stops_nothing() 
     assert f"not the relay: what answered at 127.0.0.1:{port} has another SSH host key" \
         in failed.value.detail and "nothing was sent to it" in failed.value.detail
     assert logins == []
+
+
+async def test_an_attempt_cancelled_while_the_relay_says_nothing_leaves_no_socket() -> None:
+    """Something at the relay's address accepts and never sends its banner (a relay busy
+    stopping, a tarpit); the pane is left, or the console quits, while the console waits:
+    the connection is closed, not left to the garbage collector (a leaked socket each
+    time)."""
+    held, ended = [], asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        await reader.read()  # until the console's side closes
+        ended.set()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    relay_key = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
+    try:
+        attempt = asyncio.create_task(open_relay(
+            relay_routes(f"127.0.0.1:{port}", f"http://127.0.0.1:{free_port()}"),
+            "alice", Secret("token-of-alice"), relay_key))
+        for _ in range(200):
+            if held:
+                break
+            await asyncio.sleep(0.01)
+        assert held, "the console never connected"
+        attempt.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await attempt
+        # Closed by the console: the silent server's read ends.
+        await asyncio.wait_for(ended.wait(), 5)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            gc.collect()
+        assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
