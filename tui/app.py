@@ -302,10 +302,11 @@ class ConsoleApp(App):
         try:
             if not await self._take_over():
                 return False
-        except EmbeddedError as exc:
+        except (EmbeddedError, OSError) as exc:  # a port, or its data dir, not to be had
             self._take_over = None  # said once; the banner says the relay is still lost
+            why = exc.strerror or exc if isinstance(exc, OSError) else exc
             self.notify(f"The console that ran the bundled relay has quit, and this one cannot "
-                        f"run it: {exc}. Quit and start adhoc-console again.",
+                        f"run it: {why}. Quit and start adhoc-console again.",
                         severity="error", timeout=30)
             return False
         self.runs_relay = True

@@ -185,3 +185,28 @@ async def test_when_the_console_running_the_relay_quits_the_attached_one_runs_it
         await client.aclose()
         await second.stop()
         await owner.stop()
+
+
+async def test_a_takeover_that_cannot_write_its_data_dir_says_so_and_goes_on(
+        data_dir: Path) -> None:
+    """The attached console cannot run the relay (here: it cannot write the file that keeps
+    the ports, as with a full disk): it says why once, and keeps waiting for a relay."""
+    owner = await start_embedded(("127.0.0.1", 0))
+    second = await start_embedded()
+    client = RelayClient(second.base_url, second.token)
+    try:
+        app = ConsoleApp(client, second.login, take_over=second.take_over)
+        async with app.run_test(size=(80, 24), notifications=True) as pilot:
+            await wait_until(pilot, lambda: app.screen.query("#sessions"))
+            (data_dir / ADDRESSES).with_suffix(".tmp").mkdir()  # no file can be written there
+            await owner.stop()
+            await wait_until(pilot, lambda: any("this one cannot run it" in text
+                                                for _s, text in app.notices))
+            await wait_until(pilot, lambda: app.relay_lost)
+            assert second.attached and not app.runs_relay and not app.unexpected
+            assert app.is_running
+            await app.action_quit()
+    finally:
+        await client.aclose()
+        await second.stop()
+        await owner.stop()
