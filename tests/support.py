@@ -15,10 +15,11 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncssh
 import httpx
 
 from common.passwords import hash_password
@@ -454,3 +455,24 @@ class OpenSSH:
         result = self.sftp(f"put {blob} {up}\nget {up} {down}\n")
         assert result.returncode == 0, result.stderr
         assert down.read_bytes() == blob.read_bytes()
+
+
+@contextlib.asynccontextmanager
+async def impostor_relay(port: int = 0) -> AsyncIterator[tuple[int, list[str]]]:
+    """An SSH server posing as the relay on 127.0.0.1:`port` (0: any), with a host key of its
+    own; yields its port and the user names that reached its login (there must be none)."""
+    logins: list[str] = []
+
+    class Impostor(asyncssh.SSHServer):
+        def begin_auth(self, username: str) -> bool:
+            logins.append(username)
+            return True
+
+    server = await asyncssh.create_server(
+        Impostor, "127.0.0.1", port, reuse_address=True,
+        server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")])
+    try:
+        yield server.sockets[0].getsockname()[1], logins
+    finally:
+        server.close()
+        await server.wait_closed()

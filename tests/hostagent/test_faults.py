@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import asyncssh
-
 from tests.hostagent.helpers import (
     inner_connection,
     leftovers,
@@ -16,7 +14,7 @@ from tests.hostagent.helpers import (
     wait_for_count,
 )
 from tests.hostagent.test_shells import open_shell, shell_pid
-from tests.support import AgentProcess, Api, new_agent, start_session
+from tests.support import AgentProcess, Api, impostor_relay, new_agent, start_session
 
 
 async def test_relay_restart_keeps_the_shell(start_relay, agents, tmp_path: Path,
@@ -56,22 +54,9 @@ async def test_a_server_posing_as_the_relay_is_told_nothing_and_ends_nothing(
         http_port, ssh_port = int(relay.base_url.rsplit(":", 1)[1]), relay.ssh_port
         relay.stop()
         await agent.wait_for_line("reconnecting")
-        logins = []
-
-        class Impostor(asyncssh.SSHServer):
-            def begin_auth(self, username: str) -> bool:
-                logins.append(username)
-                return True
-
-        impostor = await asyncssh.create_server(
-            Impostor, "127.0.0.1", ssh_port, reuse_address=True,
-            server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")])
-        try:
+        async with impostor_relay(ssh_port) as (_port, logins):
             line = await agent.wait_for_line("another SSH host key than the relay's")
             assert "nothing was sent to it" in line
-        finally:
-            impostor.close()
-            await impostor.wait_closed()
         assert logins == []  # not even the session's name
         relay.start(http_port=http_port, ssh_port=ssh_port)
         await wait_for_count(agent, "Connected to the relay", 2)

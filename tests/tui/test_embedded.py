@@ -27,6 +27,17 @@ def data_dir(tmp_path: Path, monkeypatch) -> Path:
     return path
 
 
+async def _refused_while_taken(port: int) -> str:
+    """Why the bundled relay does not start while something else listens on `port`."""
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        with pytest.raises(EmbeddedError) as refused:
+            await start_embedded()
+    return str(refused.value)
+
+
 async def test_ports_are_chosen_once_and_kept(data_dir: Path) -> None:
     (data_dir / ADDRESSES).unlink()  # the one test to choose: the defaults if free
     first = await start_embedded(("127.0.0.1", 0))
@@ -39,25 +50,14 @@ async def test_ports_are_chosen_once_and_kept(data_dir: Path) -> None:
     finally:
         await again.stop()
     # Someone else took the web port meanwhile: the relay says so instead of moving.
-    with socket.socket() as taken:
-        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        taken.bind(("127.0.0.1", http_port))
-        taken.listen()
-        with pytest.raises(EmbeddedError) as refused:
-            await start_embedded()
+    said = await _refused_while_taken(http_port)
     assert f"cannot listen for HTTP on 127.0.0.1:{http_port}: the address is already in use" \
-        in str(refused.value)
-    assert "keeps the ports it first had" in str(refused.value)
-    assert "--listen HOST:PORT" in str(refused.value) and "--http" not in str(refused.value)
+        in said
+    assert "keeps the ports it first had" in said
+    assert "--listen HOST:PORT" in said and "--http" not in said
     # The SSH port, which customers' computers dial: said in the console's words (it has
     # no --ssh), with the file that keeps it.
-    with socket.socket() as taken:
-        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        taken.bind(("127.0.0.1", ssh_port))
-        taken.listen()
-        with pytest.raises(EmbeddedError) as refused:
-            await start_embedded()
-    said = str(refused.value)
+    said = await _refused_while_taken(ssh_port)
     assert f"cannot listen for SSH on 127.0.0.1:{ssh_port}: the address is already in use" \
         in said and f'delete "ssh_port" from {data_dir / ADDRESSES}' in said, said
     assert "--ssh" not in said

@@ -20,7 +20,7 @@ from textual.widgets import DataTable
 from common.reach import relay_routes
 from common.secret import Secret
 from tests.ports import free_port
-from tests.support import Api
+from tests.support import Api, impostor_relay
 from tui.app import ConsoleApp
 from tui.client import RelayClient, RelayError, open_relay
 
@@ -68,25 +68,11 @@ async def test_a_server_posing_as_the_relay_is_told_nothing_and_stops_nothing() 
     redirects connections, someone posing as the relay) is not the relay: the console sends
     it no login, and says so as a failure to reach the relay, which its panes retry, rather
     than as a refused login ("log in again"), which they did not."""
-    logins = []
-
-    class Impostor(asyncssh.SSHServer):
-        def begin_auth(self, username: str) -> bool:
-            logins.append(username)
-            return True
-
-    impostor = await asyncssh.create_server(
-        Impostor, "127.0.0.1", 0,
-        server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")])
-    port = impostor.sockets[0].getsockname()[1]
     relay_key = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
-    try:
+    async with impostor_relay() as (port, logins):
         with pytest.raises(RelayError) as failed:
             await open_relay(relay_routes(f"127.0.0.1:{port}", f"http://127.0.0.1:{free_port()}"),
                              "alice", Secret("token-of-alice"), relay_key)
-    finally:
-        impostor.close()
-        await impostor.wait_closed()
     assert failed.value.status == 0 and failed.value.code == "unreachable"
     assert f"not the relay: what answered at 127.0.0.1:{port} has another SSH host key" \
         in failed.value.detail and "nothing was sent to it" in failed.value.detail
